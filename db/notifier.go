@@ -1,0 +1,230 @@
+package db
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Notifier holds a process's one LISTEN connection and multiplexes its
+// channels over it. Every NOTIFY wakes every listening backend, so a process
+// listens once, not once per component.
+//
+// The connection must reach the primary directly (or through a session
+// pooler). It pings when idle, reconnects with backoff and re-LISTENs; since
+// nothing is replayed to a listener that was away, each subscription's ready
+// hook runs after every (re)connect so its owner can rescan the tables.
+type Notifier struct {
+	connect func(context.Context) (*pgx.Conn, error)
+	log     *slog.Logger
+	// idle is how long a quiet connection waits before it pings.
+	idle time.Duration
+
+	mu          sync.Mutex // guards the following
+	subs        map[string]*subscription
+	interrupt   context.CancelCauseFunc // stops the current wait, to apply a change
+	connections int                     // successful connects so far, for tests and metrics
+}
+
+type subscription struct {
+	onNotify func(payload string)
+	onReady  func()
+}
+
+var errInterrupted = errors.New("subscriptions changed")
+
+// NewNotifier makes a notifier that connects with cfg (copied).
+func NewNotifier(cfg *pgx.ConnConfig, log *slog.Logger) *Notifier {
+	cfg = cfg.Copy()
+	return &Notifier{
+		connect: func(ctx context.Context) (*pgx.Conn, error) { return pgx.ConnectConfig(ctx, cfg) },
+		log:     log.With("component", "notifier"),
+		idle:    15 * time.Second,
+		subs:    make(map[string]*subscription),
+	}
+}
+
+// Listen subscribes to channel. onNotify gets each payload; onReady runs once
+// the LISTEN is in effect, and again after every reconnect. Both run on the
+// notifier's goroutine and must not block: hand work to your own goroutine.
+// The returned function unsubscribes.
+func (n *Notifier) Listen(channel string, onNotify func(payload string), onReady func()) (unlisten func()) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if _, dup := n.subs[channel]; dup {
+		panic(fmt.Sprintf("notifier: channel %q is already subscribed", channel))
+	}
+	n.subs[channel] = &subscription{onNotify: onNotify, onReady: onReady}
+	n.interruptLocked()
+	return func() {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		delete(n.subs, channel)
+		n.interruptLocked()
+	}
+}
+
+func (n *Notifier) interruptLocked() {
+	if n.interrupt != nil {
+		n.interrupt(errInterrupted)
+	}
+}
+
+// Connections reports how many times the notifier has connected.
+func (n *Notifier) Connections() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.connections
+}
+
+// Run keeps a listening connection until ctx is done.
+func (n *Notifier) Run(ctx context.Context) error {
+	const minBackoff, maxBackoff = 100 * time.Millisecond, 10 * time.Second
+	backoff := minBackoff
+	for {
+		conn, err := n.connect(ctx)
+		if err == nil {
+			n.mu.Lock()
+			n.connections++
+			n.mu.Unlock()
+			start := time.Now()
+			err = n.serve(ctx, conn)
+			closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			conn.Close(closeCtx)
+			cancel()
+			if time.Since(start) > maxBackoff {
+				backoff = minBackoff
+			}
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		// Full jitter keeps a fleet of listeners from reconnecting in step.
+		wait := rand.N(backoff) + time.Millisecond
+		n.log.Warn("listener connection lost; reconnecting", "err", err, "in", wait)
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return nil
+		}
+		backoff = min(backoff*2, maxBackoff)
+	}
+}
+
+// serve listens on one connection until it fails or ctx is done.
+func (n *Notifier) serve(ctx context.Context, conn *pgx.Conn) error {
+	listening := make(map[string]bool)
+	for {
+		waitCtx, interrupt := context.WithCancelCause(ctx)
+		n.mu.Lock()
+		n.interrupt = interrupt
+		want := make(map[string]*subscription, len(n.subs))
+		for ch, sub := range n.subs {
+			want[ch] = sub
+		}
+		n.mu.Unlock()
+
+		for ch := range listening {
+			if want[ch] == nil {
+				if _, err := conn.Exec(ctx, "UNLISTEN "+pgx.Identifier{ch}.Sanitize()); err != nil {
+					interrupt(nil)
+					return fmt.Errorf("unlisten %s: %w", ch, err)
+				}
+				delete(listening, ch)
+			}
+		}
+		for ch, sub := range want {
+			if listening[ch] {
+				continue
+			}
+			if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{ch}.Sanitize()); err != nil {
+				interrupt(nil)
+				return fmt.Errorf("listen %s: %w", ch, err)
+			}
+			listening[ch] = true
+			sub.onReady()
+		}
+
+		idleCtx, cancelIdle := context.WithTimeout(waitCtx, n.idle)
+		msg, err := conn.WaitForNotification(idleCtx)
+		idled := errors.Is(idleCtx.Err(), context.DeadlineExceeded)
+		cancelIdle()
+		interrupted := errors.Is(context.Cause(waitCtx), errInterrupted)
+		interrupt(nil)
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err == nil:
+			n.mu.Lock()
+			sub := n.subs[msg.Channel]
+			n.mu.Unlock()
+			if sub != nil {
+				sub.onNotify(msg.Payload)
+			}
+		case interrupted:
+			// A cancelled wait leaves the connection usable (pgx cancels
+			// by deadline); loop to apply the change.
+		case idled:
+			pingCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err = conn.Ping(pingCtx)
+			cancel()
+			if err != nil {
+				return fmt.Errorf("ping: %w", err)
+			}
+		default:
+			return err
+		}
+	}
+}
+
+// maxPayload keeps payloads under PostgreSQL's 8000-byte limit.
+const maxPayload = 7900
+
+// pack joins lines into as few payloads as the size limit allows.
+func pack(lines []string) []string {
+	var out []string
+	var payload []byte
+	for _, line := range lines {
+		if len(payload) > 0 && len(payload)+1+len(line) > maxPayload {
+			out = append(out, string(payload))
+			payload = payload[:0]
+		}
+		if len(payload) > 0 {
+			payload = append(payload, '\n')
+		}
+		payload = append(payload, line...)
+	}
+	if len(payload) > 0 {
+		out = append(out, string(payload))
+	}
+	return out
+}
+
+// notifyLines sends each channel its lines, newline-separated, in one
+// statement. It runs outside any write transaction: a NOTIFY-only
+// transaction writes no WAL, so its commit is cheap.
+func (s *Store) notifyLines(ctx context.Context, byChannel map[string][]string) error {
+	var channels, payloads []string
+	for ch, lines := range byChannel {
+		for _, p := range pack(lines) {
+			channels, payloads = append(channels, ch), append(payloads, p)
+		}
+	}
+	if len(channels) == 0 {
+		return nil
+	}
+	_, err := s.pool.Exec(ctx, `SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p)`, channels, payloads)
+	return translate(err, "notify")
+}
+
+// NodeChannel is the channel a connection node listens on.
+func NodeChannel(nodeID string) string { return "sb_node_" + nodeID }
+
+// EdgeChannel is the channel an edge listens on for its commands' changes.
+func EdgeChannel(edgeID string) string { return "sb_edge_" + edgeID }

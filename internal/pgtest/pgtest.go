@@ -1,0 +1,158 @@
+// Package pgtest gives tests a real PostgreSQL: the cluster at
+// TEST_DATABASE_URL when it is set (scripts/test starts one for all
+// packages), or a private cluster this test binary starts and stops.
+//
+// Each test gets a database of its own, copied from a migrated template.
+// LISTEN/NOTIFY is scoped to a database, so parallel tests cannot hear each
+// other's wake-ups.
+package pgtest
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/goleak"
+
+	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/internal/pgcluster"
+)
+
+var (
+	adminURL string // the cluster's postgres database
+
+	templateOnce sync.Once
+	templateName string
+	templateErr  error
+
+	databases atomic.Int64
+)
+
+// Main runs a package's tests with a database cluster available, then fails
+// them if a goroutine outlived them; call it from TestMain:
+// os.Exit(pgtest.Main(m)).
+func Main(m *testing.M) int {
+	adminURL = os.Getenv("TEST_DATABASE_URL")
+	if adminURL == "" {
+		dir, err := os.MkdirTemp("", "switchboard-test-")
+		if err == nil {
+			err = os.Chmod(dir, 0o711) // the postgres user must be able to enter it
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "pgtest:", err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		cluster, err := pgcluster.Start(context.Background(), dir+"/pg", pgcluster.Options{Fast: true})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "pgtest: starting a private PostgreSQL:", err)
+			return 1
+		}
+		defer cluster.Stop()
+		adminURL = cluster.URL
+	}
+	code := m.Run()
+	if templateName != "" {
+		_ = adminExec(context.Background(), "DROP DATABASE IF EXISTS "+templateName+" WITH (FORCE)")
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "pgtest: goroutines outlived the tests:", err)
+			code = 1
+		}
+	}
+	return code
+}
+
+func adminExec(ctx context.Context, sql string) error {
+	conn, err := pgx.Connect(ctx, adminURL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	_, err = conn.Exec(ctx, sql)
+	return err
+}
+
+// withDatabase returns adminURL pointed at another database.
+func withDatabase(name string) string {
+	u, err := url.Parse(adminURL)
+	if err != nil {
+		panic(err)
+	}
+	u.Path = "/" + name
+	return u.String()
+}
+
+// makeTemplate creates and migrates the template once per test binary. Its
+// name carries the pid: test binaries of several packages share a cluster.
+func makeTemplate() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	name := fmt.Sprintf("switchboard_tpl_%d", os.Getpid())
+	if templateErr = adminExec(ctx, "CREATE DATABASE "+name); templateErr != nil {
+		return
+	}
+	templateName = name
+	pool, err := pgxpool.New(ctx, withDatabase(name))
+	if err != nil {
+		templateErr = err
+		return
+	}
+	defer pool.Close()
+	templateErr = db.Migrate(ctx, pool, Logger())
+}
+
+// NewDatabase creates a migrated database for t and drops it when t ends.
+// It returns the database's URL.
+func NewDatabase(t testing.TB) string {
+	t.Helper()
+	if adminURL == "" {
+		t.Fatal("pgtest: call pgtest.Main from TestMain")
+	}
+	templateOnce.Do(makeTemplate)
+	if templateErr != nil {
+		t.Fatalf("pgtest: template database: %v", templateErr)
+	}
+	name := fmt.Sprintf("switchboard_test_%d_%d", os.Getpid(), databases.Add(1))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := adminExec(ctx, "CREATE DATABASE "+name+" TEMPLATE "+templateName); err != nil {
+		t.Fatalf("pgtest: create database: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := adminExec(context.Background(), "DROP DATABASE "+name+" WITH (FORCE)"); err != nil {
+			t.Errorf("pgtest: drop database: %v", err)
+		}
+	})
+	return withDatabase(name)
+}
+
+// NewPool returns a pool on a fresh database, closed when t ends.
+func NewPool(t testing.TB) *pgxpool.Pool {
+	t.Helper()
+	pool, err := pgxpool.New(context.Background(), NewDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+// Logger is a logger for code under test: quiet unless SWITCHBOARD_TEST_LOG
+// is set, because a slog handler writing to t outlives t in goroutines
+// that are still stopping.
+func Logger() *slog.Logger {
+	if os.Getenv("SWITCHBOARD_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}

@@ -1,0 +1,134 @@
+// Package protocol is the device wire protocol: one JSON object per WebSocket
+// text frame, told apart by its "type" field. The connection tier and the
+// device SDK both speak it through this package, so the README's protocol
+// section and the code cannot drift apart.
+package protocol
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"regexp"
+)
+
+// Subprotocol is offered by devices and accepted by the connection tier.
+const Subprotocol = "switchboard.v1"
+
+// Path is where a connection node accepts device WebSockets.
+const Path = "/v1/connect"
+
+// Frame types.
+const (
+	TypeCommand = "command" // server → device
+	TypeReply   = "reply"   // device → server
+	TypeEvent   = "event"   // device → server
+	TypePing    = "ping"    // either way, for clients without control frames
+	TypePong    = "pong"
+)
+
+// Close codes the connection tier sends.
+const (
+	CloseGoingAway     = 1001 // node draining: reconnect (to any node)
+	CloseBadMessage    = 1008 // frame was not a valid protocol message
+	CloseTooBig        = 1009 // frame larger than the node's limit
+	CloseInternalError = 1011 // node could not serve the session (e.g. database down): reconnect later
+	CloseRebalance     = 1012 // reconnect after the delay given in the reason
+	CloseTryAgainLater = 1013 // the device did not read its frames fast enough
+	CloseReplaced      = 4008 // a newer session for the same device took over: do not reconnect
+)
+
+// Message is one decoded frame. Only the fields of its Type are set.
+type Message struct {
+	Type string `json:"type"`
+
+	// command and reply
+	ID string `json:"id,omitempty"`
+
+	// command and event
+	Name string `json:"name,omitempty"`
+
+	// command
+	Args json.RawMessage `json:"args,omitempty"`
+
+	// reply
+	OK     *bool           `json:"ok,omitempty"`
+	Result json.RawMessage `json:"result,omitempty"`
+	Error  string          `json:"error,omitempty"`
+
+	// event
+	Data json.RawMessage `json:"data,omitempty"`
+}
+
+// DecodeError says why a frame was rejected. Its text is short enough to be
+// a WebSocket close reason (at most 123 bytes).
+type DecodeError struct{ Reason string }
+
+func (e *DecodeError) Error() string { return e.Reason }
+
+func badf(format string, args ...any) error {
+	reason := fmt.Sprintf(format, args...)
+	if len(reason) > 123 {
+		reason = reason[:123]
+	}
+	return &DecodeError{Reason: reason}
+}
+
+var (
+	uuidPattern = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+	namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$`)
+)
+
+// ValidName reports whether s can name a command or an event.
+func ValidName(s string) bool { return namePattern.MatchString(s) }
+
+// Decode parses and validates one frame. Unknown fields are ignored so that
+// newer peers can add them; unknown types are rejected.
+func Decode(frame []byte) (Message, error) {
+	var m Message
+	if err := json.Unmarshal(frame, &m); err != nil {
+		return Message{}, badf("malformed JSON: %v", err)
+	}
+	switch m.Type {
+	case TypeReply:
+		if !uuidPattern.MatchString(m.ID) {
+			return Message{}, badf("reply: id must be the command's uuid")
+		}
+		if m.OK == nil {
+			return Message{}, badf("reply %s: ok must be true or false", m.ID)
+		}
+		if !*m.OK && m.Error == "" {
+			m.Error = "device reported failure"
+		}
+		if isNull(m.Result) {
+			m.Result = nil
+		}
+	case TypeEvent:
+		if !ValidName(m.Name) {
+			return Message{}, badf("event: name must match %s", namePattern)
+		}
+		if isNull(m.Data) {
+			m.Data = nil
+		}
+	case TypeCommand:
+		if !uuidPattern.MatchString(m.ID) || !ValidName(m.Name) {
+			return Message{}, badf("command: needs a uuid id and a name")
+		}
+		if len(m.Args) == 0 || isNull(m.Args) {
+			m.Args = json.RawMessage(`{}`)
+		}
+	case TypePing, TypePong:
+	case "":
+		return Message{}, badf("missing type")
+	default:
+		return Message{}, badf("unknown type %q", m.Type)
+	}
+	return m, nil
+}
+
+func isNull(raw json.RawMessage) bool { return bytes.Equal(bytes.TrimSpace(raw), []byte("null")) }
+
+// Encode renders a message as one frame.
+func Encode(m Message) ([]byte, error) { return json.Marshal(m) }
+
+// Pong is the answer to an application-level ping.
+var Pong = []byte(`{"type":"pong"}`)
