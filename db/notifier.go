@@ -39,9 +39,13 @@ type subscription struct {
 
 var errInterrupted = errors.New("subscriptions changed")
 
+// ListenerApplicationName marks listener sessions in pg_stat_activity.
+const ListenerApplicationName = "switchboard listener"
+
 // NewNotifier makes a notifier that connects with cfg (copied).
 func NewNotifier(cfg *pgx.ConnConfig, log *slog.Logger) *Notifier {
 	cfg = cfg.Copy()
+	cfg.RuntimeParams["application_name"] = ListenerApplicationName
 	return &Notifier{
 		connect: func(ctx context.Context) (*pgx.Conn, error) { return pgx.ConnectConfig(ctx, cfg) },
 		log:     log.With("component", "notifier"),

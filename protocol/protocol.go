@@ -9,6 +9,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"regexp"
+	"strings"
+	"unicode/utf8"
 )
 
 // Subprotocol is offered by devices and accepted by the connection tier.
@@ -66,9 +68,14 @@ type DecodeError struct{ Reason string }
 func (e *DecodeError) Error() string { return e.Reason }
 
 func badf(format string, args ...any) error {
-	reason := fmt.Sprintf(format, args...)
+	reason := strings.ToValidUTF8(fmt.Sprintf(format, args...), "?")
 	if len(reason) > 123 {
-		reason = reason[:123]
+		// Cut on a rune boundary: close reasons must be valid UTF-8.
+		cut := 123
+		for !utf8.RuneStart(reason[cut]) {
+			cut--
+		}
+		reason = reason[:cut]
 	}
 	return &DecodeError{Reason: reason}
 }
@@ -81,15 +88,18 @@ var (
 // ValidName reports whether s can name a command or an event.
 func ValidName(s string) bool { return namePattern.MatchString(s) }
 
-// Decode parses and validates one frame. Unknown fields are ignored so that
-// newer peers can add them; unknown types are rejected.
+// Decode parses and validates one frame. Unknown fields, and fields of other
+// types, are dropped so that newer peers can add them; unknown types are
+// rejected.
 func Decode(frame []byte) (Message, error) {
-	var m Message
-	if err := json.Unmarshal(frame, &m); err != nil {
+	var in Message
+	if err := json.Unmarshal(frame, &in); err != nil {
 		return Message{}, badf("malformed JSON: %v", err)
 	}
-	switch m.Type {
+	m := Message{Type: in.Type}
+	switch in.Type {
 	case TypeReply:
+		m.ID, m.OK, m.Result, m.Error = in.ID, in.OK, in.Result, in.Error
 		if !uuidPattern.MatchString(m.ID) {
 			return Message{}, badf("reply: id must be the command's uuid")
 		}
@@ -103,6 +113,7 @@ func Decode(frame []byte) (Message, error) {
 			m.Result = nil
 		}
 	case TypeEvent:
+		m.Name, m.Data = in.Name, in.Data
 		if !ValidName(m.Name) {
 			return Message{}, badf("event: name must match %s", namePattern)
 		}
@@ -110,6 +121,7 @@ func Decode(frame []byte) (Message, error) {
 			m.Data = nil
 		}
 	case TypeCommand:
+		m.ID, m.Name, m.Args = in.ID, in.Name, in.Args
 		if !uuidPattern.MatchString(m.ID) || !ValidName(m.Name) {
 			return Message{}, badf("command: needs a uuid id and a name")
 		}

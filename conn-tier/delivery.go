@@ -1,0 +1,222 @@
+package conntier
+
+import (
+	"context"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/switchboard-iot/switchboard/db"
+)
+
+// deliverer sends devices their pending commands. Wake-ups only mark devices
+// dirty; one goroutine reads the pending commands of all dirty devices in a
+// query per round, so a burst of wake-ups costs a few queries, not one each,
+// and a device's commands go out in order.
+type deliverer struct {
+	node   *Node
+	signal chan struct{} // cap 1: there is work
+
+	mu    sync.Mutex // guards the following
+	dirty map[string]struct{}
+	all   bool // every local device: after the listener (re)connects
+}
+
+// pendingBatch bounds one round's query; a device with more left over is
+// marked dirty again.
+const pendingBatch = 1000
+
+func newDeliverer(n *Node) *deliverer {
+	return &deliverer{node: n, signal: make(chan struct{}, 1), dirty: make(map[string]struct{})}
+}
+
+func (d *deliverer) wake(deviceID string) {
+	d.mu.Lock()
+	d.dirty[deviceID] = struct{}{}
+	d.mu.Unlock()
+	d.poke()
+}
+
+// wakeAll rescans every local device: nothing is replayed to a listener that
+// was away, so wake-ups sent meanwhile are found in the table instead.
+func (d *deliverer) wakeAll() {
+	d.mu.Lock()
+	d.all = true
+	d.mu.Unlock()
+	d.poke()
+}
+
+func (d *deliverer) poke() {
+	select {
+	case d.signal <- struct{}{}:
+	default:
+	}
+}
+
+func (d *deliverer) take() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.all {
+		d.all = false
+		clear(d.dirty)
+		return d.node.hub.deviceIDs()
+	}
+	ids := make([]string, 0, len(d.dirty))
+	for id := range d.dirty {
+		if d.node.hub.get(id) != nil {
+			ids = append(ids, id)
+		}
+	}
+	clear(d.dirty)
+	return ids
+}
+
+func (d *deliverer) run(ctx context.Context) error {
+	backoff := 100 * time.Millisecond
+	for {
+		select {
+		case <-d.signal:
+		case <-ctx.Done():
+			return nil
+		}
+		for ids := d.take(); len(ids) > 0; ids = ids[min(len(ids), pendingBatch):] {
+			chunk := ids[:min(len(ids), pendingBatch)]
+			if err := d.deliver(ctx, chunk); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				d.node.log.Warn("reading pending commands; retrying", "devices", len(ids), "err", err)
+				for _, id := range ids {
+					d.wake(id)
+				}
+				select {
+				case <-time.After(rand.N(backoff)):
+				case <-ctx.Done():
+					return nil
+				}
+				backoff = min(backoff*2, 5*time.Second)
+				break
+			}
+			backoff = 100 * time.Millisecond
+		}
+	}
+}
+
+func (d *deliverer) deliver(ctx context.Context, deviceIDs []string) error {
+	cmds, err := d.node.store.PendingCommands(ctx, deviceIDs, pendingBatch)
+	if err != nil {
+		return err
+	}
+	for _, cmd := range cmds {
+		if c := d.node.hub.get(cmd.DeviceID); c != nil {
+			c.deliver(cmd)
+		}
+	}
+	if len(cmds) == pendingBatch {
+		// Possibly more, for any of them: look again. What was just sent is
+		// skipped, as in flight or no longer pending.
+		for _, id := range deviceIDs {
+			d.wake(id)
+		}
+	}
+	return nil
+}
+
+// commandOp is a delivery record or a reply, written by the commands batcher.
+type commandOp struct {
+	delivered uuid.UUID // with conn: the frame was written
+	conn      *conn
+	reply     *db.Reply
+}
+
+// writeCommands records deliveries and replies, then wakes the edges that
+// wait on them. Deliveries go first: a reply in the same batch wins.
+func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
+	var delivered []uuid.UUID
+	var replies []db.Reply
+	for _, op := range ops {
+		if op.reply != nil {
+			replies = append(replies, *op.reply)
+		} else {
+			delivered = append(delivered, op.delivered)
+		}
+	}
+	var changes []db.Change
+	if len(delivered) > 0 {
+		ch, err := n.store.MarkDelivered(ctx, n.cfg.Node.ID, delivered)
+		if err != nil {
+			return err
+		}
+		changes = append(changes, ch...)
+		for _, op := range ops {
+			if op.conn != nil {
+				op.conn.forget(op.delivered)
+			}
+		}
+		n.metrics.delivered.Add(float64(len(ch)))
+	}
+	if len(replies) > 0 {
+		ch, err := n.store.StoreReplies(ctx, replies)
+		if err != nil {
+			return err
+		}
+		changes = append(changes, ch...)
+		n.metrics.replies.Add(float64(len(ch)))
+	}
+	// The rows are committed; a lost wake-up only delays the edge until it
+	// looks again, so it is logged, not retried.
+	if err := n.store.NotifyEdges(ctx, changes); err != nil {
+		n.log.Warn("waking edges", "changes", len(changes), "err", err)
+	}
+	return nil
+}
+
+// presenceOp is a session that opened (connect) or closed.
+type presenceOp struct {
+	session db.Session
+	connect bool
+	done    chan error // connect only: the row is written
+}
+
+// writePresence writes a batch of connects and disconnects. Connects go
+// first: a session that opened and closed within one batch leaves no row.
+// Of several connects of one device, the newest wins.
+func (n *Node) writePresence(ctx context.Context, ops []presenceOp) error {
+	latest := make(map[string]int) // device → index of its newest connect
+	var gone []db.Session
+	for i, op := range ops {
+		if op.connect {
+			latest[op.session.DeviceID] = i
+		} else {
+			gone = append(gone, op.session)
+		}
+	}
+	var connects []db.Session
+	for i, op := range ops {
+		if op.connect && latest[op.session.DeviceID] == i {
+			connects = append(connects, op.session)
+		}
+	}
+	if len(connects) > 0 {
+		displaced, err := n.store.Connect(ctx, n.cfg.Node, connects)
+		if err != nil {
+			return err
+		}
+		if err := n.store.KickDisplaced(ctx, displaced); err != nil {
+			n.log.Warn("telling nodes of displaced sessions", "sessions", len(displaced), "err", err)
+		}
+	}
+	if len(gone) > 0 {
+		if err := n.store.Disconnect(ctx, gone); err != nil {
+			return err
+		}
+	}
+	for _, op := range ops {
+		if op.done != nil {
+			op.done <- nil
+		}
+	}
+	return nil
+}

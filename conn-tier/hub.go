@@ -1,0 +1,73 @@
+package conntier
+
+import (
+	"sync"
+
+	"github.com/switchboard-iot/switchboard/db"
+)
+
+// hub is the node's map of connected devices: at most one session each.
+type hub struct {
+	mu    sync.RWMutex     // guards conns
+	conns map[string]*conn // by device id
+}
+
+// add makes c the device's session and returns the one it replaces, if any.
+func (h *hub) add(c *conn) (replaced *conn) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	replaced = h.conns[c.deviceID]
+	h.conns[c.deviceID] = c
+	return replaced
+}
+
+// remove drops c unless a newer session already replaced it.
+func (h *hub) remove(c *conn) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.conns[c.deviceID] == c {
+		delete(h.conns, c.deviceID)
+	}
+}
+
+func (h *hub) get(deviceID string) *conn {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.conns[deviceID]
+}
+
+func (h *hub) len() int {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return len(h.conns)
+}
+
+func (h *hub) all() []*conn {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	out := make([]*conn, 0, len(h.conns))
+	for _, c := range h.conns {
+		out = append(out, c)
+	}
+	return out
+}
+
+func (h *hub) deviceIDs() []string {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	out := make([]string, 0, len(h.conns))
+	for id := range h.conns {
+		out = append(out, id)
+	}
+	return out
+}
+
+func (h *hub) sessions() []db.Session {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	out := make([]db.Session, 0, len(h.conns))
+	for _, c := range h.conns {
+		out = append(out, c.session())
+	}
+	return out
+}

@@ -1,0 +1,324 @@
+// Package conntier is the connection tier: a node that holds devices'
+// WebSockets, registers them in presence, delivers their commands and stores
+// their replies and events.
+//
+// A node is a set of actors that it starts and stops in order: the lease
+// first (presence rows must point at a live lease), the listener last; on
+// shutdown it stops accepting, closes every session with 1001 so devices
+// reconnect elsewhere, flushes the writes those sessions left, and only then
+// gives up its lease and rows.
+package conntier
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"regexp"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/gorilla/websocket"
+	"github.com/oklog/run"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/internal/batch"
+	"github.com/switchboard-iot/switchboard/protocol"
+)
+
+// Config is what a node needs. Zero durations and sizes take the defaults
+// noted beside them.
+type Config struct {
+	Node     db.Node
+	Store    *db.Store
+	Notifier *db.Notifier // the process's listener, shared with other components
+	Log      *slog.Logger
+	TLS      *tls.Config // nil serves plain HTTP (CONN_TLS=off, behind a TLS proxy)
+
+	// Metrics registers the node's metrics (labelled with its id) and serves
+	// /metrics; nil keeps them private.
+	Metrics *prometheus.Registry
+
+	PingInterval time.Duration // 20s: WebSocket ping to each device
+	ReadTimeout  time.Duration // 2.5×PingInterval: a device silent this long is dropped
+	WriteTimeout time.Duration // 10s: a frame not written in this time drops the device
+	MaxFrame     int64         // 64 KiB: larger frames close the socket with 1009
+	SendQueue    int           // 64 frames queued per device before it counts as stuck
+	LeaseTTL     time.Duration // 15s: renewed every third of it
+	DrainTimeout time.Duration // 10s: how long shutdown waits for sessions to close
+}
+
+// ValidNodeID says whether id can name a node (and its LISTEN channel).
+var ValidNodeID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$`).MatchString
+
+func (c *Config) setDefaults() {
+	def := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&c.PingInterval, 20*time.Second)
+	def(&c.ReadTimeout, c.PingInterval*5/2)
+	def(&c.WriteTimeout, 10*time.Second)
+	def(&c.LeaseTTL, 15*time.Second)
+	def(&c.DrainTimeout, 10*time.Second)
+	if c.MaxFrame == 0 {
+		c.MaxFrame = 64 << 10
+	}
+	if c.SendQueue == 0 {
+		c.SendQueue = 64
+	}
+	if c.Log == nil {
+		c.Log = slog.Default()
+	}
+}
+
+// Node is one connection node.
+type Node struct {
+	cfg      Config
+	log      *slog.Logger
+	store    *db.Store
+	upgrader websocket.Upgrader
+	metrics  *metrics
+
+	hub       hub
+	deliverer *deliverer
+	presence  *batch.Batcher[presenceOp]
+	commands  *batch.Batcher[commandOp]
+	events    *batch.Batcher[db.DeviceEvent]
+
+	sessions sync.WaitGroup // running session handlers
+	leased   atomic.Bool    // the lease row exists and was renewed in time
+	draining atomic.Bool    // shutting down: refuse new sessions
+}
+
+// New makes a node; Run starts it.
+func New(cfg Config) (*Node, error) {
+	cfg.setDefaults()
+	if !ValidNodeID(cfg.Node.ID) {
+		return nil, fmt.Errorf("node id %q: want 1-48 letters, digits, '.', '_' or '-'", cfg.Node.ID)
+	}
+	log := cfg.Log.With("node", cfg.Node.ID)
+	n := &Node{
+		cfg:   cfg,
+		log:   log,
+		store: cfg.Store,
+		upgrader: websocket.Upgrader{
+			Subprotocols:     []string{protocol.Subprotocol},
+			HandshakeTimeout: 10 * time.Second,
+			// Devices are not browsers: there is no page origin to check.
+			CheckOrigin: func(*http.Request) bool { return true },
+		},
+		metrics: newMetrics(cfg.Metrics, cfg.Node.ID),
+	}
+	n.hub.conns = make(map[string]*conn)
+	n.deliverer = newDeliverer(n)
+	n.presence = batch.New("presence", 4096, 1000, log, n.writePresence)
+	n.commands = batch.New("commands", 4096, 1000, log, n.writeCommands)
+	n.events = batch.New("events", 4096, 1000, log, n.store.InsertEvents)
+	return n, nil
+}
+
+// Handler serves the device endpoint and the node's health and metrics.
+func (n *Node) Handler() http.Handler {
+	r := chi.NewRouter()
+	r.Get(protocol.Path, n.handleConnect)
+	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	r.Get("/readyz", n.handleReady)
+	if n.cfg.Metrics != nil {
+		r.Handle("/metrics", promhttp.HandlerFor(n.cfg.Metrics, promhttp.HandlerOpts{}))
+	}
+	return r
+}
+
+func (n *Node) handleReady(w http.ResponseWriter, r *http.Request) {
+	switch {
+	case n.draining.Load():
+		http.Error(w, "draining", http.StatusServiceUnavailable)
+	case !n.leased.Load():
+		http.Error(w, "no lease", http.StatusServiceUnavailable)
+	case n.store.Pool().Ping(r.Context()) != nil:
+		http.Error(w, "database unreachable", http.StatusServiceUnavailable)
+	default:
+		_, _ = w.Write([]byte("ok\n"))
+	}
+}
+
+// Sessions reports how many devices are connected to this node.
+func (n *Node) Sessions() int { return n.hub.len() }
+
+// Run serves devices on ln until ctx is done, then drains and returns.
+func (n *Node) Run(ctx context.Context, ln net.Listener) error {
+	if err := n.register(ctx); err != nil {
+		return err
+	}
+
+	// Background actors outlive ctx: they must flush what the closing
+	// sessions leave behind. They stop when stopBackground is called.
+	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
+	var bg run.Group
+	for _, actor := range []func(context.Context) error{n.presence.Run, n.commands.Run, n.events.Run, n.deliverer.run, n.renewLease} {
+		actorCtx, cancel := context.WithCancel(bgCtx)
+		bg.Add(func() error { return actor(actorCtx) }, func(error) { cancel() })
+	}
+	bgDone := make(chan error, 1)
+	go func() { bgDone <- bg.Run() }()
+
+	unlisten := n.cfg.Notifier.Listen(db.NodeChannel(n.cfg.Node.ID), n.onNotify, n.deliverer.wakeAll)
+
+	srv := &http.Server{
+		Handler:           n.Handler(),
+		TLSConfig:         n.cfg.TLS,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
+	}
+	srvDone := make(chan error, 1)
+	go func() {
+		var err error
+		if n.cfg.TLS != nil {
+			err = srv.ServeTLS(ln, "", "")
+		} else {
+			err = srv.Serve(ln)
+		}
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		srvDone <- err
+	}()
+	n.log.Info("connection node serving", "addr", ln.Addr().String(), "region", n.cfg.Node.Region, "tls", n.cfg.TLS != nil)
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-srvDone:
+		srvDone <- err
+	case err = <-bgDone:
+		bgDone <- err
+	}
+
+	// Stop accepting, then close every session with 1001.
+	n.draining.Store(true)
+	drainCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), n.cfg.DrainTimeout)
+	defer cancel()
+	_ = srv.Shutdown(drainCtx) // hijacked WebSockets are ours to close
+	n.closeAll(protocol.CloseGoingAway, "node draining")
+	n.waitSessions(drainCtx)
+	unlisten()
+
+	// Flush the closed sessions' writes, then leave no rows behind.
+	stopBackground()
+	if bgErr := <-bgDone; err == nil {
+		err = bgErr
+	}
+	if rmErr := n.store.RemoveNode(drainCtx, n.cfg.Node.ID); rmErr != nil {
+		n.log.Error("removing the node's lease and presence", "err", rmErr)
+	}
+	if srvErr := <-srvDone; err == nil {
+		err = srvErr
+	}
+	n.log.Info("connection node stopped")
+	return err
+}
+
+// register takes the lease before any device can connect, retrying while
+// the database is away, and clears presence rows an earlier process with
+// this id left behind.
+func (n *Node) register(ctx context.Context) error {
+	for backoff := 100 * time.Millisecond; ; backoff = min(backoff*2, 5*time.Second) {
+		_, err := n.store.RenewLease(ctx, n.cfg.Node, n.cfg.LeaseTTL)
+		if err == nil {
+			err = n.store.ClearNode(ctx, n.cfg.Node.ID)
+		}
+		if err == nil {
+			n.leased.Store(true)
+			return nil
+		}
+		n.log.Warn("registering the node; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("registering node %s: %w", n.cfg.Node.ID, err)
+		case <-time.After(rand.N(backoff)):
+		}
+	}
+}
+
+// renewLease keeps the lease alive. A renewal that had to recreate the row
+// means the node was reaped while away: it writes its sessions back.
+func (n *Node) renewLease(ctx context.Context) error {
+	ticker := time.NewTicker(n.cfg.LeaseTTL / 3)
+	defer ticker.Stop()
+	lastRenewed := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ticker.C:
+		}
+		created, err := n.store.RenewLease(ctx, n.cfg.Node, n.cfg.LeaseTTL)
+		if err != nil {
+			if time.Since(lastRenewed) > n.cfg.LeaseTTL {
+				n.leased.Store(false)
+			}
+			n.log.Warn("renewing the lease", "err", err)
+			continue
+		}
+		lastRenewed = time.Now()
+		n.leased.Store(true)
+		if created {
+			n.log.Warn("lease was reaped while away; asserting presence again", "sessions", n.hub.len())
+			if err := n.store.Reassert(ctx, n.cfg.Node, n.hub.sessions()); err != nil {
+				n.log.Error("asserting presence", "err", err)
+			}
+		}
+	}
+}
+
+// onNotify runs on the notifier's goroutine: it only hands work off.
+func (n *Node) onNotify(payload string) {
+	for _, m := range db.ParseNodeMessages(payload) {
+		if !m.Kick {
+			n.deliverer.wake(m.DeviceID)
+			continue
+		}
+		if c := n.hub.get(m.DeviceID); c != nil && c.sessionID == m.SessionID {
+			go c.close(protocol.CloseReplaced, "replaced by a newer session")
+		}
+	}
+}
+
+// closeAll closes every session, a few at a time so that a node with many
+// thousands of them does not stall on one slow peer.
+func (n *Node) closeAll(code int, reason string) {
+	sem := make(chan struct{}, 64)
+	var wg sync.WaitGroup
+	for _, c := range n.hub.all() {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			c.close(code, reason)
+		})
+	}
+	wg.Wait()
+}
+
+func (n *Node) waitSessions(ctx context.Context) {
+	done := make(chan struct{})
+	go func() { n.sessions.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		n.log.Warn("sessions still open after the drain timeout; cutting them", "sessions", n.hub.len())
+		for _, c := range n.hub.all() {
+			c.ws.Close()
+		}
+		<-done
+	}
+}

@@ -1,0 +1,317 @@
+// Package device is the Go device SDK: it connects a device to a
+// Switchboard connection node, answers commands with registered handlers,
+// sends events, and reconnects with jittered exponential backoff.
+//
+//	d := device.New(device.Config{URL: "wss://conn.example.com:8443/v1/connect", ID: id, Secret: secret})
+//	d.Handle("reboot", func(ctx context.Context, args json.RawMessage) (any, error) { ... })
+//	err := d.Run(ctx) // until ctx ends, the credentials are refused, or another session replaces this one
+package device
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/switchboard-iot/switchboard/protocol"
+)
+
+// Errors that end Run: retrying would not help.
+var (
+	ErrUnauthorized = errors.New("device credentials refused")
+	ErrReplaced     = errors.New("replaced by a newer session of the same device")
+)
+
+// ErrNotConnected is returned by Event while the device has no session.
+var ErrNotConnected = errors.New("not connected")
+
+// HandlerFunc answers one command. A returned error becomes a reply with
+// ok false; the result is marshalled to JSON.
+type HandlerFunc func(ctx context.Context, args json.RawMessage) (result any, err error)
+
+// Config says where and as whom to connect.
+type Config struct {
+	URL    string // wss://host:8443/v1/connect
+	ID     string
+	Secret string
+	TLS    *tls.Config // nil uses the system roots
+	Log    *slog.Logger
+
+	MinBackoff  time.Duration // 500ms: first reconnect delay cap
+	MaxBackoff  time.Duration // 30s: largest reconnect delay cap
+	ReadTimeout time.Duration // 60s: a server silent this long (no ping) is given up
+	Dedup       int           // 1024: recent command ids remembered, to answer a redelivery without re-running it
+
+	// OnConnect and OnDisconnect, when set, are told of each session.
+	OnConnect    func()
+	OnDisconnect func(err error)
+}
+
+// Client is one device's connection. Handle must be called before Run.
+type Client struct {
+	cfg      Config
+	log      *slog.Logger
+	handlers map[string]HandlerFunc
+	dedup    *dedup
+
+	mu  sync.Mutex      // guards out
+	out chan<- []byte // the current session's writer, nil between sessions
+}
+
+// New makes a client.
+func New(cfg Config) *Client {
+	if cfg.MinBackoff == 0 {
+		cfg.MinBackoff = 500 * time.Millisecond
+	}
+	if cfg.MaxBackoff == 0 {
+		cfg.MaxBackoff = 30 * time.Second
+	}
+	if cfg.ReadTimeout == 0 {
+		cfg.ReadTimeout = 60 * time.Second
+	}
+	if cfg.Dedup == 0 {
+		cfg.Dedup = 1024
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	return &Client{
+		cfg:      cfg,
+		log:      cfg.Log.With("device", cfg.ID),
+		handlers: make(map[string]HandlerFunc),
+		dedup:    newDedup(cfg.Dedup),
+	}
+}
+
+// Handle registers the handler for commands called name.
+func (c *Client) Handle(name string, h HandlerFunc) { c.handlers[name] = h }
+
+// Event sends a telemetry or alert event on the current session.
+func (c *Client) Event(ctx context.Context, name string, data any) error {
+	raw, err := json.Marshal(data)
+	if err != nil {
+		return err
+	}
+	frame, err := protocol.Encode(protocol.Message{Type: protocol.TypeEvent, Name: name, Data: raw})
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	out := c.out
+	c.mu.Unlock()
+	if out == nil {
+		return ErrNotConnected
+	}
+	select {
+	case out <- frame:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Run keeps the device connected until ctx ends (nil), its credentials are
+// refused (ErrUnauthorized) or a newer session replaces it (ErrReplaced).
+func (c *Client) Run(ctx context.Context) error {
+	attempt := 0
+	for {
+		start := time.Now()
+		delay, err := c.session(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if errors.Is(err, ErrUnauthorized) || errors.Is(err, ErrReplaced) {
+			return err
+		}
+		if time.Since(start) > c.cfg.MaxBackoff {
+			attempt = 0 // the session lasted: the next failure starts small again
+		}
+		if delay == 0 {
+			delay = backoff(c.cfg.MinBackoff, c.cfg.MaxBackoff, attempt)
+			attempt++
+		}
+		c.log.Debug("reconnecting", "in", delay, "err", err)
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+// backoff is exponential backoff with full jitter: a random delay up to
+// min(max, base·2^attempt), so a fleet that lost its node spreads out.
+func backoff(base, maxDelay time.Duration, attempt int) time.Duration {
+	ceiling := maxDelay
+	if attempt < 30 {
+		ceiling = min(maxDelay, base<<attempt)
+	}
+	return rand.N(ceiling) + time.Millisecond
+}
+
+// session runs one connection. It returns how long the server asked us to
+// wait before reconnecting (1012), or zero, and why the session ended.
+func (c *Client) session(ctx context.Context) (time.Duration, error) {
+	dialer := websocket.Dialer{
+		TLSClientConfig:  c.cfg.TLS,
+		Subprotocols:     []string{protocol.Subprotocol},
+		HandshakeTimeout: 10 * time.Second,
+		Proxy:            http.ProxyFromEnvironment,
+	}
+	header := http.Header{}
+	header.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(c.cfg.ID+":"+c.cfg.Secret)))
+	ws, resp, err := dialer.DialContext(ctx, c.cfg.URL, header)
+	if err != nil {
+		if resp != nil && resp.StatusCode == http.StatusUnauthorized {
+			return 0, ErrUnauthorized
+		}
+		return 0, fmt.Errorf("dial %s: %w", c.cfg.URL, err)
+	}
+	defer ws.Close()
+
+	sessionCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	out := make(chan []byte, 64)
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		c.writeLoop(sessionCtx, ws, out)
+	}()
+	var handlers sync.WaitGroup
+	c.mu.Lock()
+	c.out = out
+	c.mu.Unlock()
+	if c.cfg.OnConnect != nil {
+		c.cfg.OnConnect()
+	}
+
+	delay, err := c.readLoop(sessionCtx, ws, out, &handlers)
+
+	c.mu.Lock()
+	c.out = nil
+	c.mu.Unlock()
+	cancel()
+	handlers.Wait()
+	<-writerDone
+	if ctx.Err() != nil {
+		// Say goodbye properly; the node removes our presence row.
+		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
+	}
+	if c.cfg.OnDisconnect != nil {
+		c.cfg.OnDisconnect(err)
+	}
+	return delay, err
+}
+
+func (c *Client) writeLoop(ctx context.Context, ws *websocket.Conn, out <-chan []byte) {
+	for {
+		select {
+		case frame := <-out:
+			_ = ws.SetWriteDeadline(time.Now().Add(10 * time.Second))
+			if err := ws.WriteMessage(websocket.TextMessage, frame); err != nil {
+				ws.Close() // ends the read loop
+				return
+			}
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+func (c *Client) readLoop(ctx context.Context, ws *websocket.Conn, out chan<- []byte, handlers *sync.WaitGroup) (time.Duration, error) {
+	extend := func() { _ = ws.SetReadDeadline(time.Now().Add(c.cfg.ReadTimeout)) }
+	extend()
+	ws.SetPingHandler(func(data string) error {
+		extend()
+		err := ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(10*time.Second))
+		if errors.Is(err, websocket.ErrCloseSent) {
+			return nil
+		}
+		return err
+	})
+	stop := context.AfterFunc(ctx, func() { ws.SetReadDeadline(time.Now()) }) // unblock the read on shutdown
+	defer stop()
+	for {
+		_, frame, err := ws.ReadMessage()
+		if err != nil {
+			var closeErr *websocket.CloseError
+			if errors.As(err, &closeErr) {
+				switch closeErr.Code {
+				case protocol.CloseReplaced:
+					return 0, ErrReplaced
+				case protocol.CloseRebalance:
+					return rebalanceDelay(closeErr.Text), err
+				}
+			}
+			return 0, err
+		}
+		extend()
+		msg, err := protocol.Decode(frame)
+		if err != nil {
+			c.log.Warn("ignoring a frame the node sent", "err", err)
+			continue
+		}
+		if msg.Type != protocol.TypeCommand {
+			continue // pong, or types of a newer protocol
+		}
+		reply, fresh := c.dedup.begin(msg.ID)
+		if !fresh {
+			if reply != nil {
+				c.send(ctx, out, reply) // a redelivery: answer again, do not re-run
+			}
+			continue
+		}
+		handlers.Go(func() {
+			reply := c.run(ctx, msg)
+			c.dedup.finish(msg.ID, reply)
+			c.send(ctx, out, reply)
+		})
+	}
+}
+
+func (c *Client) send(ctx context.Context, out chan<- []byte, frame []byte) {
+	select {
+	case out <- frame:
+	case <-ctx.Done():
+	}
+}
+
+// run calls the command's handler and renders its reply frame.
+func (c *Client) run(ctx context.Context, cmd protocol.Message) []byte {
+	ok := true
+	reply := protocol.Message{Type: protocol.TypeReply, ID: cmd.ID, OK: &ok}
+	h := c.handlers[cmd.Name]
+	if h == nil {
+		ok = false
+		reply.Error = "unknown command " + cmd.Name
+	} else if result, err := h(ctx, cmd.Args); err != nil {
+		ok = false
+		reply.Error = err.Error()
+	} else if reply.Result, err = json.Marshal(result); err != nil {
+		ok = false
+		reply.Result, reply.Error = nil, "result is not JSON: "+err.Error()
+	}
+	frame, _ := protocol.Encode(reply)
+	return frame
+}
+
+// rebalanceDelay reads the delay a node gave with close code 1012, such as
+// "30s" or "reconnect in 30s"; absent or unreadable, a second.
+func rebalanceDelay(reason string) time.Duration {
+	for _, field := range strings.Fields(reason) {
+		if d, err := time.ParseDuration(field); err == nil && d > 0 {
+			return d
+		}
+	}
+	return time.Second
+}

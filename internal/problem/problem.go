@@ -1,0 +1,28 @@
+// Package problem writes RFC 9457 problem details, the one error format of
+// both tiers' HTTP responses. Each kind of problem has a stable type URI that
+// clients may switch on; titles and details are for people.
+package problem
+
+import (
+	"encoding/json"
+	"net/http"
+)
+
+// Base prefixes every problem type.
+const Base = "https://switchboard.dev/problems/"
+
+// Problem is one RFC 9457 problem document.
+type Problem struct {
+	Type   string `json:"type"`
+	Title  string `json:"title"`
+	Status int    `json:"status"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// Write sends a problem with the given HTTP status; slug names its type.
+func Write(w http.ResponseWriter, status int, slug, title, detail string) {
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(Problem{Type: Base + slug, Title: title, Status: status, Detail: detail})
+}

@@ -1,0 +1,458 @@
+package protocol_test
+
+import (
+	"encoding/json"
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	"github.com/switchboard-iot/switchboard/protocol"
+)
+
+const (
+	uuid1 = "0b7c3a52-6f0e-4d1a-9c39-2f4b1e8a9d10"
+	uuid2 = "ABCDEF01-2345-6789-ABCD-EF0123456789"
+)
+
+func boolp(b bool) *bool { return &b }
+
+func TestDecodeAccepts(t *testing.T) {
+	tests := []struct {
+		name  string
+		frame string
+		want  protocol.Message
+	}{
+		{
+			name:  "reply ok with result",
+			frame: `{"type":"reply","id":"` + uuid1 + `","ok":true,"result":{"temp":21.5}}`,
+			want:  protocol.Message{Type: "reply", ID: uuid1, OK: boolp(true), Result: json.RawMessage(`{"temp":21.5}`)},
+		},
+		{
+			name:  "reply ok with upper-case uuid",
+			frame: `{"type":"reply","id":"` + uuid2 + `","ok":true,"result":[1,2]}`,
+			want:  protocol.Message{Type: "reply", ID: uuid2, OK: boolp(true), Result: json.RawMessage(`[1,2]`)},
+		},
+		{
+			name:  "reply ok with null result",
+			frame: `{"type":"reply","id":"` + uuid1 + `","ok":true,"result":null}`,
+			want:  protocol.Message{Type: "reply", ID: uuid1, OK: boolp(true)},
+		},
+		{
+			name:  "reply ok without result",
+			frame: `{"type":"reply","id":"` + uuid1 + `","ok":true}`,
+			want:  protocol.Message{Type: "reply", ID: uuid1, OK: boolp(true)},
+		},
+		{
+			name:  "reply ok with scalar result",
+			frame: `{"type":"reply","id":"` + uuid1 + `","ok":true,"result":0}`,
+			want:  protocol.Message{Type: "reply", ID: uuid1, OK: boolp(true), Result: json.RawMessage(`0`)},
+		},
+		{
+			name:  "reply not ok with error",
+			frame: `{"type":"reply","id":"` + uuid1 + `","ok":false,"error":"relay stuck"}`,
+			want:  protocol.Message{Type: "reply", ID: uuid1, OK: boolp(false), Error: "relay stuck"},
+		},
+		{
+			name:  "reply not ok without error gets a default",
+			frame: `{"type":"reply","id":"` + uuid1 + `","ok":false}`,
+			want:  protocol.Message{Type: "reply", ID: uuid1, OK: boolp(false), Error: "device reported failure"},
+		},
+		{
+			name:  "reply not ok with empty error gets a default",
+			frame: `{"type":"reply","id":"` + uuid1 + `","ok":false,"error":"","result":null}`,
+			want:  protocol.Message{Type: "reply", ID: uuid1, OK: boolp(false), Error: "device reported failure"},
+		},
+		{
+			name:  "event with data",
+			frame: `{"type":"event","name":"telemetry/temp","data":{"c":21}}`,
+			want:  protocol.Message{Type: "event", Name: "telemetry/temp", Data: json.RawMessage(`{"c":21}`)},
+		},
+		{
+			name:  "event without data",
+			frame: `{"type":"event","name":"boot"}`,
+			want:  protocol.Message{Type: "event", Name: "boot"},
+		},
+		{
+			name:  "event with null data",
+			frame: `{"type":"event","name":"alert.door:open","data":null}`,
+			want:  protocol.Message{Type: "event", Name: "alert.door:open"},
+		},
+		{
+			name:  "event with longest name",
+			frame: `{"type":"event","name":"` + strings.Repeat("a", 128) + `"}`,
+			want:  protocol.Message{Type: "event", Name: strings.Repeat("a", 128)},
+		},
+		{
+			name:  "command with args",
+			frame: `{"type":"command","id":"` + uuid1 + `","name":"reboot","args":{"delay":5}}`,
+			want:  protocol.Message{Type: "command", ID: uuid1, Name: "reboot", Args: json.RawMessage(`{"delay":5}`)},
+		},
+		{
+			name:  "command without args defaults to {}",
+			frame: `{"type":"command","id":"` + uuid1 + `","name":"reboot"}`,
+			want:  protocol.Message{Type: "command", ID: uuid1, Name: "reboot", Args: json.RawMessage(`{}`)},
+		},
+		{
+			name:  "command with null args defaults to {}",
+			frame: `{"type":"command","id":"` + uuid1 + `","name":"reboot","args":null}`,
+			want:  protocol.Message{Type: "command", ID: uuid1, Name: "reboot", Args: json.RawMessage(`{}`)},
+		},
+		{
+			name:  "ping",
+			frame: `{"type":"ping"}`,
+			want:  protocol.Message{Type: "ping"},
+		},
+		{
+			name:  "pong",
+			frame: `{"type":"pong"}`,
+			want:  protocol.Message{Type: "pong"},
+		},
+		{
+			name:  "unknown fields are ignored",
+			frame: `{"type":"ping","since":12,"v":"2"}`,
+			want:  protocol.Message{Type: "ping"},
+		},
+		{
+			name:  "surrounding whitespace",
+			frame: " \n{\"type\" : \"pong\"}\n ",
+			want:  protocol.Message{Type: "pong"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := protocol.Decode([]byte(tt.frame))
+			if err != nil {
+				t.Fatalf("Decode(%s): unexpected error %v", tt.frame, err)
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("Decode(%s)\n got  %s\n want %s", tt.frame, show(got), show(tt.want))
+			}
+		})
+	}
+}
+
+func TestDecodePongConstant(t *testing.T) {
+	m, err := protocol.Decode(protocol.Pong)
+	if err != nil || m.Type != protocol.TypePong {
+		t.Fatalf("Decode(Pong) = %+v, %v; want a pong", m, err)
+	}
+}
+
+func TestDecodeRejects(t *testing.T) {
+	tests := []struct {
+		name   string
+		frame  string
+		reason string // substring the reason must contain
+	}{
+		{"empty frame", ``, "malformed JSON"},
+		{"truncated object", `{"type":"ping"`, "malformed JSON"},
+		{"not JSON", `ping`, "malformed JSON"},
+		{"array", `[{"type":"ping"}]`, "malformed JSON"},
+		{"string", `"ping"`, "malformed JSON"},
+		{"trailing garbage", `{"type":"ping"} x`, "malformed JSON"},
+		{"two objects", `{"type":"ping"}{"type":"ping"}`, "malformed JSON"},
+		{"type is a number", `{"type":1}`, "malformed JSON"},
+		{"ok is a string", `{"type":"reply","id":"` + uuid1 + `","ok":"true"}`, "malformed JSON"},
+		{"error is an object", `{"type":"reply","id":"` + uuid1 + `","ok":false,"error":{}}`, "malformed JSON"},
+
+		{"empty object", `{}`, "missing type"},
+		{"null", `null`, "missing type"},
+		{"empty type", `{"type":"","id":"` + uuid1 + `"}`, "missing type"},
+		{"null type", `{"type":null,"name":"x"}`, "missing type"},
+
+		{"unknown type", `{"type":"hello"}`, `unknown type "hello"`},
+		{"type is case sensitive", `{"type":"Reply","id":"` + uuid1 + `","ok":true}`, `unknown type "Reply"`},
+		{"type with spaces", `{"type":" ping"}`, "unknown type"},
+
+		{"reply without id", `{"type":"reply","ok":true}`, "reply: id must be"},
+		{"reply with non-uuid id", `{"type":"reply","id":"42","ok":true}`, "reply: id must be"},
+		{"reply with braced uuid", `{"type":"reply","id":"{` + uuid1 + `}","ok":true}`, "reply: id must be"},
+		{"reply with uuid and newline", `{"type":"reply","id":"` + uuid1 + `\n","ok":true}`, "reply: id must be"},
+		{"reply with uuid without dashes", `{"type":"reply","id":"` + strings.ReplaceAll(uuid1, "-", "") + `","ok":true}`, "reply: id must be"},
+		{"reply with non-hex uuid", `{"type":"reply","id":"` + strings.Replace(uuid1, "0", "g", 1) + `","ok":true}`, "reply: id must be"},
+		{"reply without ok", `{"type":"reply","id":"` + uuid1 + `","result":{}}`, "ok must be true or false"},
+		{"reply with null ok", `{"type":"reply","id":"` + uuid1 + `","ok":null,"error":"x"}`, "ok must be true or false"},
+
+		{"event without name", `{"type":"event","data":{}}`, "event: name must match"},
+		{"event with empty name", `{"type":"event","name":""}`, "event: name must match"},
+		{"event name starting with dash", `{"type":"event","name":"-x"}`, "event: name must match"},
+		{"event name starting with slash", `{"type":"event","name":"/x"}`, "event: name must match"},
+		{"event name with space", `{"type":"event","name":"door open"}`, "event: name must match"},
+		{"event name with newline", `{"type":"event","name":"door\n"}`, "event: name must match"},
+		{"event name non-ASCII", `{"type":"event","name":"tür"}`, "event: name must match"},
+		{"event name too long", `{"type":"event","name":"` + strings.Repeat("a", 129) + `"}`, "event: name must match"},
+
+		{"command without id", `{"type":"command","name":"reboot"}`, "command: needs a uuid id and a name"},
+		{"command with bad id", `{"type":"command","id":"x","name":"reboot"}`, "command: needs a uuid id and a name"},
+		{"command without name", `{"type":"command","id":"` + uuid1 + `"}`, "command: needs a uuid id and a name"},
+		{"command with bad name", `{"type":"command","id":"` + uuid1 + `","name":"re boot"}`, "command: needs a uuid id and a name"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := protocol.Decode([]byte(tt.frame))
+			if err == nil {
+				t.Fatalf("Decode(%s) = %s, want an error", tt.frame, show(m))
+			}
+			var de *protocol.DecodeError
+			if !errors.As(err, &de) {
+				t.Fatalf("Decode(%s): error %T %v is not a *DecodeError", tt.frame, err, err)
+			}
+			if !strings.Contains(de.Reason, tt.reason) {
+				t.Errorf("Decode(%s): reason %q does not contain %q", tt.frame, de.Reason, tt.reason)
+			}
+			if de.Error() != de.Reason {
+				t.Errorf("Error() = %q, want the reason %q", de.Error(), de.Reason)
+			}
+			if !reflect.DeepEqual(m, protocol.Message{}) {
+				t.Errorf("Decode(%s) returned %s with its error, want the zero Message", tt.frame, show(m))
+			}
+		})
+	}
+}
+
+// hugeFrames are rejected frames whose naive reason would be far longer than
+// a WebSocket close reason may be.
+func hugeFrames() map[string]string {
+	big := strings.Repeat("x", 1<<20)
+	return map[string]string{
+		"huge unknown type":            `{"type":"` + big + `"}`,
+		"huge unknown type, 2-byte":    `{"type":"` + strings.Repeat("é", 1<<16) + `"}`,
+		"huge unknown type, 3-byte":    `{"type":"` + strings.Repeat("€", 1<<16) + `"}`,
+		"huge unknown type, 4-byte":    `{"type":"` + strings.Repeat("😀", 1<<16) + `"}`,
+		"huge unknown type, escapes":   `{"type":"` + strings.Repeat(`\n`, 1<<16) + `"}`,
+		"huge unknown type, bad utf-8": "{\"type\":\"" + strings.Repeat("\xff", 1<<16) + "\"}",
+		"huge unterminated string":     `{"type":"` + big,
+		"huge garbage":                 big,
+		"huge event name":              `{"type":"event","name":"` + big + `"}`,
+		"huge reply id":                `{"type":"reply","ok":true,"id":"` + big + `"}`,
+		"huge command name":            `{"type":"command","id":"` + uuid1 + `","name":"` + big + `"}`,
+		"huge number as type":          `{"type":` + strings.Repeat("9", 1<<16) + `}`,
+		"huge key":                     `{"` + big + `":1}`,
+		"long unknown type":            `{"type":"` + strings.Repeat("x", 200) + `"}`,
+		"unknown type, reason 124":     `{"type":"` + strings.Repeat("x", 109) + `"}`,
+	}
+}
+
+func TestDecodeErrorReasonFitsCloseFrame(t *testing.T) {
+	for name, frame := range hugeFrames() {
+		t.Run(name, func(t *testing.T) {
+			_, err := protocol.Decode([]byte(frame))
+			var de *protocol.DecodeError
+			if !errors.As(err, &de) {
+				t.Fatalf("error %T %v is not a *DecodeError", err, err)
+			}
+			if len(de.Reason) > 123 {
+				t.Errorf("reason is %d bytes, want at most 123: %q", len(de.Reason), de.Reason)
+			}
+			if de.Reason == "" {
+				t.Error("reason is empty")
+			}
+		})
+	}
+}
+
+// A WebSocket close reason must be valid UTF-8 (RFC 6455 section 5.5.1), and
+// the DecodeError doc promises its text can be used as one.
+func TestDecodeErrorReasonIsUTF8(t *testing.T) {
+	for name, frame := range hugeFrames() {
+		t.Run(name, func(t *testing.T) {
+			_, err := protocol.Decode([]byte(frame))
+			var de *protocol.DecodeError
+			if !errors.As(err, &de) {
+				t.Fatalf("error %T %v is not a *DecodeError", err, err)
+			}
+			if !utf8.ValidString(de.Reason) {
+				t.Errorf("reason is not valid UTF-8: %q", de.Reason)
+			}
+		})
+	}
+}
+
+func TestDecodeErrorReasonBoundary(t *testing.T) {
+	// `unknown type "` + 108 bytes + `"` is exactly 123 bytes: kept whole.
+	typ := strings.Repeat("y", 108)
+	_, err := protocol.Decode([]byte(`{"type":"` + typ + `"}`))
+	var de *protocol.DecodeError
+	if !errors.As(err, &de) {
+		t.Fatalf("error %T %v is not a *DecodeError", err, err)
+	}
+	if want := `unknown type "` + typ + `"`; de.Reason != want {
+		t.Errorf("reason %q, want %q", de.Reason, want)
+	}
+	// One byte more is cut to 123, keeping its start.
+	_, err = protocol.Decode([]byte(`{"type":"` + typ + `y"}`))
+	if !errors.As(err, &de) {
+		t.Fatalf("error %T %v is not a *DecodeError", err, err)
+	}
+	if want := `unknown type "` + typ + `y`; de.Reason != want {
+		t.Errorf("reason %q, want %q", de.Reason, want)
+	}
+}
+
+func TestEncodeDecodeRoundTripCommand(t *testing.T) {
+	in := protocol.Message{
+		Type: protocol.TypeCommand,
+		ID:   uuid1,
+		Name: "set/led",
+		Args: json.RawMessage(`{"color":"red","on":true}`),
+	}
+	frame, err := protocol.Encode(in)
+	if err != nil {
+		t.Fatalf("Encode: %v", err)
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(frame, &fields); err != nil {
+		t.Fatalf("Encode gave invalid JSON %s: %v", frame, err)
+	}
+	keys := make([]string, 0, len(fields))
+	for k := range fields {
+		keys = append(keys, k)
+	}
+	if want := []string{"args", "id", "name", "type"}; !sameSet(keys, want) {
+		t.Errorf("Encode wrote fields %v, want exactly %v (frame %s)", keys, want, frame)
+	}
+	out, err := protocol.Decode(frame)
+	if err != nil {
+		t.Fatalf("Decode(Encode(m)) of %s: %v", frame, err)
+	}
+	if !reflect.DeepEqual(out, in) {
+		t.Errorf("round trip\n got  %s\n want %s", show(out), show(in))
+	}
+}
+
+func TestEncodeDecodeRoundTripReplyNotOK(t *testing.T) {
+	in := protocol.Message{Type: protocol.TypeReply, ID: uuid1, OK: boolp(false), Error: "no such relay"}
+	frame, err := protocol.Encode(in)
+	if err != nil {
+		t.Fatalf("Encode: %v", err)
+	}
+	if !strings.Contains(string(frame), `"ok":false`) {
+		t.Errorf("Encode dropped ok:false: %s", frame)
+	}
+	out, err := protocol.Decode(frame)
+	if err != nil {
+		t.Fatalf("Decode(Encode(m)) of %s: %v", frame, err)
+	}
+	if !reflect.DeepEqual(out, in) {
+		t.Errorf("round trip\n got  %s\n want %s", show(out), show(in))
+	}
+}
+
+// The Message doc says "Only the fields of its Type are set".
+func TestDecodeSetsOnlyFieldsOfType(t *testing.T) {
+	frames := map[string]protocol.Message{
+		`{"type":"ping","id":"x","name":"y","ok":true,"args":{},"data":1}`: {Type: "ping"},
+		`{"type":"event","name":"boot","id":"` + uuid1 + `","args":{}}`:    {Type: "event", Name: "boot"},
+		`{"type":"reply","id":"` + uuid1 + `","ok":true,"name":"x"}`:       {Type: "reply", ID: uuid1, OK: boolp(true)},
+		`{"type":"command","id":"` + uuid1 + `","name":"x","ok":true}`:     {Type: "command", ID: uuid1, Name: "x", Args: json.RawMessage(`{}`)},
+	}
+	for frame, want := range frames {
+		got, err := protocol.Decode([]byte(frame))
+		if err != nil {
+			t.Errorf("Decode(%s): %v", frame, err)
+			continue
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("Decode(%s)\n got  %s\n want %s", frame, show(got), show(want))
+		}
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	seeds := []string{
+		`{"type":"command","id":"` + uuid1 + `","name":"reboot","args":{"delay":5}}`,
+		`{"type":"command","id":"` + uuid1 + `","name":"reboot"}`,
+		`{"type":"reply","id":"` + uuid1 + `","ok":true,"result":{"temp":21}}`,
+		`{"type":"reply","id":"` + uuid2 + `","ok":false}`,
+		`{"type":"reply","id":"` + uuid1 + `","ok":true,"result":null}`,
+		`{"type":"event","name":"telemetry","data":{"v":[1,2,3]}}`,
+		`{"type":"event","name":"boot","data":null}`,
+		`{"type":"ping"}`,
+		`{"type":"pong","extra":"<&>"}`,
+		``,
+		`{`,
+		`null`,
+		`{}`,
+		`{"type":"hello"}`,
+		`{"type":"reply","id":"42","ok":true}`,
+		`{"type":"reply","id":"` + uuid1 + `"}`,
+		`{"type":"event","name":"-bad"}`,
+		`{"type":"command","name":"x"}`,
+		"{\"type\":\"\xff\xfe\"}",
+	}
+	for _, s := range seeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, frame []byte) {
+		m, err := protocol.Decode(frame)
+		if err != nil {
+			var de *protocol.DecodeError
+			if !errors.As(err, &de) {
+				t.Fatalf("Decode(%q): error %T %v is not a *DecodeError", frame, err, err)
+			}
+			if len(de.Reason) > 123 {
+				t.Fatalf("Decode(%q): reason is %d bytes, want at most 123", frame, len(de.Reason))
+			}
+			return
+		}
+		again, err := protocol.Encode(m)
+		if err != nil {
+			t.Fatalf("Decode(%q) accepted %s but Encode failed: %v", frame, show(m), err)
+		}
+		m2, err := protocol.Decode(again)
+		if err != nil {
+			t.Fatalf("Decode(%q) accepted, Encode gave %s, which Decode rejects: %v", frame, again, err)
+		}
+		if m2.Type != m.Type || m2.ID != m.ID || m2.Name != m.Name {
+			t.Fatalf("re-decoding %s changed the message: type/id/name %q/%q/%q, was %q/%q/%q",
+				again, m2.Type, m2.ID, m2.Name, m.Type, m.ID, m.Name)
+		}
+	})
+}
+
+func sameSet(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	seen := map[string]int{}
+	for _, s := range a {
+		seen[s]++
+	}
+	for _, s := range b {
+		seen[s]--
+	}
+	for _, n := range seen {
+		if n != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func show(m protocol.Message) string {
+	ok := "<nil>"
+	if m.OK != nil {
+		if *m.OK {
+			ok = "true"
+		} else {
+			ok = "false"
+		}
+	}
+	return "{Type:" + quote(m.Type) + " ID:" + quote(m.ID) + " Name:" + quote(m.Name) +
+		" Args:" + raw(m.Args) + " OK:" + ok + " Result:" + raw(m.Result) +
+		" Error:" + quote(m.Error) + " Data:" + raw(m.Data) + "}"
+}
+
+func quote(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
+}
+
+func raw(r json.RawMessage) string {
+	if r == nil {
+		return "<nil>"
+	}
+	return "`" + string(r) + "`"
+}
