@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
 )
 
 // SelfSigned serves a freshly generated self-signed certificate for names
@@ -59,14 +60,18 @@ func SelfSigned(ctx context.Context, names []string) (*tls.Config, []byte, func(
 	}
 
 	var magic *certmagic.Config
+	// Nothing here is managed (no ACME, no OCSP), so certmagic has nothing
+	// to say: its zap logger stays quiet.
 	cache := certmagic.NewCache(certmagic.CacheOptions{
 		GetConfigForCert: func(certmagic.Certificate) (*certmagic.Config, error) { return magic, nil },
+		Logger:           zap.NewNop(),
 	})
 	magic = certmagic.New(cache, certmagic.Config{
 		// A client that sends no SNI (it dialled an IP address we did not
 		// list) still gets this certificate.
 		DefaultServerName: "localhost",
 		OCSP:              certmagic.OCSPConfig{DisableStapling: true},
+		Logger:            zap.NewNop(),
 	})
 	if _, err := magic.CacheUnmanagedTLSCertificate(ctx, tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, nil); err != nil {
 		cache.Stop()

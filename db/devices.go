@@ -3,6 +3,7 @@ package db
 import (
 	"context"
 	"encoding/json"
+	"regexp"
 	"time"
 
 	"github.com/google/uuid"
@@ -27,6 +28,13 @@ type Presence struct {
 	RemoteAddr  string    `json:"remote_addr"`
 	ConnectedAt time.Time `json:"connected_at"`
 }
+
+// DeviceIDFormat says which device ids are valid.
+const DeviceIDFormat = `1-128 letters, digits and "._:-", starting with a letter or digit`
+
+// ValidDeviceID checks an id before it reaches the database, whose
+// devices_id_format constraint holds the same pattern.
+var ValidDeviceID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`).MatchString
 
 // Credential is a device id with its secret hash, for provisioning.
 type Credential struct {

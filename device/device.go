@@ -64,7 +64,7 @@ type Client struct {
 	handlers map[string]HandlerFunc
 	dedup    *dedup
 
-	mu  sync.Mutex      // guards out
+	mu  sync.Mutex    // guards out
 	out chan<- []byte // the current session's writer, nil between sessions
 }
 

@@ -1,0 +1,206 @@
+package edge
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/google/uuid"
+
+	"github.com/switchboard-iot/switchboard/command"
+	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/internal/problem"
+	"github.com/switchboard-iot/switchboard/protocol"
+)
+
+// commandRequest is the body of POST /v1/devices/{id}/commands.
+type commandRequest struct {
+	Name    string           `json:"name"`
+	Args    json.RawMessage  `json:"args"`
+	Timeout command.Duration `json:"timeout"` // to reply, once delivered
+	TTL     command.Duration `json:"ttl"`     // to be delivered
+}
+
+func (req *commandRequest) validate() error {
+	if !protocol.ValidName(req.Name) {
+		return errors.New(`name: want 1-128 characters of letters, digits and "_.:/-", starting with a letter or digit`)
+	}
+	switch args := strings.TrimSpace(string(req.Args)); {
+	case args == "" || args == "null":
+		req.Args = json.RawMessage(`{}`)
+	case !strings.HasPrefix(args, "{"):
+		return errors.New("args: want a JSON object")
+	}
+	check := func(field string, d *command.Duration, def, max time.Duration) error {
+		switch v := time.Duration(*d); {
+		case v == 0:
+			*d = command.Duration(def)
+		case v < time.Second || v > max:
+			return fmt.Errorf("%s: want between 1s and %s, got %s", field, max, v)
+		}
+		return nil
+	}
+	if err := check("timeout", &req.Timeout, command.DefaultTimeout, command.MaxTimeout); err != nil {
+		return err
+	}
+	return check("ttl", &req.TTL, command.DefaultTTL, command.MaxTTL)
+}
+
+// handleSendCommand stores a command, wakes the device's node, and answers
+// in one of three ways: an SSE stream (Accept: text/event-stream), a wait
+// for the outcome (?wait=10s), or at once with 202 and a Location.
+func (e *Edge) handleSendCommand(w http.ResponseWriter, r *http.Request) {
+	deviceID := chi.URLParam(r, "id")
+	var req commandRequest
+	if !decodeJSON(w, r, &req) {
+		return
+	}
+	if err := req.validate(); err != nil {
+		badRequest(w, "invalid-command", err.Error())
+		return
+	}
+	stream := acceptsEventStream(r)
+	var wait time.Duration
+	if v := r.URL.Query().Get("wait"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			badRequest(w, "invalid-wait", `wait: want a duration such as "10s"`)
+			return
+		}
+		wait = min(d, e.cfg.MaxWait)
+	}
+
+	id := uuid.Must(uuid.NewV7()) // time-ordered: index-friendly
+	var wt *waiter
+	if stream || wait > 0 {
+		wt = e.router.wait(id) // before the insert: no wake-up can come first
+		defer e.router.done(wt)
+	}
+	c, err := e.store.CreateCommand(r.Context(), db.NewCommand{
+		ID: id, DeviceID: deviceID, Name: req.Name, Args: req.Args,
+		Timeout: time.Duration(req.Timeout), TTL: time.Duration(req.TTL), ReplyTo: e.cfg.ID,
+	})
+	switch {
+	case errors.Is(err, db.ErrNotFound):
+		problem.Write(w, http.StatusNotFound, "device-not-found", "Device not found", "no device has the id "+strconv.Quote(deviceID))
+		return
+	case err != nil:
+		e.unavailable(w, "storing a command", err)
+		return
+	}
+	e.metrics.accepted.Inc()
+	// The command is stored: from here on nothing may lose it. A client that
+	// hangs up must not cancel the wake-up.
+	if err := e.waker.Add(context.WithoutCancel(r.Context()), deviceID); err != nil {
+		if err := e.store.WakeDevices(context.WithoutCancel(r.Context()), []string{deviceID}); err != nil {
+			e.log.Warn("waking the device's node; it gets the command when it rescans", "device", deviceID, "err", err)
+		}
+	}
+
+	w.Header().Set("Location", "/v1/commands/"+id.String())
+	switch {
+	case stream:
+		e.stream(w, r, wt, c, 0)
+	case wait > 0:
+		e.waitForOutcome(w, r, wt, c, wait)
+	default:
+		writeJSON(w, http.StatusAccepted, c)
+	}
+}
+
+// waitForOutcome answers 200 with the command once it is final, or 202
+// with its state so far when wait runs out.
+func (e *Edge) waitForOutcome(w http.ResponseWriter, r *http.Request, wt *waiter, c command.Command, wait time.Duration) {
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for !c.Status.Terminal() {
+		select {
+		case <-wt.changed:
+			c, _ = wt.get()
+		case <-timer.C:
+			writeJSON(w, http.StatusAccepted, c)
+			return
+		case <-e.closing:
+			writeJSON(w, http.StatusAccepted, c)
+			return
+		case <-r.Context().Done():
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, c)
+}
+
+func (e *Edge) handleGetCommand(w http.ResponseWriter, r *http.Request) {
+	id, ok := commandID(w, r)
+	if !ok {
+		return
+	}
+	c, err := e.store.Command(r.Context(), id)
+	switch {
+	case errors.Is(err, db.ErrNotFound):
+		commandNotFound(w, id)
+	case err != nil:
+		e.unavailable(w, "reading a command", err)
+	default:
+		writeJSON(w, http.StatusOK, c)
+	}
+}
+
+// handleCommandEvents streams a command's events, resuming after the
+// Last-Event-ID a client sends when it reconnects (to this edge or another).
+func (e *Edge) handleCommandEvents(w http.ResponseWriter, r *http.Request) {
+	id, ok := commandID(w, r)
+	if !ok {
+		return
+	}
+	lastSeq := 0
+	if v := r.Header.Get("Last-Event-ID"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			badRequest(w, "invalid-last-event-id", "Last-Event-ID: want the id of an event this stream sent")
+			return
+		}
+		lastSeq = n
+	}
+	wt := e.router.wait(id)
+	defer e.router.done(wt)
+	// This edge may not be the one that accepted the command: ask to be
+	// woken too, then read, so no change falls between the two.
+	if err := e.store.Watch(r.Context(), id, e.cfg.ID); err != nil {
+		e.unavailable(w, "watching a command", err)
+		return
+	}
+	c, err := e.store.Command(r.Context(), id)
+	switch {
+	case errors.Is(err, db.ErrNotFound):
+		commandNotFound(w, id)
+		return
+	case err != nil:
+		e.unavailable(w, "reading a command", err)
+		return
+	}
+	e.stream(w, r, wt, c, lastSeq)
+}
+
+func commandID(w http.ResponseWriter, r *http.Request) (uuid.UUID, bool) {
+	id, err := uuid.Parse(chi.URLParam(r, "id"))
+	if err != nil {
+		badRequest(w, "invalid-command-id", "command ids are UUIDs")
+		return uuid.Nil, false
+	}
+	return id, true
+}
+
+func commandNotFound(w http.ResponseWriter, id uuid.UUID) {
+	problem.Write(w, http.StatusNotFound, "command-not-found", "Command not found", "no command has the id "+id.String())
+}
+
+func acceptsEventStream(r *http.Request) bool {
+	return strings.Contains(r.Header.Get("Accept"), "text/event-stream")
+}

@@ -1,0 +1,202 @@
+// Package edge is Switchboard's stateless HTTP API: clients send devices
+// commands and follow them to their outcome over Server-Sent Events or a
+// plain wait. Any edge can serve any request; what one edge holds in memory
+// (the waiting streams) is rebuilt from the tables when it restarts.
+package edge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/oklog/run"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/internal/batch"
+)
+
+// Config is what an edge needs. Zero values take the defaults noted.
+type Config struct {
+	ID       string // names the edge's LISTEN channel and commands.reply_to
+	Store    *db.Store
+	Notifier *db.Notifier // the process's listener, shared with other components
+	Log      *slog.Logger
+	// Metrics registers the edge's metrics and serves /metrics; nil keeps
+	// them private.
+	Metrics *prometheus.Registry
+
+	SweepInterval time.Duration // 1s: how often overdue commands are failed or expired
+	KeepAlive     time.Duration // 15s: SSE comment sent on quiet streams
+	MaxWait       time.Duration // 60s: longest ?wait= honoured
+	APIKeyCache   time.Duration // 30s: how long a checked API key is trusted (and a revoked one still works)
+	DrainTimeout  time.Duration // 10s: how long shutdown waits for requests
+}
+
+// Edge is one edge instance.
+type Edge struct {
+	cfg     Config
+	log     *slog.Logger
+	store   *db.Store
+	router  *router
+	waker   *batch.Batcher[string]
+	metrics *metrics
+
+	keysMu sync.Mutex           // guards keys
+	keys   map[string]time.Time // hex key hash → trusted until
+
+	// closing ends open streams when the edge shuts down: their clients
+	// resume on another edge with Last-Event-ID.
+	closing   chan struct{}
+	closeOnce sync.Once
+}
+
+// New makes an edge; Run starts it.
+func New(cfg Config) (*Edge, error) {
+	if cfg.ID == "" {
+		return nil, errors.New("edge: an id is required")
+	}
+	def := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&cfg.SweepInterval, time.Second)
+	def(&cfg.KeepAlive, 15*time.Second)
+	def(&cfg.MaxWait, 60*time.Second)
+	def(&cfg.APIKeyCache, 30*time.Second)
+	def(&cfg.DrainTimeout, 10*time.Second)
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	log := cfg.Log.With("edge", cfg.ID)
+	e := &Edge{
+		cfg:     cfg,
+		log:     log,
+		store:   cfg.Store,
+		router:  newRouter(cfg.Store, log),
+		keys:    make(map[string]time.Time),
+		closing: make(chan struct{}),
+	}
+	e.waker = batch.New("waker", 4096, 1000, log, e.wake)
+	e.metrics = newMetrics(cfg.Metrics, cfg.ID, e.router.waiting)
+	return e, nil
+}
+
+// wake tells the nodes of freshly commanded devices to deliver.
+func (e *Edge) wake(ctx context.Context, deviceIDs []string) error {
+	return e.store.WakeDevices(ctx, deviceIDs)
+}
+
+// Run serves the API on ln until ctx is done, then ends open streams,
+// waits for requests to finish and stops its background actors.
+func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
+	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBackground()
+	var bg run.Group
+	for _, actor := range []func(context.Context) error{e.router.run, e.waker.Run, e.sweep} {
+		actorCtx, cancel := context.WithCancel(bgCtx)
+		bg.Add(func() error { return actor(actorCtx) }, func(error) { cancel() })
+	}
+	bgDone := make(chan error, 1)
+	go func() { bgDone <- bg.Run() }()
+	unlisten := e.cfg.Notifier.Listen(db.EdgeChannel(e.cfg.ID), e.router.onNotify, e.router.onReady)
+	defer unlisten()
+
+	srv := &http.Server{
+		Handler:           e.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(e.log.Handler(), slog.LevelDebug),
+	}
+	srvDone := make(chan error, 1)
+	go func() {
+		err := srv.Serve(ln)
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		srvDone <- err
+	}()
+	e.log.Info("edge serving", "addr", ln.Addr().String())
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-srvDone:
+		srvDone <- err
+	case err = <-bgDone:
+		bgDone <- err
+	}
+	e.closeOnce.Do(func() { close(e.closing) })
+	drainCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.cfg.DrainTimeout)
+	defer cancel()
+	if shutErr := srv.Shutdown(drainCtx); shutErr != nil {
+		e.log.Warn("requests still open after the drain timeout", "err", shutErr)
+		_ = srv.Close()
+	}
+	// Commands accepted by the last requests are still woken: the waker
+	// drains its queue before it stops.
+	stopBackground()
+	if bgErr := <-bgDone; err == nil {
+		err = bgErr
+	}
+	if srvErr := <-srvDone; err == nil {
+		err = srvErr
+	}
+	e.log.Info("edge stopped")
+	return err
+}
+
+// sweep fails commands whose device did not reply in time and expires those
+// never delivered, then wakes their edges. Every edge sweeps; each row goes
+// to one of them. Leases of long-dead nodes are reaped on a slower beat.
+func (e *Edge) sweep(ctx context.Context) error {
+	ticker := time.NewTicker(e.cfg.SweepInterval)
+	defer ticker.Stop()
+	const limit = 1000
+	lastReap := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ticker.C:
+		}
+		for {
+			changes, err := e.store.SweepCommands(ctx, limit)
+			if err == nil {
+				err = e.store.NotifyEdges(ctx, changes)
+			}
+			if err != nil {
+				if ctx.Err() == nil {
+					e.log.Warn("sweeping commands", "err", err)
+				}
+				break
+			}
+			e.metrics.swept.Add(float64(len(changes)))
+			if len(changes) < limit {
+				break
+			}
+		}
+		if time.Since(lastReap) > time.Minute {
+			lastReap = time.Now()
+			if n, err := e.store.ReapNodes(ctx, 5*time.Minute); err != nil {
+				e.log.Warn("reaping dead nodes", "err", err)
+			} else if n > 0 {
+				e.log.Info("reaped dead nodes", "nodes", n)
+			}
+		}
+	}
+}
+
+// NewID returns an edge id: the machine's id when it has one, and a random
+// suffix, since every process is a new edge with its own waiting streams.
+func NewID(machineID string) string {
+	if machineID == "" {
+		machineID = "edge"
+	}
+	return fmt.Sprintf("%.32s-%s", machineID, randomHex(4))
+}

@@ -1,0 +1,48 @@
+package edge
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+
+	"github.com/switchboard-iot/switchboard/internal/problem"
+)
+
+// maxBody bounds request bodies.
+const maxBody = 64 << 10
+
+// decodeJSON reads a request body into v, strictly: a misspelt field is an
+// error, not a silently ignored one. On failure it has answered. The
+// Content-Type is not checked: the body must be JSON whatever it says, and
+// "curl -d" labels JSON as a form.
+func decodeJSON(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if err == nil && dec.More() {
+		err = errors.New("more than one JSON value")
+	}
+	var tooBig *http.MaxBytesError
+	switch {
+	case err == nil:
+		return true
+	case errors.As(err, &tooBig):
+		problem.Write(w, http.StatusRequestEntityTooLarge, "request-too-large", "Request too large", "bodies are limited to 64 KiB")
+	case errors.Is(err, io.EOF):
+		badRequest(w, "invalid-json", "the request body is empty")
+	default:
+		badRequest(w, "invalid-json", err.Error())
+	}
+	return false
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func badRequest(w http.ResponseWriter, slug, detail string) {
+	problem.Write(w, http.StatusBadRequest, slug, "Bad request", detail)
+}

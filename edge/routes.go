@@ -1,0 +1,53 @@
+package edge
+
+import (
+	"net/http"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/switchboard-iot/switchboard/internal/problem"
+)
+
+// Handler is the whole API surface of an edge.
+func (e *Edge) Handler() http.Handler {
+	r := chi.NewRouter()
+	r.Use(middleware.Recoverer, e.metrics.instrument)
+	r.NotFound(func(w http.ResponseWriter, _ *http.Request) {
+		problem.Write(w, http.StatusNotFound, "not-found", "Not found", "no such endpoint")
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, _ *http.Request) {
+		problem.Write(w, http.StatusMethodNotAllowed, "method-not-allowed", "Method not allowed", "")
+	})
+
+	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	r.Get("/readyz", e.handleReady)
+	if e.cfg.Metrics != nil {
+		r.Handle("/metrics", promhttp.HandlerFor(e.cfg.Metrics, promhttp.HandlerOpts{}))
+	}
+
+	r.Route("/v1", func(r chi.Router) {
+		r.Use(e.authenticate)
+		r.Post("/devices", e.handleAddDevice)
+		r.Get("/devices/{id}", e.handleGetDevice)
+		r.Post("/devices/{id}/commands", e.handleSendCommand)
+		r.Get("/commands/{id}", e.handleGetCommand)
+		r.Get("/commands/{id}/events", e.handleCommandEvents)
+	})
+	return r
+}
+
+func (e *Edge) handleReady(w http.ResponseWriter, r *http.Request) {
+	select {
+	case <-e.closing:
+		http.Error(w, "draining", http.StatusServiceUnavailable)
+		return
+	default:
+	}
+	if err := e.store.Pool().Ping(r.Context()); err != nil {
+		http.Error(w, "database unreachable", http.StatusServiceUnavailable)
+		return
+	}
+	_, _ = w.Write([]byte("ok\n"))
+}

@@ -1,0 +1,85 @@
+package edge
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/switchboard-iot/switchboard/command"
+)
+
+// stream writes a command's events as Server-Sent Events: those after
+// lastSeq at once, then each new one, until the outcome. Each event's data
+// is the command as it stands; its id is the step number, which a client
+// sends back as Last-Event-ID to resume on any edge.
+func (e *Edge) stream(w http.ResponseWriter, r *http.Request, wt *waiter, c command.Command, lastSeq int) {
+	rc := http.NewResponseController(w)
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Accel-Buffering", "no") // proxies must not hold events back
+	w.WriteHeader(http.StatusOK)
+
+	// emit writes the events c implies that the client has not seen, and
+	// reports whether the stream is over.
+	emit := func(c command.Command) (done bool, err error) {
+		data, err := json.Marshal(c)
+		if err != nil {
+			return true, err
+		}
+		for _, ev := range command.Events(c) {
+			if ev.Seq <= lastSeq {
+				continue
+			}
+			if _, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", ev.Seq, ev.Name, data); err != nil {
+				return true, err
+			}
+			lastSeq = ev.Seq
+		}
+		return c.Status.Terminal(), rc.Flush()
+	}
+	if done, err := emit(c); done || err != nil {
+		return
+	}
+
+	keepAlive := time.NewTicker(e.cfg.KeepAlive)
+	defer keepAlive.Stop()
+	recheck := time.NewTimer(e.recheckAfter(c))
+	defer recheck.Stop()
+	for {
+		select {
+		case <-wt.changed:
+			c, _ = wt.get()
+			if done, err := emit(c); done || err != nil {
+				return
+			}
+			recheck.Reset(e.recheckAfter(c))
+		case <-recheck.C:
+			// The command should have moved by now and no wake-up said so
+			// (one can be lost when a write and its NOTIFY part): look.
+			if fresh, err := e.store.Command(r.Context(), c.ID); err == nil {
+				wt.set(fresh)
+			}
+			recheck.Reset(5 * time.Second)
+		case <-keepAlive.C:
+			if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil || rc.Flush() != nil {
+				return
+			}
+		case <-r.Context().Done():
+			return
+		case <-e.closing:
+			return // the client resumes elsewhere with Last-Event-ID
+		}
+	}
+}
+
+// recheckAfter is when a command still in c's state is overdue: the sweeper
+// should by then have failed or expired it.
+func (e *Edge) recheckAfter(c command.Command) time.Duration {
+	deadline := c.ExpiresAt
+	if c.DeliveredAt != nil {
+		deadline = c.DeliveredAt.Add(time.Duration(c.Timeout))
+	}
+	return max(time.Until(deadline)+2*e.cfg.SweepInterval+time.Second, time.Second)
+}

@@ -1,0 +1,170 @@
+// Package cli is the switchboard command: one binary whose subcommands run
+// each part of the system. Every flag can also be set by the environment
+// variable named in its help text; a flag given on the command line wins.
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"syscall"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/oklog/run"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/switchboard-iot/switchboard/db"
+)
+
+// Env is how the command reads its environment (os.Getenv in production).
+type Env func(string) string
+
+// IO is the command's standard streams.
+type IO struct {
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+}
+
+const usage = `usage: switchboard <command> [flags]
+
+commands:
+  edge              serve the HTTP API (REST + SSE)
+  conn              serve device WebSockets (a connection node)
+  migrate           apply database migrations
+  dev               run everything locally: private PostgreSQL, an edge, two nodes, simulated devices
+  device            run simulated devices
+  devices add ID    provision a device; prints its secret
+  devices import    provision devices from stdin ("id" or "id,secret" lines); prints "id,secret" lines
+  apikeys add NAME  create an API key; prints it
+
+Run "switchboard <command> -h" for a command's flags.
+`
+
+// ErrUsage means the command line was wrong; the message went to stderr.
+var ErrUsage = errors.New("usage")
+
+// Run runs the command line args (without the program name).
+func Run(ctx context.Context, args []string, getenv Env, stdio IO) error {
+	if len(args) == 0 {
+		fmt.Fprint(stdio.Stderr, usage)
+		return ErrUsage
+	}
+	log := newLogger(getenv, stdio.Stderr)
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "edge":
+		return runEdge(ctx, rest, getenv, stdio, log)
+	case "conn":
+		return runConn(ctx, rest, getenv, stdio, log)
+	case "migrate":
+		return runMigrate(ctx, rest, getenv, stdio, log)
+	case "dev":
+		return runDev(ctx, rest, getenv, stdio, log)
+	case "device":
+		return runDevice(ctx, rest, getenv, stdio, log)
+	case "devices":
+		return runDevices(ctx, rest, getenv, stdio, log)
+	case "apikeys":
+		return runAPIKeys(ctx, rest, getenv, stdio, log)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdio.Stdout, usage)
+		return nil
+	}
+	fmt.Fprintf(stdio.Stderr, "switchboard: unknown command %q\n\n%s", cmd, usage)
+	return ErrUsage
+}
+
+func newLogger(getenv Env, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(getenv("LOG_LEVEL")))
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+}
+
+// flags is a flag set whose defaults come from the environment.
+type flags struct {
+	*flag.FlagSet
+	getenv Env
+}
+
+func newFlags(name string, getenv Env, stdio IO) flags {
+	fs := flag.NewFlagSet("switchboard "+name, flag.ContinueOnError)
+	fs.SetOutput(stdio.Stderr)
+	return flags{fs, getenv}
+}
+
+// string defines a flag defaulting to the first of vars that is set, else def.
+func (f flags) string(name, def, usage string, vars ...string) *string {
+	for _, v := range vars {
+		if x := f.getenv(v); x != "" {
+			def = x
+			break
+		}
+	}
+	if len(vars) > 0 {
+		usage += " [env " + strings.Join(vars, ", ") + "]"
+	}
+	return f.String(name, def, usage)
+}
+
+func (f flags) databaseURL() *string {
+	return f.string("database-url", "", "PostgreSQL URL (direct or session-pooled: LISTEN needs a session)", "DATABASE_URL")
+}
+
+// parse parses args; -h is not an error.
+func (f flags) parse(args []string) error {
+	err := f.Parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return ErrUsage
+	}
+	return nil
+}
+
+func openStore(ctx context.Context, url string, maxConns int32) (*pgxpool.Pool, *db.Store, error) {
+	if url == "" {
+		return nil, nil, errors.New("a database URL is required: set DATABASE_URL or -database-url")
+	}
+	pool, err := db.Open(ctx, url, maxConns)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pool, db.NewStore(pool), nil
+}
+
+// newRegistry is a process's metrics registry, with Go runtime and process
+// metrics.
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// actors runs a process's long-running pieces until ctx ends, a signal
+// comes, or one of them fails. A signal is a clean stop.
+func actors(ctx context.Context, add func(g *run.Group, ctx context.Context)) error {
+	groupCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var g run.Group
+	g.Add(run.SignalHandler(groupCtx, os.Interrupt, syscall.SIGTERM))
+	add(&g, groupCtx)
+	err := g.Run()
+	var sig run.SignalError
+	if errors.As(err, &sig) || (errors.Is(err, context.Canceled) && ctx.Err() != nil) {
+		return nil
+	}
+	return err
+}
+
+// actor adds fn to g, stopped by cancelling its own context.
+func actor(g *run.Group, ctx context.Context, fn func(context.Context) error) {
+	ctx, cancel := context.WithCancel(ctx)
+	g.Add(func() error { return fn(ctx) }, func(error) { cancel() })
+}

@@ -1,0 +1,239 @@
+package cli
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/template"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/oklog/run"
+
+	conntier "github.com/switchboard-iot/switchboard/conn-tier"
+	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/edge"
+	"github.com/switchboard-iot/switchboard/internal/pgcluster"
+	"github.com/switchboard-iot/switchboard/internal/secret"
+	"github.com/switchboard-iot/switchboard/protocol"
+)
+
+// runDev runs the whole system in one process on a private PostgreSQL: one
+// edge, two connection nodes and simulated thermostats. Its database is new
+// on every run.
+func runDev(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.Logger) error {
+	f := newFlags("dev", getenv, stdio)
+	dir := f.string("dir", filepath.Join(os.TempDir(), fmt.Sprintf("switchboard-dev-%d", os.Getuid())), "folder for the database, the API key and the node certificate (wiped on start)")
+	edgeListen := f.string("edge-listen", "localhost:8080", "address of the edge", "EDGE_LISTEN")
+	connListen := f.string("conn-listen", "localhost:8443,localhost:8444", "addresses of the two connection nodes")
+	pgPort := f.Int("pg-port", 54329, "port of the private PostgreSQL (0: any free port)")
+	devices := f.Int("devices", 6, "simulated thermostats")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	connAddrs := splitList(*connListen)
+	if len(connAddrs) != 2 {
+		return fmt.Errorf("-conn-listen: want two addresses, got %q", *connListen)
+	}
+
+	// Claim the ports before touching the database: a second "dev" must not
+	// wipe the first one's.
+	edgeLn, err := net.Listen("tcp", *edgeListen)
+	if err != nil {
+		return fmt.Errorf("is another switchboard dev running? %w", err)
+	}
+	defer edgeLn.Close()
+	var nodeLns []net.Listener
+	for _, addr := range connAddrs {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("is another switchboard dev running? %w", err)
+		}
+		defer ln.Close()
+		nodeLns = append(nodeLns, ln)
+	}
+
+	// Then the database, in a folder others may enter, since as root the
+	// cluster runs as the postgres user.
+	if err := os.MkdirAll(*dir, 0o711); err != nil {
+		return err
+	}
+	if err := os.Chmod(*dir, 0o711); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdio.Stderr, "starting a private PostgreSQL in", filepath.Join(*dir, "pg"))
+	cluster, err := pgcluster.Start(ctx, filepath.Join(*dir, "pg"), pgcluster.Options{Port: *pgPort})
+	if err != nil && *pgPort != 0 {
+		log.Warn("PostgreSQL port taken; using a free one", "port", *pgPort, "err", err)
+		cluster, err = pgcluster.Start(ctx, filepath.Join(*dir, "pg"), pgcluster.Options{})
+	}
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := cluster.Stop(); err != nil {
+			log.Error("stopping PostgreSQL", "err", err)
+		}
+	}()
+	dbURL, err := createDatabase(ctx, cluster.URL, "switchboard")
+	if err != nil {
+		return err
+	}
+	pool, store, err := openStore(ctx, dbURL, 32)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if err := db.Migrate(ctx, pool, log); err != nil {
+		return err
+	}
+
+	// Credentials: an API key and the simulated devices, plus one spare
+	// device for a client of your own.
+	apiKey := secret.New("sbk_")
+	if err := store.AddAPIKey(ctx, "dev", secret.Hash(apiKey)); err != nil {
+		return err
+	}
+	var creds []credential
+	var dbCreds []db.Credential
+	for i := 1; i <= *devices+1; i++ {
+		c := credential{fmt.Sprintf("thermostat-%d", i), secret.New("")}
+		if i > *devices {
+			c.id = "my-device"
+		}
+		creds = append(creds, c)
+		dbCreds = append(dbCreds, db.Credential{ID: c.id, SecretHash: secret.Hash(c.secret)})
+	}
+	if _, err := store.AddDevices(ctx, dbCreds); err != nil {
+		return err
+	}
+	var csv strings.Builder
+	for _, c := range creds {
+		fmt.Fprintf(&csv, "%s,%s\n", c.id, c.secret)
+	}
+	if err := os.WriteFile(filepath.Join(*dir, "devices.csv"), []byte(csv.String()), 0o600); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(*dir, "api-key"), []byte(apiKey+"\n"), 0o600); err != nil {
+		return err
+	}
+
+	// One certificate for both nodes; the simulated devices trust it.
+	tlsCfg, pemCert, stopTLS, err := conntier.SelfSigned(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer stopTLS()
+	certFile := filepath.Join(*dir, "conn.pem")
+	if err := os.WriteFile(certFile, pemCert, 0o644); err != nil {
+		return err
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(pemCert)
+
+	// One listener connection for the whole process, as in production.
+	notifier := db.NewNotifier(pool.Config().ConnConfig, log)
+	reg := newRegistry()
+	e, err := edge.New(edge.Config{ID: edge.NewID("dev"), Store: store, Notifier: notifier, Log: log, Metrics: reg})
+	if err != nil {
+		return err
+	}
+	var nodes []*conntier.Node
+	var connURLs []string
+	for i := range connAddrs {
+		id := fmt.Sprintf("dev-%c", 'a'+i)
+		node, err := conntier.New(conntier.Config{
+			Node:  db.Node{ID: id, Region: "local", Addr: nodeLns[i].Addr().String()},
+			Store: store, Notifier: notifier, Log: log, TLS: tlsCfg, Metrics: reg,
+		})
+		if err != nil {
+			return err
+		}
+		nodes = append(nodes, node)
+		connURLs = append(connURLs, "wss://"+connAddrs[i]+protocol.Path)
+	}
+
+	// Simulated devices alternate between the two nodes.
+	simulated := creds[:*devices]
+	byNode := make([][]credential, len(nodes))
+	for i, c := range simulated {
+		byNode[i%len(nodes)] = append(byNode[i%len(nodes)], c)
+	}
+	deviceTLS := &tls.Config{RootCAs: roots}
+
+	err = devBanner.Execute(stdio.Stdout, map[string]any{
+		"Edge": "http://" + *edgeListen, "Conn": connURLs, "DB": dbURL, "Key": apiKey, "Dir": *dir,
+		"Cert": certFile, "Devices": len(simulated), "Spare": creds[len(creds)-1].secret,
+	})
+	if err != nil {
+		return err
+	}
+	return actors(ctx, func(g *run.Group, ctx context.Context) {
+		actor(g, ctx, notifier.Run)
+		actor(g, ctx, func(ctx context.Context) error { return e.Run(ctx, edgeLn) })
+		for i, node := range nodes {
+			actor(g, ctx, func(ctx context.Context) error { return node.Run(ctx, nodeLns[i]) })
+			actor(g, ctx, func(ctx context.Context) error {
+				return simulate(ctx, byNode[i], connURLs[i], deviceTLS, 30*time.Second, log)
+			})
+		}
+	})
+}
+
+// createDatabase creates a database on a cluster and returns its URL.
+func createDatabase(ctx context.Context, clusterURL, name string) (string, error) {
+	conn, err := pgx.Connect(ctx, clusterURL)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		return "", err
+	}
+	u, err := url.Parse(clusterURL)
+	if err != nil {
+		return "", err
+	}
+	u.Path = "/" + name
+	return u.String(), nil
+}
+
+var devBanner = template.Must(template.New("banner").Parse(`
+Switchboard is running. Ctrl-C stops everything.
+
+  edge (HTTP API)    {{.Edge}}
+  connection nodes   {{range .Conn}}{{.}}  {{end}}
+  PostgreSQL         {{.DB}}
+  devices            thermostat-1 … thermostat-{{.Devices}} (simulated), my-device (yours to connect)
+  files              {{.Dir}}/api-key, {{.Dir}}/devices.csv, {{.Cert}}
+
+Try it:
+
+  export SWITCHBOARD_KEY={{.Key}}
+
+  # Send a command and follow it over Server-Sent Events:
+  curl -N -H "Authorization: Bearer $SWITCHBOARD_KEY" -H 'Accept: text/event-stream' \
+    -d '{"name":"set_target","args":{"celsius":21.5}}' {{.Edge}}/v1/devices/thermostat-1/commands
+
+  # Or wait for the reply as plain JSON:
+  curl -H "Authorization: Bearer $SWITCHBOARD_KEY" -d '{"name":"get_state"}' \
+    '{{.Edge}}/v1/devices/thermostat-2/commands?wait=10s'
+
+  # A device and where it is connected:
+  curl -H "Authorization: Bearer $SWITCHBOARD_KEY" {{.Edge}}/v1/devices/thermostat-3
+
+  # Who is connected where, as an operator sees it:
+  psql '{{.DB}}' -c 'select * from presence_live'
+
+  # Connect my-device with any WebSocket client (see the README's device protocol):
+  #   URL {{index .Conn 0}}, subprotocol switchboard.v1,
+  #   HTTP Basic auth my-device:{{.Spare}}, trusting {{.Cert}}
+
+`))
