@@ -13,11 +13,11 @@ import (
 	"github.com/google/uuid"
 	"github.com/gorilla/websocket"
 
-	"github.com/switchboard-iot/switchboard/command"
 	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/device/protocol"
+	"github.com/switchboard-iot/switchboard/internal/command"
 	"github.com/switchboard-iot/switchboard/internal/problem"
 	"github.com/switchboard-iot/switchboard/internal/secret"
-	"github.com/switchboard-iot/switchboard/protocol"
 )
 
 // closeGrace is how long a closing session waits for the device to answer

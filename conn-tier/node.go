@@ -30,8 +30,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/device/protocol"
 	"github.com/switchboard-iot/switchboard/internal/batch"
-	"github.com/switchboard-iot/switchboard/protocol"
 )
 
 // Config is what a node needs. Zero durations and sizes take the defaults

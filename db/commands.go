@@ -10,7 +10,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
-	"github.com/switchboard-iot/switchboard/command"
+	"github.com/switchboard-iot/switchboard/internal/command"
 )
 
 // NewCommand is a command as an edge accepts it.

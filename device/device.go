@@ -23,7 +23,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
-	"github.com/switchboard-iot/switchboard/protocol"
+	"github.com/switchboard-iot/switchboard/device/protocol"
 )
 
 // Errors that end Run: retrying would not help.

@@ -13,10 +13,10 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/google/uuid"
 
-	"github.com/switchboard-iot/switchboard/command"
 	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/device/protocol"
+	"github.com/switchboard-iot/switchboard/internal/command"
 	"github.com/switchboard-iot/switchboard/internal/problem"
-	"github.com/switchboard-iot/switchboard/protocol"
 )
 
 // commandRequest is the body of POST /v1/devices/{id}/commands.

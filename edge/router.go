@@ -9,8 +9,8 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/switchboard-iot/switchboard/command"
 	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/internal/command"
 )
 
 // router is the edge's reply router: it maps command ids to the HTTP

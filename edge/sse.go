@@ -6,7 +6,7 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/switchboard-iot/switchboard/command"
+	"github.com/switchboard-iot/switchboard/internal/command"
 )
 
 // stream writes a command's events as Server-Sent Events: those after

@@ -19,10 +19,10 @@ import (
 
 	conntier "github.com/switchboard-iot/switchboard/conn-tier"
 	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/device/protocol"
 	"github.com/switchboard-iot/switchboard/edge"
 	"github.com/switchboard-iot/switchboard/internal/pgcluster"
 	"github.com/switchboard-iot/switchboard/internal/secret"
-	"github.com/switchboard-iot/switchboard/protocol"
 )
 
 // runDev runs the whole system in one process on a private PostgreSQL: one

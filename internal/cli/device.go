@@ -16,8 +16,8 @@ import (
 	"github.com/oklog/run"
 
 	"github.com/switchboard-iot/switchboard/device"
+	"github.com/switchboard-iot/switchboard/device/protocol"
 	"github.com/switchboard-iot/switchboard/internal/thermostat"
-	"github.com/switchboard-iot/switchboard/protocol"
 )
 
 // credential is one device's id and secret.

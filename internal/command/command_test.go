@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/switchboard-iot/switchboard/command"
+	"github.com/switchboard-iot/switchboard/internal/command"
 )
 
 func boolp(b bool) *bool { return &b }

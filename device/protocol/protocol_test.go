@@ -8,7 +8,7 @@ import (
 	"testing"
 	"unicode/utf8"
 
-	"github.com/switchboard-iot/switchboard/protocol"
+	"github.com/switchboard-iot/switchboard/device/protocol"
 )
 
 const (
