@@ -115,17 +115,29 @@ func makeTemplate() {
 // It returns the database's URL.
 func NewDatabase(t testing.TB) string {
 	t.Helper()
-	if adminURL == "" {
-		t.Fatal("pgtest: call pgtest.Main from TestMain")
-	}
 	templateOnce.Do(makeTemplate)
 	if templateErr != nil {
 		t.Fatalf("pgtest: template database: %v", templateErr)
 	}
+	return newDatabase(t, " TEMPLATE "+templateName)
+}
+
+// NewEmptyDatabase creates a database without Switchboard's schema, for
+// tests of migrating it.
+func NewEmptyDatabase(t testing.TB) string {
+	t.Helper()
+	return newDatabase(t, "")
+}
+
+func newDatabase(t testing.TB, options string) string {
+	t.Helper()
+	if adminURL == "" {
+		t.Fatal("pgtest: call pgtest.Main from TestMain")
+	}
 	name := fmt.Sprintf("switchboard_test_%d_%d", os.Getpid(), databases.Add(1))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := adminExec(ctx, "CREATE DATABASE "+name+" TEMPLATE "+templateName); err != nil {
+	if err := adminExec(ctx, "CREATE DATABASE "+name+options); err != nil {
 		t.Fatalf("pgtest: create database: %v", err)
 	}
 	t.Cleanup(func() {
@@ -136,15 +148,21 @@ func NewDatabase(t testing.TB) string {
 	return withDatabase(name)
 }
 
-// NewPool returns a pool on a fresh database, closed when t ends.
-func NewPool(t testing.TB) *pgxpool.Pool {
+// Pool returns a pool on the database at url, closed when t ends.
+func Pool(t testing.TB, url string) *pgxpool.Pool {
 	t.Helper()
-	pool, err := pgxpool.New(context.Background(), NewDatabase(t))
+	pool, err := pgxpool.New(context.Background(), url)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
 	return pool
+}
+
+// NewPool returns a pool on a fresh migrated database.
+func NewPool(t testing.TB) *pgxpool.Pool {
+	t.Helper()
+	return Pool(t, NewDatabase(t))
 }
 
 // Logger is a logger for code under test: quiet unless SWITCHBOARD_TEST_LOG

@@ -1,0 +1,216 @@
+package main
+
+// The built binary, as separate processes: migrate, provisioning, two
+// connection nodes, two edges and two simulator processes, configured
+// through the environment as in production, stopped with SIGTERM.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/switchboard-iot/switchboard/internal/pgtest"
+	"github.com/switchboard-iot/switchboard/internal/testsys"
+)
+
+// freeAddr returns a loopback address no one listens on right now.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// binary builds switchboard once for the test.
+func binary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "switchboard")
+	out, err := exec.Command("go", "build", "-race", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// proc is a running switchboard process.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// start runs the binary with env added to a clean environment.
+func start(t *testing.T, bin, name string, env []string, args ...string) *proc {
+	t.Helper()
+	p := &proc{name: name, cmd: exec.Command(bin, args...), out: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "LOG_LEVEL=debug"}, env...)
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			t.Logf("--- %s output:\n%s", p.name, p.out.String())
+		}
+	})
+	return p
+}
+
+// stop sends SIGTERM and checks the process exits cleanly in time.
+func (p *proc) stop(t *testing.T) {
+	t.Helper()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("%s did not stop within 20s of SIGTERM", p.name)
+	}
+	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("%s exited with %d:\n%s", p.name, code, p.out.String())
+	}
+}
+
+// output runs the binary to completion and returns its stdout.
+func output(t *testing.T, bin string, env []string, stdin string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("switchboard %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
+	}
+	return string(out)
+}
+
+func TestBinary(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	t.Parallel()
+	bin := binary(t)
+	dbEnv := []string{"DATABASE_URL=" + pgtest.NewEmptyDatabase(t)}
+	dir := t.TempDir()
+
+	output(t, bin, dbEnv, "", "migrate")
+	output(t, bin, dbEnv, "", "migrate") // again: nothing to do, no error
+	key := strings.TrimSpace(output(t, bin, dbEnv, "", "apikeys", "add", "binary-test"))
+	if !strings.HasPrefix(key, "sbk_") || strings.Contains(key, "\n") {
+		t.Fatalf("apikeys add printed %q, want the key alone", key)
+	}
+	single := strings.TrimSpace(output(t, bin, dbEnv, "", "devices", "add", "solo-1"))
+	if single == "" || strings.ContainsAny(single, "\n ,") {
+		t.Fatalf("devices add printed %q, want the secret alone", single)
+	}
+
+	// Two nodes, each with the devices of one simulator process.
+	type node struct {
+		id, addr, cert, creds string
+		devices             []string
+	}
+	var nodes []*node
+	for i, id := range []string{"bin-node-a", "bin-node-b"} {
+		n := &node{id: id, addr: freeAddr(t), cert: filepath.Join(dir, id+".pem"), creds: filepath.Join(dir, id+".csv")}
+		var ids []string
+		for j := range 3 {
+			ids = append(ids, fmt.Sprintf("bin-%d-%d", i, j))
+		}
+		n.devices = ids
+		csv := output(t, bin, dbEnv, strings.Join(ids, "\n")+"\n", "devices", "import")
+		if lines := strings.Split(strings.TrimSpace(csv), "\n"); len(lines) != 3 || !strings.HasPrefix(lines[0], ids[0]+",") {
+			t.Fatalf("devices import printed %q", csv)
+		}
+		if err := os.WriteFile(n.creds, []byte(csv), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, n)
+	}
+
+	var procs []*proc
+	for _, n := range nodes {
+		procs = append(procs, start(t, bin, n.id, append(dbEnv, "CONN_LISTEN="+n.addr, "NODE_ID="+n.id, "FLY_REGION=ams",
+			"CONN_TLS=self-signed", "CONN_CERT_OUT="+n.cert), "conn"))
+	}
+	var edgeURLs []string
+	for _, id := range []string{"bin-edge-a", "bin-edge-b"} {
+		addr := freeAddr(t)
+		edgeURLs = append(edgeURLs, "http://"+addr)
+		procs = append(procs, start(t, bin, id, append(dbEnv, "EDGE_LISTEN="+addr, "EDGE_ID="+id), "edge"))
+	}
+	for _, n := range nodes {
+		testsys.Eventually(t, n.id+"'s certificate", func() bool { _, err := os.Stat(n.cert); return err == nil })
+		procs = append(procs, start(t, bin, n.id+"-devices", append(dbEnv, "DEVICE_URL=wss://"+n.addr+"/v1/connect"),
+			"device", "-credentials", n.creds, "-ca", n.cert, "-telemetry", "0"))
+	}
+
+	pool := pgtest.Pool(t, strings.TrimPrefix(dbEnv[0], "DATABASE_URL="))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	testsys.Eventually(t, "all six simulated devices in presence_live", func() bool {
+		var n int
+		_ = pool.QueryRow(ctx, `SELECT count(*) FROM presence_live WHERE node_id LIKE 'bin-node-%' AND region = 'ams'`).Scan(&n)
+		return n == 6
+	})
+
+	// Through each edge, to a device on each node.
+	for _, edgeURL := range edgeURLs {
+		for _, n := range nodes {
+			id := n.devices[1]
+			resp := post(t, ctx, edgeURL, key, id, "?wait=10s", "", `{"name":"set_target","args":{"celsius":22}}`)
+			var c command
+			err := json.NewDecoder(resp.Body).Decode(&c)
+			resp.Body.Close()
+			if err != nil || resp.StatusCode != http.StatusOK || c.Status != "done" || !strings.Contains(string(c.Result), `"target":22`) {
+				t.Fatalf("via %s to %s: %d %+v %s (%v)", edgeURL, id, resp.StatusCode, c, c.Result, err)
+			}
+		}
+	}
+
+	// SIGTERM: every process exits 0; the nodes leave no lease or presence.
+	for _, p := range procs {
+		p.stop(t)
+	}
+	var leases, rows int
+	_ = pool.QueryRow(ctx, `SELECT count(*) FROM nodes`).Scan(&leases)
+	_ = pool.QueryRow(ctx, `SELECT count(*) FROM presence`).Scan(&rows)
+	if leases != 0 || rows != 0 {
+		t.Fatalf("after a clean shutdown: %d leases, %d presence rows", leases, rows)
+	}
+}

@@ -1,0 +1,277 @@
+// Package testsys starts real pieces of Switchboard for tests: a database of
+// the test's own, connection nodes behind real TLS on loopback, edges, and
+// SDK devices. Each piece gets its own pool and listener connection, as a
+// separate process would, and stops when the test ends.
+package testsys
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"net"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	conntier "github.com/switchboard-iot/switchboard/conn-tier"
+	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/device"
+	"github.com/switchboard-iot/switchboard/device/protocol"
+	"github.com/switchboard-iot/switchboard/edge"
+	"github.com/switchboard-iot/switchboard/internal/pgtest"
+	"github.com/switchboard-iot/switchboard/internal/secret"
+)
+
+// System is one test's database and the pieces started on it.
+type System struct {
+	DBURL string
+	Pool  *pgxpool.Pool // for the test's own queries
+	Store *db.Store
+}
+
+// New gives t a fresh, migrated database.
+func New(t testing.TB) *System {
+	t.Helper()
+	url := pgtest.NewDatabase(t)
+	pool := pgtest.Pool(t, url)
+	return &System{DBURL: url, Pool: pool, Store: db.NewStore(pool)}
+}
+
+// AddDevice provisions a device and returns its secret.
+func (s *System) AddDevice(t testing.TB, id string) string {
+	t.Helper()
+	devSecret := secret.New("")
+	if _, err := s.Store.AddDevices(context.Background(), []db.Credential{{ID: id, SecretHash: secret.Hash(devSecret)}}); err != nil {
+		t.Fatal(err)
+	}
+	return devSecret
+}
+
+// APIKey creates an API key.
+func (s *System) APIKey(t testing.TB) string {
+	t.Helper()
+	key := secret.New("sbk_")
+	if err := s.Store.AddAPIKey(context.Background(), "test", secret.Hash(key)); err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
+
+// process runs fn with its own pool and notifier, like a separate process,
+// until stop is called or the test ends.
+type process struct {
+	cancel context.CancelFunc
+	done   chan error
+	once   sync.Once
+	err    error
+}
+
+func (s *System) start(t testing.TB, fn func(ctx context.Context, store *db.Store, n *db.Notifier) error) *process {
+	t.Helper()
+	pool := pgtest.Pool(t, s.DBURL)
+	store := db.NewStore(pool)
+	notifier := db.NewNotifier(pool.Config().ConnConfig, pgtest.Logger())
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &process{cancel: cancel, done: make(chan error, 1)}
+	notifierDone := make(chan struct{})
+	go func() { defer close(notifierDone); _ = notifier.Run(ctx) }()
+	go func() {
+		err := fn(ctx, store, notifier)
+		cancel()
+		<-notifierDone
+		p.done <- err
+	}()
+	t.Cleanup(func() {
+		if err := p.stop(); err != nil {
+			t.Errorf("stopping: %v", err)
+		}
+	})
+	return p
+}
+
+// stop ends the process and returns its error.
+func (p *process) stop() error {
+	p.once.Do(func() {
+		p.cancel()
+		p.err = <-p.done
+	})
+	return p.err
+}
+
+func listen(t testing.TB) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
+}
+
+// Node is a running connection node.
+type Node struct {
+	ID    string
+	URL   string         // wss://127.0.0.1:port/v1/connect
+	Base  string         // https://127.0.0.1:port
+	Roots *x509.CertPool // trusts the node's certificate
+	*conntier.Node
+	proc *process
+}
+
+// TLS is a client config that trusts the node.
+func (n *Node) TLS() *tls.Config { return &tls.Config{RootCAs: n.Roots} }
+
+// HTTPClient is an HTTP client that trusts the node.
+func (n *Node) HTTPClient() *http.Client {
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: n.TLS()}, Timeout: 10 * time.Second}
+}
+
+// Stop drains the node (devices see 1001) and returns Run's error.
+func (n *Node) Stop() error { return n.proc.stop() }
+
+// StartNode runs a connection node with self-signed TLS. tweak, if given,
+// adjusts its config (short heartbeats, small frames).
+func (s *System) StartNode(t testing.TB, id string, tweak func(*conntier.Config)) *Node {
+	t.Helper()
+	tlsCfg, pemCert, stopTLS, err := conntier.SelfSigned(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stopTLS)
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(pemCert)
+	ln := listen(t)
+	n := &Node{ID: id, URL: "wss://" + ln.Addr().String() + protocol.Path, Base: "https://" + ln.Addr().String(), Roots: roots}
+	ready := make(chan struct{})
+	n.proc = s.start(t, func(ctx context.Context, store *db.Store, notifier *db.Notifier) error {
+		cfg := conntier.Config{
+			Node:  db.Node{ID: id, Region: "test", Addr: ln.Addr().String()},
+			Store: store, Notifier: notifier, Log: pgtest.Logger(), TLS: tlsCfg,
+		}
+		if tweak != nil {
+			tweak(&cfg)
+		}
+		node, err := conntier.New(cfg)
+		n.Node = node
+		close(ready)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		return node.Run(ctx, ln)
+	})
+	<-ready
+	if n.Node == nil {
+		t.Fatalf("node %s did not start: %v", id, n.proc.stop())
+	}
+	return n
+}
+
+// Edge is a running edge.
+type Edge struct {
+	ID  string
+	URL string // http://127.0.0.1:port
+	*edge.Edge
+	proc *process
+}
+
+// Stop ends the edge's streams and returns Run's error.
+func (e *Edge) Stop() error { return e.proc.stop() }
+
+// StartEdge runs an edge. tweak, if given, adjusts its config.
+func (s *System) StartEdge(t testing.TB, id string, tweak func(*edge.Config)) *Edge {
+	t.Helper()
+	ln := listen(t)
+	e := &Edge{ID: id, URL: "http://" + ln.Addr().String()}
+	ready := make(chan struct{})
+	e.proc = s.start(t, func(ctx context.Context, store *db.Store, notifier *db.Notifier) error {
+		cfg := edge.Config{ID: id, Store: store, Notifier: notifier, Log: pgtest.Logger(), SweepInterval: 100 * time.Millisecond}
+		if tweak != nil {
+			tweak(&cfg)
+		}
+		ed, err := edge.New(cfg)
+		e.Edge = ed
+		close(ready)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		return ed.Run(ctx, ln)
+	})
+	<-ready
+	if e.Edge == nil {
+		t.Fatalf("edge %s did not start: %v", id, e.proc.stop())
+	}
+	return e
+}
+
+// Device is a running SDK device.
+type Device struct {
+	*device.Client
+	connected chan struct{} // receives on each new session
+	cancel    context.CancelFunc
+	done      chan struct{} // closed when Run returns
+	err       error         // Run's error, once done is closed
+}
+
+// Connected waits for the device's next session to open.
+func (d *Device) Connected(t testing.TB) {
+	t.Helper()
+	select {
+	case <-d.connected:
+	case <-time.After(10 * time.Second):
+		t.Fatal("device did not connect within 10s")
+	}
+}
+
+// Stop disconnects the device and returns Run's error.
+func (d *Device) Stop() error {
+	d.cancel()
+	<-d.done
+	return d.err
+}
+
+// Done is closed when the device stops by itself (4008, 401); Stop then
+// returns why.
+func (d *Device) Done() <-chan struct{} { return d.done }
+
+// StartDevice connects an SDK device to node with the given handlers and
+// waits for its first session.
+func StartDevice(t testing.TB, node *Node, id, devSecret string, handlers map[string]device.HandlerFunc) *Device {
+	t.Helper()
+	d := &Device{connected: make(chan struct{}, 1), done: make(chan struct{})}
+	d.Client = device.New(device.Config{
+		URL: node.URL, ID: id, Secret: devSecret, TLS: node.TLS(), Log: pgtest.Logger(),
+		MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
+		OnConnect: func() {
+			select {
+			case d.connected <- struct{}{}:
+			default:
+			}
+		},
+	})
+	for name, h := range handlers {
+		d.Handle(name, h)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	d.cancel = cancel
+	go func() { d.err = d.Run(ctx); close(d.done) }()
+	t.Cleanup(func() { _ = d.Stop() })
+	d.Connected(t)
+	return d
+}
+
+// Eventually polls cond until it holds, failing t after a deadline. For
+// state with no signal to wait on, such as rows another process writes.
+func Eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
