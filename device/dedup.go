@@ -41,3 +41,10 @@ func (d *dedup) finish(id string, reply []byte) {
 		d.replies[id] = reply
 	}
 }
+
+// forget drops id, so that its next delivery runs again.
+func (d *dedup) forget(id string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	delete(d.replies, id)
+}

@@ -96,7 +96,8 @@ func New(cfg Config) *Client {
 // Handle registers the handler for commands called name.
 func (c *Client) Handle(name string, h HandlerFunc) { c.handlers[name] = h }
 
-// Event sends a telemetry or alert event on the current session.
+// Event queues a telemetry or alert event on the current session. Events
+// are at most once: one queued as the session ends is lost.
 func (c *Client) Event(ctx context.Context, name string, data any) error {
 	raw, err := json.Marshal(data)
 	if err != nil {
@@ -153,8 +154,8 @@ func (c *Client) Run(ctx context.Context) error {
 // min(max, base·2^attempt), so a fleet that lost its node spreads out.
 func backoff(base, maxDelay time.Duration, attempt int) time.Duration {
 	ceiling := maxDelay
-	if attempt < 30 {
-		ceiling = min(maxDelay, base<<attempt)
+	if attempt < 62 && base <= maxDelay>>attempt { // base<<attempt fits under maxDelay
+		ceiling = base << attempt
 	}
 	return rand.N(ceiling) + time.Millisecond
 }
@@ -229,7 +230,16 @@ func (c *Client) writeLoop(ctx context.Context, ws *websocket.Conn, out <-chan [
 }
 
 func (c *Client) readLoop(ctx context.Context, ws *websocket.Conn, out chan<- []byte, handlers *sync.WaitGroup) (time.Duration, error) {
-	extend := func() { _ = ws.SetReadDeadline(time.Now().Add(c.cfg.ReadTimeout)) }
+	// On shutdown the read deadline is set to now to unblock the read; the
+	// mutex keeps a frame or ping arriving meanwhile from pushing it back.
+	var deadlineMu sync.Mutex
+	extend := func() {
+		deadlineMu.Lock()
+		defer deadlineMu.Unlock()
+		if ctx.Err() == nil {
+			_ = ws.SetReadDeadline(time.Now().Add(c.cfg.ReadTimeout))
+		}
+	}
 	extend()
 	ws.SetPingHandler(func(data string) error {
 		extend()
@@ -239,7 +249,11 @@ func (c *Client) readLoop(ctx context.Context, ws *websocket.Conn, out chan<- []
 		}
 		return err
 	})
-	stop := context.AfterFunc(ctx, func() { ws.SetReadDeadline(time.Now()) }) // unblock the read on shutdown
+	stop := context.AfterFunc(ctx, func() {
+		deadlineMu.Lock()
+		defer deadlineMu.Unlock()
+		_ = ws.SetReadDeadline(time.Now())
+	})
 	defer stop()
 	for {
 		_, frame, err := ws.ReadMessage()
@@ -272,7 +286,13 @@ func (c *Client) readLoop(ctx context.Context, ws *websocket.Conn, out chan<- []
 			continue
 		}
 		handlers.Go(func() {
-			reply := c.run(ctx, msg)
+			reply, interrupted := c.run(ctx, msg)
+			if interrupted {
+				// The session ended under the handler: let the redelivery
+				// run it again rather than replay a cancellation.
+				c.dedup.forget(msg.ID)
+				return
+			}
 			c.dedup.finish(msg.ID, reply)
 			c.send(ctx, out, reply)
 		})
@@ -286,8 +306,9 @@ func (c *Client) send(ctx context.Context, out chan<- []byte, frame []byte) {
 	}
 }
 
-// run calls the command's handler and renders its reply frame.
-func (c *Client) run(ctx context.Context, cmd protocol.Message) []byte {
+// run calls the command's handler and renders its reply frame. It reports
+// whether the handler failed because the session ended (ctx cancelled).
+func (c *Client) run(ctx context.Context, cmd protocol.Message) (frame []byte, interrupted bool) {
 	ok := true
 	reply := protocol.Message{Type: protocol.TypeReply, ID: cmd.ID, OK: &ok}
 	h := c.handlers[cmd.Name]
@@ -295,14 +316,17 @@ func (c *Client) run(ctx context.Context, cmd protocol.Message) []byte {
 		ok = false
 		reply.Error = "unknown command " + cmd.Name
 	} else if result, err := h(ctx, cmd.Args); err != nil {
+		if ctx.Err() != nil {
+			return nil, true
+		}
 		ok = false
 		reply.Error = err.Error()
 	} else if reply.Result, err = json.Marshal(result); err != nil {
 		ok = false
 		reply.Result, reply.Error = nil, "result is not JSON: "+err.Error()
 	}
-	frame, _ := protocol.Encode(reply)
-	return frame
+	frame, _ = protocol.Encode(reply)
+	return frame, false
 }
 
 // rebalanceDelay reads the delay a node gave with close code 1012, such as

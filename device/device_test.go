@@ -1,0 +1,738 @@
+package device_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/gorilla/websocket"
+	"go.uber.org/goleak"
+
+	"github.com/switchboard-iot/switchboard/device"
+	"github.com/switchboard-iot/switchboard/device/protocol"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+const (
+	testID     = "dev-1"
+	testSecret = "s3cret:with-colon" // a colon in the secret must survive Basic auth
+	waitFor    = 5 * time.Second
+)
+
+// accepted is one WebSocket session the fake node accepted.
+type accepted struct {
+	ws      *websocket.Conn
+	header  http.Header // the upgrade request's headers
+	offered []string    // subprotocols the client offered
+	user    string
+	pass    string
+	at      time.Time // when the upgrade completed
+}
+
+// fakeNode is a connection node reduced to the upgrade: it checks Basic auth,
+// accepts switchboard.v1 and hands each session to the test, which then
+// speaks the protocol itself.
+type fakeNode struct {
+	srv      *httptest.Server
+	url      string
+	tls      *tls.Config
+	conns    chan *accepted
+	attempts atomic.Int32 // upgrade requests, accepted or not
+	accepts  atomic.Int32 // sessions accepted
+
+	mu     sync.Mutex
+	closed bool
+	all    []*websocket.Conn
+	done   chan struct{}
+}
+
+func newFakeNode(t *testing.T) *fakeNode {
+	t.Helper()
+	n := &fakeNode{conns: make(chan *accepted, 16), done: make(chan struct{})}
+	up := websocket.Upgrader{Subprotocols: []string{protocol.Subprotocol}}
+	mux := http.NewServeMux()
+	mux.HandleFunc(protocol.Path, func(w http.ResponseWriter, r *http.Request) {
+		n.attempts.Add(1)
+		user, pass, ok := r.BasicAuth()
+		if !ok || user != testID || pass != testSecret {
+			w.Header().Set("WWW-Authenticate", `Basic realm="switchboard"`)
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+		ws, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		n.mu.Lock()
+		if n.closed {
+			n.mu.Unlock()
+			ws.Close()
+			return
+		}
+		n.all = append(n.all, ws)
+		n.mu.Unlock()
+		n.accepts.Add(1)
+		a := &accepted{ws: ws, header: r.Header.Clone(), offered: websocket.Subprotocols(r), user: user, pass: pass, at: time.Now()}
+		select {
+		case n.conns <- a:
+		case <-n.done:
+		}
+	})
+	n.srv = httptest.NewUnstartedServer(mux)
+	n.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	n.srv.StartTLS()
+	pool := x509.NewCertPool()
+	pool.AddCert(n.srv.Certificate())
+	n.tls = &tls.Config{RootCAs: pool}
+	n.url = "wss://" + strings.TrimPrefix(n.srv.URL, "https://") + protocol.Path
+	t.Cleanup(func() {
+		n.mu.Lock()
+		n.closed = true
+		close(n.done)
+		for _, ws := range n.all {
+			ws.Close()
+		}
+		n.mu.Unlock()
+		n.srv.Close()
+	})
+	return n
+}
+
+// accept waits for the SDK's next session.
+func (n *fakeNode) accept(t *testing.T) *accepted {
+	t.Helper()
+	select {
+	case a := <-n.conns:
+		return a
+	case <-time.After(waitFor):
+		t.Fatalf("the SDK did not connect within %v", waitFor)
+		return nil
+	}
+}
+
+// running is a Client whose Run goroutine the test owns.
+type running struct {
+	c            *device.Client
+	cancel       context.CancelFunc
+	ended        chan struct{} // closed when Run returned; err is then set
+	err          error
+	connected    chan struct{} // one value per OnConnect
+	disconnected chan error    // one value per OnDisconnect
+}
+
+// start runs a client against n. edit may change the config; setup may
+// register handlers (before Run, as the SDK requires).
+func start(t *testing.T, n *fakeNode, edit func(*device.Config), setup func(*device.Client)) *running {
+	t.Helper()
+	r := &running{
+		ended:        make(chan struct{}),
+		connected:    make(chan struct{}, 64),
+		disconnected: make(chan error, 64),
+	}
+	cfg := device.Config{
+		URL:          n.url,
+		ID:           testID,
+		Secret:       testSecret,
+		TLS:          n.tls,
+		Log:          slog.New(slog.DiscardHandler),
+		MinBackoff:   10 * time.Millisecond,
+		MaxBackoff:   100 * time.Millisecond,
+		OnConnect:    func() { r.connected <- struct{}{} },
+		OnDisconnect: func(err error) { r.disconnected <- err },
+	}
+	if edit != nil {
+		edit(&cfg)
+	}
+	r.c = device.New(cfg)
+	if setup != nil {
+		setup(r.c)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	go func() {
+		defer close(r.ended)
+		r.err = r.c.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-r.ended:
+		case <-time.After(2 * waitFor):
+			t.Errorf("Run did not return within %v of its context ending", 2*waitFor)
+		}
+	})
+	return r
+}
+
+// waitEnded waits for Run to return and gives its error.
+func (r *running) waitEnded(t *testing.T) error {
+	t.Helper()
+	select {
+	case <-r.ended:
+		return r.err
+	case <-time.After(waitFor):
+		t.Fatalf("Run did not return within %v", waitFor)
+		return nil
+	}
+}
+
+func (r *running) waitConnected(t *testing.T) {
+	t.Helper()
+	select {
+	case <-r.connected:
+	case <-time.After(waitFor):
+		t.Fatalf("OnConnect was not called within %v", waitFor)
+	}
+}
+
+func (r *running) waitDisconnected(t *testing.T) error {
+	t.Helper()
+	select {
+	case err := <-r.disconnected:
+		return err
+	case <-time.After(waitFor):
+		t.Fatalf("OnDisconnect was not called within %v", waitFor)
+		return nil
+	}
+}
+
+func writeText(t *testing.T, ws *websocket.Conn, frame string) {
+	t.Helper()
+	_ = ws.SetWriteDeadline(time.Now().Add(waitFor))
+	if err := ws.WriteMessage(websocket.TextMessage, []byte(frame)); err != nil {
+		t.Fatalf("node write: %v", err)
+	}
+}
+
+func writeClose(t *testing.T, ws *websocket.Conn, code int, reason string) {
+	t.Helper()
+	if err := ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(waitFor)); err != nil {
+		t.Fatalf("node close %d: %v", code, err)
+	}
+}
+
+func sendCommand(t *testing.T, ws *websocket.Conn, id, name, args string) {
+	t.Helper()
+	writeText(t, ws, `{"type":"command","id":"`+id+`","name":"`+name+`","args":`+args+`}`)
+}
+
+// readFrame reads one data frame from the SDK, as raw JSON and decoded by the
+// protocol package (so it is also a valid frame).
+func readFrame(t *testing.T, ws *websocket.Conn) (map[string]any, protocol.Message) {
+	t.Helper()
+	_ = ws.SetReadDeadline(time.Now().Add(waitFor))
+	typ, frame, err := ws.ReadMessage()
+	if err != nil {
+		t.Fatalf("node read: %v", err)
+	}
+	if typ != websocket.TextMessage {
+		t.Fatalf("frame type %d, want text", typ)
+	}
+	var raw map[string]any
+	if err := json.Unmarshal(frame, &raw); err != nil {
+		t.Fatalf("frame %s is not a JSON object: %v", frame, err)
+	}
+	msg, err := protocol.Decode(frame)
+	if err != nil {
+		t.Fatalf("frame %s does not decode: %v", frame, err)
+	}
+	return raw, msg
+}
+
+// readReply reads a frame that must be the reply to id.
+func readReply(t *testing.T, ws *websocket.Conn, id string) (map[string]any, protocol.Message) {
+	t.Helper()
+	raw, msg := readFrame(t, ws)
+	if msg.Type != protocol.TypeReply || msg.ID != id {
+		t.Fatalf("got %v, want the reply to %s", raw, id)
+	}
+	return raw, msg
+}
+
+// readClose reads until the SDK's close frame and returns its code.
+func readClose(t *testing.T, ws *websocket.Conn) int {
+	t.Helper()
+	_ = ws.SetReadDeadline(time.Now().Add(waitFor))
+	for {
+		_, frame, err := ws.ReadMessage()
+		if err == nil {
+			t.Logf("frame before close: %s", frame)
+			continue
+		}
+		var ce *websocket.CloseError
+		if !errors.As(err, &ce) {
+			t.Fatalf("node read ended with %v, want a close frame", err)
+		}
+		return ce.Code
+	}
+}
+
+func TestConnectSendsCredentialsAndSubprotocol(t *testing.T) {
+	t.Parallel()
+	n := newFakeNode(t)
+	r := start(t, n, nil, nil)
+
+	a := n.accept(t)
+	wantAuth := "Basic " + base64.StdEncoding.EncodeToString([]byte(testID+":"+testSecret))
+	if got := a.header.Get("Authorization"); got != wantAuth {
+		t.Errorf("Authorization = %q, want %q", got, wantAuth)
+	}
+	if a.user != testID || a.pass != testSecret {
+		t.Errorf("Basic auth = %q:%q, want %q:%q", a.user, a.pass, testID, testSecret)
+	}
+	if !slices.Contains(a.offered, protocol.Subprotocol) {
+		t.Errorf("offered subprotocols %q, want %q among them", a.offered, protocol.Subprotocol)
+	}
+	if got := a.ws.Subprotocol(); got != protocol.Subprotocol {
+		t.Errorf("negotiated subprotocol %q, want %q", got, protocol.Subprotocol)
+	}
+	r.waitConnected(t)
+	if got := n.attempts.Load(); got != 1 {
+		t.Errorf("%d upgrade attempts, want 1", got)
+	}
+}
+
+func TestCommands(t *testing.T) {
+	t.Parallel()
+	n := newFakeNode(t)
+	gotArgs := make(chan json.RawMessage, 1)
+	r := start(t, n, nil, func(c *device.Client) {
+		c.Handle("add", func(_ context.Context, args json.RawMessage) (any, error) {
+			gotArgs <- append(json.RawMessage(nil), args...)
+			var in struct{ A, B int }
+			if err := json.Unmarshal(args, &in); err != nil {
+				return nil, err
+			}
+			return in.A + in.B, nil
+		})
+		c.Handle("fail", func(context.Context, json.RawMessage) (any, error) {
+			return nil, errors.New("relay stuck")
+		})
+		c.Handle("func", func(context.Context, json.RawMessage) (any, error) {
+			return func() {}, nil
+		})
+		c.Handle("chan", func(context.Context, json.RawMessage) (any, error) {
+			return make(chan int), nil
+		})
+	})
+	a := n.accept(t)
+	r.waitConnected(t)
+
+	t.Run("result", func(t *testing.T) {
+		id := uuid.NewString()
+		sendCommand(t, a.ws, id, "add", `{"a":1,"b":2}`)
+		raw, _ := readReply(t, a.ws, id)
+		want := map[string]any{"type": "reply", "id": id, "ok": true, "result": float64(3)}
+		if !reflect.DeepEqual(raw, want) {
+			t.Errorf("reply %v, want %v", raw, want)
+		}
+		select {
+		case args := <-gotArgs:
+			var got map[string]any
+			if err := json.Unmarshal(args, &got); err != nil {
+				t.Fatalf("handler args %s: %v", args, err)
+			}
+			if want := map[string]any{"a": float64(1), "b": float64(2)}; !reflect.DeepEqual(got, want) {
+				t.Errorf("handler args %v, want %v", got, want)
+			}
+		default:
+			t.Error("the add handler was not called")
+		}
+	})
+
+	failures := []struct {
+		name, command, errPrefix string
+	}{
+		{"handler error", "fail", "relay stuck"},
+		{"unknown command", "nope", "unknown command nope"},
+		{"func result", "func", "result is not JSON"},
+		{"chan result", "chan", "result is not JSON"},
+	}
+	for _, tc := range failures {
+		t.Run(tc.name, func(t *testing.T) {
+			id := uuid.NewString()
+			sendCommand(t, a.ws, id, tc.command, `{}`)
+			raw, msg := readReply(t, a.ws, id)
+			if ok, present := raw["ok"]; !present || ok != false {
+				t.Errorf("reply %v: want ok false", raw)
+			}
+			if msg.OK == nil || *msg.OK {
+				t.Errorf("decoded ok %v, want false", msg.OK)
+			}
+			if !strings.HasPrefix(msg.Error, tc.errPrefix) {
+				t.Errorf("error %q, want it to start with %q", msg.Error, tc.errPrefix)
+			}
+			if _, present := raw["result"]; present {
+				t.Errorf("failed reply %v carries a result", raw)
+			}
+		})
+	}
+}
+
+func TestRedeliveredCommandRunsOnce(t *testing.T) {
+	t.Parallel()
+	n := newFakeNode(t)
+	var calls atomic.Int32
+	r := start(t, n, nil, func(c *device.Client) {
+		c.Handle("count", func(context.Context, json.RawMessage) (any, error) {
+			return map[string]int32{"call": calls.Add(1)}, nil
+		})
+	})
+	a := n.accept(t)
+	r.waitConnected(t)
+
+	id := uuid.NewString()
+	wantResult := `{"call":1}`
+	for i := range 2 {
+		sendCommand(t, a.ws, id, "count", `{}`)
+		_, msg := readReply(t, a.ws, id)
+		if msg.OK == nil || !*msg.OK || string(msg.Result) != wantResult {
+			t.Fatalf("delivery %d on the first session: ok %v result %s error %q, want ok true result %s", i+1, msg.OK, msg.Result, msg.Error, wantResult)
+		}
+	}
+	if got := calls.Load(); got != 1 {
+		t.Fatalf("handler ran %d times for one id on one session, want 1", got)
+	}
+
+	// The node goes away; the command is redelivered on the next session.
+	_ = a.ws.Close()
+	b := n.accept(t)
+	r.waitConnected(t)
+	sendCommand(t, b.ws, id, "count", `{}`)
+	_, msg := readReply(t, b.ws, id)
+	if msg.OK == nil || !*msg.OK || string(msg.Result) != wantResult {
+		t.Fatalf("redelivery after reconnect: ok %v result %s error %q, want ok true result %s", msg.OK, msg.Result, msg.Error, wantResult)
+	}
+	if got := calls.Load(); got != 1 {
+		t.Fatalf("handler ran %d times after a redelivery on a new session, want 1", got)
+	}
+
+	// A new id still runs.
+	id2 := uuid.NewString()
+	sendCommand(t, b.ws, id2, "count", `{}`)
+	if _, msg := readReply(t, b.ws, id2); string(msg.Result) != `{"call":2}` {
+		t.Errorf("a new id gave result %s, want {\"call\":2}", msg.Result)
+	}
+}
+
+// A handler cut short by its session ending is run again when the command
+// is redelivered, instead of the redelivery getting a cancellation back.
+func TestInterruptedCommandRunsAgain(t *testing.T) {
+	t.Parallel()
+	n := newFakeNode(t)
+	var calls atomic.Int32
+	started := make(chan struct{}, 1)
+	r := start(t, n, nil, func(c *device.Client) {
+		c.Handle("slow", func(ctx context.Context, _ json.RawMessage) (any, error) {
+			if calls.Add(1) == 1 {
+				started <- struct{}{}
+				<-ctx.Done() // the first run outlives its session
+				return nil, ctx.Err()
+			}
+			return "finished", nil
+		})
+	})
+	a := n.accept(t)
+	r.waitConnected(t)
+	id := uuid.NewString()
+	sendCommand(t, a.ws, id, "slow", `{}`)
+	select {
+	case <-started:
+	case <-time.After(waitFor):
+		t.Fatal("the handler did not start")
+	}
+	_ = a.ws.Close()
+
+	b := n.accept(t)
+	r.waitConnected(t)
+	sendCommand(t, b.ws, id, "slow", `{}`)
+	_, msg := readReply(t, b.ws, id)
+	if msg.OK == nil || !*msg.OK || string(msg.Result) != `"finished"` {
+		t.Fatalf("redelivery: ok %v result %s error %q, want the second run's result", msg.OK, msg.Result, msg.Error)
+	}
+	if got := calls.Load(); got != 2 {
+		t.Fatalf("handler ran %d times, want 2 (the interrupted run and the redelivery)", got)
+	}
+}
+
+func TestEvents(t *testing.T) {
+	t.Parallel()
+	n := newFakeNode(t)
+	ctx := t.Context()
+
+	// Before Run there is no session.
+	idle := device.New(device.Config{URL: n.url, ID: testID, Secret: testSecret, TLS: n.tls, Log: slog.New(slog.DiscardHandler)})
+	if err := idle.Event(ctx, "telemetry", map[string]any{"temp": 1}); !errors.Is(err, device.ErrNotConnected) {
+		t.Errorf("Event without Run = %v, want ErrNotConnected", err)
+	}
+
+	r := start(t, n, nil, nil)
+	a := n.accept(t)
+	r.waitConnected(t)
+	if err := r.c.Event(ctx, "telemetry", map[string]any{"temp": 21.5, "unit": "C"}); err != nil {
+		t.Fatalf("Event while connected: %v", err)
+	}
+	raw, _ := readFrame(t, a.ws)
+	want := map[string]any{"type": "event", "name": "telemetry", "data": map[string]any{"temp": 21.5, "unit": "C"}}
+	if !reflect.DeepEqual(raw, want) {
+		t.Errorf("event frame %v, want %v", raw, want)
+	}
+
+	if err := r.c.Event(ctx, "telemetry", make(chan int)); err == nil || errors.Is(err, device.ErrNotConnected) {
+		t.Errorf("Event with unmarshallable data = %v, want a JSON error", err)
+	}
+
+	// After Run returned there is no session either.
+	r.cancel()
+	if err := r.waitEnded(t); err != nil {
+		t.Fatalf("Run after cancel = %v, want nil", err)
+	}
+	if err := r.c.Event(ctx, "telemetry", map[string]any{"temp": 2}); !errors.Is(err, device.ErrNotConnected) {
+		t.Errorf("Event after Run returned = %v, want ErrNotConnected", err)
+	}
+}
+
+func TestHeartbeat(t *testing.T) {
+	t.Parallel()
+	n := newFakeNode(t)
+	r := start(t, n, nil, nil)
+	a := n.accept(t)
+	r.waitConnected(t)
+
+	pongs := make(chan string, 1)
+	a.ws.SetPongHandler(func(data string) error {
+		pongs <- data
+		return nil
+	})
+	if err := a.ws.WriteControl(websocket.PingMessage, []byte("hb-1"), time.Now().Add(waitFor)); err != nil {
+		t.Fatalf("node ping: %v", err)
+	}
+	writeText(t, a.ws, `{"type":"ping"}`) // an application ping: not a command, ignored
+	// The SDK answers a ping from its read loop before it reads the next
+	// frame, so the reply to a later command comes after the pong. Pongs
+	// are handled while the node reads: the reply is the frame to read.
+	id := uuid.NewString()
+	sendCommand(t, a.ws, id, "nope", `{}`)
+	readReply(t, a.ws, id)
+	select {
+	case data := <-pongs:
+		if data != "hb-1" {
+			t.Errorf("pong data %q, want %q", data, "hb-1")
+		}
+	default:
+		t.Error("the SDK did not answer the WebSocket ping with a pong")
+	}
+}
+
+func TestReconnect(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name     string
+		drop     func(t *testing.T, ws *websocket.Conn)
+		wantCode int // close code OnDisconnect must report, 0 for any error
+	}{
+		{"connection dropped", func(t *testing.T, ws *websocket.Conn) { _ = ws.Close() }, 0},
+		{"going away", func(t *testing.T, ws *websocket.Conn) {
+			writeClose(t, ws, protocol.CloseGoingAway, "draining")
+			if code := readClose(t, ws); code != protocol.CloseGoingAway {
+				t.Errorf("the SDK echoed close code %d, want %d", code, protocol.CloseGoingAway)
+			}
+			_ = ws.Close()
+		}, protocol.CloseGoingAway},
+		{"internal error", func(t *testing.T, ws *websocket.Conn) {
+			writeClose(t, ws, protocol.CloseInternalError, "database down")
+			_ = ws.Close()
+		}, protocol.CloseInternalError},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			n := newFakeNode(t)
+			r := start(t, n, nil, nil)
+			a := n.accept(t)
+			r.waitConnected(t)
+
+			tc.drop(t, a.ws)
+			b := n.accept(t)
+			// OnDisconnect runs before the SDK waits and redials.
+			select {
+			case err := <-r.disconnected:
+				if err == nil {
+					t.Error("OnDisconnect(nil), want the reason the session ended")
+				}
+				if tc.wantCode != 0 {
+					var ce *websocket.CloseError
+					if !errors.As(err, &ce) || ce.Code != tc.wantCode {
+						t.Errorf("OnDisconnect(%v), want close code %d", err, tc.wantCode)
+					}
+				}
+			default:
+				t.Error("the SDK redialed without calling OnDisconnect")
+			}
+			r.waitConnected(t)
+			if b.user != testID || b.pass != testSecret {
+				t.Errorf("redial authenticated as %q:%q", b.user, b.pass)
+			}
+			if got := n.accepts.Load(); got != 2 {
+				t.Errorf("%d sessions accepted, want 2", got)
+			}
+		})
+	}
+}
+
+func TestReadTimeoutRedials(t *testing.T) {
+	t.Parallel()
+	n := newFakeNode(t)
+	r := start(t, n, func(c *device.Config) { c.ReadTimeout = 200 * time.Millisecond }, nil)
+	n.accept(t)
+	r.waitConnected(t)
+	// The node stays silent (no frames, no pings): the SDK gives up on it
+	// after ReadTimeout and dials again.
+	n.accept(t)
+	err := r.waitDisconnected(t)
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Errorf("OnDisconnect(%v), want a read timeout", err)
+	}
+}
+
+func TestUnauthorized(t *testing.T) {
+	t.Parallel()
+	n := newFakeNode(t)
+	r := start(t, n, func(c *device.Config) { c.Secret = "wrong" }, nil)
+	if err := r.waitEnded(t); !errors.Is(err, device.ErrUnauthorized) {
+		t.Fatalf("Run = %v, want ErrUnauthorized", err)
+	}
+	// Run has returned, so these counts are final.
+	if got := n.attempts.Load(); got != 1 {
+		t.Errorf("%d upgrade attempts, want 1 (no redial after 401)", got)
+	}
+	if got := n.accepts.Load(); got != 0 {
+		t.Errorf("%d sessions accepted with a wrong secret", got)
+	}
+	select {
+	case <-r.connected:
+		t.Error("OnConnect called although the credentials were refused")
+	default:
+	}
+}
+
+func TestReplaced(t *testing.T) {
+	t.Parallel()
+	n := newFakeNode(t)
+	r := start(t, n, nil, nil)
+	a := n.accept(t)
+	r.waitConnected(t)
+	writeClose(t, a.ws, protocol.CloseReplaced, "replaced by a newer session")
+	if err := r.waitEnded(t); !errors.Is(err, device.ErrReplaced) {
+		t.Fatalf("Run = %v, want ErrReplaced", err)
+	}
+	if got := n.attempts.Load(); got != 1 {
+		t.Errorf("%d upgrade attempts, want 1 (no redial after 4008)", got)
+	}
+	if err := r.waitDisconnected(t); !errors.Is(err, device.ErrReplaced) {
+		t.Errorf("OnDisconnect(%v), want ErrReplaced", err)
+	}
+}
+
+func TestRebalanceWaitsTheGivenDelay(t *testing.T) {
+	t.Parallel()
+	n := newFakeNode(t)
+	r := start(t, n, nil, nil) // backoff 10ms..100ms: far below the asked delay
+	a := n.accept(t)
+	r.waitConnected(t)
+
+	closed := time.Now()
+	writeClose(t, a.ws, protocol.CloseRebalance, "1s")
+	b := n.accept(t)
+	elapsed := b.at.Sub(closed)
+	if elapsed < 900*time.Millisecond {
+		t.Errorf("redialed %v after close 1012 \"1s\", want about 1s", elapsed)
+	}
+	if elapsed > waitFor {
+		t.Errorf("redialed %v after close 1012 \"1s\", want about 1s", elapsed)
+	}
+	err := r.waitDisconnected(t)
+	var ce *websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != protocol.CloseRebalance {
+		t.Errorf("OnDisconnect(%v), want close code 1012", err)
+	}
+}
+
+func TestCancelClosesNormally(t *testing.T) {
+	t.Parallel()
+	n := newFakeNode(t)
+	r := start(t, n, nil, nil)
+	a := n.accept(t)
+	r.waitConnected(t)
+
+	r.cancel()
+	if err := r.waitEnded(t); err != nil {
+		t.Errorf("Run after cancel = %v, want nil", err)
+	}
+	if code := readClose(t, a.ws); code != websocket.CloseNormalClosure {
+		t.Errorf("node saw close code %d, want %d", code, websocket.CloseNormalClosure)
+	}
+	if got := n.attempts.Load(); got != 1 {
+		t.Errorf("%d upgrade attempts, want 1", got)
+	}
+}
+
+func TestCancelWhileNodeKeepsSending(t *testing.T) {
+	t.Parallel()
+	n := newFakeNode(t)
+	r := start(t, n, nil, nil) // ReadTimeout stays at its 60s default
+	a := n.accept(t)
+	r.waitConnected(t)
+
+	// The node keeps the session busy, as a node with steady traffic does.
+	stop := make(chan struct{})
+	flooding := make(chan struct{})
+	go func() {
+		defer close(flooding)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_ = a.ws.SetWriteDeadline(time.Now().Add(waitFor))
+			if err := a.ws.WriteMessage(websocket.TextMessage, []byte(`{"type":"pong"}`)); err != nil {
+				return
+			}
+		}
+	}()
+	defer func() {
+		close(stop)
+		<-flooding
+		_ = a.ws.Close() // unblocks a Run that missed its cancellation
+	}()
+
+	r.cancel()
+	select {
+	case <-r.ended:
+		if r.err != nil {
+			t.Errorf("Run after cancel = %v, want nil", r.err)
+		}
+	case <-time.After(waitFor):
+		t.Errorf("Run did not return within %v of cancel while the node kept sending frames", waitFor)
+	}
+}
