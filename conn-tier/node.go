@@ -32,6 +32,7 @@ import (
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/device/protocol"
 	"github.com/switchboard-iot/switchboard/internal/batch"
+	"github.com/switchboard-iot/switchboard/internal/problem"
 )
 
 // Config is what a node needs. Zero durations and sizes take the defaults
@@ -142,11 +143,11 @@ func (n *Node) Handler() http.Handler {
 func (n *Node) handleReady(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case n.draining.Load():
-		http.Error(w, "draining", http.StatusServiceUnavailable)
+		problem.NotReady(w, "draining")
 	case !n.leased.Load():
-		http.Error(w, "no lease", http.StatusServiceUnavailable)
+		problem.NotReady(w, "no lease")
 	case n.store.Pool().Ping(r.Context()) != nil:
-		http.Error(w, "database unreachable", http.StatusServiceUnavailable)
+		problem.NotReady(w, "database unreachable")
 	default:
 		_, _ = w.Write([]byte("ok\n"))
 	}

@@ -2,6 +2,7 @@ package edge
 
 import (
 	"net/http"
+	"strings"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
@@ -17,8 +18,17 @@ func (e *Edge) Handler() http.Handler {
 	r.NotFound(func(w http.ResponseWriter, _ *http.Request) {
 		problem.Write(w, http.StatusNotFound, "not-found", "Not found", "no such endpoint")
 	})
-	r.MethodNotAllowed(func(w http.ResponseWriter, _ *http.Request) {
-		problem.Write(w, http.StatusMethodNotAllowed, "method-not-allowed", "Method not allowed", "")
+	r.MethodNotAllowed(func(w http.ResponseWriter, req *http.Request) {
+		// chi keeps the allowed methods to itself once this handler is
+		// custom; ask the router which ones match (RFC 9110 requires Allow).
+		var allowed []string
+		for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+			if r.Match(chi.NewRouteContext(), m, req.URL.Path) {
+				allowed = append(allowed, m)
+			}
+		}
+		w.Header().Set("Allow", strings.Join(allowed, ", "))
+		problem.Write(w, http.StatusMethodNotAllowed, "method-not-allowed", "Method not allowed", "this resource allows "+strings.Join(allowed, ", "))
 	})
 
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
@@ -41,12 +51,12 @@ func (e *Edge) Handler() http.Handler {
 func (e *Edge) handleReady(w http.ResponseWriter, r *http.Request) {
 	select {
 	case <-e.closing:
-		http.Error(w, "draining", http.StatusServiceUnavailable)
+		problem.NotReady(w, "draining")
 		return
 	default:
 	}
 	if err := e.store.Pool().Ping(r.Context()); err != nil {
-		http.Error(w, "database unreachable", http.StatusServiceUnavailable)
+		problem.NotReady(w, "database unreachable")
 		return
 	}
 	_, _ = w.Write([]byte("ok\n"))

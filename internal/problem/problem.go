@@ -26,3 +26,8 @@ func Write(w http.ResponseWriter, status int, slug, title, detail string) {
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(Problem{Type: Base + slug, Title: title, Status: status, Detail: detail})
 }
+
+// NotReady answers a readiness probe that fails (503), saying why.
+func NotReady(w http.ResponseWriter, why string) {
+	Write(w, http.StatusServiceUnavailable, "not-ready", "Not ready", why)
+}

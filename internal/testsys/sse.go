@@ -2,6 +2,7 @@ package testsys
 
 import (
 	"bufio"
+	"errors"
 	"io"
 	"strings"
 )
@@ -13,47 +14,63 @@ type Event struct {
 
 // EventReader reads Server-Sent Events from a response body. Bound it with
 // the request's context: Next blocks until an event or the end.
-type EventReader struct{ scanner *bufio.Scanner }
+type EventReader struct {
+	scanner  *bufio.Scanner
+	Comments int // ":" lines seen (keep-alives)
+}
 
 func NewEventReader(r io.Reader) *EventReader {
 	s := bufio.NewScanner(r)
-	s.Buffer(make([]byte, 64<<10), 1<<20)
-	return &EventReader{s}
+	s.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	return &EventReader{scanner: s}
 }
 
-// Next returns the next event, skipping comments (keep-alives); io.EOF when
-// the stream ends.
+// Next returns the next event: io.EOF when the stream ended cleanly between
+// events, io.ErrUnexpectedEOF when it ended inside one.
 func (er *EventReader) Next() (Event, error) {
 	var ev Event
+	var data []string
+	started := false
 	for er.scanner.Scan() {
 		line := er.scanner.Text()
-		field, value, _ := strings.Cut(line, ":")
-		value = strings.TrimPrefix(value, " ")
-		switch {
-		case line == "":
-			if ev != (Event{}) {
+		if line == "" {
+			if started {
+				ev.Data = strings.Join(data, "\n")
 				return ev, nil
 			}
-		case field == "id":
+			continue
+		}
+		if strings.HasPrefix(line, ":") {
+			er.Comments++
+			continue
+		}
+		field, value, _ := strings.Cut(line, ":")
+		value = strings.TrimPrefix(value, " ")
+		started = true
+		switch field {
+		case "id":
 			ev.ID = value
-		case field == "event":
+		case "event":
 			ev.Name = value
-		case field == "data":
-			ev.Data += value
+		case "data":
+			data = append(data, value)
 		}
 	}
 	if err := er.scanner.Err(); err != nil {
 		return Event{}, err
 	}
+	if started {
+		return Event{}, io.ErrUnexpectedEOF
+	}
 	return Event{}, io.EOF
 }
 
-// All reads the rest of the stream.
+// All reads events until the stream ends cleanly.
 func (er *EventReader) All() ([]Event, error) {
 	var events []Event
 	for {
 		ev, err := er.Next()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return events, nil
 		}
 		if err != nil {
