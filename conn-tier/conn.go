@@ -42,6 +42,9 @@ type conn struct {
 	send chan outFrame // frames for the write pump
 	done chan struct{} // closed when the session ends
 
+	// registered is set once the session's presence row is written.
+	registered atomic.Bool
+
 	// deadlineMu orders read-deadline changes: once closing is set, nothing
 	// may push the deadline past the close grace.
 	deadlineMu sync.Mutex
@@ -57,13 +60,14 @@ func (c *conn) session() db.Session {
 
 // handleConnect authenticates a device, upgrades, and runs its session.
 func (n *Node) handleConnect(w http.ResponseWriter, r *http.Request) {
-	if n.draining.Load() {
+	if !n.admit() {
 		w.Header().Set("Retry-After", "1")
 		problem.Write(w, http.StatusServiceUnavailable, "node-draining", "Node is draining", "connect to another node")
 		return
 	}
+	defer n.sessions.Done()
 	deviceID, devSecret, ok := r.BasicAuth()
-	if !ok {
+	if !ok || !db.ValidDeviceID(deviceID) {
 		n.metrics.connects.WithLabelValues("unauthorized").Inc()
 		unauthorized(w, "HTTP Basic credentials device_id:secret are required")
 		return
@@ -107,8 +111,6 @@ func (n *Node) handleConnect(w http.ResponseWriter, r *http.Request) {
 		done:       make(chan struct{}),
 		inflight:   make(map[uuid.UUID]struct{}),
 	}
-	n.sessions.Add(1)
-	defer n.sessions.Done()
 	c.serve()
 }
 
@@ -126,6 +128,11 @@ func (c *conn) serve() {
 	if old := n.hub.add(c); old != nil {
 		go old.close(protocol.CloseReplaced, "replaced by a newer session")
 	}
+	if n.draining.Load() {
+		// Admitted just before the drain began, registered just after its
+		// snapshot of the hub: close it like the others.
+		c.close(protocol.CloseGoingAway, "node draining")
+	}
 	writerDone := make(chan struct{})
 	go func() { defer close(writerDone); c.writePump() }()
 
@@ -135,6 +142,7 @@ func (c *conn) serve() {
 		log.Error("writing presence", "err", err)
 		c.close(protocol.CloseInternalError, "presence unavailable; reconnect later")
 	} else {
+		c.registered.Store(true)
 		log.Debug("device connected", "remote", c.remoteAddr)
 		n.deliverer.wake(c.deviceID)
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/device/protocol"
 )
 
 // deliverer sends devices their pending commands. Wake-ups only mark devices
@@ -55,13 +56,14 @@ func (d *deliverer) poke() {
 	}
 }
 
-func (d *deliverer) take() []string {
+// take returns the devices to look at, and whether that is all of them.
+func (d *deliverer) take() ([]string, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.all {
 		d.all = false
 		clear(d.dirty)
-		return d.node.hub.deviceIDs()
+		return d.node.hub.deviceIDs(), true
 	}
 	ids := make([]string, 0, len(d.dirty))
 	for id := range d.dirty {
@@ -70,7 +72,7 @@ func (d *deliverer) take() []string {
 		}
 	}
 	clear(d.dirty)
-	return ids
+	return ids, false
 }
 
 func (d *deliverer) run(ctx context.Context) error {
@@ -81,7 +83,11 @@ func (d *deliverer) run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		}
-		for ids := d.take(); len(ids) > 0; ids = ids[min(len(ids), pendingBatch):] {
+		ids, all := d.take()
+		if all {
+			d.node.closeDisplaced(ctx)
+		}
+		for ; len(ids) > 0; ids = ids[min(len(ids), pendingBatch):] {
 			chunk := ids[:min(len(ids), pendingBatch)]
 			if err := d.deliver(ctx, chunk); err != nil {
 				if ctx.Err() != nil {
@@ -124,6 +130,31 @@ func (d *deliverer) deliver(ctx context.Context, deviceIDs []string) error {
 	return nil
 }
 
+// closeDisplaced closes sessions that another node took over while this
+// node's listener was away (their "kick" was lost with it). Only sessions
+// whose own row was written count: a newer one's row may still be queued.
+func (n *Node) closeDisplaced(ctx context.Context) {
+	var devices []string
+	for _, c := range n.hub.all() {
+		if c.registered.Load() {
+			devices = append(devices, c.deviceID)
+		}
+	}
+	if len(devices) == 0 {
+		return
+	}
+	moved, err := n.store.DevicesElsewhere(ctx, n.cfg.Node.ID, devices)
+	if err != nil {
+		n.log.Warn("checking for displaced sessions", "err", err)
+		return
+	}
+	for _, id := range moved {
+		if c := n.hub.get(id); c != nil && c.registered.Load() {
+			go c.close(protocol.CloseReplaced, "replaced by a newer session")
+		}
+	}
+}
+
 // commandOp is a delivery record or a reply, written by the commands batcher.
 type commandOp struct {
 	delivered uuid.UUID // with conn: the frame was written
@@ -131,8 +162,10 @@ type commandOp struct {
 	reply     *db.Reply
 }
 
-// writeCommands records deliveries and replies, then wakes the edges that
-// wait on them. Deliveries go first: a reply in the same batch wins.
+// writeCommands records deliveries and replies in one transaction, then
+// wakes the edges that wait on them. Deliveries go first: a reply in the
+// same batch wins. A retried batch redoes both, so no change (and no
+// wake-up) is lost to a half-written batch.
 func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
 	var delivered []uuid.UUID
 	var replies []db.Reply
@@ -144,27 +177,35 @@ func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
 		}
 	}
 	var changes []db.Change
-	if len(delivered) > 0 {
-		ch, err := n.store.MarkDelivered(ctx, n.cfg.Node.ID, delivered)
-		if err != nil {
-			return err
-		}
-		changes = append(changes, ch...)
-		for _, op := range ops {
-			if op.conn != nil {
-				op.conn.forget(op.delivered)
+	var nDelivered, nReplies int
+	err := n.store.InTx(ctx, func(tx *db.Store) error {
+		changes, nDelivered, nReplies = changes[:0], 0, 0
+		if len(delivered) > 0 {
+			ch, err := tx.MarkDelivered(ctx, n.cfg.Node.ID, delivered)
+			if err != nil {
+				return err
 			}
+			changes, nDelivered = append(changes, ch...), len(ch)
 		}
-		n.metrics.delivered.Add(float64(len(ch)))
-	}
-	if len(replies) > 0 {
-		ch, err := n.store.StoreReplies(ctx, replies)
-		if err != nil {
-			return err
+		if len(replies) > 0 {
+			ch, err := tx.StoreReplies(ctx, replies)
+			if err != nil {
+				return err
+			}
+			changes, nReplies = append(changes, ch...), len(ch)
 		}
-		changes = append(changes, ch...)
-		n.metrics.replies.Add(float64(len(ch)))
+		return nil
+	})
+	if err != nil {
+		return err
 	}
+	for _, op := range ops {
+		if op.conn != nil {
+			op.conn.forget(op.delivered)
+		}
+	}
+	n.metrics.delivered.Add(float64(nDelivered))
+	n.metrics.replies.Add(float64(nReplies))
 	// The rows are committed; a lost wake-up only delays the edge until it
 	// looks again, so it is logged, not retried.
 	if err := n.store.NotifyEdges(ctx, changes); err != nil {
@@ -182,20 +223,17 @@ type presenceOp struct {
 
 // writePresence writes a batch of connects and disconnects. Connects go
 // first: a session that opened and closed within one batch leaves no row.
-// Of several connects of one device, the newest wins.
+// Only the device's current session is written: two sessions of a device
+// racing on this node may queue their connects in either order.
 func (n *Node) writePresence(ctx context.Context, ops []presenceOp) error {
-	latest := make(map[string]int) // device → index of its newest connect
-	var gone []db.Session
-	for i, op := range ops {
-		if op.connect {
-			latest[op.session.DeviceID] = i
-		} else {
+	var connects, gone []db.Session
+	written := make(map[string]bool)
+	for _, op := range ops {
+		switch {
+		case !op.connect:
 			gone = append(gone, op.session)
-		}
-	}
-	var connects []db.Session
-	for i, op := range ops {
-		if op.connect && latest[op.session.DeviceID] == i {
+		case !written[op.session.DeviceID] && n.hub.current(op.session.DeviceID, op.session.SessionID):
+			written[op.session.DeviceID] = true
 			connects = append(connects, op.session)
 		}
 	}

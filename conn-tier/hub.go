@@ -3,6 +3,8 @@ package conntier
 import (
 	"sync"
 
+	"github.com/google/uuid"
+
 	"github.com/switchboard-iot/switchboard/db"
 )
 
@@ -34,6 +36,14 @@ func (h *hub) get(deviceID string) *conn {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	return h.conns[deviceID]
+}
+
+// current reports whether session is the device's session here.
+func (h *hub) current(deviceID string, session uuid.UUID) bool {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	c := h.conns[deviceID]
+	return c != nil && c.sessionID == session
 }
 
 func (h *hub) len() int {

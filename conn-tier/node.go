@@ -96,9 +96,23 @@ type Node struct {
 	commands  *batch.Batcher[commandOp]
 	events    *batch.Batcher[db.DeviceEvent]
 
-	sessions sync.WaitGroup // running session handlers
-	leased   atomic.Bool    // the lease row exists and was renewed in time
-	draining atomic.Bool    // shutting down: refuse new sessions
+	leased atomic.Bool // the lease row exists and was renewed in time
+
+	drainMu  sync.Mutex     // orders admissions before the drain's wait
+	sessions sync.WaitGroup // admitted requests to /v1/connect, until their session ends
+	draining atomic.Bool    // shutting down: refuse new sessions; set under drainMu
+}
+
+// admit counts a connect request in, unless the node is draining: once the
+// drain has begun, nothing is added to the group it waits for.
+func (n *Node) admit() bool {
+	n.drainMu.Lock()
+	defer n.drainMu.Unlock()
+	if n.draining.Load() {
+		return false
+	}
+	n.sessions.Add(1)
+	return true
 }
 
 // New makes a node; Run starts it.
@@ -122,9 +136,9 @@ func New(cfg Config) (*Node, error) {
 	}
 	n.hub.conns = make(map[string]*conn)
 	n.deliverer = newDeliverer(n)
-	n.presence = batch.New("presence", 4096, 1000, log, n.writePresence)
-	n.commands = batch.New("commands", 4096, 1000, log, n.writeCommands)
-	n.events = batch.New("events", 4096, 1000, log, n.store.InsertEvents)
+	n.presence = batch.New("presence", 4096, 1000, log, n.writePresence, db.IsRefused)
+	n.commands = batch.New("commands", 4096, 1000, log, n.writeCommands, db.IsRefused)
+	n.events = batch.New("events", 4096, 1000, log, n.store.InsertEvents, db.IsRefused)
 	return n, nil
 }
 
@@ -206,7 +220,9 @@ func (n *Node) Run(ctx context.Context, ln net.Listener) error {
 	}
 
 	// Stop accepting, then close every session with 1001.
+	n.drainMu.Lock()
 	n.draining.Store(true)
+	n.drainMu.Unlock()
 	drainCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), n.cfg.DrainTimeout)
 	defer cancel()
 	_ = srv.Shutdown(drainCtx) // hijacked WebSockets are ours to close

@@ -45,7 +45,7 @@ func collectCommands(rows pgx.Rows, err error) ([]command.Command, error) {
 
 // CreateCommand stores a pending command. An unknown device is ErrNotFound.
 func (s *Store) CreateCommand(ctx context.Context, nc NewCommand) (command.Command, error) {
-	c, err := scanCommand(s.pool.QueryRow(ctx, `
+	c, err := scanCommand(s.db.QueryRow(ctx, `
 		INSERT INTO commands (id, device_id, name, args, timeout, expires_at, reply_to)
 		VALUES ($1, $2, $3, $4, $5, now() + $6::interval, $7)
 		RETURNING `+commandColumns,
@@ -55,20 +55,20 @@ func (s *Store) CreateCommand(ctx context.Context, nc NewCommand) (command.Comma
 
 // Command returns one command.
 func (s *Store) Command(ctx context.Context, id uuid.UUID) (command.Command, error) {
-	c, err := scanCommand(s.pool.QueryRow(ctx, `SELECT `+commandColumns+` FROM commands WHERE id = $1`, id))
+	c, err := scanCommand(s.db.QueryRow(ctx, `SELECT `+commandColumns+` FROM commands WHERE id = $1`, id))
 	return c, translate(err, "command "+id.String())
 }
 
 // Commands returns the commands with these ids that exist.
 func (s *Store) Commands(ctx context.Context, ids []uuid.UUID) ([]command.Command, error) {
-	cmds, err := collectCommands(s.pool.Query(ctx, `SELECT `+commandColumns+` FROM commands WHERE id = ANY($1)`, ids))
+	cmds, err := collectCommands(s.db.Query(ctx, `SELECT `+commandColumns+` FROM commands WHERE id = ANY($1)`, ids))
 	return cmds, translate(err, "commands")
 }
 
 // PendingCommands returns the undelivered, unexpired commands of these
 // devices, oldest first.
 func (s *Store) PendingCommands(ctx context.Context, deviceIDs []string, limit int) ([]command.Command, error) {
-	cmds, err := collectCommands(s.pool.Query(ctx, `
+	cmds, err := collectCommands(s.db.Query(ctx, `
 		SELECT `+commandColumns+` FROM commands
 		WHERE device_id = ANY($1) AND status = 'pending' AND expires_at > now()
 		ORDER BY created_at, id LIMIT $2`, deviceIDs, limit))
@@ -79,7 +79,7 @@ func (s *Store) PendingCommands(ctx context.Context, deviceIDs []string, limit i
 // resumed on an edge other than the one that accepted it. The list keeps the
 // 16 newest watchers.
 func (s *Store) Watch(ctx context.Context, id uuid.UUID, edgeID string) error {
-	_, err := s.pool.Exec(ctx, `
+	_, err := s.db.Exec(ctx, `
 		UPDATE commands SET watchers = (watchers || $2::text)[greatest(1, cardinality(watchers) - 14):]
 		WHERE id = $1 AND status = ANY($3)
 		  AND reply_to IS DISTINCT FROM $2 AND NOT ($2 = ANY(watchers))`,
@@ -105,7 +105,7 @@ func collectChanges(rows pgx.Rows, err error) ([]Change, error) {
 // MarkDelivered records that a node wrote these commands to their devices.
 // The reply deadline starts now.
 func (s *Store) MarkDelivered(ctx context.Context, nodeID string, ids []uuid.UUID) ([]Change, error) {
-	changes, err := collectChanges(s.pool.Query(ctx, `
+	changes, err := collectChanges(s.db.Query(ctx, `
 		UPDATE commands c SET status = 'delivered', delivered_at = now(), reply_deadline = now() + c.timeout, node_id = $2
 		WHERE c.id = ANY($1) AND c.status = ANY($3)
 		RETURNING `+changeColumns, ids, nodeID, command.From(command.Delivered)))
@@ -135,7 +135,7 @@ func (s *Store) StoreReplies(ctx context.Context, replies []Reply) ([]Change, er
 			errs[i] = &r.Error
 		}
 	}
-	changes, err := collectChanges(s.pool.Query(ctx, `
+	changes, err := collectChanges(s.db.Query(ctx, `
 		UPDATE commands c SET status = CASE WHEN r.ok THEN 'done' ELSE 'failed' END,
 			ok = r.ok, result = r.result, error = r.error, completed_at = now()
 		FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::jsonb[], $5::text[]) AS r(id, device_id, ok, result, error)
@@ -148,7 +148,7 @@ func (s *Store) StoreReplies(ctx context.Context, replies []Reply) ([]Change, er
 // and expires pending ones whose ttl passed, at most limit of each. Several
 // processes may sweep at once: each row goes to one of them.
 func (s *Store) SweepCommands(ctx context.Context, limit int) ([]Change, error) {
-	failed, err := collectChanges(s.pool.Query(ctx, `
+	failed, err := collectChanges(s.db.Query(ctx, `
 		WITH due AS (
 			SELECT id FROM commands WHERE status = 'delivered' AND reply_deadline <= now()
 			ORDER BY reply_deadline LIMIT $1 FOR UPDATE SKIP LOCKED)
@@ -158,7 +158,7 @@ func (s *Store) SweepCommands(ctx context.Context, limit int) ([]Change, error) 
 	if err != nil {
 		return nil, translate(err, "sweep replies")
 	}
-	expired, err := collectChanges(s.pool.Query(ctx, `
+	expired, err := collectChanges(s.db.Query(ctx, `
 		WITH due AS (
 			SELECT id FROM commands WHERE status = 'pending' AND expires_at <= now()
 			ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)
@@ -184,7 +184,7 @@ func (s *Store) NotifyEdges(ctx context.Context, changes []Change) error {
 // commands: one statement, one NOTIFY per node and chunk of 50 devices
 // (50 lines of at most 134 bytes fit a payload).
 func (s *Store) WakeDevices(ctx context.Context, deviceIDs []string) error {
-	_, err := s.pool.Exec(ctx, `
+	_, err := s.db.Exec(ctx, `
 		SELECT pg_notify($2 || node_id, string_agg($3 || device_id, E'\n'))
 		FROM (SELECT node_id, device_id, row_number() OVER (PARTITION BY node_id) / 50 AS chunk
 		      FROM presence_live WHERE device_id = ANY($1)) t

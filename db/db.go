@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -30,13 +31,39 @@ var (
 	ErrInvalid  = errors.New("invalid")
 )
 
-// Store reads and writes Switchboard's tables.
+// Store reads and writes Switchboard's tables, through the pool or, inside
+// InTx, through one transaction.
 type Store struct {
 	pool *pgxpool.Pool
+	db   querier
+}
+
+// querier is what the pool and a transaction have in common.
+type querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Begin(ctx context.Context) (pgx.Tx, error)
 }
 
 // NewStore wraps a pool.
-func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
+func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool, db: pool} }
+
+// InTx runs fn with a store whose statements share one transaction, which
+// commits if fn returns nil. Send no NOTIFY inside: PostgreSQL takes a
+// database-wide lock when a notifying transaction commits.
+func (s *Store) InTx(ctx context.Context, fn func(tx *Store) error) error {
+	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
+		return fn(&Store{pool: s.pool, db: tx})
+	})
+}
+
+// IsRefused reports whether the database refused the data itself (a value
+// it cannot store, a violated constraint): sending it again cannot succeed.
+func IsRefused(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (strings.HasPrefix(pgErr.Code, "22") || strings.HasPrefix(pgErr.Code, "23"))
+}
 
 // Pool is the store's pool, for health checks and the notifier.
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
@@ -54,7 +81,8 @@ func Open(ctx context.Context, url string, maxConns int32) (*pgxpool.Pool, error
 	return pgxpool.NewWithConfig(ctx, cfg)
 }
 
-// translate maps storage errors to domain errors, in one place.
+// translate maps storage errors to domain errors, in one place. The cause
+// stays wrapped too, for IsRefused.
 func translate(err error, what string) error {
 	var pgErr *pgconn.PgError
 	switch {
@@ -63,11 +91,11 @@ func translate(err error, what string) error {
 	case errors.Is(err, pgx.ErrNoRows):
 		return fmt.Errorf("%s: %w", what, ErrNotFound)
 	case errors.As(err, &pgErr) && pgErr.Code == "23505": // unique_violation
-		return fmt.Errorf("%s: %w", what, ErrExists)
+		return fmt.Errorf("%s: %w: %w", what, ErrExists, err)
 	case errors.As(err, &pgErr) && pgErr.Code == "23503": // foreign_key_violation
-		return fmt.Errorf("%s: %w", what, ErrNotFound)
+		return fmt.Errorf("%s: %w: %w", what, ErrNotFound, err)
 	case errors.As(err, &pgErr) && pgErr.Code == "23514": // check_violation
-		return fmt.Errorf("%s: %w: %s", what, ErrInvalid, pgErr.ConstraintName)
+		return fmt.Errorf("%s: %w: %w", what, ErrInvalid, err)
 	}
 	return fmt.Errorf("%s: %w", what, err)
 }

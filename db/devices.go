@@ -50,7 +50,7 @@ func (s *Store) AddDevices(ctx context.Context, creds []Credential) (existing []
 	for i, c := range creds {
 		ids[i], hashes[i] = c.ID, c.SecretHash
 	}
-	rows, err := s.pool.Query(ctx, `
+	rows, err := s.db.Query(ctx, `
 		WITH input AS (SELECT * FROM unnest($1::text[], $2::bytea[]) AS t(id, secret_hash)),
 		added AS (
 			INSERT INTO devices (id, secret_hash) SELECT id, secret_hash FROM input
@@ -66,7 +66,7 @@ func (s *Store) AddDevices(ctx context.Context, creds []Credential) (existing []
 // DeviceSecretHash returns the stored hash of a device's secret.
 func (s *Store) DeviceSecretHash(ctx context.Context, id string) ([]byte, error) {
 	var hash []byte
-	err := s.pool.QueryRow(ctx, `SELECT secret_hash FROM devices WHERE id = $1`, id).Scan(&hash)
+	err := s.db.QueryRow(ctx, `SELECT secret_hash FROM devices WHERE id = $1`, id).Scan(&hash)
 	return hash, translate(err, "device "+id)
 }
 
@@ -78,7 +78,7 @@ func (s *Store) Device(ctx context.Context, id string) (Device, error) {
 		SessionID                  *uuid.UUID
 		ConnectedAt                *time.Time
 	}
-	err := s.pool.QueryRow(ctx, `
+	err := s.db.QueryRow(ctx, `
 		SELECT d.id, d.labels, d.created_at, d.last_seen_at,
 		       p.node_id, p.region, p.session_id, p.remote_addr, p.connected_at
 		FROM devices d LEFT JOIN presence_live p ON p.device_id = d.id
@@ -98,14 +98,14 @@ func (s *Store) Device(ctx context.Context, id string) (Device, error) {
 
 // AddAPIKey stores a new API key's hash under a name.
 func (s *Store) AddAPIKey(ctx context.Context, name string, keyHash []byte) error {
-	_, err := s.pool.Exec(ctx, `INSERT INTO api_keys (name, key_hash) VALUES ($1, $2)`, name, keyHash)
+	_, err := s.db.Exec(ctx, `INSERT INTO api_keys (name, key_hash) VALUES ($1, $2)`, name, keyHash)
 	return translate(err, "add api key")
 }
 
 // APIKeyName returns the name of the unrevoked key with this hash.
 func (s *Store) APIKeyName(ctx context.Context, keyHash []byte) (string, error) {
 	var name string
-	err := s.pool.QueryRow(ctx, `SELECT name FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL`, keyHash).Scan(&name)
+	err := s.db.QueryRow(ctx, `SELECT name FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL`, keyHash).Scan(&name)
 	return name, translate(err, "api key")
 }
 
@@ -124,7 +124,7 @@ func (s *Store) InsertEvents(ctx context.Context, events []DeviceEvent) error {
 	for i, e := range events {
 		ids[i], names[i], data[i] = e.DeviceID, e.Name, e.Data
 	}
-	_, err := s.pool.Exec(ctx, `
+	_, err := s.db.Exec(ctx, `
 		INSERT INTO events (device_id, name, data)
 		SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[])`, ids, names, data)
 	return translate(err, "insert events")

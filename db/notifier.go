@@ -223,7 +223,7 @@ func (s *Store) notifyLines(ctx context.Context, byChannel map[string][]string) 
 	if len(channels) == 0 {
 		return nil
 	}
-	_, err := s.pool.Exec(ctx, `SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p)`, channels, payloads)
+	_, err := s.db.Exec(ctx, `SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p)`, channels, payloads)
 	return translate(err, "notify")
 }
 

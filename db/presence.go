@@ -19,7 +19,7 @@ type Node struct {
 // to be created: then the node's presence rows may have been reaped while it
 // was away, and the node must assert them again.
 func (s *Store) RenewLease(ctx context.Context, node Node, ttl time.Duration) (created bool, err error) {
-	err = s.pool.QueryRow(ctx, `
+	err = s.db.QueryRow(ctx, `
 		INSERT INTO nodes (id, region, addr, lease_expires_at)
 		VALUES ($1, $2, $3, now() + $4::interval)
 		ON CONFLICT (id) DO UPDATE
@@ -32,14 +32,14 @@ func (s *Store) RenewLease(ctx context.Context, node Node, ttl time.Duration) (c
 // ClearNode deletes a node's presence rows, keeping its lease: a node that
 // starts holds no connections, whatever an earlier process left behind.
 func (s *Store) ClearNode(ctx context.Context, nodeID string) error {
-	_, err := s.pool.Exec(ctx, `DELETE FROM presence WHERE node_id = $1`, nodeID)
+	_, err := s.db.Exec(ctx, `DELETE FROM presence WHERE node_id = $1`, nodeID)
 	return translate(err, "clear node "+nodeID)
 }
 
 // RemoveNode deletes a node's presence rows and its lease, in one
 // transaction: a clean shutdown leaves nothing behind.
 func (s *Store) RemoveNode(ctx context.Context, nodeID string) error {
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `DELETE FROM presence WHERE node_id = $1`, nodeID); err != nil {
 			return err
 		}
@@ -54,7 +54,7 @@ func (s *Store) RemoveNode(ctx context.Context, nodeID string) error {
 // keeps the tables small.
 func (s *Store) ReapNodes(ctx context.Context, grace time.Duration) (int64, error) {
 	var n int64
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `DELETE FROM nodes WHERE lease_expires_at < now() - $1::interval RETURNING id`, grace)
 		if err != nil {
 			return err
@@ -99,7 +99,7 @@ func (s *Store) Connect(ctx context.Context, node Node, sessions []Session) ([]D
 	devices, sids, addrs := sessionColumns(sessions)
 	// All parts of the statement see the same snapshot, so old holds the rows
 	// as they were before the upsert replaced them.
-	rows, err := s.pool.Query(ctx, `
+	rows, err := s.db.Query(ctx, `
 		WITH input AS (
 			SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[]) AS t(device_id, session_id, remote_addr)),
 		old AS (
@@ -125,7 +125,7 @@ func (s *Store) Connect(ctx context.Context, node Node, sessions []Session) ([]D
 // connected elsewhere keeps its newer row.
 func (s *Store) Reassert(ctx context.Context, node Node, sessions []Session) error {
 	devices, sids, addrs := sessionColumns(sessions)
-	_, err := s.pool.Exec(ctx, `
+	_, err := s.db.Exec(ctx, `
 		INSERT INTO presence (device_id, node_id, region, session_id, remote_addr)
 		SELECT device_id, $4, $5, session_id, remote_addr
 		FROM unnest($1::text[], $2::uuid[], $3::text[]) AS t(device_id, session_id, remote_addr)
@@ -133,12 +133,23 @@ func (s *Store) Reassert(ctx context.Context, node Node, sessions []Session) err
 	return translate(err, "reassert presence")
 }
 
+// DevicesElsewhere returns which of these devices' presence rows name a
+// node other than nodeID.
+func (s *Store) DevicesElsewhere(ctx context.Context, nodeID string, devices []string) ([]string, error) {
+	rows, err := s.db.Query(ctx, `SELECT device_id FROM presence WHERE device_id = ANY($1) AND node_id <> $2`, devices, nodeID)
+	if err != nil {
+		return nil, translate(err, "devices elsewhere")
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	return ids, translate(err, "devices elsewhere")
+}
+
 // Disconnect deletes the presence rows of sessions that closed, unless a
 // newer session already replaced them, and records when each device was
 // last seen.
 func (s *Store) Disconnect(ctx context.Context, sessions []Session) error {
 	devices, sids, _ := sessionColumns(sessions)
-	_, err := s.pool.Exec(ctx, `
+	_, err := s.db.Exec(ctx, `
 		WITH gone AS (
 			DELETE FROM presence p USING unnest($1::text[], $2::uuid[]) AS t(device_id, session_id)
 			WHERE p.device_id = t.device_id AND p.session_id = t.session_id)

@@ -77,15 +77,21 @@ func (e *Edge) handleSendCommand(w http.ResponseWriter, r *http.Request) {
 	}
 
 	id := uuid.Must(uuid.NewV7()) // time-ordered: index-friendly
+	var c command.Command
+	var err error
 	var wt *waiter
 	if stream || wait > 0 {
 		wt = e.router.wait(id) // before the insert: no wake-up can come first
 		defer e.router.done(wt)
 	}
-	c, err := e.store.CreateCommand(r.Context(), db.NewCommand{
-		ID: id, DeviceID: deviceID, Name: req.Name, Args: req.Args,
-		Timeout: time.Duration(req.Timeout), TTL: time.Duration(req.TTL), ReplyTo: e.cfg.ID,
-	})
+	if !db.ValidDeviceID(deviceID) {
+		err = db.ErrNotFound // no such device can exist; spare the database
+	} else {
+		c, err = e.store.CreateCommand(r.Context(), db.NewCommand{
+			ID: id, DeviceID: deviceID, Name: req.Name, Args: req.Args,
+			Timeout: time.Duration(req.Timeout), TTL: time.Duration(req.TTL), ReplyTo: e.cfg.ID,
+		})
+	}
 	switch {
 	case errors.Is(err, db.ErrNotFound):
 		problem.Write(w, http.StatusNotFound, "device-not-found", "Device not found", "no device has the id "+strconv.Quote(deviceID))

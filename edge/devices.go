@@ -39,7 +39,11 @@ func (e *Edge) handleAddDevice(w http.ResponseWriter, r *http.Request) {
 
 func (e *Edge) handleGetDevice(w http.ResponseWriter, r *http.Request) {
 	id := chi.URLParam(r, "id")
-	d, err := e.store.Device(r.Context(), id)
+	var d db.Device
+	err := db.ErrNotFound // unless the id could name a device
+	if db.ValidDeviceID(id) {
+		d, err = e.store.Device(r.Context(), id)
+	}
 	switch {
 	case errors.Is(err, db.ErrNotFound):
 		problem.Write(w, http.StatusNotFound, "device-not-found", "Device not found", "no device has the id "+strconv.Quote(id))

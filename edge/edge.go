@@ -83,7 +83,7 @@ func New(cfg Config) (*Edge, error) {
 		keys:    make(map[string]time.Time),
 		closing: make(chan struct{}),
 	}
-	e.waker = batch.New("waker", 4096, 1000, log, e.wake)
+	e.waker = batch.New("waker", 4096, 1000, log, e.wake, db.IsRefused)
 	e.metrics = newMetrics(cfg.Metrics, cfg.ID, e.router.waiting)
 	return e, nil
 }

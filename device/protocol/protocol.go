@@ -92,6 +92,14 @@ func ValidName(s string) bool { return namePattern.MatchString(s) }
 // types, are dropped so that newer peers can add them; unknown types are
 // rejected.
 func Decode(frame []byte) (Message, error) {
+	// What the node cannot store it must refuse here, with a reason, rather
+	// than have the database reject a whole batch of other devices' writes.
+	if !utf8.Valid(frame) {
+		return Message{}, badf("frame is not valid UTF-8")
+	}
+	if hasNULEscape(frame) {
+		return Message{}, badf(`\u0000 cannot be stored: remove NUL characters`)
+	}
 	var in Message
 	if err := json.Unmarshal(frame, &in); err != nil {
 		return Message{}, badf("malformed JSON: %v", err)
@@ -135,6 +143,27 @@ func Decode(frame []byte) (Message, error) {
 		return Message{}, badf("unknown type %q", m.Type)
 	}
 	return m, nil
+}
+
+// hasNULEscape reports whether a JSON text holds the escape \u0000 (a JSON
+// string cannot hold a raw NUL byte): PostgreSQL stores neither in text nor
+// in jsonb. An escape is a backslash preceded by an even number of them.
+func hasNULEscape(frame []byte) bool {
+	for i := 0; ; {
+		j := bytes.Index(frame[i:], []byte(`u0000`))
+		if j < 0 {
+			return false
+		}
+		at := i + j
+		slashes := 0
+		for k := at - 1; k >= 0 && frame[k] == '\\'; k-- {
+			slashes++
+		}
+		if slashes%2 == 1 {
+			return true
+		}
+		i = at + 1
+	}
 }
 
 func isNull(raw json.RawMessage) bool { return bytes.Equal(bytes.TrimSpace(raw), []byte("null")) }

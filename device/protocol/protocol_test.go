@@ -456,3 +456,25 @@ func raw(r json.RawMessage) string {
 	}
 	return "`" + string(r) + "`"
 }
+
+// Frames PostgreSQL cannot store are refused by the decoder, not by the
+// database, where they would fail a batch of other devices' writes.
+func TestDecodeRejectsUnstorable(t *testing.T) {
+	const id = "0b7e1a6c-3c0f-4f43-9c59-2b7a6b6b1f00"
+	rejected := map[string]string{
+		`{"type":"event","name":"t","data":{"s":"\u0000"}}`:                "cannot be stored",
+		`{"type":"event","name":"t","data":{"s":"a\\\u0000"}}`:             "cannot be stored", // an escaped backslash, then the escape
+		`{"type":"reply","id":"` + id + `","ok":false,"error":"a\u0000b"}`: "cannot be stored",
+		"{\"type\":\"event\",\"name\":\"t\",\"data\":{\"s\":\"\xff\"}}":    "not valid UTF-8",
+	}
+	for frame, want := range rejected {
+		_, err := protocol.Decode([]byte(frame))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Decode(%q) = %v, want an error saying %q", frame, err, want)
+		}
+	}
+	// A literal backslash followed by "u0000" is text, not a NUL.
+	if _, err := protocol.Decode([]byte(`{"type":"event","name":"t","data":{"s":"\\u0000"}}`)); err != nil {
+		t.Errorf("escaped backslash before u0000: %v", err)
+	}
+}

@@ -20,26 +20,36 @@ type Batcher[T any] struct {
 	in      chan T
 	max     int
 	flush   func(context.Context, []T) error
+	refused func(error) bool
 	log     *slog.Logger
 	stopped chan struct{}
 }
 
 // New makes a batcher that holds up to queue items and flushes at most max
 // at a time. flush must be safe to retry: a failed batch is tried again with
-// backoff, a few times, before it is dropped and logged.
-func New[T any](name string, queue, max int, log *slog.Logger, flush func(context.Context, []T) error) *Batcher[T] {
+// backoff, a few times, before it is dropped and logged. When refused says
+// the database refused the data itself, retrying cannot help: the batch is
+// split until the item at fault is alone, and only that one is dropped.
+func New[T any](name string, queue, max int, log *slog.Logger, flush func(context.Context, []T) error, refused func(error) bool) *Batcher[T] {
 	return &Batcher[T]{
 		name:    name,
 		in:      make(chan T, queue),
 		max:     max,
 		flush:   flush,
+		refused: refused,
 		log:     log.With("batcher", name),
 		stopped: make(chan struct{}),
 	}
 }
 
-// Add queues an item, waiting while the queue is full (backpressure).
+// Add queues an item, waiting while the queue is full (backpressure). Once
+// the batcher has stopped it refuses, rather than queue what nobody writes.
 func (b *Batcher[T]) Add(ctx context.Context, item T) error {
+	select {
+	case <-b.stopped:
+		return ErrStopped
+	default:
+	}
 	select {
 	case b.in <- item:
 		return nil
@@ -94,6 +104,16 @@ func (b *Batcher[T]) write(ctx context.Context, items []T) {
 	for attempt := 1; ; attempt++ {
 		err := b.flush(ctx, items)
 		if err == nil {
+			return
+		}
+		if b.refused(err) {
+			if len(items) == 1 {
+				b.log.Error("dropping an item the database refuses", "err", err)
+				return
+			}
+			half := len(items) / 2
+			b.write(ctx, items[:half])
+			b.write(ctx, items[half:])
 			return
 		}
 		if attempt == attempts || ctx.Err() != nil {
