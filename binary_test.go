@@ -143,7 +143,7 @@ func TestBinary(t *testing.T) {
 	// Two nodes, each with the devices of one simulator process.
 	type node struct {
 		id, addr, cert, creds string
-		devices             []string
+		devices               []string
 	}
 	var nodes []*node
 	for i, id := range []string{"bin-node-a", "bin-node-b"} {
