@@ -25,11 +25,11 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/gorilla/websocket"
-	"github.com/oklog/run"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/internal/actors"
 	"github.com/switchboard-iot/switchboard/device/protocol"
 	"github.com/switchboard-iot/switchboard/internal/batch"
 	"github.com/switchboard-iot/switchboard/internal/problem"
@@ -173,50 +173,26 @@ func (n *Node) Sessions() int { return n.hub.len() }
 // Run serves devices on ln until ctx is done, then drains and returns.
 func (n *Node) Run(ctx context.Context, ln net.Listener) error {
 	if err := n.register(ctx); err != nil {
+		ln.Close()
 		return err
 	}
-
-	// Background actors outlive ctx: they must flush what the closing
-	// sessions leave behind. They stop when stopBackground is called.
-	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
-	var bg run.Group
-	for _, actor := range []func(context.Context) error{n.presence.Run, n.commands.Run, n.events.Run, n.deliverer.run, n.renewLease} {
-		actorCtx, cancel := context.WithCancel(bgCtx)
-		bg.Add(func() error { return actor(actorCtx) }, func(error) { cancel() })
-	}
-	bgDone := make(chan error, 1)
-	go func() { bgDone <- bg.Run() }()
-
+	// The background actors outlive ctx: they flush what the closing
+	// sessions leave behind, and stop only after the sessions have.
+	bg, stopBackground := actors.Group(ctx, n.presence.Run, n.commands.Run, n.events.Run, n.deliverer.run, n.renewLease)
 	unlisten := n.cfg.Notifier.Listen(db.NodeChannel(n.cfg.Node.ID), n.onNotify, n.deliverer.wakeAll)
-
 	srv := &http.Server{
 		Handler:           n.Handler(),
 		TLSConfig:         n.cfg.TLS,
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
 	}
-	srvDone := make(chan error, 1)
-	go func() {
-		var err error
-		if n.cfg.TLS != nil {
-			err = srv.ServeTLS(ln, "", "")
-		} else {
-			err = srv.Serve(ln)
-		}
-		if errors.Is(err, http.ErrServerClosed) {
-			err = nil
-		}
-		srvDone <- err
-	}()
+	served := actors.Serve(srv, ln)
 	n.log.Info("connection node serving", "addr", ln.Addr().String(), "region", n.cfg.Node.Region, "tls", n.cfg.TLS != nil)
 
-	var err error
 	select {
 	case <-ctx.Done():
-	case err = <-srvDone:
-		srvDone <- err
-	case err = <-bgDone:
-		bgDone <- err
+	case <-served.Done():
+	case <-bg.Done():
 	}
 
 	// Stop accepting, then close every session with 1001.
@@ -232,14 +208,9 @@ func (n *Node) Run(ctx context.Context, ln net.Listener) error {
 
 	// Flush the closed sessions' writes, then leave no rows behind.
 	stopBackground()
-	if bgErr := <-bgDone; err == nil {
-		err = bgErr
-	}
+	err := errors.Join(served.Wait(), bg.Wait())
 	if rmErr := n.store.RemoveNode(drainCtx, n.cfg.Node.ID); rmErr != nil {
 		n.log.Error("removing the node's lease and presence", "err", rmErr)
-	}
-	if srvErr := <-srvDone; err == nil {
-		err = srvErr
 	}
 	n.log.Info("connection node stopped")
 	return err

@@ -14,10 +14,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/oklog/run"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/internal/actors"
 	"github.com/switchboard-iot/switchboard/internal/batch"
 )
 
@@ -96,57 +96,33 @@ func (e *Edge) wake(ctx context.Context, deviceIDs []string) error {
 // Run serves the API on ln until ctx is done, then ends open streams,
 // waits for requests to finish and stops its background actors.
 func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
-	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopBackground()
-	var bg run.Group
-	for _, actor := range []func(context.Context) error{e.router.run, e.waker.Run, e.sweep} {
-		actorCtx, cancel := context.WithCancel(bgCtx)
-		bg.Add(func() error { return actor(actorCtx) }, func(error) { cancel() })
-	}
-	bgDone := make(chan error, 1)
-	go func() { bgDone <- bg.Run() }()
+	bg, stopBackground := actors.Group(ctx, e.router.run, e.waker.Run, e.sweep)
 	unlisten := e.cfg.Notifier.Listen(db.EdgeChannel(e.cfg.ID), e.router.onNotify, e.router.onReady)
 	defer unlisten()
-
 	srv := &http.Server{
 		Handler:           e.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(e.log.Handler(), slog.LevelDebug),
 	}
-	srvDone := make(chan error, 1)
-	go func() {
-		err := srv.Serve(ln)
-		if errors.Is(err, http.ErrServerClosed) {
-			err = nil
-		}
-		srvDone <- err
-	}()
+	served := actors.Serve(srv, ln)
 	e.log.Info("edge serving", "addr", ln.Addr().String())
 
-	var err error
 	select {
 	case <-ctx.Done():
-	case err = <-srvDone:
-		srvDone <- err
-	case err = <-bgDone:
-		bgDone <- err
+	case <-served.Done():
+	case <-bg.Done():
 	}
 	e.closeOnce.Do(func() { close(e.closing) })
 	drainCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.cfg.DrainTimeout)
 	defer cancel()
-	if shutErr := srv.Shutdown(drainCtx); shutErr != nil {
-		e.log.Warn("requests still open after the drain timeout", "err", shutErr)
+	if err := srv.Shutdown(drainCtx); err != nil {
+		e.log.Warn("requests still open after the drain timeout", "err", err)
 		_ = srv.Close()
 	}
 	// Commands accepted by the last requests are still woken: the waker
 	// drains its queue before it stops.
 	stopBackground()
-	if bgErr := <-bgDone; err == nil {
-		err = bgErr
-	}
-	if srvErr := <-srvDone; err == nil {
-		err = srvErr
-	}
+	err := errors.Join(served.Wait(), bg.Wait())
 	e.log.Info("edge stopped")
 	return err
 }

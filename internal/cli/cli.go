@@ -46,6 +46,17 @@ commands:
 Run "switchboard <command> -h" for a command's flags.
 `
 
+// commands are the subcommands, by name.
+var commands = map[string]func(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.Logger) error{
+	"edge":    runEdge,
+	"conn":    runConn,
+	"migrate": runMigrate,
+	"dev":     runDev,
+	"device":  runDevice,
+	"devices": runDevices,
+	"apikeys": runAPIKeys,
+}
+
 // ErrUsage means the command line was wrong; the message went to stderr.
 var ErrUsage = errors.New("usage")
 
@@ -55,28 +66,14 @@ func Run(ctx context.Context, args []string, getenv Env, stdio IO) error {
 		fmt.Fprint(stdio.Stderr, usage)
 		return ErrUsage
 	}
-	log := newLogger(getenv, stdio.Stderr)
-	cmd, rest := args[0], args[1:]
-	switch cmd {
-	case "edge":
-		return runEdge(ctx, rest, getenv, stdio, log)
-	case "conn":
-		return runConn(ctx, rest, getenv, stdio, log)
-	case "migrate":
-		return runMigrate(ctx, rest, getenv, stdio, log)
-	case "dev":
-		return runDev(ctx, rest, getenv, stdio, log)
-	case "device":
-		return runDevice(ctx, rest, getenv, stdio, log)
-	case "devices":
-		return runDevices(ctx, rest, getenv, stdio, log)
-	case "apikeys":
-		return runAPIKeys(ctx, rest, getenv, stdio, log)
-	case "help", "-h", "-help", "--help":
+	if args[0] == "help" || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" {
 		fmt.Fprint(stdio.Stdout, usage)
 		return nil
 	}
-	fmt.Fprintf(stdio.Stderr, "switchboard: unknown command %q\n\n%s", cmd, usage)
+	if cmd, ok := commands[args[0]]; ok {
+		return cmd(ctx, args[1:], getenv, stdio, newLogger(getenv, stdio.Stderr))
+	}
+	fmt.Fprintf(stdio.Stderr, "switchboard: unknown command %q\n\n%s", args[0], usage)
 	return ErrUsage
 }
 
@@ -147,9 +144,9 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
-// actors runs a process's long-running pieces until ctx ends, a signal
+// runProcess runs a process's long-running pieces until ctx ends, a signal
 // comes, or one of them fails. A signal is a clean stop.
-func actors(ctx context.Context, add func(g *run.Group, ctx context.Context)) error {
+func runProcess(ctx context.Context, add func(g *run.Group, ctx context.Context)) error {
 	groupCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var g run.Group
@@ -161,10 +158,4 @@ func actors(ctx context.Context, add func(g *run.Group, ctx context.Context)) er
 		return nil
 	}
 	return err
-}
-
-// actor adds fn to g, stopped by cancelling its own context.
-func actor(g *run.Group, ctx context.Context, fn func(context.Context) error) {
-	ctx, cancel := context.WithCancel(ctx)
-	g.Add(func() error { return fn(ctx) }, func(error) { cancel() })
 }

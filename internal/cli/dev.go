@@ -21,6 +21,7 @@ import (
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/device/protocol"
 	"github.com/switchboard-iot/switchboard/edge"
+	"github.com/switchboard-iot/switchboard/internal/actors"
 	"github.com/switchboard-iot/switchboard/internal/pgcluster"
 	"github.com/switchboard-iot/switchboard/internal/secret"
 )
@@ -175,12 +176,12 @@ func runDev(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.
 	if err != nil {
 		return err
 	}
-	return actors(ctx, func(g *run.Group, ctx context.Context) {
-		actor(g, ctx, notifier.Run)
-		actor(g, ctx, func(ctx context.Context) error { return e.Run(ctx, edgeLn) })
+	return runProcess(ctx, func(g *run.Group, ctx context.Context) {
+		actors.Add(g, ctx, notifier.Run)
+		actors.Add(g, ctx, func(ctx context.Context) error { return e.Run(ctx, edgeLn) })
 		for i, node := range nodes {
-			actor(g, ctx, func(ctx context.Context) error { return node.Run(ctx, nodeLns[i]) })
-			actor(g, ctx, func(ctx context.Context) error {
+			actors.Add(g, ctx, func(ctx context.Context) error { return node.Run(ctx, nodeLns[i]) })
+			actors.Add(g, ctx, func(ctx context.Context) error {
 				return simulate(ctx, byNode[i], connURLs[i], deviceTLS, 30*time.Second, log)
 			})
 		}

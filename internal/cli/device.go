@@ -17,6 +17,7 @@ import (
 
 	"github.com/switchboard-iot/switchboard/device"
 	"github.com/switchboard-iot/switchboard/device/protocol"
+	"github.com/switchboard-iot/switchboard/internal/actors"
 	"github.com/switchboard-iot/switchboard/internal/thermostat"
 )
 
@@ -52,8 +53,8 @@ func runDevice(ctx context.Context, args []string, getenv Env, stdio IO, log *sl
 		return err
 	}
 	log.Info("simulating devices", "devices", len(creds), "url", *url)
-	return actors(ctx, func(g *run.Group, ctx context.Context) {
-		actor(g, ctx, func(ctx context.Context) error {
+	return runProcess(ctx, func(g *run.Group, ctx context.Context) {
+		actors.Add(g, ctx, func(ctx context.Context) error {
 			return simulate(ctx, creds, *url, tlsCfg, *telemetry, log)
 		})
 	})

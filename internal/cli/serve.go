@@ -15,6 +15,7 @@ import (
 	conntier "github.com/switchboard-iot/switchboard/conn-tier"
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/edge"
+	"github.com/switchboard-iot/switchboard/internal/actors"
 )
 
 func runMigrate(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.Logger) error {
@@ -57,9 +58,9 @@ func runEdge(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	if err != nil {
 		return err
 	}
-	return actors(ctx, func(g *run.Group, ctx context.Context) {
-		actor(g, ctx, notifier.Run)
-		actor(g, ctx, func(ctx context.Context) error { return e.Run(ctx, ln) })
+	return runProcess(ctx, func(g *run.Group, ctx context.Context) {
+		actors.Add(g, ctx, notifier.Run)
+		actors.Add(g, ctx, func(ctx context.Context) error { return e.Run(ctx, ln) })
 	})
 }
 
@@ -147,8 +148,8 @@ func runConn(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 		ln.Close()
 		return err
 	}
-	return actors(ctx, func(g *run.Group, ctx context.Context) {
-		actor(g, ctx, notifier.Run)
-		actor(g, ctx, func(ctx context.Context) error { return node.Run(ctx, ln) })
+	return runProcess(ctx, func(g *run.Group, ctx context.Context) {
+		actors.Add(g, ctx, notifier.Run)
+		actors.Add(g, ctx, func(ctx context.Context) error { return node.Run(ctx, ln) })
 	})
 }
