@@ -29,8 +29,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/switchboard-iot/switchboard/db"
-	"github.com/switchboard-iot/switchboard/internal/actors"
 	"github.com/switchboard-iot/switchboard/device/protocol"
+	"github.com/switchboard-iot/switchboard/internal/actors"
 	"github.com/switchboard-iot/switchboard/internal/batch"
 	"github.com/switchboard-iot/switchboard/internal/problem"
 )
