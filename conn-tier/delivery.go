@@ -162,7 +162,7 @@ type commandOp struct {
 	reply     *db.Reply
 }
 
-// writeCommands records deliveries and replies in one transaction, then
+// writeCommands records deliveries and replies atomically, then
 // wakes the edges that wait on them. Deliveries go first: a reply in the
 // same batch wins. A retried batch redoes both, so no change (and no
 // wake-up) is lost to a half-written batch.
@@ -176,9 +176,15 @@ func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
 			delivered = append(delivered, op.delivered)
 		}
 	}
+	// One statement is atomic by itself: BEGIN and COMMIT would only add two
+	// round trips to the hot path.
+	inTx := n.store.InTx
+	if len(delivered) == 0 || len(replies) == 0 {
+		inTx = func(_ context.Context, fn func(*db.Store) error) error { return fn(n.store) }
+	}
 	var changes []db.Change
 	var nDelivered, nReplies int
-	err := n.store.InTx(ctx, func(tx *db.Store) error {
+	err := inTx(ctx, func(tx *db.Store) error {
 		changes, nDelivered, nReplies = changes[:0], 0, 0
 		if len(delivered) > 0 {
 			ch, err := tx.MarkDelivered(ctx, n.cfg.Node.ID, delivered)

@@ -68,6 +68,10 @@ func IsRefused(err error) bool {
 // Pool is the store's pool, for health checks and the notifier.
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 
+// ServerPoolSize is the pool size of an edge or a connection node: enough
+// for concurrent requests and the batchers, small next to max_connections.
+const ServerPoolSize = 16
+
 // Open makes a pool for url. It does not wait for the database: a process
 // starts, reports not-ready and retries while PostgreSQL is away.
 func Open(ctx context.Context, url string, maxConns int32) (*pgxpool.Pool, error) {

@@ -43,7 +43,7 @@ func runEdge(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	if *id == "" {
 		*id = edge.NewID(getenv("FLY_MACHINE_ID"))
 	}
-	pool, store, err := openStore(ctx, *dbURL, 16)
+	pool, store, err := openStore(ctx, *dbURL, db.ServerPoolSize)
 	if err != nil {
 		return err
 	}
@@ -121,7 +121,7 @@ func runConn(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	pool, store, err := openStore(ctx, *dbURL, 16)
+	pool, store, err := openStore(ctx, *dbURL, db.ServerPoolSize)
 	if err != nil {
 		return err
 	}

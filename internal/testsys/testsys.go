@@ -71,7 +71,11 @@ type process struct {
 
 func (s *System) start(t testing.TB, fn func(ctx context.Context, store *db.Store, n *db.Notifier) error) *process {
 	t.Helper()
-	pool := pgtest.Pool(t, s.DBURL)
+	pool, err := db.Open(context.Background(), s.DBURL, db.ServerPoolSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
 	store := db.NewStore(pool)
 	notifier := db.NewNotifier(pool.Config().ConnConfig, pgtest.Logger())
 	ctx, cancel := context.WithCancel(context.Background())
