@@ -158,7 +158,7 @@ func runDev(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.
 			return err
 		}
 		nodes = append(nodes, node)
-		connURLs = append(connURLs, "wss://"+connAddrs[i]+protocol.Path)
+		connURLs = append(connURLs, "wss://"+advertised(connAddrs[i], nodeLns[i])+protocol.Path)
 	}
 
 	// Simulated devices alternate between the two nodes.
@@ -170,7 +170,7 @@ func runDev(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.
 	deviceTLS := &tls.Config{RootCAs: roots}
 
 	err = devBanner.Execute(stdio.Stdout, map[string]any{
-		"Edge": "http://" + *edgeListen, "Conn": connURLs, "DB": dbURL, "Key": apiKey, "Dir": *dir,
+		"Edge": "http://" + advertised(*edgeListen, edgeLn), "Conn": connURLs, "DB": dbURL, "Key": apiKey, "Dir": *dir,
 		"Cert": certFile, "Devices": len(simulated), "Spare": creds[len(creds)-1].secret,
 	})
 	if err != nil {
@@ -186,6 +186,17 @@ func runDev(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.
 			})
 		}
 	})
+}
+
+// advertised is the address to print for a listener: the host as given
+// (localhost reads better than 127.0.0.1), the port as bound (for ":0").
+func advertised(flag string, ln net.Listener) string {
+	host, _, _ := net.SplitHostPort(flag)
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	if host == "" {
+		host = "localhost"
+	}
+	return net.JoinHostPort(host, port)
 }
 
 // createDatabase creates a database on a cluster and returns its URL.

@@ -1,0 +1,96 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/switchboard-iot/switchboard/internal/cli"
+)
+
+// TestDev runs "switchboard dev" (what scripts/dev runs) through the same
+// entry point as main: it must start its own PostgreSQL, print a banner
+// whose commands work, and stop everything, PostgreSQL included, when its
+// context ends (as on Ctrl-C).
+func TestDev(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a PostgreSQL cluster of its own")
+	}
+	t.Parallel()
+	dir, err := os.MkdirTemp("", "switchboard-devtest-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o711); err != nil { // the postgres user must enter it when we are root
+		t.Fatal(err)
+	}
+	dir = filepath.Join(dir, "dev")
+
+	stdout, banner := io.Pipe()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- cli.Run(ctx, []string{"dev", "-dir", dir, "-edge-listen", "127.0.0.1:0",
+			"-conn-listen", "127.0.0.1:0,127.0.0.1:0", "-pg-port", "0", "-devices", "4"},
+			func(string) string { return "" }, cli.IO{Stdin: strings.NewReader(""), Stdout: banner, Stderr: io.Discard})
+		banner.Close()
+	}()
+	defer func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("dev returned %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("dev did not stop within 30s of its context ending")
+		}
+		if _, err := os.Stat(filepath.Join(dir, "pg", "data", "postmaster.pid")); !os.IsNotExist(err) {
+			t.Errorf("PostgreSQL still running after dev stopped (postmaster.pid: %v)", err)
+		}
+	}()
+
+	// Read the banner up to its commands: the edge's URL and the API key.
+	var edgeURL, key string
+	lines := bufio.NewScanner(stdout)
+	for lines.Scan() && (edgeURL == "" || key == "") {
+		line := strings.TrimSpace(lines.Text())
+		if v, ok := strings.CutPrefix(line, "edge (HTTP API)"); ok {
+			edgeURL = strings.TrimSpace(v)
+		}
+		if v, ok := strings.CutPrefix(line, "export SWITCHBOARD_KEY="); ok {
+			key = v
+		}
+	}
+	go func() { _, _ = io.Copy(io.Discard, stdout) }() // the rest of the banner
+	if edgeURL == "" || key == "" {
+		t.Fatalf("banner without the edge URL (%q) or the API key (%q)", edgeURL, key)
+	}
+
+	// The banner's command, to a thermostat on each node; the simulated
+	// devices connect by themselves, so the first tries may find them away.
+	reqCtx, stop := context.WithTimeout(ctx, 30*time.Second)
+	defer stop()
+	for _, device := range []string{"thermostat-1", "thermostat-2"} {
+		var c command
+		for c.Status != "done" {
+			resp := post(t, reqCtx, edgeURL, key, device, "?wait=2s", "", `{"name":"get_state"}`)
+			err := json.NewDecoder(resp.Body).Decode(&c)
+			resp.Body.Close()
+			if err != nil || (resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusAccepted) {
+				t.Fatalf("%s: %d %v", device, resp.StatusCode, err)
+			}
+		}
+		if !strings.Contains(string(c.Result), `"celsius"`) {
+			t.Fatalf("%s answered %s, want a thermostat's state", device, c.Result)
+		}
+	}
+}
