@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/switchboard-iot/switchboard/internal/cli"
+	"github.com/switchboard-iot/switchboard/internal/pgtest"
 )
 
 // TestDev runs "switchboard dev" (what scripts/dev runs) through the same
@@ -92,5 +93,21 @@ func TestDev(t *testing.T) {
 		if !strings.Contains(string(c.Result), `"celsius"`) {
 			t.Fatalf("%s answered %s, want a thermostat's state", device, c.Result)
 		}
+	}
+}
+
+// devices import refuses an id given twice: the second line would be
+// printed with a secret that does not work.
+func TestImportRejectsDuplicateIDs(t *testing.T) {
+	t.Parallel()
+	env := map[string]string{"DATABASE_URL": pgtest.NewDatabase(t)}
+	var stdout, stderr strings.Builder
+	err := cli.Run(context.Background(), []string{"devices", "import"}, func(k string) string { return env[k] },
+		cli.IO{Stdin: strings.NewReader("imp-1\nimp-2\nimp-1\n"), Stdout: &stdout, Stderr: &stderr})
+	if err == nil || !strings.Contains(err.Error(), `"imp-1" is also on line 1`) {
+		t.Fatalf("import with a duplicate: %v", err)
+	}
+	if stdout.Len() != 0 {
+		t.Fatalf("import printed credentials before failing: %q", stdout.String())
 	}
 }

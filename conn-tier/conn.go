@@ -52,7 +52,15 @@ type conn struct {
 
 	inflightMu sync.Mutex             // guards inflight
 	inflight   map[uuid.UUID]struct{} // written to the socket, delivery not yet recorded
+
+	// backlogged is set when the deliverer left commands pending for want
+	// of queue space; the write pump wakes the deliverer as the queue drains.
+	backlogged atomic.Bool
 }
+
+// commandRoom is how much of the send queue commands may fill: the rest
+// stays free for pongs, so a device with a backlog is paced, not dropped.
+func (c *conn) commandRoom() bool { return len(c.send) < cap(c.send)-8 }
 
 func (c *conn) session() db.Session {
 	return db.Session{DeviceID: c.deviceID, SessionID: c.sessionID, RemoteAddr: c.remoteAddr}
@@ -105,7 +113,7 @@ func (n *Node) handleConnect(w http.ResponseWriter, r *http.Request) {
 		node:       n,
 		ws:         ws,
 		deviceID:   deviceID,
-		sessionID:  uuid.New(),
+		sessionID:  uuid.Must(uuid.NewV7()), // time-ordered: the newer session of a device wins
 		remoteAddr: r.RemoteAddr,
 		send:       make(chan outFrame, n.cfg.SendQueue),
 		done:       make(chan struct{}),
@@ -138,7 +146,9 @@ func (c *conn) serve() {
 
 	// The presence row commits before pending commands are read: a command
 	// stored earlier is found by that read, a later one finds the row.
-	if err := c.connectPresence(); err != nil {
+	if err := c.connectPresence(); errors.Is(err, errStale) {
+		c.close(protocol.CloseReplaced, "replaced by a newer session")
+	} else if err != nil {
 		log.Error("writing presence", "err", err)
 		c.close(protocol.CloseInternalError, "presence unavailable; reconnect later")
 	} else {
@@ -250,6 +260,9 @@ func (c *conn) writePump() {
 			if err == nil && frame.command != uuid.Nil {
 				_ = n.commands.Add(context.Background(), commandOp{delivered: frame.command, conn: c})
 			}
+			if len(c.send) <= cap(c.send)/2 && c.backlogged.CompareAndSwap(true, false) {
+				n.deliverer.wake(c.deviceID)
+			}
 		case <-ping.C:
 			err = c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(n.cfg.WriteTimeout))
 		case <-c.done:
@@ -279,19 +292,31 @@ func (c *conn) enqueue(frame outFrame) bool {
 
 // deliver queues a pending command for the device, once per session. The
 // delivery is recorded after the frame is written, so a crash in between
-// redelivers the command (at least once) instead of losing it.
-func (c *conn) deliver(cmd command.Command) {
+// redelivers the command (at least once) instead of losing it. It reports
+// false when the queue has no room: the command stays pending, and the
+// device is woken again as its queue drains.
+func (c *conn) deliver(cmd command.Command) bool {
+	if !c.commandRoom() {
+		c.backlogged.Store(true)
+		// Look again: the write pump may have drained the queue before it
+		// could see the flag. (If so, the flag only causes a spare wake-up.)
+		if !c.commandRoom() {
+			return false
+		}
+	}
 	c.inflightMu.Lock()
 	_, sent := c.inflight[cmd.ID]
 	c.inflight[cmd.ID] = struct{}{}
 	c.inflightMu.Unlock()
 	if sent {
-		return
+		return true
 	}
 	frame, err := protocol.Encode(protocol.Message{Type: protocol.TypeCommand, ID: cmd.ID.String(), Name: cmd.Name, Args: cmd.Args})
 	if err != nil || !c.enqueue(outFrame{data: frame, command: cmd.ID}) {
 		c.forget(cmd.ID) // still pending: delivered on the next session
+		return false
 	}
+	return true
 }
 
 // forget drops a command from the in-flight set once its delivery is

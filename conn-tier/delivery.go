@@ -2,6 +2,7 @@ package conntier
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -76,10 +77,16 @@ func (d *deliverer) take() ([]string, bool) {
 }
 
 func (d *deliverer) run(ctx context.Context) error {
+	// The periodic rescan is the backstop for every wake-up that can be
+	// lost: a lease that lapsed, an edge that failed to notify.
+	rescan := time.NewTicker(d.node.cfg.RescanInterval)
+	defer rescan.Stop()
 	backoff := 100 * time.Millisecond
 	for {
 		select {
 		case <-d.signal:
+		case <-rescan.C:
+			d.wakeAll()
 		case <-ctx.Done():
 			return nil
 		}
@@ -115,9 +122,10 @@ func (d *deliverer) deliver(ctx context.Context, deviceIDs []string) error {
 	if err != nil {
 		return err
 	}
+	held := make(map[string]bool) // devices out of queue room: keep their order
 	for _, cmd := range cmds {
-		if c := d.node.hub.get(cmd.DeviceID); c != nil {
-			c.deliver(cmd)
+		if c := d.node.hub.get(cmd.DeviceID); c != nil && !held[cmd.DeviceID] {
+			held[cmd.DeviceID] = !c.deliver(cmd)
 		}
 	}
 	if len(cmds) == pendingBatch {
@@ -162,10 +170,11 @@ type commandOp struct {
 	reply     *db.Reply
 }
 
-// writeCommands records deliveries and replies atomically, then
-// wakes the edges that wait on them. Deliveries go first: a reply in the
-// same batch wins. A retried batch redoes both, so no change (and no
-// wake-up) is lost to a half-written batch.
+// writeCommands records deliveries and replies atomically, then wakes the
+// edges that wait on them. Deliveries go first: a reply in the same batch
+// wins. A batch that failed is rolled back and redone whole, wake-ups
+// included; only a commit that succeeded but reported failure loses its
+// wake-ups, which the edges' periodic rechecks then cover.
 func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
 	var delivered []uuid.UUID
 	var replies []db.Reply
@@ -220,36 +229,54 @@ func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
 	return nil
 }
 
-// presenceOp is a session that opened (connect) or closed.
+// presenceOp is a session that opened (connect), that the node asserts again
+// after its lease was reaped (reassert), or that closed (neither).
 type presenceOp struct {
-	session db.Session
-	connect bool
-	done    chan error // connect only: the row is written
+	session  db.Session
+	connect  bool
+	reassert bool
+	done     chan error // connect only: the row is written, or errStale
 }
 
-// writePresence writes a batch of connects and disconnects. Connects go
-// first: a session that opened and closed within one batch leaves no row.
-// Only the device's current session is written: two sessions of a device
-// racing on this node may queue their connects in either order.
+// errStale says a newer session of the device holds its presence row.
+var errStale = errors.New("a newer session of the device holds its row")
+
+// writePresence writes a batch of connects, reassertions and disconnects.
+// Writes go first: a session that opened and closed within one batch leaves
+// no row. Only the device's current session here is written: two sessions
+// racing on this node may queue in either order, and one that closed since
+// it was queued must not come back.
 func (n *Node) writePresence(ctx context.Context, ops []presenceOp) error {
-	var connects, gone []db.Session
+	var connects, reasserts, gone []db.Session
 	written := make(map[string]bool)
 	for _, op := range ops {
 		switch {
-		case !op.connect:
+		case !op.connect && !op.reassert:
 			gone = append(gone, op.session)
-		case !written[op.session.DeviceID] && n.hub.current(op.session.DeviceID, op.session.SessionID):
+		case written[op.session.DeviceID] || !n.hub.current(op.session.DeviceID, op.session.SessionID):
+		case op.connect:
 			written[op.session.DeviceID] = true
 			connects = append(connects, op.session)
+		default:
+			reasserts = append(reasserts, op.session)
 		}
 	}
+	stale := make(map[uuid.UUID]bool)
 	if len(connects) > 0 {
-		displaced, err := n.store.Connect(ctx, n.cfg.Node, connects)
+		displaced, staleIDs, err := n.store.Connect(ctx, n.cfg.Node, connects)
 		if err != nil {
 			return err
 		}
+		for _, id := range staleIDs {
+			stale[id] = true
+		}
 		if err := n.store.KickDisplaced(ctx, displaced); err != nil {
 			n.log.Warn("telling nodes of displaced sessions", "sessions", len(displaced), "err", err)
+		}
+	}
+	if len(reasserts) > 0 {
+		if err := n.store.Reassert(ctx, n.cfg.Node, reasserts); err != nil {
+			return err
 		}
 	}
 	if len(gone) > 0 {
@@ -258,7 +285,12 @@ func (n *Node) writePresence(ctx context.Context, ops []presenceOp) error {
 		}
 	}
 	for _, op := range ops {
-		if op.done != nil {
+		if op.done == nil {
+			continue
+		}
+		if stale[op.session.SessionID] {
+			op.done <- errStale
+		} else {
 			op.done <- nil
 		}
 	}

@@ -55,6 +55,10 @@ type Config struct {
 	SendQueue    int           // 64 frames queued per device before it counts as stuck
 	LeaseTTL     time.Duration // 15s: renewed every third of it
 	DrainTimeout time.Duration // 10s: how long shutdown waits for sessions to close
+	// RescanInterval is how often the node re-reads its devices' pending
+	// commands and checks its sessions were not taken over, whatever
+	// wake-ups it got: the backstop for a lost NOTIFY. 30s.
+	RescanInterval time.Duration
 }
 
 // ValidNodeID says whether id can name a node (and its LISTEN channel).
@@ -71,6 +75,7 @@ func (c *Config) setDefaults() {
 	def(&c.WriteTimeout, 10*time.Second)
 	def(&c.LeaseTTL, 15*time.Second)
 	def(&c.DrainTimeout, 10*time.Second)
+	def(&c.RescanInterval, 30*time.Second)
 	if c.MaxFrame == 0 {
 		c.MaxFrame = 64 << 10
 	}
@@ -145,6 +150,9 @@ func New(cfg Config) (*Node, error) {
 // Handler serves the device endpoint and the node's health and metrics.
 func (n *Node) Handler() http.Handler {
 	r := chi.NewRouter()
+	r.NotFound(func(w http.ResponseWriter, _ *http.Request) {
+		problem.Write(w, http.StatusNotFound, "not-found", "Not found", "devices connect to "+protocol.Path)
+	})
 	r.Get(protocol.Path, n.handleConnect)
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	r.Get("/readyz", n.handleReady)
@@ -209,7 +217,11 @@ func (n *Node) Run(ctx context.Context, ln net.Listener) error {
 	// Flush the closed sessions' writes, then leave no rows behind.
 	stopBackground()
 	err := errors.Join(served.Wait(), bg.Wait())
-	if rmErr := n.store.RemoveNode(drainCtx, n.cfg.Node.ID); rmErr != nil {
+	// Its own deadline: a drain that used all of its time must still leave
+	// no rows behind.
+	rmCtx, cancelRm := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancelRm()
+	if rmErr := n.store.RemoveNode(rmCtx, n.cfg.Node.ID); rmErr != nil {
 		n.log.Error("removing the node's lease and presence", "err", rmErr)
 	}
 	n.log.Info("connection node stopped")
@@ -239,7 +251,9 @@ func (n *Node) register(ctx context.Context) error {
 }
 
 // renewLease keeps the lease alive. A renewal that had to recreate the row
-// means the node was reaped while away: it writes its sessions back.
+// means the node was reaped while away: it writes its sessions back. After
+// any lapse it rescans: while its lease was dead, presence_live hid its
+// devices and wake-ups may have gone nowhere.
 func (n *Node) renewLease(ctx context.Context) error {
 	ticker := time.NewTicker(n.cfg.LeaseTTL / 3)
 	defer ticker.Stop()
@@ -258,13 +272,19 @@ func (n *Node) renewLease(ctx context.Context) error {
 			n.log.Warn("renewing the lease", "err", err)
 			continue
 		}
+		lapsed := time.Since(lastRenewed) > n.cfg.LeaseTTL
 		lastRenewed = time.Now()
 		n.leased.Store(true)
 		if created {
 			n.log.Warn("lease was reaped while away; asserting presence again", "sessions", n.hub.len())
-			if err := n.store.Reassert(ctx, n.cfg.Node, n.hub.sessions()); err != nil {
-				n.log.Error("asserting presence", "err", err)
+			for _, s := range n.hub.sessions() {
+				if err := n.presence.Add(ctx, presenceOp{session: s, reassert: true}); err != nil {
+					return nil // stopping
+				}
 			}
+		}
+		if created || lapsed {
+			n.deliverer.wakeAll()
 		}
 	}
 }

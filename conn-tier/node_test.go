@@ -1,6 +1,7 @@
 package conntier_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	conntier "github.com/switchboard-iot/switchboard/conn-tier"
+	"github.com/switchboard-iot/switchboard/device"
 	"github.com/switchboard-iot/switchboard/device/protocol"
 	"github.com/switchboard-iot/switchboard/internal/pgtest"
 	"github.com/switchboard-iot/switchboard/internal/testsys"
@@ -824,4 +826,47 @@ func TestUnstorableFrameDoesNotStallOthers(t *testing.T) {
 		send(t, good, `{"type":"reply","id":"`+goodCmd.ID.String()+`","ok":true}`)
 		stored(t, sys, "dev-good's reply", `SELECT count(*) FROM commands WHERE device_id = 'dev-good' AND status = 'done'`)
 	})
+}
+
+// ---- Flow control and backstops ----
+
+// A device that comes back to more commands than its send queue holds is
+// paced, not dropped: every command is answered on its one session.
+func TestBacklogIsPacedNotDropped(t *testing.T) {
+	t.Parallel()
+	sys := testsys.New(t)
+	// A queue of 10 frames (2 left to commands after the room kept for
+	// pongs) and 300 commands: the deliverer reads them all at once.
+	node := sys.StartNode(t, "node-a", func(c *conntier.Config) { c.SendQueue = 10 })
+	devSecret := sys.AddDevice(t, "dev-1")
+	var ids []uuid.UUID
+	for i := range 300 {
+		ids = append(ids, newCommand(t, sys, "dev-1", "step", fmt.Sprintf(`{"n":%d}`, i)).ID)
+	}
+	testsys.StartDevice(t, node, "dev-1", devSecret, map[string]device.HandlerFunc{
+		"step": func(_ context.Context, args json.RawMessage) (any, error) { return args, nil },
+	})
+	first := waitOnline(t, sys, "dev-1", "node-a", uuid.Nil)
+	for _, id := range ids {
+		waitStatus(t, sys, id, "done")
+	}
+	// Still the first session: the node never closed it (1013) to make room.
+	if rows := livePresence(t, sys, "dev-1"); len(rows) != 1 || rows[0].SessionID != first.SessionID {
+		t.Fatalf("presence after the backlog: %+v, want the first session %s", rows, first.SessionID)
+	}
+}
+
+// A command whose wake-up was lost (stored without a NOTIFY) still reaches
+// its connected device, by the node's periodic rescan.
+func TestRescanFindsUnannouncedCommands(t *testing.T) {
+	t.Parallel()
+	sys := testsys.New(t)
+	node := sys.StartNode(t, "node-a", func(c *conntier.Config) { c.RescanInterval = 200 * time.Millisecond })
+	ws := connect(t, node, "dev-1", sys.AddDevice(t, "dev-1"))
+	waitOnline(t, sys, "dev-1", "node-a", uuid.Nil)
+	cmd := newCommand(t, sys, "dev-1", "late", `{}`) // no wake
+	if m := readMessage(t, ws); m.Type != protocol.TypeCommand || m.ID != cmd.ID.String() {
+		t.Fatalf("got %+v, want command %s", m, cmd.ID)
+	}
+	closeNormally(t, ws)
 }

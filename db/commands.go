@@ -182,12 +182,14 @@ func (s *Store) NotifyEdges(ctx context.Context, changes []Change) error {
 
 // WakeDevices tells the nodes holding these devices to deliver their pending
 // commands: one statement, one NOTIFY per node and chunk of 50 devices
-// (50 lines of at most 134 bytes fit a payload).
+// (50 lines of at most 134 bytes fit a payload). It reads presence, not
+// presence_live: a node whose lease lapsed is most often still alive, and
+// a wake-up sent to a dead one costs nothing.
 func (s *Store) WakeDevices(ctx context.Context, deviceIDs []string) error {
 	_, err := s.db.Exec(ctx, `
 		SELECT pg_notify($2 || node_id, string_agg($3 || device_id, E'\n'))
 		FROM (SELECT node_id, device_id, row_number() OVER (PARTITION BY node_id) / 50 AS chunk
-		      FROM presence_live WHERE device_id = ANY($1)) t
+		      FROM presence WHERE device_id = ANY($1)) t
 		GROUP BY node_id, chunk`, deviceIDs, NodeChannel(""), wakeVerb+" ")
 	return translate(err, "wake devices")
 }

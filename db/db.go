@@ -98,7 +98,7 @@ func translate(err error, what string) error {
 		return fmt.Errorf("%s: %w: %w", what, ErrExists, err)
 	case errors.As(err, &pgErr) && pgErr.Code == "23503": // foreign_key_violation
 		return fmt.Errorf("%s: %w: %w", what, ErrNotFound, err)
-	case errors.As(err, &pgErr) && pgErr.Code == "23514": // check_violation
+	case errors.As(err, &pgErr) && (pgErr.Code == "23514" || strings.HasPrefix(pgErr.Code, "22")): // check_violation, data exceptions
 		return fmt.Errorf("%s: %w: %w", what, ErrInvalid, err)
 	}
 	return fmt.Errorf("%s: %w", what, err)

@@ -216,10 +216,14 @@ func TestPresence(t *testing.T) {
 	if created, err := store.RenewLease(ctx, nodeA, time.Minute); err != nil || created {
 		t.Fatalf("renewal: created=%v err=%v", created, err)
 	}
-	s1 := db.Session{DeviceID: "dev-1", SessionID: uuid.New(), RemoteAddr: "127.0.0.1:1"}
-	s2 := db.Session{DeviceID: "dev-2", SessionID: uuid.New()}
-	if d, err := store.Connect(ctx, nodeA, []db.Session{s1, s2}); err != nil || len(d) != 0 {
-		t.Fatalf("connect: %v %v", d, err)
+	s1 := db.Session{DeviceID: "dev-1", SessionID: uuid.Must(uuid.NewV7()), RemoteAddr: "127.0.0.1:1"}
+	s2 := db.Session{DeviceID: "dev-2", SessionID: uuid.Must(uuid.NewV7())}
+	if d, stale, err := store.Connect(ctx, nodeA, []db.Session{s1, s2}); err != nil || len(d) != 0 || len(stale) != 0 {
+		t.Fatalf("connect: %v %v %v", d, stale, err)
+	}
+	// A retried batch writes the same sessions again: nothing changes.
+	if d, stale, err := store.Connect(ctx, nodeA, []db.Session{s1, s2}); err != nil || len(d) != 0 || len(stale) != 0 {
+		t.Fatalf("connect again: %v %v %v", d, stale, err)
 	}
 	live := func() map[string]string {
 		rows, err := pool.Query(ctx, `SELECT device_id, node_id FROM presence_live`)
@@ -240,10 +244,16 @@ func TestPresence(t *testing.T) {
 	}
 
 	// dev-1 reconnects on node B: node A's session is displaced.
-	s1b := db.Session{DeviceID: "dev-1", SessionID: uuid.New()}
-	displaced, err := store.Connect(ctx, nodeB, []db.Session{s1b})
-	if err != nil || len(displaced) != 1 || displaced[0] != (db.Displaced{DeviceID: "dev-1", NodeID: "node-a", SessionID: s1.SessionID}) {
-		t.Fatalf("displaced = %v, %v", displaced, err)
+	s1b := db.Session{DeviceID: "dev-1", SessionID: uuid.Must(uuid.NewV7())}
+	displaced, stale, err := store.Connect(ctx, nodeB, []db.Session{s1b})
+	if err != nil || len(stale) != 0 || len(displaced) != 1 || displaced[0] != (db.Displaced{DeviceID: "dev-1", NodeID: "node-a", SessionID: s1.SessionID}) {
+		t.Fatalf("displaced = %v, stale = %v, %v", displaced, stale, err)
+	}
+	// Node A's write of the older session lands late: the newer one stays,
+	// and the late one is reported stale, for node A to close.
+	displaced, stale, err = store.Connect(ctx, nodeA, []db.Session{s1})
+	if err != nil || len(displaced) != 0 || len(stale) != 1 || stale[0] != s1.SessionID {
+		t.Fatalf("late older session: displaced = %v, stale = %v, %v", displaced, stale, err)
 	}
 	// Node A's late disconnect of the old session must not remove B's row.
 	if err := store.Disconnect(ctx, []db.Session{s1}); err != nil {

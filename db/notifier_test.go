@@ -86,7 +86,7 @@ func TestNotifier(t *testing.T) {
 	node := newRecorder()
 	unlisten := n.Listen(db.NodeChannel("n1"), node.notify, node.ready)
 	node.waitFor(t, "node ready", func(_ []string, r int) bool { return r == 1 })
-	if _, err := store.Connect(ctx, db.Node{ID: "n1", Region: "ams"}, []db.Session{{DeviceID: "dev-1", SessionID: uuid.New()}}); err != nil {
+	if _, _, err := store.Connect(ctx, db.Node{ID: "n1", Region: "ams"}, []db.Session{{DeviceID: "dev-1", SessionID: uuid.New()}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := store.RenewLease(ctx, db.Node{ID: "n1", Region: "ams"}, time.Minute); err != nil {

@@ -92,13 +92,17 @@ type Displaced struct {
 	SessionID uuid.UUID
 }
 
-// Connect writes presence rows for sessions that opened on node, replacing
-// any row of the same device. It returns the sessions it displaced on other
-// nodes, which their nodes must close. A device must appear only once.
-func (s *Store) Connect(ctx context.Context, node Node, sessions []Session) ([]Displaced, error) {
+// Connect writes presence rows for sessions that opened on node. Session
+// ids are time-ordered (UUIDv7) and the newer session of a device wins,
+// whichever write lands last. It returns the sessions on other nodes that
+// these replaced, which their nodes must close, and those of the input that
+// a newer session had already replaced, which this node must close. A
+// device must appear only once.
+func (s *Store) Connect(ctx context.Context, node Node, sessions []Session) (displaced []Displaced, stale []uuid.UUID, err error) {
 	devices, sids, addrs := sessionColumns(sessions)
 	// All parts of the statement see the same snapshot, so old holds the rows
-	// as they were before the upsert replaced them.
+	// as they were before the upsert replaced them. Rows are written in
+	// device order, so two nodes' batches cannot deadlock on each other.
 	rows, err := s.db.Query(ctx, `
 		WITH input AS (
 			SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[]) AS t(device_id, session_id, remote_addr)),
@@ -107,17 +111,31 @@ func (s *Store) Connect(ctx context.Context, node Node, sessions []Session) ([]D
 			JOIN input USING (device_id) FOR UPDATE OF p),
 		upsert AS (
 			INSERT INTO presence (device_id, node_id, region, session_id, remote_addr)
-			SELECT device_id, $4, $5, session_id, remote_addr FROM input
+			SELECT device_id, $4, $5, session_id, remote_addr FROM input ORDER BY device_id
 			ON CONFLICT (device_id) DO UPDATE
 				SET node_id = EXCLUDED.node_id, region = EXCLUDED.region, session_id = EXCLUDED.session_id,
-				    remote_addr = EXCLUDED.remote_addr, connected_at = now())
-		SELECT device_id, node_id, session_id FROM old WHERE node_id <> $4`,
+				    remote_addr = EXCLUDED.remote_addr, connected_at = now()
+				WHERE presence.session_id <= EXCLUDED.session_id
+			RETURNING device_id)
+		SELECT old.device_id, old.node_id, old.session_id, false
+		FROM old JOIN upsert USING (device_id) WHERE old.node_id <> $4
+		UNION ALL
+		SELECT device_id, $4, session_id, true FROM input WHERE device_id NOT IN (SELECT device_id FROM upsert)`,
 		devices, sids, addrs, node.ID, node.Region)
 	if err != nil {
-		return nil, translate(err, "connect")
+		return nil, nil, translate(err, "connect")
 	}
-	displaced, err := pgx.CollectRows(rows, pgx.RowToStructByPos[Displaced])
-	return displaced, translate(err, "connect")
+	var d Displaced
+	var isStale bool
+	_, err = pgx.ForEachRow(rows, []any{&d.DeviceID, &d.NodeID, &d.SessionID, &isStale}, func() error {
+		if isStale {
+			stale = append(stale, d.SessionID)
+		} else {
+			displaced = append(displaced, d)
+		}
+		return nil
+	})
+	return displaced, stale, translate(err, "connect")
 }
 
 // Reassert writes presence rows for sessions a node still holds after its

@@ -64,9 +64,20 @@ type Client struct {
 	handlers map[string]HandlerFunc
 	dedup    *dedup
 
-	mu  sync.Mutex    // guards out
-	out chan<- []byte // the current session's writer, nil between sessions
+	// running counts command handlers. A handler outlives the session that
+	// started it (its reply still counts on the next); Run waits for them.
+	running sync.WaitGroup
+	// replied tells the writer the outbox has replies (cap 1).
+	replied chan struct{}
+
+	mu      sync.Mutex      // guards the following
+	out     chan<- []byte   // the current session's events, nil between sessions
+	outDone <-chan struct{} // closed when that session ends
+	outbox  [][]byte        // replies not yet written, whichever session ran them
 }
+
+// maxOutbox bounds the replies kept while there is no session.
+const maxOutbox = 1024
 
 // New makes a client.
 func New(cfg Config) *Client {
@@ -90,6 +101,7 @@ func New(cfg Config) *Client {
 		log:      cfg.Log.With("device", cfg.ID),
 		handlers: make(map[string]HandlerFunc),
 		dedup:    newDedup(cfg.Dedup),
+		replied:  make(chan struct{}, 1),
 	}
 }
 
@@ -97,7 +109,8 @@ func New(cfg Config) *Client {
 func (c *Client) Handle(name string, h HandlerFunc) { c.handlers[name] = h }
 
 // Event queues a telemetry or alert event on the current session. Events
-// are at most once: one queued as the session ends is lost.
+// are at most once: one queued as the session ends is lost (late telemetry
+// is worth little; replies, which are kept, are another matter).
 func (c *Client) Event(ctx context.Context, name string, data any) error {
 	raw, err := json.Marshal(data)
 	if err != nil {
@@ -108,7 +121,7 @@ func (c *Client) Event(ctx context.Context, name string, data any) error {
 		return err
 	}
 	c.mu.Lock()
-	out := c.out
+	out, done := c.out, c.outDone
 	c.mu.Unlock()
 	if out == nil {
 		return ErrNotConnected
@@ -116,14 +129,50 @@ func (c *Client) Event(ctx context.Context, name string, data any) error {
 	select {
 	case out <- frame:
 		return nil
+	case <-done:
+		return ErrNotConnected
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 }
 
+// reply puts a reply in the outbox for whichever session writes next: the
+// node takes the answer to a command it delivered on any session of the
+// device, so a reply finished after its session ended is not lost.
+func (c *Client) reply(frame []byte) {
+	c.mu.Lock()
+	if len(c.outbox) == maxOutbox {
+		c.outbox = c.outbox[1:]
+		c.log.Warn("outbox full: dropping the oldest reply")
+	}
+	c.outbox = append(c.outbox, frame)
+	c.mu.Unlock()
+	select {
+	case c.replied <- struct{}{}:
+	default:
+	}
+}
+
+func (c *Client) takeOutbox() [][]byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	frames := c.outbox
+	c.outbox = nil
+	return frames
+}
+
+// putBack returns replies a failed write left to the front of the outbox.
+func (c *Client) putBack(frames [][]byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.outbox = append(frames, c.outbox...)
+}
+
 // Run keeps the device connected until ctx ends (nil), its credentials are
 // refused (ErrUnauthorized) or a newer session replaces it (ErrReplaced).
+// It returns once its handlers have too.
 func (c *Client) Run(ctx context.Context) error {
+	defer c.running.Wait()
 	attempt := 0
 	for {
 		start := time.Now()
@@ -182,27 +231,25 @@ func (c *Client) session(ctx context.Context) (time.Duration, error) {
 
 	sessionCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	out := make(chan []byte, 64)
+	events := make(chan []byte, 64)
 	writerDone := make(chan struct{})
 	go func() {
 		defer close(writerDone)
-		c.writeLoop(sessionCtx, ws, out)
+		c.writeLoop(sessionCtx, ws, events)
 	}()
-	var handlers sync.WaitGroup
 	c.mu.Lock()
-	c.out = out
+	c.out, c.outDone = events, sessionCtx.Done()
 	c.mu.Unlock()
 	if c.cfg.OnConnect != nil {
 		c.cfg.OnConnect()
 	}
 
-	delay, err := c.readLoop(sessionCtx, ws, out, &handlers)
+	delay, err := c.readLoop(sessionCtx, ws)
 
 	c.mu.Lock()
 	c.out = nil
 	c.mu.Unlock()
 	cancel()
-	handlers.Wait()
 	<-writerDone
 	if ctx.Err() != nil {
 		// Say goodbye properly; the node removes our presence row.
@@ -214,13 +261,38 @@ func (c *Client) session(ctx context.Context) (time.Duration, error) {
 	return delay, err
 }
 
-func (c *Client) writeLoop(ctx context.Context, ws *websocket.Conn, out <-chan []byte) {
+// writeLoop owns the session's writes: replies from the outbox (those of
+// earlier sessions first) and events.
+func (c *Client) writeLoop(ctx context.Context, ws *websocket.Conn, events <-chan []byte) {
+	write := func(frame []byte) bool {
+		_ = ws.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		if err := ws.WriteMessage(websocket.TextMessage, frame); err != nil {
+			ws.Close() // ends the read loop
+			return false
+		}
+		return true
+	}
+	flush := func() bool {
+		replies := c.takeOutbox()
+		for i, frame := range replies {
+			if !write(frame) {
+				c.putBack(replies[i:])
+				return false
+			}
+		}
+		return true
+	}
+	if !flush() {
+		return
+	}
 	for {
 		select {
-		case frame := <-out:
-			_ = ws.SetWriteDeadline(time.Now().Add(10 * time.Second))
-			if err := ws.WriteMessage(websocket.TextMessage, frame); err != nil {
-				ws.Close() // ends the read loop
+		case <-c.replied:
+			if !flush() {
+				return
+			}
+		case frame := <-events:
+			if !write(frame) {
 				return
 			}
 		case <-ctx.Done():
@@ -229,7 +301,7 @@ func (c *Client) writeLoop(ctx context.Context, ws *websocket.Conn, out <-chan [
 	}
 }
 
-func (c *Client) readLoop(ctx context.Context, ws *websocket.Conn, out chan<- []byte, handlers *sync.WaitGroup) (time.Duration, error) {
+func (c *Client) readLoop(ctx context.Context, ws *websocket.Conn) (time.Duration, error) {
 	// On shutdown the read deadline is set to now to unblock the read; the
 	// mutex keeps a frame or ping arriving meanwhile from pushing it back.
 	var deadlineMu sync.Mutex
@@ -281,11 +353,11 @@ func (c *Client) readLoop(ctx context.Context, ws *websocket.Conn, out chan<- []
 		reply, fresh := c.dedup.begin(msg.ID)
 		if !fresh {
 			if reply != nil {
-				c.send(ctx, out, reply) // a redelivery: answer again, do not re-run
+				c.reply(reply) // a redelivery: answer again, do not re-run
 			}
 			continue
 		}
-		handlers.Go(func() {
+		c.running.Go(func() {
 			reply, interrupted := c.run(ctx, msg)
 			if interrupted {
 				// The session ended under the handler: let the redelivery
@@ -294,15 +366,8 @@ func (c *Client) readLoop(ctx context.Context, ws *websocket.Conn, out chan<- []
 				return
 			}
 			c.dedup.finish(msg.ID, reply)
-			c.send(ctx, out, reply)
+			c.reply(reply)
 		})
-	}
-}
-
-func (c *Client) send(ctx context.Context, out chan<- []byte, frame []byte) {
-	select {
-	case out <- frame:
-	case <-ctx.Done():
 	}
 }
 

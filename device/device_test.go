@@ -473,6 +473,40 @@ func TestInterruptedCommandRunsAgain(t *testing.T) {
 	}
 }
 
+// A reply finished after its session ended is sent on the next session:
+// the node has the command as delivered and still takes its answer.
+func TestReplyOutlivesItsSession(t *testing.T) {
+	t.Parallel()
+	n := newFakeNode(t)
+	started, release := make(chan struct{}), make(chan struct{})
+	r := start(t, n, nil, func(c *device.Client) {
+		c.Handle("slow", func(context.Context, json.RawMessage) (any, error) {
+			close(started)
+			<-release // ignores its context: the work finishes regardless
+			return "finished", nil
+		})
+	})
+	a := n.accept(t)
+	r.waitConnected(t)
+	id := uuid.NewString()
+	sendCommand(t, a.ws, id, "slow", `{}`)
+	select {
+	case <-started:
+	case <-time.After(waitFor):
+		t.Fatal("the handler did not start")
+	}
+	_ = a.ws.Close()
+	r.waitDisconnected(t)
+	close(release)
+
+	b := n.accept(t)
+	r.waitConnected(t)
+	_, msg := readReply(t, b.ws, id)
+	if msg.OK == nil || !*msg.OK || string(msg.Result) != `"finished"` {
+		t.Fatalf("reply on the next session: ok %v result %s error %q", msg.OK, msg.Result, msg.Error)
+	}
+}
+
 func TestEvents(t *testing.T) {
 	t.Parallel()
 	n := newFakeNode(t)

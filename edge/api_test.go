@@ -89,6 +89,7 @@ func TestBadInput(t *testing.T) {
 		slug              string
 	}{
 		{"malformed JSON", `{"name":`, "", 400, "invalid-json"},
+		{"args PostgreSQL cannot store", `{"name":"x","args":{"s":"a\u0000b"}}`, "", 400, "invalid-command"},
 		{"not an object", `"read"`, "", 400, "invalid-json"},
 		{"unknown field", `{"name":"read","tiemout":"5s"}`, "", 400, "invalid-json"},
 		{"two values", `{"name":"read"}{"name":"read"}`, "", 400, "invalid-json"},
@@ -823,4 +824,26 @@ func jsonEqualRaw(t *testing.T, raw json.RawMessage, want string) bool {
 		t.Fatal(err)
 	}
 	return jsonEqual(a, b)
+}
+
+// An id the database cannot store gets 400, not 503 (a client error is not
+// an outage).
+func TestUnstorableDeviceID(t *testing.T) {
+	t.Parallel()
+	sys := testsys.New(t)
+	e := sys.StartEdge(t, "edge-a", nil)
+	c := newAPI(t, e.URL, sys.APIKey(t))
+	resp, body := c.call(http.MethodPost, "/v1/devices", `{"id":"a\u0000b"}`)
+	wantProblem(t, resp, body, http.StatusBadRequest, "invalid-device-id")
+}
+
+func TestEdgeIDIsValidated(t *testing.T) {
+	for _, id := range []string{"", "has space", strings.Repeat("x", 49), "-leading"} {
+		if _, err := edge.New(edge.Config{ID: id}); err == nil {
+			t.Errorf("edge.New accepted id %q", id)
+		}
+	}
+	if id := edge.NewID(strings.Repeat("m", 60)); !edge.ValidID(id) {
+		t.Errorf("NewID made an invalid id %q", id)
+	}
 }

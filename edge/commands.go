@@ -37,6 +37,9 @@ func (req *commandRequest) validate() error {
 	case !strings.HasPrefix(args, "{"):
 		return errors.New("args: want a JSON object")
 	}
+	if err := protocol.CheckStorable(req.Args); err != nil {
+		return fmt.Errorf("args: %w", err)
+	}
 	check := func(field string, d *command.Duration, def, max time.Duration) error {
 		switch v := time.Duration(*d); {
 		case v == 0:
@@ -87,7 +90,9 @@ func (e *Edge) handleSendCommand(w http.ResponseWriter, r *http.Request) {
 	if !db.ValidDeviceID(deviceID) {
 		err = db.ErrNotFound // no such device can exist; spare the database
 	} else {
-		c, err = e.store.CreateCommand(r.Context(), db.NewCommand{
+		// Not the request's context: a client that hangs up as the insert
+		// commits must not leave a command stored but never announced.
+		c, err = e.store.CreateCommand(context.WithoutCancel(r.Context()), db.NewCommand{
 			ID: id, DeviceID: deviceID, Name: req.Name, Args: req.Args,
 			Timeout: time.Duration(req.Timeout), TTL: time.Duration(req.TTL), ReplyTo: e.cfg.ID,
 		})
@@ -95,6 +100,9 @@ func (e *Edge) handleSendCommand(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.Is(err, db.ErrNotFound):
 		problem.Write(w, http.StatusNotFound, "device-not-found", "Device not found", "no device has the id "+strconv.Quote(deviceID))
+		return
+	case errors.Is(err, db.ErrInvalid):
+		badRequest(w, "invalid-command", "the database cannot store this command")
 		return
 	case err != nil:
 		e.unavailable(w, "storing a command", err)
@@ -130,6 +138,11 @@ func (e *Edge) waitForOutcome(w http.ResponseWriter, r *http.Request, wt *waiter
 		case <-wt.changed:
 			c, _ = wt.get()
 		case <-timer.C:
+			// Look once more: a wake-up can be lost, the row cannot.
+			if fresh, err := e.store.Command(r.Context(), c.ID); err == nil && fresh.Status.Terminal() {
+				writeJSON(w, http.StatusOK, fresh)
+				return
+			}
 			writeJSON(w, http.StatusAccepted, c)
 			return
 		case <-e.closing:

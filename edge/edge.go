@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"regexp"
 	"sync"
 	"time"
 
@@ -56,10 +57,14 @@ type Edge struct {
 	closeOnce sync.Once
 }
 
+// ValidID says whether id can name an edge (and its LISTEN channel, which
+// PostgreSQL limits to 63 bytes).
+var ValidID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$`).MatchString
+
 // New makes an edge; Run starts it.
 func New(cfg Config) (*Edge, error) {
-	if cfg.ID == "" {
-		return nil, errors.New("edge: an id is required")
+	if !ValidID(cfg.ID) {
+		return nil, fmt.Errorf("edge id %q: want 1-48 letters, digits, '.', '_' or '-'", cfg.ID)
 	}
 	def := func(v *time.Duration, d time.Duration) {
 		if *v == 0 {
@@ -142,9 +147,10 @@ func (e *Edge) sweep(ctx context.Context) error {
 		case <-ticker.C:
 		}
 		for {
+			// Notify what was swept even if part of the sweep failed.
 			changes, err := e.store.SweepCommands(ctx, limit)
-			if err == nil {
-				err = e.store.NotifyEdges(ctx, changes)
+			if notifyErr := e.store.NotifyEdges(ctx, changes); err == nil {
+				err = notifyErr
 			}
 			if err != nil {
 				if ctx.Err() == nil {

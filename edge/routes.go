@@ -2,10 +2,10 @@ package edge
 
 import (
 	"net/http"
+	"runtime/debug"
 	"strings"
 
 	"github.com/go-chi/chi/v5"
-	"github.com/go-chi/chi/v5/middleware"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/switchboard-iot/switchboard/internal/problem"
@@ -14,7 +14,7 @@ import (
 // Handler is the whole API surface of an edge.
 func (e *Edge) Handler() http.Handler {
 	r := chi.NewRouter()
-	r.Use(middleware.Recoverer, e.metrics.instrument)
+	r.Use(e.recoverer, e.metrics.instrument)
 	r.NotFound(func(w http.ResponseWriter, _ *http.Request) {
 		problem.Write(w, http.StatusNotFound, "not-found", "Not found", "no such endpoint")
 	})
@@ -46,6 +46,23 @@ func (e *Edge) Handler() http.Handler {
 		r.Get("/commands/{id}/events", e.handleCommandEvents)
 	})
 	return r
+}
+
+// recoverer turns a handler's panic into a logged error and a problem+json
+// 500, instead of a bare text body.
+func (e *Edge) recoverer(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				e.log.Error("handler panicked", "panic", v, "method", r.Method, "path", r.URL.Path, "stack", string(debug.Stack()))
+				problem.Write(w, http.StatusInternalServerError, "internal", "Internal error", "")
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
 }
 
 func (e *Edge) handleReady(w http.ResponseWriter, r *http.Request) {

@@ -61,7 +61,7 @@ func (e *Edge) stream(w http.ResponseWriter, r *http.Request, wt *waiter, c comm
 			if fresh, err := e.store.Command(r.Context(), c.ID); err == nil {
 				wt.set(fresh)
 			}
-			recheck.Reset(5 * time.Second)
+			recheck.Reset(e.recheckAfter(c))
 		case <-keepAlive.C:
 			if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil || rc.Flush() != nil {
 				return
@@ -74,12 +74,16 @@ func (e *Edge) stream(w http.ResponseWriter, r *http.Request, wt *waiter, c comm
 	}
 }
 
-// recheckAfter is when a command still in c's state is overdue: the sweeper
-// should by then have failed or expired it.
+// recheckAfter is when a stream should read its command itself: when the
+// command is overdue (the sweeper should by then have failed or expired it),
+// and at least every maxRecheck, since a wake-up can be lost and a pending
+// command's ttl can be days away.
 func (e *Edge) recheckAfter(c command.Command) time.Duration {
 	deadline := c.ExpiresAt
 	if c.DeliveredAt != nil {
 		deadline = c.DeliveredAt.Add(time.Duration(c.Timeout))
 	}
-	return max(time.Until(deadline)+2*e.cfg.SweepInterval+time.Second, time.Second)
+	return min(max(time.Until(deadline)+2*e.cfg.SweepInterval+time.Second, time.Second), maxRecheck)
 }
+
+const maxRecheck = 30 * time.Second

@@ -94,11 +94,8 @@ func ValidName(s string) bool { return namePattern.MatchString(s) }
 func Decode(frame []byte) (Message, error) {
 	// What the node cannot store it must refuse here, with a reason, rather
 	// than have the database reject a whole batch of other devices' writes.
-	if !utf8.Valid(frame) {
-		return Message{}, badf("frame is not valid UTF-8")
-	}
-	if hasNULEscape(frame) {
-		return Message{}, badf(`\u0000 cannot be stored: remove NUL characters`)
+	if err := CheckStorable(frame); err != nil {
+		return Message{}, err
 	}
 	var in Message
 	if err := json.Unmarshal(frame, &in); err != nil {
@@ -143,6 +140,18 @@ func Decode(frame []byte) (Message, error) {
 		return Message{}, badf("unknown type %q", m.Type)
 	}
 	return m, nil
+}
+
+// CheckStorable refuses JSON text that PostgreSQL cannot store: invalid
+// UTF-8, or the escape \u0000 (in text or in jsonb).
+func CheckStorable(data []byte) error {
+	if !utf8.Valid(data) {
+		return badf("not valid UTF-8")
+	}
+	if hasNULEscape(data) {
+		return badf(`\u0000 cannot be stored: remove NUL characters`)
+	}
+	return nil
 }
 
 // hasNULEscape reports whether a JSON text holds the escape \u0000 (a JSON

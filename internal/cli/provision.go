@@ -58,6 +58,7 @@ func importDevices(ctx context.Context, store *db.Store, stdio IO, log *slog.Log
 	var creds []db.Credential
 	var lines []string // "id,secret" of creds, printed once they are stored
 	added, skipped := 0, 0
+	seen := make(map[string]int) // id → line: an id given twice would get two secrets, one of them wrong
 	flush := func() error {
 		if len(creds) == 0 {
 			return nil
@@ -93,6 +94,10 @@ func importDevices(ctx context.Context, store *db.Store, stdio IO, log *slog.Log
 		if !db.ValidDeviceID(id) {
 			return fmt.Errorf("line %d: device id %q: want %s", n, id, db.DeviceIDFormat)
 		}
+		if first, dup := seen[id]; dup {
+			return fmt.Errorf("line %d: device id %q is also on line %d", n, id, first)
+		}
+		seen[id] = n
 		if given {
 			if err := secret.CheckImported(devSecret); err != nil {
 				return fmt.Errorf("line %d (%s): %w", n, id, err)
