@@ -10,7 +10,6 @@ import (
 	"crypto/x509"
 	"net"
 	"net/http"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +20,7 @@ import (
 	"github.com/switchboard-iot/switchboard/device"
 	"github.com/switchboard-iot/switchboard/device/protocol"
 	"github.com/switchboard-iot/switchboard/edge"
+	"github.com/switchboard-iot/switchboard/internal/actors"
 	"github.com/switchboard-iot/switchboard/internal/pgtest"
 	"github.com/switchboard-iot/switchboard/internal/secret"
 )
@@ -60,34 +60,35 @@ func (s *System) APIKey(t testing.TB) string {
 	return key
 }
 
-// process runs fn with its own pool and notifier, like a separate process,
-// until stop is called or the test ends.
-type process struct {
-	cancel context.CancelFunc
-	done   chan error
-	once   sync.Once
-	err    error
-}
-
-func (s *System) start(t testing.TB, fn func(ctx context.Context, store *db.Store, n *db.Notifier) error) *process {
+// connect gives a component its own pool and listener connection, as a
+// separate process would have.
+func (s *System) connect(t testing.TB) (*db.Store, *db.Notifier) {
 	t.Helper()
 	pool, err := db.Open(context.Background(), s.DBURL, db.ServerPoolSize)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	store := db.NewStore(pool)
-	notifier := db.NewNotifier(pool.Config().ConnConfig, pgtest.Logger())
+	return db.NewStore(pool), db.NewNotifier(pool.Config().ConnConfig, pgtest.Logger())
+}
+
+// process is a component running with its listener until stop is called
+// or the test ends.
+type process struct {
+	cancel              context.CancelFunc
+	component, listener *actors.Task
+}
+
+func run(t testing.TB, notifier *db.Notifier, component func(context.Context) error) *process {
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &process{cancel: cancel, done: make(chan error, 1)}
-	notifierDone := make(chan struct{})
-	go func() { defer close(notifierDone); _ = notifier.Run(ctx) }()
-	go func() {
-		err := fn(ctx, store, notifier)
-		cancel()
-		<-notifierDone
-		p.done <- err
-	}()
+	p := &process{
+		cancel:   cancel,
+		listener: actors.Go(func() error { return notifier.Run(ctx) }),
+		component: actors.Go(func() error {
+			defer cancel() // a component that stops takes its listener along
+			return component(ctx)
+		}),
+	}
 	t.Cleanup(func() {
 		if err := p.stop(); err != nil {
 			t.Errorf("stopping: %v", err)
@@ -96,13 +97,12 @@ func (s *System) start(t testing.TB, fn func(ctx context.Context, store *db.Stor
 	return p
 }
 
-// stop ends the process and returns its error.
+// stop ends the process and returns the component's error; it may be
+// called again.
 func (p *process) stop() error {
-	p.once.Do(func() {
-		p.cancel()
-		p.err = <-p.done
-	})
-	return p.err
+	p.cancel()
+	_ = p.listener.Wait()
+	return p.component.Wait()
 }
 
 func listen(t testing.TB) net.Listener {
@@ -146,30 +146,22 @@ func (s *System) StartNode(t testing.TB, id string, tweak func(*conntier.Config)
 	t.Cleanup(stopTLS)
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(pemCert)
+	store, notifier := s.connect(t)
 	ln := listen(t)
-	n := &Node{ID: id, URL: "wss://" + ln.Addr().String() + protocol.Path, Base: "https://" + ln.Addr().String(), Roots: roots}
-	ready := make(chan struct{})
-	n.proc = s.start(t, func(ctx context.Context, store *db.Store, notifier *db.Notifier) error {
-		cfg := conntier.Config{
-			Node:  db.Node{ID: id, Region: "test", Addr: ln.Addr().String()},
-			Store: store, Notifier: notifier, Log: pgtest.Logger(), TLS: tlsCfg,
-		}
-		if tweak != nil {
-			tweak(&cfg)
-		}
-		node, err := conntier.New(cfg)
-		n.Node = node
-		close(ready)
-		if err != nil {
-			ln.Close()
-			return err
-		}
-		return node.Run(ctx, ln)
-	})
-	<-ready
-	if n.Node == nil {
-		t.Fatalf("node %s did not start: %v", id, n.proc.stop())
+	cfg := conntier.Config{
+		Node:  db.Node{ID: id, Region: "test", Addr: ln.Addr().String()},
+		Store: store, Notifier: notifier, Log: pgtest.Logger(), TLS: tlsCfg,
 	}
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	node, err := conntier.New(cfg)
+	if err != nil {
+		ln.Close()
+		t.Fatal(err)
+	}
+	n := &Node{ID: id, URL: "wss://" + ln.Addr().String() + protocol.Path, Base: "https://" + ln.Addr().String(), Roots: roots, Node: node}
+	n.proc = run(t, notifier, func(ctx context.Context) error { return node.Run(ctx, ln) })
 	return n
 }
 
@@ -187,27 +179,18 @@ func (e *Edge) Stop() error { return e.proc.stop() }
 // StartEdge runs an edge. tweak, if given, adjusts its config.
 func (s *System) StartEdge(t testing.TB, id string, tweak func(*edge.Config)) *Edge {
 	t.Helper()
-	ln := listen(t)
-	e := &Edge{ID: id, URL: "http://" + ln.Addr().String()}
-	ready := make(chan struct{})
-	e.proc = s.start(t, func(ctx context.Context, store *db.Store, notifier *db.Notifier) error {
-		cfg := edge.Config{ID: id, Store: store, Notifier: notifier, Log: pgtest.Logger(), SweepInterval: 100 * time.Millisecond}
-		if tweak != nil {
-			tweak(&cfg)
-		}
-		ed, err := edge.New(cfg)
-		e.Edge = ed
-		close(ready)
-		if err != nil {
-			ln.Close()
-			return err
-		}
-		return ed.Run(ctx, ln)
-	})
-	<-ready
-	if e.Edge == nil {
-		t.Fatalf("edge %s did not start: %v", id, e.proc.stop())
+	store, notifier := s.connect(t)
+	cfg := edge.Config{ID: id, Store: store, Notifier: notifier, Log: pgtest.Logger(), SweepInterval: 100 * time.Millisecond}
+	if tweak != nil {
+		tweak(&cfg)
 	}
+	ed, err := edge.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := listen(t)
+	e := &Edge{ID: id, URL: "http://" + ln.Addr().String(), Edge: ed}
+	e.proc = run(t, notifier, func(ctx context.Context) error { return ed.Run(ctx, ln) })
 	return e
 }
 
