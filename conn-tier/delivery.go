@@ -64,7 +64,11 @@ func (d *deliverer) take() ([]string, bool) {
 	if d.all {
 		d.all = false
 		clear(d.dirty)
-		return d.node.hub.deviceIDs(), true
+		var ids []string
+		for _, c := range d.node.hub.all() {
+			ids = append(ids, c.deviceID)
+		}
+		return ids, true
 	}
 	ids := make([]string, 0, len(d.dirty))
 	for id := range d.dirty {

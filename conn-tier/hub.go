@@ -4,8 +4,6 @@ import (
 	"sync"
 
 	"github.com/google/uuid"
-
-	"github.com/switchboard-iot/switchboard/db"
 )
 
 // hub is the node's map of connected devices: at most one session each.
@@ -58,26 +56,6 @@ func (h *hub) all() []*conn {
 	out := make([]*conn, 0, len(h.conns))
 	for _, c := range h.conns {
 		out = append(out, c)
-	}
-	return out
-}
-
-func (h *hub) deviceIDs() []string {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
-	out := make([]string, 0, len(h.conns))
-	for id := range h.conns {
-		out = append(out, id)
-	}
-	return out
-}
-
-func (h *hub) sessions() []db.Session {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
-	out := make([]db.Session, 0, len(h.conns))
-	for _, c := range h.conns {
-		out = append(out, c.session())
 	}
 	return out
 }

@@ -277,8 +277,8 @@ func (n *Node) renewLease(ctx context.Context) error {
 		n.leased.Store(true)
 		if created {
 			n.log.Warn("lease was reaped while away; asserting presence again", "sessions", n.hub.len())
-			for _, s := range n.hub.sessions() {
-				if err := n.presence.Add(ctx, presenceOp{session: s, reassert: true}); err != nil {
+			for _, c := range n.hub.all() {
+				if err := n.presence.Add(ctx, presenceOp{session: c.session(), reassert: true}); err != nil {
 					return nil // stopping
 				}
 			}

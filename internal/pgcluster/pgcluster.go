@@ -48,19 +48,11 @@ var ErrNoPostgres = errors.New("PostgreSQL server binaries (initdb, pg_ctl) not 
 // Start initialises dir (wiping what was there) and starts a cluster in it.
 // A cluster left running in dir by an earlier crash is stopped first.
 func Start(ctx context.Context, dir string, opts Options) (*Cluster, error) {
-	dir, err := filepath.Abs(dir)
+	c, err := open(dir)
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{Dir: dir}
-	if c.bin, err = findBin(); err != nil {
-		return nil, err
-	}
-	if os.Geteuid() == 0 {
-		if c.runAs, err = user.Lookup("postgres"); err != nil {
-			return nil, fmt.Errorf("running as root, so PostgreSQL must run as the postgres user: %w", err)
-		}
-	}
+	dir = c.Dir
 	if c.runAs != nil {
 		if err := checkTraversable(filepath.Dir(dir)); err != nil {
 			return nil, err
@@ -126,17 +118,30 @@ func (c *Cluster) Stop() error {
 
 // StopDir stops a cluster started in dir by another process (scripts/test).
 func StopDir(dir string) error {
-	c := &Cluster{Dir: dir}
-	var err error
-	if c.bin, err = findBin(); err != nil {
+	c, err := open(dir)
+	if err != nil {
 		return err
+	}
+	return c.Stop()
+}
+
+// open finds the server binaries for a cluster in dir, and the user to run
+// them as.
+func open(dir string) (*Cluster, error) {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{Dir: dir}
+	if c.bin, err = findBin(); err != nil {
+		return nil, err
 	}
 	if os.Geteuid() == 0 {
 		if c.runAs, err = user.Lookup("postgres"); err != nil {
-			return err
+			return nil, fmt.Errorf("running as root, so PostgreSQL must run as the postgres user: %w", err)
 		}
 	}
-	return c.Stop()
+	return c, nil
 }
 
 // checkTraversable makes sure the postgres user can reach a folder we own:
