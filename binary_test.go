@@ -9,11 +9,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -24,16 +24,21 @@ import (
 	"github.com/switchboard-iot/switchboard/internal/testsys"
 )
 
-// freeAddr returns a loopback address no one listens on right now.
-func freeAddr(t *testing.T) string {
+// servingAt waits for a process that listens on port 0 to log where it
+// serves ("… serving … addr=127.0.0.1:port"), and returns that address.
+func servingAt(t *testing.T, p *proc) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
+	var addr string
+	testsys.Eventually(t, p.name+" to log its address", func() bool {
+		if m := servingLine.FindStringSubmatch(p.out.String()); m != nil {
+			addr = m[1]
+		}
+		return addr != ""
+	})
+	return addr
 }
+
+var servingLine = regexp.MustCompile(`msg="[^"]*serving" .*addr=(127\.0\.0\.1:\d+)`)
 
 // binary builds switchboard once for the test.
 func binary(t *testing.T) string {
@@ -147,7 +152,7 @@ func TestBinary(t *testing.T) {
 	}
 	var nodes []*node
 	for i, id := range []string{"bin-node-a", "bin-node-b"} {
-		n := &node{id: id, addr: freeAddr(t), cert: filepath.Join(dir, id+".pem"), creds: filepath.Join(dir, id+".csv")}
+		n := &node{id: id, cert: filepath.Join(dir, id+".pem"), creds: filepath.Join(dir, id+".csv")}
 		var ids []string
 		for j := range 3 {
 			ids = append(ids, fmt.Sprintf("bin-%d-%d", i, j))
@@ -165,14 +170,16 @@ func TestBinary(t *testing.T) {
 
 	var procs []*proc
 	for _, n := range nodes {
-		procs = append(procs, start(t, bin, n.id, append(dbEnv, "CONN_LISTEN="+n.addr, "NODE_ID="+n.id, "FLY_REGION=ams",
-			"CONN_TLS=self-signed", "CONN_CERT_OUT="+n.cert), "conn"))
+		p := start(t, bin, n.id, append(dbEnv, "CONN_LISTEN=127.0.0.1:0", "NODE_ID="+n.id, "FLY_REGION=ams",
+			"CONN_TLS=self-signed", "CONN_CERT_OUT="+n.cert), "conn")
+		procs = append(procs, p)
+		n.addr = servingAt(t, p)
 	}
 	var edgeURLs []string
 	for _, id := range []string{"bin-edge-a", "bin-edge-b"} {
-		addr := freeAddr(t)
-		edgeURLs = append(edgeURLs, "http://"+addr)
-		procs = append(procs, start(t, bin, id, append(dbEnv, "EDGE_LISTEN="+addr, "EDGE_ID="+id), "edge"))
+		p := start(t, bin, id, append(dbEnv, "EDGE_LISTEN=127.0.0.1:0", "EDGE_ID="+id), "edge")
+		procs = append(procs, p)
+		edgeURLs = append(edgeURLs, "http://"+servingAt(t, p))
 	}
 	for _, n := range nodes {
 		testsys.Eventually(t, n.id+"'s certificate", func() bool { _, err := os.Stat(n.cert); return err == nil })

@@ -109,7 +109,9 @@ func TestEndToEnd(t *testing.T) {
 	}
 
 	// Every edge reaches every device, on either node, both ways of waiting.
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// Generous deadlines: 80 round trips at once, with -race, beside the
+	// other packages' tests on two cores.
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	var wg sync.WaitGroup
 	for _, e := range edges {
@@ -117,7 +119,7 @@ func TestEndToEnd(t *testing.T) {
 			wg.Go(func() {
 				body := fmt.Sprintf(`{"name":"whoami","args":{"via":%q}}`, e.ID)
 
-				resp := post(t, ctx, e.URL, key, id, "?wait=10s", "", body)
+				resp := post(t, ctx, e.URL, key, id, "?wait=20s", "", body)
 				defer resp.Body.Close()
 				var c command
 				if err := json.NewDecoder(resp.Body).Decode(&c); err != nil {
