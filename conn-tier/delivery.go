@@ -2,8 +2,6 @@ package conntier
 
 import (
 	"context"
-	"errors"
-	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -11,12 +9,16 @@ import (
 
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/device/protocol"
+	"github.com/switchboard-iot/switchboard/internal/backoff"
 )
 
 // deliverer sends devices their pending commands. Wake-ups only mark devices
 // dirty; one goroutine reads the pending commands of all dirty devices in a
 // query per round, so a burst of wake-ups costs a few queries, not one each,
-// and a device's commands go out in order.
+// and a device's commands go out in order. Each round reads at most a
+// queue's worth per device, so a device with a deep backlog shares the
+// node fairly with the others; it is read again when its deliveries are
+// recorded, not in a busy loop.
 type deliverer struct {
 	node   *Node
 	signal chan struct{} // cap 1: there is work
@@ -26,9 +28,8 @@ type deliverer struct {
 	all   bool // every local device: after the listener (re)connects
 }
 
-// pendingBatch bounds one round's query; a device with more left over is
-// marked dirty again.
-const pendingBatch = 1000
+// roundDevices bounds the devices one query reads.
+const roundDevices = 1000
 
 func newDeliverer(n *Node) *deliverer {
 	return &deliverer{node: n, signal: make(chan struct{}, 1), dirty: make(map[string]struct{})}
@@ -57,27 +58,29 @@ func (d *deliverer) poke() {
 	}
 }
 
-// take returns the devices to look at, and whether that is all of them.
-func (d *deliverer) take() ([]string, bool) {
+// take returns the registered sessions to look at, and whether that is all
+// of them. A session not registered yet is woken when it is.
+func (d *deliverer) take() ([]*session, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	var out []*session
 	if d.all {
 		d.all = false
 		clear(d.dirty)
-		var ids []string
-		for _, c := range d.node.hub.all() {
-			ids = append(ids, c.deviceID)
+		for _, s := range d.node.hub.all() {
+			if s.registered.Load() {
+				out = append(out, s)
+			}
 		}
-		return ids, true
+		return out, true
 	}
-	ids := make([]string, 0, len(d.dirty))
 	for id := range d.dirty {
-		if d.node.hub.get(id) != nil {
-			ids = append(ids, id)
+		if s := d.node.hub.get(id); s != nil && s.registered.Load() {
+			out = append(out, s)
 		}
 	}
 	clear(d.dirty)
-	return ids, false
+	return out, false
 }
 
 func (d *deliverer) run(ctx context.Context) error {
@@ -85,129 +88,151 @@ func (d *deliverer) run(ctx context.Context) error {
 	// lost: a lease that lapsed, an edge that failed to notify.
 	rescan := time.NewTicker(d.node.cfg.RescanInterval)
 	defer rescan.Stop()
-	backoff := 100 * time.Millisecond
+	retry := backoff.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}
 	for {
 		select {
 		case <-d.signal:
 		case <-rescan.C:
 			d.wakeAll()
+			continue
 		case <-ctx.Done():
 			return nil
 		}
-		ids, all := d.take()
-		if all {
-			d.node.closeDisplaced(ctx)
+		// Without a lease, PostgreSQL may think this node dead and give its
+		// deliveries back: wait. Renewing the lease wakes every device.
+		if !d.node.leased.Load() {
+			continue
 		}
-		for ; len(ids) > 0; ids = ids[min(len(ids), pendingBatch):] {
-			chunk := ids[:min(len(ids), pendingBatch)]
+		sessions, all := d.take()
+		if all {
+			d.node.closeReplaced(ctx)
+		}
+		for len(sessions) > 0 {
+			chunk := sessions[:min(len(sessions), roundDevices)]
 			if err := d.deliver(ctx, chunk); err != nil {
 				if ctx.Err() != nil {
 					return nil
 				}
-				d.node.log.Warn("reading pending commands; retrying", "devices", len(ids), "err", err)
-				for _, id := range ids {
-					d.wake(id)
+				d.node.log.Warn("reading pending commands; retrying", "devices", len(sessions), "err", err)
+				for _, s := range sessions {
+					d.wake(s.deviceID)
 				}
-				select {
-				case <-time.After(rand.N(backoff)):
-				case <-ctx.Done():
+				if !retry.Wait(ctx) {
 					return nil
 				}
-				backoff = min(backoff*2, 5*time.Second)
 				break
 			}
-			backoff = 100 * time.Millisecond
+			retry.Reset()
+			sessions = sessions[len(chunk):]
 		}
 	}
 }
 
-func (d *deliverer) deliver(ctx context.Context, deviceIDs []string) error {
-	cmds, err := d.node.store.PendingCommands(ctx, deviceIDs, pendingBatch)
+// deliver reads and sends the pending commands of these sessions' devices.
+func (d *deliverer) deliver(ctx context.Context, sessions []*session) error {
+	limit := d.node.commandRoom()
+	bySession := make(map[string]*session, len(sessions))
+	devices := make([]string, 0, len(sessions))
+	limits := make([]int32, 0, len(sessions))
+	for _, s := range sessions {
+		if s.room() <= 0 {
+			s.backlogged.Store(true) // read again once deliveries are recorded
+			continue
+		}
+		bySession[s.deviceID] = s
+		// A queue's worth: those in flight come back too, and are skipped.
+		devices, limits = append(devices, s.deviceID), append(limits, int32(limit))
+	}
+	if len(devices) == 0 {
+		return nil
+	}
+	cmds, err := d.node.store.PendingCommands(ctx, devices, limits)
 	if err != nil {
 		return err
 	}
-	held := make(map[string]bool) // devices out of queue room: keep their order
+	read := make(map[string]int, len(devices))
+	held := make(map[string]bool) // devices out of room: keep their order
 	for _, cmd := range cmds {
-		if c := d.node.hub.get(cmd.DeviceID); c != nil && !held[cmd.DeviceID] {
-			held[cmd.DeviceID] = !c.deliver(cmd)
+		read[cmd.DeviceID]++
+		if s := bySession[cmd.DeviceID]; s != nil && !held[cmd.DeviceID] {
+			held[cmd.DeviceID] = !s.deliver(cmd)
 		}
 	}
-	if len(cmds) == pendingBatch {
-		// Possibly more, for any of them: look again. What was just sent is
-		// skipped, as in flight or no longer pending.
-		for _, id := range deviceIDs {
-			d.wake(id)
+	for id, n := range read {
+		if n == limit {
+			bySession[id].backlogged.Store(true) // possibly more
 		}
 	}
 	return nil
 }
 
-// closeDisplaced closes sessions that another node took over while this
+// closeReplaced closes sessions that a newer session took over while this
 // node's listener was away (their "kick" was lost with it). Only sessions
 // whose own row was written count: a newer one's row may still be queued.
-func (n *Node) closeDisplaced(ctx context.Context) {
-	var devices []string
-	for _, c := range n.hub.all() {
-		if c.registered.Load() {
-			devices = append(devices, c.deviceID)
+func (n *Node) closeReplaced(ctx context.Context) {
+	var sessions []db.Session
+	for _, s := range n.hub.all() {
+		if s.registered.Load() {
+			sessions = append(sessions, s.dbSession())
 		}
 	}
-	if len(devices) == 0 {
+	if len(sessions) == 0 {
 		return
 	}
-	moved, err := n.store.DevicesElsewhere(ctx, n.cfg.Node.ID, devices)
+	replaced, err := n.store.Replaced(ctx, sessions)
 	if err != nil {
-		n.log.Warn("checking for displaced sessions", "err", err)
+		n.log.Warn("checking for replaced sessions", "err", err)
 		return
 	}
-	for _, id := range moved {
-		if c := n.hub.get(id); c != nil && c.registered.Load() {
-			go c.close(protocol.CloseReplaced, "replaced by a newer session")
+	for _, id := range replaced {
+		for _, s := range n.hub.all() {
+			if s.id == id {
+				go s.close(protocol.CloseReplaced, "replaced by a newer session")
+			}
 		}
 	}
 }
 
 // commandOp is a delivery record or a reply, written by the commands batcher.
 type commandOp struct {
-	delivered uuid.UUID // with conn: the frame was written
-	conn      *conn
+	delivered uuid.UUID // with session: the frame was written
+	session   *session
 	reply     *db.Reply
 }
 
-// writeCommands records deliveries and replies atomically, then wakes the
-// edges that wait on them. Deliveries go first: a reply in the same batch
-// wins. A batch that failed is rolled back and redone whole, wake-ups
-// included; only a commit that succeeded but reported failure loses its
-// wake-ups, which the edges' periodic rechecks then cover.
+// writeCommands records deliveries and replies atomically, then queues the
+// wake-ups of the edges that wait on them. Deliveries go first: a reply in
+// the same batch wins.
 func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
-	var delivered []uuid.UUID
+	var deliveries []db.Delivery
 	var replies []db.Reply
 	for _, op := range ops {
 		if op.reply != nil {
 			replies = append(replies, *op.reply)
 		} else {
-			delivered = append(delivered, op.delivered)
+			deliveries = append(deliveries, db.Delivery{ID: op.delivered, DeviceID: op.session.deviceID, SessionID: op.session.id})
 		}
 	}
 	// One statement is atomic by itself: BEGIN and COMMIT would only add two
 	// round trips to the hot path.
 	inTx := n.store.InTx
-	if len(delivered) == 0 || len(replies) == 0 {
+	if len(deliveries) == 0 || len(replies) == 0 {
 		inTx = func(_ context.Context, fn func(*db.Store) error) error { return fn(n.store) }
 	}
 	var changes []db.Change
+	var stale []uuid.UUID
 	var nDelivered, nReplies int
 	err := inTx(ctx, func(tx *db.Store) error {
-		changes, nDelivered, nReplies = changes[:0], 0, 0
-		if len(delivered) > 0 {
-			ch, err := tx.MarkDelivered(ctx, n.cfg.Node.ID, delivered)
+		changes, stale, nDelivered, nReplies = changes[:0], nil, 0, 0
+		if len(deliveries) > 0 {
+			ch, st, err := tx.MarkDelivered(ctx, n.cfg.Node.ID, deliveries)
 			if err != nil {
 				return err
 			}
-			changes, nDelivered = append(changes, ch...), len(ch)
+			changes, stale, nDelivered = append(changes, ch...), st, len(ch)
 		}
 		if len(replies) > 0 {
-			ch, err := tx.StoreReplies(ctx, replies)
+			ch, err := tx.StoreReplies(ctx, n.cfg.Node.ID, replies)
 			if err != nil {
 				return err
 			}
@@ -218,17 +243,27 @@ func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
 	if err != nil {
 		return err
 	}
+	// A delivery to a session that is no longer current stays in its
+	// in-flight set: that session must not get the command again.
+	isStale := make(map[uuid.UUID]bool, len(stale))
+	for _, id := range stale {
+		isStale[id] = true
+	}
 	for _, op := range ops {
-		if op.conn != nil {
-			op.conn.forget(op.delivered)
+		if op.session == nil {
+			continue
+		}
+		if !isStale[op.delivered] {
+			op.session.forget(op.delivered)
+		}
+		if op.session.backlogged.CompareAndSwap(true, false) {
+			n.deliverer.wake(op.session.deviceID)
 		}
 	}
 	n.metrics.delivered.Add(float64(nDelivered))
 	n.metrics.replies.Add(float64(nReplies))
-	// The rows are committed; a lost wake-up only delays the edge until it
-	// looks again, so it is logged, not retried.
-	if err := n.store.NotifyEdges(ctx, changes); err != nil {
-		n.log.Warn("waking edges", "changes", len(changes), "err", err)
+	for i := range changes {
+		_ = n.notices.Push(db.Notice{Change: &changes[i]})
 	}
 	return nil
 }
@@ -239,11 +274,8 @@ type presenceOp struct {
 	session  db.Session
 	connect  bool
 	reassert bool
-	done     chan error // connect only: the row is written, or errStale
+	done     chan error // connect only: the row is written
 }
-
-// errStale says a newer session of the device holds its presence row.
-var errStale = errors.New("a newer session of the device holds its row")
 
 // writePresence writes a batch of connects, reassertions and disconnects.
 // Writes go first: a session that opened and closed within one batch leaves
@@ -265,36 +297,36 @@ func (n *Node) writePresence(ctx context.Context, ops []presenceOp) error {
 			reasserts = append(reasserts, op.session)
 		}
 	}
-	stale := make(map[uuid.UUID]bool)
-	if len(connects) > 0 {
-		displaced, staleIDs, err := n.store.Connect(ctx, n.cfg.Node, connects)
-		if err != nil {
-			return err
+	// One transaction: a batch that failed is redone whole, and a connect
+	// is never written twice (a newer session elsewhere may have come
+	// between the tries).
+	var displaced []db.Displaced
+	err := n.store.InTx(ctx, func(tx *db.Store) error {
+		displaced = nil
+		if len(connects) > 0 {
+			var err error
+			if displaced, err = tx.Connect(ctx, n.cfg.Node, connects); err != nil {
+				return err
+			}
 		}
-		for _, id := range staleIDs {
-			stale[id] = true
+		if len(reasserts) > 0 {
+			if err := tx.Reassert(ctx, n.cfg.Node, reasserts); err != nil {
+				return err
+			}
 		}
-		if err := n.store.KickDisplaced(ctx, displaced); err != nil {
-			n.log.Warn("telling nodes of displaced sessions", "sessions", len(displaced), "err", err)
+		if len(gone) > 0 {
+			return tx.Disconnect(ctx, gone)
 		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
-	if len(reasserts) > 0 {
-		if err := n.store.Reassert(ctx, n.cfg.Node, reasserts); err != nil {
-			return err
-		}
-	}
-	if len(gone) > 0 {
-		if err := n.store.Disconnect(ctx, gone); err != nil {
-			return err
-		}
+	for i := range displaced {
+		_ = n.notices.Push(db.Notice{Kick: &displaced[i]})
 	}
 	for _, op := range ops {
-		if op.done == nil {
-			continue
-		}
-		if stale[op.session.SessionID] {
-			op.done <- errStale
-		} else {
+		if op.done != nil {
 			op.done <- nil
 		}
 	}

@@ -238,7 +238,7 @@ func lastSeen(t *testing.T, sys *testsys.System, deviceID string) *time.Time {
 // newCommand stores a pending command for the device, answered to edge-x.
 func newCommand(t *testing.T, sys *testsys.System, deviceID, name, args string) command.Command {
 	t.Helper()
-	c, err := sys.Store.CreateCommand(context.Background(), db.NewCommand{
+	c, _, err := sys.Store.CreateCommand(context.Background(), db.NewCommand{
 		ID: uuid.New(), DeviceID: deviceID, Name: name, Args: json.RawMessage(args),
 		Timeout: 10 * time.Second, TTL: time.Hour, ReplyTo: "edge-x",
 	})
@@ -250,7 +250,11 @@ func newCommand(t *testing.T, sys *testsys.System, deviceID, name, args string) 
 
 func wake(t *testing.T, sys *testsys.System, deviceIDs ...string) {
 	t.Helper()
-	if err := sys.Store.WakeDevices(context.Background(), deviceIDs); err != nil {
+	var notices []db.Notice
+	for _, id := range deviceIDs {
+		notices = append(notices, db.Notice{Wake: id})
+	}
+	if err := sys.Store.Notify(context.Background(), notices); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -258,6 +262,7 @@ func wake(t *testing.T, sys *testsys.System, deviceIDs ...string) {
 // commandRow is what a command's row says.
 type commandRow struct {
 	Status    string
+	Attempts  int
 	NodeID    *string
 	OK        *bool
 	Result    []byte
@@ -270,9 +275,9 @@ func readCommand(t *testing.T, sys *testsys.System, id uuid.UUID) commandRow {
 	t.Helper()
 	var r commandRow
 	err := sys.Pool.QueryRow(context.Background(), `
-		SELECT status, node_id, ok, result, error, delivered_at IS NOT NULL, completed_at IS NOT NULL
+		SELECT status, attempts, node_id, ok, result, error, delivered_at IS NOT NULL, completed_at IS NOT NULL
 		FROM commands WHERE id = $1`, id).
-		Scan(&r.Status, &r.NodeID, &r.OK, &r.Result, &r.Error, &r.Delivered, &r.Completed)
+		Scan(&r.Status, &r.Attempts, &r.NodeID, &r.OK, &r.Result, &r.Error, &r.Delivered, &r.Completed)
 	if err != nil {
 		t.Fatal(err)
 	}

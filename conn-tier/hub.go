@@ -8,54 +8,54 @@ import (
 
 // hub is the node's map of connected devices: at most one session each.
 type hub struct {
-	mu    sync.RWMutex     // guards conns
-	conns map[string]*conn // by device id
+	mu       sync.RWMutex        // guards sessions
+	sessions map[string]*session // by device id
 }
 
-// add makes c the device's session and returns the one it replaces, if any.
-func (h *hub) add(c *conn) (replaced *conn) {
+// add makes s the device's session and returns the one it replaces, if any.
+func (h *hub) add(s *session) (replaced *session) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	replaced = h.conns[c.deviceID]
-	h.conns[c.deviceID] = c
+	replaced = h.sessions[s.deviceID]
+	h.sessions[s.deviceID] = s
 	return replaced
 }
 
-// remove drops c unless a newer session already replaced it.
-func (h *hub) remove(c *conn) {
+// remove drops s unless a newer session already replaced it.
+func (h *hub) remove(s *session) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.conns[c.deviceID] == c {
-		delete(h.conns, c.deviceID)
+	if h.sessions[s.deviceID] == s {
+		delete(h.sessions, s.deviceID)
 	}
 }
 
-func (h *hub) get(deviceID string) *conn {
+func (h *hub) get(deviceID string) *session {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	return h.conns[deviceID]
+	return h.sessions[deviceID]
 }
 
-// current reports whether session is the device's session here.
-func (h *hub) current(deviceID string, session uuid.UUID) bool {
+// current reports whether id is the device's session here.
+func (h *hub) current(deviceID string, id uuid.UUID) bool {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	c := h.conns[deviceID]
-	return c != nil && c.sessionID == session
+	s := h.sessions[deviceID]
+	return s != nil && s.id == id
 }
 
 func (h *hub) len() int {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	return len(h.conns)
+	return len(h.sessions)
 }
 
-func (h *hub) all() []*conn {
+func (h *hub) all() []*session {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	out := make([]*conn, 0, len(h.conns))
-	for _, c := range h.conns {
-		out = append(out, c)
+	out := make([]*session, 0, len(h.sessions))
+	for _, s := range h.sessions {
+		out = append(out, s)
 	}
 	return out
 }

@@ -11,9 +11,15 @@ type metrics struct {
 	frames    *prometheus.CounterVec // frames received, by type
 	delivered prometheus.Counter
 	replies   prometheus.Counter
+	// eventsShed counts telemetry dropped because the events queue was full
+	// (the database slow or away); replies are never shed.
+	eventsShed prometheus.Counter
+	// replyWaits counts replies that waited for room in the commands queue,
+	// holding up their device's reads.
+	replyWaits prometheus.Counter
 }
 
-func newMetrics(reg *prometheus.Registry, nodeID string) *metrics {
+func newMetrics(reg *prometheus.Registry, nodeID string, queues map[string]func() int) *metrics {
 	m := &metrics{
 		sessions: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "switchboard_conn_sessions", Help: "Devices connected to this node."}),
@@ -27,10 +33,19 @@ func newMetrics(reg *prometheus.Registry, nodeID string) *metrics {
 			Name: "switchboard_conn_commands_delivered_total", Help: "Commands written to devices and recorded."}),
 		replies: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_conn_replies_stored_total", Help: "Device replies that completed a command."}),
+		eventsShed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_conn_events_shed_total", Help: "Device events dropped because the events queue was full."}),
+		replyWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_conn_reply_waits_total", Help: "Replies that waited for room in the commands queue, pausing their device's reads."}),
 	}
 	if reg != nil {
-		prometheus.WrapRegistererWith(prometheus.Labels{"node": nodeID}, reg).MustRegister(
-			m.sessions, m.connects, m.closes, m.frames, m.delivered, m.replies)
+		r := prometheus.WrapRegistererWith(prometheus.Labels{"node": nodeID}, reg)
+		r.MustRegister(m.sessions, m.connects, m.closes, m.frames, m.delivered, m.replies, m.eventsShed, m.replyWaits)
+		for name, depth := range queues {
+			r.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "switchboard_conn_queue_depth", Help: "Writes waiting for the database, by queue.",
+				ConstLabels: prometheus.Labels{"queue": name}}, func() float64 { return float64(depth()) }))
+		}
 	}
 	return m
 }

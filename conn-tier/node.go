@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"regexp"
@@ -31,6 +30,7 @@ import (
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/device/protocol"
 	"github.com/switchboard-iot/switchboard/internal/actors"
+	"github.com/switchboard-iot/switchboard/internal/backoff"
 	"github.com/switchboard-iot/switchboard/internal/batch"
 	"github.com/switchboard-iot/switchboard/internal/problem"
 )
@@ -59,6 +59,9 @@ type Config struct {
 	// commands and checks its sessions were not taken over, whatever
 	// wake-ups it got: the backstop for a lost NOTIFY. 30s.
 	RescanInterval time.Duration
+	// Clock is the node's clock (time.Now), read for session ids only:
+	// which session of a device is the newest is PostgreSQL's to say.
+	Clock func() time.Time
 }
 
 // ValidNodeID says whether id can name a node (and its LISTEN channel).
@@ -85,6 +88,9 @@ func (c *Config) setDefaults() {
 	if c.Log == nil {
 		c.Log = slog.Default()
 	}
+	if c.Clock == nil {
+		c.Clock = time.Now
+	}
 }
 
 // Node is one connection node.
@@ -100,6 +106,7 @@ type Node struct {
 	presence  *batch.Batcher[presenceOp]
 	commands  *batch.Batcher[commandOp]
 	events    *batch.Batcher[db.DeviceEvent]
+	notices   *batch.Batcher[db.Notice] // wake-ups for edges and kicks for nodes, after their writes
 
 	leased atomic.Bool // the lease row exists and was renewed in time
 
@@ -137,13 +144,18 @@ func New(cfg Config) (*Node, error) {
 			// Devices are not browsers: there is no page origin to check.
 			CheckOrigin: func(*http.Request) bool { return true },
 		},
-		metrics: newMetrics(cfg.Metrics, cfg.Node.ID),
 	}
-	n.hub.conns = make(map[string]*conn)
+	n.hub.sessions = make(map[string]*session)
 	n.deliverer = newDeliverer(n)
+	// Queue limits bound memory while the database is slow or away: past
+	// them, devices' replies wait (their reads stop) and events are shed.
 	n.presence = batch.New("presence", 4096, 1000, log, n.writePresence, db.IsRefused)
 	n.commands = batch.New("commands", 4096, 1000, log, n.writeCommands, db.IsRefused)
 	n.events = batch.New("events", 4096, 1000, log, n.store.InsertEvents, db.IsRefused)
+	n.notices = batch.New("notices", 4096, 1000, log, n.store.Notify, db.IsRefused)
+	n.metrics = newMetrics(cfg.Metrics, cfg.Node.ID, map[string]func() int{
+		"presence": n.presence.Len, "commands": n.commands.Len, "events": n.events.Len, "notices": n.notices.Len,
+	})
 	return n, nil
 }
 
@@ -186,13 +198,18 @@ func (n *Node) Run(ctx context.Context, ln net.Listener) error {
 	}
 	// The background actors outlive ctx: they flush what the closing
 	// sessions leave behind, and stop only after the sessions have.
-	bg, stopBackground := actors.Group(ctx, n.presence.Run, n.commands.Run, n.events.Run, n.deliverer.run, n.renewLease)
+	bg, stopBackground := actors.Group(ctx, n.presence.Run, n.commands.Run, n.events.Run, n.notices.Run, n.deliverer.run, n.renewLease)
 	unlisten := n.cfg.Notifier.Listen(db.NodeChannel(n.cfg.Node.ID), n.onNotify, n.deliverer.wakeAll)
 	srv := &http.Server{
 		Handler:           n.Handler(),
-		TLSConfig:         n.cfg.TLS,
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
+		// WebSockets upgrade over HTTP/1.1; net/http would otherwise set
+		// up HTTP/2 on the config, which it writes to.
+		Protocols: http1Only(),
+	}
+	if n.cfg.TLS != nil {
+		srv.TLSConfig = n.cfg.TLS.Clone() // this server's own: nodes may share one certificate
 	}
 	served := actors.Serve(srv, ln)
 	n.log.Info("connection node serving", "addr", ln.Addr().String(), "region", n.cfg.Node.Region, "tls", n.cfg.TLS != nil)
@@ -232,22 +249,17 @@ func (n *Node) Run(ctx context.Context, ln net.Listener) error {
 // the database is away, and clears presence rows an earlier process with
 // this id left behind.
 func (n *Node) register(ctx context.Context) error {
-	for backoff := 100 * time.Millisecond; ; backoff = min(backoff*2, 5*time.Second) {
-		_, err := n.store.RenewLease(ctx, n.cfg.Node, n.cfg.LeaseTTL)
-		if err == nil {
-			err = n.store.ClearNode(ctx, n.cfg.Node.ID)
+	err := backoff.Retry(ctx, backoff.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}, func(ctx context.Context) error {
+		if _, err := n.store.RenewLease(ctx, n.cfg.Node, n.cfg.LeaseTTL); err != nil {
+			return err
 		}
-		if err == nil {
-			n.leased.Store(true)
-			return nil
-		}
-		n.log.Warn("registering the node; retrying", "err", err)
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("registering node %s: %w", n.cfg.Node.ID, err)
-		case <-time.After(rand.N(backoff)):
-		}
+		return n.store.ClearNode(ctx, n.cfg.Node.ID)
+	}, func(err error, wait time.Duration) { n.log.Warn("registering the node; retrying", "err", err, "in", wait) })
+	if err != nil {
+		return fmt.Errorf("registering node %s: %w", n.cfg.Node.ID, err)
 	}
+	n.leased.Store(true)
+	return nil
 }
 
 // renewLease keeps the lease alive. A renewal that had to recreate the row
@@ -277,8 +289,8 @@ func (n *Node) renewLease(ctx context.Context) error {
 		n.leased.Store(true)
 		if created {
 			n.log.Warn("lease was reaped while away; asserting presence again", "sessions", n.hub.len())
-			for _, c := range n.hub.all() {
-				if err := n.presence.Add(ctx, presenceOp{session: c.session(), reassert: true}); err != nil {
+			for _, s := range n.hub.all() {
+				if err := n.presence.Push(presenceOp{session: s.dbSession(), reassert: true}); err != nil {
 					return nil // stopping
 				}
 			}
@@ -296,8 +308,8 @@ func (n *Node) onNotify(payload string) {
 			n.deliverer.wake(m.DeviceID)
 			continue
 		}
-		if c := n.hub.get(m.DeviceID); c != nil && c.sessionID == m.SessionID {
-			go c.close(protocol.CloseReplaced, "replaced by a newer session")
+		if s := n.hub.get(m.DeviceID); s != nil && s.id == m.SessionID {
+			go s.close(protocol.CloseReplaced, "replaced by a newer session")
 		}
 	}
 }
@@ -307,11 +319,11 @@ func (n *Node) onNotify(payload string) {
 func (n *Node) closeAll(code int, reason string) {
 	sem := make(chan struct{}, 64)
 	var wg sync.WaitGroup
-	for _, c := range n.hub.all() {
+	for _, s := range n.hub.all() {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			c.close(code, reason)
+			s.close(code, reason)
 		})
 	}
 	wg.Wait()
@@ -324,9 +336,16 @@ func (n *Node) waitSessions(ctx context.Context) {
 	case <-done:
 	case <-ctx.Done():
 		n.log.Warn("sessions still open after the drain timeout; cutting them", "sessions", n.hub.len())
-		for _, c := range n.hub.all() {
-			c.ws.Close()
+		for _, s := range n.hub.all() {
+			s.cut()
 		}
 		<-done
 	}
+}
+
+// http1Only is the protocol set of a server that speaks HTTP/1.1 alone.
+func http1Only() *http.Protocols {
+	var p http.Protocols
+	p.SetHTTP1(true)
+	return &p
 }

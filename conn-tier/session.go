@@ -2,6 +2,8 @@ package conntier
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -24,6 +26,10 @@ import (
 // the close frame before the socket is cut.
 const closeGrace = time.Second
 
+// pongRoom is how much of the send queue is kept from commands, for pongs:
+// a device with a backlog is paced, never closed for a full queue.
+const pongRoom = 8
+
 // outFrame is a frame queued for the device; command frames carry their id
 // so the write pump can record the delivery once the frame is written.
 type outFrame struct {
@@ -31,39 +37,67 @@ type outFrame struct {
 	command uuid.UUID
 }
 
-// conn is one device session.
-type conn struct {
+// session is one device connection on this node.
+type session struct {
 	node       *Node
 	ws         *websocket.Conn
 	deviceID   string
-	sessionID  uuid.UUID
+	id         uuid.UUID // time-ordered by the node's clock, but only an identity: PostgreSQL orders sessions
 	remoteAddr string
 
 	send chan outFrame // frames for the write pump
-	done chan struct{} // closed when the session ends
+	done chan struct{} // closed when the session has ended
+
+	// closing is cancelled when the node closes or cuts the session: a read
+	// pump waiting for room to store a reply lets go.
+	closing       context.Context
+	cancelClosing context.CancelFunc
 
 	// registered is set once the session's presence row is written.
 	registered atomic.Bool
 
-	// deadlineMu orders read-deadline changes: once closing is set, nothing
-	// may push the deadline past the close grace.
+	// deadlineMu orders read-deadline changes: once the session is closing,
+	// nothing may push the deadline past the close grace.
 	deadlineMu sync.Mutex
-	closing    atomic.Bool
 
-	inflightMu sync.Mutex             // guards inflight
-	inflight   map[uuid.UUID]struct{} // written to the socket, delivery not yet recorded
+	inflightMu sync.Mutex // guards inflight
+	// inflight holds the commands queued (false) or written (true) on this
+	// session whose delivery is not recorded: they are not sent twice, and
+	// a reply to a written one records the delivery itself. A mark the
+	// database refused (the session was replaced) keeps its entry.
+	inflight map[uuid.UUID]bool
 
-	// backlogged is set when the deliverer left commands pending for want
-	// of queue space; the write pump wakes the deliverer as the queue drains.
+	// backlogged is set when the device may have more pending commands than
+	// its queue took: recording deliveries wakes the deliverer again.
 	backlogged atomic.Bool
 }
 
-// commandRoom is how much of the send queue commands may fill: the rest
-// stays free for pongs, so a device with a backlog is paced, not dropped.
-func (c *conn) commandRoom() bool { return len(c.send) < cap(c.send)-8 }
+// newSessionID is a UUIDv7 from the node's clock: sessions sort by when
+// their node saw them, which helps a reader of the logs; which session of a
+// device is the newest is PostgreSQL's to say, never a node clock's.
+func newSessionID(now time.Time) uuid.UUID {
+	var id uuid.UUID
+	_, _ = rand.Read(id[:])
+	var ms [8]byte
+	binary.BigEndian.PutUint64(ms[:], uint64(now.UnixMilli()))
+	copy(id[:6], ms[2:])
+	id[6] = 0x70 | id[6]&0x0f // version 7
+	id[8] = 0x80 | id[8]&0x3f // RFC 9562 variant
+	return id
+}
 
-func (c *conn) session() db.Session {
-	return db.Session{DeviceID: c.deviceID, SessionID: c.sessionID, RemoteAddr: c.remoteAddr}
+// commandRoom is how many commands the session may have in flight.
+func (n *Node) commandRoom() int { return max(n.cfg.SendQueue-pongRoom, 1) }
+
+// room reports how many more commands the session can take now.
+func (s *session) room() int {
+	s.inflightMu.Lock()
+	defer s.inflightMu.Unlock()
+	return s.node.commandRoom() - len(s.inflight)
+}
+
+func (s *session) dbSession() db.Session {
+	return db.Session{DeviceID: s.deviceID, SessionID: s.id, RemoteAddr: s.remoteAddr}
 }
 
 // handleConnect authenticates a device, upgrades, and runs its session.
@@ -109,17 +143,18 @@ func (n *Node) handleConnect(w http.ResponseWriter, r *http.Request) {
 		return // the upgrader has answered
 	}
 	n.metrics.connects.WithLabelValues("ok").Inc()
-	c := &conn{
+	s := &session{
 		node:       n,
 		ws:         ws,
 		deviceID:   deviceID,
-		sessionID:  uuid.Must(uuid.NewV7()), // time-ordered: the newer session of a device wins
+		id:         newSessionID(n.cfg.Clock()),
 		remoteAddr: r.RemoteAddr,
 		send:       make(chan outFrame, n.cfg.SendQueue),
 		done:       make(chan struct{}),
-		inflight:   make(map[uuid.UUID]struct{}),
+		inflight:   make(map[uuid.UUID]bool),
 	}
-	c.serve()
+	s.closing, s.cancelClosing = context.WithCancel(context.Background())
+	s.serve()
 }
 
 func unauthorized(w http.ResponseWriter, detail string) {
@@ -128,52 +163,56 @@ func unauthorized(w http.ResponseWriter, detail string) {
 }
 
 // serve runs the session until the device goes away or is closed.
-func (c *conn) serve() {
-	n := c.node
-	log := n.log.With("device", c.deviceID, "session", c.sessionID)
+func (s *session) serve() {
+	n := s.node
+	log := n.log.With("device", s.deviceID, "session", s.id)
 	n.metrics.sessions.Inc()
 	defer n.metrics.sessions.Dec()
-	if old := n.hub.add(c); old != nil {
+	if old := n.hub.add(s); old != nil {
 		go old.close(protocol.CloseReplaced, "replaced by a newer session")
 	}
 	if n.draining.Load() {
 		// Admitted just before the drain began, registered just after its
 		// snapshot of the hub: close it like the others.
-		c.close(protocol.CloseGoingAway, "node draining")
+		s.close(protocol.CloseGoingAway, "node draining")
 	}
 	writerDone := make(chan struct{})
-	go func() { defer close(writerDone); c.writePump() }()
+	go func() { defer close(writerDone); s.writePump() }()
 
 	// The presence row commits before pending commands are read: a command
 	// stored earlier is found by that read, a later one finds the row.
-	if err := c.connectPresence(); errors.Is(err, errStale) {
-		c.close(protocol.CloseReplaced, "replaced by a newer session")
-	} else if err != nil {
-		log.Error("writing presence", "err", err)
-		c.close(protocol.CloseInternalError, "presence unavailable; reconnect later")
+	if err := s.connectPresence(); err != nil {
+		if s.closing.Err() == nil { // else it was closed meanwhile, for its own reason
+			log.Error("writing presence", "err", err)
+			n.metrics.closes.WithLabelValues("unavailable").Inc()
+			s.close(protocol.CloseInternalError, "presence unavailable; reconnect later")
+		}
 	} else {
-		c.registered.Store(true)
-		log.Debug("device connected", "remote", c.remoteAddr)
-		n.deliverer.wake(c.deviceID)
+		s.registered.Store(true)
+		log.Debug("device connected", "remote", s.remoteAddr)
+		n.deliverer.wake(s.deviceID)
 	}
 
-	c.readPump(log)
+	s.readPump(log)
 
-	n.hub.remove(c)
-	close(c.done)
+	n.hub.remove(s)
+	s.cancelClosing()
+	close(s.done)
 	<-writerDone
-	c.ws.Close()
-	if err := n.presence.Add(context.Background(), presenceOp{session: c.session()}); err != nil {
+	s.ws.Close()
+	// The removal gives back what the session left unanswered. Push: one
+	// item per session, and the session's goroutine must not wait here.
+	if err := n.presence.Push(presenceOp{session: s.dbSession()}); err != nil {
 		log.Error("queueing the presence removal", "err", err)
 	}
 	log.Debug("device disconnected")
 }
 
-func (c *conn) connectPresence() error {
-	op := presenceOp{session: c.session(), connect: true, done: make(chan error, 1)}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+func (s *session) connectPresence() error {
+	op := presenceOp{session: s.dbSession(), connect: true, done: make(chan error, 1)}
+	ctx, cancel := context.WithTimeout(s.closing, 10*time.Second)
 	defer cancel()
-	if err := c.node.presence.Add(ctx, op); err != nil {
+	if err := s.node.presence.Add(ctx, op); err != nil {
 		return err
 	}
 	select {
@@ -181,19 +220,17 @@ func (c *conn) connectPresence() error {
 		return err
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-c.done:
-		return errors.New("session closed")
 	}
 }
 
 // readPump reads frames until the socket fails or closes.
-func (c *conn) readPump(log *slog.Logger) {
-	n := c.node
-	c.ws.SetReadLimit(n.cfg.MaxFrame)
-	c.extendReadDeadline()
-	c.ws.SetPongHandler(func(string) error { c.extendReadDeadline(); return nil })
+func (s *session) readPump(log *slog.Logger) {
+	n := s.node
+	s.ws.SetReadLimit(n.cfg.MaxFrame)
+	s.extendReadDeadline()
+	s.ws.SetPongHandler(func(string) error { s.extendReadDeadline(); return nil })
 	for {
-		kind, frame, err := c.ws.ReadMessage()
+		kind, frame, err := s.ws.ReadMessage()
 		if err != nil {
 			// gorilla has already sent 1009 for an oversized frame.
 			if errors.Is(err, websocket.ErrReadLimit) {
@@ -202,74 +239,94 @@ func (c *conn) readPump(log *slog.Logger) {
 			log.Debug("read ended", "err", err)
 			return
 		}
-		c.extendReadDeadline()
+		s.extendReadDeadline()
 		if kind != websocket.TextMessage {
-			c.reject("binary frames are not part of " + protocol.Subprotocol)
+			s.reject("binary frames are not part of " + protocol.Subprotocol)
 			return
 		}
 		msg, err := protocol.Decode(frame)
 		if err != nil {
-			c.reject(err.Error())
+			s.reject(err.Error())
 			return
 		}
 		n.metrics.frames.WithLabelValues(msg.Type).Inc()
 		switch msg.Type {
 		case protocol.TypePing:
-			c.enqueue(outFrame{data: protocol.Pong})
+			s.enqueue(outFrame{data: protocol.Pong})
 		case protocol.TypePong:
 		case protocol.TypeReply:
 			id := uuid.MustParse(msg.ID) // Decode checked the form
-			c.forget(id)
-			reply := db.Reply{ID: id, DeviceID: c.deviceID, OK: *msg.OK, Result: msg.Result, Error: msg.Error}
-			_ = n.commands.Add(context.Background(), commandOp{reply: &reply})
+			s.storeReply(db.Reply{ID: id, DeviceID: s.deviceID, OK: *msg.OK, Result: msg.Result, Error: msg.Error,
+				SessionID: s.id, Unrecorded: s.written(id)})
 		case protocol.TypeEvent:
-			_ = n.events.Add(context.Background(), db.DeviceEvent{DeviceID: c.deviceID, Name: msg.Name, Data: msg.Data})
+			// Telemetry may be shed under overload; replies never are.
+			if !n.events.TryAdd(db.DeviceEvent{DeviceID: s.deviceID, Name: msg.Name, Data: msg.Data}) {
+				n.metrics.eventsShed.Inc()
+			}
 		default:
-			c.reject("devices may not send " + msg.Type + " frames")
+			s.reject("devices may not send " + msg.Type + " frames")
 			return
 		}
 	}
 }
 
-func (c *conn) reject(reason string) {
-	c.node.metrics.closes.WithLabelValues("bad_message").Inc()
-	c.close(protocol.CloseBadMessage, reason)
+// storeReply queues a reply for the database. While the queue is full (the
+// database is slow or away) the read pump waits here, which stops reading
+// this device only; pings still go out, and its read deadline restarts
+// once the reply is queued, so the wait is not held against the device. A
+// reply read from a session that is closing is queued regardless: nothing
+// read is dropped.
+func (s *session) storeReply(r db.Reply) {
+	op := commandOp{reply: &r}
+	n := s.node
+	if n.commands.TryAdd(op) {
+		return
+	}
+	n.metrics.replyWaits.Inc()
+	if err := n.commands.Add(s.closing, op); err != nil && s.closing.Err() != nil {
+		_ = n.commands.Push(op)
+	}
+	s.extendReadDeadline()
 }
 
-func (c *conn) extendReadDeadline() {
-	c.deadlineMu.Lock()
-	defer c.deadlineMu.Unlock()
-	if !c.closing.Load() {
-		_ = c.ws.SetReadDeadline(time.Now().Add(c.node.cfg.ReadTimeout))
+func (s *session) reject(reason string) {
+	s.node.metrics.closes.WithLabelValues("bad_message").Inc()
+	s.close(protocol.CloseBadMessage, reason)
+}
+
+func (s *session) extendReadDeadline() {
+	s.deadlineMu.Lock()
+	defer s.deadlineMu.Unlock()
+	if s.closing.Err() == nil {
+		_ = s.ws.SetReadDeadline(time.Now().Add(s.node.cfg.ReadTimeout))
 	}
 }
 
 // writePump owns all data writes to the socket and sends the heartbeat. A
-// command counts as delivered once its frame is written: frames still queued
-// when the session ends stay pending and go out on the next session.
-func (c *conn) writePump() {
-	n := c.node
+// command counts as delivered once its frame is written; the mark goes to
+// the batcher without waiting (Push: a session has at most commandRoom
+// commands in flight), so a slow database never holds up pings.
+func (s *session) writePump() {
+	n := s.node
 	ping := time.NewTicker(n.cfg.PingInterval)
 	defer ping.Stop()
 	for {
 		var err error
 		select {
-		case frame := <-c.send:
-			_ = c.ws.SetWriteDeadline(time.Now().Add(n.cfg.WriteTimeout))
-			err = c.ws.WriteMessage(websocket.TextMessage, frame.data)
+		case frame := <-s.send:
+			_ = s.ws.SetWriteDeadline(time.Now().Add(n.cfg.WriteTimeout))
+			err = s.ws.WriteMessage(websocket.TextMessage, frame.data)
 			if err == nil && frame.command != uuid.Nil {
-				_ = n.commands.Add(context.Background(), commandOp{delivered: frame.command, conn: c})
-			}
-			if len(c.send) <= cap(c.send)/2 && c.backlogged.CompareAndSwap(true, false) {
-				n.deliverer.wake(c.deviceID)
+				s.setWritten(frame.command)
+				_ = n.commands.Push(commandOp{delivered: frame.command, session: s})
 			}
 		case <-ping.C:
-			err = c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(n.cfg.WriteTimeout))
-		case <-c.done:
+			err = s.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(n.cfg.WriteTimeout))
+		case <-s.done:
 			return
 		}
 		if err != nil {
-			c.ws.Close() // the read pump fails and ends the session
+			s.ws.Close() // the read pump fails and ends the session
 			return
 		}
 	}
@@ -277,66 +334,83 @@ func (c *conn) writePump() {
 
 // enqueue hands a frame to the write pump. A device whose queue is full is
 // not reading: it is closed rather than allowed to hold frames forever.
-func (c *conn) enqueue(frame outFrame) bool {
+func (s *session) enqueue(frame outFrame) bool {
 	select {
-	case c.send <- frame:
+	case s.send <- frame:
 		return true
-	case <-c.done:
+	case <-s.done:
 		return false
 	default:
-		c.node.metrics.closes.WithLabelValues("slow").Inc()
-		go c.close(protocol.CloseTryAgainLater, "write queue full")
+		s.node.metrics.closes.WithLabelValues("slow").Inc()
+		go s.close(protocol.CloseTryAgainLater, "write queue full")
 		return false
 	}
 }
 
-// deliver queues a pending command for the device, once per session. The
-// delivery is recorded after the frame is written, so a crash in between
-// redelivers the command (at least once) instead of losing it. It reports
-// false when the queue has no room: the command stays pending, and the
-// device is woken again as its queue drains.
-func (c *conn) deliver(cmd command.Command) bool {
-	if !c.commandRoom() {
-		c.backlogged.Store(true)
-		// Look again: the write pump may have drained the queue before it
-		// could see the flag. (If so, the flag only causes a spare wake-up.)
-		if !c.commandRoom() {
-			return false
-		}
-	}
-	c.inflightMu.Lock()
-	_, sent := c.inflight[cmd.ID]
-	c.inflight[cmd.ID] = struct{}{}
-	c.inflightMu.Unlock()
-	if sent {
+// deliver queues a pending command for the device, once per session, if
+// it has room. The delivery is recorded after the frame is written; a
+// session that ends before its reply gives the command back for the next.
+func (s *session) deliver(cmd command.Command) bool {
+	s.inflightMu.Lock()
+	if _, sent := s.inflight[cmd.ID]; sent {
+		s.inflightMu.Unlock()
 		return true
 	}
+	if len(s.inflight) >= s.node.commandRoom() {
+		s.inflightMu.Unlock()
+		s.backlogged.Store(true)
+		return false
+	}
+	s.inflight[cmd.ID] = false
+	s.inflightMu.Unlock()
 	frame, err := protocol.Encode(protocol.Message{Type: protocol.TypeCommand, ID: cmd.ID.String(), Name: cmd.Name, Args: cmd.Args})
-	if err != nil || !c.enqueue(outFrame{data: frame, command: cmd.ID}) {
-		c.forget(cmd.ID) // still pending: delivered on the next session
+	if err != nil || !s.enqueue(outFrame{data: frame, command: cmd.ID}) {
+		s.forget(cmd.ID) // still pending: delivered on the next session
 		return false
 	}
 	return true
 }
 
-// forget drops a command from the in-flight set once its delivery is
-// recorded or its reply came.
-func (c *conn) forget(id uuid.UUID) {
-	c.inflightMu.Lock()
-	delete(c.inflight, id)
-	c.inflightMu.Unlock()
+func (s *session) setWritten(id uuid.UUID) {
+	s.inflightMu.Lock()
+	defer s.inflightMu.Unlock()
+	if _, ok := s.inflight[id]; ok {
+		s.inflight[id] = true
+	}
+}
+
+// written reports whether this session wrote the command and its delivery
+// is not recorded yet.
+func (s *session) written(id uuid.UUID) bool {
+	s.inflightMu.Lock()
+	defer s.inflightMu.Unlock()
+	return s.inflight[id]
+}
+
+// forget drops a command from the in-flight set.
+func (s *session) forget(id uuid.UUID) {
+	s.inflightMu.Lock()
+	delete(s.inflight, id)
+	s.inflightMu.Unlock()
 }
 
 // close sends a close frame and gives the device closeGrace to answer it
 // before the socket is cut. Safe to call from any goroutine, more than once.
-func (c *conn) close(code int, reason string) {
-	c.deadlineMu.Lock()
-	first := c.closing.CompareAndSwap(false, true)
+func (s *session) close(code int, reason string) {
+	s.deadlineMu.Lock()
+	first := s.closing.Err() == nil
 	if first {
-		_ = c.ws.SetReadDeadline(time.Now().Add(closeGrace))
+		s.cancelClosing()
+		_ = s.ws.SetReadDeadline(time.Now().Add(closeGrace))
 	}
-	c.deadlineMu.Unlock()
+	s.deadlineMu.Unlock()
 	if first {
-		_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(closeGrace))
+		_ = s.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(closeGrace))
 	}
+}
+
+// cut closes the socket at once, without a close frame.
+func (s *session) cut() {
+	s.cancelClosing()
+	s.ws.Close()
 }

@@ -3,8 +3,7 @@ package db
 import (
 	"context"
 	"encoding/json"
-	"fmt"
-	"strings"
+	"errors"
 	"time"
 
 	"github.com/google/uuid"
@@ -12,6 +11,9 @@ import (
 
 	"github.com/switchboard-iot/switchboard/internal/command"
 )
+
+// ErrKeyReused says an idempotency key already named a different request.
+var ErrKeyReused = errors.New("idempotency key used for another request")
 
 // NewCommand is a command as an edge accepts it.
 type NewCommand struct {
@@ -22,16 +24,27 @@ type NewCommand struct {
 	Timeout  time.Duration
 	TTL      time.Duration
 	ReplyTo  string // the accepting edge's id
+	APIKeyID int64  // the key that sent it; 0 for none
+
+	// IdempotencyKey, when set, makes the accept idempotent for APIKeyID:
+	// a repeat with the same RequestHash within IdempotencyWindow returns
+	// the first command; another hash is ErrKeyReused.
+	IdempotencyKey string
+	RequestHash    []byte
 }
 
-const commandColumns = `id, device_id, name, args, status, ok, result, coalesce(error, ''), timeout,
-	created_at, expires_at, delivered_at, completed_at`
+// IdempotencyWindow is how long an idempotency key names its command.
+const IdempotencyWindow = 24 * time.Hour
+
+// commandColumns reads a command aliased c.
+const commandColumns = `c.id, c.device_id, c.name, c.args, c.status, c.ok, c.result, coalesce(c.error, ''), c.timeout,
+	c.attempts, c.created_at, c.expires_at, c.delivered_at, c.completed_at`
 
 func scanCommand(row pgx.Row) (command.Command, error) {
 	var c command.Command
 	var timeout time.Duration
 	err := row.Scan(&c.ID, &c.DeviceID, &c.Name, &c.Args, &c.Status, &c.OK, &c.Result, &c.Error, &timeout,
-		&c.CreatedAt, &c.ExpiresAt, &c.DeliveredAt, &c.CompletedAt)
+		&c.Attempts, &c.CreatedAt, &c.ExpiresAt, &c.DeliveredAt, &c.CompletedAt)
 	c.Timeout = command.Duration(timeout)
 	return c, err
 }
@@ -44,34 +57,82 @@ func collectCommands(rows pgx.Rows, err error) ([]command.Command, error) {
 }
 
 // CreateCommand stores a pending command. An unknown device is ErrNotFound.
-func (s *Store) CreateCommand(ctx context.Context, nc NewCommand) (command.Command, error) {
-	c, err := scanCommand(s.db.QueryRow(ctx, `
-		INSERT INTO commands (id, device_id, name, args, timeout, expires_at, reply_to)
-		VALUES ($1, $2, $3, $4, $5, now() + $6::interval, $7)
-		RETURNING `+commandColumns,
-		nc.ID, nc.DeviceID, nc.Name, nc.Args, nc.Timeout, nc.TTL, nc.ReplyTo))
-	return c, translate(err, "device "+nc.DeviceID)
+// created is false when an idempotency key named an earlier command, which
+// is returned instead.
+func (s *Store) CreateCommand(ctx context.Context, nc NewCommand) (c command.Command, created bool, err error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	var apiKey *int64
+	if nc.APIKeyID != 0 {
+		apiKey = &nc.APIKeyID
+	}
+	const insert = `
+		INSERT INTO commands AS c (id, device_id, name, args, timeout, expires_at, reply_to, api_key_id)
+		SELECT $1, $2, $3, $4, $5, now() + $6::interval, $7, $8`
+	args := []any{nc.ID, nc.DeviceID, nc.Name, nc.Args, nc.Timeout, nc.TTL, nc.ReplyTo, apiKey}
+	if nc.IdempotencyKey == "" {
+		c, err = scanCommand(s.db.QueryRow(ctx, insert+` RETURNING `+commandColumns, args...))
+		return c, err == nil, translate(err, "device "+nc.DeviceID)
+	}
+	// The key row and the command commit together. A concurrent repeat
+	// waits on the key row, then finds it taken; a key past its window is
+	// taken over.
+	c, err = scanCommand(s.db.QueryRow(ctx, `
+		WITH key AS (
+			INSERT INTO idempotency_keys (api_key_id, key, request_hash, command_id) VALUES ($8, $9, $10, $1)
+			ON CONFLICT (api_key_id, key) DO UPDATE
+				SET request_hash = EXCLUDED.request_hash, command_id = EXCLUDED.command_id, created_at = now()
+				WHERE idempotency_keys.created_at < now() - $11::interval
+			RETURNING 1)
+		`+insert+` WHERE EXISTS (SELECT FROM key)
+		RETURNING `+commandColumns, append(args, nc.IdempotencyKey, nc.RequestHash, IdempotencyWindow)...))
+	if err == nil || !errors.Is(err, pgx.ErrNoRows) {
+		return c, err == nil, translate(err, "device "+nc.DeviceID)
+	}
+	var hash []byte
+	var cmdID uuid.UUID
+	err = s.db.QueryRow(ctx, `SELECT request_hash, command_id FROM idempotency_keys WHERE api_key_id = $1 AND key = $2`,
+		apiKey, nc.IdempotencyKey).Scan(&hash, &cmdID)
+	if err != nil {
+		return c, false, translate(err, "idempotency key")
+	}
+	if string(hash) != string(nc.RequestHash) {
+		return c, false, ErrKeyReused
+	}
+	c, err = s.Command(ctx, cmdID)
+	return c, false, err
 }
 
 // Command returns one command.
 func (s *Store) Command(ctx context.Context, id uuid.UUID) (command.Command, error) {
-	c, err := scanCommand(s.db.QueryRow(ctx, `SELECT `+commandColumns+` FROM commands WHERE id = $1`, id))
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	c, err := scanCommand(s.db.QueryRow(ctx, `SELECT `+commandColumns+` FROM commands c WHERE id = $1`, id))
 	return c, translate(err, "command "+id.String())
 }
 
 // Commands returns the commands with these ids that exist.
 func (s *Store) Commands(ctx context.Context, ids []uuid.UUID) ([]command.Command, error) {
-	cmds, err := collectCommands(s.db.Query(ctx, `SELECT `+commandColumns+` FROM commands WHERE id = ANY($1)`, ids))
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	cmds, err := collectCommands(s.db.Query(ctx, `SELECT `+commandColumns+` FROM commands c WHERE id = ANY($1)`, ids))
 	return cmds, translate(err, "commands")
 }
 
 // PendingCommands returns the undelivered, unexpired commands of these
-// devices, oldest first.
-func (s *Store) PendingCommands(ctx context.Context, deviceIDs []string, limit int) ([]command.Command, error) {
+// devices in the order they were accepted, at most limits[i] of
+// deviceIDs[i]: a device with a deep backlog cannot crowd out the others.
+func (s *Store) PendingCommands(ctx context.Context, deviceIDs []string, limits []int32) ([]command.Command, error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
 	cmds, err := collectCommands(s.db.Query(ctx, `
-		SELECT `+commandColumns+` FROM commands
-		WHERE device_id = ANY($1) AND status = 'pending' AND expires_at > now()
-		ORDER BY created_at, id LIMIT $2`, deviceIDs, limit))
+		SELECT `+commandColumns+`
+		FROM unnest($1::text[], $2::int[]) AS d(device_id, room)
+		CROSS JOIN LATERAL (
+			SELECT * FROM commands
+			WHERE device_id = d.device_id AND status = 'pending' AND expires_at > now()
+			ORDER BY seq LIMIT d.room) c
+		ORDER BY c.seq`, deviceIDs, limits))
 	return cmds, translate(err, "pending commands")
 }
 
@@ -79,6 +140,8 @@ func (s *Store) PendingCommands(ctx context.Context, deviceIDs []string, limit i
 // resumed on an edge other than the one that accepted it. The list keeps the
 // 16 newest watchers.
 func (s *Store) Watch(ctx context.Context, id uuid.UUID, edgeID string) error {
+	ctx, cancel := bound(ctx)
+	defer cancel()
 	_, err := s.db.Exec(ctx, `
 		UPDATE commands SET watchers = (watchers || $2::text)[greatest(1, cardinality(watchers) - 14):]
 		WHERE id = $1 AND status = ANY($3)
@@ -102,14 +165,60 @@ func collectChanges(rows pgx.Rows, err error) ([]Change, error) {
 	return pgx.CollectRows(rows, pgx.RowToStructByPos[Change])
 }
 
-// MarkDelivered records that a node wrote these commands to their devices.
-// The reply deadline starts now.
-func (s *Store) MarkDelivered(ctx context.Context, nodeID string, ids []uuid.UUID) ([]Change, error) {
-	changes, err := collectChanges(s.db.Query(ctx, `
-		UPDATE commands c SET status = 'delivered', delivered_at = now(), reply_deadline = now() + c.timeout, node_id = $2
-		WHERE c.id = ANY($1) AND c.status = ANY($3)
-		RETURNING `+changeColumns, ids, nodeID, command.From(command.Delivered)))
-	return changes, translate(err, "mark delivered")
+// Delivery is a command written to one session of its device.
+type Delivery struct {
+	ID        uuid.UUID
+	DeviceID  string
+	SessionID uuid.UUID
+}
+
+// MarkDelivered records that a node wrote these commands to their devices:
+// each delivery counts an attempt, names its session, and starts the reply
+// deadline. It returns the changes, and the deliveries whose session is no
+// longer its device's current one (replaced, or ended): those change
+// nothing, and the command stays pending for the device's next session.
+// The presence rows are locked for the statement, so a session that ends
+// concurrently either sees the mark and gives the command back, or makes
+// the mark miss.
+func (s *Store) MarkDelivered(ctx context.Context, nodeID string, deliveries []Delivery) (changes []Change, stale []uuid.UUID, err error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	ids := make([]uuid.UUID, len(deliveries))
+	devices := make([]string, len(deliveries))
+	sessions := make([]uuid.UUID, len(deliveries))
+	for i, d := range deliveries {
+		ids[i], devices[i], sessions[i] = d.ID, d.DeviceID, d.SessionID
+	}
+	rows, err := s.db.Query(ctx, `
+		WITH d AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[]) AS t(id, device_id, session_id)),
+		current AS (
+			SELECT p.device_id, p.session_id FROM presence p
+			WHERE p.device_id IN (SELECT device_id FROM d)
+			FOR SHARE),
+		marked AS (
+			UPDATE commands c SET status = 'delivered', attempts = c.attempts + 1, session_id = d.session_id, node_id = $4,
+				delivered_at = now(), reply_deadline = now() + c.timeout
+			FROM d JOIN current USING (device_id, session_id)
+			WHERE c.id = d.id AND c.device_id = d.device_id AND c.status = ANY($5)
+			RETURNING `+changeColumns+`)
+		SELECT false, * FROM marked
+		UNION ALL
+		SELECT true, d.id, NULL FROM d WHERE NOT EXISTS (SELECT FROM current WHERE current.device_id = d.device_id AND current.session_id = d.session_id)`,
+		ids, devices, sessions, nodeID, command.From(command.Delivered))
+	if err != nil {
+		return nil, nil, translate(err, "mark delivered")
+	}
+	var isStale bool
+	var ch Change
+	_, err = pgx.ForEachRow(rows, []any{&isStale, &ch.ID, &ch.Edges}, func() error {
+		if isStale {
+			stale = append(stale, ch.ID)
+		} else {
+			changes = append(changes, Change{ID: ch.ID, Edges: ch.Edges})
+		}
+		return nil
+	})
+	return changes, stale, translate(err, "mark delivered")
 }
 
 // Reply is a device's answer to a command.
@@ -119,118 +228,127 @@ type Reply struct {
 	OK       bool
 	Result   json.RawMessage
 	Error    string
+	// Unrecorded says the answering session wrote the command and its
+	// delivery mark has not been stored yet: the reply records the delivery
+	// itself, since the mark will find the command final.
+	Unrecorded bool
+	SessionID  uuid.UUID
 }
 
 // StoreReplies completes the commands these replies answer. Replies to
-// commands already final, or of other devices, change nothing.
-func (s *Store) StoreReplies(ctx context.Context, replies []Reply) ([]Change, error) {
+// commands already final, or of other devices, change nothing; a reply to
+// a command given back for redelivery (pending) still completes it.
+func (s *Store) StoreReplies(ctx context.Context, nodeID string, replies []Reply) ([]Change, error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
 	ids := make([]uuid.UUID, len(replies))
 	devices := make([]string, len(replies))
 	oks := make([]bool, len(replies))
 	results := make([][]byte, len(replies))
 	errs := make([]*string, len(replies))
+	unrecorded := make([]bool, len(replies))
+	sessions := make([]uuid.UUID, len(replies))
 	for i, r := range replies {
-		ids[i], devices[i], oks[i], results[i] = r.ID, r.DeviceID, r.OK, r.Result
+		ids[i], devices[i], oks[i], results[i], unrecorded[i], sessions[i] = r.ID, r.DeviceID, r.OK, r.Result, r.Unrecorded, r.SessionID
 		if !r.OK {
 			errs[i] = &r.Error
 		}
 	}
 	changes, err := collectChanges(s.db.Query(ctx, `
+		WITH r AS (
+			-- One reply per command: a device may answer twice in a batch.
+			SELECT DISTINCT ON (id) * FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::jsonb[], $5::text[], $6::bool[], $7::uuid[])
+				WITH ORDINALITY AS t(id, device_id, ok, result, error, unrecorded, session_id, n)
+			ORDER BY id, n)
 		UPDATE commands c SET status = CASE WHEN r.ok THEN 'done' ELSE 'failed' END,
-			ok = r.ok, result = r.result, error = r.error, completed_at = now()
-		FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::jsonb[], $5::text[]) AS r(id, device_id, ok, result, error)
-		WHERE c.id = r.id AND c.device_id = r.device_id AND c.status = ANY($6)
-		RETURNING `+changeColumns, ids, devices, oks, results, errs, command.From(command.Done)))
+			ok = r.ok, result = r.result, error = r.error, completed_at = now(),
+			-- "Folding" the delivery mark into the reply: see Reply.Unrecorded.
+			attempts = CASE WHEN r.unrecorded AND c.status = 'pending' THEN c.attempts + 1 ELSE greatest(c.attempts, 1) END,
+			delivered_at = CASE WHEN r.unrecorded AND c.status = 'pending' THEN now() ELSE coalesce(c.delivered_at, now()) END,
+			session_id = CASE WHEN r.unrecorded AND c.status = 'pending' THEN r.session_id ELSE c.session_id END,
+			node_id = CASE WHEN r.unrecorded AND c.status = 'pending' THEN $8 ELSE c.node_id END
+		FROM r
+		WHERE c.id = r.id AND c.device_id = r.device_id AND c.status = ANY($9)
+		RETURNING `+changeColumns, ids, devices, oks, results, errs, unrecorded, sessions, nodeID, command.From(command.Done)))
 	return changes, translate(err, "store replies")
 }
 
-// SweepCommands fails delivered commands whose device did not reply in time
-// and expires pending ones whose ttl passed, at most limit of each. Several
-// processes may sweep at once: each row goes to one of them.
-func (s *Store) SweepCommands(ctx context.Context, limit int) ([]Change, error) {
+// requeueEnded gives back for redelivery the delivered commands of these
+// devices whose session is no longer live: the device never answered them
+// on that session, so its next one gets them again, in their first order.
+// It runs inside the transaction that ended or replaced the session.
+func (s *Store) requeueEnded(ctx context.Context, deviceIDs []string) error {
+	_, err := s.db.Exec(ctx, `
+		UPDATE commands c SET status = 'pending', reply_deadline = NULL
+		WHERE c.device_id = ANY($1) AND c.status = 'delivered'
+		  AND NOT EXISTS (SELECT FROM presence p WHERE p.device_id = c.device_id AND p.session_id = c.session_id)`,
+		deviceIDs)
+	return err
+}
+
+// Swept is what a sweep changed: commands the edges must hear of, and
+// devices whose commands went back to pending, whose nodes must deliver.
+type Swept struct {
+	Changes []Change
+	Devices []string
+}
+
+// SweepCommands fails delivered commands whose device did not reply within
+// timeout of the delivery, expires pending ones whose ttl passed, and gives
+// back for redelivery those delivered to a session whose node's lease
+// lapsed (the node died, or lost the database), at most limit of each.
+// Several processes may sweep at once: each row goes to one of them.
+func (s *Store) SweepCommands(ctx context.Context, limit int) (Swept, error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	var swept Swept
 	failed, err := collectChanges(s.db.Query(ctx, `
 		WITH due AS (
 			SELECT id FROM commands WHERE status = 'delivered' AND reply_deadline <= now()
 			ORDER BY reply_deadline LIMIT $1 FOR UPDATE SKIP LOCKED)
-		UPDATE commands c SET status = 'failed', error = 'no reply within ' || c.timeout, completed_at = now()
+		UPDATE commands c SET status = 'failed', completed_at = now(),
+			error = format('no reply within %ss of delivery %s', trim_scale(extract(epoch FROM c.timeout)), c.attempts)
 		FROM due WHERE c.id = due.id
 		RETURNING `+changeColumns, limit))
 	if err != nil {
-		return nil, translate(err, "sweep replies")
+		return swept, translate(err, "sweep replies")
 	}
 	expired, err := collectChanges(s.db.Query(ctx, `
 		WITH due AS (
 			SELECT id FROM commands WHERE status = 'pending' AND expires_at <= now()
 			ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-		UPDATE commands c SET status = 'expired', error = 'not delivered within ttl', completed_at = now()
+		UPDATE commands c SET status = 'expired', completed_at = now(),
+			error = CASE WHEN c.attempts = 0 THEN 'not delivered within ttl'
+				ELSE format('delivered %s times without a reply, then not again within ttl', c.attempts) END
 		FROM due WHERE c.id = due.id
 		RETURNING `+changeColumns, limit))
-	return append(failed, expired...), translate(err, "sweep expiries")
-}
-
-// NotifyEdges wakes the edges waiting on changed commands: each gets the ids
-// of its commands that moved.
-func (s *Store) NotifyEdges(ctx context.Context, changes []Change) error {
-	byChannel := make(map[string][]string)
-	for _, c := range changes {
-		for _, edge := range c.Edges {
-			byChannel[EdgeChannel(edge)] = append(byChannel[EdgeChannel(edge)], c.ID.String())
-		}
+	swept.Changes = append(failed, expired...)
+	if err != nil {
+		return swept, translate(err, "sweep expiries")
 	}
-	return s.notifyLines(ctx, byChannel)
-}
-
-// WakeDevices tells the nodes holding these devices to deliver their pending
-// commands: one statement, one NOTIFY per node and chunk of 50 devices
-// (50 lines of at most 134 bytes fit a payload). It reads presence, not
-// presence_live: a node whose lease lapsed is most often still alive, and
-// a wake-up sent to a dead one costs nothing.
-func (s *Store) WakeDevices(ctx context.Context, deviceIDs []string) error {
-	_, err := s.db.Exec(ctx, `
-		SELECT pg_notify($2 || node_id, string_agg($3 || device_id, E'\n'))
-		FROM (SELECT node_id, device_id, row_number() OVER (PARTITION BY node_id) / 50 AS chunk
-		      FROM presence WHERE device_id = ANY($1)) t
-		GROUP BY node_id, chunk`, deviceIDs, NodeChannel(""), wakeVerb+" ")
-	return translate(err, "wake devices")
-}
-
-// A node channel's payload is lines of "wake DEVICE" (deliver its pending
-// commands) or "kick DEVICE SESSION" (close that session: it was replaced).
-const (
-	wakeVerb = "wake"
-	kickVerb = "kick"
-)
-
-// NodeMessage is one line of a node channel payload.
-type NodeMessage struct {
-	Kick      bool
-	DeviceID  string
-	SessionID uuid.UUID // for a kick
-}
-
-// ParseNodeMessages reads a node channel payload, skipping lines it does not know.
-func ParseNodeMessages(payload string) []NodeMessage {
-	var out []NodeMessage
-	for line := range strings.Lines(payload) {
-		fields := strings.Fields(line)
-		switch {
-		case len(fields) == 2 && fields[0] == wakeVerb:
-			out = append(out, NodeMessage{DeviceID: fields[1]})
-		case len(fields) == 3 && fields[0] == kickVerb:
-			if sid, err := uuid.Parse(fields[2]); err == nil {
-				out = append(out, NodeMessage{Kick: true, DeviceID: fields[1], SessionID: sid})
-			}
-		}
+	rows, err := s.db.Query(ctx, `
+		WITH due AS (
+			SELECT id FROM commands c WHERE status = 'delivered'
+			  AND NOT EXISTS (SELECT FROM presence_live p WHERE p.device_id = c.device_id AND p.session_id = c.session_id)
+			LIMIT $1 FOR UPDATE SKIP LOCKED),
+		requeued AS (
+			UPDATE commands c SET status = 'pending', reply_deadline = NULL
+			FROM due WHERE c.id = due.id
+			RETURNING c.device_id)
+		SELECT DISTINCT device_id FROM requeued`, limit)
+	if err == nil {
+		swept.Devices, err = pgx.CollectRows(rows, pgx.RowTo[string])
 	}
-	return out
+	return swept, translate(err, "sweep orphaned deliveries")
 }
 
-// KickDisplaced tells the nodes of displaced sessions to close them.
-func (s *Store) KickDisplaced(ctx context.Context, displaced []Displaced) error {
-	byChannel := make(map[string][]string)
-	for _, d := range displaced {
-		ch := NodeChannel(d.NodeID)
-		byChannel[ch] = append(byChannel[ch], fmt.Sprintf("%s %s %s", kickVerb, d.DeviceID, d.SessionID))
-	}
-	return s.notifyLines(ctx, byChannel)
+// PurgeIdempotencyKeys deletes keys past their window, a batch at a time.
+func (s *Store) PurgeIdempotencyKeys(ctx context.Context, limit int) (int64, error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	tag, err := s.db.Exec(ctx, `
+		DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
+			SELECT ctid FROM idempotency_keys WHERE created_at < now() - $1::interval LIMIT $2))`,
+		IdempotencyWindow, limit)
+	return tag.RowsAffected(), translate(err, "purge idempotency keys")
 }

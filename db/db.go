@@ -14,7 +14,9 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -32,10 +34,20 @@ var (
 )
 
 // Store reads and writes Switchboard's tables, through the pool or, inside
-// InTx, through one transaction.
+// InTx, through one transaction. Every call it makes has a deadline
+// (CallTimeout, or the caller's if sooner): a connection that went silent
+// surfaces as an error to retry, never as a stuck goroutine.
 type Store struct {
 	pool *pgxpool.Pool
 	db   querier
+}
+
+// CallTimeout bounds each store call, waiting for a connection included.
+const CallTimeout = 10 * time.Second
+
+// bound gives ctx the store's deadline.
+func bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, CallTimeout)
 }
 
 // querier is what the pool and a transaction have in common.
@@ -53,6 +65,8 @@ func NewStore(pool *pgxpool.Pool) *Store { return &Store{pool: pool, db: pool} }
 // commits if fn returns nil. Send no NOTIFY inside: PostgreSQL takes a
 // database-wide lock when a notifying transaction commits.
 func (s *Store) InTx(ctx context.Context, fn func(tx *Store) error) error {
+	ctx, cancel := bound(ctx)
+	defer cancel()
 	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		return fn(&Store{pool: s.pool, db: tx})
 	})
@@ -82,7 +96,43 @@ func Open(ctx context.Context, url string, maxConns int32) (*pgxpool.Pool, error
 	if maxConns > 0 {
 		cfg.MaxConns = maxConns
 	}
+	harden(cfg.ConnConfig)
 	return pgxpool.NewWithConfig(ctx, cfg)
+}
+
+// Settings of every connection, unless the URL says otherwise. They bound
+// what the server does for us; the dialer below bounds the network.
+var sessionDefaults = map[string]string{
+	"statement_timeout": "10s",
+	// A process that died inside a transaction must not hold its locks
+	// (presence rows, say) for longer than this.
+	"idle_in_transaction_session_timeout": "30s",
+}
+
+// Connection deadlines: a dead peer (a failover, a cut network) is noticed
+// within seconds, by TCP itself, rather than after the kernel's 15 minutes.
+const (
+	connectTimeout = 5 * time.Second
+	tcpUserTimeout = 10 * time.Second // unacknowledged data for this long kills the connection
+	keepAliveIdle  = 5 * time.Second  // then probes every keepAliveIdle, three times
+)
+
+// harden gives a connection config its deadlines.
+func harden(cfg *pgx.ConnConfig) {
+	for k, v := range sessionDefaults {
+		if _, set := cfg.RuntimeParams[k]; !set {
+			cfg.RuntimeParams[k] = v
+		}
+	}
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = connectTimeout
+	}
+	dialer := &net.Dialer{
+		Timeout:         cfg.ConnectTimeout,
+		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: keepAliveIdle, Interval: keepAliveIdle, Count: 3},
+		Control:         setUserTimeout(tcpUserTimeout),
+	}
+	cfg.DialFunc = dialer.DialContext
 }
 
 // translate maps storage errors to domain errors, in one place. The cause
@@ -110,6 +160,15 @@ var migrations embed.FS
 // Migrate applies the embedded migrations that have not run yet. A session
 // advisory lock lets several processes call it at once.
 func Migrate(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error {
+	// A migration may rewrite a large table: no statement timeout.
+	cfg := pool.Config()
+	cfg.ConnConfig.RuntimeParams["statement_timeout"] = "0"
+	cfg.MaxConns = 2
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
 	sqlDB := stdlib.OpenDBFromPool(pool)
 	defer sqlDB.Close()
 	fsys, err := fs.Sub(migrations, "migrations")

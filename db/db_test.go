@@ -48,8 +48,8 @@ func TestMigrateIsIdempotent(t *testing.T) {
 	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM goose_db_version WHERE version_id > 0`).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
-	if n != 1 {
-		t.Fatalf("goose_db_version has %d applied migrations, want 1", n)
+	if n != 2 {
+		t.Fatalf("goose_db_version has %d applied migrations, want 2", n)
 	}
 }
 
@@ -86,40 +86,92 @@ func newCommand(device string, ttl time.Duration) db.NewCommand {
 	}
 }
 
+func create(t *testing.T, store *db.Store, nc db.NewCommand) command.Command {
+	t.Helper()
+	c, created, err := store.CreateCommand(context.Background(), nc)
+	if err != nil || !created {
+		t.Fatalf("create command: created=%v err=%v", created, err)
+	}
+	return c
+}
+
+// online registers a session of device on node (leasing the node) and
+// returns it.
+func online(t *testing.T, store *db.Store, node, device string) db.Session {
+	t.Helper()
+	ctx := context.Background()
+	n := db.Node{ID: node, Region: "ams"}
+	if _, err := store.RenewLease(ctx, n, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	s := db.Session{DeviceID: device, SessionID: uuid.New()}
+	if _, err := store.Connect(ctx, n, []db.Session{s}); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func deliver(t *testing.T, store *db.Store, s db.Session, ids ...uuid.UUID) ([]db.Change, []uuid.UUID) {
+	t.Helper()
+	var ds []db.Delivery
+	for _, id := range ids {
+		ds = append(ds, db.Delivery{ID: id, DeviceID: s.DeviceID, SessionID: s.SessionID})
+	}
+	changes, stale, err := store.MarkDelivered(context.Background(), "node-1", ds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return changes, stale
+}
+
+func pendingIDs(t *testing.T, store *db.Store, devices []string, limit int32) []uuid.UUID {
+	t.Helper()
+	limits := make([]int32, len(devices))
+	for i := range limits {
+		limits[i] = limit
+	}
+	cmds, err := store.PendingCommands(context.Background(), devices, limits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []uuid.UUID
+	for _, c := range cmds {
+		ids = append(ids, c.ID)
+	}
+	return ids
+}
+
 func TestCommandLifecycle(t *testing.T) {
 	t.Parallel()
 	store, _ := setup(t, "dev-1", "dev-2")
 	ctx := context.Background()
 
-	if _, err := store.CreateCommand(ctx, newCommand("ghost", time.Hour)); !errors.Is(err, db.ErrNotFound) {
+	if _, _, err := store.CreateCommand(ctx, newCommand("ghost", time.Hour)); !errors.Is(err, db.ErrNotFound) {
 		t.Fatalf("unknown device: err = %v, want ErrNotFound", err)
 	}
-	c, err := store.CreateCommand(ctx, newCommand("dev-1", time.Hour))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c.Status != command.Pending || string(c.Args) != `{"a": 1}` || time.Duration(c.Timeout) != 10*time.Second {
+	c := create(t, store, newCommand("dev-1", time.Hour))
+	if c.Status != command.Pending || string(c.Args) != `{"a": 1}` || time.Duration(c.Timeout) != 10*time.Second || c.Attempts != 0 {
 		t.Fatalf("created = %+v", c)
 	}
-	pending, err := store.PendingCommands(ctx, []string{"dev-1", "dev-2"}, 10)
-	if err != nil || len(pending) != 1 || pending[0].ID != c.ID {
-		t.Fatalf("pending = %v, %v", pending, err)
+	if got := pendingIDs(t, store, []string{"dev-1", "dev-2"}, 10); !slices.Equal(got, []uuid.UUID{c.ID}) {
+		t.Fatalf("pending = %v", got)
 	}
 
-	changes, err := store.MarkDelivered(ctx, "node-1", []uuid.UUID{c.ID})
-	if err != nil || len(changes) != 1 || !slices.Equal(changes[0].Edges, []string{"edge-a"}) {
-		t.Fatalf("mark delivered: %v, %v", changes, err)
+	s := online(t, store, "node-1", "dev-1")
+	changes, stale := deliver(t, store, s, c.ID)
+	if len(stale) != 0 || len(changes) != 1 || !slices.Equal(changes[0].Edges, []string{"edge-a"}) {
+		t.Fatalf("mark delivered: %v, stale %v", changes, stale)
 	}
-	if pending, _ := store.PendingCommands(ctx, []string{"dev-1"}, 10); len(pending) != 0 {
+	if got := pendingIDs(t, store, []string{"dev-1"}, 10); len(got) != 0 {
 		t.Fatalf("delivered command still pending")
 	}
 
 	// Another device cannot answer dev-1's command.
-	changes, err = store.StoreReplies(ctx, []db.Reply{{ID: c.ID, DeviceID: "dev-2", OK: true}})
+	changes, err := store.StoreReplies(ctx, "node-1", []db.Reply{{ID: c.ID, DeviceID: "dev-2", OK: true}})
 	if err != nil || len(changes) != 0 {
 		t.Fatalf("foreign reply changed %v (err %v)", changes, err)
 	}
-	changes, err = store.StoreReplies(ctx, []db.Reply{
+	changes, err = store.StoreReplies(ctx, "node-1", []db.Reply{
 		{ID: c.ID, DeviceID: "dev-1", OK: true, Result: json.RawMessage(`{"t":21}`)},
 		{ID: c.ID, DeviceID: "dev-1", OK: false, Error: "duplicate in the same batch"},
 	})
@@ -130,11 +182,11 @@ func TestCommandLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !got.Status.Terminal() || got.DeliveredAt == nil || got.CompletedAt == nil || got.OK == nil {
-		t.Fatalf("after reply: %+v", got)
+	if got.Status != command.Done || got.DeliveredAt == nil || got.CompletedAt == nil || got.OK == nil || got.Attempts != 1 {
+		t.Fatalf("after reply: %+v (the first reply in the batch wins)", got)
 	}
 	// A later duplicate reply changes nothing: the first answer stands.
-	changes, err = store.StoreReplies(ctx, []db.Reply{{ID: c.ID, DeviceID: "dev-1", OK: false, Error: "late"}})
+	changes, err = store.StoreReplies(ctx, "node-1", []db.Reply{{ID: c.ID, DeviceID: "dev-1", OK: false, Error: "late"}})
 	if err != nil || len(changes) != 0 {
 		t.Fatalf("late reply changed %v (err %v)", changes, err)
 	}
@@ -144,24 +196,23 @@ func TestCommandLifecycle(t *testing.T) {
 	}
 }
 
+// A reply that races ahead of its delivery mark records the delivery
+// itself (attempts 1); the late mark then changes nothing.
 func TestReplyBeforeDeliveryMark(t *testing.T) {
 	t.Parallel()
 	store, _ := setup(t, "dev-1")
 	ctx := context.Background()
-	c, err := store.CreateCommand(ctx, newCommand("dev-1", time.Hour))
-	if err != nil {
+	s := online(t, store, "node-1", "dev-1")
+	c := create(t, store, newCommand("dev-1", time.Hour))
+	if _, err := store.StoreReplies(ctx, "node-1", []db.Reply{{ID: c.ID, DeviceID: "dev-1", OK: false, Error: "too hot",
+		Unrecorded: true, SessionID: s.SessionID}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := store.StoreReplies(ctx, []db.Reply{{ID: c.ID, DeviceID: "dev-1", OK: false, Error: "too hot"}}); err != nil {
-		t.Fatal(err)
-	}
-	// The delivery mark lands after the reply: it must not reopen the command.
-	changes, err := store.MarkDelivered(ctx, "node-1", []uuid.UUID{c.ID})
-	if err != nil || len(changes) != 0 {
-		t.Fatalf("late delivery mark changed %v (err %v)", changes, err)
+	if changes, stale := deliver(t, store, s, c.ID); len(changes) != 0 || len(stale) != 0 {
+		t.Fatalf("late delivery mark changed %v (stale %v)", changes, stale)
 	}
 	got, _ := store.Command(ctx, c.ID)
-	if got.Status != command.Failed || got.Error != "too hot" || got.OK == nil || *got.OK {
+	if got.Status != command.Failed || got.Error != "too hot" || got.OK == nil || *got.OK || got.Attempts != 1 || got.DeliveredAt == nil {
 		t.Fatalf("got %+v", got)
 	}
 	if ev := command.Events(got); ev[len(ev)-1].Name != command.EventReply {
@@ -169,16 +220,141 @@ func TestReplyBeforeDeliveryMark(t *testing.T) {
 	}
 }
 
+// Redelivery: a session that ends without answering gives its commands
+// back, in their order; the next session gets them again and counts a
+// second attempt. A mark for a session that is no longer current misses.
+func TestRedelivery(t *testing.T) {
+	t.Parallel()
+	store, pool := setup(t, "dev-1")
+	ctx := context.Background()
+	first := create(t, store, newCommand("dev-1", time.Hour))
+	second := create(t, store, newCommand("dev-1", time.Hour))
+	third := create(t, store, newCommand("dev-1", time.Hour))
+
+	// Session 1 gets the first two; it closes without a reply.
+	s1 := online(t, store, "node-1", "dev-1")
+	deliver(t, store, s1, first.ID, second.ID)
+	if got := pendingIDs(t, store, []string{"dev-1"}, 10); !slices.Equal(got, []uuid.UUID{third.ID}) {
+		t.Fatalf("pending while delivered = %v", got)
+	}
+	if err := store.Disconnect(ctx, []db.Session{s1}); err != nil {
+		t.Fatal(err)
+	}
+	if got := pendingIDs(t, store, []string{"dev-1"}, 10); !slices.Equal(got, []uuid.UUID{first.ID, second.ID, third.ID}) {
+		t.Fatalf("pending after the session ended = %v, want all three in their first order", got)
+	}
+	// A mark from the ended session lands late: it misses.
+	if changes, stale := deliver(t, store, s1, third.ID); len(changes) != 0 || !slices.Equal(stale, []uuid.UUID{third.ID}) {
+		t.Fatalf("mark for an ended session: changes %v, stale %v", changes, stale)
+	}
+
+	// Session 2 (on another node) gets them; session 3 replaces it on a
+	// third node before it answers: Connect gives them back at once.
+	s2 := online(t, store, "node-2", "dev-1")
+	deliver(t, store, s2, first.ID, second.ID, third.ID)
+	s3 := online(t, store, "node-3", "dev-1")
+	if got := pendingIDs(t, store, []string{"dev-1"}, 10); !slices.Equal(got, []uuid.UUID{first.ID, second.ID, third.ID}) {
+		t.Fatalf("pending after a newer session replaced the old = %v", got)
+	}
+	if changes, stale := deliver(t, store, s2, first.ID); len(changes) != 0 || len(stale) != 1 {
+		t.Fatalf("mark for a replaced session: changes %v, stale %v", changes, stale)
+	}
+	deliver(t, store, s3, first.ID)
+	got, _ := store.Command(ctx, first.ID)
+	if got.Status != command.Delivered || got.Attempts != 3 {
+		t.Fatalf("third delivery: %+v", got)
+	}
+
+	// A reply from an old session to a command given back still counts.
+	if _, err := store.StoreReplies(ctx, "node-1", []db.Reply{{ID: second.ID, DeviceID: "dev-1", OK: true}}); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = store.Command(ctx, second.ID)
+	if got.Status != command.Done || got.Attempts != 2 {
+		t.Fatalf("late reply to a given-back command: %+v", got)
+	}
+
+	// The node of session 3 dies: once its lease lapses, the sweep gives
+	// the delivery back and names the device to wake.
+	if _, err := pool.Exec(ctx, `UPDATE nodes SET lease_expires_at = now() - interval '1s' WHERE id = 'node-3'`); err != nil {
+		t.Fatal(err)
+	}
+	swept, err := store.SweepCommands(ctx, 100)
+	if err != nil || !slices.Equal(swept.Devices, []string{"dev-1"}) || len(swept.Changes) != 0 {
+		t.Fatalf("sweep after a lapsed lease: %+v, %v", swept, err)
+	}
+	got, _ = store.Command(ctx, first.ID)
+	if got.Status != command.Pending || got.Attempts != 3 {
+		t.Fatalf("after the lease lapsed: %+v", got)
+	}
+}
+
+// Each device's read is bounded, so one deep backlog cannot crowd out the
+// others; rows come oldest first.
+func TestPendingCommandsAreFair(t *testing.T) {
+	t.Parallel()
+	store, _ := setup(t, "big", "small-1", "small-2")
+	var big []uuid.UUID
+	for range 20 {
+		big = append(big, create(t, store, newCommand("big", time.Hour)).ID)
+	}
+	small1 := create(t, store, newCommand("small-1", time.Hour)).ID
+	small2 := create(t, store, newCommand("small-2", time.Hour)).ID
+	got := pendingIDs(t, store, []string{"big", "small-1", "small-2"}, 5)
+	if want := append(slices.Clone(big[:5]), small1, small2); !slices.Equal(got, want) {
+		t.Fatalf("pending = %v, want big's five oldest and one of each small", got)
+	}
+}
+
+func TestIdempotentCreate(t *testing.T) {
+	t.Parallel()
+	store, pool := setup(t, "dev-1")
+	ctx := context.Background()
+	var keyID int64
+	if err := store.AddAPIKey(ctx, "k", secret.Hash("k")); err != nil {
+		t.Fatal(err)
+	}
+	_ = pool.QueryRow(ctx, `SELECT id FROM api_keys`).Scan(&keyID)
+	nc := newCommand("dev-1", time.Hour)
+	nc.APIKeyID, nc.IdempotencyKey, nc.RequestHash = keyID, "order-42", []byte("hash-1")
+	first := create(t, store, nc)
+
+	repeat := nc
+	repeat.ID = uuid.Must(uuid.NewV7())
+	c, created, err := store.CreateCommand(ctx, repeat)
+	if err != nil || created || c.ID != first.ID {
+		t.Fatalf("repeat: %v created=%v err=%v, want the first command %v", c.ID, created, err, first.ID)
+	}
+	other := repeat
+	other.RequestHash = []byte("hash-2")
+	if _, _, err := store.CreateCommand(ctx, other); !errors.Is(err, db.ErrKeyReused) {
+		t.Fatalf("same key, other request: %v, want ErrKeyReused", err)
+	}
+	// A key past its window names a new command.
+	if _, err := pool.Exec(ctx, `UPDATE idempotency_keys SET created_at = now() - interval '25 hours'`); err != nil {
+		t.Fatal(err)
+	}
+	if c := create(t, store, other); c.ID != other.ID {
+		t.Fatalf("key past its window: got %v, want a new command %v", c.ID, other.ID)
+	}
+	if n, err := store.PurgeIdempotencyKeys(ctx, 100); err != nil || n != 0 {
+		t.Fatalf("purge removed %d (err %v), want 0: the key was just reused", n, err)
+	}
+	var n int
+	_ = pool.QueryRow(ctx, `SELECT count(*) FROM commands`).Scan(&n)
+	if n != 2 {
+		t.Fatalf("%d commands stored, want 2", n)
+	}
+}
+
 func TestSweepFailsAndExpires(t *testing.T) {
 	t.Parallel()
 	store, pool := setup(t, "dev-1")
 	ctx := context.Background()
-	late, _ := store.CreateCommand(ctx, newCommand("dev-1", time.Hour))
-	stale, _ := store.CreateCommand(ctx, newCommand("dev-1", time.Hour))
-	fresh, _ := store.CreateCommand(ctx, newCommand("dev-1", time.Hour))
-	if _, err := store.MarkDelivered(ctx, "node-1", []uuid.UUID{late.ID}); err != nil {
-		t.Fatal(err)
-	}
+	late := create(t, store, newCommand("dev-1", time.Hour))
+	stale := create(t, store, newCommand("dev-1", time.Hour))
+	fresh := create(t, store, newCommand("dev-1", time.Hour))
+	deliver(t, store, online(t, store, "node-1", "dev-1"), late.ID)
 	// Move the clocks of two commands into the past rather than waiting.
 	if _, err := pool.Exec(ctx, `UPDATE commands SET reply_deadline = now() - interval '1s' WHERE id = $1`, late.ID); err != nil {
 		t.Fatal(err)
@@ -186,9 +362,9 @@ func TestSweepFailsAndExpires(t *testing.T) {
 	if _, err := pool.Exec(ctx, `UPDATE commands SET expires_at = now() - interval '1s' WHERE id = $1`, stale.ID); err != nil {
 		t.Fatal(err)
 	}
-	changes, err := store.SweepCommands(ctx, 100)
-	if err != nil || len(changes) != 2 {
-		t.Fatalf("sweep: %v, %v", changes, err)
+	swept, err := store.SweepCommands(ctx, 100)
+	if err != nil || len(swept.Changes) != 2 || len(swept.Devices) != 0 {
+		t.Fatalf("sweep: %+v, %v", swept, err)
 	}
 	for id, want := range map[uuid.UUID]command.Status{late.ID: command.Failed, stale.ID: command.Expired, fresh.ID: command.Pending} {
 		got, _ := store.Command(ctx, id)
@@ -197,8 +373,12 @@ func TestSweepFailsAndExpires(t *testing.T) {
 		}
 	}
 	got, _ := store.Command(ctx, late.ID)
-	if got.Error != "no reply within 00:00:10" || command.Events(got)[2].Name != command.EventFailed {
+	if got.Error != "no reply within 10s of delivery 1" || command.Events(got)[2].Name != command.EventFailed {
 		t.Errorf("timed-out command: %+v", got)
+	}
+	got, _ = store.Command(ctx, stale.ID)
+	if got.Error != "not delivered within ttl" {
+		t.Errorf("expired command: %+v", got)
 	}
 }
 
@@ -218,12 +398,12 @@ func TestPresence(t *testing.T) {
 	}
 	s1 := db.Session{DeviceID: "dev-1", SessionID: uuid.Must(uuid.NewV7()), RemoteAddr: "127.0.0.1:1"}
 	s2 := db.Session{DeviceID: "dev-2", SessionID: uuid.Must(uuid.NewV7())}
-	if d, stale, err := store.Connect(ctx, nodeA, []db.Session{s1, s2}); err != nil || len(d) != 0 || len(stale) != 0 {
-		t.Fatalf("connect: %v %v %v", d, stale, err)
+	if d, err := store.Connect(ctx, nodeA, []db.Session{s1, s2}); err != nil || len(d) != 0 {
+		t.Fatalf("connect: %v %v", d, err)
 	}
 	// A retried batch writes the same sessions again: nothing changes.
-	if d, stale, err := store.Connect(ctx, nodeA, []db.Session{s1, s2}); err != nil || len(d) != 0 || len(stale) != 0 {
-		t.Fatalf("connect again: %v %v %v", d, stale, err)
+	if d, err := store.Connect(ctx, nodeA, []db.Session{s1, s2}); err != nil || len(d) != 0 {
+		t.Fatalf("connect again: %v %v", d, err)
 	}
 	live := func() map[string]string {
 		rows, err := pool.Query(ctx, `SELECT device_id, node_id FROM presence_live`)
@@ -245,15 +425,27 @@ func TestPresence(t *testing.T) {
 
 	// dev-1 reconnects on node B: node A's session is displaced.
 	s1b := db.Session{DeviceID: "dev-1", SessionID: uuid.Must(uuid.NewV7())}
-	displaced, stale, err := store.Connect(ctx, nodeB, []db.Session{s1b})
-	if err != nil || len(stale) != 0 || len(displaced) != 1 || displaced[0] != (db.Displaced{DeviceID: "dev-1", NodeID: "node-a", SessionID: s1.SessionID}) {
-		t.Fatalf("displaced = %v, stale = %v, %v", displaced, stale, err)
+	displaced, err := store.Connect(ctx, nodeB, []db.Session{s1b})
+	if err != nil || len(displaced) != 1 || displaced[0] != (db.Displaced{DeviceID: "dev-1", NodeID: "node-a", SessionID: s1.SessionID}) {
+		t.Fatalf("displaced = %v, %v", displaced, err)
 	}
-	// Node A's write of the older session lands late: the newer one stays,
-	// and the late one is reported stale, for node A to close.
-	displaced, stale, err = store.Connect(ctx, nodeA, []db.Session{s1})
-	if err != nil || len(displaced) != 0 || len(stale) != 1 || stale[0] != s1.SessionID {
-		t.Fatalf("late older session: displaced = %v, stale = %v, %v", displaced, stale, err)
+	// The newest session is the one PostgreSQL registered last, whatever
+	// the session ids (and the nodes' clocks behind them) say.
+	var seqA, seqB int64
+	older := db.Session{DeviceID: "dev-2", SessionID: uuid.MustParse("00000000-0000-7000-8000-000000000001")} // a UUIDv7 of 1970
+	if _, err := store.Connect(ctx, nodeB, []db.Session{older}); err != nil {
+		t.Fatal(err)
+	}
+	if got := live(); got["dev-2"] != "node-b" {
+		t.Fatalf("a session with a smaller id did not replace the row: %v", got)
+	}
+	_ = pool.QueryRow(ctx, `SELECT registered_seq FROM presence WHERE device_id = 'dev-1'`).Scan(&seqA)
+	_ = pool.QueryRow(ctx, `SELECT registered_seq FROM presence WHERE device_id = 'dev-2'`).Scan(&seqB)
+	if seqB <= seqA {
+		t.Fatalf("registered_seq %d of the later write is not above %d", seqB, seqA)
+	}
+	if d, err := store.Connect(ctx, nodeA, []db.Session{s2}); err != nil || len(d) != 1 || d[0].SessionID != older.SessionID {
+		t.Fatalf("dev-2 back to node A: displaced %v, %v", d, err)
 	}
 	// Node A's late disconnect of the old session must not remove B's row.
 	if err := store.Disconnect(ctx, []db.Session{s1}); err != nil {

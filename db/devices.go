@@ -45,6 +45,8 @@ type Credential struct {
 // AddDevices provisions devices in one statement. Ids that already exist
 // are left as they are and returned, so a bulk import can be re-run.
 func (s *Store) AddDevices(ctx context.Context, creds []Credential) (existing []string, err error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
 	ids := make([]string, len(creds))
 	hashes := make([][]byte, len(creds))
 	for i, c := range creds {
@@ -65,6 +67,8 @@ func (s *Store) AddDevices(ctx context.Context, creds []Credential) (existing []
 
 // DeviceSecretHash returns the stored hash of a device's secret.
 func (s *Store) DeviceSecretHash(ctx context.Context, id string) ([]byte, error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
 	var hash []byte
 	err := s.db.QueryRow(ctx, `SELECT secret_hash FROM devices WHERE id = $1`, id).Scan(&hash)
 	return hash, translate(err, "device "+id)
@@ -72,6 +76,8 @@ func (s *Store) DeviceSecretHash(ctx context.Context, id string) ([]byte, error)
 
 // Device returns a device with its live presence, if any.
 func (s *Store) Device(ctx context.Context, id string) (Device, error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
 	var d Device
 	var p struct {
 		NodeID, Region, RemoteAddr *string
@@ -98,15 +104,25 @@ func (s *Store) Device(ctx context.Context, id string) (Device, error) {
 
 // AddAPIKey stores a new API key's hash under a name.
 func (s *Store) AddAPIKey(ctx context.Context, name string, keyHash []byte) error {
+	ctx, cancel := bound(ctx)
+	defer cancel()
 	_, err := s.db.Exec(ctx, `INSERT INTO api_keys (name, key_hash) VALUES ($1, $2)`, name, keyHash)
 	return translate(err, "add api key")
 }
 
-// APIKeyName returns the name of the unrevoked key with this hash.
-func (s *Store) APIKeyName(ctx context.Context, keyHash []byte) (string, error) {
-	var name string
-	err := s.db.QueryRow(ctx, `SELECT name FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL`, keyHash).Scan(&name)
-	return name, translate(err, "api key")
+// APIKey is a stored API key, without its secret.
+type APIKey struct {
+	ID   int64
+	Name string
+}
+
+// APIKeyByHash returns the unrevoked key with this hash.
+func (s *Store) APIKeyByHash(ctx context.Context, keyHash []byte) (APIKey, error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	var k APIKey
+	err := s.db.QueryRow(ctx, `SELECT id, name FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL`, keyHash).Scan(&k.ID, &k.Name)
+	return k, translate(err, "api key")
 }
 
 // DeviceEvent is one telemetry or alert frame from a device.
@@ -118,6 +134,8 @@ type DeviceEvent struct {
 
 // InsertEvents stores events in one statement.
 func (s *Store) InsertEvents(ctx context.Context, events []DeviceEvent) error {
+	ctx, cancel := bound(ctx)
+	defer cancel()
 	ids := make([]string, len(events))
 	names := make([]string, len(events))
 	data := make([][]byte, len(events))

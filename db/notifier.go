@@ -5,11 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/switchboard-iot/switchboard/internal/backoff"
 )
 
 // Notifier holds a process's one LISTEN connection and multiplexes its
@@ -89,8 +90,8 @@ func (n *Notifier) Connections() int {
 
 // Run keeps a listening connection until ctx is done.
 func (n *Notifier) Run(ctx context.Context) error {
-	const minBackoff, maxBackoff = 100 * time.Millisecond, 10 * time.Second
-	backoff := minBackoff
+	const stable = 10 * time.Second // a connection that lasted this long resets the backoff
+	retry := backoff.Backoff{Min: 100 * time.Millisecond, Max: 10 * time.Second}
 	for {
 		conn, err := n.connect(ctx)
 		if err == nil {
@@ -102,22 +103,18 @@ func (n *Notifier) Run(ctx context.Context) error {
 			closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 			conn.Close(closeCtx)
 			cancel()
-			if time.Since(start) > maxBackoff {
-				backoff = minBackoff
+			if time.Since(start) > stable {
+				retry.Reset()
 			}
 		}
 		if ctx.Err() != nil {
 			return nil
 		}
-		// Full jitter keeps a fleet of listeners from reconnecting in step.
-		wait := rand.N(backoff) + time.Millisecond
+		wait := retry.Next()
 		n.log.Warn("listener connection lost; reconnecting", "err", err, "in", wait)
-		select {
-		case <-time.After(wait):
-		case <-ctx.Done():
+		if !backoff.Sleep(ctx, wait) {
 			return nil
 		}
-		backoff = min(backoff*2, maxBackoff)
 	}
 }
 
@@ -186,49 +183,3 @@ func (n *Notifier) serve(ctx context.Context, conn *pgx.Conn) error {
 		}
 	}
 }
-
-// maxPayload keeps payloads under PostgreSQL's 8000-byte limit.
-const maxPayload = 7900
-
-// pack joins lines into as few payloads as the size limit allows.
-func pack(lines []string) []string {
-	var out []string
-	var payload []byte
-	for _, line := range lines {
-		if len(payload) > 0 && len(payload)+1+len(line) > maxPayload {
-			out = append(out, string(payload))
-			payload = payload[:0]
-		}
-		if len(payload) > 0 {
-			payload = append(payload, '\n')
-		}
-		payload = append(payload, line...)
-	}
-	if len(payload) > 0 {
-		out = append(out, string(payload))
-	}
-	return out
-}
-
-// notifyLines sends each channel its lines, newline-separated, in one
-// statement. It runs outside any write transaction: a NOTIFY-only
-// transaction writes no WAL, so its commit is cheap.
-func (s *Store) notifyLines(ctx context.Context, byChannel map[string][]string) error {
-	var channels, payloads []string
-	for ch, lines := range byChannel {
-		for _, p := range pack(lines) {
-			channels, payloads = append(channels, ch), append(payloads, p)
-		}
-	}
-	if len(channels) == 0 {
-		return nil
-	}
-	_, err := s.db.Exec(ctx, `SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p)`, channels, payloads)
-	return translate(err, "notify")
-}
-
-// NodeChannel is the channel a connection node listens on.
-func NodeChannel(nodeID string) string { return "sb_node_" + nodeID }
-
-// EdgeChannel is the channel an edge listens on for its commands' changes.
-func EdgeChannel(edgeID string) string { return "sb_edge_" + edgeID }

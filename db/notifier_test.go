@@ -75,7 +75,7 @@ func TestNotifier(t *testing.T) {
 	edge.waitFor(t, "first ready", func(_ []string, r int) bool { return r == 1 })
 
 	id1, id2 := uuid.New(), uuid.New()
-	if err := store.NotifyEdges(ctx, []db.Change{{ID: id1, Edges: []string{"e1", "e2"}}, {ID: id2, Edges: []string{"e1"}}}); err != nil {
+	if err := notifyChanges(ctx, store, db.Change{ID: id1, Edges: []string{"e1", "e2"}}, db.Change{ID: id2, Edges: []string{"e1"}}); err != nil {
 		t.Fatal(err)
 	}
 	edge.waitFor(t, "both ids in one payload", func(p []string, _ int) bool {
@@ -86,13 +86,13 @@ func TestNotifier(t *testing.T) {
 	node := newRecorder()
 	unlisten := n.Listen(db.NodeChannel("n1"), node.notify, node.ready)
 	node.waitFor(t, "node ready", func(_ []string, r int) bool { return r == 1 })
-	if _, _, err := store.Connect(ctx, db.Node{ID: "n1", Region: "ams"}, []db.Session{{DeviceID: "dev-1", SessionID: uuid.New()}}); err != nil {
+	if _, err := store.Connect(ctx, db.Node{ID: "n1", Region: "ams"}, []db.Session{{DeviceID: "dev-1", SessionID: uuid.New()}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := store.RenewLease(ctx, db.Node{ID: "n1", Region: "ams"}, time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	if err := store.WakeDevices(ctx, []string{"dev-1", "dev-offline"}); err != nil {
+	if err := store.Notify(ctx, []db.Notice{{Wake: "dev-1"}, {Wake: "dev-offline"}, {Wake: "dev-1"}}); err != nil {
 		t.Fatal(err)
 	}
 	node.waitFor(t, "wake", func(p []string, _ int) bool { return len(p) == 1 && p[0] == "wake dev-1" })
@@ -108,17 +108,17 @@ func TestNotifier(t *testing.T) {
 	if got := n.Connections(); got < 2 {
 		t.Fatalf("connections = %d after the backend was killed", got)
 	}
-	if err := store.NotifyEdges(ctx, []db.Change{{ID: id2, Edges: []string{"e1"}}}); err != nil {
+	if err := notifyChanges(ctx, store, db.Change{ID: id2, Edges: []string{"e1"}}); err != nil {
 		t.Fatal(err)
 	}
 	edge.waitFor(t, "a payload after reconnect", func(p []string, _ int) bool { return len(p) >= 2 && p[len(p)-1] == id2.String() })
 
 	// After unlisten, the node channel hears nothing; the edge still does.
 	unlisten()
-	if err := store.WakeDevices(ctx, []string{"dev-1"}); err != nil {
+	if err := store.Notify(ctx, []db.Notice{{Wake: "dev-1"}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := store.NotifyEdges(ctx, []db.Change{{ID: id1, Edges: []string{"e1"}}}); err != nil {
+	if err := notifyChanges(ctx, store, db.Change{ID: id1, Edges: []string{"e1"}}); err != nil {
 		t.Fatal(err)
 	}
 	edge.waitFor(t, "edge payload after unlisten", func(p []string, _ int) bool { return p[len(p)-1] == id1.String() })
@@ -149,7 +149,7 @@ func TestNotifyPayloadsSplit(t *testing.T) {
 		changes = append(changes, db.Change{ID: id, Edges: []string{"e1"}})
 		want[id.String()] = true
 	}
-	if err := store.NotifyEdges(ctx, changes); err != nil {
+	if err := notifyChanges(ctx, store, changes...); err != nil {
 		t.Fatal(err)
 	}
 	edge.waitFor(t, "all ids", func(p []string, _ int) bool {
@@ -162,4 +162,12 @@ func TestNotifyPayloadsSplit(t *testing.T) {
 		}
 		return n == len(want)
 	})
+}
+
+func notifyChanges(ctx context.Context, store *db.Store, changes ...db.Change) error {
+	var notices []db.Notice
+	for i := range changes {
+		notices = append(notices, db.Notice{Change: &changes[i]})
+	}
+	return store.Notify(ctx, notices)
 }

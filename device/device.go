@@ -4,7 +4,7 @@
 //
 //	d := device.New(device.Config{URL: "wss://conn.example.com:8443/v1/connect", ID: id, Secret: secret})
 //	d.Handle("reboot", func(ctx context.Context, args json.RawMessage) (any, error) { ... })
-//	err := d.Run(ctx) // until ctx ends, the credentials are refused, or another session replaces this one
+//	err := d.Run(ctx) // until ctx ends or the credentials are refused
 package device
 
 import (
@@ -24,13 +24,16 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/switchboard-iot/switchboard/device/protocol"
+	"github.com/switchboard-iot/switchboard/internal/backoff"
 )
 
-// Errors that end Run: retrying would not help.
-var (
-	ErrUnauthorized = errors.New("device credentials refused")
-	ErrReplaced     = errors.New("replaced by a newer session of the same device")
-)
+// ErrUnauthorized ends Run: retrying with the same credentials would not help.
+var ErrUnauthorized = errors.New("device credentials refused")
+
+// ErrReplaced ends a session that a newer session of the same device
+// replaced (close code 4008): Run waits ReplacedDelay, jittered, and tries
+// again, in case the other session was a ghost of this device's own past.
+var ErrReplaced = errors.New("replaced by a newer session of the same device")
 
 // ErrNotConnected is returned by Event while the device has no session.
 var ErrNotConnected = errors.New("not connected")
@@ -49,6 +52,10 @@ type Config struct {
 
 	MinBackoff  time.Duration // 500ms: first reconnect delay cap
 	MaxBackoff  time.Duration // 30s: largest reconnect delay cap
+	// ReplacedDelay is the longest wait after another session of this device
+	// replaced ours (4008); the wait is random between half of it and all
+	// of it, so that two copies of one device do not trade places in step.
+	ReplacedDelay time.Duration // 60s
 	ReadTimeout time.Duration // 60s: a server silent this long (no ping) is given up
 	Dedup       int           // 1024: recent command ids remembered, to answer a redelivery without re-running it
 
@@ -86,6 +93,9 @@ func New(cfg Config) *Client {
 	}
 	if cfg.MaxBackoff == 0 {
 		cfg.MaxBackoff = 30 * time.Second
+	}
+	if cfg.ReplacedDelay == 0 {
+		cfg.ReplacedDelay = time.Minute
 	}
 	if cfg.ReadTimeout == 0 {
 		cfg.ReadTimeout = 60 * time.Second
@@ -168,45 +178,38 @@ func (c *Client) putBack(frames [][]byte) {
 	c.outbox = append(frames, c.outbox...)
 }
 
-// Run keeps the device connected until ctx ends (nil), its credentials are
-// refused (ErrUnauthorized) or a newer session replaces it (ErrReplaced).
-// It returns once its handlers have too.
+// Run keeps the device connected until ctx ends (nil) or its credentials
+// are refused (ErrUnauthorized). Between sessions it waits with exponential
+// backoff and full jitter (a random delay up to min(MaxBackoff,
+// MinBackoff·2^attempt)), so a fleet that lost its node spreads out; after
+// a 1012 it waits the delay the node gave, after a 4008 ReplacedDelay. It
+// returns once its handlers have too.
 func (c *Client) Run(ctx context.Context) error {
 	defer c.running.Wait()
-	attempt := 0
+	retry := backoff.Backoff{Min: c.cfg.MinBackoff, Max: c.cfg.MaxBackoff}
 	for {
 		start := time.Now()
 		delay, err := c.session(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
-		if errors.Is(err, ErrUnauthorized) || errors.Is(err, ErrReplaced) {
+		if errors.Is(err, ErrUnauthorized) {
 			return err
 		}
 		if time.Since(start) > c.cfg.MaxBackoff {
-			attempt = 0 // the session lasted: the next failure starts small again
+			retry.Reset() // the session lasted: the next failure starts small again
 		}
-		if delay == 0 {
-			delay = backoff(c.cfg.MinBackoff, c.cfg.MaxBackoff, attempt)
-			attempt++
+		switch {
+		case errors.Is(err, ErrReplaced):
+			delay = c.cfg.ReplacedDelay/2 + rand.N(c.cfg.ReplacedDelay/2+1)
+		case delay == 0:
+			delay = retry.Next()
 		}
 		c.log.Debug("reconnecting", "in", delay, "err", err)
-		select {
-		case <-time.After(delay):
-		case <-ctx.Done():
+		if !backoff.Sleep(ctx, delay) {
 			return nil
 		}
 	}
-}
-
-// backoff is exponential backoff with full jitter: a random delay up to
-// min(max, base·2^attempt), so a fleet that lost its node spreads out.
-func backoff(base, maxDelay time.Duration, attempt int) time.Duration {
-	ceiling := maxDelay
-	if attempt < 62 && base <= maxDelay>>attempt { // base<<attempt fits under maxDelay
-		ceiling = base << attempt
-	}
-	return rand.N(ceiling) + time.Millisecond
 }
 
 // session runs one connection. It returns how long the server asked us to

@@ -669,21 +669,29 @@ func TestUnauthorized(t *testing.T) {
 	}
 }
 
-func TestReplaced(t *testing.T) {
+// 4008 says another session of this device is active: the SDK does not
+// give up for good (the other may be its own ghost), it waits a long
+// jittered delay, well past its reconnect backoff, and dials again.
+func TestReplacedWaitsAndRetries(t *testing.T) {
 	t.Parallel()
 	n := newFakeNode(t)
-	r := start(t, n, nil, nil)
+	r := start(t, n, func(c *device.Config) { c.ReplacedDelay = time.Second }, nil) // backoff 10ms..100ms
 	a := n.accept(t)
 	r.waitConnected(t)
+	closed := time.Now()
 	writeClose(t, a.ws, protocol.CloseReplaced, "replaced by a newer session")
-	if err := r.waitEnded(t); !errors.Is(err, device.ErrReplaced) {
-		t.Fatalf("Run = %v, want ErrReplaced", err)
-	}
-	if got := n.attempts.Load(); got != 1 {
-		t.Errorf("%d upgrade attempts, want 1 (no redial after 4008)", got)
-	}
 	if err := r.waitDisconnected(t); !errors.Is(err, device.ErrReplaced) {
 		t.Errorf("OnDisconnect(%v), want ErrReplaced", err)
+	}
+	b := n.accept(t)
+	if elapsed := b.at.Sub(closed); elapsed < 500*time.Millisecond {
+		t.Errorf("redialed %v after 4008, want at least half of ReplacedDelay (1s)", elapsed)
+	}
+	r.waitConnected(t)
+	select {
+	case <-r.ended:
+		t.Fatalf("Run returned %v after 4008, want it to keep the device connected", r.err)
+	default:
 	}
 }
 

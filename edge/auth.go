@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -14,8 +15,9 @@ import (
 )
 
 // authenticate lets through requests that carry a valid API key as
-// "Authorization: Bearer <key>". A checked key is trusted for APIKeyCache,
-// which spares the database a lookup per request.
+// "Authorization: Bearer <key>", with the key in their context. A checked
+// key is trusted for APIKeyCache, which spares the database a lookup per
+// request.
 func (e *Edge) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
@@ -24,13 +26,16 @@ func (e *Edge) authenticate(next http.Handler) http.Handler {
 			return
 		}
 		hash := secret.Hash(token)
-		key := hex.EncodeToString(hash)
+		cacheKey := hex.EncodeToString(hash)
 		now := time.Now()
 		e.keysMu.Lock()
-		trusted := now.Before(e.keys[key])
+		cached, trusted := e.keys[cacheKey]
+		trusted = trusted && now.Before(cached.until)
 		e.keysMu.Unlock()
+		key := cached.key
 		if !trusted {
-			_, err := e.store.APIKeyName(r.Context(), hash)
+			var err error
+			key, err = e.store.APIKeyByHash(r.Context(), hash)
 			switch {
 			case errors.Is(err, db.ErrNotFound):
 				unauthorized(w, "unknown or revoked API key")
@@ -40,11 +45,25 @@ func (e *Edge) authenticate(next http.Handler) http.Handler {
 				return
 			}
 			e.keysMu.Lock()
-			e.keys[key] = now.Add(e.cfg.APIKeyCache)
+			e.keys[cacheKey] = cachedKey{key: key, until: now.Add(e.cfg.APIKeyCache)}
 			e.keysMu.Unlock()
 		}
-		next.ServeHTTP(w, r)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), apiKeyCtx{}, key)))
 	})
+}
+
+// cachedKey is a checked API key and until when it is trusted.
+type cachedKey struct {
+	key   db.APIKey
+	until time.Time
+}
+
+type apiKeyCtx struct{}
+
+// apiKey is the key that authenticated the request.
+func apiKey(r *http.Request) db.APIKey {
+	k, _ := r.Context().Value(apiKeyCtx{}).(db.APIKey)
+	return k
 }
 
 func unauthorized(w http.ResponseWriter, detail string) {

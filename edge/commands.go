@@ -1,7 +1,9 @@
 package edge
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -55,6 +57,21 @@ func (req *commandRequest) validate() error {
 	return check("ttl", &req.TTL, command.DefaultTTL, command.MaxTTL)
 }
 
+// maxIdempotencyKey bounds an Idempotency-Key header.
+const maxIdempotencyKey = 255
+
+// hash identifies a validated request to a device: a repeat under the same
+// Idempotency-Key must hash the same.
+func (req *commandRequest) hash(deviceID string) []byte {
+	var args bytes.Buffer
+	if err := json.Compact(&args, req.Args); err != nil {
+		args.Write(req.Args)
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%s\x00%s\x00%d\x00%d", deviceID, req.Name, args.Bytes(), req.Timeout, req.TTL)
+	return h.Sum(nil)
+}
+
 // handleSendCommand stores a command, wakes the device's node, and answers
 // in one of three ways: an SSE stream (Accept: text/event-stream), a wait
 // for the outcome (?wait=10s), or at once with 202 and a Location.
@@ -79,27 +96,37 @@ func (e *Edge) handleSendCommand(w http.ResponseWriter, r *http.Request) {
 		wait = min(d, e.cfg.MaxWait)
 	}
 
+	idemKey := r.Header.Get("Idempotency-Key")
+	if len(idemKey) > maxIdempotencyKey || strings.ContainsFunc(idemKey, func(r rune) bool { return r < ' ' || r > '~' }) {
+		badRequest(w, "invalid-idempotency-key", fmt.Sprintf("Idempotency-Key: want at most %d printable ASCII characters", maxIdempotencyKey))
+		return
+	}
+
 	id := uuid.Must(uuid.NewV7()) // time-ordered: index-friendly
-	var c command.Command
-	var err error
 	var wt *waiter
 	if stream || wait > 0 {
-		wt = e.router.wait(id) // before the insert: no wake-up can come first
-		defer e.router.done(wt)
+		wt = e.replies.wait(id) // before the insert: no wake-up can come first
+		defer e.replies.done(wt)
 	}
-	if !db.ValidDeviceID(deviceID) {
-		err = db.ErrNotFound // no such device can exist; spare the database
-	} else {
+	var c command.Command
+	created := false
+	err := db.ErrNotFound // no such device can exist; spare the database
+	if db.ValidDeviceID(deviceID) {
 		// Not the request's context: a client that hangs up as the insert
 		// commits must not leave a command stored but never announced.
-		c, err = e.store.CreateCommand(context.WithoutCancel(r.Context()), db.NewCommand{
+		c, created, err = e.store.CreateCommand(context.WithoutCancel(r.Context()), db.NewCommand{
 			ID: id, DeviceID: deviceID, Name: req.Name, Args: req.Args,
 			Timeout: time.Duration(req.Timeout), TTL: time.Duration(req.TTL), ReplyTo: e.cfg.ID,
+			APIKeyID: apiKey(r).ID, IdempotencyKey: idemKey, RequestHash: req.hash(deviceID),
 		})
 	}
 	switch {
 	case errors.Is(err, db.ErrNotFound):
 		problem.Write(w, http.StatusNotFound, "device-not-found", "Device not found", "no device has the id "+strconv.Quote(deviceID))
+		return
+	case errors.Is(err, db.ErrKeyReused):
+		problem.Write(w, http.StatusUnprocessableEntity, "idempotency-key-reused", "Idempotency key reused",
+			"this Idempotency-Key was sent with another request in the last 24 hours; use a new key for a new command")
 		return
 	case errors.Is(err, db.ErrInvalid):
 		badRequest(w, "invalid-command", "the database cannot store this command")
@@ -108,16 +135,32 @@ func (e *Edge) handleSendCommand(w http.ResponseWriter, r *http.Request) {
 		e.unavailable(w, "storing a command", err)
 		return
 	}
-	e.metrics.accepted.Inc()
-	// The command is stored: from here on nothing may lose it. A client that
-	// hangs up must not cancel the wake-up.
-	if err := e.waker.Add(context.WithoutCancel(r.Context()), deviceID); err != nil {
-		if err := e.store.WakeDevices(context.WithoutCancel(r.Context()), []string{deviceID}); err != nil {
-			e.log.Warn("waking the device's node; it gets the command when it rescans", "device", deviceID, "err", err)
+	if created {
+		e.metrics.accepted.Inc()
+		// The command is stored: from here on nothing may lose its wake-up,
+		// which the notices batcher retries until the database takes it.
+		_ = e.notices.Push(db.Notice{Wake: deviceID})
+	} else {
+		// A repeat: answer with the first command, which another edge may
+		// have accepted. Ask to be woken too, then read, so that no change
+		// falls between the two.
+		w.Header().Set("Idempotent-Replayed", "true")
+		wt = nil
+		if stream || wait > 0 {
+			wt = e.replies.wait(c.ID)
+			defer e.replies.done(wt)
+			if err := e.store.Watch(r.Context(), c.ID, e.cfg.ID); err != nil {
+				e.unavailable(w, "watching a command", err)
+				return
+			}
+			if c, err = e.store.Command(r.Context(), c.ID); err != nil {
+				e.unavailable(w, "reading a command", err)
+				return
+			}
 		}
 	}
 
-	w.Header().Set("Location", "/v1/commands/"+id.String())
+	w.Header().Set("Location", "/v1/commands/"+c.ID.String())
 	switch {
 	case stream:
 		e.stream(w, r, wt, c, 0)
@@ -187,8 +230,8 @@ func (e *Edge) handleCommandEvents(w http.ResponseWriter, r *http.Request) {
 		}
 		lastSeq = n
 	}
-	wt := e.router.wait(id)
-	defer e.router.done(wt)
+	wt := e.replies.wait(id)
+	defer e.replies.done(wt)
 	// This edge may not be the one that accepted the command: ask to be
 	// woken too, then read, so no change falls between the two.
 	if err := e.store.Watch(r.Context(), id, e.cfg.ID); err != nil {

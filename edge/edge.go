@@ -44,12 +44,12 @@ type Edge struct {
 	cfg     Config
 	log     *slog.Logger
 	store   *db.Store
-	router  *router
-	waker   *batch.Batcher[string]
+	replies *replyRouter
+	notices *batch.Batcher[db.Notice] // wake-ups for nodes and edges, after their writes
 	metrics *metrics
 
 	keysMu sync.Mutex           // guards keys
-	keys   map[string]time.Time // hex key hash → trusted until
+	keys   map[string]cachedKey // by hex key hash
 
 	// closing ends open streams when the edge shuts down: their clients
 	// resume on another edge with Last-Event-ID.
@@ -84,25 +84,20 @@ func New(cfg Config) (*Edge, error) {
 		cfg:     cfg,
 		log:     log,
 		store:   cfg.Store,
-		router:  newRouter(cfg.Store, log),
-		keys:    make(map[string]time.Time),
+		replies: newReplyRouter(cfg.Store, log),
+		keys:    make(map[string]cachedKey),
 		closing: make(chan struct{}),
 	}
-	e.waker = batch.New("waker", 4096, 1000, log, e.wake, db.IsRefused)
-	e.metrics = newMetrics(cfg.Metrics, cfg.ID, e.router.waiting)
+	e.notices = batch.New("notices", 4096, 1000, log, e.store.Notify, db.IsRefused)
+	e.metrics = newMetrics(cfg.Metrics, cfg.ID, e.replies.waiting)
 	return e, nil
-}
-
-// wake tells the nodes of freshly commanded devices to deliver.
-func (e *Edge) wake(ctx context.Context, deviceIDs []string) error {
-	return e.store.WakeDevices(ctx, deviceIDs)
 }
 
 // Run serves the API on ln until ctx is done, then ends open streams,
 // waits for requests to finish and stops its background actors.
 func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
-	bg, stopBackground := actors.Group(ctx, e.router.run, e.waker.Run, e.sweep)
-	unlisten := e.cfg.Notifier.Listen(db.EdgeChannel(e.cfg.ID), e.router.onNotify, e.router.onReady)
+	bg, stopBackground := actors.Group(ctx, e.replies.run, e.notices.Run, e.sweep)
+	unlisten := e.cfg.Notifier.Listen(db.EdgeChannel(e.cfg.ID), e.replies.onNotify, e.replies.onReady)
 	defer unlisten()
 	srv := &http.Server{
 		Handler:           e.Handler(),
@@ -124,17 +119,19 @@ func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
 		e.log.Warn("requests still open after the drain timeout", "err", err)
 		_ = srv.Close()
 	}
-	// Commands accepted by the last requests are still woken: the waker
-	// drains its queue before it stops.
+	// Commands accepted by the last requests are still woken: the notices
+	// batcher drains its queue before it stops.
 	stopBackground()
 	err := errors.Join(served.Wait(), bg.Wait())
 	e.log.Info("edge stopped")
 	return err
 }
 
-// sweep fails commands whose device did not reply in time and expires those
-// never delivered, then wakes their edges. Every edge sweeps; each row goes
-// to one of them. Leases of long-dead nodes are reaped on a slower beat.
+// sweep fails commands whose device did not reply in time, expires those
+// never delivered, and gives back those delivered to a node whose lease
+// lapsed; then wakes their edges and nodes. Every edge sweeps; each row goes
+// to one of them. Leases of long-dead nodes and old idempotency keys are
+// reaped on a slower beat.
 func (e *Edge) sweep(ctx context.Context) error {
 	ticker := time.NewTicker(e.cfg.SweepInterval)
 	defer ticker.Stop()
@@ -147,10 +144,13 @@ func (e *Edge) sweep(ctx context.Context) error {
 		case <-ticker.C:
 		}
 		for {
-			// Notify what was swept even if part of the sweep failed.
-			changes, err := e.store.SweepCommands(ctx, limit)
-			if notifyErr := e.store.NotifyEdges(ctx, changes); err == nil {
-				err = notifyErr
+			swept, err := e.store.SweepCommands(ctx, limit)
+			// Wake for what was swept even if part of the sweep failed.
+			for i := range swept.Changes {
+				_ = e.notices.Push(db.Notice{Change: &swept.Changes[i]})
+			}
+			for _, id := range swept.Devices {
+				_ = e.notices.Push(db.Notice{Wake: id})
 			}
 			if err != nil {
 				if ctx.Err() == nil {
@@ -158,8 +158,9 @@ func (e *Edge) sweep(ctx context.Context) error {
 				}
 				break
 			}
-			e.metrics.swept.Add(float64(len(changes)))
-			if len(changes) < limit {
+			e.metrics.swept.Add(float64(len(swept.Changes)))
+			e.metrics.requeued.Add(float64(len(swept.Devices)))
+			if len(swept.Changes) < limit && len(swept.Devices) < limit {
 				break
 			}
 		}
@@ -169,6 +170,9 @@ func (e *Edge) sweep(ctx context.Context) error {
 				e.log.Warn("reaping dead nodes", "err", err)
 			} else if n > 0 {
 				e.log.Info("reaped dead nodes", "nodes", n)
+			}
+			if _, err := e.store.PurgeIdempotencyKeys(ctx, 10000); err != nil {
+				e.log.Warn("purging idempotency keys", "err", err)
 			}
 		}
 	}

@@ -15,6 +15,7 @@ type metrics struct {
 	requests *prometheus.HistogramVec // by route pattern, method and status
 	accepted prometheus.Counter
 	swept    prometheus.Counter
+	requeued prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int) *metrics {
@@ -28,13 +29,15 @@ func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int) *me
 			Name: "switchboard_edge_commands_accepted_total", Help: "Commands stored for delivery."}),
 		swept: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_edge_commands_swept_total", Help: "Commands this edge failed (no reply in time) or expired (never delivered)."}),
+		requeued: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_edge_devices_requeued_total", Help: "Devices whose deliveries this edge gave back because their node's lease lapsed."}),
 	}
 	if reg != nil {
 		waitingGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "switchboard_edge_waiting_requests", Help: "Requests and streams waiting on a command."},
 			func() float64 { return float64(waiting()) })
 		prometheus.WrapRegistererWith(prometheus.Labels{"edge": edgeID}, reg).MustRegister(
-			m.requests, m.accepted, m.swept, waitingGauge)
+			m.requests, m.accepted, m.swept, m.requeued, waitingGauge)
 	}
 	return m
 }

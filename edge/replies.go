@@ -3,21 +3,21 @@ package edge
 import (
 	"context"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/google/uuid"
 
 	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/internal/backoff"
 	"github.com/switchboard-iot/switchboard/internal/command"
 )
 
-// router is the edge's reply router: it maps command ids to the HTTP
+// replyRouter maps command ids to the HTTP
 // requests waiting on them, and hands each the command's newest state when
 // a wake-up names it. Wake-ups carry ids only; one query per wake-up reads
 // the rows of every id that has a waiter here.
-type router struct {
+type replyRouter struct {
 	store  *db.Store
 	log    *slog.Logger
 	signal chan struct{} // cap 1: ids are due for a read
@@ -27,8 +27,8 @@ type router struct {
 	due     map[uuid.UUID]struct{} // woken, not yet read
 }
 
-func newRouter(store *db.Store, log *slog.Logger) *router {
-	return &router{
+func newReplyRouter(store *db.Store, log *slog.Logger) *replyRouter {
+	return &replyRouter{
 		store:   store,
 		log:     log,
 		signal:  make(chan struct{}, 1),
@@ -80,7 +80,7 @@ func (w *waiter) get() (command.Command, bool) {
 
 // wait registers a waiter. Register before the command can change (before
 // it is even inserted), so no wake-up can slip past.
-func (r *router) wait(id uuid.UUID) *waiter {
+func (r *replyRouter) wait(id uuid.UUID) *waiter {
 	w := &waiter{id: id, changed: make(chan struct{}, 1)}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -91,7 +91,7 @@ func (r *router) wait(id uuid.UUID) *waiter {
 	return w
 }
 
-func (r *router) done(w *waiter) {
+func (r *replyRouter) done(w *waiter) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	delete(r.waiters[w.id], w)
@@ -101,7 +101,7 @@ func (r *router) done(w *waiter) {
 }
 
 // waiting reports how many requests are waiting.
-func (r *router) waiting() int {
+func (r *replyRouter) waiting() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n := 0
@@ -112,11 +112,10 @@ func (r *router) waiting() int {
 }
 
 // onNotify runs on the notifier's goroutine: it only marks ids due.
-func (r *router) onNotify(payload string) {
+func (r *replyRouter) onNotify(payload string) {
 	r.mu.Lock()
-	for line := range strings.Lines(payload) {
-		id, err := uuid.Parse(strings.TrimSpace(line))
-		if err == nil && r.waiters[id] != nil {
+	for _, id := range db.ParseEdgeMessage(payload) {
+		if r.waiters[id] != nil {
 			r.due[id] = struct{}{}
 		}
 	}
@@ -126,7 +125,7 @@ func (r *router) onNotify(payload string) {
 
 // onReady re-reads every waited command: wake-ups sent while the listener
 // was away are lost, the rows are not.
-func (r *router) onReady() {
+func (r *replyRouter) onReady() {
 	r.mu.Lock()
 	for id := range r.waiters {
 		r.due[id] = struct{}{}
@@ -135,7 +134,7 @@ func (r *router) onReady() {
 	r.poke()
 }
 
-func (r *router) poke() {
+func (r *replyRouter) poke() {
 	select {
 	case r.signal <- struct{}{}:
 	default:
@@ -143,7 +142,7 @@ func (r *router) poke() {
 }
 
 // run reads due commands and hands them to their waiters.
-func (r *router) run(ctx context.Context) error {
+func (r *replyRouter) run(ctx context.Context) error {
 	for {
 		select {
 		case <-r.signal:
@@ -167,9 +166,7 @@ func (r *router) run(ctx context.Context) error {
 			}
 			// The waiters' own deadline checks cover what this misses.
 			r.log.Warn("reading woken commands", "commands", len(ids), "err", err)
-			select {
-			case <-time.After(time.Second):
-			case <-ctx.Done():
+			if !backoff.Sleep(ctx, time.Second) {
 				return nil
 			}
 			r.mu.Lock()

@@ -10,14 +10,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strings"
-	"syscall"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/oklog/run"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/switchboard-iot/switchboard/db"
 )
@@ -134,28 +129,4 @@ func openStore(ctx context.Context, url string, maxConns int32) (*pgxpool.Pool, 
 		return nil, nil, err
 	}
 	return pool, db.NewStore(pool), nil
-}
-
-// newRegistry is a process's metrics registry, with Go runtime and process
-// metrics.
-func newRegistry() *prometheus.Registry {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return reg
-}
-
-// runProcess runs a process's long-running pieces until ctx ends, a signal
-// comes, or one of them fails. A signal is a clean stop.
-func runProcess(ctx context.Context, add func(g *run.Group, ctx context.Context)) error {
-	groupCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var g run.Group
-	g.Add(run.SignalHandler(groupCtx, os.Interrupt, syscall.SIGTERM))
-	add(&g, groupCtx)
-	err := g.Run()
-	var sig run.SignalError
-	if errors.As(err, &sig) || (errors.Is(err, context.Canceled) && ctx.Err() != nil) {
-		return nil
-	}
-	return err
 }

@@ -15,13 +15,12 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/oklog/run"
 
+	"github.com/switchboard-iot/switchboard/app"
 	conntier "github.com/switchboard-iot/switchboard/conn-tier"
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/device/protocol"
 	"github.com/switchboard-iot/switchboard/edge"
-	"github.com/switchboard-iot/switchboard/internal/actors"
 	"github.com/switchboard-iot/switchboard/internal/pgcluster"
 	"github.com/switchboard-iot/switchboard/internal/secret"
 )
@@ -87,12 +86,15 @@ func runDev(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.
 	if err != nil {
 		return err
 	}
-	pool, store, err := openStore(ctx, dbURL, 32)
+	// One process, as in production: one pool and one listener connection
+	// for the edge and both nodes.
+	p, err := app.Open(ctx, dbURL+"&pool_max_conns=32", log)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	if err := db.Migrate(ctx, pool, log); err != nil {
+	defer p.Close()
+	store := p.Store
+	if err := db.Migrate(ctx, p.Pool, log); err != nil {
 		return err
 	}
 
@@ -102,22 +104,22 @@ func runDev(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.
 	if err := store.AddAPIKey(ctx, "dev", secret.Hash(apiKey)); err != nil {
 		return err
 	}
-	var creds []credential
+	var creds []secret.Credential
 	var dbCreds []db.Credential
 	for i := 1; i <= *devices+1; i++ {
-		c := credential{fmt.Sprintf("thermostat-%d", i), secret.New("")}
+		c := secret.Credential{ID: fmt.Sprintf("thermostat-%d", i), Secret: secret.New("")}
 		if i > *devices {
-			c.id = "my-device"
+			c.ID = "my-device"
 		}
 		creds = append(creds, c)
-		dbCreds = append(dbCreds, db.Credential{ID: c.id, SecretHash: secret.Hash(c.secret)})
+		dbCreds = append(dbCreds, db.Credential{ID: c.ID, SecretHash: secret.Hash(c.Secret)})
 	}
 	if _, err := store.AddDevices(ctx, dbCreds); err != nil {
 		return err
 	}
 	var csv strings.Builder
 	for _, c := range creds {
-		fmt.Fprintf(&csv, "%s,%s\n", c.id, c.secret)
+		_ = secret.WriteCredential(&csv, c)
 	}
 	if err := os.WriteFile(filepath.Join(*dir, "devices.csv"), []byte(csv.String()), 0o600); err != nil {
 		return err
@@ -139,53 +141,41 @@ func runDev(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(pemCert)
 
-	// One listener connection for the whole process, as in production.
-	notifier := db.NewNotifier(pool.Config().ConnConfig, log)
-	reg := newRegistry()
-	e, err := edge.New(edge.Config{ID: edge.NewID("dev"), Store: store, Notifier: notifier, Log: log, Metrics: reg})
+	serveEdge, _, err := p.Edge(edge.Config{ID: edge.NewID("dev")}, edgeLn)
 	if err != nil {
 		return err
 	}
-	var nodes []*conntier.Node
+	parts := []app.Server{app.UntilSignal, serveEdge}
 	var connURLs []string
 	for i := range connAddrs {
 		id := fmt.Sprintf("dev-%c", 'a'+i)
-		node, err := conntier.New(conntier.Config{
-			Node:  db.Node{ID: id, Region: "local", Addr: nodeLns[i].Addr().String()},
-			Store: store, Notifier: notifier, Log: log, TLS: tlsCfg, Metrics: reg,
-		})
+		serveNode, _, err := p.Node(conntier.Config{Node: db.Node{ID: id, Region: "local"}, TLS: tlsCfg}, nodeLns[i])
 		if err != nil {
 			return err
 		}
-		nodes = append(nodes, node)
+		parts = append(parts, serveNode)
 		connURLs = append(connURLs, "wss://"+advertised(connAddrs[i], nodeLns[i])+protocol.Path)
 	}
 
 	// Simulated devices alternate between the two nodes.
 	simulated := creds[:*devices]
-	byNode := make([][]credential, len(nodes))
-	for i, c := range simulated {
-		byNode[i%len(nodes)] = append(byNode[i%len(nodes)], c)
-	}
 	deviceTLS := &tls.Config{RootCAs: roots}
+	for i, url := range connURLs {
+		var mine []secret.Credential
+		for j := i; j < len(simulated); j += len(connURLs) {
+			mine = append(mine, simulated[j])
+		}
+		parts = append(parts, func(ctx context.Context) error { return simulate(ctx, mine, url, deviceTLS, 30*time.Second, log) })
+	}
 
 	err = devBanner.Execute(stdio.Stdout, map[string]any{
 		"Edge": "http://" + advertised(*edgeListen, edgeLn), "Conn": connURLs, "DB": dbURL, "Key": apiKey, "Dir": *dir,
-		"Cert": certFile, "Devices": len(simulated), "Spare": creds[len(creds)-1].secret,
+		"Cert": certFile, "Devices": len(simulated), "Spare": creds[len(creds)-1].Secret,
 	})
 	if err != nil {
 		return err
 	}
-	return runProcess(ctx, func(g *run.Group, ctx context.Context) {
-		actors.Add(g, ctx, notifier.Run)
-		actors.Add(g, ctx, func(ctx context.Context) error { return e.Run(ctx, edgeLn) })
-		for i, node := range nodes {
-			actors.Add(g, ctx, func(ctx context.Context) error { return node.Run(ctx, nodeLns[i]) })
-			actors.Add(g, ctx, func(ctx context.Context) error {
-				return simulate(ctx, byNode[i], connURLs[i], deviceTLS, 30*time.Second, log)
-			})
-		}
-	})
+	return p.Run(ctx, parts...)
 }
 
 // advertised is the address to print for a listener: the host as given

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -9,20 +8,18 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/oklog/run"
 
+	"github.com/switchboard-iot/switchboard/app"
 	"github.com/switchboard-iot/switchboard/device"
 	"github.com/switchboard-iot/switchboard/device/protocol"
 	"github.com/switchboard-iot/switchboard/internal/actors"
+	"github.com/switchboard-iot/switchboard/internal/secret"
 	"github.com/switchboard-iot/switchboard/internal/thermostat"
 )
-
-// credential is one device's id and secret.
-type credential struct{ id, secret string }
 
 func runDevice(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.Logger) error {
 	f := newFlags("device", getenv, stdio)
@@ -36,7 +33,7 @@ func runDevice(ctx context.Context, args []string, getenv Env, stdio IO, log *sl
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	var creds []credential
+	var creds []secret.Credential
 	switch {
 	case *credsFile != "":
 		var err error
@@ -44,7 +41,7 @@ func runDevice(ctx context.Context, args []string, getenv Env, stdio IO, log *sl
 			return err
 		}
 	case *id != "" && *devSecret != "":
-		creds = []credential{{*id, *devSecret}}
+		creds = []secret.Credential{{ID: *id, Secret: *devSecret}}
 	default:
 		return errors.New(`no device credentials: give -id and -secret, or -credentials FILE of "id,secret" lines`)
 	}
@@ -53,22 +50,21 @@ func runDevice(ctx context.Context, args []string, getenv Env, stdio IO, log *sl
 		return err
 	}
 	log.Info("simulating devices", "devices", len(creds), "url", *url)
-	return runProcess(ctx, func(g *run.Group, ctx context.Context) {
-		actors.Add(g, ctx, func(ctx context.Context) error {
-			return simulate(ctx, creds, *url, tlsCfg, *telemetry, log)
-		})
-	})
+	var g run.Group
+	actors.Add(&g, ctx, app.UntilSignal)
+	actors.Add(&g, ctx, func(ctx context.Context) error { return simulate(ctx, creds, *url, tlsCfg, *telemetry, log) })
+	return g.Run()
 }
 
 // simulate runs a thermostat per credential until ctx ends. A device whose
 // credentials are refused stops alone; the others carry on.
-func simulate(ctx context.Context, creds []credential, url string, tlsCfg *tls.Config, telemetry time.Duration, log *slog.Logger) error {
+func simulate(ctx context.Context, creds []secret.Credential, url string, tlsCfg *tls.Config, telemetry time.Duration, log *slog.Logger) error {
 	var wg sync.WaitGroup
 	for _, c := range creds {
-		t := thermostat.New(device.Config{URL: url, ID: c.id, Secret: c.secret, TLS: tlsCfg, Log: log})
+		t := thermostat.New(device.Config{URL: url, ID: c.ID, Secret: c.Secret, TLS: tlsCfg, Log: log})
 		wg.Go(func() {
 			if err := t.Run(ctx, telemetry); err != nil {
-				log.Error("simulated device stopped", "device", c.id, "err", err)
+				log.Error("simulated device stopped", "device", c.ID, "err", err)
 			}
 		})
 	}
@@ -76,26 +72,22 @@ func simulate(ctx context.Context, creds []credential, url string, tlsCfg *tls.C
 	return nil
 }
 
-func readCredentials(path string) ([]credential, error) {
+// readCredentials reads a file of "id,secret" lines.
+func readCredentials(path string) ([]secret.Credential, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	var creds []credential
-	scanner := bufio.NewScanner(f)
-	for n := 1; scanner.Scan(); n++ {
-		line := strings.TrimSpace(scanner.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
+	var creds []secret.Credential
+	err = secret.ScanCredentials(f, func(line int, c secret.Credential) error {
+		if c.Secret == "" {
+			return fmt.Errorf("%s:%d: want id,secret", path, line)
 		}
-		id, secret, ok := strings.Cut(line, ",")
-		if !ok {
-			return nil, fmt.Errorf("%s:%d: want id,secret", path, n)
-		}
-		creds = append(creds, credential{strings.TrimSpace(id), strings.TrimSpace(secret)})
-	}
-	return creds, scanner.Err()
+		creds = append(creds, c)
+		return nil
+	})
+	return creds, err
 }
 
 // clientTLS trusts caFile when given, else the system roots.

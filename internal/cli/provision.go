@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -56,7 +55,7 @@ func runDevices(ctx context.Context, args []string, getenv Env, stdio IO, log *s
 func importDevices(ctx context.Context, store *db.Store, stdio IO, log *slog.Logger) error {
 	const batchSize = 1000
 	var creds []db.Credential
-	var lines []string // "id,secret" of creds, printed once they are stored
+	var lines []secret.Credential // creds with their secrets, printed once they are stored
 	added, skipped := 0, 0
 	seen := make(map[string]int) // id → line: an id given twice would get two secrets, one of them wrong
 	flush := func() error {
@@ -74,7 +73,7 @@ func importDevices(ctx context.Context, store *db.Store, stdio IO, log *slog.Log
 		}
 		for i, c := range creds {
 			if !exists[c.ID] {
-				if _, err := fmt.Fprintln(stdio.Stdout, lines[i]); err != nil {
+				if err := secret.WriteCredential(stdio.Stdout, lines[i]); err != nil {
 					return err
 				}
 			}
@@ -83,37 +82,31 @@ func importDevices(ctx context.Context, store *db.Store, stdio IO, log *slog.Log
 		creds, lines = creds[:0], lines[:0]
 		return nil
 	}
-	scanner := bufio.NewScanner(stdio.Stdin)
-	for n := 1; scanner.Scan(); n++ {
-		line := strings.TrimSpace(scanner.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
+	err := secret.ScanCredentials(stdio.Stdin, func(n int, c secret.Credential) error {
+		if !db.ValidDeviceID(c.ID) {
+			return fmt.Errorf("line %d: device id %q: want %s", n, c.ID, db.DeviceIDFormat)
 		}
-		id, devSecret, given := strings.Cut(line, ",")
-		id, devSecret = strings.TrimSpace(id), strings.TrimSpace(devSecret)
-		if !db.ValidDeviceID(id) {
-			return fmt.Errorf("line %d: device id %q: want %s", n, id, db.DeviceIDFormat)
+		if first, dup := seen[c.ID]; dup {
+			return fmt.Errorf("line %d: device id %q is also on line %d", n, c.ID, first)
 		}
-		if first, dup := seen[id]; dup {
-			return fmt.Errorf("line %d: device id %q is also on line %d", n, id, first)
-		}
-		seen[id] = n
-		if given {
-			if err := secret.CheckImported(devSecret); err != nil {
-				return fmt.Errorf("line %d (%s): %w", n, id, err)
+		seen[c.ID] = n
+		if c.Secret != "" {
+			if err := secret.CheckImported(c.Secret); err != nil {
+				return fmt.Errorf("line %d (%s): %w", n, c.ID, err)
 			}
 		} else {
-			devSecret = secret.New("")
+			c.Secret = secret.New("")
 		}
-		creds = append(creds, db.Credential{ID: id, SecretHash: secret.Hash(devSecret)})
-		lines = append(lines, id+","+devSecret)
+		creds = append(creds, db.Credential{ID: c.ID, SecretHash: secret.Hash(c.Secret)})
+		lines = append(lines, c)
 		if len(creds) == batchSize {
 			if err := flush(); err != nil {
 				return fmt.Errorf("near line %d: %w", n, err)
 			}
 		}
-	}
-	if err := scanner.Err(); err != nil {
+		return nil
+	})
+	if err != nil {
 		return err
 	}
 	if err := flush(); err != nil {

@@ -10,12 +10,10 @@ import (
 	"os"
 	"strings"
 
-	"github.com/oklog/run"
-
+	"github.com/switchboard-iot/switchboard/app"
 	conntier "github.com/switchboard-iot/switchboard/conn-tier"
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/edge"
-	"github.com/switchboard-iot/switchboard/internal/actors"
 )
 
 func runMigrate(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.Logger) error {
@@ -43,25 +41,21 @@ func runEdge(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	if *id == "" {
 		*id = edge.NewID(getenv("FLY_MACHINE_ID"))
 	}
-	pool, store, err := openStore(ctx, *dbURL, db.ServerPoolSize)
+	p, err := app.Open(ctx, *dbURL, log)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	notifier := db.NewNotifier(pool.Config().ConnConfig, log)
-	reg := newRegistry()
-	e, err := edge.New(edge.Config{ID: *id, Store: store, Notifier: notifier, Log: log, Metrics: reg})
-	if err != nil {
-		return err
-	}
+	defer p.Close()
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return err
 	}
-	return runProcess(ctx, func(g *run.Group, ctx context.Context) {
-		actors.Add(g, ctx, notifier.Run)
-		actors.Add(g, ctx, func(ctx context.Context) error { return e.Run(ctx, ln) })
-	})
+	serve, _, err := p.Edge(edge.Config{ID: *id}, ln)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	return p.Run(ctx, app.UntilSignal, serve)
 }
 
 // connFlags are the settings of one connection node.
@@ -121,35 +115,24 @@ func runConn(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	if err := f.parse(args); err != nil {
 		return err
 	}
-	pool, store, err := openStore(ctx, *dbURL, db.ServerPoolSize)
+	p, err := app.Open(ctx, *dbURL, log)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
+	defer p.Close()
 	tlsCfg, stopTLS, err := connTLS(ctx, cf)
 	if err != nil {
 		return err
 	}
 	defer stopTLS()
-	notifier := db.NewNotifier(pool.Config().ConnConfig, log)
 	ln, err := net.Listen("tcp", *cf.listen)
 	if err != nil {
 		return err
 	}
-	node, err := conntier.New(conntier.Config{
-		Node:     db.Node{ID: *cf.nodeID, Region: *cf.region, Addr: ln.Addr().String()},
-		Store:    store,
-		Notifier: notifier,
-		Log:      log,
-		TLS:      tlsCfg,
-		Metrics:  newRegistry(),
-	})
+	serve, _, err := p.Node(conntier.Config{Node: db.Node{ID: *cf.nodeID, Region: *cf.region}, TLS: tlsCfg}, ln)
 	if err != nil {
 		ln.Close()
 		return err
 	}
-	return runProcess(ctx, func(g *run.Group, ctx context.Context) {
-		actors.Add(g, ctx, notifier.Run)
-		actors.Add(g, ctx, func(ctx context.Context) error { return node.Run(ctx, ln) })
-	})
+	return p.Run(ctx, app.UntilSignal, serve)
 }

@@ -2,11 +2,14 @@
 // between them, and the events a client sees while it waits.
 //
 //	pending ──delivered──▶ delivered ──reply ok──▶ done
-//	   │                       │──reply !ok / no reply in timeout──▶ failed
-//	   └──not delivered within ttl──▶ expired
+//	 ▲  │                    │  │──reply !ok / no reply in timeout──▶ failed
+//	 │  │                    │
+//	 │  └──not delivered within ttl──▶ expired
+//	 └──session ended without a reply (given back, delivered again)
 //
-// A reply may be stored before the delivery mark (both race on the node), so
-// pending may also move straight to done or failed.
+// A reply may be stored before the delivery mark (both race on the node), or
+// come after the command was given back, so pending may also move straight
+// to done or failed.
 package command
 
 import (
@@ -63,14 +66,17 @@ type Command struct {
 	Args     json.RawMessage `json:"args"`
 	Status   Status          `json:"status"`
 	// OK is set once the device replied; Result or Error carry its answer.
-	OK          *bool           `json:"ok,omitempty"`
-	Result      json.RawMessage `json:"result,omitempty"`
-	Error       string          `json:"error,omitempty"`
-	Timeout     Duration        `json:"timeout"`
-	CreatedAt   time.Time       `json:"created_at"`
-	ExpiresAt   time.Time       `json:"expires_at"`
-	DeliveredAt *time.Time      `json:"delivered_at,omitempty"`
-	CompletedAt *time.Time      `json:"completed_at,omitempty"`
+	OK      *bool           `json:"ok,omitempty"`
+	Result  json.RawMessage `json:"result,omitempty"`
+	Error   string          `json:"error,omitempty"`
+	Timeout Duration        `json:"timeout"`
+	// Attempts counts deliveries: a session that ends without a reply gives
+	// the command back, and the next session gets it again.
+	Attempts    int        `json:"attempts"`
+	CreatedAt   time.Time  `json:"created_at"`
+	ExpiresAt   time.Time  `json:"expires_at"`
+	DeliveredAt *time.Time `json:"delivered_at,omitempty"`
+	CompletedAt *time.Time `json:"completed_at,omitempty"`
 }
 
 // Event names a client sees on a command's stream, in order.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/switchboard-iot/switchboard/app"
 	conntier "github.com/switchboard-iot/switchboard/conn-tier"
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/device"
@@ -60,49 +61,41 @@ func (s *System) APIKey(t testing.TB) string {
 	return key
 }
 
-// connect gives a component its own pool and listener connection, as a
-// separate process would have.
-func (s *System) connect(t testing.TB) (*db.Store, *db.Notifier) {
+// open gives a component a process of its own (its own pool and listener
+// connection), built by the same constructor as production.
+func (s *System) open(t testing.TB) *app.Process {
 	t.Helper()
-	pool, err := db.Open(context.Background(), s.DBURL, db.ServerPoolSize)
+	p, err := app.Open(context.Background(), s.DBURL, pgtest.Logger())
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(pool.Close)
-	return db.NewStore(pool), db.NewNotifier(pool.Config().ConnConfig, pgtest.Logger())
+	t.Cleanup(p.Close)
+	return p
 }
 
-// process is a component running with its listener until stop is called
-// or the test ends.
+// process is a component running in its process until stop is called or
+// the test ends.
 type process struct {
-	cancel              context.CancelFunc
-	component, listener *actors.Task
+	cancel context.CancelFunc
+	task   *actors.Task
 }
 
-func run(t testing.TB, notifier *db.Notifier, component func(context.Context) error) *process {
+func run(t testing.TB, p *app.Process, serve app.Server) *process {
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &process{
-		cancel:   cancel,
-		listener: actors.Go(func() error { return notifier.Run(ctx) }),
-		component: actors.Go(func() error {
-			defer cancel() // a component that stops takes its listener along
-			return component(ctx)
-		}),
-	}
+	proc := &process{cancel: cancel, task: actors.Go(func() error { return p.Run(ctx, serve) })}
 	t.Cleanup(func() {
-		if err := p.stop(); err != nil {
+		if err := proc.stop(); err != nil {
 			t.Errorf("stopping: %v", err)
 		}
 	})
-	return p
+	return proc
 }
 
 // stop ends the process and returns the component's error; it may be
 // called again.
 func (p *process) stop() error {
 	p.cancel()
-	_ = p.listener.Wait()
-	return p.component.Wait()
+	return p.task.Wait()
 }
 
 func listen(t testing.TB) net.Listener {
@@ -146,22 +139,19 @@ func (s *System) StartNode(t testing.TB, id string, tweak func(*conntier.Config)
 	t.Cleanup(stopTLS)
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(pemCert)
-	store, notifier := s.connect(t)
 	ln := listen(t)
-	cfg := conntier.Config{
-		Node:  db.Node{ID: id, Region: "test", Addr: ln.Addr().String()},
-		Store: store, Notifier: notifier, Log: pgtest.Logger(), TLS: tlsCfg,
-	}
+	cfg := conntier.Config{Node: db.Node{ID: id, Region: "test"}, TLS: tlsCfg}
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	node, err := conntier.New(cfg)
+	p := s.open(t)
+	serve, node, err := p.Node(cfg, ln)
 	if err != nil {
 		ln.Close()
 		t.Fatal(err)
 	}
 	n := &Node{ID: id, URL: "wss://" + ln.Addr().String() + protocol.Path, Base: "https://" + ln.Addr().String(), Roots: roots, Node: node}
-	n.proc = run(t, notifier, func(ctx context.Context) error { return node.Run(ctx, ln) })
+	n.proc = run(t, p, serve)
 	return n
 }
 
@@ -179,18 +169,19 @@ func (e *Edge) Stop() error { return e.proc.stop() }
 // StartEdge runs an edge. tweak, if given, adjusts its config.
 func (s *System) StartEdge(t testing.TB, id string, tweak func(*edge.Config)) *Edge {
 	t.Helper()
-	store, notifier := s.connect(t)
-	cfg := edge.Config{ID: id, Store: store, Notifier: notifier, Log: pgtest.Logger(), SweepInterval: 100 * time.Millisecond}
+	cfg := edge.Config{ID: id, SweepInterval: 100 * time.Millisecond}
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	ed, err := edge.New(cfg)
+	ln := listen(t)
+	p := s.open(t)
+	serve, ed, err := p.Edge(cfg, ln)
 	if err != nil {
+		ln.Close()
 		t.Fatal(err)
 	}
-	ln := listen(t)
 	e := &Edge{ID: id, URL: "http://" + ln.Addr().String(), Edge: ed}
-	e.proc = run(t, notifier, func(ctx context.Context) error { return ed.Run(ctx, ln) })
+	e.proc = run(t, p, serve)
 	return e
 }
 
@@ -220,8 +211,8 @@ func (d *Device) Stop() error {
 	return d.err
 }
 
-// Done is closed when the device stops by itself (4008, 401); Stop then
-// returns why.
+// Done is closed when the device stops by itself (401); Stop then returns
+// why.
 func (d *Device) Done() <-chan struct{} { return d.done }
 
 // StartDevice connects an SDK device to node with the given handlers and

@@ -1,0 +1,121 @@
+// Package app assembles Switchboard's processes: the one way an edge or a
+// connection node is wired to its database, its listener connection and its
+// metrics, used alike by "switchboard edge|conn", by "switchboard dev" (an
+// edge and two nodes in one process) and by the test harness, so that tests
+// exercise the production wiring.
+package app
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/oklog/run"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	conntier "github.com/switchboard-iot/switchboard/conn-tier"
+	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/edge"
+	"github.com/switchboard-iot/switchboard/internal/actors"
+)
+
+// Process is what the parts of one process share: a pool, the one LISTEN
+// connection (every NOTIFY wakes every listening backend, so a process
+// listens once), a metrics registry and a logger.
+type Process struct {
+	Pool     *pgxpool.Pool
+	Store    *db.Store
+	Notifier *db.Notifier
+	Metrics  *prometheus.Registry
+	Log      *slog.Logger
+}
+
+// Open prepares a process on the database at url. It does not wait for the
+// database: a process starts, reports not-ready and retries while
+// PostgreSQL is away. The pool has db.ServerPoolSize connections unless the
+// URL sets pool_max_conns.
+func Open(ctx context.Context, url string, log *slog.Logger) (*Process, error) {
+	if url == "" {
+		return nil, errors.New("a database URL is required: set DATABASE_URL or -database-url")
+	}
+	var size int32 = db.ServerPoolSize
+	if strings.Contains(url, "pool_max_conns=") {
+		size = 0 // the operator's
+	}
+	pool, err := db.Open(ctx, url, size)
+	if err != nil {
+		return nil, err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return &Process{
+		Pool:     pool,
+		Store:    db.NewStore(pool),
+		Notifier: db.NewNotifier(pool.Config().ConnConfig, log),
+		Metrics:  reg,
+		Log:      log,
+	}, nil
+}
+
+// Close releases the pool.
+func (p *Process) Close() { p.Pool.Close() }
+
+// Server is a part that serves on a listener until its context ends.
+type Server func(ctx context.Context) error
+
+// Edge assembles an edge serving on ln; cfg needs its ID and any tuning.
+func (p *Process) Edge(cfg edge.Config, ln net.Listener) (Server, *edge.Edge, error) {
+	cfg.Store, cfg.Notifier, cfg.Log, cfg.Metrics = p.Store, p.Notifier, p.Log, p.Metrics
+	e, err := edge.New(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return func(ctx context.Context) error { return e.Run(ctx, ln) }, e, nil
+}
+
+// Node assembles a connection node serving on ln; cfg needs its identity,
+// its TLS config (nil: plain) and any tuning.
+func (p *Process) Node(cfg conntier.Config, ln net.Listener) (Server, *conntier.Node, error) {
+	cfg.Store, cfg.Notifier, cfg.Log, cfg.Metrics = p.Store, p.Notifier, p.Log, p.Metrics
+	if cfg.Node.Addr == "" {
+		cfg.Node.Addr = ln.Addr().String()
+	}
+	n, err := conntier.New(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return func(ctx context.Context) error { return n.Run(ctx, ln) }, n, nil
+}
+
+// Run runs the process's listener and parts as one oklog/run group until
+// ctx ends or one part returns; then every part drains and returns, and
+// the listener, which they may use while draining, stops last.
+func (p *Process) Run(ctx context.Context, parts ...Server) error {
+	listenCtx, stopListening := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopListening()
+	listener := actors.Go(func() error { return p.Notifier.Run(listenCtx) })
+	var g run.Group
+	for _, part := range parts {
+		actors.Add(&g, ctx, part)
+	}
+	err := g.Run()
+	stopListening()
+	return errors.Join(err, listener.Wait())
+}
+
+// UntilSignal is a part that returns, stopping the process cleanly, on
+// SIGINT or SIGTERM.
+func UntilSignal(ctx context.Context) error {
+	execute, _ := run.SignalHandler(ctx, os.Interrupt, syscall.SIGTERM)
+	var sig run.SignalError
+	if err := execute(); err != nil && !errors.As(err, &sig) && ctx.Err() == nil {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,141 @@
+package db
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/google/uuid"
+)
+
+// Wake-ups: the channels processes listen on and the payloads sent on them,
+// in one place. A payload is lines of text, never the only copy of anything:
+// a listener that misses one finds the same facts in the tables.
+//
+//	sb_node_<node id>   "wake DEVICE"          deliver the device's pending commands
+//	                    "kick DEVICE SESSION"  close that session: a newer one replaced it
+//	sb_edge_<edge id>   "COMMAND-ID"           the command changed: read it again
+
+// NodeChannel is the channel a connection node listens on.
+func NodeChannel(nodeID string) string { return "sb_node_" + nodeID }
+
+// EdgeChannel is the channel an edge listens on for its commands' changes.
+func EdgeChannel(edgeID string) string { return "sb_edge_" + edgeID }
+
+const (
+	wakeVerb = "wake"
+	kickVerb = "kick"
+)
+
+// NodeMessage is one line of a node channel payload.
+type NodeMessage struct {
+	Kick      bool
+	DeviceID  string
+	SessionID uuid.UUID // for a kick
+}
+
+// ParseNodeMessages reads a node channel payload, skipping lines it does not know.
+func ParseNodeMessages(payload string) []NodeMessage {
+	var out []NodeMessage
+	for line := range strings.Lines(payload) {
+		fields := strings.Fields(line)
+		switch {
+		case len(fields) == 2 && fields[0] == wakeVerb:
+			out = append(out, NodeMessage{DeviceID: fields[1]})
+		case len(fields) == 3 && fields[0] == kickVerb:
+			if sid, err := uuid.Parse(fields[2]); err == nil {
+				out = append(out, NodeMessage{Kick: true, DeviceID: fields[1], SessionID: sid})
+			}
+		}
+	}
+	return out
+}
+
+// ParseEdgeMessage reads an edge channel payload: the ids of changed commands.
+func ParseEdgeMessage(payload string) []uuid.UUID {
+	var ids []uuid.UUID
+	for line := range strings.Lines(payload) {
+		if id, err := uuid.Parse(strings.TrimSpace(line)); err == nil {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// Notice is one wake-up to send; exactly one field is set.
+type Notice struct {
+	Wake   string     // a device whose node must deliver its pending commands
+	Change *Change    // a command whose edges must read it again
+	Kick   *Displaced // a session its node must close
+}
+
+// Notify sends notices, coalesced, in one statement. Call it after the
+// writes the notices announce have committed, outside any transaction.
+// A wake goes to the node that presence names for the device, read here,
+// in chunks of 50 devices (50 lines of at most 134 bytes fit a payload):
+// presence, not presence_live, since a node whose lease lapsed is most
+// often still alive, and a wake-up sent to a dead one costs nothing.
+func (s *Store) Notify(ctx context.Context, notices []Notice) error {
+	var wake []string
+	byChannel := make(map[string][]string)
+	for _, n := range notices {
+		switch {
+		case n.Wake != "":
+			wake = append(wake, n.Wake)
+		case n.Change != nil:
+			for _, edge := range n.Change.Edges {
+				byChannel[EdgeChannel(edge)] = append(byChannel[EdgeChannel(edge)], n.Change.ID.String())
+			}
+		case n.Kick != nil:
+			ch := NodeChannel(n.Kick.NodeID)
+			byChannel[ch] = append(byChannel[ch], fmt.Sprintf("%s %s %s", kickVerb, n.Kick.DeviceID, n.Kick.SessionID))
+		}
+	}
+	var channels, payloads []string
+	for ch, lines := range byChannel {
+		for _, p := range pack(lines) {
+			channels, payloads = append(channels, ch), append(payloads, p)
+		}
+	}
+	if len(wake) == 0 && len(channels) == 0 {
+		return nil
+	}
+	wake = slices.Compact(slices.Sorted(slices.Values(wake)))
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	// A transaction that only notifies writes no WAL: its commit is cheap.
+	_, err := s.db.Exec(ctx, `
+		SELECT pg_notify(channel, payload) FROM (
+			SELECT $3 || node_id AS channel, string_agg($4 || device_id, E'\n') AS payload
+			FROM (SELECT node_id, device_id, row_number() OVER (PARTITION BY node_id) / 50 AS chunk
+			      FROM presence WHERE device_id = ANY($1)) t
+			GROUP BY node_id, chunk
+			UNION ALL
+			SELECT * FROM unnest($2::text[], $5::text[])) n`,
+		wake, channels, NodeChannel(""), wakeVerb+" ", payloads)
+	return translate(err, "notify")
+}
+
+// maxPayload keeps payloads under PostgreSQL's 8000-byte limit.
+const maxPayload = 7900
+
+// pack joins lines into as few payloads as the size limit allows.
+func pack(lines []string) []string {
+	var out []string
+	var payload []byte
+	for _, line := range lines {
+		if len(payload) > 0 && len(payload)+1+len(line) > maxPayload {
+			out = append(out, string(payload))
+			payload = payload[:0]
+		}
+		if len(payload) > 0 {
+			payload = append(payload, '\n')
+		}
+		payload = append(payload, line...)
+	}
+	if len(payload) > 0 {
+		out = append(out, string(payload))
+	}
+	return out
+}
