@@ -40,16 +40,31 @@ func servingAt(t *testing.T, p *proc) string {
 
 var servingLine = regexp.MustCompile(`msg="[^"]*serving" .*addr=(127\.0\.0\.1:\d+)`)
 
-// binary builds switchboard once for the test.
+// binary builds switchboard (with the race detector) once for the tests
+// that run it; the folder goes when the tests end.
 func binary(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "switchboard")
-	out, err := exec.Command("go", "build", "-race", "-o", bin, ".").CombinedOutput()
+	bin, err := buildOnce()
 	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+		t.Fatal(err)
 	}
 	return bin
 }
+
+var (
+	binDir    string
+	buildOnce = sync.OnceValues(func() (string, error) {
+		var err error
+		if binDir, err = os.MkdirTemp("", "switchboard-bin-"); err != nil {
+			return "", err
+		}
+		bin := filepath.Join(binDir, "switchboard")
+		if out, err := exec.Command("go", "build", "-race", "-o", bin, ".").CombinedOutput(); err != nil {
+			return "", fmt.Errorf("go build: %v\n%s", err, out)
+		}
+		return bin, nil
+	})
+)
 
 // proc is a running switchboard process.
 type proc struct {

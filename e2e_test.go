@@ -27,7 +27,13 @@ import (
 	"github.com/switchboard-iot/switchboard/internal/testsys"
 )
 
-func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+func TestMain(m *testing.M) {
+	code := pgtest.Main(m)
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
 
 // command is the JSON of a command as the edge returns it.
 type command struct {

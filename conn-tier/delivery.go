@@ -193,37 +193,61 @@ func (n *Node) closeReplaced(ctx context.Context) {
 	}
 }
 
-// commandOp is a delivery record or a reply, written by the commands batcher.
+// commandOp is what the commands batcher writes about one command.
 type commandOp struct {
-	delivered uuid.UUID // with session: the frame was written
-	session   *session
-	reply     *db.Reply
+	kind    opKind
+	id      uuid.UUID
+	session *session  // for a delivery or a time-out: the session it concerns
+	reply   *db.Reply // for a reply
 }
 
-// writeCommands records deliveries and replies atomically, then queues the
-// wake-ups of the edges that wait on them. Deliveries go first: a reply in
-// the same batch wins.
+type opKind uint8
+
+const (
+	opDelivered opKind = iota // the command's frame was written to the session
+	opReply                   // the device answered
+	opTimedOut                // the session's reply clock ran out
+)
+
+// writeCommands records deliveries, replies and time-outs atomically, then
+// queues the wake-ups of the edges that wait on them. Deliveries go first.
+// Of a command's reply and time-out, the one queued first wins: the queue is
+// in the order the node saw them, so a reply received in time beats the
+// time-out, however long the database took to come back.
 func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
-	var deliveries []db.Delivery
+	var deliveries, timeouts []db.Delivery
 	var replies []db.Reply
+	settled := make(map[uuid.UUID]bool) // a reply or time-out of the batch came first
 	for _, op := range ops {
-		if op.reply != nil {
+		switch {
+		case op.kind == opDelivered:
+			deliveries = append(deliveries, db.Delivery{ID: op.id, DeviceID: op.session.deviceID, SessionID: op.session.id})
+		case settled[op.id]:
+		case op.kind == opReply:
+			settled[op.id] = true
 			replies = append(replies, *op.reply)
-		} else {
-			deliveries = append(deliveries, db.Delivery{ID: op.delivered, DeviceID: op.session.deviceID, SessionID: op.session.id})
+		case op.kind == opTimedOut:
+			settled[op.id] = true
+			timeouts = append(timeouts, db.Delivery{ID: op.id, DeviceID: op.session.deviceID, SessionID: op.session.id})
 		}
 	}
 	// One statement is atomic by itself: BEGIN and COMMIT would only add two
 	// round trips to the hot path.
 	inTx := n.store.InTx
-	if len(deliveries) == 0 || len(replies) == 0 {
+	kinds := 0
+	for _, n := range []int{len(deliveries), len(replies), len(timeouts)} {
+		if n > 0 {
+			kinds++
+		}
+	}
+	if kinds < 2 {
 		inTx = func(_ context.Context, fn func(*db.Store) error) error { return fn(n.store) }
 	}
 	var changes []db.Change
 	var stale []uuid.UUID
-	var nDelivered, nReplies int
+	var nDelivered, nReplies, nTimedOut int
 	err := inTx(ctx, func(tx *db.Store) error {
-		changes, stale, nDelivered, nReplies = changes[:0], nil, 0, 0
+		changes, stale, nDelivered, nReplies, nTimedOut = changes[:0], nil, 0, 0, 0
 		if len(deliveries) > 0 {
 			ch, st, err := tx.MarkDelivered(ctx, n.cfg.Node.ID, deliveries)
 			if err != nil {
@@ -238,6 +262,13 @@ func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
 			}
 			changes, nReplies = append(changes, ch...), len(ch)
 		}
+		if len(timeouts) > 0 {
+			ch, err := tx.FailUnanswered(ctx, timeouts)
+			if err != nil {
+				return err
+			}
+			changes, nTimedOut = append(changes, ch...), len(ch)
+		}
 		return nil
 	})
 	if err != nil {
@@ -250,11 +281,11 @@ func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
 		isStale[id] = true
 	}
 	for _, op := range ops {
-		if op.session == nil {
+		if op.kind != opDelivered {
 			continue
 		}
-		if !isStale[op.delivered] {
-			op.session.forget(op.delivered)
+		if !isStale[op.id] {
+			op.session.forget(op.id)
 		}
 		if op.session.backlogged.CompareAndSwap(true, false) {
 			n.deliverer.wake(op.session.deviceID)
@@ -262,6 +293,7 @@ func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
 	}
 	n.metrics.delivered.Add(float64(nDelivered))
 	n.metrics.replies.Add(float64(nReplies))
+	n.metrics.timedOut.Add(float64(nTimedOut))
 	for i := range changes {
 		_ = n.notices.Push(db.Notice{Change: &changes[i]})
 	}

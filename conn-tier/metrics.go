@@ -11,6 +11,7 @@ type metrics struct {
 	frames    *prometheus.CounterVec // frames received, by type
 	delivered prometheus.Counter
 	replies   prometheus.Counter
+	timedOut  prometheus.Counter
 	// eventsShed counts telemetry dropped because the events queue was full
 	// (the database slow or away); replies are never shed.
 	eventsShed prometheus.Counter
@@ -33,6 +34,8 @@ func newMetrics(reg *prometheus.Registry, nodeID string, queues map[string]func(
 			Name: "switchboard_conn_commands_delivered_total", Help: "Commands written to devices and recorded."}),
 		replies: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_conn_replies_stored_total", Help: "Device replies that completed a command."}),
+		timedOut: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_conn_commands_timed_out_total", Help: "Delivered commands failed because no reply came within their timeout."}),
 		eventsShed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_conn_events_shed_total", Help: "Device events dropped because the events queue was full."}),
 		replyWaits: prometheus.NewCounter(prometheus.CounterOpts{
@@ -40,7 +43,7 @@ func newMetrics(reg *prometheus.Registry, nodeID string, queues map[string]func(
 	}
 	if reg != nil {
 		r := prometheus.WrapRegistererWith(prometheus.Labels{"node": nodeID}, reg)
-		r.MustRegister(m.sessions, m.connects, m.closes, m.frames, m.delivered, m.replies, m.eventsShed, m.replyWaits)
+		r.MustRegister(m.sessions, m.connects, m.closes, m.frames, m.delivered, m.replies, m.timedOut, m.eventsShed, m.replyWaits)
 		for name, depth := range queues {
 			r.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "switchboard_conn_queue_depth", Help: "Writes waiting for the database, by queue.",

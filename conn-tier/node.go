@@ -53,6 +53,10 @@ type Config struct {
 	WriteTimeout time.Duration // 10s: a frame not written in this time drops the device
 	MaxFrame     int64         // 64 KiB: larger frames close the socket with 1009
 	SendQueue    int           // 64 frames queued per device before it counts as stuck
+	// WriteQueue bounds each kind of write (presence, commands, events)
+	// queued while the database is slow or away: past it, a device's
+	// replies wait (its reads pause) and events are shed. 4096.
+	WriteQueue   int
 	LeaseTTL     time.Duration // 15s: renewed every third of it
 	DrainTimeout time.Duration // 10s: how long shutdown waits for sessions to close
 	// RescanInterval is how often the node re-reads its devices' pending
@@ -84,6 +88,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.SendQueue == 0 {
 		c.SendQueue = 64
+	}
+	if c.WriteQueue == 0 {
+		c.WriteQueue = 4096
 	}
 	if c.Log == nil {
 		c.Log = slog.Default()
@@ -149,10 +156,11 @@ func New(cfg Config) (*Node, error) {
 	n.deliverer = newDeliverer(n)
 	// Queue limits bound memory while the database is slow or away: past
 	// them, devices' replies wait (their reads stop) and events are shed.
-	n.presence = batch.New("presence", 4096, 1000, log, n.writePresence, db.IsRefused)
-	n.commands = batch.New("commands", 4096, 1000, log, n.writeCommands, db.IsRefused)
-	n.events = batch.New("events", 4096, 1000, log, n.store.InsertEvents, db.IsRefused)
-	n.notices = batch.New("notices", 4096, 1000, log, n.store.Notify, db.IsRefused)
+	q := cfg.WriteQueue
+	n.presence = batch.New("presence", q, 1000, log, n.writePresence, db.IsRefused)
+	n.commands = batch.New("commands", q, 1000, log, n.writeCommands, db.IsRefused)
+	n.events = batch.New("events", q, 1000, log, n.store.InsertEvents, db.IsRefused)
+	n.notices = batch.New("notices", q, 1000, log, n.store.Notify, db.IsRefused)
 	n.metrics = newMetrics(cfg.Metrics, cfg.Node.ID, map[string]func() int{
 		"presence": n.presence.Len, "commands": n.commands.Len, "events": n.events.Len, "notices": n.notices.Len,
 	})
@@ -254,7 +262,9 @@ func (n *Node) register(ctx context.Context) error {
 			return err
 		}
 		return n.store.ClearNode(ctx, n.cfg.Node.ID)
-	}, func(err error, wait time.Duration) { n.log.Warn("registering the node; retrying", "err", err, "in", wait) })
+	}, func(err error, wait time.Duration) {
+		n.log.Warn("registering the node; retrying", "err", err, "in", wait)
+	})
 	if err != nil {
 		return fmt.Errorf("registering node %s: %w", n.cfg.Node.ID, err)
 	}

@@ -31,10 +31,12 @@ const closeGrace = time.Second
 const pongRoom = 8
 
 // outFrame is a frame queued for the device; command frames carry their id
-// so the write pump can record the delivery once the frame is written.
+// and timeout so the write pump can record the delivery once the frame is
+// written, and start the reply clock.
 type outFrame struct {
 	data    []byte
 	command uuid.UUID
+	timeout time.Duration
 }
 
 // session is one device connection on this node.
@@ -60,12 +62,17 @@ type session struct {
 	// nothing may push the deadline past the close grace.
 	deadlineMu sync.Mutex
 
-	inflightMu sync.Mutex // guards inflight
+	inflightMu sync.Mutex // guards inflight and awaiting
 	// inflight holds the commands queued (false) or written (true) on this
 	// session whose delivery is not recorded: they are not sent twice, and
 	// a reply to a written one records the delivery itself. A mark the
 	// database refused (the session was replaced) keeps its entry.
 	inflight map[uuid.UUID]bool
+	// awaiting holds the reply clocks of commands written on this session:
+	// one that runs out queues the command's failure behind every reply
+	// this node received before, so a reply that came in time wins however
+	// late the database takes it. Made on the first command.
+	awaiting map[uuid.UUID]*time.Timer
 
 	// backlogged is set when the device may have more pending commands than
 	// its queue took: recording deliveries wakes the deliverer again.
@@ -200,6 +207,7 @@ func (s *session) serve() {
 	close(s.done)
 	<-writerDone
 	s.ws.Close()
+	s.stopClocks() // what it left unanswered is given back, not failed
 	// The removal gives back what the session left unanswered. Push: one
 	// item per session, and the session's goroutine must not wait here.
 	if err := n.presence.Push(presenceOp{session: s.dbSession()}); err != nil {
@@ -256,6 +264,7 @@ func (s *session) readPump(log *slog.Logger) {
 		case protocol.TypePong:
 		case protocol.TypeReply:
 			id := uuid.MustParse(msg.ID) // Decode checked the form
+			s.answered(id)
 			s.storeReply(db.Reply{ID: id, DeviceID: s.deviceID, OK: *msg.OK, Result: msg.Result, Error: msg.Error,
 				SessionID: s.id, Unrecorded: s.written(id)})
 		case protocol.TypeEvent:
@@ -277,7 +286,7 @@ func (s *session) readPump(log *slog.Logger) {
 // reply read from a session that is closing is queued regardless: nothing
 // read is dropped.
 func (s *session) storeReply(r db.Reply) {
-	op := commandOp{reply: &r}
+	op := commandOp{kind: opReply, id: r.ID, reply: &r}
 	n := s.node
 	if n.commands.TryAdd(op) {
 		return
@@ -314,11 +323,14 @@ func (s *session) writePump() {
 		var err error
 		select {
 		case frame := <-s.send:
+			if frame.command != uuid.Nil {
+				// Before the write: a reply can beat the write's return.
+				s.setWritten(frame.command, frame.timeout)
+			}
 			_ = s.ws.SetWriteDeadline(time.Now().Add(n.cfg.WriteTimeout))
 			err = s.ws.WriteMessage(websocket.TextMessage, frame.data)
 			if err == nil && frame.command != uuid.Nil {
-				s.setWritten(frame.command)
-				_ = n.commands.Push(commandOp{delivered: frame.command, session: s})
+				_ = n.commands.Push(commandOp{kind: opDelivered, id: frame.command, session: s})
 			}
 		case <-ping.C:
 			err = s.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(n.cfg.WriteTimeout))
@@ -364,18 +376,55 @@ func (s *session) deliver(cmd command.Command) bool {
 	s.inflight[cmd.ID] = false
 	s.inflightMu.Unlock()
 	frame, err := protocol.Encode(protocol.Message{Type: protocol.TypeCommand, ID: cmd.ID.String(), Name: cmd.Name, Args: cmd.Args})
-	if err != nil || !s.enqueue(outFrame{data: frame, command: cmd.ID}) {
+	if err != nil || !s.enqueue(outFrame{data: frame, command: cmd.ID, timeout: time.Duration(cmd.Timeout)}) {
 		s.forget(cmd.ID) // still pending: delivered on the next session
 		return false
 	}
 	return true
 }
 
-func (s *session) setWritten(id uuid.UUID) {
+// setWritten notes that the command's frame went out, and starts its
+// reply clock.
+func (s *session) setWritten(id uuid.UUID, timeout time.Duration) {
 	s.inflightMu.Lock()
 	defer s.inflightMu.Unlock()
 	if _, ok := s.inflight[id]; ok {
 		s.inflight[id] = true
+	}
+	if s.awaiting == nil {
+		s.awaiting = make(map[uuid.UUID]*time.Timer)
+	}
+	if old := s.awaiting[id]; old != nil {
+		old.Stop()
+	}
+	s.awaiting[id] = time.AfterFunc(timeout, func() {
+		s.inflightMu.Lock()
+		_, still := s.awaiting[id]
+		delete(s.awaiting, id)
+		s.inflightMu.Unlock()
+		if still {
+			_ = s.node.commands.Push(commandOp{kind: opTimedOut, id: id, session: s})
+		}
+	})
+}
+
+// answered stops the command's reply clock.
+func (s *session) answered(id uuid.UUID) {
+	s.inflightMu.Lock()
+	defer s.inflightMu.Unlock()
+	if t := s.awaiting[id]; t != nil {
+		t.Stop()
+		delete(s.awaiting, id)
+	}
+}
+
+// stopClocks stops every reply clock of a session that ended.
+func (s *session) stopClocks() {
+	s.inflightMu.Lock()
+	defer s.inflightMu.Unlock()
+	for id, t := range s.awaiting {
+		t.Stop()
+		delete(s.awaiting, id)
 	}
 }
 

@@ -172,14 +172,16 @@ type Delivery struct {
 	SessionID uuid.UUID
 }
 
-// MarkDelivered records that a node wrote these commands to their devices:
-// each delivery counts an attempt, names its session, and starts the reply
-// deadline. It returns the changes, and the deliveries whose session is no
-// longer its device's current one (replaced, or ended): those change
-// nothing, and the command stays pending for the device's next session.
-// The presence rows are locked for the statement, so a session that ends
-// concurrently either sees the mark and gives the command back, or makes
-// the mark miss.
+// MarkDelivered records that a node wrote these commands to their devices.
+// Every written frame counts one attempt, exactly once. A delivery to the
+// device's current session of a pending command also marks it delivered,
+// names the session and starts the reply deadline. A delivery to a session
+// that is no longer current (replaced, or ended) only counts: the command
+// stays pending for the device's next session; those are returned as stale.
+// A command already answered was counted by the reply if it came on the
+// delivering session (Reply.Unrecorded). The presence rows are locked for
+// the statement, so a session that ends concurrently either sees the mark
+// and gives the command back, or makes the mark miss.
 func (s *Store) MarkDelivered(ctx context.Context, nodeID string, deliveries []Delivery) (changes []Change, stale []uuid.UUID, err error) {
 	ctx, cancel := bound(ctx)
 	defer cancel()
@@ -200,10 +202,16 @@ func (s *Store) MarkDelivered(ctx context.Context, nodeID string, deliveries []D
 				delivered_at = now(), reply_deadline = now() + c.timeout
 			FROM d JOIN current USING (device_id, session_id)
 			WHERE c.id = d.id AND c.device_id = d.device_id AND c.status = ANY($5)
-			RETURNING `+changeColumns+`)
+			RETURNING `+changeColumns+`),
+		counted AS (
+			UPDATE commands c SET attempts = c.attempts + 1
+			FROM d
+			WHERE c.id = d.id AND c.device_id = d.device_id AND c.id NOT IN (SELECT id FROM marked)
+			  AND NOT (c.status IN ('done', 'failed', 'expired') AND c.session_id IS NOT DISTINCT FROM d.session_id))
 		SELECT false, * FROM marked
 		UNION ALL
-		SELECT true, d.id, NULL FROM d WHERE NOT EXISTS (SELECT FROM current WHERE current.device_id = d.device_id AND current.session_id = d.session_id)`,
+		SELECT true, d.id, NULL FROM d
+		WHERE NOT EXISTS (SELECT FROM current WHERE current.device_id = d.device_id AND current.session_id = d.session_id)`,
 		ids, devices, sessions, nodeID, command.From(command.Delivered))
 	if err != nil {
 		return nil, nil, translate(err, "mark delivered")
@@ -263,7 +271,7 @@ func (s *Store) StoreReplies(ctx context.Context, nodeID string, replies []Reply
 		UPDATE commands c SET status = CASE WHEN r.ok THEN 'done' ELSE 'failed' END,
 			ok = r.ok, result = r.result, error = r.error, completed_at = now(),
 			-- "Folding" the delivery mark into the reply: see Reply.Unrecorded.
-			attempts = CASE WHEN r.unrecorded AND c.status = 'pending' THEN c.attempts + 1 ELSE greatest(c.attempts, 1) END,
+			attempts = CASE WHEN r.unrecorded AND c.status = 'pending' THEN c.attempts + 1 ELSE c.attempts END,
 			delivered_at = CASE WHEN r.unrecorded AND c.status = 'pending' THEN now() ELSE coalesce(c.delivered_at, now()) END,
 			session_id = CASE WHEN r.unrecorded AND c.status = 'pending' THEN r.session_id ELSE c.session_id END,
 			node_id = CASE WHEN r.unrecorded AND c.status = 'pending' THEN $8 ELSE c.node_id END
@@ -272,6 +280,28 @@ func (s *Store) StoreReplies(ctx context.Context, nodeID string, replies []Reply
 		RETURNING `+changeColumns, ids, devices, oks, results, errs, unrecorded, sessions, nodeID, command.From(command.Done)))
 	return changes, translate(err, "store replies")
 }
+
+// FailUnanswered fails commands whose device did not reply within timeout
+// of these deliveries, as the delivering node judged by its own clock:
+// unless the command was delivered again since, or answered.
+func (s *Store) FailUnanswered(ctx context.Context, deliveries []Delivery) ([]Change, error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	ids := make([]uuid.UUID, len(deliveries))
+	sessions := make([]uuid.UUID, len(deliveries))
+	for i, d := range deliveries {
+		ids[i], sessions[i] = d.ID, d.SessionID
+	}
+	changes, err := collectChanges(s.db.Query(ctx, `
+		UPDATE commands c SET status = 'failed', completed_at = now(), error = `+noReplyError+`
+		FROM unnest($1::uuid[], $2::uuid[]) AS t(id, session_id)
+		WHERE c.id = t.id AND c.session_id = t.session_id AND c.status = 'delivered'
+		RETURNING `+changeColumns, ids, sessions))
+	return changes, translate(err, "fail unanswered")
+}
+
+// noReplyError says why a delivered command failed.
+const noReplyError = `format('no reply within %ss of delivery %s', trim_scale(extract(epoch FROM c.timeout)), c.attempts)`
 
 // requeueEnded gives back for redelivery the delivered commands of these
 // devices whose session is no longer live: the device never answered them
@@ -293,23 +323,28 @@ type Swept struct {
 	Devices []string
 }
 
-// SweepCommands fails delivered commands whose device did not reply within
-// timeout of the delivery, expires pending ones whose ttl passed, and gives
-// back for redelivery those delivered to a session whose node's lease
-// lapsed (the node died, or lost the database), at most limit of each.
-// Several processes may sweep at once: each row goes to one of them.
+// SweepGrace is how long after its reply deadline a delivered command is
+// failed by a sweep: the node that delivered it fails it on time (after
+// storing any reply it got in time, however late the database came back),
+// so the sweep is only the backstop for a node that could not.
+const SweepGrace = time.Minute
+
+// SweepCommands expires pending commands whose ttl passed, gives back for
+// redelivery those delivered to a session whose node's lease lapsed (the
+// node died, or lost the database), and fails those delivered more than
+// SweepGrace past their reply deadline, at most limit of each. Several
+// processes may sweep at once: each row goes to one of them.
 func (s *Store) SweepCommands(ctx context.Context, limit int) (Swept, error) {
 	ctx, cancel := bound(ctx)
 	defer cancel()
 	var swept Swept
 	failed, err := collectChanges(s.db.Query(ctx, `
 		WITH due AS (
-			SELECT id FROM commands WHERE status = 'delivered' AND reply_deadline <= now()
+			SELECT id FROM commands WHERE status = 'delivered' AND reply_deadline <= now() - $2::interval
 			ORDER BY reply_deadline LIMIT $1 FOR UPDATE SKIP LOCKED)
-		UPDATE commands c SET status = 'failed', completed_at = now(),
-			error = format('no reply within %ss of delivery %s', trim_scale(extract(epoch FROM c.timeout)), c.attempts)
+		UPDATE commands c SET status = 'failed', completed_at = now(), error = `+noReplyError+`
 		FROM due WHERE c.id = due.id
-		RETURNING `+changeColumns, limit))
+		RETURNING `+changeColumns, limit, SweepGrace))
 	if err != nil {
 		return swept, translate(err, "sweep replies")
 	}

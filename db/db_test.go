@@ -248,6 +248,10 @@ func TestRedelivery(t *testing.T) {
 		t.Fatalf("mark for an ended session: changes %v, stale %v", changes, stale)
 	}
 
+	if got, _ := store.Command(ctx, third.ID); got.Attempts != 1 || got.Status != command.Pending {
+		t.Fatalf("a late mark's frame went out: it counts, and the command stays pending: %+v", got)
+	}
+
 	// Session 2 (on another node) gets them; session 3 replaces it on a
 	// third node before it answers: Connect gives them back at once.
 	s2 := online(t, store, "node-2", "dev-1")
@@ -261,7 +265,7 @@ func TestRedelivery(t *testing.T) {
 	}
 	deliver(t, store, s3, first.ID)
 	got, _ := store.Command(ctx, first.ID)
-	if got.Status != command.Delivered || got.Attempts != 3 {
+	if got.Status != command.Delivered || got.Attempts != 4 { // sessions 1, 2 (twice: one late mark) and 3
 		t.Fatalf("third delivery: %+v", got)
 	}
 
@@ -284,7 +288,7 @@ func TestRedelivery(t *testing.T) {
 		t.Fatalf("sweep after a lapsed lease: %+v, %v", swept, err)
 	}
 	got, _ = store.Command(ctx, first.ID)
-	if got.Status != command.Pending || got.Attempts != 3 {
+	if got.Status != command.Pending || got.Attempts != 4 {
 		t.Fatalf("after the lease lapsed: %+v", got)
 	}
 }
@@ -354,9 +358,16 @@ func TestSweepFailsAndExpires(t *testing.T) {
 	late := create(t, store, newCommand("dev-1", time.Hour))
 	stale := create(t, store, newCommand("dev-1", time.Hour))
 	fresh := create(t, store, newCommand("dev-1", time.Hour))
-	deliver(t, store, online(t, store, "node-1", "dev-1"), late.ID)
+	recent := create(t, store, newCommand("dev-1", time.Hour))
+	deliver(t, store, online(t, store, "node-1", "dev-1"), late.ID, recent.ID)
+	// Past its deadline, but within the grace: the node's to fail.
+	if _, err := pool.Exec(ctx, `UPDATE commands SET reply_deadline = now() - interval '1s' WHERE id = $1`, recent.ID); err != nil {
+		t.Fatal(err)
+	}
 	// Move the clocks of two commands into the past rather than waiting.
-	if _, err := pool.Exec(ctx, `UPDATE commands SET reply_deadline = now() - interval '1s' WHERE id = $1`, late.ID); err != nil {
+	// The delivering node fails a command on time; the sweep is the
+	// backstop, a grace later.
+	if _, err := pool.Exec(ctx, `UPDATE commands SET reply_deadline = now() - $2::interval - interval '1s' WHERE id = $1`, late.ID, db.SweepGrace); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := pool.Exec(ctx, `UPDATE commands SET expires_at = now() - interval '1s' WHERE id = $1`, stale.ID); err != nil {
@@ -366,7 +377,7 @@ func TestSweepFailsAndExpires(t *testing.T) {
 	if err != nil || len(swept.Changes) != 2 || len(swept.Devices) != 0 {
 		t.Fatalf("sweep: %+v, %v", swept, err)
 	}
-	for id, want := range map[uuid.UUID]command.Status{late.ID: command.Failed, stale.ID: command.Expired, fresh.ID: command.Pending} {
+	for id, want := range map[uuid.UUID]command.Status{late.ID: command.Failed, stale.ID: command.Expired, fresh.ID: command.Pending, recent.ID: command.Delivered} {
 		got, _ := store.Command(ctx, id)
 		if got.Status != want {
 			t.Errorf("command %s: status %s, want %s", id, got.Status, want)
@@ -535,5 +546,40 @@ func TestInsertEvents(t *testing.T) {
 	}
 	if strings.Join(names, ",") != `telemetry:{"c": 20.5},alert:null` {
 		t.Fatalf("events = %v", names)
+	}
+}
+
+// The delivering node fails a command whose reply clock ran out, unless it
+// was answered or delivered again (to another session) meanwhile.
+func TestFailUnanswered(t *testing.T) {
+	t.Parallel()
+	store, _ := setup(t, "dev-1")
+	ctx := context.Background()
+	s1 := online(t, store, "node-1", "dev-1")
+	silent := create(t, store, newCommand("dev-1", time.Hour))
+	answered := create(t, store, newCommand("dev-1", time.Hour))
+	deliver(t, store, s1, silent.ID, answered.ID)
+	if _, err := store.StoreReplies(ctx, "node-1", []db.Reply{{ID: answered.ID, DeviceID: "dev-1", OK: true}}); err != nil {
+		t.Fatal(err)
+	}
+	changes, err := store.FailUnanswered(ctx, []db.Delivery{
+		{ID: silent.ID, DeviceID: "dev-1", SessionID: s1.SessionID},
+		{ID: answered.ID, DeviceID: "dev-1", SessionID: s1.SessionID},
+	})
+	if err != nil || len(changes) != 1 || changes[0].ID != silent.ID {
+		t.Fatalf("fail unanswered: %v, %v", changes, err)
+	}
+	got, _ := store.Command(ctx, silent.ID)
+	if got.Status != command.Failed || got.Error != "no reply within 10s of delivery 1" {
+		t.Fatalf("silent: %+v", got)
+	}
+
+	// A clock of an earlier delivery runs out after a redelivery: no change.
+	again := create(t, store, newCommand("dev-1", time.Hour))
+	deliver(t, store, s1, again.ID)
+	s2 := online(t, store, "node-2", "dev-1")
+	deliver(t, store, s2, again.ID)
+	if changes, err := store.FailUnanswered(ctx, []db.Delivery{{ID: again.ID, DeviceID: "dev-1", SessionID: s1.SessionID}}); err != nil || len(changes) != 0 {
+		t.Fatalf("an old session's clock failed the redelivered command: %v, %v", changes, err)
 	}
 }

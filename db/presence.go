@@ -31,12 +31,21 @@ func (s *Store) RenewLease(ctx context.Context, node Node, ttl time.Duration) (c
 	return created, translate(err, "renew lease of "+node.ID)
 }
 
-// ClearNode deletes a node's presence rows, keeping its lease: a node that
-// starts holds no connections, whatever an earlier process left behind.
+// ClearNode deletes a node's presence rows, keeping its lease, and gives
+// back what their sessions left unanswered: a node that starts holds no
+// connections, whatever an earlier process with its id left behind.
 func (s *Store) ClearNode(ctx context.Context, nodeID string) error {
-	ctx, cancel := bound(ctx)
-	defer cancel()
-	_, err := s.db.Exec(ctx, `DELETE FROM presence WHERE node_id = $1`, nodeID)
+	err := s.InTx(ctx, func(tx *Store) error {
+		rows, err := tx.db.Query(ctx, `DELETE FROM presence WHERE node_id = $1 RETURNING device_id`, nodeID)
+		if err != nil {
+			return err
+		}
+		devices, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil || len(devices) == 0 {
+			return err
+		}
+		return tx.requeueEnded(ctx, devices)
+	})
 	return translate(err, "clear node "+nodeID)
 }
 

@@ -50,14 +50,14 @@ type Config struct {
 	TLS    *tls.Config // nil uses the system roots
 	Log    *slog.Logger
 
-	MinBackoff  time.Duration // 500ms: first reconnect delay cap
-	MaxBackoff  time.Duration // 30s: largest reconnect delay cap
+	MinBackoff time.Duration // 500ms: first reconnect delay cap
+	MaxBackoff time.Duration // 30s: largest reconnect delay cap
 	// ReplacedDelay is the longest wait after another session of this device
 	// replaced ours (4008); the wait is random between half of it and all
 	// of it, so that two copies of one device do not trade places in step.
 	ReplacedDelay time.Duration // 60s
-	ReadTimeout time.Duration // 60s: a server silent this long (no ping) is given up
-	Dedup       int           // 1024: recent command ids remembered, to answer a redelivery without re-running it
+	ReadTimeout   time.Duration // 60s: a server silent this long (no ping) is given up
+	Dedup         int           // 1024: recent command ids remembered, to answer a redelivery without re-running it
 
 	// OnConnect and OnDisconnect, when set, are told of each session.
 	OnConnect    func()

@@ -137,6 +137,7 @@ func (e *Edge) sweep(ctx context.Context) error {
 	defer ticker.Stop()
 	const limit = 1000
 	lastReap := time.Now()
+	failing := false // log an outage once, not every beat
 	for {
 		select {
 		case <-ctx.Done():
@@ -153,10 +154,15 @@ func (e *Edge) sweep(ctx context.Context) error {
 				_ = e.notices.Push(db.Notice{Wake: id})
 			}
 			if err != nil {
-				if ctx.Err() == nil {
-					e.log.Warn("sweeping commands", "err", err)
+				if ctx.Err() == nil && !failing {
+					e.log.Warn("sweeping commands; retrying every beat", "err", err)
 				}
+				failing = true
 				break
+			}
+			if failing {
+				e.log.Info("sweeping commands again")
+				failing = false
 			}
 			e.metrics.swept.Add(float64(len(swept.Changes)))
 			e.metrics.requeued.Add(float64(len(swept.Devices)))

@@ -36,7 +36,13 @@ type System struct {
 // New gives t a fresh, migrated database.
 func New(t testing.TB) *System {
 	t.Helper()
-	url := pgtest.NewDatabase(t)
+	return Attach(t, pgtest.NewDatabase(t))
+}
+
+// Attach builds a system on the migrated database at url: one on a cluster
+// the test started itself, to stop it.
+func Attach(t testing.TB, url string) *System {
+	t.Helper()
 	pool := pgtest.Pool(t, url)
 	return &System{DBURL: url, Pool: pool, Store: db.NewStore(pool)}
 }
@@ -245,10 +251,16 @@ func StartDevice(t testing.TB, node *Node, id, devSecret string, handlers map[st
 // state with no signal to wait on, such as rows another process writes.
 func Eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	EventuallyWithin(t, 20*time.Second, what, cond)
+}
+
+// EventuallyWithin is Eventually with a deadline of its own.
+func EventuallyWithin(t testing.TB, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+			t.Fatalf("timed out after %v waiting for %s", limit, what)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
