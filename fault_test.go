@@ -219,7 +219,7 @@ func TestDatabaseOutage(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = cluster.Stop() })
 	url := strings.Replace(cluster.URL, "/postgres?", "/switchboard?", 1)
-	if err := adminExec(ctx, cluster.URL, "CREATE DATABASE switchboard"); err != nil {
+	if err := pgtest.Exec(ctx, cluster.URL, "CREATE DATABASE switchboard"); err != nil {
 		t.Fatal(err)
 	}
 	pool := pgtest.Pool(t, url)
@@ -284,7 +284,7 @@ func TestDatabaseOutage(t *testing.T) {
 		t.Fatalf("POST during the outage: %d, Retry-After %q: %s", resp.StatusCode, resp.Header.Get("Retry-After"), body)
 	}
 	testsys.Eventually(t, "the node to hold all ten replies", func() bool {
-		return nodeMetric(t, node, `switchboard_conn_frames_received_total{node="node-a",type="reply"}`) >= float64(len(ids))
+		return node.Metric(t, `switchboard_conn_frames_received_total{node="node-a",type="reply"}`) >= float64(len(ids))
 	})
 
 	// The outage lasts longer than any retry schedule and than the lease;
@@ -318,35 +318,6 @@ func TestDatabaseOutage(t *testing.T) {
 	if err := json.NewDecoder(resp.Body).Decode(&c); err != nil || resp.StatusCode != http.StatusOK || c.Status != "done" {
 		t.Fatalf("after the outage: %d %+v %v", resp.StatusCode, c, err)
 	}
-}
-
-func adminExec(ctx context.Context, url, sql string) error {
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(ctx)
-	_, err = conn.Exec(ctx, sql)
-	return err
-}
-
-// nodeMetric reads one sample of a node's /metrics; 0 when absent.
-func nodeMetric(t *testing.T, node *testsys.Node, series string) float64 {
-	t.Helper()
-	resp, err := node.HTTPClient().Get(node.Base + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	for line := range strings.Lines(string(body)) {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), series+" "); ok {
-			var f float64
-			_, _ = fmt.Sscan(v, &f)
-			return f
-		}
-	}
-	return 0
 }
 
 // Real processes die without cleaning up: a connection node is SIGKILLed

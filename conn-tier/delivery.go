@@ -135,9 +135,11 @@ func (d *deliverer) deliver(ctx context.Context, sessions []*session) error {
 	devices := make([]string, 0, len(sessions))
 	limits := make([]int32, 0, len(sessions))
 	for _, s := range sessions {
-		if s.room() <= 0 {
-			s.backlogged.Store(true) // read again once deliveries are recorded
-			continue
+		// Raised before looking: a mark stored from now on wakes the device
+		// again, so a wake-up cannot fall between the look and the flag.
+		s.backlogged.Store(true)
+		if s.retireRecorded() <= 0 {
+			continue // out of room: read again once its deliveries are recorded
 		}
 		bySession[s.deviceID] = s
 		// A queue's worth: those in flight come back too, and are skipped.
@@ -158,9 +160,9 @@ func (d *deliverer) deliver(ctx context.Context, sessions []*session) error {
 			held[cmd.DeviceID] = !s.deliver(cmd)
 		}
 	}
-	for id, n := range read {
-		if n == limit {
-			bySession[id].backlogged.Store(true) // possibly more
+	for id, s := range bySession {
+		if read[id] < limit && !held[id] {
+			s.backlogged.Store(false) // all it had went out; a new command wakes it
 		}
 	}
 	return nil
@@ -285,7 +287,7 @@ func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
 			continue
 		}
 		if !isStale[op.id] {
-			op.session.forget(op.id)
+			op.session.recordedMark(op.id)
 		}
 		if op.session.backlogged.CompareAndSwap(true, false) {
 			n.deliverer.wake(op.session.deviceID)

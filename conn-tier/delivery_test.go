@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -184,7 +182,9 @@ func TestBackpressure(t *testing.T) {
 
 	// chatty answers everything and sends telemetry; it is paused, so its
 	// writes back up into its socket rather than into the node.
+	wrote := make(chan struct{})
 	go func() {
+		defer close(wrote)
 		for _, id := range cmds {
 			_ = chatty.WriteMessage(websocket.TextMessage, []byte(`{"type":"reply","id":"`+id.String()+`","ok":true}`))
 		}
@@ -193,7 +193,7 @@ func TestBackpressure(t *testing.T) {
 		}
 	}()
 	testsys.Eventually(t, "the commands queue to back up", func() bool {
-		return metric(t, node, `switchboard_conn_reply_waits_total{node="node-a"}`) >= 1
+		return node.Metric(t, `switchboard_conn_reply_waits_total{node="node-a"}`) >= 1
 	})
 	// The other device is not held up: its app-level ping is answered.
 	send(t, quiet, `{"type":"ping"}`)
@@ -205,6 +205,11 @@ func TestBackpressure(t *testing.T) {
 	if err := tx.Rollback(ctx); err != nil {
 		t.Fatal(err)
 	}
+	select {
+	case <-wrote: // the node read everything: chatty's socket is ours again
+	case <-time.After(wait):
+		t.Fatal("chatty's frames were not all read after the database came back")
+	}
 	for _, id := range cmds {
 		if row := waitStatus(t, sys, id, "done"); row.Attempts != 1 {
 			t.Fatalf("command %s: %+v", id, row)
@@ -212,7 +217,7 @@ func TestBackpressure(t *testing.T) {
 	}
 	testsys.Eventually(t, "the events written or shed", func() bool {
 		stored := count(t, sys, `SELECT count(*) FROM events WHERE device_id = 'chatty'`)
-		shed := int(metric(t, node, `switchboard_conn_events_shed_total{node="node-a"}`))
+		shed := int(node.Metric(t, `switchboard_conn_events_shed_total{node="node-a"}`))
 		return stored+shed == 50
 	})
 	// chatty's session survived the wait, and answers again.
@@ -224,23 +229,4 @@ func TestBackpressure(t *testing.T) {
 	if rows := livePresence(t, sys, "chatty"); len(rows) != 1 {
 		t.Fatalf("chatty's presence: %+v", rows)
 	}
-}
-
-// metric reads one sample from the node's /metrics; 0 when absent.
-func metric(t *testing.T, node *testsys.Node, series string) float64 {
-	t.Helper()
-	resp, err := node.HTTPClient().Get(node.Base + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	for line := range strings.Lines(string(body)) {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), series+" "); ok {
-			var f float64
-			_, _ = fmt.Sscan(v, &f)
-			return f
-		}
-	}
-	return 0
 }

@@ -63,11 +63,11 @@ type session struct {
 	deadlineMu sync.Mutex
 
 	inflightMu sync.Mutex // guards inflight and awaiting
-	// inflight holds the commands queued (false) or written (true) on this
-	// session whose delivery is not recorded: they are not sent twice, and
-	// a reply to a written one records the delivery itself. A mark the
+	// inflight holds the commands this session was sent whose delivery the
+	// deliverer has not yet seen recorded: they are not sent twice, and a
+	// reply to a written one records the delivery itself. A mark the
 	// database refused (the session was replaced) keeps its entry.
-	inflight map[uuid.UUID]bool
+	inflight map[uuid.UUID]flight
 	// awaiting holds the reply clocks of commands written on this session:
 	// one that runs out queues the command's failure behind every reply
 	// this node received before, so a reply that came in time wins however
@@ -78,6 +78,15 @@ type session struct {
 	// its queue took: recording deliveries wakes the deliverer again.
 	backlogged atomic.Bool
 }
+
+// flight is where a command sent on a session stands.
+type flight uint8
+
+const (
+	queued   flight = iota // in the send queue
+	written                // on the wire; its mark not stored yet
+	recorded               // its mark is stored; the deliverer drops the entry before its next read
+)
 
 // newSessionID is a UUIDv7 from the node's clock: sessions sort by when
 // their node saw them, which helps a reader of the logs; which session of a
@@ -95,13 +104,6 @@ func newSessionID(now time.Time) uuid.UUID {
 
 // commandRoom is how many commands the session may have in flight.
 func (n *Node) commandRoom() int { return max(n.cfg.SendQueue-pongRoom, 1) }
-
-// room reports how many more commands the session can take now.
-func (s *session) room() int {
-	s.inflightMu.Lock()
-	defer s.inflightMu.Unlock()
-	return s.node.commandRoom() - len(s.inflight)
-}
 
 func (s *session) dbSession() db.Session {
 	return db.Session{DeviceID: s.deviceID, SessionID: s.id, RemoteAddr: s.remoteAddr}
@@ -158,7 +160,7 @@ func (n *Node) handleConnect(w http.ResponseWriter, r *http.Request) {
 		remoteAddr: r.RemoteAddr,
 		send:       make(chan outFrame, n.cfg.SendQueue),
 		done:       make(chan struct{}),
-		inflight:   make(map[uuid.UUID]bool),
+		inflight:   make(map[uuid.UUID]flight),
 	}
 	s.closing, s.cancelClosing = context.WithCancel(context.Background())
 	s.serve()
@@ -370,10 +372,9 @@ func (s *session) deliver(cmd command.Command) bool {
 	}
 	if len(s.inflight) >= s.node.commandRoom() {
 		s.inflightMu.Unlock()
-		s.backlogged.Store(true)
-		return false
+		return false // the deliverer keeps the device backlogged
 	}
-	s.inflight[cmd.ID] = false
+	s.inflight[cmd.ID] = queued
 	s.inflightMu.Unlock()
 	frame, err := protocol.Encode(protocol.Message{Type: protocol.TypeCommand, ID: cmd.ID.String(), Name: cmd.Name, Args: cmd.Args})
 	if err != nil || !s.enqueue(outFrame{data: frame, command: cmd.ID, timeout: time.Duration(cmd.Timeout)}) {
@@ -389,7 +390,7 @@ func (s *session) setWritten(id uuid.UUID, timeout time.Duration) {
 	s.inflightMu.Lock()
 	defer s.inflightMu.Unlock()
 	if _, ok := s.inflight[id]; ok {
-		s.inflight[id] = true
+		s.inflight[id] = written
 	}
 	if s.awaiting == nil {
 		s.awaiting = make(map[uuid.UUID]*time.Timer)
@@ -433,14 +434,38 @@ func (s *session) stopClocks() {
 func (s *session) written(id uuid.UUID) bool {
 	s.inflightMu.Lock()
 	defer s.inflightMu.Unlock()
-	return s.inflight[id]
+	return s.inflight[id] == written
 }
 
-// forget drops a command from the in-flight set.
+// forget drops a command that never went out: it is still pending.
 func (s *session) forget(id uuid.UUID) {
 	s.inflightMu.Lock()
 	delete(s.inflight, id)
 	s.inflightMu.Unlock()
+}
+
+// recordedMark notes that the command's delivery mark is stored.
+func (s *session) recordedMark(id uuid.UUID) {
+	s.inflightMu.Lock()
+	if _, ok := s.inflight[id]; ok {
+		s.inflight[id] = recorded
+	}
+	s.inflightMu.Unlock()
+}
+
+// retireRecorded drops the entries whose marks are stored and reports the
+// room left. The deliverer calls it before it reads pending commands: a
+// read that began before a mark was stored may still see the command
+// pending, and must find it in flight.
+func (s *session) retireRecorded() (room int) {
+	s.inflightMu.Lock()
+	defer s.inflightMu.Unlock()
+	for id, f := range s.inflight {
+		if f == recorded {
+			delete(s.inflight, id)
+		}
+	}
+	return s.node.commandRoom() - len(s.inflight)
 }
 
 // close sends a close frame and gives the device closeGrace to answer it

@@ -49,18 +49,16 @@ func (s *Store) ClearNode(ctx context.Context, nodeID string) error {
 	return translate(err, "clear node "+nodeID)
 }
 
-// RemoveNode deletes a node's presence rows and its lease, in one
-// transaction: a clean shutdown leaves nothing behind.
+// RemoveNode deletes a node's presence rows, giving back what their
+// sessions left unanswered, then its lease: a clean shutdown leaves nothing
+// behind. Should the second step fail, the lease lapses by itself.
 func (s *Store) RemoveNode(ctx context.Context, nodeID string) error {
+	if err := s.ClearNode(ctx, nodeID); err != nil {
+		return err
+	}
 	ctx, cancel := bound(ctx)
 	defer cancel()
-	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `DELETE FROM presence WHERE node_id = $1`, nodeID); err != nil {
-			return err
-		}
-		_, err := tx.Exec(ctx, `DELETE FROM nodes WHERE id = $1`, nodeID)
-		return err
-	})
+	_, err := s.db.Exec(ctx, `DELETE FROM nodes WHERE id = $1`, nodeID)
 	return translate(err, "remove node "+nodeID)
 }
 

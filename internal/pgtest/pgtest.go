@@ -72,8 +72,12 @@ func Main(m *testing.M) int {
 	return code
 }
 
-func adminExec(ctx context.Context, sql string) error {
-	conn, err := pgx.Connect(ctx, adminURL)
+func adminExec(ctx context.Context, sql string) error { return Exec(ctx, adminURL, sql) }
+
+// Exec runs one statement on the database at url, on a connection of its
+// own (CREATE DATABASE cannot run in a pool's transaction).
+func Exec(ctx context.Context, url, sql string) error {
+	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
 		return err
 	}

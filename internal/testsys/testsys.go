@@ -8,8 +8,11 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -129,6 +132,31 @@ func (n *Node) TLS() *tls.Config { return &tls.Config{RootCAs: n.Roots} }
 // HTTPClient is an HTTP client that trusts the node.
 func (n *Node) HTTPClient() *http.Client {
 	return &http.Client{Transport: &http.Transport{TLSClientConfig: n.TLS()}, Timeout: 10 * time.Second}
+}
+
+// Metric reads one sample, such as `name{node="a"}`, from the node's
+// /metrics; 0 when the series is absent.
+func (n *Node) Metric(t testing.TB, series string) float64 {
+	t.Helper()
+	resp, err := n.HTTPClient().Get(n.Base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(body)) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), series+" "); ok {
+			var f float64
+			if _, err := fmt.Sscan(v, &f); err != nil {
+				t.Fatalf("metric %s: %v", line, err)
+			}
+			return f
+		}
+	}
+	return 0
 }
 
 // Stop drains the node (devices see 1001) and returns Run's error.
