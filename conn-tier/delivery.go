@@ -209,6 +209,7 @@ const (
 	opDelivered opKind = iota // the command's frame was written to the session
 	opReply                   // the device answered
 	opTimedOut                // the session's reply clock ran out
+	opEnded                   // a mark landed after its session ended: give back
 )
 
 // writeCommands records deliveries, replies and time-outs atomically, then
@@ -219,11 +220,14 @@ const (
 func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
 	var deliveries, timeouts []db.Delivery
 	var replies []db.Reply
+	var ended []string
 	settled := make(map[uuid.UUID]bool) // a reply or time-out of the batch came first
 	for _, op := range ops {
 		switch {
 		case op.kind == opDelivered:
 			deliveries = append(deliveries, db.Delivery{ID: op.id, DeviceID: op.session.deviceID, SessionID: op.session.id})
+		case op.kind == opEnded:
+			ended = append(ended, op.session.deviceID)
 		case settled[op.id]:
 		case op.kind == opReply:
 			settled[op.id] = true
@@ -237,7 +241,7 @@ func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
 	// round trips to the hot path.
 	inTx := n.store.InTx
 	kinds := 0
-	for _, n := range []int{len(deliveries), len(replies), len(timeouts)} {
+	for _, n := range []int{len(deliveries), len(replies), len(timeouts), len(ended)} {
 		if n > 0 {
 			kinds++
 		}
@@ -256,6 +260,11 @@ func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
 				return err
 			}
 			changes, stale, nDelivered = append(changes, ch...), st, len(ch)
+		}
+		if len(ended) > 0 {
+			if err := tx.GiveBackEnded(ctx, ended); err != nil {
+				return err
+			}
 		}
 		if len(replies) > 0 {
 			ch, err := tx.StoreReplies(ctx, n.cfg.Node.ID, replies)
@@ -283,11 +292,23 @@ func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
 		isStale[id] = true
 	}
 	for _, op := range ops {
+		if op.kind == opReply && op.reply.Unrecorded {
+			op.session.recordedMark(op.id) // the reply recorded the delivery
+		}
 		if op.kind != opDelivered {
+			if op.kind == opReply && op.session.backlogged.CompareAndSwap(true, false) {
+				n.deliverer.wake(op.session.deviceID)
+			}
 			continue
 		}
 		if !isStale[op.id] {
 			op.session.recordedMark(op.id)
+			// Marked for a session that has meanwhile ended: its end may
+			// have given back before the mark landed. (If it ends later,
+			// its end sees the mark.)
+			if op.session.closing.Err() != nil {
+				_ = n.commands.Push(commandOp{kind: opEnded, session: op.session})
+			}
 		}
 		if op.session.backlogged.CompareAndSwap(true, false) {
 			n.deliverer.wake(op.session.deviceID)

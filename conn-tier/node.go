@@ -63,6 +63,10 @@ type Config struct {
 	// commands and checks its sessions were not taken over, whatever
 	// wake-ups it got: the backstop for a lost NOTIFY. 30s.
 	RescanInterval time.Duration
+	// MarkDelay holds back a delivery's mark (20ms): a reply that comes
+	// sooner records the delivery itself, saving a write and a wake-up; a
+	// slower device's "delivered" shows this much later. 0 marks at once.
+	MarkDelay time.Duration
 	// Clock is the node's clock (time.Now), read for session ids only:
 	// which session of a device is the newest is PostgreSQL's to say.
 	Clock func() time.Time
@@ -83,6 +87,7 @@ func (c *Config) setDefaults() {
 	def(&c.LeaseTTL, 15*time.Second)
 	def(&c.DrainTimeout, 10*time.Second)
 	def(&c.RescanInterval, 30*time.Second)
+	def(&c.MarkDelay, 20*time.Millisecond)
 	if c.MaxFrame == 0 {
 		c.MaxFrame = 64 << 10
 	}

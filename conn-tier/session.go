@@ -84,8 +84,10 @@ type flight uint8
 
 const (
 	queued   flight = iota // in the send queue
-	written                // on the wire; its mark not stored yet
-	recorded               // its mark is stored; the deliverer drops the entry before its next read
+	written                // on the wire; its delivery mark held back (MarkDelay)
+	marking                // its mark is queued for the database
+	answered               // the reply came first: it records the delivery, and the mark is dropped
+	recorded               // the delivery is stored; the deliverer drops the entry before its next read
 )
 
 // newSessionID is a UUIDv7 from the node's clock: sessions sort by when
@@ -266,9 +268,8 @@ func (s *session) readPump(log *slog.Logger) {
 		case protocol.TypePong:
 		case protocol.TypeReply:
 			id := uuid.MustParse(msg.ID) // Decode checked the form
-			s.answered(id)
 			s.storeReply(db.Reply{ID: id, DeviceID: s.deviceID, OK: *msg.OK, Result: msg.Result, Error: msg.Error,
-				SessionID: s.id, Unrecorded: s.written(id)})
+				SessionID: s.id, Unrecorded: s.answer(id)})
 		case protocol.TypeEvent:
 			// Telemetry may be shed under overload; replies never are.
 			if !n.events.TryAdd(db.DeviceEvent{DeviceID: s.deviceID, Name: msg.Name, Data: msg.Data}) {
@@ -288,7 +289,7 @@ func (s *session) readPump(log *slog.Logger) {
 // reply read from a session that is closing is queued regardless: nothing
 // read is dropped.
 func (s *session) storeReply(r db.Reply) {
-	op := commandOp{kind: opReply, id: r.ID, reply: &r}
+	op := commandOp{kind: opReply, id: r.ID, session: s, reply: &r}
 	n := s.node
 	if n.commands.TryAdd(op) {
 		return
@@ -332,7 +333,7 @@ func (s *session) writePump() {
 			_ = s.ws.SetWriteDeadline(time.Now().Add(n.cfg.WriteTimeout))
 			err = s.ws.WriteMessage(websocket.TextMessage, frame.data)
 			if err == nil && frame.command != uuid.Nil {
-				_ = n.commands.Push(commandOp{kind: opDelivered, id: frame.command, session: s})
+				s.holdMark(frame.command)
 			}
 		case <-ping.C:
 			err = s.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(n.cfg.WriteTimeout))
@@ -409,14 +410,47 @@ func (s *session) setWritten(id uuid.UUID, timeout time.Duration) {
 	})
 }
 
-// answered stops the command's reply clock.
-func (s *session) answered(id uuid.UUID) {
+// holdMark queues the delivery mark of a written command after MarkDelay,
+// unless the reply comes first and records the delivery itself: a fast
+// device then costs one write instead of two, and its edge one wake-up.
+func (s *session) holdMark(id uuid.UUID) {
+	if d := s.node.cfg.MarkDelay; d > 0 {
+		time.AfterFunc(d, func() { s.sendMark(id) })
+	} else {
+		s.sendMark(id)
+	}
+}
+
+func (s *session) sendMark(id uuid.UUID) {
+	s.inflightMu.Lock()
+	send := s.inflight[id] == written
+	if send {
+		s.inflight[id] = marking
+	}
+	s.inflightMu.Unlock()
+	if send {
+		_ = s.node.commands.Push(commandOp{kind: opDelivered, id: id, session: s})
+	}
+}
+
+// answer stops the command's reply clock, and reports whether the reply
+// must record the delivery (the session wrote the command and its mark is
+// not stored): then a held mark is dropped.
+func (s *session) answer(id uuid.UUID) (unrecorded bool) {
 	s.inflightMu.Lock()
 	defer s.inflightMu.Unlock()
 	if t := s.awaiting[id]; t != nil {
 		t.Stop()
 		delete(s.awaiting, id)
 	}
+	switch s.inflight[id] {
+	case written:
+		s.inflight[id] = answered
+		return true
+	case marking:
+		return true
+	}
+	return false
 }
 
 // stopClocks stops every reply clock of a session that ended.
@@ -429,14 +463,6 @@ func (s *session) stopClocks() {
 	}
 }
 
-// written reports whether this session wrote the command and its delivery
-// is not recorded yet.
-func (s *session) written(id uuid.UUID) bool {
-	s.inflightMu.Lock()
-	defer s.inflightMu.Unlock()
-	return s.inflight[id] == written
-}
-
 // forget drops a command that never went out: it is still pending.
 func (s *session) forget(id uuid.UUID) {
 	s.inflightMu.Lock()
@@ -444,7 +470,8 @@ func (s *session) forget(id uuid.UUID) {
 	s.inflightMu.Unlock()
 }
 
-// recordedMark notes that the command's delivery mark is stored.
+// recordedMark notes that the command's delivery is stored, by its mark
+// or by its reply.
 func (s *session) recordedMark(id uuid.UUID) {
 	s.inflightMu.Lock()
 	if _, ok := s.inflight[id]; ok {

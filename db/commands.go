@@ -177,11 +177,14 @@ type Delivery struct {
 // device's current session of a pending command also marks it delivered,
 // names the session and starts the reply deadline. A delivery to a session
 // that is no longer current (replaced, or ended) only counts: the command
-// stays pending for the device's next session; those are returned as stale.
-// A command already answered was counted by the reply if it came on the
-// delivering session (Reply.Unrecorded). The presence rows are locked for
-// the statement, so a session that ends concurrently either sees the mark
-// and gives the command back, or makes the mark miss.
+// stays pending for the device's next session; those are returned as
+// stale. A command already answered on the delivering session was counted
+// by the reply (Reply.Unrecorded).
+//
+// A session may end while its marks are on their way: a mark that commits
+// just after the end's give-back read the table leaves the command
+// delivered to an ended session. The node gives such commands back itself
+// (GiveBackEnded) when it sees the mark land for a session that ended.
 func (s *Store) MarkDelivered(ctx context.Context, nodeID string, deliveries []Delivery) (changes []Change, stale []uuid.UUID, err error) {
 	ctx, cancel := bound(ctx)
 	defer cancel()
@@ -191,42 +194,51 @@ func (s *Store) MarkDelivered(ctx context.Context, nodeID string, deliveries []D
 	for i, d := range deliveries {
 		ids[i], devices[i], sessions[i] = d.ID, d.DeviceID, d.SessionID
 	}
+	// The common case, kept to one plain statement: the hot path pays for
+	// planning on every call.
+	changes, err = collectChanges(s.db.Query(ctx, `
+		UPDATE commands c SET status = 'delivered', attempts = c.attempts + 1, session_id = d.session_id, node_id = $3,
+			delivered_at = now(), reply_deadline = now() + c.timeout
+		FROM unnest($1::uuid[], $2::uuid[]) AS d(id, session_id), presence p
+		WHERE c.id = d.id AND p.device_id = c.device_id AND p.session_id = d.session_id AND c.status = ANY($4)
+		RETURNING `+changeColumns, ids, sessions, nodeID, command.From(command.Delivered)))
+	if err != nil || len(changes) == len(deliveries) {
+		return changes, nil, translate(err, "mark delivered")
+	}
+	// The rest count, unless this very delivery was already counted: by a
+	// reply on its session, or by an earlier try of this batch.
+	marked := make(map[uuid.UUID]bool, len(changes))
+	for _, c := range changes {
+		marked[c.ID] = true
+	}
+	ids, devices, sessions = ids[:0], devices[:0], sessions[:0]
+	for _, d := range deliveries {
+		if !marked[d.ID] {
+			ids, devices, sessions = append(ids, d.ID), append(devices, d.DeviceID), append(sessions, d.SessionID)
+		}
+	}
 	rows, err := s.db.Query(ctx, `
 		WITH d AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[]) AS t(id, device_id, session_id)),
-		current AS (
-			SELECT p.device_id, p.session_id FROM presence p
-			WHERE p.device_id IN (SELECT device_id FROM d)
-			FOR SHARE),
-		marked AS (
-			UPDATE commands c SET status = 'delivered', attempts = c.attempts + 1, session_id = d.session_id, node_id = $4,
-				delivered_at = now(), reply_deadline = now() + c.timeout
-			FROM d JOIN current USING (device_id, session_id)
-			WHERE c.id = d.id AND c.device_id = d.device_id AND c.status = ANY($5)
-			RETURNING `+changeColumns+`),
 		counted AS (
-			UPDATE commands c SET attempts = c.attempts + 1
-			FROM d
-			WHERE c.id = d.id AND c.device_id = d.device_id AND c.id NOT IN (SELECT id FROM marked)
-			  AND NOT (c.status IN ('done', 'failed', 'expired') AND c.session_id IS NOT DISTINCT FROM d.session_id))
-		SELECT false, * FROM marked
-		UNION ALL
-		SELECT true, d.id, NULL FROM d
-		WHERE NOT EXISTS (SELECT FROM current WHERE current.device_id = d.device_id AND current.session_id = d.session_id)`,
-		ids, devices, sessions, nodeID, command.From(command.Delivered))
-	if err != nil {
-		return nil, nil, translate(err, "mark delivered")
+			UPDATE commands c SET attempts = c.attempts + 1 FROM d
+			WHERE c.id = d.id AND c.device_id = d.device_id
+			  AND (c.status = 'pending' OR c.session_id IS DISTINCT FROM d.session_id))
+		SELECT d.id FROM d
+		WHERE NOT EXISTS (SELECT FROM presence p WHERE p.device_id = d.device_id AND p.session_id = d.session_id)`,
+		ids, devices, sessions)
+	if err == nil {
+		stale, err = pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
 	}
-	var isStale bool
-	var ch Change
-	_, err = pgx.ForEachRow(rows, []any{&isStale, &ch.ID, &ch.Edges}, func() error {
-		if isStale {
-			stale = append(stale, ch.ID)
-		} else {
-			changes = append(changes, Change{ID: ch.ID, Edges: ch.Edges})
-		}
-		return nil
-	})
-	return changes, stale, translate(err, "mark delivered")
+	return changes, stale, translate(err, "count deliveries")
+}
+
+// GiveBackEnded gives back the delivered commands of these devices whose
+// session is no longer current, as a session's end does: for a delivery
+// mark that landed after that end.
+func (s *Store) GiveBackEnded(ctx context.Context, deviceIDs []string) error {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	return translate(s.requeueEnded(ctx, deviceIDs), "give back")
 }
 
 // Reply is a device's answer to a command.
@@ -243,9 +255,10 @@ type Reply struct {
 	SessionID  uuid.UUID
 }
 
-// StoreReplies completes the commands these replies answer. Replies to
-// commands already final, or of other devices, change nothing; a reply to
-// a command given back for redelivery (pending) still completes it.
+// StoreReplies completes the commands these replies answer, at most one
+// reply per command (the caller keeps the first). Replies to commands
+// already final, or of other devices, change nothing; a reply to a command
+// given back for redelivery (pending) still completes it.
 func (s *Store) StoreReplies(ctx context.Context, nodeID string, replies []Reply) ([]Change, error) {
 	ctx, cancel := bound(ctx)
 	defer cancel()
@@ -263,11 +276,6 @@ func (s *Store) StoreReplies(ctx context.Context, nodeID string, replies []Reply
 		}
 	}
 	changes, err := collectChanges(s.db.Query(ctx, `
-		WITH r AS (
-			-- One reply per command: a device may answer twice in a batch.
-			SELECT DISTINCT ON (id) * FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::jsonb[], $5::text[], $6::bool[], $7::uuid[])
-				WITH ORDINALITY AS t(id, device_id, ok, result, error, unrecorded, session_id, n)
-			ORDER BY id, n)
 		UPDATE commands c SET status = CASE WHEN r.ok THEN 'done' ELSE 'failed' END,
 			ok = r.ok, result = r.result, error = r.error, completed_at = now(),
 			-- "Folding" the delivery mark into the reply: see Reply.Unrecorded.
@@ -275,7 +283,8 @@ func (s *Store) StoreReplies(ctx context.Context, nodeID string, replies []Reply
 			delivered_at = CASE WHEN r.unrecorded AND c.status = 'pending' THEN now() ELSE coalesce(c.delivered_at, now()) END,
 			session_id = CASE WHEN r.unrecorded AND c.status = 'pending' THEN r.session_id ELSE c.session_id END,
 			node_id = CASE WHEN r.unrecorded AND c.status = 'pending' THEN $8 ELSE c.node_id END
-		FROM r
+		FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::jsonb[], $5::text[], $6::bool[], $7::uuid[])
+			AS r(id, device_id, ok, result, error, unrecorded, session_id)
 		WHERE c.id = r.id AND c.device_id = r.device_id AND c.status = ANY($9)
 		RETURNING `+changeColumns, ids, devices, oks, results, errs, unrecorded, sessions, nodeID, command.From(command.Done)))
 	return changes, translate(err, "store replies")
@@ -304,9 +313,9 @@ func (s *Store) FailUnanswered(ctx context.Context, deliveries []Delivery) ([]Ch
 const noReplyError = `format('no reply within %ss of delivery %s', trim_scale(extract(epoch FROM c.timeout)), c.attempts)`
 
 // requeueEnded gives back for redelivery the delivered commands of these
-// devices whose session is no longer live: the device never answered them
-// on that session, so its next one gets them again, in their first order.
-// It runs inside the transaction that ended or replaced the session.
+// devices whose session is no longer current: the device never answered
+// them on that session, so its next one gets them again, in their first
+// order. It runs inside the transaction that ended or replaced the session.
 func (s *Store) requeueEnded(ctx context.Context, deviceIDs []string) error {
 	_, err := s.db.Exec(ctx, `
 		UPDATE commands c SET status = 'pending', reply_deadline = NULL

@@ -70,7 +70,7 @@ type Notice struct {
 	Kick   *Displaced // a session its node must close
 }
 
-// Notify sends notices, coalesced, in one statement. Call it after the
+// Notify sends notices, coalesced. Call it after the
 // writes the notices announce have committed, outside any transaction.
 // A wake goes to the node that presence names for the device, read here,
 // in chunks of 50 devices (50 lines of at most 134 bytes fit a payload):
@@ -101,20 +101,27 @@ func (s *Store) Notify(ctx context.Context, notices []Notice) error {
 	if len(wake) == 0 && len(channels) == 0 {
 		return nil
 	}
-	wake = slices.Compact(slices.Sorted(slices.Values(wake)))
 	ctx, cancel := bound(ctx)
 	defer cancel()
 	// A transaction that only notifies writes no WAL: its commit is cheap.
-	_, err := s.db.Exec(ctx, `
-		SELECT pg_notify(channel, payload) FROM (
-			SELECT $3 || node_id AS channel, string_agg($4 || device_id, E'\n') AS payload
+	// A batch holds one kind most often: each kind has its own plain
+	// statement, cheap to plan.
+	if len(channels) > 0 {
+		_, err := s.db.Exec(ctx, `SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p)`, channels, payloads)
+		if err != nil {
+			return translate(err, "notify")
+		}
+	}
+	if len(wake) > 0 {
+		wake = slices.Compact(slices.Sorted(slices.Values(wake)))
+		_, err := s.db.Exec(ctx, `
+			SELECT pg_notify($2 || node_id, string_agg($3 || device_id, E'\n'))
 			FROM (SELECT node_id, device_id, row_number() OVER (PARTITION BY node_id) / 50 AS chunk
 			      FROM presence WHERE device_id = ANY($1)) t
-			GROUP BY node_id, chunk
-			UNION ALL
-			SELECT * FROM unnest($2::text[], $5::text[])) n`,
-		wake, channels, NodeChannel(""), wakeVerb+" ", payloads)
-	return translate(err, "notify")
+			GROUP BY node_id, chunk`, wake, NodeChannel(""), wakeVerb+" ")
+		return translate(err, "wake devices")
+	}
+	return nil
 }
 
 // maxPayload keeps payloads under PostgreSQL's 8000-byte limit.
