@@ -132,16 +132,16 @@ func (d *deliverer) run(ctx context.Context) error {
 func (d *deliverer) deliver(ctx context.Context, sessions []*session) error {
 	limit := d.node.commandRoom()
 	bySession := make(map[string]*session, len(sessions))
+	gens := make(map[string]uint64, len(sessions))
 	devices := make([]string, 0, len(sessions))
 	limits := make([]int32, 0, len(sessions))
 	for _, s := range sessions {
-		// Raised before looking: a mark stored from now on wakes the device
-		// again, so a wake-up cannot fall between the look and the flag.
-		s.backlogged.Store(true)
+		gen := s.recordedGen.Load()
 		if s.retireRecorded() <= 0 {
-			continue // out of room: read again once its deliveries are recorded
+			d.waitForRecords(s, gen) // out of room: read again once deliveries are recorded
+			continue
 		}
-		bySession[s.deviceID] = s
+		bySession[s.deviceID], gens[s.deviceID] = s, gen
 		// A queue's worth: those in flight come back too, and are skipped.
 		devices, limits = append(devices, s.deviceID), append(limits, int32(limit))
 	}
@@ -161,11 +161,23 @@ func (d *deliverer) deliver(ctx context.Context, sessions []*session) error {
 		}
 	}
 	for id, s := range bySession {
-		if read[id] < limit && !held[id] {
-			s.backlogged.Store(false) // all it had went out; a new command wakes it
+		if read[id] == limit || held[id] {
+			d.waitForRecords(s, gens[id]) // possibly more
 		}
 	}
 	return nil
+}
+
+// waitForRecords has the device read again once one of its deliveries is
+// recorded. gen is its count of recorded deliveries when the round looked:
+// one recorded since may have found the flag down, so it wakes the device
+// now. (The writer counts, then checks the flag; this raises the flag,
+// then checks the count: one of the two sees the other.)
+func (d *deliverer) waitForRecords(s *session, gen uint64) {
+	s.backlogged.Store(true)
+	if s.recordedGen.Load() != gen && s.backlogged.CompareAndSwap(true, false) {
+		d.wake(s.deviceID)
+	}
 }
 
 // closeReplaced closes sessions that a newer session took over while this

@@ -76,7 +76,10 @@ type session struct {
 
 	// backlogged is set when the device may have more pending commands than
 	// its queue took: recording deliveries wakes the deliverer again.
-	backlogged atomic.Bool
+	// recordedGen counts recorded deliveries, so that the deliverer can tell
+	// whether one landed while it was deciding to wait for the next.
+	backlogged  atomic.Bool
+	recordedGen atomic.Uint64
 }
 
 // flight is where a command sent on a session stands.
@@ -478,6 +481,7 @@ func (s *session) recordedMark(id uuid.UUID) {
 		s.inflight[id] = recorded
 	}
 	s.inflightMu.Unlock()
+	s.recordedGen.Add(1)
 }
 
 // retireRecorded drops the entries whose marks are stored and reports the

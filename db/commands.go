@@ -66,9 +66,12 @@ func (s *Store) CreateCommand(ctx context.Context, nc NewCommand) (c command.Com
 	if nc.APIKeyID != 0 {
 		apiKey = &nc.APIKeyID
 	}
+	// The device must exist: read, not locked (a foreign key would lock
+	// its row for every command).
 	const insert = `
 		INSERT INTO commands AS c (id, device_id, name, args, timeout, expires_at, reply_to, api_key_id)
-		SELECT $1, $2, $3, $4, $5, now() + $6::interval, $7, $8`
+		SELECT $1, $2, $3, $4, $5, now() + $6::interval, $7, $8
+		WHERE EXISTS (SELECT FROM devices WHERE id = $2)`
 	args := []any{nc.ID, nc.DeviceID, nc.Name, nc.Args, nc.Timeout, nc.TTL, nc.ReplyTo, apiKey}
 	if nc.IdempotencyKey == "" {
 		c, err = scanCommand(s.db.QueryRow(ctx, insert+` RETURNING `+commandColumns, args...))
@@ -79,12 +82,13 @@ func (s *Store) CreateCommand(ctx context.Context, nc NewCommand) (c command.Com
 	// taken over.
 	c, err = scanCommand(s.db.QueryRow(ctx, `
 		WITH key AS (
-			INSERT INTO idempotency_keys (api_key_id, key, request_hash, command_id) VALUES ($8, $9, $10, $1)
+			INSERT INTO idempotency_keys (api_key_id, key, request_hash, command_id)
+			SELECT $8, $9, $10, $1 WHERE EXISTS (SELECT FROM devices WHERE id = $2)
 			ON CONFLICT (api_key_id, key) DO UPDATE
 				SET request_hash = EXCLUDED.request_hash, command_id = EXCLUDED.command_id, created_at = now()
 				WHERE idempotency_keys.created_at < now() - $11::interval
 			RETURNING 1)
-		`+insert+` WHERE EXISTS (SELECT FROM key)
+		`+insert+` AND EXISTS (SELECT FROM key)
 		RETURNING `+commandColumns, append(args, nc.IdempotencyKey, nc.RequestHash, IdempotencyWindow)...))
 	if err == nil || !errors.Is(err, pgx.ErrNoRows) {
 		return c, err == nil, translate(err, "device "+nc.DeviceID)
@@ -93,6 +97,9 @@ func (s *Store) CreateCommand(ctx context.Context, nc NewCommand) (c command.Com
 	var cmdID uuid.UUID
 	err = s.db.QueryRow(ctx, `SELECT request_hash, command_id FROM idempotency_keys WHERE api_key_id = $1 AND key = $2`,
 		apiKey, nc.IdempotencyKey).Scan(&hash, &cmdID)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return c, false, translate(err, "device "+nc.DeviceID) // no key was taken: no such device
+	}
 	if err != nil {
 		return c, false, translate(err, "idempotency key")
 	}
@@ -370,10 +377,12 @@ func (s *Store) SweepCommands(ctx context.Context, limit int) (Swept, error) {
 	if err != nil {
 		return swept, translate(err, "sweep expiries")
 	}
+	// A live node gives back what its ended sessions left; this is for the
+	// nodes that cannot: their lease lapsed, or was reaped.
 	rows, err := s.db.Query(ctx, `
 		WITH due AS (
 			SELECT id FROM commands c WHERE status = 'delivered'
-			  AND NOT EXISTS (SELECT FROM presence_live p WHERE p.device_id = c.device_id AND p.session_id = c.session_id)
+			  AND NOT EXISTS (SELECT FROM nodes n WHERE n.id = c.node_id AND n.lease_expires_at > now())
 			LIMIT $1 FOR UPDATE SKIP LOCKED),
 		requeued AS (
 			UPDATE commands c SET status = 'pending', reply_deadline = NULL

@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -108,8 +109,12 @@ func online(t *testing.T, store *db.Store, node, device string) db.Session {
 	if _, err := store.Connect(ctx, n, []db.Session{s}); err != nil {
 		t.Fatal(err)
 	}
+	nodeOf.Store(s.SessionID, node)
 	return s
 }
+
+// nodeOf says which node online put each session on.
+var nodeOf sync.Map // session id → node id
 
 func deliver(t *testing.T, store *db.Store, s db.Session, ids ...uuid.UUID) ([]db.Change, []uuid.UUID) {
 	t.Helper()
@@ -117,7 +122,8 @@ func deliver(t *testing.T, store *db.Store, s db.Session, ids ...uuid.UUID) ([]d
 	for _, id := range ids {
 		ds = append(ds, db.Delivery{ID: id, DeviceID: s.DeviceID, SessionID: s.SessionID})
 	}
-	changes, stale, err := store.MarkDelivered(context.Background(), "node-1", ds)
+	node, _ := nodeOf.Load(s.SessionID)
+	changes, stale, err := store.MarkDelivered(context.Background(), node.(string), ds)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -345,6 +351,16 @@ func TestIdempotentCreate(t *testing.T) {
 	_ = pool.QueryRow(ctx, `SELECT count(*) FROM commands`).Scan(&n)
 	if n != 2 {
 		t.Fatalf("%d commands stored, want 2", n)
+	}
+	// An unknown device takes no key.
+	ghost := newCommand("ghost", time.Hour)
+	ghost.APIKeyID, ghost.IdempotencyKey, ghost.RequestHash = keyID, "ghost-1", []byte("h")
+	if _, _, err := store.CreateCommand(ctx, ghost); !errors.Is(err, db.ErrNotFound) {
+		t.Fatalf("unknown device with a key: %v, want ErrNotFound", err)
+	}
+	_ = pool.QueryRow(ctx, `SELECT count(*) FROM idempotency_keys WHERE key = 'ghost-1'`).Scan(&n)
+	if n != 0 {
+		t.Fatal("a command refused for an unknown device took its idempotency key")
 	}
 }
 

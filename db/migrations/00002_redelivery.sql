@@ -10,6 +10,11 @@ ALTER TABLE commands
     ADD COLUMN session_id uuid,                                 -- the session of the last delivery
     ADD COLUMN api_key_id bigint;                               -- the key that sent it
 
+-- The foreign key locked the device row (FOR KEY SHARE) on every insert:
+-- many clients commanding one device queued on that lock. Inserts check
+-- that the device exists instead; deleting a device deletes its commands.
+ALTER TABLE commands DROP CONSTRAINT commands_device_id_fkey;
+
 DROP INDEX commands_pending;
 CREATE INDEX commands_pending ON commands (device_id, seq) WHERE status = 'pending';
 CREATE INDEX commands_delivered ON commands (device_id) WHERE status = 'delivered';
@@ -48,3 +53,4 @@ DROP INDEX commands_delivered;
 DROP INDEX commands_pending;
 CREATE INDEX commands_pending ON commands (device_id, created_at) WHERE status = 'pending';
 ALTER TABLE commands DROP COLUMN seq, DROP COLUMN attempts, DROP COLUMN session_id, DROP COLUMN api_key_id;
+ALTER TABLE commands ADD CONSTRAINT commands_device_id_fkey FOREIGN KEY (device_id) REFERENCES devices (id) ON DELETE CASCADE;
