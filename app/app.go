@@ -23,6 +23,7 @@ import (
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/edge"
 	"github.com/switchboard-iot/switchboard/internal/actors"
+	"github.com/switchboard-iot/switchboard/internal/certs"
 )
 
 // Process is what the parts of one process share: a pool, the one LISTEN
@@ -32,6 +33,7 @@ type Process struct {
 	Pool     *pgxpool.Pool
 	Store    *db.Store
 	Notifier *db.Notifier
+	Certs    *db.CertStorage // certmagic's storage, shared by every process
 	Metrics  *prometheus.Registry
 	Log      *slog.Logger
 }
@@ -58,6 +60,7 @@ func Open(ctx context.Context, url string, log *slog.Logger) (*Process, error) {
 		Pool:     pool,
 		Store:    db.NewStore(pool),
 		Notifier: db.NewNotifier(pool.Config().ConnConfig, log),
+		Certs:    db.NewCertStorage(pool),
 		Metrics:  reg,
 		Log:      log,
 	}, nil
@@ -70,19 +73,38 @@ func (p *Process) Close() { p.Pool.Close() }
 type Server func(ctx context.Context) error
 
 // Edge assembles an edge serving on ln; cfg needs its ID and any tuning.
-func (p *Process) Edge(cfg edge.Config, ln net.Listener) (Server, *edge.Edge, error) {
+// acme says which ACME CA the nodes use, so that the edge can answer their
+// HTTP-01 challenges from the shared storage.
+func (p *Process) Edge(cfg edge.Config, acme certs.Config, ln net.Listener) (Server, *edge.Edge, error) {
 	cfg.Store, cfg.Notifier, cfg.Log, cfg.Metrics = p.Store, p.Notifier, p.Log, p.Metrics
-	e, err := edge.New(cfg)
+	acme.Storage, acme.Log = p.Certs, p.Log
+	answer, stopAnswering, err := certs.HTTPChallenges(acme)
 	if err != nil {
 		return nil, nil, err
 	}
-	return func(ctx context.Context) error { return e.Run(ctx, ln) }, e, nil
+	cfg.HTTPChallenge = answer
+	e, err := edge.New(cfg)
+	if err != nil {
+		stopAnswering()
+		return nil, nil, err
+	}
+	return func(ctx context.Context) error {
+		defer stopAnswering()
+		return e.Run(ctx, ln)
+	}, e, nil
 }
 
-// Node assembles a connection node serving on ln; cfg needs its identity,
-// its TLS config (nil: plain) and any tuning.
-func (p *Process) Node(cfg conntier.Config, ln net.Listener) (Server, *conntier.Node, error) {
+// TLS makes a node's TLS from the shared storage (see certs.ForNode).
+func (p *Process) TLS(ctx context.Context, cfg certs.Config) (*certs.TLS, error) {
+	cfg.Storage, cfg.Log = p.Certs, p.Log
+	return certs.ForNode(ctx, cfg)
+}
+
+// Node assembles a connection node serving on ln with tls (from TLS); cfg
+// needs its identity and any tuning.
+func (p *Process) Node(cfg conntier.Config, tls *certs.TLS, ln net.Listener) (Server, *conntier.Node, error) {
 	cfg.Store, cfg.Notifier, cfg.Log, cfg.Metrics = p.Store, p.Notifier, p.Log, p.Metrics
+	cfg.TLS, cfg.CertReady = tls.Config, tls.Ready
 	if cfg.Node.Addr == "" {
 		cfg.Node.Addr = ln.Addr().String()
 	}

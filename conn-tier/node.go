@@ -43,6 +43,9 @@ type Config struct {
 	Notifier *db.Notifier // the process's listener, shared with other components
 	Log      *slog.Logger
 	TLS      *tls.Config // nil serves plain HTTP (CONN_TLS=off, behind a TLS proxy)
+	// CertReady reports whether the certificate is there to serve (ACME
+	// obtains it in the background); nil: always.
+	CertReady func() bool
 
 	// Metrics registers the node's metrics (labelled with its id) and serves
 	// /metrics; nil keeps them private.
@@ -193,6 +196,8 @@ func (n *Node) handleReady(w http.ResponseWriter, r *http.Request) {
 		problem.NotReady(w, "draining")
 	case !n.leased.Load():
 		problem.NotReady(w, "no lease")
+	case n.cfg.CertReady != nil && !n.cfg.CertReady():
+		problem.NotReady(w, "no certificate yet")
 	case n.store.Pool().Ping(r.Context()) != nil:
 		problem.NotReady(w, "database unreachable")
 	default:

@@ -49,8 +49,8 @@ func TestMigrateIsIdempotent(t *testing.T) {
 	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM goose_db_version WHERE version_id > 0`).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
-	if n != 2 {
-		t.Fatalf("goose_db_version has %d applied migrations, want 2", n)
+	if n != 3 {
+		t.Fatalf("goose_db_version has %d applied migrations, want 3", n)
 	}
 }
 

@@ -32,6 +32,11 @@ type Config struct {
 	// them private.
 	Metrics *prometheus.Registry
 
+	// HTTPChallenge answers an ACME HTTP-01 challenge for the connection
+	// nodes, from the shared certificate storage, and reports whether it
+	// did (certs.HTTPChallenges); nil answers none.
+	HTTPChallenge func(http.ResponseWriter, *http.Request) bool
+
 	SweepInterval time.Duration // 1s: how often overdue commands are failed or expired
 	KeepAlive     time.Duration // 15s: SSE comment sent on quiet streams
 	MaxWait       time.Duration // 60s: longest ?wait= honoured

@@ -14,7 +14,7 @@ import (
 // Handler is the whole API surface of an edge.
 func (e *Edge) Handler() http.Handler {
 	r := chi.NewRouter()
-	r.Use(e.recoverer, e.metrics.instrument)
+	r.Use(e.recoverer, e.metrics.instrument, redirectPlainHTTP)
 	r.NotFound(func(w http.ResponseWriter, _ *http.Request) {
 		problem.Write(w, http.StatusNotFound, "not-found", "Not found", "no such endpoint")
 	})
@@ -31,6 +31,13 @@ func (e *Edge) Handler() http.Handler {
 		problem.Write(w, http.StatusMethodNotAllowed, "method-not-allowed", "Method not allowed", "this resource allows "+strings.Join(allowed, ", "))
 	})
 
+	// The connection nodes' ACME HTTP-01 challenges, on port 80 (Fly
+	// routes it to the edges), answered from the shared storage.
+	r.Get(acmeChallengePath+"*", func(w http.ResponseWriter, req *http.Request) {
+		if e.cfg.HTTPChallenge == nil || !e.cfg.HTTPChallenge(w, req) {
+			problem.Write(w, http.StatusNotFound, "not-found", "Not found", "no ACME challenge is pending for this token")
+		}
+	})
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	r.Get("/readyz", e.handleReady)
 	if e.cfg.Metrics != nil {
@@ -77,4 +84,21 @@ func (e *Edge) handleReady(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	_, _ = w.Write([]byte("ok\n"))
+}
+
+const acmeChallengePath = "/.well-known/acme-challenge/"
+
+// redirectPlainHTTP sends a request that reached the proxy in front of the
+// edge over plain HTTP (X-Forwarded-Proto: http, as Fly's and Caddy's
+// proxies set it) to HTTPS, except the ACME challenges, which must be
+// answered on port 80. Fly's own HTTPS redirect is off for that reason.
+func redirectPlainHTTP(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Forwarded-Proto") != "http" || strings.HasPrefix(r.URL.Path, acmeChallengePath) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		target := "https://" + r.Host + r.URL.RequestURI()
+		http.Redirect(w, r, target, http.StatusPermanentRedirect)
+	})
 }

@@ -2,7 +2,7 @@ package cli
 
 import (
 	"context"
-	"crypto/tls"
+	cryptotls "crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"log/slog"
@@ -21,6 +21,7 @@ import (
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/device/protocol"
 	"github.com/switchboard-iot/switchboard/edge"
+	"github.com/switchboard-iot/switchboard/internal/certs"
 	"github.com/switchboard-iot/switchboard/internal/pgcluster"
 	"github.com/switchboard-iot/switchboard/internal/secret"
 )
@@ -129,19 +130,19 @@ func runDev(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.
 	}
 
 	// One certificate for both nodes; the simulated devices trust it.
-	tlsCfg, pemCert, stopTLS, err := conntier.SelfSigned(ctx, nil)
+	tls, err := p.TLS(ctx, certs.Config{Mode: certs.ModeSelfSigned})
 	if err != nil {
 		return err
 	}
-	defer stopTLS()
+	defer tls.Stop()
 	certFile := filepath.Join(*dir, "conn.pem")
-	if err := os.WriteFile(certFile, pemCert, 0o644); err != nil {
+	if err := os.WriteFile(certFile, tls.PEM, 0o644); err != nil {
 		return err
 	}
 	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(pemCert)
+	roots.AppendCertsFromPEM(tls.PEM)
 
-	serveEdge, _, err := p.Edge(edge.Config{ID: edge.NewID("dev")}, edgeLn)
+	serveEdge, _, err := p.Edge(edge.Config{ID: edge.NewID("dev")}, certs.Config{}, edgeLn)
 	if err != nil {
 		return err
 	}
@@ -149,7 +150,7 @@ func runDev(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.
 	var connURLs []string
 	for i := range connAddrs {
 		id := fmt.Sprintf("dev-%c", 'a'+i)
-		serveNode, _, err := p.Node(conntier.Config{Node: db.Node{ID: id, Region: "local"}, TLS: tlsCfg}, nodeLns[i])
+		serveNode, _, err := p.Node(conntier.Config{Node: db.Node{ID: id, Region: "local"}}, tls, nodeLns[i])
 		if err != nil {
 			return err
 		}
@@ -159,7 +160,7 @@ func runDev(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.
 
 	// Simulated devices alternate between the two nodes.
 	simulated := creds[:*devices]
-	deviceTLS := &tls.Config{RootCAs: roots}
+	deviceTLS := &cryptotls.Config{RootCAs: roots}
 	for i, url := range connURLs {
 		var mine []secret.Credential
 		for j := i; j < len(simulated); j += len(connURLs) {

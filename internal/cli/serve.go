@@ -2,9 +2,6 @@ package cli
 
 import (
 	"context"
-	"crypto/tls"
-	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -14,6 +11,7 @@ import (
 	conntier "github.com/switchboard-iot/switchboard/conn-tier"
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/edge"
+	"github.com/switchboard-iot/switchboard/internal/certs"
 )
 
 func runMigrate(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.Logger) error {
@@ -35,6 +33,7 @@ func runEdge(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	dbURL := f.databaseURL()
 	listen := f.string("listen", ":8080", "address of the HTTP API", "EDGE_LISTEN")
 	id := f.string("id", "", "edge id, unique among running edges (default: the machine id and a random suffix)", "EDGE_ID")
+	acmeCA := f.string("acme-ca", "", "the nodes' ACME directory, whose HTTP-01 challenges this edge answers (default Let's Encrypt)", "CONN_ACME_CA")
 	if err := f.parse(args); err != nil {
 		return err
 	}
@@ -50,7 +49,7 @@ func runEdge(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	if err != nil {
 		return err
 	}
-	serve, _, err := p.Edge(edge.Config{ID: *id}, ln)
+	serve, _, err := p.Edge(edge.Config{ID: *id}, certs.Config{CA: *acmeCA}, ln)
 	if err != nil {
 		ln.Close()
 		return err
@@ -60,7 +59,13 @@ func runEdge(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 
 // connFlags are the settings of one connection node.
 type connFlags struct {
-	listen, region, nodeID, tlsMode, domain, certOut *string
+	listen, region, nodeID, certOut *string
+	tls                             certsFlags
+}
+
+// certsFlags are the settings of a node's certificate.
+type certsFlags struct {
+	mode, domain, ca, caRoot, email *string
 }
 
 func defineConnFlags(f flags) connFlags {
@@ -69,43 +74,19 @@ func defineConnFlags(f flags) connFlags {
 		listen:  f.string("listen", ":8443", "address for device WebSockets", "CONN_LISTEN"),
 		region:  f.string("region", "local", "the node's region", "REGION", "FLY_REGION"),
 		nodeID:  f.string("node-id", hostname, "the node's id, stable across restarts (on Fly, the Machine id)", "NODE_ID", "FLY_MACHINE_ID"),
-		tlsMode: f.string("tls", "self-signed", "TLS for devices: self-signed | off (acme: coming)", "CONN_TLS"),
-		domain:  f.string("domain", "", "comma-separated names the certificate covers", "CONN_DOMAIN"),
 		certOut: f.string("cert-out", "", "with -tls self-signed: write the certificate (PEM) here for clients to trust", "CONN_CERT_OUT"),
+		tls: certsFlags{
+			mode:   f.string("tls", certs.ModeSelfSigned, "TLS for devices: acme | self-signed (local development) | off (behind a TLS proxy)", "CONN_TLS"),
+			domain: f.string("domain", "", "comma-separated names the certificate covers (required with -tls acme)", "CONN_DOMAIN"),
+			ca:     f.string("acme-ca", "", "ACME directory URL (default Let's Encrypt)", "CONN_ACME_CA"),
+			caRoot: f.string("acme-ca-root", "", "PEM file of the root to trust for the ACME directory (private or test CAs)", "CONN_ACME_CA_ROOT"),
+			email:  f.string("acme-email", "", "contact address of the ACME account (expiry notices)", "CONN_ACME_EMAIL"),
+		},
 	}
 }
 
-// connTLS builds a node's TLS config; stop releases it.
-func connTLS(ctx context.Context, cf connFlags) (cfg *tls.Config, stop func(), err error) {
-	switch *cf.tlsMode {
-	case "off":
-		return nil, func() {}, nil
-	case "self-signed":
-		cfg, pemCert, stop, err := conntier.SelfSigned(ctx, splitList(*cf.domain))
-		if err != nil {
-			return nil, nil, err
-		}
-		if *cf.certOut != "" {
-			if err := os.WriteFile(*cf.certOut, pemCert, 0o644); err != nil {
-				stop()
-				return nil, nil, err
-			}
-		}
-		return cfg, stop, nil
-	case "acme":
-		return nil, nil, errors.New("CONN_TLS=acme is not in this release yet: use self-signed, or off behind a TLS-terminating proxy")
-	}
-	return nil, nil, fmt.Errorf("CONN_TLS=%q: want self-signed or off", *cf.tlsMode)
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, part := range strings.Split(s, ",") {
-		if part = strings.TrimSpace(part); part != "" {
-			out = append(out, part)
-		}
-	}
-	return out
+func (cf certsFlags) config() certs.Config {
+	return certs.Config{Mode: *cf.mode, Domains: splitList(*cf.domain), CA: *cf.ca, CARoot: *cf.caRoot, Email: *cf.email}
 }
 
 func runConn(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.Logger) error {
@@ -120,19 +101,34 @@ func runConn(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 		return err
 	}
 	defer p.Close()
-	tlsCfg, stopTLS, err := connTLS(ctx, cf)
+	tls, err := p.TLS(ctx, cf.tls.config())
 	if err != nil {
 		return err
 	}
-	defer stopTLS()
+	defer tls.Stop()
+	if *cf.certOut != "" && tls.PEM != nil {
+		if err := os.WriteFile(*cf.certOut, tls.PEM, 0o644); err != nil {
+			return err
+		}
+	}
 	ln, err := net.Listen("tcp", *cf.listen)
 	if err != nil {
 		return err
 	}
-	serve, _, err := p.Node(conntier.Config{Node: db.Node{ID: *cf.nodeID, Region: *cf.region}, TLS: tlsCfg}, ln)
+	serve, _, err := p.Node(conntier.Config{Node: db.Node{ID: *cf.nodeID, Region: *cf.region}}, tls, ln)
 	if err != nil {
 		ln.Close()
 		return err
 	}
 	return p.Run(ctx, app.UntilSignal, serve)
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, part := range strings.Split(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			out = append(out, part)
+		}
+	}
+	return out
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/switchboard-iot/switchboard/device/protocol"
 	"github.com/switchboard-iot/switchboard/edge"
 	"github.com/switchboard-iot/switchboard/internal/actors"
+	"github.com/switchboard-iot/switchboard/internal/certs"
 	"github.com/switchboard-iot/switchboard/internal/pgtest"
 	"github.com/switchboard-iot/switchboard/internal/secret"
 )
@@ -162,24 +163,25 @@ func (n *Node) Metric(t testing.TB, series string) float64 {
 // Stop drains the node (devices see 1001) and returns Run's error.
 func (n *Node) Stop() error { return n.proc.stop() }
 
-// StartNode runs a connection node with self-signed TLS. tweak, if given,
-// adjusts its config (short heartbeats, small frames).
+// StartNode runs a connection node with self-signed TLS (the one stored
+// for the test's database: its nodes share it, as a deployment's do).
+// tweak, if given, adjusts its config (short heartbeats, small frames).
 func (s *System) StartNode(t testing.TB, id string, tweak func(*conntier.Config)) *Node {
 	t.Helper()
-	tlsCfg, pemCert, stopTLS, err := conntier.SelfSigned(context.Background(), nil)
+	p := s.open(t)
+	tls, err := p.TLS(context.Background(), certs.Config{Mode: certs.ModeSelfSigned})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(stopTLS)
+	t.Cleanup(tls.Stop)
 	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(pemCert)
+	roots.AppendCertsFromPEM(tls.PEM)
 	ln := listen(t)
-	cfg := conntier.Config{Node: db.Node{ID: id, Region: "test"}, TLS: tlsCfg}
+	cfg := conntier.Config{Node: db.Node{ID: id, Region: "test"}}
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	p := s.open(t)
-	serve, node, err := p.Node(cfg, ln)
+	serve, node, err := p.Node(cfg, tls, ln)
 	if err != nil {
 		ln.Close()
 		t.Fatal(err)
@@ -209,7 +211,7 @@ func (s *System) StartEdge(t testing.TB, id string, tweak func(*edge.Config)) *E
 	}
 	ln := listen(t)
 	p := s.open(t)
-	serve, ed, err := p.Edge(cfg, ln)
+	serve, ed, err := p.Edge(cfg, certs.Config{}, ln)
 	if err != nil {
 		ln.Close()
 		t.Fatal(err)
