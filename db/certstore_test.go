@@ -35,9 +35,9 @@ func TestCertStorageContract(t *testing.T) {
 	}
 
 	files := map[string]string{
-		"certificates/ca/conn.example.com/conn.example.com.crt":  "crt",
-		"certificates/ca/conn.example.com/conn.example.com.key":  "key",
-		"certificates/ca/conn.example.com/conn.example.com.json": "{}",
+		"certificates/ca/conn.example.com/conn.example.com.crt":   "crt",
+		"certificates/ca/conn.example.com/conn.example.com.key":   "key",
+		"certificates/ca/conn.example.com/conn.example.com.json":  "{}",
 		"certificates/ca/other.example.com/other.example.com.crt": "crt2",
 		"acme/ca/users/ops@example.com/ops.json":                  "account",
 	}
