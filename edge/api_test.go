@@ -910,3 +910,25 @@ func waitingOn(t *testing.T, sys *testsys.System, id uuid.UUID, edgeID string) b
 	}
 	return watching
 }
+
+// Behind a proxy that reports the request came over plain HTTP (Fly's,
+// Caddy's X-Forwarded-Proto: http), the edge redirects to HTTPS, except the
+// connection nodes' ACME HTTP-01 challenges, which it answers on port 80
+// from the shared storage (none pending here: 404).
+func TestPlainHTTPRedirect(t *testing.T) {
+	t.Parallel()
+	sys := testsys.New(t)
+	e := sys.StartEdge(t, "edge-a", nil)
+	c := newAPI(t, e.URL, sys.APIKey(t))
+	c.hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
+	resp, _ := c.call(http.MethodGet, "/v1/devices/dev-1?x=1", "", "X-Forwarded-Proto", "http")
+	host := strings.TrimPrefix(e.URL, "http://")
+	if resp.StatusCode != http.StatusPermanentRedirect || resp.Header.Get("Location") != "https://"+host+"/v1/devices/dev-1?x=1" {
+		t.Fatalf("plain HTTP: %d, Location %q", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	resp, body := c.call(http.MethodGet, "/.well-known/acme-challenge/some-token", "", "X-Forwarded-Proto", "http")
+	wantProblem(t, resp, body, http.StatusNotFound, "not-found")
+	resp, body = c.call(http.MethodGet, "/v1/devices/dev-1", "", "X-Forwarded-Proto", "https")
+	wantProblem(t, resp, body, http.StatusNotFound, "device-not-found")
+}

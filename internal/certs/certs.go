@@ -26,6 +26,12 @@ import (
 	"github.com/caddyserver/certmagic"
 )
 
+// ACME challenge types (CONN_ACME_CHALLENGE).
+const (
+	ChallengeHTTP    = "http-01"
+	ChallengeTLSALPN = "tls-alpn-01"
+)
+
 // Modes of a node's TLS (CONN_TLS).
 const (
 	ModeACME       = "acme"
@@ -44,11 +50,19 @@ type Config struct {
 	CA     string // directory URL (CONN_ACME_CA); Let's Encrypt's when empty
 	CARoot string // PEM file trusted for CA (CONN_ACME_CA_ROOT), for private and test CAs
 	Email  string // the ACME account's contact (CONN_ACME_EMAIL)
+	// Challenge limits the challenges to one type (CONN_ACME_CHALLENGE):
+	// "http-01" (on Fly, where port 80 reaches the edges), "tls-alpn-01"
+	// (a node that listens on 443 itself), or "" for both.
+	Challenge string
 	// HTTPPort and TLSPort are where the CA's validation requests arrive
 	// when not on 80 and 443 (tests; unusual proxies). 0: the standard ports.
 	HTTPPort, TLSPort int
 	// RenewCheck is how often certificates are checked for renewal (10m).
 	RenewCheck time.Duration
+	// RenewWindow, when set, renews a certificate once this fraction of its
+	// life is left, and ignores the CA's renewal window (ARI); by default
+	// certmagic follows ARI, or renews with a third of the life left.
+	RenewWindow float64
 }
 
 // TLS is what a node serves with.
@@ -139,6 +153,11 @@ func newMagic(cfg Config) (*certmagic.Config, *certmagic.Cache, error) {
 			return nil, nil, fmt.Errorf("CONN_ACME_CA_ROOT %s: no PEM certificate in it", cfg.CARoot)
 		}
 	}
+	switch cfg.Challenge {
+	case "", ChallengeHTTP, ChallengeTLSALPN:
+	default:
+		return nil, nil, fmt.Errorf("CONN_ACME_CHALLENGE=%q: want %s, %s or empty for both", cfg.Challenge, ChallengeHTTP, ChallengeTLSALPN)
+	}
 	ca := cfg.CA
 	if ca == "" {
 		ca = certmagic.LetsEncryptProductionCA
@@ -151,8 +170,10 @@ func newMagic(cfg Config) (*certmagic.Config, *certmagic.Cache, error) {
 		Logger:             logger,
 	})
 	magic = certmagic.New(cache, certmagic.Config{
-		Storage: cfg.Storage,
-		Logger:  logger,
+		Storage:            cfg.Storage,
+		Logger:             logger,
+		RenewalWindowRatio: cfg.RenewWindow,
+		DisableARI:         cfg.RenewWindow != 0,
 		// No OCSP stapling: Let's Encrypt ended OCSP in 2025.
 		OCSP: certmagic.OCSPConfig{DisableStapling: true},
 	})
@@ -163,7 +184,11 @@ func newMagic(cfg Config) (*certmagic.Config, *certmagic.Cache, error) {
 		TrustedRoots:   roots,
 		AltHTTPPort:    cfg.HTTPPort,
 		AltTLSALPNPort: cfg.TLSPort,
-		Logger:         logger,
+		// HTTP-01 is kept for the edge's answerer, which only reads the
+		// storage: it never asks for a certificate.
+		DisableHTTPChallenge:    cfg.Challenge == ChallengeTLSALPN && cfg.Mode == ModeACME,
+		DisableTLSALPNChallenge: cfg.Challenge == ChallengeHTTP,
+		Logger:                  logger,
 	})}
 	return magic, cache, nil
 }

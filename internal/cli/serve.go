@@ -65,7 +65,7 @@ type connFlags struct {
 
 // certsFlags are the settings of a node's certificate.
 type certsFlags struct {
-	mode, domain, ca, caRoot, email *string
+	mode, domain, ca, caRoot, email, challenge *string
 }
 
 func defineConnFlags(f flags) connFlags {
@@ -81,12 +81,15 @@ func defineConnFlags(f flags) connFlags {
 			ca:     f.string("acme-ca", "", "ACME directory URL (default Let's Encrypt)", "CONN_ACME_CA"),
 			caRoot: f.string("acme-ca-root", "", "PEM file of the root to trust for the ACME directory (private or test CAs)", "CONN_ACME_CA_ROOT"),
 			email:  f.string("acme-email", "", "contact address of the ACME account (expiry notices)", "CONN_ACME_EMAIL"),
+			challenge: f.string("acme-challenge", "", `the ACME challenge to use: "http-01" (on Fly: port 80 reaches the edges), "tls-alpn-01" (this node listens on 443), or both when empty`,
+				"CONN_ACME_CHALLENGE"),
 		},
 	}
 }
 
 func (cf certsFlags) config() certs.Config {
-	return certs.Config{Mode: *cf.mode, Domains: splitList(*cf.domain), CA: *cf.ca, CARoot: *cf.caRoot, Email: *cf.email}
+	return certs.Config{Mode: *cf.mode, Domains: splitList(*cf.domain), CA: *cf.ca, CARoot: *cf.caRoot, Email: *cf.email,
+		Challenge: *cf.challenge}
 }
 
 func runConn(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.Logger) error {

@@ -168,15 +168,25 @@ func (n *Node) Stop() error { return n.proc.stop() }
 // tweak, if given, adjusts its config (short heartbeats, small frames).
 func (s *System) StartNode(t testing.TB, id string, tweak func(*conntier.Config)) *Node {
 	t.Helper()
+	return s.StartNodeTLS(t, id, certs.Config{Mode: certs.ModeSelfSigned}, nil, tweak)
+}
+
+// StartNodeTLS runs a connection node with the TLS tlsCfg says (ACME, say),
+// on ln (nil: a port of its own). Roots trusts the certificate only when
+// it is self-signed.
+func (s *System) StartNodeTLS(t testing.TB, id string, tlsCfg certs.Config, ln net.Listener, tweak func(*conntier.Config)) *Node {
+	t.Helper()
 	p := s.open(t)
-	tls, err := p.TLS(context.Background(), certs.Config{Mode: certs.ModeSelfSigned})
+	tls, err := p.TLS(context.Background(), tlsCfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(tls.Stop)
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(tls.PEM)
-	ln := listen(t)
+	if ln == nil {
+		ln = listen(t)
+	}
 	cfg := conntier.Config{Node: db.Node{ID: id, Region: "test"}}
 	if tweak != nil {
 		tweak(&cfg)
@@ -205,13 +215,22 @@ func (e *Edge) Stop() error { return e.proc.stop() }
 // StartEdge runs an edge. tweak, if given, adjusts its config.
 func (s *System) StartEdge(t testing.TB, id string, tweak func(*edge.Config)) *Edge {
 	t.Helper()
+	return s.StartEdgeACME(t, id, certs.Config{}, nil, tweak)
+}
+
+// StartEdgeACME runs an edge that answers the HTTP-01 challenges of nodes
+// using acme's CA, on ln (nil: a port of its own).
+func (s *System) StartEdgeACME(t testing.TB, id string, acme certs.Config, ln net.Listener, tweak func(*edge.Config)) *Edge {
+	t.Helper()
 	cfg := edge.Config{ID: id, SweepInterval: 100 * time.Millisecond}
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	ln := listen(t)
+	if ln == nil {
+		ln = listen(t)
+	}
 	p := s.open(t)
-	serve, ed, err := p.Edge(cfg, certs.Config{}, ln)
+	serve, ed, err := p.Edge(cfg, acme, ln)
 	if err != nil {
 		ln.Close()
 		t.Fatal(err)
