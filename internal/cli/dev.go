@@ -171,7 +171,7 @@ func runDev(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.
 
 	err = devBanner.Execute(stdio.Stdout, map[string]any{
 		"Edge": "http://" + advertised(*edgeListen, edgeLn), "Conn": connURLs, "DB": dbURL, "Key": apiKey, "Dir": *dir,
-		"Cert": certFile, "Devices": len(simulated), "Spare": creds[len(creds)-1].Secret,
+		"Cert": certFile, "Fingerprint": tls.Fingerprint, "Devices": len(simulated), "Spare": creds[len(creds)-1].Secret,
 	})
 	if err != nil {
 		return err
@@ -216,6 +216,7 @@ Switchboard is running. Ctrl-C stops everything.
   PostgreSQL         {{.DB}}
   devices            thermostat-1 … thermostat-{{.Devices}} (simulated), my-device (yours to connect)
   files              {{.Dir}}/api-key, {{.Dir}}/devices.csv, {{.Cert}}
+  node certificate   self-signed, SHA-256 {{.Fingerprint}}
 
 Try it:
 
