@@ -102,29 +102,6 @@ func (s *Store) Device(ctx context.Context, id string) (Device, error) {
 	return d, nil
 }
 
-// AddAPIKey stores a new API key's hash under a name.
-func (s *Store) AddAPIKey(ctx context.Context, name string, keyHash []byte) error {
-	ctx, cancel := bound(ctx)
-	defer cancel()
-	_, err := s.db.Exec(ctx, `INSERT INTO api_keys (name, key_hash) VALUES ($1, $2)`, name, keyHash)
-	return translate(err, "add api key")
-}
-
-// APIKey is a stored API key, without its secret.
-type APIKey struct {
-	ID   int64
-	Name string
-}
-
-// APIKeyByHash returns the unrevoked key with this hash.
-func (s *Store) APIKeyByHash(ctx context.Context, keyHash []byte) (APIKey, error) {
-	ctx, cancel := bound(ctx)
-	defer cancel()
-	var k APIKey
-	err := s.db.QueryRow(ctx, `SELECT id, name FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL`, keyHash).Scan(&k.ID, &k.Name)
-	return k, translate(err, "api key")
-}
-
 // DeviceEvent is one telemetry or alert frame from a device.
 type DeviceEvent struct {
 	DeviceID string

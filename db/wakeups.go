@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/google/uuid"
@@ -16,12 +17,16 @@ import (
 //	sb_node_<node id>   "wake DEVICE"          deliver the device's pending commands
 //	                    "kick DEVICE SESSION"  close that session: a newer one replaced it
 //	sb_edge_<edge id>   "COMMAND-ID"           the command changed: read it again
+//	sb_keys             "API-KEY-ID"           the key was revoked: trust no copy of it
 
 // NodeChannel is the channel a connection node listens on.
 func NodeChannel(nodeID string) string { return "sb_node_" + nodeID }
 
 // EdgeChannel is the channel an edge listens on for its commands' changes.
 func EdgeChannel(edgeID string) string { return "sb_edge_" + edgeID }
+
+// KeysChannel is the channel every edge listens on for revoked API keys.
+const KeysChannel = "sb_keys"
 
 const (
 	wakeVerb = "wake"
@@ -65,9 +70,10 @@ func ParseEdgeMessage(payload string) []uuid.UUID {
 
 // Notice is one wake-up to send; exactly one field is set.
 type Notice struct {
-	Wake   string     // a device whose node must deliver its pending commands
-	Change *Change    // a command whose edges must read it again
-	Kick   *Displaced // a session its node must close
+	Wake       string     // a device whose node must deliver its pending commands
+	Change     *Change    // a command whose edges must read it again
+	Kick       *Displaced // a session its node must close
+	RevokedKey int64      // an API key no edge may trust any longer
 }
 
 // Notify sends notices, coalesced. Call it after the
@@ -90,6 +96,8 @@ func (s *Store) Notify(ctx context.Context, notices []Notice) error {
 		case n.Kick != nil:
 			ch := NodeChannel(n.Kick.NodeID)
 			byChannel[ch] = append(byChannel[ch], fmt.Sprintf("%s %s %s", kickVerb, n.Kick.DeviceID, n.Kick.SessionID))
+		case n.RevokedKey != 0:
+			byChannel[KeysChannel] = append(byChannel[KeysChannel], strconv.FormatInt(n.RevokedKey, 10))
 		}
 	}
 	var channels, payloads []string

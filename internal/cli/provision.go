@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/internal/secret"
@@ -114,31 +113,4 @@ func importDevices(ctx context.Context, store *db.Store, stdio IO, log *slog.Log
 	}
 	log.Info("imported devices", "added", added, "skipped", skipped)
 	return nil
-}
-
-func runAPIKeys(ctx context.Context, args []string, getenv Env, stdio IO, _ *slog.Logger) error {
-	if len(args) == 0 || args[0] != "add" {
-		fmt.Fprintln(stdio.Stderr, "usage: switchboard apikeys add NAME")
-		return ErrUsage
-	}
-	f := newFlags("apikeys add", getenv, stdio)
-	dbURL := f.databaseURL()
-	if err := f.parse(args[1:]); err != nil {
-		return err
-	}
-	if f.NArg() != 1 || strings.TrimSpace(f.Arg(0)) == "" {
-		fmt.Fprintln(stdio.Stderr, "usage: switchboard apikeys add NAME")
-		return ErrUsage
-	}
-	pool, store, err := openStore(ctx, *dbURL, 2)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	key := secret.New("sbk_")
-	if err := store.AddAPIKey(ctx, f.Arg(0), secret.Hash(key)); err != nil {
-		return err
-	}
-	_, err = fmt.Fprintln(stdio.Stdout, key)
-	return err
 }
