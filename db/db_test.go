@@ -73,14 +73,14 @@ func TestAddDevicesReportsExisting(t *testing.T) {
 	if !slices.Equal(existing, []string{"dev-1"}) {
 		t.Fatalf("existing = %v, want [dev-1]", existing)
 	}
-	hash, err := store.DeviceSecretHash(ctx, "dev-1")
-	if err != nil || !secret.Matches("secret-of-dev-1", hash) {
+	creds, err := store.DeviceCredentials(ctx, "dev-1")
+	if err != nil || !creds.Accepts("secret-of-dev-1") {
 		t.Fatalf("dev-1 kept its first secret? err=%v", err)
 	}
 	if _, err := store.AddDevices(ctx, []db.Credential{{ID: "bad id with spaces", SecretHash: secret.Hash("z")}}); !errors.Is(err, db.ErrInvalid) {
 		t.Fatalf("bad id: err = %v, want ErrInvalid", err)
 	}
-	if _, err := store.DeviceSecretHash(ctx, "nope"); !errors.Is(err, db.ErrNotFound) {
+	if _, err := store.DeviceCredentials(ctx, "nope"); !errors.Is(err, db.ErrNotFound) {
 		t.Fatalf("unknown device: err = %v, want ErrNotFound", err)
 	}
 }
@@ -537,8 +537,8 @@ func TestPresence(t *testing.T) {
 
 func TestParseNodeMessages(t *testing.T) {
 	sid := uuid.New()
-	got := db.ParseNodeMessages("wake dev-1\nkick dev-2 " + sid.String() + "\nbogus line\nkick dev-3 not-a-uuid\nwake dev-4")
-	want := []db.NodeMessage{{DeviceID: "dev-1"}, {Kick: true, DeviceID: "dev-2", SessionID: sid}, {DeviceID: "dev-4"}}
+	got := db.ParseNodeMessages("wake dev-1\nkick dev-2 " + sid.String() + "\nbogus line\nkick dev-3 not-a-uuid\nwake dev-4\nclose dev-5 disabled\nclose dev-6")
+	want := []db.NodeMessage{{DeviceID: "dev-1"}, {Kick: true, DeviceID: "dev-2", SessionID: sid}, {DeviceID: "dev-4"}, {DeviceID: "dev-5", Close: "disabled"}}
 	if !slices.Equal(got, want) {
 		t.Fatalf("got %v, want %v", got, want)
 	}

@@ -37,6 +37,10 @@ commands:
   device                run simulated devices
   devices add ID        provision a device; prints its secret
   devices import        provision devices from stdin ("id" or "id,secret" lines); prints "id,secret" lines
+  devices rotate ID     give a device a new secret (the old one works for -grace, 24h); prints it
+  devices disable ID    refuse the device's connections and close its session
+  devices enable ID     let a disabled device connect again
+  devices delete ID     delete a device, its presence and its commands; close its session
   apikeys add NAME      create an API key (-scopes commands,read,admin; -expires 720h); prints it
   apikeys list          list API keys (never their secrets)
   apikeys revoke KEY    revoke an API key, by name or id
