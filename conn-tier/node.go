@@ -125,6 +125,8 @@ type Node struct {
 
 	leased atomic.Bool // the lease row exists and was renewed in time
 
+	revocations revocations // devices disabled or deleted lately
+
 	drainMu  sync.Mutex     // orders admissions before the drain's wait
 	sessions sync.WaitGroup // admitted requests to /v1/connect, until their session ends
 	draining atomic.Bool    // shutting down: refuse new sessions; set under drainMu
@@ -324,6 +326,10 @@ func (n *Node) renewLease(ctx context.Context) error {
 // onNotify runs on the notifier's goroutine: it only hands work off.
 func (n *Node) onNotify(payload string) {
 	for _, m := range db.ParseNodeMessages(payload) {
+		if m.Close != "" {
+			n.closeDevice(m.DeviceID, m.Close)
+			continue
+		}
 		if !m.Kick {
 			n.deliverer.wake(m.DeviceID)
 			continue

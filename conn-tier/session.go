@@ -19,7 +19,6 @@ import (
 	"github.com/switchboard-iot/switchboard/device/protocol"
 	"github.com/switchboard-iot/switchboard/internal/command"
 	"github.com/switchboard-iot/switchboard/internal/problem"
-	"github.com/switchboard-iot/switchboard/internal/secret"
 )
 
 // closeGrace is how long a closing session waits for the device to answer
@@ -46,6 +45,7 @@ type session struct {
 	deviceID   string
 	id         uuid.UUID // time-ordered by the node's clock, but only an identity: PostgreSQL orders sessions
 	remoteAddr string
+	checkedAt  time.Time // when its credentials were read
 
 	send chan outFrame // frames for the write pump
 	done chan struct{} // closed when the session has ended
@@ -128,12 +128,17 @@ func (n *Node) handleConnect(w http.ResponseWriter, r *http.Request) {
 		unauthorized(w, "HTTP Basic credentials device_id:secret are required")
 		return
 	}
-	hash, err := n.store.DeviceSecretHash(r.Context(), deviceID)
+	checkedAt := time.Now() // before the read: see revocations
+	creds, err := n.store.DeviceCredentials(r.Context(), deviceID)
 	switch {
-	case errors.Is(err, db.ErrNotFound) || (err == nil && !secret.Matches(devSecret, hash)):
+	case errors.Is(err, db.ErrNotFound) || (err == nil && !creds.Accepts(devSecret)):
 		// The same answer for an unknown device and a wrong secret.
 		n.metrics.connects.WithLabelValues("unauthorized").Inc()
 		unauthorized(w, "unknown device or wrong secret")
+		return
+	case err == nil && creds.Disabled: // told only to who knows the secret
+		n.metrics.connects.WithLabelValues("unauthorized").Inc()
+		unauthorized(w, "device disabled")
 		return
 	case err != nil:
 		n.log.Error("checking device credentials", "device", deviceID, "err", err)
@@ -163,6 +168,7 @@ func (n *Node) handleConnect(w http.ResponseWriter, r *http.Request) {
 		deviceID:   deviceID,
 		id:         newSessionID(n.cfg.Clock()),
 		remoteAddr: r.RemoteAddr,
+		checkedAt:  checkedAt,
 		send:       make(chan outFrame, n.cfg.SendQueue),
 		done:       make(chan struct{}),
 		inflight:   make(map[uuid.UUID]flight),
@@ -189,6 +195,11 @@ func (s *session) serve() {
 		// Admitted just before the drain began, registered just after its
 		// snapshot of the hub: close it like the others.
 		s.close(protocol.CloseGoingAway, "node draining")
+	}
+	if reason, ok := n.revocations.since(s.deviceID, s.checkedAt); ok {
+		// Its credentials were read before the device was disabled or
+		// deleted, and the notice came before it was in the hub.
+		s.close(protocol.CloseBadMessage, "device "+reason)
 	}
 	writerDone := make(chan struct{})
 	go func() { defer close(writerDone); s.writePump() }()

@@ -3,11 +3,14 @@ package db
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"regexp"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+
+	"github.com/switchboard-iot/switchboard/internal/secret"
 )
 
 // Device is a provisioned device and, when it is connected, its session.
@@ -16,6 +19,7 @@ type Device struct {
 	Labels     json.RawMessage `json:"labels"`
 	CreatedAt  time.Time       `json:"created_at"`
 	LastSeenAt *time.Time      `json:"last_seen_at,omitempty"`
+	DisabledAt *time.Time      `json:"disabled_at,omitempty"` // set: its connections are refused
 	Online     bool            `json:"online"`
 	Presence   *Presence       `json:"presence,omitempty"`
 }
@@ -30,11 +34,13 @@ type Presence struct {
 }
 
 // DeviceIDFormat says which device ids are valid.
-const DeviceIDFormat = `1-128 letters, digits and "._:-", starting with a letter or digit`
+const DeviceIDFormat = `1-128 letters, digits and "._-", starting with a letter or digit (no ":", which HTTP Basic auth cannot carry)`
 
 // ValidDeviceID checks an id before it reaches the database, whose
-// devices_id_format constraint holds the same pattern.
-var ValidDeviceID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`).MatchString
+// devices_id_format constraint holds the same pattern. Ids with ':' made
+// before it forbade them are kept, but cannot connect or be changed: they
+// can only be deleted.
+var ValidDeviceID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`).MatchString
 
 // Credential is a device id with its secret hash, for provisioning.
 type Credential struct {
@@ -65,13 +71,101 @@ func (s *Store) AddDevices(ctx context.Context, creds []Credential) (existing []
 	return existing, translate(err, "add devices")
 }
 
-// DeviceSecretHash returns the stored hash of a device's secret.
-func (s *Store) DeviceSecretHash(ctx context.Context, id string) ([]byte, error) {
+// DeviceCredentials is what a node checks when a device connects.
+type DeviceCredentials struct {
+	SecretHash   []byte
+	PreviousHash []byte // the secret the last rotation replaced, while its grace lasts; else nil
+	Disabled     bool
+}
+
+// Accepts reports whether s is the device's secret, or the one its last
+// rotation replaced, within its grace.
+func (c DeviceCredentials) Accepts(s string) bool {
+	return secret.Matches(s, c.SecretHash) || secret.Matches(s, c.PreviousHash)
+}
+
+// DeviceCredentials returns what a device's connection is checked against.
+func (s *Store) DeviceCredentials(ctx context.Context, id string) (DeviceCredentials, error) {
 	ctx, cancel := bound(ctx)
 	defer cancel()
-	var hash []byte
-	err := s.db.QueryRow(ctx, `SELECT secret_hash FROM devices WHERE id = $1`, id).Scan(&hash)
-	return hash, translate(err, "device "+id)
+	var c DeviceCredentials
+	err := s.db.QueryRow(ctx, `
+		SELECT secret_hash, CASE WHEN previous_secret_until > now() THEN previous_secret_hash END, disabled_at IS NOT NULL
+		FROM devices WHERE id = $1`, id).Scan(&c.SecretHash, &c.PreviousHash, &c.Disabled)
+	return c, translate(err, "device "+id)
+}
+
+// RotateDeviceSecret gives a device a new secret. The one it replaces is
+// accepted for grace more (not at all when grace is 0), so that a fleet can
+// roll over; a secret replaced by an earlier rotation stops working now.
+// A session open with the old secret stays open.
+func (s *Store) RotateDeviceSecret(ctx context.Context, id string, secretHash []byte, grace time.Duration) error {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	tag, err := s.db.Exec(ctx, `
+		UPDATE devices SET previous_secret_hash = secret_hash, previous_secret_until = now() + $3::interval, secret_hash = $2
+		WHERE id = $1`, id, secretHash, grace)
+	if err == nil && tag.RowsAffected() == 0 {
+		err = pgx.ErrNoRows
+	}
+	return translate(err, "device "+id)
+}
+
+// DisableDevice makes the device's connections be refused, then closes its
+// session, on whichever node it is. Disabling a disabled device sends the
+// close again, which repairs a close that failed before.
+func (s *Store) DisableDevice(ctx context.Context, id string) error {
+	if err := s.updateDevice(ctx, id, `UPDATE devices SET disabled_at = coalesce(disabled_at, now()) WHERE id = $1`); err != nil {
+		return err
+	}
+	if err := s.Notify(ctx, []Notice{{Close: &Closing{DeviceID: id, Reason: DeviceDisabled}}}); err != nil {
+		return fmt.Errorf("device %s is disabled, but its session could not be closed; run disable again: %w", id, err)
+	}
+	return nil
+}
+
+// EnableDevice lets a disabled device connect again.
+func (s *Store) EnableDevice(ctx context.Context, id string) error {
+	return s.updateDevice(ctx, id, `UPDATE devices SET disabled_at = NULL WHERE id = $1`)
+}
+
+func (s *Store) updateDevice(ctx context.Context, id, sql string) error {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	tag, err := s.db.Exec(ctx, sql, id)
+	if err == nil && tag.RowsAffected() == 0 {
+		err = pgx.ErrNoRows
+	}
+	return translate(err, "device "+id)
+}
+
+// DeleteDevice deletes a device, its presence row and its commands (in the
+// order a disconnect locks them), then closes its session, on whichever
+// node it is. It returns how many commands went. Commands are found by a
+// scan: no index covers a device's finished commands.
+func (s *Store) DeleteDevice(ctx context.Context, id string) (commands int64, err error) {
+	err = s.InTx(ctx, func(tx *Store) error {
+		if _, err := tx.db.Exec(ctx, `DELETE FROM presence WHERE device_id = $1`, id); err != nil {
+			return err
+		}
+		tag, err := tx.db.Exec(ctx, `DELETE FROM devices WHERE id = $1`, id)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return pgx.ErrNoRows
+		}
+		tag, err = tx.db.Exec(ctx, `DELETE FROM commands WHERE device_id = $1`, id)
+		commands = tag.RowsAffected()
+		return err
+	})
+	if err != nil {
+		return 0, translate(err, "device "+id)
+	}
+	if err := s.Notify(ctx, []Notice{{Close: &Closing{DeviceID: id, Reason: DeviceDeleted}}}); err != nil {
+		return commands, fmt.Errorf("device %s is deleted, but its session could not be closed (it ends at its next reconnect): %w", id, err)
+	}
+	return commands, nil
 }
 
 // Device returns a device with its live presence, if any.
@@ -85,11 +179,11 @@ func (s *Store) Device(ctx context.Context, id string) (Device, error) {
 		ConnectedAt                *time.Time
 	}
 	err := s.db.QueryRow(ctx, `
-		SELECT d.id, d.labels, d.created_at, d.last_seen_at,
+		SELECT d.id, d.labels, d.created_at, d.last_seen_at, d.disabled_at,
 		       p.node_id, p.region, p.session_id, p.remote_addr, p.connected_at
 		FROM devices d LEFT JOIN presence_live p ON p.device_id = d.id
 		WHERE d.id = $1`, id).
-		Scan(&d.ID, &d.Labels, &d.CreatedAt, &d.LastSeenAt,
+		Scan(&d.ID, &d.Labels, &d.CreatedAt, &d.LastSeenAt, &d.DisabledAt,
 			&p.NodeID, &p.Region, &p.SessionID, &p.RemoteAddr, &p.ConnectedAt)
 	if err != nil {
 		return Device{}, translate(err, "device "+id)
@@ -100,29 +194,6 @@ func (s *Store) Device(ctx context.Context, id string) (Device, error) {
 			RemoteAddr: *p.RemoteAddr, ConnectedAt: *p.ConnectedAt}
 	}
 	return d, nil
-}
-
-// AddAPIKey stores a new API key's hash under a name.
-func (s *Store) AddAPIKey(ctx context.Context, name string, keyHash []byte) error {
-	ctx, cancel := bound(ctx)
-	defer cancel()
-	_, err := s.db.Exec(ctx, `INSERT INTO api_keys (name, key_hash) VALUES ($1, $2)`, name, keyHash)
-	return translate(err, "add api key")
-}
-
-// APIKey is a stored API key, without its secret.
-type APIKey struct {
-	ID   int64
-	Name string
-}
-
-// APIKeyByHash returns the unrevoked key with this hash.
-func (s *Store) APIKeyByHash(ctx context.Context, keyHash []byte) (APIKey, error) {
-	ctx, cancel := bound(ctx)
-	defer cancel()
-	var k APIKey
-	err := s.db.QueryRow(ctx, `SELECT id, name FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL`, keyHash).Scan(&k.ID, &k.Name)
-	return k, translate(err, "api key")
 }
 
 // DeviceEvent is one telemetry or alert frame from a device.

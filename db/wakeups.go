@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/google/uuid"
@@ -15,7 +16,10 @@ import (
 //
 //	sb_node_<node id>   "wake DEVICE"          deliver the device's pending commands
 //	                    "kick DEVICE SESSION"  close that session: a newer one replaced it
+//	                    "close DEVICE REASON"  close the device's session, if it has one here:
+//	                                           it was "disabled" or "deleted" (sent to every node)
 //	sb_edge_<edge id>   "COMMAND-ID"           the command changed: read it again
+//	sb_keys             "API-KEY-ID"           the key was revoked: trust no copy of it
 
 // NodeChannel is the channel a connection node listens on.
 func NodeChannel(nodeID string) string { return "sb_node_" + nodeID }
@@ -23,9 +27,19 @@ func NodeChannel(nodeID string) string { return "sb_node_" + nodeID }
 // EdgeChannel is the channel an edge listens on for its commands' changes.
 func EdgeChannel(edgeID string) string { return "sb_edge_" + edgeID }
 
+// KeysChannel is the channel every edge listens on for revoked API keys.
+const KeysChannel = "sb_keys"
+
 const (
-	wakeVerb = "wake"
-	kickVerb = "kick"
+	wakeVerb  = "wake"
+	kickVerb  = "kick"
+	closeVerb = "close"
+)
+
+// Why a device's session is closed by a "close" notice.
+const (
+	DeviceDisabled = "disabled"
+	DeviceDeleted  = "deleted"
 )
 
 // NodeMessage is one line of a node channel payload.
@@ -33,6 +47,7 @@ type NodeMessage struct {
 	Kick      bool
 	DeviceID  string
 	SessionID uuid.UUID // for a kick
+	Close     string    // for a close: why (DeviceDisabled, DeviceDeleted)
 }
 
 // ParseNodeMessages reads a node channel payload, skipping lines it does not know.
@@ -47,6 +62,8 @@ func ParseNodeMessages(payload string) []NodeMessage {
 			if sid, err := uuid.Parse(fields[2]); err == nil {
 				out = append(out, NodeMessage{Kick: true, DeviceID: fields[1], SessionID: sid})
 			}
+		case len(fields) == 3 && fields[0] == closeVerb:
+			out = append(out, NodeMessage{DeviceID: fields[1], Close: fields[2]})
 		}
 	}
 	return out
@@ -65,9 +82,18 @@ func ParseEdgeMessage(payload string) []uuid.UUID {
 
 // Notice is one wake-up to send; exactly one field is set.
 type Notice struct {
-	Wake   string     // a device whose node must deliver its pending commands
-	Change *Change    // a command whose edges must read it again
-	Kick   *Displaced // a session its node must close
+	Wake       string     // a device whose node must deliver its pending commands
+	Change     *Change    // a command whose edges must read it again
+	Kick       *Displaced // a session its node must close
+	Close      *Closing   // a device every node must close its session of
+	RevokedKey int64      // an API key no edge may trust any longer
+}
+
+// Closing is a device whose session must end wherever it is, and why
+// (DeviceDisabled, DeviceDeleted).
+type Closing struct {
+	DeviceID string
+	Reason   string
 }
 
 // Notify sends notices, coalesced. Call it after the
@@ -77,7 +103,7 @@ type Notice struct {
 // presence, not presence_live, since a node whose lease lapsed is most
 // often still alive, and a wake-up sent to a dead one costs nothing.
 func (s *Store) Notify(ctx context.Context, notices []Notice) error {
-	var wake []string
+	var wake, closing []string
 	byChannel := make(map[string][]string)
 	for _, n := range notices {
 		switch {
@@ -90,6 +116,10 @@ func (s *Store) Notify(ctx context.Context, notices []Notice) error {
 		case n.Kick != nil:
 			ch := NodeChannel(n.Kick.NodeID)
 			byChannel[ch] = append(byChannel[ch], fmt.Sprintf("%s %s %s", kickVerb, n.Kick.DeviceID, n.Kick.SessionID))
+		case n.Close != nil:
+			closing = append(closing, fmt.Sprintf("%s %s %s", closeVerb, n.Close.DeviceID, n.Close.Reason))
+		case n.RevokedKey != 0:
+			byChannel[KeysChannel] = append(byChannel[KeysChannel], strconv.FormatInt(n.RevokedKey, 10))
 		}
 	}
 	var channels, payloads []string
@@ -98,7 +128,7 @@ func (s *Store) Notify(ctx context.Context, notices []Notice) error {
 			channels, payloads = append(channels, ch), append(payloads, p)
 		}
 	}
-	if len(wake) == 0 && len(channels) == 0 {
+	if len(wake) == 0 && len(channels) == 0 && len(closing) == 0 {
 		return nil
 	}
 	ctx, cancel := bound(ctx)
@@ -110,6 +140,16 @@ func (s *Store) Notify(ctx context.Context, notices []Notice) error {
 		_, err := s.db.Exec(ctx, `SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p)`, channels, payloads)
 		if err != nil {
 			return translate(err, "notify")
+		}
+	}
+	// A close goes to every node, not only the one presence names: a
+	// session whose credentials were checked just before the change may
+	// be opening on any of them (see conn-tier's revocations).
+	if len(closing) > 0 {
+		_, err := s.db.Exec(ctx, `SELECT pg_notify($1 || n.id, p) FROM nodes n, unnest($2::text[]) AS p`,
+			NodeChannel(""), pack(closing))
+		if err != nil {
+			return translate(err, "close devices")
 		}
 	}
 	if len(wake) > 0 {

@@ -628,6 +628,11 @@ func TestDevices(t *testing.T) {
 		wantProblem(t, resp, body, http.StatusConflict, "device-exists")
 		resp, body = c.call(http.MethodPost, "/v1/devices", `{"id":"bad id"}`)
 		wantProblem(t, resp, body, http.StatusBadRequest, "invalid-device-id")
+		// HTTP Basic auth splits at the first ':': such an id could never connect.
+		resp, body = c.call(http.MethodPost, "/v1/devices", `{"id":"has:colon"}`)
+		if p := wantProblem(t, resp, body, http.StatusBadRequest, "invalid-device-id"); !strings.Contains(p.Detail, `no ":"`) {
+			t.Errorf("detail %q does not explain the ':' rule", p.Detail)
+		}
 		resp, body = c.call(http.MethodPost, "/v1/devices", `{}`)
 		wantProblem(t, resp, body, http.StatusBadRequest, "invalid-device-id")
 		resp, body = c.call(http.MethodPost, "/v1/devices", `{"id":"`+strings.Repeat("d", 129)+`"}`)

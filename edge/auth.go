@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -16,8 +17,7 @@ import (
 
 // authenticate lets through requests that carry a valid API key as
 // "Authorization: Bearer <key>", with the key in their context. A checked
-// key is trusted for APIKeyCache, which spares the database a lookup per
-// request.
+// key is cached (keyCache); its expiry is checked on every request.
 func (e *Edge) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
@@ -28,34 +28,46 @@ func (e *Edge) authenticate(next http.Handler) http.Handler {
 		hash := secret.Hash(token)
 		cacheKey := hex.EncodeToString(hash)
 		now := time.Now()
-		e.keysMu.Lock()
-		cached, trusted := e.keys[cacheKey]
-		trusted = trusted && now.Before(cached.until)
-		e.keysMu.Unlock()
-		key := cached.key
-		if !trusted {
+		key, cached, gen := e.keys.get(cacheKey, now)
+		if !cached {
 			var err error
 			key, err = e.store.APIKeyByHash(r.Context(), hash)
 			switch {
 			case errors.Is(err, db.ErrNotFound):
-				unauthorized(w, "unknown or revoked API key")
+				unauthorized(w, "unknown API key")
 				return
 			case err != nil:
 				e.unavailable(w, "checking the API key", err)
 				return
+			case key.RevokedAt != nil:
+				unauthorized(w, "this API key was revoked")
+				return
 			}
-			e.keysMu.Lock()
-			e.keys[cacheKey] = cachedKey{key: key, until: now.Add(e.cfg.APIKeyCache)}
-			e.keysMu.Unlock()
+			e.keys.put(cacheKey, key, gen, now)
+		}
+		if key.Expired(now) {
+			unauthorized(w, "this API key expired at "+key.ExpiresAt.UTC().Format(time.RFC3339))
+			return
 		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), apiKeyCtx{}, key)))
 	})
 }
 
-// cachedKey is a checked API key and until when it is trusted.
-type cachedKey struct {
-	key   db.APIKey
-	until time.Time
+// requireScope lets through requests whose API key grants scope, and
+// answers the others 403 (RFC 6750's insufficient_scope).
+func requireScope(scope db.Scope) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			key := apiKey(r)
+			if !key.Has(scope) {
+				w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="switchboard", error="insufficient_scope", scope=%q`, scope))
+				problem.Write(w, http.StatusForbidden, "insufficient-scope", "Insufficient scope",
+					fmt.Sprintf("this request needs an API key with the scope %q; this key has %s", scope, db.FormatScopes(key.Scopes)))
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
 }
 
 type apiKeyCtx struct{}

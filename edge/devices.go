@@ -20,6 +20,10 @@ func (e *Edge) handleAddDevice(w http.ResponseWriter, r *http.Request) {
 	if !decodeJSON(w, r, &req) {
 		return
 	}
+	if !db.ValidDeviceID(req.ID) {
+		badRequest(w, "invalid-device-id", "id: want "+db.DeviceIDFormat)
+		return
+	}
 	devSecret := secret.New("")
 	existing, err := e.store.AddDevices(r.Context(), []db.Credential{{ID: req.ID, SecretHash: secret.Hash(devSecret)}})
 	switch {

@@ -40,8 +40,11 @@ type Config struct {
 	SweepInterval time.Duration // 1s: how often overdue commands are failed or expired
 	KeepAlive     time.Duration // 15s: SSE comment sent on quiet streams
 	MaxWait       time.Duration // 60s: longest ?wait= honoured
-	APIKeyCache   time.Duration // 30s: how long a checked API key is trusted (and a revoked one still works)
-	DrainTimeout  time.Duration // 10s: how long shutdown waits for requests
+	// APIKeyCache is how long a checked API key is trusted without a
+	// lookup: 30s. A revocation drops it at once (db.KeysChannel); this
+	// bounds what a revocation missed while the listener was away costs.
+	APIKeyCache  time.Duration
+	DrainTimeout time.Duration // 10s: how long shutdown waits for requests
 }
 
 // Edge is one edge instance.
@@ -53,8 +56,7 @@ type Edge struct {
 	notices *batch.Batcher[db.Notice] // wake-ups for nodes and edges, after their writes
 	metrics *metrics
 
-	keysMu sync.Mutex           // guards keys
-	keys   map[string]cachedKey // by hex key hash
+	keys *keyCache // checked API keys
 
 	// closing ends open streams when the edge shuts down: their clients
 	// resume on another edge with Last-Event-ID.
@@ -90,7 +92,7 @@ func New(cfg Config) (*Edge, error) {
 		log:     log,
 		store:   cfg.Store,
 		replies: newReplyRouter(cfg.Store, log),
-		keys:    make(map[string]cachedKey),
+		keys:    newKeyCache(cfg.APIKeyCache),
 		closing: make(chan struct{}),
 	}
 	e.notices = batch.New("notices", 4096, 1000, log, e.store.Notify, db.IsRefused)
@@ -104,6 +106,11 @@ func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
 	bg, stopBackground := actors.Group(ctx, e.replies.run, e.notices.Run, e.sweep)
 	unlisten := e.cfg.Notifier.Listen(db.EdgeChannel(e.cfg.ID), e.replies.onNotify, e.replies.onReady)
 	defer unlisten()
+	unlistenKeys := e.cfg.Notifier.Listen(db.KeysChannel, func(keyID string) {
+		e.log.Info("an API key was revoked; dropping the cached keys", "key", keyID)
+		e.keys.drop()
+	}, e.keys.drop)
+	defer unlistenKeys()
 	srv := &http.Server{
 		Handler:           e.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,

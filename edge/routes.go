@@ -8,6 +8,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/internal/problem"
 )
 
@@ -44,13 +45,14 @@ func (e *Edge) Handler() http.Handler {
 		r.Handle("/metrics", promhttp.HandlerFor(e.cfg.Metrics, promhttp.HandlerOpts{}))
 	}
 
+	// Each route names the scope its API key needs (403 without it).
 	r.Route("/v1", func(r chi.Router) {
 		r.Use(e.authenticate)
-		r.Post("/devices", e.handleAddDevice)
-		r.Get("/devices/{id}", e.handleGetDevice)
-		r.Post("/devices/{id}/commands", e.handleSendCommand)
-		r.Get("/commands/{id}", e.handleGetCommand)
-		r.Get("/commands/{id}/events", e.handleCommandEvents)
+		r.With(requireScope(db.ScopeAdmin)).Post("/devices", e.handleAddDevice)
+		r.With(requireScope(db.ScopeRead)).Get("/devices/{id}", e.handleGetDevice)
+		r.With(requireScope(db.ScopeCommands)).Post("/devices/{id}/commands", e.handleSendCommand)
+		r.With(requireScope(db.ScopeCommands)).Get("/commands/{id}", e.handleGetCommand)
+		r.With(requireScope(db.ScopeCommands)).Get("/commands/{id}/events", e.handleCommandEvents)
 	})
 	return r
 }

@@ -31,7 +31,7 @@ const (
 // Close codes the connection tier sends.
 const (
 	CloseGoingAway     = 1001 // node draining: reconnect (to any node)
-	CloseBadMessage    = 1008 // frame was not a valid protocol message
+	CloseBadMessage    = 1008 // policy: a frame that was not a valid protocol message, or the device was disabled or deleted (the reason says which)
 	CloseTooBig        = 1009 // frame larger than the node's limit
 	CloseInternalError = 1011 // node could not serve the session (e.g. database down): reconnect later
 	CloseRebalance     = 1012 // reconnect after the delay given in the reason

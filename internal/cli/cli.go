@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -29,14 +30,20 @@ type IO struct {
 const usage = `usage: switchboard <command> [flags]
 
 commands:
-  edge              serve the HTTP API (REST + SSE)
-  conn              serve device WebSockets (a connection node)
-  migrate           apply database migrations
-  dev               run everything locally: private PostgreSQL, an edge, two nodes, simulated devices
-  device            run simulated devices
-  devices add ID    provision a device; prints its secret
-  devices import    provision devices from stdin ("id" or "id,secret" lines); prints "id,secret" lines
-  apikeys add NAME  create an API key; prints it
+  edge                  serve the HTTP API (REST + SSE)
+  conn                  serve device WebSockets (a connection node)
+  migrate               apply database migrations
+  dev                   run everything locally: private PostgreSQL, an edge, two nodes, simulated devices
+  device                run simulated devices
+  devices add ID        provision a device; prints its secret
+  devices import        provision devices from stdin ("id" or "id,secret" lines); prints "id,secret" lines
+  devices rotate ID     give a device a new secret (the old one works for -grace, 24h); prints it
+  devices disable ID    refuse the device's connections and close its session
+  devices enable ID     let a disabled device connect again
+  devices delete ID     delete a device, its presence and its commands; close its session
+  apikeys add NAME      create an API key (-scopes commands,read,admin; -expires 720h); prints it
+  apikeys list          list API keys (never their secrets)
+  apikeys revoke KEY    revoke an API key, by name or id
 
 Run "switchboard <command> -h" for a command's flags.
 `
@@ -66,7 +73,11 @@ func Run(ctx context.Context, args []string, getenv Env, stdio IO) error {
 		return nil
 	}
 	if cmd, ok := commands[args[0]]; ok {
-		return cmd(ctx, args[1:], getenv, stdio, newLogger(getenv, stdio.Stderr))
+		err := cmd(ctx, args[1:], getenv, stdio, newLogger(getenv, stdio.Stderr))
+		if errors.Is(err, errHelp) {
+			return nil
+		}
+		return err
 	}
 	fmt.Fprintf(stdio.Stderr, "switchboard: unknown command %q\n\n%s", args[0], usage)
 	return ErrUsage
@@ -108,15 +119,34 @@ func (f flags) databaseURL() *string {
 	return f.string("database-url", "", "PostgreSQL URL (direct or session-pooled: LISTEN needs a session)", "DATABASE_URL")
 }
 
-// parse parses args; -h is not an error.
+// errHelp ends a command whose flags were asked for (-h): Run returns nil.
+var errHelp = errors.New("help shown")
+
+// parse parses args, taking flags after the positional arguments too
+// ("apikeys add NAME -scopes read"; Go's flag package stops at the first
+// positional one), which f.Args() then returns. Everything after "--" is
+// positional.
 func (f flags) parse(args []string) error {
-	err := f.Parse(args)
-	if errors.Is(err, flag.ErrHelp) {
-		return nil
+	var positional, rest []string
+	if i := slices.Index(args, "--"); i >= 0 {
+		args, rest = args[:i], args[i+1:]
 	}
-	if err != nil {
-		return ErrUsage
+	for {
+		err := f.Parse(args)
+		if errors.Is(err, flag.ErrHelp) {
+			return errHelp
+		}
+		if err != nil {
+			return ErrUsage
+		}
+		if f.NArg() == 0 {
+			break
+		}
+		positional = append(positional, f.Arg(0))
+		args = f.Args()[1:]
 	}
+	// Parsing "--" and the positional arguments leaves them in f.Args().
+	_ = f.Parse(append(append([]string{"--"}, positional...), rest...))
 	return nil
 }
 

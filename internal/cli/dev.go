@@ -102,7 +102,7 @@ func runDev(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.
 	// Credentials: an API key and the simulated devices, plus one spare
 	// device for a client of your own.
 	apiKey := secret.New("sbk_")
-	if err := store.AddAPIKey(ctx, "dev", secret.Hash(apiKey)); err != nil {
+	if _, err := store.AddAPIKey(ctx, db.NewAPIKey{Name: "dev", KeyHash: secret.Hash(apiKey)}); err != nil {
 		return err
 	}
 	var creds []secret.Credential

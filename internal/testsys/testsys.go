@@ -61,11 +61,12 @@ func (s *System) AddDevice(t testing.TB, id string) string {
 	return devSecret
 }
 
-// APIKey creates an API key.
-func (s *System) APIKey(t testing.TB) string {
+// APIKey creates an API key with the given scopes: all of them when none
+// are given.
+func (s *System) APIKey(t testing.TB, scopes ...db.Scope) string {
 	t.Helper()
 	key := secret.New("sbk_")
-	if err := s.Store.AddAPIKey(context.Background(), "test", secret.Hash(key)); err != nil {
+	if _, err := s.Store.AddAPIKey(context.Background(), db.NewAPIKey{Name: "test", KeyHash: secret.Hash(key), Scopes: scopes}); err != nil {
 		t.Fatal(err)
 	}
 	return key

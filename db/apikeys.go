@@ -1,0 +1,179 @@
+package db
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Scope is a kind of access an API key grants.
+type Scope string
+
+const (
+	ScopeCommands Scope = "commands" // send commands, read them and their events
+	ScopeRead     Scope = "read"     // read devices and their presence
+	ScopeAdmin    Scope = "admin"    // provision devices, manage keys
+)
+
+// AllScopes are every scope, in the order they are shown. A key made
+// without a choice of scopes has them all.
+var AllScopes = []Scope{ScopeCommands, ScopeRead, ScopeAdmin}
+
+// ParseScopes reads a comma-separated list of scopes, such as
+// "commands,read", into AllScopes' order.
+func ParseScopes(list string) ([]Scope, error) {
+	var out []Scope
+	for part := range strings.SplitSeq(list, ",") {
+		sc := Scope(strings.TrimSpace(part))
+		if sc == "" {
+			continue
+		}
+		if !slices.Contains(AllScopes, sc) {
+			return nil, fmt.Errorf("unknown scope %q: want commands, read or admin, separated by commas", sc)
+		}
+		out = append(out, sc)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no scope given: want commands, read or admin, separated by commas")
+	}
+	return slices.DeleteFunc(slices.Clone(AllScopes), func(sc Scope) bool { return !slices.Contains(out, sc) }), nil
+}
+
+// FormatScopes writes scopes the way ParseScopes reads them.
+func FormatScopes(scopes []Scope) string {
+	parts := make([]string, len(scopes))
+	for i, sc := range scopes {
+		parts[i] = string(sc)
+	}
+	return strings.Join(parts, ",")
+}
+
+// APIKey is a stored API key, without its secret.
+type APIKey struct {
+	ID        int64
+	Name      string
+	Scopes    []Scope
+	CreatedAt time.Time
+	ExpiresAt *time.Time // nil: never
+	RevokedAt *time.Time // nil: not revoked
+}
+
+// Has reports whether the key grants scope.
+func (k APIKey) Has(scope Scope) bool { return slices.Contains(k.Scopes, scope) }
+
+// Expired reports whether the key has expired at now.
+func (k APIKey) Expired(now time.Time) bool { return k.ExpiresAt != nil && !now.Before(*k.ExpiresAt) }
+
+// NewAPIKey is an API key to store.
+type NewAPIKey struct {
+	Name    string
+	KeyHash []byte
+	Scopes  []Scope       // none: all of them
+	TTL     time.Duration // how long it works; 0: until revoked
+}
+
+const apiKeyColumns = `id, name, scopes, created_at, expires_at, revoked_at`
+
+func scanAPIKey(row pgx.Row) (APIKey, error) {
+	var k APIKey
+	var scopes []string
+	err := row.Scan(&k.ID, &k.Name, &scopes, &k.CreatedAt, &k.ExpiresAt, &k.RevokedAt)
+	for _, sc := range scopes {
+		k.Scopes = append(k.Scopes, Scope(sc))
+	}
+	return k, err
+}
+
+// AddAPIKey stores a new API key.
+func (s *Store) AddAPIKey(ctx context.Context, nk NewAPIKey) (APIKey, error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	scopes := nk.Scopes
+	if len(scopes) == 0 {
+		scopes = AllScopes
+	}
+	var ttl *time.Duration
+	if nk.TTL != 0 {
+		ttl = &nk.TTL
+	}
+	k, err := scanAPIKey(s.db.QueryRow(ctx, `
+		INSERT INTO api_keys (name, key_hash, scopes, expires_at) VALUES ($1, $2, $3, now() + $4::interval)
+		RETURNING `+apiKeyColumns, nk.Name, nk.KeyHash, scopes, ttl))
+	return k, translate(err, "add api key")
+}
+
+// APIKeyByHash returns the key with this hash, revoked and expired ones
+// included: the caller tells its client which it is.
+func (s *Store) APIKeyByHash(ctx context.Context, keyHash []byte) (APIKey, error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	k, err := scanAPIKey(s.db.QueryRow(ctx, `SELECT `+apiKeyColumns+` FROM api_keys WHERE key_hash = $1`, keyHash))
+	return k, translate(err, "api key")
+}
+
+// APIKeys returns every key, oldest first.
+func (s *Store) APIKeys(ctx context.Context) ([]APIKey, error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	rows, err := s.db.Query(ctx, `SELECT `+apiKeyColumns+` FROM api_keys ORDER BY id`)
+	if err != nil {
+		return nil, translate(err, "api keys")
+	}
+	keys, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (APIKey, error) { return scanAPIKey(row) })
+	return keys, translate(err, "api keys")
+}
+
+// ErrAmbiguous says a name is shared by several keys.
+var ErrAmbiguous = errors.New("names several API keys")
+
+// RevokeAPIKey revokes the key with this id, or the one unrevoked key with
+// this name, then tells every edge to stop trusting it. revoked is false
+// when the key was revoked already; it is returned as it is. A name that
+// several unrevoked keys share is ErrAmbiguous: revoke those by id.
+func (s *Store) RevokeAPIKey(ctx context.Context, nameOrID string) (k APIKey, revoked bool, err error) {
+	err = s.InTx(ctx, func(tx *Store) error {
+		rows, err := tx.db.Query(ctx, `
+			SELECT `+apiKeyColumns+` FROM api_keys WHERE id::text = $1 OR name = $1
+			ORDER BY revoked_at IS NOT NULL, id FOR UPDATE`, nameOrID)
+		if err != nil {
+			return err
+		}
+		keys, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (APIKey, error) { return scanAPIKey(row) })
+		if err != nil {
+			return err
+		}
+		var ids []string
+		for _, c := range keys {
+			if c.RevokedAt == nil {
+				ids = append(ids, fmt.Sprint(c.ID))
+			}
+		}
+		switch {
+		case len(keys) == 0:
+			return fmt.Errorf("no API key has the name or id %q: %w", nameOrID, ErrNotFound)
+		case len(ids) > 1:
+			return fmt.Errorf("%q %w (ids %s): revoke one by its id", nameOrID, ErrAmbiguous, strings.Join(ids, ", "))
+		case len(ids) == 0:
+			k = keys[0]
+			return nil
+		}
+		k, revoked = keys[0], true
+		return tx.db.QueryRow(ctx, `UPDATE api_keys SET revoked_at = now() WHERE id = $1 RETURNING revoked_at`, k.ID).Scan(&k.RevokedAt)
+	})
+	if err != nil {
+		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrAmbiguous) {
+			return APIKey{}, false, err
+		}
+		return APIKey{}, false, translate(err, "revoke api key")
+	}
+	// Told again for a key revoked before: that repairs a notice lost then.
+	if err := s.Notify(ctx, []Notice{{RevokedKey: k.ID}}); err != nil {
+		return k, revoked, fmt.Errorf("API key %d is revoked, but the edges could not be told: they may trust it until their key cache lapses; run revoke again: %w", k.ID, err)
+	}
+	return k, revoked, nil
+}

@@ -1,0 +1,65 @@
+package edge
+
+import (
+	"sync"
+	"time"
+
+	"github.com/switchboard-iot/switchboard/db"
+)
+
+// keyCache holds checked API keys for a while (Config.APIKeyCache), sparing
+// the database a lookup per request. A revocation reaches it at once over
+// db.KeysChannel and drops every entry; so does each (re)connect of the
+// listener, since a revocation sent while it was away is not replayed.
+// While the listener is away, a revoked key may work until its entry lapses.
+type keyCache struct {
+	ttl time.Duration
+
+	mu      sync.Mutex        // guards the following
+	entries map[string]cached // by hex key hash
+	// gen counts the drops: a lookup that began before one may have read a
+	// key that was revoked meanwhile, and must not be cached.
+	gen uint64
+}
+
+// cached is a checked API key and until when it is trusted.
+type cached struct {
+	key   db.APIKey
+	until time.Time
+}
+
+func newKeyCache(ttl time.Duration) *keyCache {
+	return &keyCache{ttl: ttl, entries: make(map[string]cached)}
+}
+
+// get returns the cached key for hash, if it is still trusted at now, and
+// the generation to hand to put after a lookup.
+func (c *keyCache) get(hash string, now time.Time) (key db.APIKey, ok bool, gen uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.entries[hash]
+	if ok && !now.Before(e.until) {
+		delete(c.entries, hash)
+		ok = false
+	}
+	return e.key, ok, c.gen
+}
+
+// put caches a key looked up since get returned gen, unless a drop came
+// between.
+func (c *keyCache) put(hash string, key db.APIKey, gen uint64, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if gen == c.gen {
+		c.entries[hash] = cached{key: key, until: now.Add(c.ttl)}
+	}
+}
+
+// drop forgets every key. Revocations are rare, and each key costs one
+// lookup to cache again.
+func (c *keyCache) drop() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clear(c.entries)
+	c.gen++
+}

@@ -1,0 +1,35 @@
+package edge
+
+import (
+	"testing"
+	"time"
+
+	"github.com/switchboard-iot/switchboard/db"
+)
+
+// A lookup that a drop overtook is not cached: the key it read may be the
+// one just revoked.
+func TestKeyCacheDropBeatsSlowLookup(t *testing.T) {
+	c := newKeyCache(time.Minute)
+	now := time.Now()
+	k := db.APIKey{ID: 1}
+
+	_, ok, gen := c.get("h", now)
+	if ok {
+		t.Fatal("empty cache hit")
+	}
+	c.drop() // a revocation arrives while the lookup runs
+	c.put("h", k, gen, now)
+	if _, ok, _ := c.get("h", now); ok {
+		t.Fatal("a lookup from before the drop was cached")
+	}
+
+	_, _, gen = c.get("h", now)
+	c.put("h", k, gen, now)
+	if got, ok, _ := c.get("h", now.Add(59*time.Second)); !ok || got.ID != 1 {
+		t.Fatal("a fresh lookup was not cached")
+	}
+	if _, ok, _ := c.get("h", now.Add(time.Minute)); ok {
+		t.Fatal("an entry outlived its ttl")
+	}
+}
