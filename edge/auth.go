@@ -34,10 +34,14 @@ func (e *Edge) authenticate(next http.Handler) http.Handler {
 		e.keysMu.Unlock()
 		key := cached.key
 		if !trusted {
+			if !e.guardAuth(w, r, cacheKey) {
+				return
+			}
 			var err error
 			key, err = e.store.APIKeyByHash(r.Context(), hash)
 			switch {
 			case errors.Is(err, db.ErrNotFound):
+				e.authFailed(r, cacheKey)
 				unauthorized(w, "unknown or revoked API key")
 				return
 			case err != nil:

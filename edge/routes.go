@@ -14,7 +14,7 @@ import (
 // Handler is the whole API surface of an edge.
 func (e *Edge) Handler() http.Handler {
 	r := chi.NewRouter()
-	r.Use(e.recoverer, e.metrics.instrument)
+	r.Use(e.recoverer, e.metrics.instrument, e.deadlines)
 	r.NotFound(func(w http.ResponseWriter, _ *http.Request) {
 		problem.Write(w, http.StatusNotFound, "not-found", "Not found", "no such endpoint")
 	})
@@ -38,7 +38,7 @@ func (e *Edge) Handler() http.Handler {
 	}
 
 	r.Route("/v1", func(r chi.Router) {
-		r.Use(e.authenticate)
+		r.Use(e.authenticate, e.limitKeys)
 		r.Post("/devices", e.handleAddDevice)
 		r.Get("/devices/{id}", e.handleGetDevice)
 		r.Post("/devices/{id}/commands", e.handleSendCommand)
