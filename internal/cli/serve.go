@@ -14,6 +14,8 @@ import (
 	conntier "github.com/switchboard-iot/switchboard/conn-tier"
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/edge"
+	"github.com/switchboard-iot/switchboard/internal/authguard"
+	"github.com/switchboard-iot/switchboard/internal/clientaddr"
 )
 
 func runMigrate(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.Logger) error {
@@ -35,7 +37,15 @@ func runEdge(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	dbURL := f.databaseURL()
 	listen := f.string("listen", ":8080", "address of the HTTP API", "EDGE_LISTEN")
 	id := f.string("id", "", "edge id, unique among running edges (default: the machine id and a random suffix)", "EDGE_ID")
+	keyRate := f.float("key-rate", edge.DefaultKeyRate, "requests a second per API key (negative: no limit)", "EDGE_KEY_RATE")
+	keyBurst := f.int("key-burst", edge.DefaultKeyBurst, "requests at once per API key", "EDGE_KEY_BURST")
+	keyStreams := f.int("key-streams", edge.DefaultKeyStreams, "event streams open at once per API key (negative: no limit)", "EDGE_KEY_STREAMS")
+	guard := defineGuardFlags(f, "EDGE_", "Fly-Client-IP header")
 	if err := f.parse(args); err != nil {
+		return err
+	}
+	guardCfg, trusted, err := guard.config()
+	if err != nil {
 		return err
 	}
 	if *id == "" {
@@ -50,7 +60,10 @@ func runEdge(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	if err != nil {
 		return err
 	}
-	serve, _, err := p.Edge(edge.Config{ID: *id}, ln)
+	serve, _, err := p.Edge(edge.Config{
+		ID: *id, KeyRate: *keyRate, KeyBurst: *keyBurst, KeyStreams: *keyStreams,
+		AuthGuard: guardCfg, TrustedProxies: trusted,
+	}, ln)
 	if err != nil {
 		ln.Close()
 		return err
@@ -58,9 +71,39 @@ func runEdge(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	return p.Run(ctx, app.UntilSignal, serve)
 }
 
+// guardFlags are the auth guard's settings and the trusted proxies, which
+// name the source addresses it throttles.
+type guardFlags struct {
+	failRate  *float64
+	failBurst *int
+	trusted   *string
+}
+
+func defineGuardFlags(f flags, envPrefix, claim string) guardFlags {
+	return guardFlags{
+		failRate: f.float("auth-fail-rate", authguard.DefaultFailureRate,
+			"failed credential look-ups a second a source address earns back (negative: no limit)", envPrefix+"AUTH_FAIL_RATE"),
+		failBurst: f.int("auth-fail-burst", authguard.DefaultFailureBurst,
+			"failed credential look-ups a source address may make at once before 429", envPrefix+"AUTH_FAIL_BURST"),
+		trusted: f.string("trusted-proxies", "",
+			"comma-separated addresses or CIDR prefixes of proxies whose "+claim+" names the client (default: none, the client is the TCP peer)", envPrefix+"TRUSTED_PROXIES"),
+	}
+}
+
+func (g guardFlags) config() (authguard.Config, clientaddr.Trusted, error) {
+	trusted, err := clientaddr.ParseTrusted(*g.trusted)
+	if err != nil {
+		return authguard.Config{}, nil, fmt.Errorf("-trusted-proxies: %w", err)
+	}
+	return authguard.Config{FailureRate: *g.failRate, FailureBurst: *g.failBurst}, trusted, nil
+}
+
 // connFlags are the settings of one connection node.
 type connFlags struct {
 	listen, region, nodeID, tlsMode, domain, certOut *string
+	deviceRate                                       *float64
+	deviceBurst                                      *int
+	guard                                            guardFlags
 }
 
 func defineConnFlags(f flags) connFlags {
@@ -72,6 +115,11 @@ func defineConnFlags(f flags) connFlags {
 		tlsMode: f.string("tls", "self-signed", "TLS for devices: self-signed | off (acme: coming)", "CONN_TLS"),
 		domain:  f.string("domain", "", "comma-separated names the certificate covers", "CONN_DOMAIN"),
 		certOut: f.string("cert-out", "", "with -tls self-signed: write the certificate (PEM) here for clients to trust", "CONN_CERT_OUT"),
+		deviceRate: f.float("device-rate", conntier.DefaultDeviceRate,
+			"messages a second a device may send; past it events are dropped (negative: no limit)", "CONN_DEVICE_RATE"),
+		deviceBurst: f.int("device-burst", conntier.DefaultDeviceBurst,
+			"messages a device may send at once; another burst over the rate closes it with 4029", "CONN_DEVICE_BURST"),
+		guard: defineGuardFlags(f, "CONN_", "PROXY protocol header (required from them)"),
 	}
 }
 
@@ -115,6 +163,10 @@ func runConn(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	if err := f.parse(args); err != nil {
 		return err
 	}
+	guardCfg, trusted, err := cf.guard.config()
+	if err != nil {
+		return err
+	}
 	p, err := app.Open(ctx, *dbURL, log)
 	if err != nil {
 		return err
@@ -129,7 +181,10 @@ func runConn(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	if err != nil {
 		return err
 	}
-	serve, _, err := p.Node(conntier.Config{Node: db.Node{ID: *cf.nodeID, Region: *cf.region}, TLS: tlsCfg}, ln)
+	serve, _, err := p.Node(conntier.Config{
+		Node: db.Node{ID: *cf.nodeID, Region: *cf.region}, TLS: tlsCfg,
+		DeviceRate: *cf.deviceRate, DeviceBurst: *cf.deviceBurst, AuthGuard: guardCfg, TrustedProxies: trusted,
+	}, ln)
 	if err != nil {
 		ln.Close()
 		return err
