@@ -41,8 +41,8 @@ type Process struct {
 // Open prepares a process on the database at url. It does not wait for the
 // database: a process starts, reports not-ready and retries while
 // PostgreSQL is away. The pool has db.ServerPoolSize connections unless the
-// URL sets pool_max_conns.
-func Open(ctx context.Context, url string, log *slog.Logger) (*Process, error) {
+// URL sets pool_max_conns. Options adjust the pool's config (db.Open).
+func Open(ctx context.Context, url string, log *slog.Logger, options ...func(*pgxpool.Config)) (*Process, error) {
 	if url == "" {
 		return nil, errors.New("a database URL is required: set DATABASE_URL or -database-url")
 	}
@@ -50,7 +50,7 @@ func Open(ctx context.Context, url string, log *slog.Logger) (*Process, error) {
 	if strings.Contains(url, "pool_max_conns=") {
 		size = 0 // the operator's
 	}
-	pool, err := db.Open(ctx, url, size)
+	pool, err := db.Open(ctx, url, size, options...)
 	if err != nil {
 		return nil, err
 	}

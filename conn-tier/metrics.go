@@ -18,6 +18,9 @@ type metrics struct {
 	// replyWaits counts replies that waited for room in the commands queue,
 	// holding up their device's reads.
 	replyWaits prometheus.Counter
+	// overRate counts messages devices sent past their rate, by type:
+	// events among them were dropped, replies stored, pings answered.
+	overRate *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry, nodeID string, queues map[string]func() int) *metrics {
@@ -25,7 +28,7 @@ func newMetrics(reg *prometheus.Registry, nodeID string, queues map[string]func(
 		sessions: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "switchboard_conn_sessions", Help: "Devices connected to this node."}),
 		connects: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "switchboard_conn_connects_total", Help: "Connection attempts, by result."}, []string{"result"}),
+			Name: "switchboard_conn_connects_total", Help: "Connection attempts, by result: ok, unauthorized, throttled, error."}, []string{"result"}),
 		closes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchboard_conn_closes_total", Help: "Sessions the node closed, by reason."}, []string{"reason"}),
 		frames: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -40,10 +43,13 @@ func newMetrics(reg *prometheus.Registry, nodeID string, queues map[string]func(
 			Name: "switchboard_conn_events_shed_total", Help: "Device events dropped because the events queue was full."}),
 		replyWaits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_conn_reply_waits_total", Help: "Replies that waited for room in the commands queue, pausing their device's reads."}),
+		overRate: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchboard_conn_messages_over_rate_total",
+			Help: "Messages devices sent faster than their rate, by type; such events are dropped, replies stored, pings answered."}, []string{"type"}),
 	}
 	if reg != nil {
 		r := prometheus.WrapRegistererWith(prometheus.Labels{"node": nodeID}, reg)
-		r.MustRegister(m.sessions, m.connects, m.closes, m.frames, m.delivered, m.replies, m.timedOut, m.eventsShed, m.replyWaits)
+		r.MustRegister(m.sessions, m.connects, m.closes, m.frames, m.delivered, m.replies, m.timedOut, m.eventsShed, m.replyWaits, m.overRate)
 		for name, depth := range queues {
 			r.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "switchboard_conn_queue_depth", Help: "Writes waiting for the database, by queue.",

@@ -30,8 +30,10 @@ import (
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/device/protocol"
 	"github.com/switchboard-iot/switchboard/internal/actors"
+	"github.com/switchboard-iot/switchboard/internal/authguard"
 	"github.com/switchboard-iot/switchboard/internal/backoff"
 	"github.com/switchboard-iot/switchboard/internal/batch"
+	"github.com/switchboard-iot/switchboard/internal/clientaddr"
 	"github.com/switchboard-iot/switchboard/internal/problem"
 )
 
@@ -73,7 +75,39 @@ type Config struct {
 	// Clock is the node's clock (time.Now), read for session ids only:
 	// which session of a device is the newest is PostgreSQL's to say.
 	Clock func() time.Time
+
+	// HTTPTimeout bounds reading a request and writing a response that is
+	// not a WebSocket (30s); a kept-alive connection may idle twice that.
+	// An upgraded connection keeps none of these deadlines: gorilla clears
+	// them as it takes the connection over, and the session sets its own on
+	// every frame.
+	HTTPTimeout time.Duration
+	// DeviceRate is how many messages a second a device may send (10), in
+	// bursts of up to DeviceBurst (100). Replies to commands its session
+	// awaits are free. Past the rate, events are dropped (counted in
+	// switchboard_conn_messages_over_rate_total); replies are stored all
+	// the same. Once the messages over the rate make another DeviceBurst,
+	// the session is closed with 4029. A negative DeviceRate turns this off.
+	DeviceRate  float64
+	DeviceBurst int
+	// AuthGuard throttles failed credential look-ups per source address and
+	// remembers failed credentials (see internal/authguard for defaults).
+	AuthGuard authguard.Config
+	// TrustedProxies are the peers that must open each connection with a
+	// PROXY protocol header naming the client (Fly's proxy_proto_options);
+	// none by default: the client is the TCP peer.
+	TrustedProxies clientaddr.Trusted
 }
+
+// Default limits per device.
+const (
+	DefaultDeviceRate  = 10.0 // messages a second
+	DefaultDeviceBurst = 100  // messages at once
+)
+
+// maxHeaderBytes bounds a connect request's line and headers: a device
+// sends a few short ones.
+const maxHeaderBytes = 16 << 10
 
 // ValidNodeID says whether id can name a node (and its LISTEN channel).
 var ValidNodeID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$`).MatchString
@@ -91,6 +125,13 @@ func (c *Config) setDefaults() {
 	def(&c.DrainTimeout, 10*time.Second)
 	def(&c.RescanInterval, 30*time.Second)
 	def(&c.MarkDelay, 20*time.Millisecond)
+	def(&c.HTTPTimeout, 30*time.Second)
+	if c.DeviceRate == 0 {
+		c.DeviceRate = DefaultDeviceRate
+	}
+	if c.DeviceBurst == 0 {
+		c.DeviceBurst = DefaultDeviceBurst
+	}
 	if c.MaxFrame == 0 {
 		c.MaxFrame = 64 << 10
 	}
@@ -115,6 +156,7 @@ type Node struct {
 	store    *db.Store
 	upgrader websocket.Upgrader
 	metrics  *metrics
+	guard    *authguard.Guard // failed credential look-ups
 
 	hub       hub
 	deliverer *deliverer
@@ -155,6 +197,7 @@ func New(cfg Config) (*Node, error) {
 		cfg:   cfg,
 		log:   log,
 		store: cfg.Store,
+		guard: authguard.New(cfg.AuthGuard),
 		upgrader: websocket.Upgrader{
 			Subprotocols:     []string{protocol.Subprotocol},
 			HandshakeTimeout: 10 * time.Second,
@@ -223,6 +266,10 @@ func (n *Node) Run(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{
 		Handler:           n.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       n.cfg.HTTPTimeout,
+		WriteTimeout:      n.cfg.HTTPTimeout,
+		IdleTimeout:       2 * n.cfg.HTTPTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
 		// WebSockets upgrade over HTTP/1.1; net/http would otherwise set
 		// up HTTP/2 on the config, which it writes to.
@@ -231,7 +278,7 @@ func (n *Node) Run(ctx context.Context, ln net.Listener) error {
 	if n.cfg.TLS != nil {
 		srv.TLSConfig = n.cfg.TLS.Clone() // this server's own: nodes may share one certificate
 	}
-	served := actors.Serve(srv, ln)
+	served := actors.Serve(srv, clientaddr.Listener(ln, n.cfg.TrustedProxies))
 	n.log.Info("connection node serving", "addr", ln.Addr().String(), "region", n.cfg.Node.Region, "tls", n.cfg.TLS != nil)
 
 	select {

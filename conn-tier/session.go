@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/gorilla/websocket"
+	"golang.org/x/time/rate"
 
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/device/protocol"
@@ -57,6 +58,10 @@ type session struct {
 
 	// registered is set once the session's presence row is written.
 	registered atomic.Bool
+
+	// rate is the device's budget of messages (limits.go); nil: no limit.
+	// Only the read pump uses it.
+	rate *rate.Limiter
 
 	// deadlineMu orders read-deadline changes: once the session is closing,
 	// nothing may push the deadline past the close grace.
@@ -128,10 +133,14 @@ func (n *Node) handleConnect(w http.ResponseWriter, r *http.Request) {
 		unauthorized(w, "HTTP Basic credentials device_id:secret are required")
 		return
 	}
+	if !n.guardAuth(w, r, deviceID, devSecret) {
+		return
+	}
 	checkedAt := time.Now() // before the read: see revocations
 	creds, err := n.store.DeviceCredentials(r.Context(), deviceID)
 	switch {
 	case errors.Is(err, db.ErrNotFound) || (err == nil && !creds.Accepts(devSecret)):
+		n.authFailed(r, deviceID, devSecret, err == nil)
 		// The same answer for an unknown device and a wrong secret.
 		n.metrics.connects.WithLabelValues("unauthorized").Inc()
 		unauthorized(w, "unknown device or wrong secret")
@@ -172,6 +181,7 @@ func (n *Node) handleConnect(w http.ResponseWriter, r *http.Request) {
 		send:       make(chan outFrame, n.cfg.SendQueue),
 		done:       make(chan struct{}),
 		inflight:   make(map[uuid.UUID]flight),
+		rate:       n.newDeviceRate(),
 	}
 	s.closing, s.cancelClosing = context.WithCancel(context.Background())
 	s.serve()
@@ -278,16 +288,31 @@ func (s *session) readPump(log *slog.Logger) {
 		n.metrics.frames.WithLabelValues(msg.Type).Inc()
 		switch msg.Type {
 		case protocol.TypePing:
+			if _, closed := s.charge(msg.Type); closed {
+				return
+			}
 			s.enqueue(outFrame{data: protocol.Pong})
 		case protocol.TypePong:
 		case protocol.TypeReply:
 			id := uuid.MustParse(msg.ID) // Decode checked the form
+			awaited := s.awaits(id)
+			// A reply read is stored, over the rate or not.
 			s.storeReply(db.Reply{ID: id, DeviceID: s.deviceID, OK: *msg.OK, Result: msg.Result, Error: msg.Error,
 				SessionID: s.id, Unrecorded: s.answer(id)})
+			if !awaited {
+				if _, closed := s.charge(msg.Type); closed {
+					return
+				}
+			}
 		case protocol.TypeEvent:
-			// Telemetry may be shed under overload; replies never are.
-			if !n.events.TryAdd(db.DeviceEvent{DeviceID: s.deviceID, Name: msg.Name, Data: msg.Data}) {
+			// Telemetry may be shed under overload or over the device's
+			// rate; replies never are.
+			over, closed := s.charge(msg.Type)
+			if !over && !n.events.TryAdd(db.DeviceEvent{DeviceID: s.deviceID, Name: msg.Name, Data: msg.Data}) {
 				n.metrics.eventsShed.Inc()
+			}
+			if closed {
+				return
 			}
 		default:
 			s.reject("devices may not send " + msg.Type + " frames")

@@ -87,8 +87,9 @@ func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 const ServerPoolSize = 16
 
 // Open makes a pool for url. It does not wait for the database: a process
-// starts, reports not-ready and retries while PostgreSQL is away.
-func Open(ctx context.Context, url string, maxConns int32) (*pgxpool.Pool, error) {
+// starts, reports not-ready and retries while PostgreSQL is away. Options
+// adjust the pool's config last (a test counts queries with a tracer).
+func Open(ctx context.Context, url string, maxConns int32, options ...func(*pgxpool.Config)) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, fmt.Errorf("database url: %w", err)
@@ -97,6 +98,9 @@ func Open(ctx context.Context, url string, maxConns int32) (*pgxpool.Pool, error
 		cfg.MaxConns = maxConns
 	}
 	harden(cfg.ConnConfig)
+	for _, o := range options {
+		o(cfg)
+	}
 	return pgxpool.NewWithConfig(ctx, cfg)
 }
 

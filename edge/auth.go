@@ -30,16 +30,21 @@ func (e *Edge) authenticate(next http.Handler) http.Handler {
 		now := time.Now()
 		key, cached, gen := e.keys.get(cacheKey, now)
 		if !cached {
+			if !e.guardAuth(w, r, cacheKey) {
+				return
+			}
 			var err error
 			key, err = e.store.APIKeyByHash(r.Context(), hash)
 			switch {
 			case errors.Is(err, db.ErrNotFound):
+				e.authFailed(r, cacheKey)
 				unauthorized(w, "unknown API key")
 				return
 			case err != nil:
 				e.unavailable(w, "checking the API key", err)
 				return
 			case key.RevokedAt != nil:
+				e.authFailed(r, cacheKey)
 				unauthorized(w, "this API key was revoked")
 				return
 			}

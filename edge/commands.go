@@ -172,8 +172,14 @@ func (e *Edge) handleSendCommand(w http.ResponseWriter, r *http.Request) {
 }
 
 // waitForOutcome answers 200 with the command once it is final, or 202
-// with its state so far when wait runs out.
+// with its state so far when wait runs out. The answer may come long after
+// the request's write deadline: it gets one of its own.
 func (e *Edge) waitForOutcome(w http.ResponseWriter, r *http.Request, wt *waiter, c command.Command, wait time.Duration) {
+	rc := http.NewResponseController(w)
+	answer := func(status int, c command.Command) {
+		e.writeSoon(rc)
+		writeJSON(w, status, c)
+	}
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	for !c.Status.Terminal() {
@@ -183,19 +189,19 @@ func (e *Edge) waitForOutcome(w http.ResponseWriter, r *http.Request, wt *waiter
 		case <-timer.C:
 			// Look once more: a wake-up can be lost, the row cannot.
 			if fresh, err := e.store.Command(r.Context(), c.ID); err == nil && fresh.Status.Terminal() {
-				writeJSON(w, http.StatusOK, fresh)
+				answer(http.StatusOK, fresh)
 				return
 			}
-			writeJSON(w, http.StatusAccepted, c)
+			answer(http.StatusAccepted, c)
 			return
 		case <-e.closing:
-			writeJSON(w, http.StatusAccepted, c)
+			answer(http.StatusAccepted, c)
 			return
 		case <-r.Context().Done():
 			return
 		}
 	}
-	writeJSON(w, http.StatusOK, c)
+	answer(http.StatusOK, c)
 }
 
 func (e *Edge) handleGetCommand(w http.ResponseWriter, r *http.Request) {

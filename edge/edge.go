@@ -19,7 +19,9 @@ import (
 
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/internal/actors"
+	"github.com/switchboard-iot/switchboard/internal/authguard"
 	"github.com/switchboard-iot/switchboard/internal/batch"
+	"github.com/switchboard-iot/switchboard/internal/clientaddr"
 )
 
 // Config is what an edge needs. Zero values take the defaults noted.
@@ -45,7 +47,35 @@ type Config struct {
 	// bounds what a revocation missed while the listener was away costs.
 	APIKeyCache  time.Duration
 	DrainTimeout time.Duration // 10s: how long shutdown waits for requests
+
+	// HTTP deadlines (see deadlines.go). ReadTimeout bounds receiving a
+	// request's body (30s; the headers have 10s); WriteTimeout writing a
+	// response, and each event of a stream (30s); IdleTimeout how long a
+	// kept-alive connection may wait for its next request (120s).
+	ReadTimeout  time.Duration
+	WriteTimeout time.Duration
+	IdleTimeout  time.Duration
+
+	// Limits per API key (limits.go): KeyRate requests a second (100) with
+	// bursts of KeyBurst (200), and KeyStreams event streams open at once
+	// (100). A negative value turns that limit off.
+	KeyRate    float64
+	KeyBurst   int
+	KeyStreams int
+	// AuthGuard throttles failed API key look-ups per source address and
+	// remembers failed keys (see internal/authguard for its defaults).
+	AuthGuard authguard.Config
+	// TrustedProxies are the peers whose Fly-Client-IP header names the
+	// client (for the auth guard); none by default: the client is the peer.
+	TrustedProxies clientaddr.Trusted
 }
+
+// Default limits per API key.
+const (
+	DefaultKeyRate    = 100.0 // requests a second
+	DefaultKeyBurst   = 200   // requests at once
+	DefaultKeyStreams = 100   // event streams open at once
+)
 
 // Edge is one edge instance.
 type Edge struct {
@@ -57,6 +87,9 @@ type Edge struct {
 	metrics *metrics
 
 	keys *keyCache // checked API keys
+
+	limits *keyLimits       // per API key; nil when both are off
+	guard  *authguard.Guard // failed API key look-ups
 
 	// closing ends open streams when the edge shuts down: their clients
 	// resume on another edge with Last-Event-ID.
@@ -83,6 +116,18 @@ func New(cfg Config) (*Edge, error) {
 	def(&cfg.MaxWait, 60*time.Second)
 	def(&cfg.APIKeyCache, 30*time.Second)
 	def(&cfg.DrainTimeout, 10*time.Second)
+	def(&cfg.ReadTimeout, 30*time.Second)
+	def(&cfg.WriteTimeout, 30*time.Second)
+	def(&cfg.IdleTimeout, 120*time.Second)
+	if cfg.KeyRate == 0 {
+		cfg.KeyRate = DefaultKeyRate
+	}
+	if cfg.KeyBurst == 0 {
+		cfg.KeyBurst = DefaultKeyBurst
+	}
+	if cfg.KeyStreams == 0 {
+		cfg.KeyStreams = DefaultKeyStreams
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
@@ -93,6 +138,8 @@ func New(cfg Config) (*Edge, error) {
 		store:   cfg.Store,
 		replies: newReplyRouter(cfg.Store, log),
 		keys:    newKeyCache(cfg.APIKeyCache),
+		limits:  newKeyLimits(cfg.KeyRate, cfg.KeyBurst, cfg.KeyStreams),
+		guard:   authguard.New(cfg.AuthGuard),
 		closing: make(chan struct{}),
 	}
 	e.notices = batch.New("notices", 4096, 1000, log, e.store.Notify, db.IsRefused)
@@ -111,9 +158,13 @@ func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
 		e.keys.drop()
 	}, e.keys.drop)
 	defer unlistenKeys()
+	// No server-wide ReadTimeout or WriteTimeout: they would cut streams
+	// and long waits. Each request gets its own deadlines (deadlines.go).
 	srv := &http.Server{
 		Handler:           e.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       e.cfg.IdleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(e.log.Handler(), slog.LevelDebug),
 	}
 	served := actors.Serve(srv, ln)

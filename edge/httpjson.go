@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
 
 	"github.com/switchboard-iot/switchboard/internal/problem"
 )
@@ -26,7 +27,11 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 	var tooBig *http.MaxBytesError
 	switch {
 	case err == nil:
+		bodyRead(w)
 		return true
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		w.Header().Set("Connection", "close")
+		problem.Write(w, http.StatusRequestTimeout, "request-timeout", "Request timeout", "the request body did not arrive in time")
 	case errors.As(err, &tooBig):
 		problem.Write(w, http.StatusRequestEntityTooLarge, "request-too-large", "Request too large", "bodies are limited to 64 KiB")
 	case errors.Is(err, io.EOF):

@@ -12,7 +12,8 @@ import (
 
 // metrics are an edge's Prometheus series, labelled with its id.
 type metrics struct {
-	requests *prometheus.HistogramVec // by route pattern, method and status
+	requests *prometheus.HistogramVec // by route pattern, method and status class
+	limited  *prometheus.CounterVec   // requests refused by a limit, by limit
 	accepted prometheus.Counter
 	swept    prometheus.Counter
 	requeued prometheus.Counter
@@ -22,9 +23,12 @@ func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int) *me
 	m := &metrics{
 		requests: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "switchboard_edge_http_request_duration_seconds",
-			Help:    "HTTP requests by route, method and status; streams count until they end.",
+			Help:    "HTTP requests by route pattern, method and status class; streams count until they end.",
 			Buckets: []float64{.001, .005, .01, .05, .1, .5, 1, 5, 30, 120},
 		}, []string{"route", "method", "code"}),
+		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchboard_edge_requests_limited_total",
+			Help: "Requests answered 429, by limit: key_rate, key_streams, auth_failures."}, []string{"limit"}),
 		accepted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_edge_commands_accepted_total", Help: "Commands stored for delivery."}),
 		swept: prometheus.NewCounter(prometheus.CounterOpts{
@@ -37,13 +41,16 @@ func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int) *me
 			Name: "switchboard_edge_waiting_requests", Help: "Requests and streams waiting on a command."},
 			func() float64 { return float64(waiting()) })
 		prometheus.WrapRegistererWith(prometheus.Labels{"edge": edgeID}, reg).MustRegister(
-			m.requests, m.accepted, m.swept, m.requeued, waitingGauge)
+			m.requests, m.limited, m.accepted, m.swept, m.requeued, waitingGauge)
 	}
 	return m
 }
 
-// instrument observes each request under its chi route pattern, so ids in
-// paths do not become label values.
+// instrument observes each request under labels from fixed sets, whatever
+// the client sends: the chi route pattern (ids in paths are not label
+// values) or "unmatched", the method if it is a standard one or else
+// "OTHER", and the status class. A label taken from the request as it
+// came would let a client create series at will.
 func (m *metrics) instrument(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
@@ -53,6 +60,27 @@ func (m *metrics) instrument(next http.Handler) http.Handler {
 		if route == "" {
 			route = "unmatched"
 		}
-		m.requests.WithLabelValues(route, r.Method, strconv.Itoa(ww.Status())).Observe(time.Since(start).Seconds())
+		m.requests.WithLabelValues(route, methodLabel(r.Method), statusClass(ww.Status())).Observe(time.Since(start).Seconds())
 	})
+}
+
+func methodLabel(method string) string {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodConnect, http.MethodOptions, http.MethodTrace:
+		return method
+	}
+	return "OTHER"
+}
+
+// statusClass is "2xx" for 200-299 and so on; a handler that wrote
+// nothing answered 200.
+func statusClass(status int) string {
+	switch {
+	case status == 0:
+		return "2xx"
+	case status >= 100 && status < 600:
+		return strconv.Itoa(status/100) + "xx"
+	}
+	return "other"
 }

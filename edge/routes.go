@@ -15,7 +15,7 @@ import (
 // Handler is the whole API surface of an edge.
 func (e *Edge) Handler() http.Handler {
 	r := chi.NewRouter()
-	r.Use(e.recoverer, e.metrics.instrument, redirectPlainHTTP)
+	r.Use(e.recoverer, e.metrics.instrument, e.deadlines, redirectPlainHTTP)
 	r.NotFound(func(w http.ResponseWriter, _ *http.Request) {
 		problem.Write(w, http.StatusNotFound, "not-found", "Not found", "no such endpoint")
 	})
@@ -47,7 +47,7 @@ func (e *Edge) Handler() http.Handler {
 
 	// Each route names the scope its API key needs (403 without it).
 	r.Route("/v1", func(r chi.Router) {
-		r.Use(e.authenticate)
+		r.Use(e.authenticate, e.limitKeys)
 		r.With(requireScope(db.ScopeAdmin)).Post("/devices", e.handleAddDevice)
 		r.With(requireScope(db.ScopeRead)).Get("/devices/{id}", e.handleGetDevice)
 		r.With(requireScope(db.ScopeCommands)).Post("/devices/{id}/commands", e.handleSendCommand)

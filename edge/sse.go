@@ -12,13 +12,15 @@ import (
 // stream writes a command's events as Server-Sent Events: those after
 // lastSeq at once, then each new one, until the outcome. Each event's data
 // is the command as it stands; its id is the step number, which a client
-// sends back as Last-Event-ID to resume on any edge.
+// sends back as Last-Event-ID to resume on any edge. Each write has
+// WriteTimeout: a client that stopped reading loses its stream.
 func (e *Edge) stream(w http.ResponseWriter, r *http.Request, wt *waiter, c command.Command, lastSeq int) {
 	rc := http.NewResponseController(w)
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Accel-Buffering", "no") // proxies must not hold events back
+	e.writeSoon(rc)
 	w.WriteHeader(http.StatusOK)
 
 	// emit writes the events c implies that the client has not seen, and
@@ -32,6 +34,7 @@ func (e *Edge) stream(w http.ResponseWriter, r *http.Request, wt *waiter, c comm
 			if ev.Seq <= lastSeq {
 				continue
 			}
+			e.writeSoon(rc)
 			if _, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", ev.Seq, ev.Name, data); err != nil {
 				return true, err
 			}
@@ -63,6 +66,7 @@ func (e *Edge) stream(w http.ResponseWriter, r *http.Request, wt *waiter, c comm
 			}
 			recheck.Reset(e.recheckAfter(c))
 		case <-keepAlive.C:
+			e.writeSoon(rc)
 			if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil || rc.Flush() != nil {
 				return
 			}

@@ -37,6 +37,7 @@ const (
 	CloseRebalance     = 1012 // reconnect after the delay given in the reason
 	CloseTryAgainLater = 1013 // the device did not read its frames fast enough
 	CloseReplaced      = 4008 // a newer session for the same device took over: do not reconnect
+	CloseRateLimited   = 4029 // the device sent messages faster than its rate for too long: reconnect later, slower
 )
 
 // Message is one decoded frame. Only the fields of its Type are set.

@@ -93,12 +93,13 @@ func newLogger(getenv Env, w io.Writer) *slog.Logger {
 type flags struct {
 	*flag.FlagSet
 	getenv Env
+	envErr *error // a variable that did not parse, reported by parse
 }
 
 func newFlags(name string, getenv Env, stdio IO) flags {
 	fs := flag.NewFlagSet("switchboard "+name, flag.ContinueOnError)
 	fs.SetOutput(stdio.Stderr)
-	return flags{fs, getenv}
+	return flags{fs, getenv, new(error)}
 }
 
 // string defines a flag defaulting to the first of vars that is set, else def.
@@ -109,10 +110,42 @@ func (f flags) string(name, def, usage string, vars ...string) *string {
 			break
 		}
 	}
-	if len(vars) > 0 {
-		usage += " [env " + strings.Join(vars, ", ") + "]"
+	return f.String(name, def, usage+envNames(vars))
+}
+
+// float defines a number flag defaulting to the first of vars that is set,
+// else def.
+func (f flags) float(name string, def float64, usage string, vars ...string) *float64 {
+	v := f.Float64(name, def, usage+envNames(vars))
+	f.setFromEnv(name, vars)
+	return v
+}
+
+// int defines an integer flag defaulting to the first of vars that is
+// set, else def.
+func (f flags) int(name string, def int, usage string, vars ...string) *int {
+	v := f.Int(name, def, usage+envNames(vars))
+	f.setFromEnv(name, vars)
+	return v
+}
+
+func (f flags) setFromEnv(name string, vars []string) {
+	for _, v := range vars {
+		if x := f.getenv(v); x != "" {
+			if err := f.Set(name, x); err != nil && *f.envErr == nil {
+				*f.envErr = fmt.Errorf("%s=%q: want a number", v, x)
+			}
+			f.Lookup(name).DefValue = x
+			return
+		}
 	}
-	return f.String(name, def, usage)
+}
+
+func envNames(vars []string) string {
+	if len(vars) == 0 {
+		return ""
+	}
+	return " [env " + strings.Join(vars, ", ") + "]"
 }
 
 func (f flags) databaseURL() *string {
@@ -147,7 +180,7 @@ func (f flags) parse(args []string) error {
 	}
 	// Parsing "--" and the positional arguments leaves them in f.Args().
 	_ = f.Parse(append(append([]string{"--"}, positional...), rest...))
-	return nil
+	return *f.envErr
 }
 
 func openStore(ctx context.Context, url string, maxConns int32) (*pgxpool.Pool, *db.Store, error) {

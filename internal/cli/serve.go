@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -11,7 +12,9 @@ import (
 	conntier "github.com/switchboard-iot/switchboard/conn-tier"
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/edge"
+	"github.com/switchboard-iot/switchboard/internal/authguard"
 	"github.com/switchboard-iot/switchboard/internal/certs"
+	"github.com/switchboard-iot/switchboard/internal/clientaddr"
 )
 
 func runMigrate(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.Logger) error {
@@ -34,7 +37,15 @@ func runEdge(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	listen := f.string("listen", ":8080", "address of the HTTP API", "EDGE_LISTEN")
 	id := f.string("id", "", "edge id, unique among running edges (default: the machine id and a random suffix)", "EDGE_ID")
 	acmeCA := f.string("acme-ca", "", "the nodes' ACME directory, whose HTTP-01 challenges this edge answers (default Let's Encrypt)", "CONN_ACME_CA")
+	keyRate := f.float("key-rate", edge.DefaultKeyRate, "requests a second per API key (negative: no limit)", "EDGE_KEY_RATE")
+	keyBurst := f.int("key-burst", edge.DefaultKeyBurst, "requests at once per API key", "EDGE_KEY_BURST")
+	keyStreams := f.int("key-streams", edge.DefaultKeyStreams, "event streams open at once per API key (negative: no limit)", "EDGE_KEY_STREAMS")
+	guard := defineGuardFlags(f, "EDGE_", "Fly-Client-IP header")
 	if err := f.parse(args); err != nil {
+		return err
+	}
+	guardCfg, trusted, err := guard.config()
+	if err != nil {
 		return err
 	}
 	if *id == "" {
@@ -49,7 +60,10 @@ func runEdge(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	if err != nil {
 		return err
 	}
-	serve, _, err := p.Edge(edge.Config{ID: *id}, certs.Config{CA: *acmeCA}, ln)
+	serve, _, err := p.Edge(edge.Config{
+		ID: *id, KeyRate: *keyRate, KeyBurst: *keyBurst, KeyStreams: *keyStreams,
+		AuthGuard: guardCfg, TrustedProxies: trusted,
+	}, certs.Config{CA: *acmeCA}, ln)
 	if err != nil {
 		ln.Close()
 		return err
@@ -57,10 +71,40 @@ func runEdge(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	return p.Run(ctx, app.UntilSignal, serve)
 }
 
+// guardFlags are the auth guard's settings and the trusted proxies, which
+// name the source addresses it throttles.
+type guardFlags struct {
+	failRate  *float64
+	failBurst *int
+	trusted   *string
+}
+
+func defineGuardFlags(f flags, envPrefix, claim string) guardFlags {
+	return guardFlags{
+		failRate: f.float("auth-fail-rate", authguard.DefaultFailureRate,
+			"failed credential look-ups a second a source address earns back (negative: no limit)", envPrefix+"AUTH_FAIL_RATE"),
+		failBurst: f.int("auth-fail-burst", authguard.DefaultFailureBurst,
+			"failed credential look-ups a source address may make at once before 429", envPrefix+"AUTH_FAIL_BURST"),
+		trusted: f.string("trusted-proxies", "",
+			"comma-separated addresses or CIDR prefixes of proxies whose "+claim+" names the client (default: none, the client is the TCP peer)", envPrefix+"TRUSTED_PROXIES"),
+	}
+}
+
+func (g guardFlags) config() (authguard.Config, clientaddr.Trusted, error) {
+	trusted, err := clientaddr.ParseTrusted(*g.trusted)
+	if err != nil {
+		return authguard.Config{}, nil, fmt.Errorf("-trusted-proxies: %w", err)
+	}
+	return authguard.Config{FailureRate: *g.failRate, FailureBurst: *g.failBurst}, trusted, nil
+}
+
 // connFlags are the settings of one connection node.
 type connFlags struct {
 	listen, region, nodeID, certOut *string
 	tls                             certsFlags
+	deviceRate                      *float64
+	deviceBurst                     *int
+	guard                           guardFlags
 }
 
 // certsFlags are the settings of a node's certificate.
@@ -84,6 +128,11 @@ func defineConnFlags(f flags) connFlags {
 			challenge: f.string("acme-challenge", "", `the ACME challenge to use: "http-01" (on Fly: port 80 reaches the edges), "tls-alpn-01" (this node listens on 443), or both when empty`,
 				"CONN_ACME_CHALLENGE"),
 		},
+		deviceRate: f.float("device-rate", conntier.DefaultDeviceRate,
+			"messages a second a device may send; past it events are dropped (negative: no limit)", "CONN_DEVICE_RATE"),
+		deviceBurst: f.int("device-burst", conntier.DefaultDeviceBurst,
+			"messages a device may send at once; another burst over the rate closes it with 4029", "CONN_DEVICE_BURST"),
+		guard: defineGuardFlags(f, "CONN_", "PROXY protocol header (required from them)"),
 	}
 }
 
@@ -97,6 +146,10 @@ func runConn(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	dbURL := f.databaseURL()
 	cf := defineConnFlags(f)
 	if err := f.parse(args); err != nil {
+		return err
+	}
+	guardCfg, trusted, err := cf.guard.config()
+	if err != nil {
 		return err
 	}
 	p, err := app.Open(ctx, *dbURL, log)
@@ -118,7 +171,10 @@ func runConn(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	if err != nil {
 		return err
 	}
-	serve, _, err := p.Node(conntier.Config{Node: db.Node{ID: *cf.nodeID, Region: *cf.region}}, tls, ln)
+	serve, _, err := p.Node(conntier.Config{
+		Node:       db.Node{ID: *cf.nodeID, Region: *cf.region},
+		DeviceRate: *cf.deviceRate, DeviceBurst: *cf.deviceBurst, AuthGuard: guardCfg, TrustedProxies: trusted,
+	}, tls, ln)
 	if err != nil {
 		ln.Close()
 		return err

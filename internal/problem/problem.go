@@ -5,7 +5,10 @@ package problem
 
 import (
 	"encoding/json"
+	"math"
 	"net/http"
+	"strconv"
+	"time"
 )
 
 // Base prefixes every problem type.
@@ -30,4 +33,17 @@ func Write(w http.ResponseWriter, status int, slug, title, detail string) {
 // NotReady answers a readiness probe that fails (503), saying why.
 func NotReady(w http.ResponseWriter, why string) {
 	Write(w, http.StatusServiceUnavailable, "not-ready", "Not ready", why)
+}
+
+// TooMany answers 429 with a Retry-After of retryAfter in whole seconds (at
+// least 1).
+func TooMany(w http.ResponseWriter, slug, title, detail string, retryAfter time.Duration) {
+	w.Header().Set("Retry-After", strconv.Itoa(Seconds(retryAfter)))
+	Write(w, http.StatusTooManyRequests, slug, title, detail)
+}
+
+// Seconds rounds d up to whole seconds, at least 1: what Retry-After and
+// the RateLimit fields carry.
+func Seconds(d time.Duration) int {
+	return max(int(math.Ceil(d.Seconds())), 1)
 }

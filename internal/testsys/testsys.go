@@ -35,6 +35,9 @@ type System struct {
 	DBURL string
 	Pool  *pgxpool.Pool // for the test's own queries
 	Store *db.Store
+	// PoolOption, when set, adjusts the pools of the pieces started after:
+	// a test counts their queries with a pgx tracer.
+	PoolOption func(*pgxpool.Config)
 }
 
 // New gives t a fresh, migrated database.
@@ -76,7 +79,11 @@ func (s *System) APIKey(t testing.TB, scopes ...db.Scope) string {
 // connection), built by the same constructor as production.
 func (s *System) open(t testing.TB) *app.Process {
 	t.Helper()
-	p, err := app.Open(context.Background(), s.DBURL, pgtest.Logger())
+	var options []func(*pgxpool.Config)
+	if s.PoolOption != nil {
+		options = append(options, s.PoolOption)
+	}
+	p, err := app.Open(context.Background(), s.DBURL, pgtest.Logger(), options...)
 	if err != nil {
 		t.Fatal(err)
 	}
