@@ -111,3 +111,20 @@ func TestImportRejectsDuplicateIDs(t *testing.T) {
 		t.Fatalf("import printed credentials before failing: %q", stdout.String())
 	}
 }
+
+// -h lists the flags without showing the database URL the environment
+// gave, which may hold a password.
+func TestHelpHidesTheDatabaseURL(t *testing.T) {
+	t.Parallel()
+	env := map[string]string{"DATABASE_URL": "postgres://app:s3cret@db.internal/switchboard"}
+	for _, cmd := range [][]string{{"edge", "-h"}, {"conn", "-h"}, {"migrate", "-h"}, {"apikeys", "list", "-h"}} {
+		var stdout, stderr strings.Builder
+		err := cli.Run(context.Background(), cmd, func(k string) string { return env[k] }, cli.IO{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr})
+		if err != nil {
+			t.Fatalf("%v: %v", cmd, err)
+		}
+		if out := stdout.String() + stderr.String(); strings.Contains(out, "s3cret") || !strings.Contains(out, "-database-url") {
+			t.Fatalf("%v printed:\n%s", cmd, out)
+		}
+	}
+}

@@ -149,7 +149,11 @@ func envNames(vars []string) string {
 }
 
 func (f flags) databaseURL() *string {
-	return f.string("database-url", "", "PostgreSQL URL (direct or session-pooled: LISTEN needs a session)", "DATABASE_URL")
+	url := f.string("database-url", "", "PostgreSQL URL (direct or session-pooled: LISTEN needs a session)", "DATABASE_URL")
+	// -h must not print the URL taken from the environment: it may hold
+	// a password.
+	f.Lookup("database-url").DefValue = ""
+	return url
 }
 
 // errHelp ends a command whose flags were asked for (-h): Run returns nil.
