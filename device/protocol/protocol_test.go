@@ -360,58 +360,6 @@ func TestDecodeSetsOnlyFieldsOfType(t *testing.T) {
 	}
 }
 
-func FuzzDecode(f *testing.F) {
-	seeds := []string{
-		`{"type":"command","id":"` + uuid1 + `","name":"reboot","args":{"delay":5}}`,
-		`{"type":"command","id":"` + uuid1 + `","name":"reboot"}`,
-		`{"type":"reply","id":"` + uuid1 + `","ok":true,"result":{"temp":21}}`,
-		`{"type":"reply","id":"` + uuid2 + `","ok":false}`,
-		`{"type":"reply","id":"` + uuid1 + `","ok":true,"result":null}`,
-		`{"type":"event","name":"telemetry","data":{"v":[1,2,3]}}`,
-		`{"type":"event","name":"boot","data":null}`,
-		`{"type":"ping"}`,
-		`{"type":"pong","extra":"<&>"}`,
-		``,
-		`{`,
-		`null`,
-		`{}`,
-		`{"type":"hello"}`,
-		`{"type":"reply","id":"42","ok":true}`,
-		`{"type":"reply","id":"` + uuid1 + `"}`,
-		`{"type":"event","name":"-bad"}`,
-		`{"type":"command","name":"x"}`,
-		"{\"type\":\"\xff\xfe\"}",
-	}
-	for _, s := range seeds {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, frame []byte) {
-		m, err := protocol.Decode(frame)
-		if err != nil {
-			var de *protocol.DecodeError
-			if !errors.As(err, &de) {
-				t.Fatalf("Decode(%q): error %T %v is not a *DecodeError", frame, err, err)
-			}
-			if len(de.Reason) > 123 {
-				t.Fatalf("Decode(%q): reason is %d bytes, want at most 123", frame, len(de.Reason))
-			}
-			return
-		}
-		again, err := protocol.Encode(m)
-		if err != nil {
-			t.Fatalf("Decode(%q) accepted %s but Encode failed: %v", frame, show(m), err)
-		}
-		m2, err := protocol.Decode(again)
-		if err != nil {
-			t.Fatalf("Decode(%q) accepted, Encode gave %s, which Decode rejects: %v", frame, again, err)
-		}
-		if m2.Type != m.Type || m2.ID != m.ID || m2.Name != m.Name {
-			t.Fatalf("re-decoding %s changed the message: type/id/name %q/%q/%q, was %q/%q/%q",
-				again, m2.Type, m2.ID, m2.Name, m.Type, m.ID, m.Name)
-		}
-	})
-}
-
 func sameSet(a, b []string) bool {
 	if len(a) != len(b) {
 		return false
