@@ -414,6 +414,8 @@ func TestDecodeRejectsUnstorable(t *testing.T) {
 		`{"type":"event","name":"t","data":{"s":"a\\\u0000"}}`:             "cannot be stored", // an escaped backslash, then the escape
 		`{"type":"reply","id":"` + id + `","ok":false,"error":"a\u0000b"}`: "cannot be stored",
 		"{\"type\":\"event\",\"name\":\"t\",\"data\":{\"s\":\"\xff\"}}":    "not valid UTF-8",
+		`{"type":"event","name":"t","data":{"s":"\ud800"}}`:                "surrogate",
+		`{"type":"reply","id":"` + id + `","ok":true,"result":[1e999999]}`: "number 1e999999 cannot be stored",
 	}
 	for frame, want := range rejected {
 		_, err := protocol.Decode([]byte(frame))
@@ -424,5 +426,57 @@ func TestDecodeRejectsUnstorable(t *testing.T) {
 	// A literal backslash followed by "u0000" is text, not a NUL.
 	if _, err := protocol.Decode([]byte(`{"type":"event","name":"t","data":{"s":"\\u0000"}}`)); err != nil {
 		t.Errorf("escaped backslash before u0000: %v", err)
+	}
+}
+
+// storableCases are JSON texts on either side of what PostgreSQL's jsonb
+// takes (checked against PostgreSQL 15; db's tests check them again).
+var storableCases = []struct {
+	json     string
+	storable bool
+}{
+	{`"\u0000"`, false},
+	{`"\\u0000"`, true},
+	{`"\\\u0000"`, false},
+	{`{"\u0000":1}`, false},
+	{`"\ud83d\ude00"`, true},
+	{`"\uD83D\uDE00"`, true},
+	{`"\ud800"`, false},
+	{`"\ud800x"`, false},
+	{`"\ud800\n"`, false},
+	{`"\ud800\ud800"`, false},
+	{`"\udc00"`, false},
+	{`"\udc00\ud800"`, false},
+	{`"\\ud800"`, true},
+	{`"\uFFFF\uE000"`, true},
+	{`[1e131071, 9.9e131071, 0.1e131072, 1e+0131071]`, true},
+	{`1e131072`, false},
+	{`10e131071`, false},
+	{`1e-16383`, true},
+	{`-1e-16384`, false},
+	{`1.0e-16383`, false},
+	{`0.00001e-16378`, true},
+	{`0.00001e-16379`, false},
+	{`0e1073741822`, true},
+	{`0e1073741823`, false},
+	{`0E-16383`, true},
+	{`0e-16384`, false},
+	{`1e99999999999999999999`, false},
+	{`0.` + strings.Repeat("0", 16383), true},
+	{`0.` + strings.Repeat("0", 16384), false},
+	{`{"n":"1e999999","s":"-1e-99999"}`, true},
+	{`[-0, 0.5, 1E2, 123456789012345678901234567890]`, true},
+}
+
+func TestCheckStorable(t *testing.T) {
+	for _, tc := range storableCases {
+		err := protocol.CheckStorable([]byte(tc.json))
+		if (err == nil) != tc.storable {
+			t.Errorf("CheckStorable(%.60s) = %v, want storable %v", tc.json, err, tc.storable)
+		}
+		var de *protocol.DecodeError
+		if err != nil && (!errors.As(err, &de) || len(de.Reason) > 123 || !strings.Contains(de.Reason, "cannot be stored")) {
+			t.Errorf("CheckStorable(%.60s): reason %q", tc.json, err)
+		}
 	}
 }
