@@ -50,7 +50,7 @@ fuzz_targets() {
 # failing one is written under its package's testdata/fuzz/, and the run
 # stops there. With QUIET=1 only a failure prints more than a line.
 fuzz_all() {
-	local fuzztime=$1 minimize=${2:-5s} dir name out
+	local fuzztime=$1 minimize=${2:-5s} target dir name out
 	local -a targets
 	mapfile -t targets < <(fuzz_targets)
 	for target in "${targets[@]}"; do

@@ -62,6 +62,7 @@ func Main(m *testing.M) int {
 	return code
 }
 
+// needCluster makes sure the cluster runs, starting it on first use.
 func needCluster(t testing.TB) {
 	t.Helper()
 	if !inMain {
