@@ -397,12 +397,17 @@ func (c *Client) run(ctx context.Context, cmd protocol.Message) (frame []byte, i
 	return frame, false
 }
 
+// maxRebalanceDelay bounds the wait a node asks for: a typo in a node ("30h"
+// for "30m") must not park its devices for a day.
+const maxRebalanceDelay = 10 * time.Minute
+
 // rebalanceDelay reads the delay a node gave with close code 1012, such as
-// "30s" or "reconnect in 30s"; absent or unreadable, a second.
+// "30s" or "reconnect in 30s", up to maxRebalanceDelay; absent or
+// unreadable, a second.
 func rebalanceDelay(reason string) time.Duration {
 	for _, field := range strings.Fields(reason) {
 		if d, err := time.ParseDuration(field); err == nil && d > 0 {
-			return d
+			return min(d, maxRebalanceDelay)
 		}
 	}
 	return time.Second

@@ -20,6 +20,8 @@ func TestRebalanceDelay(t *testing.T) {
 		{"garbage", time.Second},
 		{"in -5s", time.Second},
 		{"0s", time.Second},
+		{"10m", 10 * time.Minute},
+		{"reconnect in 30h", 10 * time.Minute},
 	} {
 		if got := rebalanceDelay(tc.reason); got != tc.want {
 			t.Errorf("rebalanceDelay(%q) = %v, want %v", tc.reason, got, tc.want)
@@ -71,4 +73,17 @@ func TestDedupFinish(t *testing.T) {
 	if reply, fresh := d.begin("y"); !fresh || reply != nil {
 		t.Errorf("begin(y) after a stray finish = %q, %v, want nil, true", reply, fresh)
 	}
+}
+
+// FuzzRebalanceDelay feeds the reason of a 1012 close, which the node
+// writes and the SDK obeys: the delay is positive and bounded.
+func FuzzRebalanceDelay(f *testing.F) {
+	for _, s := range []string{"reconnect in 30s", "30s", "", "0s", "-5s", "1e3s", "2562047h", "9223372036854775807ns", "10m0s", "10m1s", "\xff 5s", "5s\u00a01s"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, reason string) {
+		if d := rebalanceDelay(reason); d <= 0 || d > maxRebalanceDelay {
+			t.Fatalf("rebalanceDelay(%q) = %v, want a delay from 0 to %v", reason, d, maxRebalanceDelay)
+		}
+	})
 }

@@ -60,6 +60,25 @@ func (req *commandRequest) validate() error {
 // maxIdempotencyKey bounds an Idempotency-Key header.
 const maxIdempotencyKey = 255
 
+// validIdempotencyKey reports whether key can be an Idempotency-Key: none,
+// or at most maxIdempotencyKey printable ASCII characters.
+func validIdempotencyKey(key string) bool {
+	return len(key) <= maxIdempotencyKey && !strings.ContainsFunc(key, func(r rune) bool { return r < ' ' || r > '~' })
+}
+
+// parseWait reads the ?wait= of a command request: how long to wait for the
+// outcome, at most limit; zero when absent.
+func parseWait(v string, limit time.Duration) (time.Duration, bool) {
+	if v == "" {
+		return 0, true
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		return 0, false
+	}
+	return min(d, limit), true
+}
+
 // hash identifies a validated request to a device: a repeat under the same
 // Idempotency-Key must hash the same.
 func (req *commandRequest) hash(deviceID string) []byte {
@@ -86,18 +105,14 @@ func (e *Edge) handleSendCommand(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	stream := acceptsEventStream(r)
-	var wait time.Duration
-	if v := r.URL.Query().Get("wait"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d < 0 {
-			badRequest(w, "invalid-wait", `wait: want a duration such as "10s"`)
-			return
-		}
-		wait = min(d, e.cfg.MaxWait)
+	wait, ok := parseWait(r.URL.Query().Get("wait"), e.cfg.MaxWait)
+	if !ok {
+		badRequest(w, "invalid-wait", `wait: want a duration such as "10s"`)
+		return
 	}
 
 	idemKey := r.Header.Get("Idempotency-Key")
-	if len(idemKey) > maxIdempotencyKey || strings.ContainsFunc(idemKey, func(r rune) bool { return r < ' ' || r > '~' }) {
+	if !validIdempotencyKey(idemKey) {
 		badRequest(w, "invalid-idempotency-key", fmt.Sprintf("Idempotency-Key: want at most %d printable ASCII characters", maxIdempotencyKey))
 		return
 	}
@@ -227,14 +242,10 @@ func (e *Edge) handleCommandEvents(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	lastSeq := 0
-	if v := r.Header.Get("Last-Event-ID"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 0 {
-			badRequest(w, "invalid-last-event-id", "Last-Event-ID: want the id of an event this stream sent")
-			return
-		}
-		lastSeq = n
+	lastSeq, ok := parseLastEventID(r.Header.Get("Last-Event-ID"))
+	if !ok {
+		badRequest(w, "invalid-last-event-id", "Last-Event-ID: want the id of an event this stream sent")
+		return
 	}
 	wt := e.replies.wait(id)
 	defer e.replies.done(wt)
@@ -254,6 +265,19 @@ func (e *Edge) handleCommandEvents(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	e.stream(w, r, wt, c, lastSeq)
+}
+
+// parseLastEventID reads the Last-Event-ID a resuming client sends: the
+// step it saw last, zero when absent.
+func parseLastEventID(v string) (int, bool) {
+	if v == "" {
+		return 0, true
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		return 0, false
+	}
+	return n, true
 }
 
 func commandID(w http.ResponseWriter, r *http.Request) (uuid.UUID, bool) {

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"io"
@@ -21,8 +22,12 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
 	dec.DisallowUnknownFields()
 	err := dec.Decode(v)
-	if err == nil && dec.More() {
-		err = errors.New("more than one JSON value")
+	if err == nil {
+		// Only spaces may follow the value (dec.More would let a stray
+		// "]" or "}" through).
+		if _, next := dec.Token(); next != io.EOF {
+			err = cmp.Or(next, errors.New("more than one JSON value"))
+		}
 	}
 	var tooBig *http.MaxBytesError
 	switch {

@@ -1,5 +1,6 @@
-# Shared by scripts/dev and scripts/test: make sure Go and the PostgreSQL
-# server binaries are here, installing PostgreSQL when we may.
+# Shared by scripts/dev, scripts/test and scripts/fuzz: make sure Go and the
+# PostgreSQL server binaries are here, installing PostgreSQL when we may; find
+# and run the fuzz targets.
 
 ensure_go() {
 	if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
@@ -35,4 +36,34 @@ The PostgreSQL server binaries (initdb, pg_ctl, postgres) are required.
 Or set PG_BIN to the folder that holds initdb.
 MSG
 	exit 1
+}
+
+# fuzz_targets prints "package-dir FuzzName" for each fuzz target.
+fuzz_targets() {
+	grep -rEo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*\(' . |
+		sed -E 's#^(.*)/[^/]*:func (Fuzz[A-Za-z0-9_]*)\($#\1 \2#' | sort
+}
+
+# fuzz_all TIME [MINIMIZE] fuzzes each target for TIME in turn (go test
+# -fuzz takes one target of one package at a time), minimizing a new input
+# for at most MINIMIZE. New inputs go to Go's cache, not to the tree; a
+# failing one is written under its package's testdata/fuzz/, and the run
+# stops there. With QUIET=1 only a failure prints more than a line.
+fuzz_all() {
+	local fuzztime=$1 minimize=${2:-5s} target dir name out
+	local -a targets
+	mapfile -t targets < <(fuzz_targets)
+	for target in "${targets[@]}"; do
+		read -r dir name <<<"$target"
+		if [ "${QUIET:-}" = 1 ]; then
+			if ! out=$(go test -run '^$' -fuzz "^$name\$" -fuzztime "$fuzztime" -fuzzminimizetime "$minimize" "$dir" 2>&1); then
+				echo "$out"
+				return 1
+			fi
+			echo "fuzzed $name for $fuzztime: ok"
+		else
+			echo "== $name ($dir) for $fuzztime"
+			go test -run '^$' -fuzz "^$name\$" -fuzztime "$fuzztime" -fuzzminimizetime "$minimize" "$dir"
+		fi
+	done
 }

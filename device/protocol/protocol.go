@@ -9,7 +9,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
+	"unicode/utf16"
 	"unicode/utf8"
 )
 
@@ -143,37 +145,138 @@ func Decode(frame []byte) (Message, error) {
 	return m, nil
 }
 
-// CheckStorable refuses JSON text that PostgreSQL cannot store: invalid
-// UTF-8, or the escape \u0000 (in text or in jsonb).
+// CheckStorable refuses JSON text that PostgreSQL cannot store in jsonb:
+// invalid UTF-8, the escape \u0000, a surrogate escape that is not one of a
+// pair, or a number beyond numeric's range. It leaves the syntax to
+// json.Unmarshal: on text that is not JSON its verdict means nothing.
 func CheckStorable(data []byte) error {
 	if !utf8.Valid(data) {
 		return badf("not valid UTF-8")
 	}
-	if hasNULEscape(data) {
-		return badf(`\u0000 cannot be stored: remove NUL characters`)
+	for i := 0; i < len(data); {
+		var n int
+		var err error
+		switch c := data[i]; {
+		case c == '"':
+			n, err = storableString(data[i:])
+		case c == '-' || '0' <= c && c <= '9':
+			n, err = storableNumber(data[i:])
+		default:
+			n = 1
+		}
+		if err != nil {
+			return err
+		}
+		i += n
 	}
 	return nil
 }
 
-// hasNULEscape reports whether a JSON text holds the escape \u0000 (a JSON
-// string cannot hold a raw NUL byte): PostgreSQL stores neither in text nor
-// in jsonb. An escape is a backslash preceded by an even number of them.
-func hasNULEscape(frame []byte) bool {
-	for i := 0; ; {
-		j := bytes.Index(frame[i:], []byte(`u0000`))
-		if j < 0 {
-			return false
+// storableString checks the JSON string at the start of s (s[0] is its
+// quote) and returns its length.
+func storableString(s []byte) (int, error) {
+	for i := 1; i < len(s); {
+		switch s[i] {
+		case '"':
+			return i + 1, nil
+		case '\\':
+			r, ok := unicodeEscape(s[i:])
+			switch {
+			case !ok: // \n, \", ...
+				i += 2
+			case r == 0:
+				return 0, badf(`\u0000 cannot be stored: remove NUL characters`)
+			case utf16.IsSurrogate(r):
+				low, ok := unicodeEscape(s[i+6:])
+				if r >= 0xDC00 || !ok || utf16.DecodeRune(r, low) == utf8.RuneError {
+					return 0, badf(`%s cannot be stored: a surrogate escape must be the first of a pair`, s[i:i+6])
+				}
+				i += 12
+			default:
+				i += 6
+			}
+		default:
+			i++
 		}
-		at := i + j
-		slashes := 0
-		for k := at - 1; k >= 0 && frame[k] == '\\'; k-- {
-			slashes++
-		}
-		if slashes%2 == 1 {
-			return true
-		}
-		i = at + 1
 	}
+	return len(s), nil // unterminated: not JSON
+}
+
+// unicodeEscape reads the escape \uXXXX at the start of s.
+func unicodeEscape(s []byte) (rune, bool) {
+	if len(s) < 6 || s[0] != '\\' || s[1] != 'u' {
+		return 0, false
+	}
+	r, err := strconv.ParseUint(string(s[2:6]), 16, 16)
+	return rune(r), err == nil
+}
+
+// Limits of PostgreSQL's numeric, which stores jsonb numbers: digits before
+// the point, digits after it (its dscale), and the written exponent.
+const (
+	maxIntDigits  = 131072
+	maxFracDigits = 16383
+	maxExponent   = 1<<30 - 2 // INT_MAX/2 - 1
+)
+
+// storableNumber checks the JSON number at the start of s and returns its
+// length.
+func storableNumber(s []byte) (int, error) {
+	i := 0
+	if s[i] == '-' {
+		i++
+	}
+	digits := func() (start, end int) {
+		start = i
+		for i < len(s) && '0' <= s[i] && s[i] <= '9' {
+			i++
+		}
+		return start, i
+	}
+	intStart, intEnd := digits()
+	fracStart, fracEnd := i, i
+	if i < len(s) && s[i] == '.' {
+		i++
+		fracStart, fracEnd = digits()
+	}
+	exp := 0
+	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
+		i++
+		neg := i < len(s) && s[i] == '-'
+		if i < len(s) && (s[i] == '-' || s[i] == '+') {
+			i++
+		}
+		start, end := digits()
+		for _, d := range s[start:end] {
+			exp = min(exp*10+int(d-'0'), maxExponent+1)
+		}
+		if neg {
+			exp = -exp
+		}
+	}
+	// The place of the first significant digit: 1 for 1.5, 0 for 0.5,
+	// -1 for 0.05; none for a zero, which fits whatever its exponent.
+	place, significant := 0, false
+	for j, d := range s[intStart:intEnd] {
+		if d != '0' {
+			place, significant = intEnd-intStart-j, true
+			break
+		}
+	}
+	if !significant {
+		for j, d := range s[fracStart:fracEnd] {
+			if d != '0' {
+				place, significant = -j, true
+				break
+			}
+		}
+	}
+	if exp > maxExponent || exp < -maxExponent ||
+		fracEnd-fracStart-exp > maxFracDigits ||
+		significant && place+exp > maxIntDigits {
+		return 0, badf("number %.24s cannot be stored: beyond the range of PostgreSQL's numeric", s[:i])
+	}
+	return max(i, 1), nil
 }
 
 func isNull(raw json.RawMessage) bool { return bytes.Equal(bytes.TrimSpace(raw), []byte("null")) }

@@ -15,6 +15,7 @@ package command
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"strconv"
 	"time"
 
@@ -141,6 +142,12 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	if err != nil {
 		return fmt.Errorf("duration %s: want a string such as \"10s\" or a number of seconds", b)
 	}
-	*d = Duration(secs * float64(time.Second))
+	// Converting a float beyond int64 gives an arbitrary value (on amd64,
+	// the most negative duration): refuse it instead.
+	ns := secs * float64(time.Second)
+	if !(ns >= math.MinInt64 && ns < math.MaxInt64) {
+		return fmt.Errorf("duration %s: out of range", b)
+	}
+	*d = Duration(ns)
 	return nil
 }

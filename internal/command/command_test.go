@@ -220,7 +220,7 @@ func TestDurationUnmarshal(t *testing.T) {
 }
 
 func TestDurationUnmarshalRejects(t *testing.T) {
-	for _, in := range []string{`"abc"`, `true`, `"10"`, `""`, `{}`, `[1]`, `"10 s"`} {
+	for _, in := range []string{`"abc"`, `true`, `"10"`, `""`, `{}`, `[1]`, `"10 s"`, `1e10`, `-9.3e9`, `1e300`} {
 		d := command.Duration(7 * time.Second)
 		if err := json.Unmarshal([]byte(in), &d); err == nil {
 			t.Errorf("Unmarshal(%s) = %v, want an error", in, time.Duration(d))

@@ -27,7 +27,14 @@ import (
 )
 
 var (
-	adminURL string // the cluster's postgres database
+	// The cluster starts on the first test that asks for a database, so a
+	// test binary that needs none (a fuzz worker, a run of pure tests)
+	// starts nothing.
+	inMain      bool // Main runs the tests: it stops the cluster after them
+	clusterOnce sync.Once
+	adminURL    string // the cluster's postgres database
+	clusterErr  error
+	stopCluster = func() {}
 
 	templateOnce sync.Once
 	templateName string
@@ -40,29 +47,12 @@ var (
 // them if a goroutine outlived them; call it from TestMain:
 // os.Exit(pgtest.Main(m)).
 func Main(m *testing.M) int {
-	adminURL = os.Getenv("TEST_DATABASE_URL")
-	if adminURL == "" {
-		dir, err := os.MkdirTemp("", "switchboard-test-")
-		if err == nil {
-			err = os.Chmod(dir, 0o711) // the postgres user must be able to enter it
-		}
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "pgtest:", err)
-			return 1
-		}
-		defer os.RemoveAll(dir)
-		cluster, err := pgcluster.Start(context.Background(), dir+"/pg", pgcluster.Options{Fast: true})
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "pgtest: starting a private PostgreSQL:", err)
-			return 1
-		}
-		defer cluster.Stop()
-		adminURL = cluster.URL
-	}
+	inMain = true
 	code := m.Run()
 	if templateName != "" {
 		_ = adminExec(context.Background(), "DROP DATABASE IF EXISTS "+templateName+" WITH (FORCE)")
 	}
+	stopCluster()
 	if code == 0 {
 		// certmagic keeps a rate limiter per ACME CA and account for the
 		// life of the process, by design.
@@ -72,6 +62,46 @@ func Main(m *testing.M) int {
 		}
 	}
 	return code
+}
+
+// needCluster makes sure the cluster runs, starting it on first use.
+func needCluster(t testing.TB) {
+	t.Helper()
+	if !inMain {
+		t.Fatal("pgtest: call pgtest.Main from TestMain")
+	}
+	clusterOnce.Do(startCluster)
+	if clusterErr != nil {
+		t.Fatalf("pgtest: %v", clusterErr)
+	}
+}
+
+// startCluster finds the cluster at TEST_DATABASE_URL, or starts a private
+// one that Main stops.
+func startCluster() {
+	adminURL = os.Getenv("TEST_DATABASE_URL")
+	if adminURL != "" {
+		return
+	}
+	dir, err := os.MkdirTemp("", "switchboard-test-")
+	if err == nil {
+		err = os.Chmod(dir, 0o711) // the postgres user must be able to enter it
+	}
+	if err != nil {
+		clusterErr = err
+		return
+	}
+	cluster, err := pgcluster.Start(context.Background(), dir+"/pg", pgcluster.Options{Fast: true})
+	if err != nil {
+		os.RemoveAll(dir)
+		clusterErr = fmt.Errorf("starting a private PostgreSQL: %w", err)
+		return
+	}
+	adminURL = cluster.URL
+	stopCluster = func() {
+		cluster.Stop()
+		os.RemoveAll(dir)
+	}
 }
 
 func adminExec(ctx context.Context, sql string) error { return Exec(ctx, adminURL, sql) }
@@ -121,6 +151,7 @@ func makeTemplate() {
 // It returns the database's URL.
 func NewDatabase(t testing.TB) string {
 	t.Helper()
+	needCluster(t)
 	templateOnce.Do(makeTemplate)
 	if templateErr != nil {
 		t.Fatalf("pgtest: template database: %v", templateErr)
@@ -137,9 +168,7 @@ func NewEmptyDatabase(t testing.TB) string {
 
 func newDatabase(t testing.TB, options string) string {
 	t.Helper()
-	if adminURL == "" {
-		t.Fatal("pgtest: call pgtest.Main from TestMain")
-	}
+	needCluster(t)
 	name := fmt.Sprintf("switchboard_test_%d_%d", os.Getpid(), databases.Add(1))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
