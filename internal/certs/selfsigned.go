@@ -18,6 +18,8 @@ import (
 
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
+
+	"github.com/switchboard-iot/switchboard/internal/backoff"
 )
 
 // The self-signed certificate and its key live in the shared storage, so
@@ -34,7 +36,16 @@ const (
 // nears its end), through certmagic's cache like an ACME one.
 func selfSigned(ctx context.Context, cfg Config) (*TLS, error) {
 	names := append([]string{"localhost", "127.0.0.1", "::1"}, cfg.Domains...)
-	cert, err := loadOrMakeSelfSigned(ctx, cfg.Storage, names)
+	// The certificate lives in the database: wait for it, as a node waits
+	// for its lease, rather than fail while PostgreSQL is away.
+	var cert tls.Certificate
+	err := backoff.Retry(ctx, backoff.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}, func(ctx context.Context) error {
+		var err error
+		cert, err = loadOrMakeSelfSigned(ctx, cfg.Storage, names)
+		return err
+	}, func(err error, wait time.Duration) {
+		cfg.Log.Warn("loading the self-signed certificate; retrying", "err", err, "in", wait)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("self-signed certificate: %w", err)
 	}
