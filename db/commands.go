@@ -157,20 +157,37 @@ func (s *Store) Watch(ctx context.Context, id uuid.UUID, edgeID string) error {
 	return translate(err, "watch command "+id.String())
 }
 
-// Change says a command moved; the edges that wait on it must look again.
+// Change says a command moved: the edges that wait on it must hear of it.
+// Command is its state after the move, which the wake-up carries when it
+// fits, so that the edges need not read the row again.
 type Change struct {
-	ID    uuid.UUID
-	Edges []string // reply_to and watchers
+	ID      uuid.UUID
+	Edges   []string // reply_to and watchers
+	Command *command.Command
 }
 
-const changeColumns = `c.id, array_remove(array_prepend(c.reply_to, c.watchers), NULL)`
+// changeColumns reads a changed command aliased c: its edges, then the
+// command itself.
+const changeColumns = `array_remove(array_prepend(c.reply_to, c.watchers), NULL), ` + commandColumns
 
 func collectChanges(rows pgx.Rows, err error) ([]Change, error) {
 	if err != nil {
 		return nil, err
 	}
-	return pgx.CollectRows(rows, pgx.RowToStructByPos[Change])
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Change, error) {
+		var edges []string
+		c, err := scanCommand(prefixed{row, &edges})
+		return Change{ID: c.ID, Edges: edges, Command: &c}, err
+	})
 }
+
+// prefixed scans a row whose first column precedes what scan reads.
+type prefixed struct {
+	pgx.Row
+	first any
+}
+
+func (p prefixed) Scan(dest ...any) error { return p.Row.Scan(append([]any{p.first}, dest...)...) }
 
 // Delivery is a command written to one session of its device.
 type Delivery struct {
