@@ -110,6 +110,39 @@ func (s *Store) CreateCommand(ctx context.Context, nc NewCommand) (c command.Com
 	return c, false, err
 }
 
+// CreateCommands stores many pending commands, without idempotency keys,
+// in one statement and one commit: the edge's group commit. It returns the
+// stored commands, in no particular order; a command whose device does not
+// exist is left out. One refused row fails the whole statement (ErrInvalid):
+// the caller then stores the rows one by one to find it.
+func (s *Store) CreateCommands(ctx context.Context, ncs []NewCommand) ([]command.Command, error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	n := len(ncs)
+	ids, devices, names, args := make([]uuid.UUID, n), make([]string, n), make([]string, n), make([]string, n)
+	timeouts, ttls, replyTo, keys := make([]time.Duration, n), make([]time.Duration, n), make([]string, n), make([]*int64, n)
+	for i := range ncs {
+		nc := &ncs[i]
+		ids[i], devices[i], names[i], args[i] = nc.ID, nc.DeviceID, nc.Name, string(nc.Args)
+		timeouts[i], ttls[i], replyTo[i] = nc.Timeout, nc.TTL, nc.ReplyTo
+		if nc.APIKeyID != 0 {
+			keys[i] = &nc.APIKeyID
+		}
+	}
+	// Rows go in the order given, so seq keeps the order they were
+	// accepted in. The device must exist: read, not locked (see
+	// CreateCommand).
+	cs, err := collectCommands(s.db.Query(ctx, `
+		INSERT INTO commands AS c (id, device_id, name, args, timeout, expires_at, reply_to, api_key_id)
+		SELECT t.id, t.device_id, t.name, t.args::jsonb, t.timeout, now() + t.ttl, t.reply_to, t.api_key_id
+		FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::interval[], $6::interval[], $7::text[], $8::bigint[])
+			WITH ORDINALITY AS t(id, device_id, name, args, timeout, ttl, reply_to, api_key_id, i)
+		WHERE EXISTS (SELECT FROM devices d WHERE d.id = t.device_id)
+		ORDER BY t.i
+		RETURNING `+commandColumns, ids, devices, names, args, timeouts, ttls, replyTo, keys))
+	return cs, translate(err, "commands")
+}
+
 // Command returns one command.
 func (s *Store) Command(ctx context.Context, id uuid.UUID) (command.Command, error) {
 	ctx, cancel := bound(ctx)
