@@ -35,7 +35,7 @@ type insert struct {
 const (
 	// insertFlushers are the statements in flight at once: while one
 	// commits, the next batch gathers and goes.
-	insertFlushers = 4
+	insertFlushers = 1
 	// maxInsertBatch bounds a statement's rows (and its arrays' size).
 	maxInsertBatch = 500
 )
