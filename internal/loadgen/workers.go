@@ -58,7 +58,7 @@ type Workers struct {
 // NewWorkers prepares the worker processes for creds.
 func NewWorkers(cfg FleetConfig, creds []secret.Credential, perProcess int, command []string, stderr io.Writer, log *slog.Logger) *Workers {
 	n := (len(creds) + perProcess - 1) / perProcess
-	return &Workers{cfg: cfg, creds: creds, perProcess: perProcess, command: command, stderr: stderr, log: log,
+	return &Workers{cfg: cfg, creds: creds, perProcess: perProcess, command: command, stderr: &lockedWriter{w: stderr}, log: log,
 		latest: make([]DeviceCounts, n)}
 }
 
@@ -162,7 +162,21 @@ func (w *Workers) Counts() DeviceCounts {
 	for _, c := range w.latest {
 		sum.Add(c)
 	}
+	sum.Devices = len(w.creds) // reported or not yet
 	return sum
+}
+
+// lockedWriter is one writer that several workers' logs share: exec copies
+// each worker's stderr in a goroutine of its own unless it is a file.
+type lockedWriter struct {
+	mu sync.Mutex // guards w
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 // RunWorker is a worker process's side: it reads its fleet from stdin,
