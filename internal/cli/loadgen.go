@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -59,6 +60,7 @@ func runLoadgen(ctx context.Context, args []string, getenv Env, stdio IO, log *s
 	duration := f.Duration("duration", 30*time.Second, "how long commands count; without commands, how long devices are held (0: until interrupted)")
 	asJSON := f.Bool("json", false, "print the summary as JSON on stdout (and the table on stderr)")
 	quiet := f.Bool("quiet", false, "no progress bar, and with -json no table")
+	cpuProfile := f.String("cpuprofile", "", "write this process's CPU profile here (what the load generator itself costs)")
 	worker := f.Bool("worker", false, "(internal) be a worker process: read a fleet on stdin, report on stdout")
 	if err := f.parse(args); err != nil {
 		return err
@@ -178,6 +180,17 @@ func runLoadgen(ctx context.Context, args []string, getenv Env, stdio IO, log *s
 		cfg.Progress = stdio.Stderr
 	}
 
+	if *cpuProfile != "" {
+		out, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer out.Close()
+		if err := pprof.StartCPUProfile(out); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	var summary loadgen.Summary
 	var g run.Group
 	actors.Add(&g, ctx, app.UntilSignal)

@@ -53,9 +53,9 @@ type Commands struct {
 	body   []byte   // the same for every command
 	header http.Header
 
-	// recording is set while outcomes count; outcomes of commands sent
-	// outside the window (warm-up) are dropped.
-	recording atomic.Bool
+	// from is when outcomes start to count (unix nanoseconds; 0: not
+	// yet): commands due before it (the warm-up's) are dropped.
+	from atomic.Int64
 
 	mu        sync.Mutex // guards the following
 	attempted int64
@@ -110,8 +110,9 @@ func NewCommands(cfg CommandsConfig) (*Commands, error) {
 	return c, nil
 }
 
-// Record starts or stops counting outcomes.
-func (c *Commands) Record(on bool) { c.recording.Store(on) }
+// Record counts the outcomes of the commands due from now on, until
+// sending stops.
+func (c *Commands) Record() { c.from.Store(time.Now().UnixNano()) }
 
 // Run sends commands until sending ends, then waits for those in flight,
 // which inFlight abandons: a command sent in the window counts however
@@ -194,9 +195,8 @@ var bufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // send sends the n-th command, due at at, and records its outcome.
 func (c *Commands) send(ctx context.Context, n int, at time.Time) {
-	record := c.recording.Load()
 	kind := c.roundTrip(ctx, c.urls[n%len(c.urls)])
-	if !record || kind == kindCanceled {
+	if from := c.from.Load(); from == 0 || at.UnixNano() < from || kind == kindCanceled {
 		return
 	}
 	took := time.Since(at)

@@ -56,8 +56,9 @@ type NodeMetrics struct {
 	// the process's own baseline included.
 	RSSPerSession int64 `json:"rss_per_session_bytes"`
 	// AddedPerSession is what the RSS grew by over the sessions added since
-	// the run began: the baseline left out.
-	AddedPerSession int64 `json:"added_rss_per_session_bytes,omitempty"`
+	// the run began: the baseline left out. 0 when it did not grow (memory
+	// of an earlier run, not yet returned, was reused).
+	AddedPerSession int64 `json:"added_rss_per_session_bytes"`
 }
 
 // ScrapeNodes reads each URL's metrics. A process seen through two URLs
@@ -86,7 +87,7 @@ func ScrapeNodes(ctx context.Context, urls []string, tlsCfg *tls.Config) NodeMet
 
 // Since sets AddedPerSession from a scrape taken before.
 func (m *NodeMetrics) Since(before NodeMetrics) {
-	if added := m.Sessions - before.Sessions; added > 0 {
+	if added := m.Sessions - before.Sessions; added > 0 && m.RSSBytes > before.RSSBytes {
 		m.AddedPerSession = (m.RSSBytes - before.RSSBytes) / added
 	}
 }

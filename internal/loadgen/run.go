@@ -232,8 +232,8 @@ wait:
 			stopped = fmt.Errorf("%w: %v", errFleetStopped, fleetTask.Wait())
 			break wait
 		case <-warmup.C:
-			cmds.Record(true)
 			start = time.Now()
+			cmds.Record()
 		case <-end.C:
 			break wait
 		case <-tick.C:
@@ -251,7 +251,6 @@ wait:
 		sum.Seconds = time.Since(start).Seconds()
 	}
 	_ = task.Wait() // the commands in flight end, or ctx abandons them
-	cmds.Record(false)
 	sum.WarmupSeconds = cfg.Warmup.Seconds()
 	sum.CommandCounts = cmds.Counts()
 	if sum.Seconds > 0 {

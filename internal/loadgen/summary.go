@@ -52,7 +52,11 @@ func (s Summary) WriteTable(w io.Writer) error {
 			row("node "+strings.Join(p.Nodes, ","), "%d sessions, RSS %s", p.Sessions, mib(p.RSSBytes))
 		}
 		if n.Sessions > 0 {
-			row("node RSS per session", "%s (%s added per session added)", kib(n.RSSPerSession), kib(n.AddedPerSession))
+			added := ""
+			if n.AddedPerSession > 0 {
+				added = fmt.Sprintf(" (%s added per session added)", kib(n.AddedPerSession))
+			}
+			row("node RSS per session", "%s%s", kib(n.RSSPerSession), added)
 		}
 	}
 	return tw.Flush()
