@@ -58,7 +58,7 @@ func loadgenRun(t *testing.T, args ...string) loadgen.Summary {
 // checkSummary asserts a clean run of n answering devices.
 func checkSummary(t *testing.T, s loadgen.Summary, n int) {
 	t.Helper()
-	if d := s.Devices; d.Devices != n || d.Connected != int64(n) || d.Failed != 0 || d.Disconnects != 0 {
+	if d := s.Devices; d.Devices != n || d.Connected != int64(n) || d.Open != int64(n) || d.Failed != 0 || d.Disconnects != 0 {
 		t.Errorf("devices: %+v, want %d connected once each, no failure", d, n)
 	}
 	c := s.Commands

@@ -52,7 +52,7 @@ type DeviceCounts struct {
 	Connected     int64            `json:"connected"` // sessions opened, reconnections included
 	Failed        int64            `json:"failed"`    // attempts to connect that failed
 	FailedBy      map[string]int64 `json:"failed_by,omitempty"`
-	Open          int64            `json:"open"`        // sessions open now
+	Open          int64            `json:"open"`        // sessions open now (in a summary: when the run ended)
 	Disconnects   int64            `json:"disconnects"` // sessions that ended before the run did
 	DisconnectsBy map[string]int64 `json:"disconnects_by,omitempty"`
 	GaveUp        int64            `json:"gave_up"`  // devices whose credentials were refused (401): they stop

@@ -105,11 +105,14 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	defer stopFleet()
 	fleetTask := actors.Go(func() error { return fleet.Run(fleetCtx) })
 	// The fleet stops last, so that its sessions outlive the commands; its
-	// final counts are the summary's.
+	// final counts are the summary's, with the sessions open before it
+	// stopped.
 	stop := func() error {
+		open := fleet.Counts().Open
 		stopFleet()
 		err := fleetTask.Wait()
 		s.Devices = fleet.Counts()
+		s.Devices.Open = open
 		return err
 	}
 
