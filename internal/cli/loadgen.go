@@ -57,7 +57,7 @@ func runLoadgen(ctx context.Context, args []string, getenv Env, stdio IO, log *s
 	maxInFlight := f.Int("max-inflight", 2000, "with -rate: commands in flight at most (and connections to the edges)")
 	wait := f.Duration("wait", 5*time.Second, "?wait= of each command, and its timeout")
 	warmup := f.Duration("warmup", 5*time.Second, "how long commands run before they count")
-	duration := f.Duration("duration", 30*time.Second, "how long commands count; without commands, how long devices are held (0: until interrupted)")
+	duration := f.Duration("duration", 30*time.Second, "how long commands count, or without commands how long devices are held (0: until interrupted)")
 	asJSON := f.Bool("json", false, "print the summary as JSON on stdout (and the table on stderr)")
 	quiet := f.Bool("quiet", false, "no progress bar, and with -json no table")
 	cpuProfile := f.String("cpuprofile", "", "write this process's CPU profile here (what the load generator itself costs)")

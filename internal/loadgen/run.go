@@ -31,8 +31,8 @@ type Config struct {
 	// Commands, when set, drives command clients once the devices are up.
 	Commands *CommandsConfig
 	// Warmup is how long commands run before they count; Duration how long
-	// they count. Without commands, Duration is how long the devices are
-	// held (0: until ctx ends).
+	// they count, or without commands how long the devices are held (0:
+	// until ctx ends).
 	Warmup, Duration time.Duration
 	NodeMetrics      []string // URLs of the nodes' /metrics
 	Progress         io.Writer
@@ -221,8 +221,12 @@ func drive(ctx context.Context, cc CommandsConfig, cfg Config, fleetTask *actors
 	var start time.Time // of the measured window
 	warmup := time.NewTimer(cfg.Warmup)
 	defer warmup.Stop()
-	end := time.NewTimer(cfg.Warmup + cfg.Duration)
-	defer end.Stop()
+	var end <-chan time.Time // none with no duration: until ctx ends
+	if cfg.Duration > 0 {
+		t := time.NewTimer(cfg.Warmup + cfg.Duration)
+		defer t.Stop()
+		end = t.C
+	}
 	tick := time.NewTicker(pollEvery)
 	defer tick.Stop()
 	var stopped error
@@ -237,7 +241,7 @@ wait:
 		case <-warmup.C:
 			start = time.Now()
 			cmds.Record()
-		case <-end.C:
+		case <-end:
 			break wait
 		case <-tick.C:
 			what := "warming up"
