@@ -153,6 +153,9 @@ func (c *Commands) openLoop(ctx, inFlight context.Context) {
 	// Wake at most every millisecond and send what has come due since.
 	const tick = time.Millisecond
 	interval := time.Duration(float64(time.Second) / c.cfg.Rate)
+	wake := time.NewTimer(0)
+	defer wake.Stop()
+	<-wake.C
 	start := time.Now()
 	for sent := 0; ; {
 		now := time.Now()
@@ -168,8 +171,9 @@ func (c *Commands) openLoop(ctx, inFlight context.Context) {
 			}
 		}
 		next := start.Add(time.Duration(sent) * interval)
+		wake.Reset(max(time.Until(next), tick))
 		select {
-		case <-time.After(max(time.Until(next), tick)):
+		case <-wake.C:
 		case <-ctx.Done():
 			return
 		}
