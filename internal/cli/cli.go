@@ -44,6 +44,7 @@ commands:
   apikeys add NAME      create an API key (-scopes commands,read,admin; -expires 720h); prints it
   apikeys list          list API keys (never their secrets)
   apikeys revoke KEY    revoke an API key, by name or id
+  loadgen               hold many devices and/or send commands at a rate; prints a summary
 
 Run "switchboard <command> -h" for a command's flags.
 `
@@ -57,6 +58,7 @@ var commands = map[string]func(ctx context.Context, args []string, getenv Env, s
 	"device":  runDevice,
 	"devices": runDevices,
 	"apikeys": runAPIKeys,
+	"loadgen": runLoadgen,
 }
 
 // ErrUsage means the command line was wrong; the message went to stderr.

@@ -1,0 +1,207 @@
+package loadgen
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/switchboard-iot/switchboard/device"
+	"github.com/switchboard-iot/switchboard/internal/certs"
+	"github.com/switchboard-iot/switchboard/internal/secret"
+)
+
+// EchoCommand is the command the load generator sends, and its devices
+// answer (with -answer) with {"echo": args}.
+const EchoCommand = "echo"
+
+// FleetConfig says how a fleet's devices connect. It is also what a parent
+// sends a worker process (as JSON), with the worker's share of the devices.
+type FleetConfig struct {
+	Nodes    []string `json:"nodes"` // device i connects to Nodes[(Offset+i) % len(Nodes)]
+	CAFile   string   `json:"ca_file,omitempty"`
+	Insecure bool     `json:"insecure,omitempty"`
+	// Answer registers the echo command; without it a device only keeps
+	// its session (it answers WebSocket pings).
+	Answer bool `json:"answer,omitempty"`
+	// Ramp is how many devices start connecting a second (0: all at once).
+	Ramp float64 `json:"ramp"`
+	// SourceAddrs, when set, are the local addresses device i binds its
+	// socket to, SourceAddrs[(Offset+i) % len], each having its own
+	// ephemeral ports.
+	SourceAddrs []netip.Addr `json:"source_addrs,omitempty"`
+	// Offset is the index of the fleet's first device in the whole run.
+	Offset int `json:"offset"`
+}
+
+// DeviceCounts are a fleet's connection counters. A worker reports its
+// own; the parent adds them up.
+type DeviceCounts struct {
+	Devices int `json:"devices"` // devices held
+	// Ramped counts devices whose first attempt to connect has ended, well
+	// or not.
+	Ramped        int64            `json:"ramped"`
+	Connected     int64            `json:"connected"` // sessions opened, reconnections included
+	Failed        int64            `json:"failed"`    // attempts to connect that failed
+	FailedBy      map[string]int64 `json:"failed_by,omitempty"`
+	Open          int64            `json:"open"`        // sessions open now (in a summary: when the run ended)
+	Disconnects   int64            `json:"disconnects"` // sessions that ended before the run did
+	DisconnectsBy map[string]int64 `json:"disconnects_by,omitempty"`
+	GaveUp        int64            `json:"gave_up"`  // devices whose credentials were refused (401): they stop
+	Answered      int64            `json:"answered"` // commands answered
+}
+
+// Add adds o's counters to c.
+func (c *DeviceCounts) Add(o DeviceCounts) {
+	c.Devices += o.Devices
+	c.Ramped += o.Ramped
+	c.Connected += o.Connected
+	c.Failed += o.Failed
+	c.Open += o.Open
+	c.Disconnects += o.Disconnects
+	c.GaveUp += o.GaveUp
+	c.Answered += o.Answered
+	c.FailedBy = addKinds(c.FailedBy, o.FailedBy)
+	c.DisconnectsBy = addKinds(c.DisconnectsBy, o.DisconnectsBy)
+}
+
+func addKinds(to, from map[string]int64) map[string]int64 {
+	for k, n := range from {
+		if to == nil {
+			to = make(map[string]int64)
+		}
+		to[k] += n
+	}
+	return to
+}
+
+// Fleet holds devices connected, one device.Client each, from this process.
+type Fleet struct {
+	cfg   FleetConfig
+	tls   *tls.Config
+	creds []secret.Credential
+	log   *slog.Logger
+
+	ramped, connected, failed, open, disconnects, gaveUp, answered atomic.Int64
+
+	mu            sync.Mutex // guards the following
+	failedBy      map[string]int64
+	disconnectsBy map[string]int64
+}
+
+// NewFleet prepares a fleet of the devices creds.
+func NewFleet(cfg FleetConfig, creds []secret.Credential, log *slog.Logger) (*Fleet, error) {
+	if len(cfg.Nodes) == 0 {
+		return nil, errors.New("no node to connect to")
+	}
+	tlsCfg, err := certs.Client(cfg.CAFile, cfg.Insecure)
+	if err != nil {
+		return nil, err
+	}
+	return &Fleet{cfg: cfg, tls: tlsCfg, creds: creds, log: log,
+		failedBy: make(map[string]int64), disconnectsBy: make(map[string]int64)}, nil
+}
+
+// Run starts the devices at the ramp's rate and keeps them connected until
+// ctx ends; it returns nil once every device has closed its session.
+func (f *Fleet) Run(ctx context.Context) error {
+	limit := rate.Inf
+	burst := 1
+	if f.cfg.Ramp > 0 {
+		// Start devices in small batches: a timer per device would not keep up.
+		limit, burst = rate.Limit(f.cfg.Ramp), max(1, int(f.cfg.Ramp/100))
+	}
+	ramp := rate.NewLimiter(limit, burst)
+	var devices sync.WaitGroup
+	for i, c := range f.creds {
+		if ramp.Wait(ctx) != nil {
+			break
+		}
+		devices.Go(func() { f.runDevice(ctx, f.cfg.Offset+i, c) })
+	}
+	devices.Wait()
+	return nil
+}
+
+// runDevice keeps device n (of the whole run) connected until ctx ends or
+// its credentials are refused.
+func (f *Fleet) runDevice(ctx context.Context, n int, c secret.Credential) {
+	first := true
+	ramped := func() {
+		if first {
+			first = false
+			f.ramped.Add(1)
+		}
+	}
+	cfg := device.Config{
+		URL: f.cfg.Nodes[n%len(f.cfg.Nodes)], ID: c.ID, Secret: c.Secret, TLS: f.tls, Log: f.log,
+		Dedup: 16, // commands are never repeated here; the SDK's 1024 would cost ~70 kB a device
+		OnConnect: func() {
+			ramped()
+			f.connected.Add(1)
+			f.open.Add(1)
+		},
+		OnDisconnect: func(err error) {
+			f.open.Add(-1)
+			if ctx.Err() == nil {
+				f.disconnects.Add(1)
+				f.count(f.disconnectsBy, disconnectKind(err))
+			}
+		},
+		OnDialError: func(err error) {
+			ramped()
+			f.failed.Add(1)
+			f.count(f.failedBy, dialKind(err))
+		},
+	}
+	if len(f.cfg.SourceAddrs) > 0 {
+		dialer := &net.Dialer{
+			LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(f.cfg.SourceAddrs[n%len(f.cfg.SourceAddrs)], 0)),
+			Timeout:   10 * time.Second,
+		}
+		cfg.NetDialContext = dialer.DialContext
+	}
+	d := device.New(cfg)
+	if f.cfg.Answer {
+		d.Handle(EchoCommand, func(_ context.Context, args json.RawMessage) (any, error) {
+			f.answered.Add(1)
+			return map[string]json.RawMessage{"echo": args}, nil
+		})
+	}
+	if err := d.Run(ctx); errors.Is(err, device.ErrUnauthorized) {
+		f.gaveUp.Add(1)
+	}
+}
+
+func (f *Fleet) count(kinds map[string]int64, kind string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	kinds[kind]++
+}
+
+// Counts is a snapshot of the fleet's counters.
+func (f *Fleet) Counts() DeviceCounts {
+	c := DeviceCounts{
+		Devices:     len(f.creds),
+		Ramped:      f.ramped.Load(),
+		Connected:   f.connected.Load(),
+		Failed:      f.failed.Load(),
+		Open:        f.open.Load(),
+		Disconnects: f.disconnects.Load(),
+		GaveUp:      f.gaveUp.Load(),
+		Answered:    f.answered.Load(),
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c.FailedBy = addKinds(nil, f.failedBy)
+	c.DisconnectsBy = addKinds(nil, f.disconnectsBy)
+	return c
+}
