@@ -38,6 +38,7 @@ func runLoadgen(ctx context.Context, args []string, getenv Env, stdio IO, log *s
 	f := newFlags("loadgen", getenv, stdio)
 	dbURL := f.databaseURL()
 	nodes := f.string("nodes", "wss://localhost:8443"+protocol.Path, "comma-separated WebSocket URLs of the nodes; devices take turns", "LOADGEN_NODES")
+	failover := f.String("failover", "", "comma-separated WebSocket URLs of more nodes (sharing the nodes' certificate) that a device dials once its node failed it, as a load balancer would send it")
 	nodeMetrics := f.string("node-metrics", "", "comma-separated URLs of the nodes' /metrics, for RSS per session (default: /metrics on each node's port; \"-\": none)", "LOADGEN_NODE_METRICS")
 	caFile := f.string("ca", "", "PEM file of the certificate to trust (a node's -cert-out)", "LOADGEN_CA")
 	insecure := f.Bool("insecure", false, "do not verify the nodes' certificates")
@@ -127,7 +128,7 @@ func runLoadgen(ctx context.Context, args []string, getenv Env, stdio IO, log *s
 	}
 
 	cfg := loadgen.Config{
-		Fleet: loadgen.FleetConfig{Nodes: nodeURLs, CAFile: *caFile, Insecure: *insecure, Answer: *answer, Ramp: ramp,
+		Fleet: loadgen.FleetConfig{Nodes: nodeURLs, Failover: splitList(*failover), CAFile: *caFile, Insecure: *insecure, Answer: *answer, Ramp: ramp,
 			SourceAddrs: sourceAddrs},
 		PerProcess: *perProcess,
 		Warmup:     *warmup, Duration: *duration,

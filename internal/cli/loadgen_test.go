@@ -109,3 +109,45 @@ func TestLoadgenWorkers(t *testing.T) {
 		t.Errorf("mode %q with %d clients, want closed with 4", c.Mode, c.Concurrency)
 	}
 }
+
+// With -failover, devices whose node goes away dial the failover nodes,
+// as a load balancer in front of the nodes would send them.
+func TestLoadgenFailover(t *testing.T) {
+	t.Parallel()
+	const n = 20
+	sys := testsys.New(t)
+	a, b := sys.StartNode(t, "node-a", nil), sys.StartNode(t, "node-b", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	done := make(chan error, 1)
+	go func() {
+		done <- cli.Run(ctx, []string{"loadgen", "-json", "-quiet", "-database-url", sys.DBURL, "-nodes", a.URL, "-failover", b.URL,
+			"-insecure", "-node-metrics", "-", "-credentials", filepath.Join(t.TempDir(), "devices.csv"), "-provision",
+			"-devices", fmt.Sprint(n), "-duration", "0"},
+			func(string) string { return "" }, cli.IO{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr})
+	}()
+	present := func(node string) func() bool {
+		return func() bool {
+			var c int
+			_ = sys.Pool.QueryRow(ctx, `SELECT count(*) FROM presence_live WHERE node_id = $1`, node).Scan(&c)
+			return c == n
+		}
+	}
+	testsys.EventuallyWithin(t, 30*time.Second, "the devices on node-a", present("node-a"))
+	if err := a.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	testsys.EventuallyWithin(t, 30*time.Second, "the devices on node-b", present("node-b"))
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("loadgen: %v\n%s", err, stderr.String())
+	}
+	var s loadgen.Summary
+	if err := json.Unmarshal(stdout.Bytes(), &s); err != nil {
+		t.Fatalf("summary JSON: %v\n%s", err, stdout.String())
+	}
+	if d := s.Devices; d.Connected < 2*n || d.Disconnects < n {
+		t.Errorf("devices: %+v, want each connected twice, once to each node", d)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,7 +27,12 @@ const EchoCommand = "echo"
 // FleetConfig says how a fleet's devices connect. It is also what a parent
 // sends a worker process (as JSON), with the worker's share of the devices.
 type FleetConfig struct {
-	Nodes    []string `json:"nodes"` // device i connects to Nodes[(Offset+i) % len(Nodes)]
+	Nodes []string `json:"nodes"` // device i connects to Nodes[(Offset+i) % len(Nodes)]
+	// Failover are the nodes a device dials once its node failed it (a
+	// refused dial, or a session lost), in turn, as a load balancer in
+	// front of the nodes would send it. They must serve the same
+	// certificate and name as Nodes (the nodes share theirs).
+	Failover []string `json:"failover,omitempty"`
 	CAFile   string   `json:"ca_file,omitempty"`
 	Insecure bool     `json:"insecure,omitempty"`
 	// Answer registers the echo command; without it a device only keeps
@@ -162,12 +168,28 @@ func (f *Fleet) runDevice(ctx context.Context, n int, c secret.Credential) {
 			f.count(f.failedBy, dialKind(err))
 		},
 	}
+	dialer := &net.Dialer{Timeout: 10 * time.Second}
 	if len(f.cfg.SourceAddrs) > 0 {
-		dialer := &net.Dialer{
-			LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(f.cfg.SourceAddrs[n%len(f.cfg.SourceAddrs)], 0)),
-			Timeout:   10 * time.Second,
+		dialer.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(f.cfg.SourceAddrs[n%len(f.cfg.SourceAddrs)], 0))
+	}
+	cfg.NetDialContext = dialer.DialContext
+	if len(f.cfg.Failover) > 0 {
+		// Once its node failed it, a device dials the failover nodes in
+		// turn, starting from one of its own: the fleet spreads over them.
+		var failed atomic.Int64
+		hosts := make([]string, len(f.cfg.Failover))
+		for i, u := range f.cfg.Failover {
+			hosts[i] = hostPort(u)
 		}
-		cfg.NetDialContext = dialer.DialContext
+		onDisconnect, onDialError := cfg.OnDisconnect, cfg.OnDialError
+		cfg.OnDisconnect = func(err error) { failed.Add(1); onDisconnect(err) }
+		cfg.OnDialError = func(err error) { failed.Add(1); onDialError(err) }
+		cfg.NetDialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if k := failed.Load(); k > 0 {
+				addr = hosts[(int64(n)+k)%int64(len(hosts))]
+			}
+			return dialer.DialContext(ctx, network, addr)
+		}
 	}
 	d := device.New(cfg)
 	if f.cfg.Answer {
@@ -204,4 +226,19 @@ func (f *Fleet) Counts() DeviceCounts {
 	c.FailedBy = addKinds(nil, f.failedBy)
 	c.DisconnectsBy = addKinds(nil, f.disconnectsBy)
 	return c
+}
+
+// hostPort is the host:port a ws:// or wss:// URL dials.
+func hostPort(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil || u.Port() != "" {
+		if err != nil {
+			return rawURL
+		}
+		return u.Host
+	}
+	if u.Scheme == "ws" {
+		return net.JoinHostPort(u.Hostname(), "80")
+	}
+	return net.JoinHostPort(u.Hostname(), "443")
 }

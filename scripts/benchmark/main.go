@@ -29,7 +29,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -90,7 +89,7 @@ func sizesFor(quick bool) sizes {
 // A scenario measures one target and adds its rows.
 type scenario struct {
 	name string
-	run  func(ctx context.Context, b *bench) error
+	run  func(b *bench, ctx context.Context) error
 }
 
 var scenarios = []scenario{
@@ -167,7 +166,7 @@ func run(ctx context.Context, o options) error {
 			continue
 		}
 		fmt.Printf("\n== %s\n", s.name)
-		if err := s.run(ctx, b); err != nil {
+		if err := s.run(b, ctx); err != nil {
 			return fmt.Errorf("%s: %w", s.name, err)
 		}
 	}
