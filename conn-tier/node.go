@@ -227,12 +227,24 @@ func (n *Node) Handler() http.Handler {
 		problem.Write(w, http.StatusNotFound, "not-found", "Not found", "devices connect to "+protocol.Path)
 	})
 	r.Get(protocol.Path, n.handleConnect)
+	n.opsRoutes(r)
+	return r
+}
+
+// OpsHandler serves the node's health, readiness and metrics, for its ops
+// listener (CONN_OPS_LISTEN).
+func (n *Node) OpsHandler() http.Handler {
+	r := chi.NewRouter()
+	n.opsRoutes(r)
+	return r
+}
+
+func (n *Node) opsRoutes(r chi.Router) {
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	r.Get("/readyz", n.handleReady)
 	if n.cfg.Metrics != nil {
 		r.Handle("/metrics", promhttp.HandlerFor(n.cfg.Metrics, promhttp.HandlerOpts{}))
 	}
-	return r
 }
 
 func (n *Node) handleReady(w http.ResponseWriter, r *http.Request) {

@@ -100,11 +100,11 @@ func (g guardFlags) config() (authguard.Config, clientaddr.Trusted, error) {
 
 // connFlags are the settings of one connection node.
 type connFlags struct {
-	listen, region, nodeID, certOut *string
-	tls                             certsFlags
-	deviceRate                      *float64
-	deviceBurst                     *int
-	guard                           guardFlags
+	listen, opsListen, region, nodeID, certOut *string
+	tls                                        certsFlags
+	deviceRate                                 *float64
+	deviceBurst                                *int
+	guard                                      guardFlags
 }
 
 // certsFlags are the settings of a node's certificate.
@@ -115,7 +115,9 @@ type certsFlags struct {
 func defineConnFlags(f flags) connFlags {
 	hostname, _ := os.Hostname()
 	return connFlags{
-		listen:  f.string("listen", ":8443", "address for device WebSockets", "CONN_LISTEN"),
+		listen: f.string("listen", ":8443", "address for device WebSockets", "CONN_LISTEN"),
+		opsListen: f.string("ops-listen", "", "address of the plain-HTTP ops listener: /healthz, /readyz, /metrics and Go's profiles under /debug/pprof/; keep it private (default: none)",
+			"CONN_OPS_LISTEN"),
 		region:  f.string("region", "local", "the node's region", "REGION", "FLY_REGION"),
 		nodeID:  f.string("node-id", hostname, "the node's id, stable across restarts (on Fly, the Machine id)", "NODE_ID", "FLY_MACHINE_ID"),
 		certOut: f.string("cert-out", "", "with -tls self-signed: write the certificate (PEM) here for clients to trust", "CONN_CERT_OUT"),
@@ -171,7 +173,7 @@ func runConn(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	if err != nil {
 		return err
 	}
-	serve, _, err := p.Node(conntier.Config{
+	serve, node, err := p.Node(conntier.Config{
 		Node:       db.Node{ID: *cf.nodeID, Region: *cf.region},
 		DeviceRate: *cf.deviceRate, DeviceBurst: *cf.deviceBurst, AuthGuard: guardCfg, TrustedProxies: trusted,
 	}, tls, ln)
@@ -179,7 +181,16 @@ func runConn(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 		ln.Close()
 		return err
 	}
-	return p.Run(ctx, app.UntilSignal, serve)
+	parts := []app.Server{app.UntilSignal, serve}
+	if *cf.opsListen != "" {
+		opsLn, err := net.Listen("tcp", *cf.opsListen)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		parts = append(parts, p.Ops(opsLn, node.OpsHandler()))
+	}
+	return p.Run(ctx, parts...)
 }
 
 func splitList(s string) []string {
