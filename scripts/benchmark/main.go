@@ -150,7 +150,9 @@ func run(ctx context.Context, o options) error {
 	}
 	// The tests' settings (no fsync): the figures are the system's, not the
 	// disk's. MaxConnections: six nodes' and two edges' pools, and room.
-	cluster, err := pgcluster.Start(ctx, filepath.Join(dir, "pg"), pgcluster.Options{Fast: true, MaxConnections: 400})
+	// pg_stat_statements counts the statements per command.
+	cluster, err := pgcluster.Start(ctx, filepath.Join(dir, "pg"), pgcluster.Options{Fast: true, MaxConnections: 400,
+		Settings: []string{"shared_preload_libraries='pg_stat_statements'"}})
 	if err != nil {
 		return err
 	}
@@ -164,6 +166,9 @@ func run(ctx context.Context, o options) error {
 	}
 	defer b.pool.Close()
 	if _, err := b.output(ctx, "migrate"); err != nil {
+		return err
+	}
+	if _, err := b.pool.Exec(ctx, `CREATE EXTENSION pg_stat_statements`); err != nil {
 		return err
 	}
 	started := time.Now()
@@ -326,16 +331,23 @@ func (r *loadgenRun) wait() (loadgen.Summary, error) {
 
 // pgUsage is what PostgreSQL spent over a scenario.
 type pgUsage struct {
-	cpu      time.Duration // of every server process
-	walBytes int64
-	wall     time.Duration
+	cpu        time.Duration // of every server process
+	walBytes   int64
+	wall       time.Duration
+	statements int64 // the system's, not the benchmark's own
+	commits    int64
+	commands   int64 // sent while measured, when commands were
 }
 
 type pgMark struct {
-	ticks int64
-	lsn   string
-	at    time.Time
+	ticks   int64
+	lsn     string
+	at      time.Time
+	commits int64
 }
+
+// ownQueries are the benchmark's queries, left out of the counts.
+const ownQueries = `query NOT LIKE '%pg_stat_statements%' AND query NOT LIKE '%presence_live%' AND query NOT LIKE '%pg_wal_lsn%' AND query NOT LIKE '%pg_stat_database%'`
 
 // pgIdle measures what PostgreSQL spends a second with the processes
 // started but no load (leases, sweeps, listeners' pings): pgSince takes it
@@ -352,14 +364,32 @@ func (b *bench) pgIdle(ctx context.Context) {
 
 func (b *bench) pgMark(ctx context.Context) pgMark {
 	m := pgMark{ticks: cpuTicks(b.pgPID), at: time.Now()}
-	_ = b.pool.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&m.lsn)
+	_, _ = b.pool.Exec(ctx, `SELECT pg_stat_statements_reset()`)
+	_ = b.pool.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text, (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database())`).Scan(&m.lsn, &m.commits)
 	return m
 }
 
 func (b *bench) pgSince(ctx context.Context, m pgMark) pgUsage {
 	u := pgUsage{cpu: time.Duration(cpuTicks(b.pgPID)-m.ticks) * time.Second / clockTicks, wall: time.Since(m.at)}
 	u.cpu = max(0, u.cpu-time.Duration(float64(b.idlePerSecond)*u.wall.Seconds()))
-	_ = b.pool.QueryRow(ctx, `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::bigint`, m.lsn).Scan(&u.walBytes)
+	_ = b.pool.QueryRow(ctx, `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::bigint,
+		(SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()) - $2`, m.lsn, m.commits).Scan(&u.walBytes, &u.commits)
+	_ = b.pool.QueryRow(ctx, `SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements WHERE `+ownQueries).Scan(&u.statements)
+	// The log shows which statements those were.
+	rows, err := b.pool.Query(ctx, `SELECT calls, rows, total_exec_time, left(regexp_replace(query, '\s+', ' ', 'g'), 90)
+		FROM pg_stat_statements WHERE `+ownQueries+` ORDER BY total_exec_time DESC LIMIT 8`)
+	if err == nil {
+		fmt.Println("    calls      rows   exec ms  statement")
+		for rows.Next() {
+			var calls, nrows int64
+			var ms float64
+			var query string
+			if rows.Scan(&calls, &nrows, &ms, &query) == nil {
+				fmt.Printf("  %7d  %8d  %8.0f  %s\n", calls, nrows, ms, query)
+			}
+		}
+		rows.Close()
+	}
 	return u
 }
 
@@ -510,10 +540,19 @@ func (b *bench) throughput(ctx context.Context) error {
 		}
 		procs, edges = append(procs, p), append(edges, "http://"+p.addr)
 	}
-	b.pgIdle(ctx)
-	common := []string{"-nodes", strings.Join(nodes, ","), "-node-metrics", "-", "-answer", "-edges", strings.Join(edges, ","),
-		"-duration", b.sz.run.String(), "-warmup", b.sz.warmup.String()}
 	n := b.sz.throughputDevices
+	// One loadgen holds the answering devices throughout; each measured
+	// run only sends commands, so what it costs is the commands' alone.
+	fleet, err := b.loadgen(ctx, n, "-nodes", strings.Join(nodes, ","), "-node-metrics", "-", "-answer", "-duration", "1h")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = fleet.cmd.Process.Signal(os.Interrupt); _, _ = fleet.wait() }()
+	if err := poll(ctx, 5*time.Minute, func() bool { return b.livePresence(ctx) == n }); err != nil {
+		return fmt.Errorf("the devices: %w (%d present)", err, b.livePresence(ctx))
+	}
+	b.pgIdle(ctx)
+	common := []string{"-hold=false", "-edges", strings.Join(edges, ","), "-duration", b.sz.run.String(), "-warmup", b.sz.warmup.String()}
 	measure := func(args ...string) (*loadgen.CommandSummary, pgUsage, error) {
 		mark := b.pgMark(ctx)
 		lg, err := b.loadgen(ctx, n, append(slices.Clone(common), args...)...)
@@ -524,10 +563,14 @@ func (b *bench) throughput(ctx context.Context) error {
 		if err != nil {
 			return nil, pgUsage{}, err
 		}
-		if s.Commands == nil {
+		c := s.Commands
+		if c == nil {
 			return nil, pgUsage{}, errors.New("no commands in the summary")
 		}
-		return s.Commands, b.pgSince(ctx, mark), nil
+		// PostgreSQL's figures cover the warm-up too: so must the count.
+		pg := b.pgSince(ctx, mark)
+		pg.commands = int64(float64(c.Attempted) * (c.WarmupSeconds + c.Seconds) / c.Seconds)
+		return c, pg, nil
 	}
 	for _, rate := range b.sz.rates {
 		c, pg, err := measure("-rate", fmt.Sprintf("%d/s", rate))
@@ -544,7 +587,7 @@ func (b *bench) throughput(ctx context.Context) error {
 			measured: fmt.Sprintf("%.0f/s done, %.2f%% ok, p50 %.1f p99 %.1f max %.0f ms", c.SuccessRate, 100*c.SuccessRatio, c.Latency.P50, c.Latency.P99, c.Latency.Max),
 			verdict:  verdict(ok, ok),
 		})
-		b.notePG(fmt.Sprintf("%d/s", rate), pg, c.Attempted)
+		b.notePG(fmt.Sprintf("%d/s", rate), pg)
 	}
 	c, pg, err := measure("-concurrency", strconv.Itoa(b.sz.closedClients))
 	if err != nil {
@@ -556,18 +599,19 @@ func (b *bench) throughput(ctx context.Context) error {
 		measured: fmt.Sprintf("%.0f/s, %.2f%% ok, p50 %.1f p99 %.1f ms", c.SuccessRate, 100*c.SuccessRatio, c.Latency.P50, c.Latency.P99),
 		verdict:  verdict(c.SuccessRate >= 3000, c.SuccessRate >= 5000),
 	})
-	b.notePG("closed loop", pg, c.Attempted)
+	b.notePG("closed loop", pg)
 	return nil
 }
 
 // notePG notes what PostgreSQL spent per command over a run, and the rate
 // its two cores would carry at that cost.
-func (b *bench) notePG(what string, pg pgUsage, commands int64) {
+func (b *bench) notePG(what string, pg pgUsage) {
+	commands := pg.commands
 	if commands == 0 {
 		return
 	}
-	b.notes = append(b.notes, fmt.Sprintf("%s: PostgreSQL spent %.0f µs of CPU and %d bytes of WAL per command (warm-up included); at that cost one core carries %.0f commands/s",
-		what, perOp(pg.cpu, int(commands)), pg.walBytes/commands, float64(commands)/pg.cpu.Seconds()))
+	b.notes = append(b.notes, fmt.Sprintf("%s: per command, PostgreSQL ran %.2f statements and %.2f commits, spent %.0f µs of CPU and wrote %d bytes of WAL; at that cost one core carries %.0f commands/s",
+		what, float64(pg.statements)/float64(commands), float64(pg.commits)/float64(commands), perOp(pg.cpu, int(commands)), pg.walBytes/commands, float64(commands)/pg.cpu.Seconds()))
 }
 
 // scale: idle devices over several nodes, several loadgen processes and
