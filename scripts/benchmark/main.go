@@ -485,8 +485,8 @@ func (b *bench) memory(ctx context.Context) error {
 		return err
 	}
 	m := s.Nodes
-	if m == nil || m.Sessions == 0 {
-		return fmt.Errorf("no node metrics in the summary")
+	if m == nil || m.Sessions != int64(n) {
+		return fmt.Errorf("the node's metrics: %+v, want %d sessions", m, n)
 	}
 	per := float64(m.RSSPerSession) / 1024
 	b.rows = append(b.rows, row{
@@ -566,6 +566,10 @@ func (b *bench) throughput(ctx context.Context) error {
 		c := s.Commands
 		if c == nil {
 			return nil, pgUsage{}, errors.New("no commands in the summary")
+		}
+		// A smoke run's load is light: every command must succeed.
+		if quickRun && (c.Failed > 0 || c.Succeeded == 0) {
+			return nil, pgUsage{}, fmt.Errorf("%d of %d commands failed: %v", c.Failed, c.Attempted, c.FailedBy)
 		}
 		// PostgreSQL's figures cover the warm-up too: so must the count.
 		pg := b.pgSince(ctx, mark)
