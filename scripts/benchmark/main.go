@@ -642,6 +642,10 @@ func (b *bench) scale(ctx context.Context) error {
 	err = poll(ctx, 10*time.Minute, func() bool { present = b.livePresence(ctx, nodes...); return present == n })
 	upIn := time.Since(start)
 	_ = lg.cmd.Process.Signal(os.Interrupt) // it sums up what it did
+	if err != nil && quickRun {
+		_, _ = lg.wait()
+		return fmt.Errorf("%d of %d devices present: %w", present, n, err)
+	}
 	s, werr := lg.wait()
 	if werr != nil {
 		return werr
@@ -690,6 +694,9 @@ func (b *bench) storm(ctx context.Context) error {
 	back := 0
 	err = poll(ctx, 5*time.Minute, func() bool { back = b.livePresence(ctx, others...); return back == n })
 	took := time.Since(mark.at)
+	if err != nil && quickRun {
+		return fmt.Errorf("%d of %d devices back: %w", back, n, err)
+	}
 	pg := b.pgSince(ctx, mark)
 	b.rows = append(b.rows, row{
 		what:     fmt.Sprintf("reconnect storm: a node holding %d devices SIGKILLed", n),
