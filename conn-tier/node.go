@@ -105,6 +105,13 @@ const (
 	DefaultDeviceBurst = 100  // messages at once
 )
 
+// readBufferSize is a session's read buffer: a pong or a small reply fits.
+const readBufferSize = 256
+
+// writeBuffers lends gorilla its write buffers, shared by every node of the
+// process.
+var writeBuffers sync.Pool
+
 // maxHeaderBytes bounds a connect request's line and headers: a device
 // sends a few short ones.
 const maxHeaderBytes = 16 << 10
@@ -201,6 +208,13 @@ func New(cfg Config) (*Node, error) {
 		upgrader: websocket.Upgrader{
 			Subprotocols:     []string{protocol.Subprotocol},
 			HandshakeTimeout: 10 * time.Second,
+			// An idle device sends a pong every PingInterval: a small read
+			// buffer serves it (larger frames are read through), and write
+			// buffers are lent from a pool only while a frame is written.
+			// Left at zero, gorilla would keep the hijacked connection's
+			// 4 KiB buffers for the session's life.
+			ReadBufferSize:  readBufferSize,
+			WriteBufferPool: &writeBuffers,
 			// Devices are not browsers: there is no page origin to check.
 			CheckOrigin: func(*http.Request) bool { return true },
 		},
@@ -273,7 +287,7 @@ func (n *Node) Run(ctx context.Context, ln net.Listener) error {
 	}
 	// The background actors outlive ctx: they flush what the closing
 	// sessions leave behind, and stop only after the sessions have.
-	bg, stopBackground := actors.Group(ctx, n.presence.Run, n.commands.Run, n.events.Run, n.notices.Run, n.deliverer.run, n.renewLease)
+	bg, stopBackground := actors.Group(ctx, n.presence.Run, n.commands.Run, n.events.Run, n.notices.Run, n.deliverer.run, n.renewLease, n.pinger)
 	unlisten := n.cfg.Notifier.Listen(db.NodeChannel(n.cfg.Node.ID), n.onNotify, n.deliverer.wakeAll)
 	srv := &http.Server{
 		Handler:           n.Handler(),
@@ -378,6 +392,30 @@ func (n *Node) renewLease(ctx context.Context) error {
 		}
 		if created || lapsed {
 			n.deliverer.wakeAll()
+		}
+	}
+}
+
+// pingSlots is how many parts of PingInterval the node's pings are spread
+// over.
+const pingSlots = 16
+
+// pinger sends every session a WebSocket ping each PingInterval: one
+// goroutine and one ticker for the node, not one per session, and each
+// tick pings the sessions of one slot, so 15,000 devices are not pinged in
+// one burst. It runs until the sessions are gone (a draining node still
+// pings).
+func (n *Node) pinger(ctx context.Context) error {
+	tick := time.NewTicker(max(n.cfg.PingInterval/pingSlots, time.Millisecond))
+	defer tick.Stop()
+	for slot := 0; ; slot = (slot + 1) % pingSlots {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		for _, s := range n.hub.slot(slot) {
+			s.ping()
 		}
 	}
 }

@@ -352,6 +352,7 @@ func (s *setup) memory(ctx context.Context, o options) error {
 			{"/debug/pprof/heap?gc=1", "heap.pprof"},
 			{"/debug/pprof/goroutine", "goroutine.pprof"},
 			{"/debug/pprof/goroutine?debug=1", "goroutine.txt"},
+			{"/debug/pprof/heap?debug=1", "heap.txt"}, // ends with runtime.MemStats: stacks, heap, released
 		} {
 			if _, err := n.fetch(p.path, filepath.Join(o.out, p.file)); err != nil {
 				fmt.Println("  profile:", err)
