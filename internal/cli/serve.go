@@ -51,6 +51,7 @@ func runEdge(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	if *id == "" {
 		*id = edge.NewID(getenv("FLY_MACHINE_ID"))
 	}
+	app.TuneMemory(log, 0)
 	p, err := app.Open(ctx, *dbURL, log)
 	if err != nil {
 		return err
@@ -154,6 +155,7 @@ func runConn(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	if err != nil {
 		return err
 	}
+	app.TuneMemory(log, app.NodeGCPercent)
 	p, err := app.Open(ctx, *dbURL, log)
 	if err != nil {
 		return err
