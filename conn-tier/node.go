@@ -93,6 +93,14 @@ type Config struct {
 	// AuthGuard throttles failed credential look-ups per source address and
 	// remembers failed credentials (see internal/authguard for defaults).
 	AuthGuard authguard.Config
+	// MaxSessions is how many devices the node holds at most; past it, a
+	// connect request is answered 503 with a jittered Retry-After before
+	// its credentials are looked at. Default: the open-files limit less
+	// the pool's connections, MaxHandshakes and a few for listeners.
+	MaxSessions int
+	// MaxHandshakes bounds the connections accepted and not yet upgraded
+	// (DefaultMaxHandshakes); more wait in the kernel's accept queue.
+	MaxHandshakes int
 	// TrustedProxies are the peers that must open each connection with a
 	// PROXY protocol header naming the client (Fly's proxy_proto_options);
 	// none by default: the client is the TCP peer.
@@ -178,19 +186,10 @@ type Node struct {
 
 	drainMu  sync.Mutex     // orders admissions before the drain's wait
 	sessions sync.WaitGroup // admitted requests to /v1/connect, until their session ends
+	open     atomic.Int64   // the same, counted for MaxSessions
 	draining atomic.Bool    // shutting down: refuse new sessions; set under drainMu
-}
 
-// admit counts a connect request in, unless the node is draining: once the
-// drain has begun, nothing is added to the group it waits for.
-func (n *Node) admit() bool {
-	n.drainMu.Lock()
-	defer n.drainMu.Unlock()
-	if n.draining.Load() {
-		return false
-	}
-	n.sessions.Add(1)
-	return true
+	gate atomic.Pointer[handshakeGate] // set by Run
 }
 
 // New makes a node; Run starts it.
@@ -219,6 +218,12 @@ func New(cfg Config) (*Node, error) {
 			CheckOrigin: func(*http.Request) bool { return true },
 		},
 	}
+	if n.cfg.MaxHandshakes <= 0 {
+		n.cfg.MaxHandshakes = DefaultMaxHandshakes
+	}
+	if n.cfg.MaxSessions <= 0 {
+		n.cfg.MaxSessions = defaultMaxSessions(int(n.store.Pool().Config().MaxConns), n.cfg.MaxHandshakes)
+	}
 	n.hub.sessions = make(map[string]*session)
 	n.deliverer = newDeliverer(n)
 	// Queue limits bound memory while the database is slow or away: past
@@ -230,6 +235,11 @@ func New(cfg Config) (*Node, error) {
 	n.notices = batch.New("notices", q, 1000, log, n.store.Notify, db.IsRefused)
 	n.metrics = newMetrics(cfg.Metrics, cfg.Node.ID, map[string]func() int{
 		"presence": n.presence.Len, "commands": n.commands.Len, "events": n.events.Len, "notices": n.notices.Len,
+	}, n.cfg.MaxSessions, func() int {
+		if g := n.gate.Load(); g != nil {
+			return g.inProgress()
+		}
+		return 0
 	})
 	return n, nil
 }
@@ -289,7 +299,10 @@ func (n *Node) Run(ctx context.Context, ln net.Listener) error {
 	// sessions leave behind, and stop only after the sessions have.
 	bg, stopBackground := actors.Group(ctx, n.presence.Run, n.commands.Run, n.events.Run, n.notices.Run, n.deliverer.run, n.renewLease, n.pinger)
 	unlisten := n.cfg.Notifier.Listen(db.NodeChannel(n.cfg.Node.ID), n.onNotify, n.deliverer.wakeAll)
+	gate := newHandshakeGate(clientaddr.Listener(ln, n.cfg.TrustedProxies), n.cfg.MaxHandshakes)
+	n.gate.Store(gate)
 	srv := &http.Server{
+		ConnState:         gate.connState,
 		Handler:           n.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       n.cfg.HTTPTimeout,
@@ -304,8 +317,9 @@ func (n *Node) Run(ctx context.Context, ln net.Listener) error {
 	if n.cfg.TLS != nil {
 		srv.TLSConfig = n.cfg.TLS.Clone() // this server's own: nodes may share one certificate
 	}
-	served := actors.Serve(srv, clientaddr.Listener(ln, n.cfg.TrustedProxies))
-	n.log.Info("connection node serving", "addr", ln.Addr().String(), "region", n.cfg.Node.Region, "tls", n.cfg.TLS != nil)
+	served := actors.Serve(srv, gate)
+	n.log.Info("connection node serving", "addr", ln.Addr().String(), "region", n.cfg.Node.Region, "tls", n.cfg.TLS != nil,
+		"max_sessions", n.cfg.MaxSessions)
 
 	select {
 	case <-ctx.Done():

@@ -130,15 +130,14 @@ func (s *session) dbSession() db.Session {
 
 // handleConnect authenticates a device, upgrades, and runs its session.
 func (n *Node) handleConnect(w http.ResponseWriter, r *http.Request) {
-	if !n.admit() {
-		w.Header().Set("Retry-After", "1")
-		problem.Write(w, http.StatusServiceUnavailable, "node-draining", "Node is draining", "connect to another node")
+	if refusal := n.admit(); refusal != "" {
+		n.refuse(w, refusal)
 		return
 	}
 	started := false
 	defer func() {
 		if !started {
-			n.sessions.Done()
+			n.leave()
 		}
 	}()
 	deviceID, devSecret, ok := r.BasicAuth()
@@ -201,7 +200,7 @@ func (n *Node) handleConnect(w http.ResponseWriter, r *http.Request) {
 	// node's session group owns the goroutine; closeAll and cut stop it.
 	started = true
 	go func() {
-		defer n.sessions.Done()
+		defer n.leave()
 		s.serve()
 	}()
 }

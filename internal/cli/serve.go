@@ -105,6 +105,7 @@ type connFlags struct {
 	tls                                        certsFlags
 	deviceRate                                 *float64
 	deviceBurst                                *int
+	maxSessions, maxHandshakes                 *int
 	guard                                      guardFlags
 }
 
@@ -135,6 +136,10 @@ func defineConnFlags(f flags) connFlags {
 			"messages a second a device may send; past it events are dropped (negative: no limit)", "CONN_DEVICE_RATE"),
 		deviceBurst: f.int("device-burst", conntier.DefaultDeviceBurst,
 			"messages a device may send at once; another burst over the rate closes it with 4029", "CONN_DEVICE_BURST"),
+		maxSessions: f.int("max-sessions", 0,
+			"devices this node holds at most; past it connects get 503 and Retry-After (default: the open-files limit less the pool, handshakes and listeners)", "CONN_MAX_SESSIONS"),
+		maxHandshakes: f.int("max-handshakes", conntier.DefaultMaxHandshakes,
+			"connections accepted and not yet upgraded (TLS handshake, credentials check); more wait in the accept queue", "CONN_MAX_HANDSHAKES"),
 		guard: defineGuardFlags(f, "CONN_", "PROXY protocol header (required from them)"),
 	}
 }
@@ -178,6 +183,7 @@ func runConn(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	serve, node, err := p.Node(conntier.Config{
 		Node:       db.Node{ID: *cf.nodeID, Region: *cf.region},
 		DeviceRate: *cf.deviceRate, DeviceBurst: *cf.deviceBurst, AuthGuard: guardCfg, TrustedProxies: trusted,
+		MaxSessions: *cf.maxSessions, MaxHandshakes: *cf.maxHandshakes,
 	}, tls, ln)
 	if err != nil {
 		ln.Close()
