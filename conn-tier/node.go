@@ -63,7 +63,12 @@ type Config struct {
 	// replies wait (its reads pause) and events are shed. 4096.
 	WriteQueue   int
 	LeaseTTL     time.Duration // 15s: renewed every third of it
-	DrainTimeout time.Duration // 10s: how long shutdown waits for sessions to close
+	// DrainWindow is how long a stopping node takes to close its sessions
+	// (1001): it closes them in batches every drainTick, at least
+	// drainMinBatch a batch, so the devices reconnect to other nodes in
+	// steps rather than all at once (DefaultDrainWindow).
+	DrainWindow  time.Duration
+	DrainTimeout time.Duration // 10s: how long shutdown then waits for sessions to close before cutting them
 	// RescanInterval is how often the node re-reads its devices' pending
 	// commands and checks its sessions were not taken over, whatever
 	// wake-ups it got: the backstop for a lost NOTIFY. 30s.
@@ -107,6 +112,10 @@ type Config struct {
 	TrustedProxies clientaddr.Trusted
 }
 
+// DefaultDrainWindow is how long a stopping node spreads its session
+// closes over.
+const DefaultDrainWindow = 10 * time.Second
+
 // Default limits per device.
 const (
 	DefaultDeviceRate  = 10.0 // messages a second
@@ -137,6 +146,7 @@ func (c *Config) setDefaults() {
 	def(&c.ReadTimeout, c.PingInterval*5/2)
 	def(&c.WriteTimeout, 10*time.Second)
 	def(&c.LeaseTTL, 15*time.Second)
+	def(&c.DrainWindow, DefaultDrainWindow)
 	def(&c.DrainTimeout, 10*time.Second)
 	def(&c.RescanInterval, 30*time.Second)
 	def(&c.MarkDelay, 20*time.Millisecond)
@@ -190,6 +200,8 @@ type Node struct {
 	draining atomic.Bool    // shutting down: refuse new sessions; set under drainMu
 
 	gate atomic.Pointer[handshakeGate] // set by Run
+
+	onDrainBatch func(closed, left int) // a test's signal: a drain batch was closed
 }
 
 // New makes a node; Run starts it.
@@ -327,14 +339,16 @@ func (n *Node) Run(ctx context.Context, ln net.Listener) error {
 	case <-bg.Done():
 	}
 
-	// Stop accepting, then close every session with 1001.
+	// Stop accepting, then close every session with 1001, paced.
 	n.drainMu.Lock()
 	n.draining.Store(true)
 	n.drainMu.Unlock()
+	shutdownCtx, cancelShutdown := context.WithTimeout(context.WithoutCancel(ctx), n.cfg.DrainTimeout)
+	_ = srv.Shutdown(shutdownCtx) // hijacked WebSockets are ours to close
+	cancelShutdown()
+	n.drain()
 	drainCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), n.cfg.DrainTimeout)
 	defer cancel()
-	_ = srv.Shutdown(drainCtx) // hijacked WebSockets are ours to close
-	n.closeAll(protocol.CloseGoingAway, "node draining")
 	n.waitSessions(drainCtx)
 	unlisten()
 
@@ -451,12 +465,47 @@ func (n *Node) onNotify(payload string) {
 	}
 }
 
-// closeAll closes every session, a few at a time so that a node with many
-// thousands of them does not stall on one slow peer.
-func (n *Node) closeAll(code int, reason string) {
+// Drain pacing: a batch of closes every drainTick, sized to end within
+// DrainWindow, and at least drainMinBatch so that a node with few devices
+// does not make its shutdown wait the whole window for nothing.
+const (
+	drainTick     = 100 * time.Millisecond
+	drainMinBatch = 50
+)
+
+// drain closes every session with 1001 in batches over DrainWindow: the
+// other nodes take the devices in steps (each needs a TLS handshake, a
+// credentials check and a presence write) rather than in one storm.
+func (n *Node) drain() {
+	sessions := n.hub.all()
+	if len(sessions) == 0 {
+		return
+	}
+	ticks := max(int(n.cfg.DrainWindow/drainTick), 1)
+	batch := max((len(sessions)+ticks-1)/ticks, drainMinBatch)
+	n.log.Info("draining", "sessions", len(sessions), "window", n.cfg.DrainWindow, "batch", batch, "every", drainTick)
+	tick := time.NewTicker(drainTick)
+	defer tick.Stop()
+	for {
+		chunk := sessions[:min(batch, len(sessions))]
+		sessions = sessions[len(chunk):]
+		n.closeSessions(chunk, protocol.CloseGoingAway, "node draining")
+		if n.onDrainBatch != nil {
+			n.onDrainBatch(len(chunk), len(sessions))
+		}
+		if len(sessions) == 0 {
+			return
+		}
+		<-tick.C
+	}
+}
+
+// closeSessions closes these sessions, a few at a time so that a node with
+// many thousands of them does not stall on one slow peer.
+func (n *Node) closeSessions(sessions []*session, code int, reason string) {
 	sem := make(chan struct{}, 64)
 	var wg sync.WaitGroup
-	for _, s := range n.hub.all() {
+	for _, s := range sessions {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/switchboard-iot/switchboard/app"
 	conntier "github.com/switchboard-iot/switchboard/conn-tier"
@@ -106,6 +107,7 @@ type connFlags struct {
 	deviceRate                                 *float64
 	deviceBurst                                *int
 	maxSessions, maxHandshakes                 *int
+	drain                                      *time.Duration
 	guard                                      guardFlags
 }
 
@@ -140,6 +142,8 @@ func defineConnFlags(f flags) connFlags {
 			"devices this node holds at most; past it connects get 503 and Retry-After (default: the open-files limit less the pool, handshakes and listeners)", "CONN_MAX_SESSIONS"),
 		maxHandshakes: f.int("max-handshakes", conntier.DefaultMaxHandshakes,
 			"connections accepted and not yet upgraded (TLS handshake, credentials check); more wait in the accept queue", "CONN_MAX_HANDSHAKES"),
+		drain: f.duration("drain", conntier.DefaultDrainWindow,
+			"on SIGTERM, close the sessions (1001) in paced batches over this long, so other nodes take the devices in steps", "CONN_DRAIN"),
 		guard: defineGuardFlags(f, "CONN_", "PROXY protocol header (required from them)"),
 	}
 }
@@ -183,7 +187,7 @@ func runConn(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	serve, node, err := p.Node(conntier.Config{
 		Node:       db.Node{ID: *cf.nodeID, Region: *cf.region},
 		DeviceRate: *cf.deviceRate, DeviceBurst: *cf.deviceBurst, AuthGuard: guardCfg, TrustedProxies: trusted,
-		MaxSessions: *cf.maxSessions, MaxHandshakes: *cf.maxHandshakes,
+		MaxSessions: *cf.maxSessions, MaxHandshakes: *cf.maxHandshakes, DrainWindow: *cf.drain,
 	}, tls, ln)
 	if err != nil {
 		ln.Close()
