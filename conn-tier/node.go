@@ -61,8 +61,8 @@ type Config struct {
 	// WriteQueue bounds each kind of write (presence, commands, events)
 	// queued while the database is slow or away: past it, a device's
 	// replies wait (its reads pause) and events are shed. 4096.
-	WriteQueue   int
-	LeaseTTL     time.Duration // 15s: renewed every third of it
+	WriteQueue int
+	LeaseTTL   time.Duration // 15s: renewed every third of it
 	// DrainWindow is how long a stopping node takes to close its sessions
 	// (1001): it closes them in batches every drainTick, at least
 	// drainMinBatch a batch, so the devices reconnect to other nodes in
