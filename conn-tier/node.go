@@ -189,6 +189,9 @@ type Node struct {
 	commands  *batch.Batcher[commandOp]
 	events    *batch.Batcher[db.DeviceEvent]
 	notices   *batch.Batcher[db.Notice] // wake-ups for edges and kicks for nodes, after their writes
+	// credentials reads the credentials of connecting devices, many per
+	// query (credentials.go).
+	credentials *batch.Batcher[credentialLookup]
 
 	leased atomic.Bool // the lease row exists and was renewed in time
 
@@ -245,6 +248,9 @@ func New(cfg Config) (*Node, error) {
 	n.commands = batch.New("commands", q, 1000, log, n.writeCommands, db.IsRefused)
 	n.events = batch.New("events", q, 1000, log, n.store.InsertEvents, db.IsRefused)
 	n.notices = batch.New("notices", q, 1000, log, n.store.Notify, db.IsRefused)
+	// Its queue is bounded by MaxHandshakes already: a look-up belongs to a
+	// connection not yet upgraded.
+	n.credentials = batch.New("credentials", q, 1000, log, n.readCredentials, func(error) bool { return false })
 	n.metrics = newMetrics(cfg.Metrics, cfg.Node.ID, map[string]func() int{
 		"presence": n.presence.Len, "commands": n.commands.Len, "events": n.events.Len, "notices": n.notices.Len,
 	}, n.cfg.MaxSessions, func() int {
@@ -309,7 +315,7 @@ func (n *Node) Run(ctx context.Context, ln net.Listener) error {
 	}
 	// The background actors outlive ctx: they flush what the closing
 	// sessions leave behind, and stop only after the sessions have.
-	bg, stopBackground := actors.Group(ctx, n.presence.Run, n.commands.Run, n.events.Run, n.notices.Run, n.deliverer.run, n.renewLease, n.pinger)
+	bg, stopBackground := actors.Group(ctx, n.presence.Run, n.commands.Run, n.events.Run, n.notices.Run, n.credentials.Run, n.deliverer.run, n.renewLease, n.pinger)
 	unlisten := n.cfg.Notifier.Listen(db.NodeChannel(n.cfg.Node.ID), n.onNotify, n.deliverer.wakeAll)
 	gate := newHandshakeGate(clientaddr.Listener(ln, n.cfg.TrustedProxies), n.cfg.MaxHandshakes)
 	n.gate.Store(gate)

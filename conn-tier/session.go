@@ -150,7 +150,7 @@ func (n *Node) handleConnect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	checkedAt := time.Now() // before the read: see revocations
-	creds, err := n.store.DeviceCredentials(r.Context(), deviceID)
+	creds, err := n.lookupCredentials(r.Context(), deviceID)
 	switch {
 	case errors.Is(err, db.ErrNotFound) || (err == nil && !creds.Accepts(devSecret)):
 		n.authFailed(r, deviceID, devSecret, err == nil)
