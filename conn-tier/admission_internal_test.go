@@ -61,3 +61,26 @@ func TestHandshakeGateWaitsForASlot(t *testing.T) {
 		t.Fatal("Accept on a closed gate returned a connection")
 	}
 }
+
+// A node sheds its excess over the region's mean, bounded by its share,
+// and nothing within the slack or below the mean.
+func TestRebalanceShed(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		mine  int
+		loads map[string]int
+		share float64
+		want  int
+	}{
+		{"alone", 100, map[string]int{"a": 100}, 0.05, 0},
+		{"after a scale-up: bounded by the share", 15000, map[string]int{"a": 15000, "b": 0, "c": 0}, 0.05, 750},
+		{"near the mean: the excess", 120, map[string]int{"a": 120, "b": 90, "c": 90}, 0.5, 20},
+		{"within the slack", 105, map[string]int{"a": 105, "b": 100, "c": 95}, 0.05, 0},
+		{"a few over: no move", 10, map[string]int{"a": 10, "b": 2}, 0.5, 0},
+		{"below the mean", 10, map[string]int{"a": 10, "b": 100}, 0.5, 0},
+	} {
+		if got := rebalanceShed(tc.mine, tc.loads, tc.share); got != tc.want {
+			t.Errorf("%s: rebalanceShed(%d, %v, %v) = %d, want %d", tc.name, tc.mine, tc.loads, tc.share, got, tc.want)
+		}
+	}
+}

@@ -103,6 +103,14 @@ type Config struct {
 	// its credentials are looked at. Default: the open-files limit less
 	// the pool's connections, MaxHandshakes and a few for listeners.
 	MaxSessions int
+	// RebalanceInterval is how often the node compares its sessions with
+	// the mean of its region's nodes (DefaultRebalanceInterval); negative:
+	// never. Above the mean, it sheds at most RebalanceShare of its
+	// sessions (DefaultRebalanceShare) each time, with 1012 and a delay of
+	// half RebalanceDelay up to all of it (30s, at most half the interval).
+	RebalanceInterval time.Duration
+	RebalanceShare    float64
+	RebalanceDelay    time.Duration
 	// MaxHandshakes bounds the connections accepted and not yet upgraded
 	// (DefaultMaxHandshakes); more wait in the kernel's accept queue.
 	MaxHandshakes int
@@ -147,6 +155,11 @@ func (c *Config) setDefaults() {
 	def(&c.WriteTimeout, 10*time.Second)
 	def(&c.LeaseTTL, 15*time.Second)
 	def(&c.DrainWindow, DefaultDrainWindow)
+	def(&c.RebalanceInterval, DefaultRebalanceInterval)
+	def(&c.RebalanceDelay, 30*time.Second)
+	if c.RebalanceShare <= 0 || c.RebalanceShare > 1 {
+		c.RebalanceShare = DefaultRebalanceShare
+	}
 	def(&c.DrainTimeout, 10*time.Second)
 	def(&c.RescanInterval, 30*time.Second)
 	def(&c.MarkDelay, 20*time.Millisecond)
@@ -204,7 +217,8 @@ type Node struct {
 
 	gate atomic.Pointer[handshakeGate] // set by Run
 
-	onDrainBatch func(closed, left int) // a test's signal: a drain batch was closed
+	onDrainBatch func(closed, left int)                   // a test's signal: a drain batch was closed
+	onRebalance  atomic.Pointer[func(sessions, shed int)] // a test's signal: a rebalancing round decided
 }
 
 // New makes a node; Run starts it.
@@ -315,7 +329,7 @@ func (n *Node) Run(ctx context.Context, ln net.Listener) error {
 	}
 	// The background actors outlive ctx: they flush what the closing
 	// sessions leave behind, and stop only after the sessions have.
-	bg, stopBackground := actors.Group(ctx, n.presence.Run, n.commands.Run, n.events.Run, n.notices.Run, n.credentials.Run, n.deliverer.run, n.renewLease, n.pinger)
+	bg, stopBackground := actors.Group(ctx, n.presence.Run, n.commands.Run, n.events.Run, n.notices.Run, n.credentials.Run, n.deliverer.run, n.renewLease, n.pinger, n.rebalance)
 	unlisten := n.cfg.Notifier.Listen(db.NodeChannel(n.cfg.Node.ID), n.onNotify, n.deliverer.wakeAll)
 	gate := newHandshakeGate(clientaddr.Listener(ln, n.cfg.TrustedProxies), n.cfg.MaxHandshakes)
 	n.gate.Store(gate)
