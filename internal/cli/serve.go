@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/switchboard-iot/switchboard/app"
 	conntier "github.com/switchboard-iot/switchboard/conn-tier"
@@ -51,6 +52,7 @@ func runEdge(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	if *id == "" {
 		*id = edge.NewID(getenv("FLY_MACHINE_ID"))
 	}
+	app.TuneMemory(log, 0)
 	p, err := app.Open(ctx, *dbURL, log)
 	if err != nil {
 		return err
@@ -104,6 +106,8 @@ type connFlags struct {
 	tls                                        certsFlags
 	deviceRate                                 *float64
 	deviceBurst                                *int
+	maxSessions, maxHandshakes                 *int
+	drain                                      *time.Duration
 	guard                                      guardFlags
 }
 
@@ -134,6 +138,12 @@ func defineConnFlags(f flags) connFlags {
 			"messages a second a device may send; past it events are dropped (negative: no limit)", "CONN_DEVICE_RATE"),
 		deviceBurst: f.int("device-burst", conntier.DefaultDeviceBurst,
 			"messages a device may send at once; another burst over the rate closes it with 4029", "CONN_DEVICE_BURST"),
+		maxSessions: f.int("max-sessions", 0,
+			"devices this node holds at most; past it connects get 503 and Retry-After (default: the open-files limit less the pool, handshakes and listeners)", "CONN_MAX_SESSIONS"),
+		maxHandshakes: f.int("max-handshakes", conntier.DefaultMaxHandshakes,
+			"connections accepted and not yet upgraded (TLS handshake, credentials check); more wait in the accept queue", "CONN_MAX_HANDSHAKES"),
+		drain: f.duration("drain", conntier.DefaultDrainWindow,
+			"on SIGTERM, close the sessions (1001) in paced batches over this long, so other nodes take the devices in steps", "CONN_DRAIN"),
 		guard: defineGuardFlags(f, "CONN_", "PROXY protocol header (required from them)"),
 	}
 }
@@ -154,6 +164,7 @@ func runConn(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	if err != nil {
 		return err
 	}
+	app.TuneMemory(log, app.NodeGCPercent)
 	p, err := app.Open(ctx, *dbURL, log)
 	if err != nil {
 		return err
@@ -176,6 +187,7 @@ func runConn(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	serve, node, err := p.Node(conntier.Config{
 		Node:       db.Node{ID: *cf.nodeID, Region: *cf.region},
 		DeviceRate: *cf.deviceRate, DeviceBurst: *cf.deviceBurst, AuthGuard: guardCfg, TrustedProxies: trusted,
+		MaxSessions: *cf.maxSessions, MaxHandshakes: *cf.maxHandshakes, DrainWindow: *cf.drain,
 	}, tls, ln)
 	if err != nil {
 		ln.Close()

@@ -49,7 +49,7 @@ func main() {
 	fs.IntVar(&o.rate, "rate", 1000, "connects a second while the fleet comes up")
 	fs.DurationVar(&o.settle, "settle", 45*time.Second, "memory: how long the fleet idles before the node's RSS is read")
 	fs.StringVar(&o.bin, "bin", "", "the switchboard binary (default: go build one)")
-	fs.StringVar(&o.out, "out", "", "memory: write the node's heap and goroutine profiles here")
+	fs.StringVar(&o.out, "out", "", "memory: write the node's heap and goroutine profiles here; storm: a 10s CPU profile of a surviving node from the SIGKILL on")
 	fs.StringVar(&o.locals, "local", "127.0.0.1,127.0.0.2", "source addresses for the devices' connections, used in turn")
 	fs.StringVar(&o.nodeEnv, "node-env", "", "extra environment for the nodes, comma-separated KEY=VALUE")
 	_ = fs.Parse(os.Args[2:])
@@ -352,6 +352,7 @@ func (s *setup) memory(ctx context.Context, o options) error {
 			{"/debug/pprof/heap?gc=1", "heap.pprof"},
 			{"/debug/pprof/goroutine", "goroutine.pprof"},
 			{"/debug/pprof/goroutine?debug=1", "goroutine.txt"},
+			{"/debug/pprof/heap?debug=1", "heap.txt"}, // ends with runtime.MemStats: stacks, heap, released
 		} {
 			if _, err := n.fetch(p.path, filepath.Join(o.out, p.file)); err != nil {
 				fmt.Println("  profile:", err)
@@ -392,6 +393,14 @@ func (s *setup) storm(ctx context.Context, o options) error {
 	f.urls.set([]string{a.url(), nodes[1].url(), nodes[2].url()})
 	if err := a.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		return err
+	}
+	if o.out != "" {
+		_ = os.MkdirAll(o.out, 0o755)
+		go func() {
+			if _, err := nodes[1].fetch("/debug/pprof/profile?seconds=10", filepath.Join(o.out, "cpu.pprof")); err != nil {
+				fmt.Println("  profile:", err)
+			}
+		}()
 	}
 	others := []string{nodes[1].id, nodes[2].id}
 	var mu sync.Mutex
