@@ -52,7 +52,7 @@ func runEdge(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	if *id == "" {
 		*id = edge.NewID(getenv("FLY_MACHINE_ID"))
 	}
-	app.TuneMemory(log, 0)
+	app.TuneMemory(log)
 	p, err := app.Open(ctx, *dbURL, log)
 	if err != nil {
 		return err
@@ -164,7 +164,7 @@ func runConn(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	if err != nil {
 		return err
 	}
-	app.TuneMemory(log, app.NodeGCPercent)
+	app.TuneMemory(log)
 	p, err := app.Open(ctx, *dbURL, log)
 	if err != nil {
 		return err
@@ -193,7 +193,7 @@ func runConn(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 		ln.Close()
 		return err
 	}
-	parts := []app.Server{app.UntilSignal, serve}
+	parts := []app.Server{app.UntilSignal, serve, app.GCTuner(app.NodeHeadroom)}
 	if *cf.opsListen != "" {
 		opsLn, err := net.Listen("tcp", *cf.opsListen)
 		if err != nil {

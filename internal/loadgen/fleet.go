@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -101,6 +102,33 @@ type Fleet struct {
 	mu            sync.Mutex // guards the following
 	failedBy      map[string]int64
 	disconnectsBy map[string]int64
+	down          map[string]time.Time // with -failover: node addresses that refused, until when they are skipped
+}
+
+// downFor is how long a node that refused a connection is skipped.
+const downFor = 5 * time.Second
+
+// pick returns hosts[start % len], or the next one not down.
+func (f *Fleet) pick(hosts []string, start int) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := time.Now()
+	for i := range hosts {
+		h := hosts[(start+i)%len(hosts)]
+		if !now.Before(f.down[h]) {
+			return h
+		}
+	}
+	return hosts[start%len(hosts)] // all down: try anyway
+}
+
+func (f *Fleet) markDown(host string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.down == nil {
+		f.down = make(map[string]time.Time)
+	}
+	f.down[host] = time.Now().Add(downFor)
 }
 
 // NewFleet prepares a fleet of the devices creds.
@@ -174,21 +202,27 @@ func (f *Fleet) runDevice(ctx context.Context, n int, c secret.Credential) {
 	}
 	cfg.NetDialContext = dialer.DialContext
 	if len(f.cfg.Failover) > 0 {
-		// Once its node failed it, a device dials the failover nodes in
-		// turn, starting from one of its own: the fleet spreads over them.
+		// Once its node failed it, a device dials its node and the
+		// failover nodes in turn, starting from a place of its own so
+		// that the fleet spreads, and skipping those that refused a
+		// connection lately, as a load balancer's health check would.
 		var failed atomic.Int64
-		hosts := make([]string, len(f.cfg.Failover))
-		for i, u := range f.cfg.Failover {
-			hosts[i] = hostPort(u)
+		hosts := []string{hostPort(cfg.URL)}
+		for _, u := range f.cfg.Failover {
+			hosts = append(hosts, hostPort(u))
 		}
 		onDisconnect, onDialError := cfg.OnDisconnect, cfg.OnDialError
 		cfg.OnDisconnect = func(err error) { failed.Add(1); onDisconnect(err) }
 		cfg.OnDialError = func(err error) { failed.Add(1); onDialError(err) }
 		cfg.NetDialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 			if k := failed.Load(); k > 0 {
-				addr = hosts[(int64(n)+k)%int64(len(hosts))]
+				addr = f.pick(hosts, n+int(k))
 			}
-			return dialer.DialContext(ctx, network, addr)
+			conn, err := dialer.DialContext(ctx, network, addr)
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				f.markDown(addr)
+			}
+			return conn, err
 		}
 	}
 	d := device.New(cfg)

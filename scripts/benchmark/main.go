@@ -18,6 +18,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -242,7 +243,11 @@ func (b *bench) start(ctx context.Context, id string, line *regexp.Regexp, args 
 // startNode starts a connection node with the self-signed certificate the
 // nodes share (through the database), written to cert.pem.
 func (b *bench) startNode(ctx context.Context, id string) (*proc, error) {
-	return b.start(ctx, id, nodeLine, []string{"conn"}, "NODE_ID="+id, "REGION=bench", "CONN_LISTEN=127.0.0.1:0",
+	return b.startNodeAt(ctx, id, "127.0.0.1:0")
+}
+
+func (b *bench) startNodeAt(ctx context.Context, id, addr string) (*proc, error) {
+	return b.start(ctx, id, nodeLine, []string{"conn"}, "NODE_ID="+id, "REGION=bench", "CONN_LISTEN="+addr,
 		"CONN_OPS_LISTEN=127.0.0.1:0", "CONN_TLS=self-signed", "CONN_CERT_OUT="+b.ca())
 }
 
@@ -393,6 +398,8 @@ func (b *bench) pgSince(ctx context.Context, m pgMark) pgUsage {
 	return u
 }
 
+func ticks(t int64) time.Duration { return time.Duration(t) * time.Second / clockTicks }
+
 // clockTicks is USER_HZ, the unit of /proc's CPU times (100 on Linux).
 const clockTicks = 100
 
@@ -466,8 +473,8 @@ func (b *bench) memory(ctx context.Context) error {
 	defer node.stop()
 	b.pgIdle(ctx)
 	mark := b.pgMark(ctx)
-	lg, err := b.loadgen(ctx, n, "-nodes", node.url(), "-node-metrics", node.metricsURL(), "-ramp", "2000/s",
-		"-duration", b.sz.run.String())
+	lg, err := b.loadgen(ctx, n, "-nodes", node.url(), "-node-metrics", node.metricsURL(), "-ramp", "1000/s",
+		"-duration", (2 * b.sz.run).String()) // idle long enough for the ramp's garbage to go back to the system
 	if err != nil {
 		return err
 	}
@@ -488,11 +495,14 @@ func (b *bench) memory(ctx context.Context) error {
 	if m == nil || m.Sessions != int64(n) {
 		return fmt.Errorf("the node's metrics: %+v, want %d sessions", m, n)
 	}
-	per := float64(m.RSSPerSession) / 1024
+	// What a connection costs is what the node's RSS grew by per session
+	// (the node's own baseline, some 20 MiB, left out); the RSS over the
+	// sessions is shown too.
+	per := float64(m.AddedPerSession) / 1024
 	b.rows = append(b.rows, row{
 		what:     fmt.Sprintf("node RSS per idle TLS WebSocket, %d on one node", m.Sessions),
 		target:   "≤ 20 KiB (aim 10)",
-		measured: fmt.Sprintf("%.1f KiB (%.1f KiB added per session; RSS %.0f MiB)", per, float64(m.AddedPerSession)/1024, float64(m.RSSBytes)/(1<<20)),
+		measured: fmt.Sprintf("%.1f KiB added per session (RSS %.0f MiB: %.1f KiB per session, baseline included)", per, float64(m.RSSBytes)/(1<<20), float64(m.RSSPerSession)/1024),
 		verdict:  verdict(per <= 20, per <= 10),
 	})
 	if upIn > 0 {
@@ -503,21 +513,30 @@ func (b *bench) memory(ctx context.Context) error {
 }
 
 func (b *bench) saveProfiles(node *proc) {
-	_ = os.MkdirAll(b.o.profiles, 0o755)
 	for path, file := range map[string]string{
 		"/debug/pprof/heap?gc=1": "heap.pprof", "/debug/pprof/goroutine": "goroutine.pprof",
 		"/debug/pprof/heap?debug=1": "heap.txt", "/debug/pprof/goroutine?debug=1": "goroutine.txt",
 	} {
-		resp, err := http.Get("http://" + node.ops + path)
-		if err != nil {
-			fmt.Println("  profile:", err)
-			continue
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		_ = os.WriteFile(filepath.Join(b.o.profiles, file), body, 0o644)
+		b.saveProfile(node, path, file)
 	}
-	fmt.Println("  profiles in", b.o.profiles)
+}
+
+// saveProfile saves what a node's ops listener serves at path in the
+// -profiles folder.
+func (b *bench) saveProfile(node *proc, path, file string) {
+	_ = os.MkdirAll(b.o.profiles, 0o755)
+	resp, err := http.Get("http://" + node.ops + path)
+	if err != nil {
+		fmt.Println("  profile:", err)
+		return
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if err := os.WriteFile(filepath.Join(b.o.profiles, file), body, 0o644); err != nil {
+		fmt.Println("  profile:", err)
+		return
+	}
+	fmt.Println("  saved", filepath.Join(b.o.profiles, file))
 }
 
 // throughput: 2 edges, 2 nodes, answering devices; open-loop rates, then a
@@ -666,19 +685,19 @@ func (b *bench) scale(ctx context.Context) error {
 // storm: a node holding the fleet is SIGKILLed; how long until every device
 // is back in presence_live on the others.
 func (b *bench) storm(ctx context.Context) error {
-	var nodes []*proc
-	defer func() { stopAll(nodes) }()
-	for _, id := range []string{"storm-a", "storm-b", "storm-c"} {
-		p, err := b.startNode(ctx, id)
-		if err != nil {
-			return err
-		}
-		nodes = append(nodes, p)
+	a, err := b.startNode(ctx, "storm-a")
+	if err != nil {
+		return err
 	}
+	nodes := []*proc{a}
+	defer func() { stopAll(nodes) }()
+	// The other two start once the fleet is on storm-a, on ports chosen
+	// now, which the devices fail over to (until then they refuse, and the
+	// devices go back to storm-a).
+	spare := []string{freeAddr(), freeAddr()}
 	n := b.sz.stormDevices
-	a, others := nodes[0], nodes[1:]
-	lg, err := b.loadgen(ctx, n, "-nodes", a.url(), "-failover", others[0].url()+","+others[1].url(), "-node-metrics", "-",
-		"-ramp", "2000/s", "-duration", "10m")
+	lg, err := b.loadgen(ctx, n, "-nodes", a.url(), "-failover", "wss://"+spare[0]+"/v1/connect,wss://"+spare[1]+"/v1/connect",
+		"-node-metrics", "-", "-ramp", "1000/s", "-duration", "10m")
 	if err != nil {
 		return err
 	}
@@ -686,8 +705,33 @@ func (b *bench) storm(ctx context.Context) error {
 	if err := poll(ctx, 10*time.Minute, func() bool { return b.livePresence(ctx, a) == n }); err != nil {
 		return fmt.Errorf("the fleet on %s: %w (%d present)", a.id, err, b.livePresence(ctx, a))
 	}
-	b.pgIdle(ctx)
+	var others []*proc
+	for i, id := range []string{"storm-b", "storm-c"} {
+		p, err := b.startNodeAt(ctx, id, spare[i])
+		if err != nil {
+			return err
+		}
+		nodes, others = append(nodes, p), append(others, p)
+	}
 	fmt.Printf("  %d devices on %s; SIGKILL\n", n, a.id)
+	cpuOf := func() (nodes, clients int64) {
+		for _, p := range others {
+			nodes += procTicks(p.cmd.Process.Pid, false)
+		}
+		return nodes, procTicks(lg.cmd.Process.Pid, false)
+	}
+	nodes0, clients0 := cpuOf()
+	profiled := make(chan struct{})
+	if b.o.profiles != "" {
+		// A CPU profile of one of the nodes taking the storm.
+		go func() {
+			defer close(profiled)
+			b.saveProfile(others[0], "/debug/pprof/profile?seconds=15", "storm-cpu.pprof")
+		}()
+	} else {
+		close(profiled)
+	}
+	defer func() { <-profiled }()
 	mark := b.pgMark(ctx)
 	a.kill()
 	nodes = others
@@ -704,7 +748,10 @@ func (b *bench) storm(ctx context.Context) error {
 		measured: fmt.Sprintf("%d back in %.1f s", back, took.Seconds()),
 		verdict:  verdict(err == nil && took <= 15*time.Second, err == nil && took <= 15*time.Second),
 	})
-	b.notes = append(b.notes, fmt.Sprintf("storm: PostgreSQL spent %.0f µs of CPU per reconnect (%.1f s in all)", perOp(pg.cpu, n), pg.cpu.Seconds()))
+	nodes1, clients1 := cpuOf()
+	b.notes = append(b.notes, fmt.Sprintf("storm: CPU per reconnect: the two nodes %.0f µs, the devices (loadgen, TLS client side) %.0f µs, PostgreSQL %.0f µs; %.1f s of CPU in all over %.1f s on %d cores",
+		perOp(ticks(nodes1-nodes0), n), perOp(ticks(clients1-clients0), n), perOp(pg.cpu, n),
+		(ticks(nodes1-nodes0) + ticks(clients1-clients0) + pg.cpu).Seconds(), took.Seconds(), runtime.NumCPU()))
 	return nil
 }
 
@@ -788,6 +835,16 @@ func poll(ctx context.Context, limit time.Duration, cond func() bool) error {
 		}
 	}
 	return nil
+}
+
+// freeAddr is a loopback address with a port free now.
+func freeAddr() string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
 
 func tail(path string) string {
