@@ -38,7 +38,23 @@ func servingAt(t *testing.T, p *proc) string {
 	return addr
 }
 
-var servingLine = regexp.MustCompile(`msg="[^"]*serving" .*addr=(127\.0\.0\.1:\d+)`)
+var (
+	servingLine = regexp.MustCompile(`msg="(?:edge|connection node) serving" .*addr=(127\.0\.0\.1:\d+)`)
+	opsLine     = regexp.MustCompile(`msg="ops serving" .*addr=(127\.0\.0\.1:\d+)`)
+)
+
+// opsAt waits for a node to log its ops listener's address.
+func opsAt(t *testing.T, p *proc) string {
+	t.Helper()
+	var addr string
+	testsys.Eventually(t, p.name+" to log its ops address", func() bool {
+		if m := opsLine.FindStringSubmatch(p.out.String()); m != nil {
+			addr = m[1]
+		}
+		return addr != ""
+	})
+	return addr
+}
 
 // binary builds switchboard (with the race detector) once for the tests
 // that run it; the folder goes when the tests end.
@@ -145,8 +161,8 @@ func TestBinary(t *testing.T) {
 
 	// Two nodes, each with the devices of one simulator process.
 	type node struct {
-		id, addr, cert, creds string
-		devices               []string
+		id, addr, ops, cert, creds string
+		devices                    []string
 	}
 	var nodes []*node
 	for i, id := range []string{"bin-node-a", "bin-node-b"} {
@@ -169,9 +185,10 @@ func TestBinary(t *testing.T) {
 	var procs []*proc
 	for _, n := range nodes {
 		p := start(t, bin, n.id, append(dbEnv, "CONN_LISTEN=127.0.0.1:0", "NODE_ID="+n.id, "FLY_REGION=ams",
-			"CONN_TLS=self-signed", "CONN_CERT_OUT="+n.cert), "conn")
+			"CONN_TLS=self-signed", "CONN_CERT_OUT="+n.cert, "CONN_OPS_LISTEN=127.0.0.1:0"), "conn")
 		procs = append(procs, p)
 		n.addr = servingAt(t, p)
+		n.ops = opsAt(t, p)
 	}
 	var edgeURLs []string
 	for _, id := range []string{"bin-edge-a", "bin-edge-b"} {
@@ -193,6 +210,20 @@ func TestBinary(t *testing.T) {
 		_ = pool.QueryRow(ctx, `SELECT count(*) FROM presence_live WHERE node_id LIKE 'bin-node-%' AND region = 'ams'`).Scan(&n)
 		return n == 6
 	})
+
+	// Each node's ops listener: plain HTTP, health, metrics and profiles.
+	for _, n := range nodes {
+		for _, path := range []string{"/healthz", "/readyz", "/metrics", "/debug/pprof/goroutine?debug=1"} {
+			resp, err := http.Get("http://" + n.ops + path)
+			if err != nil {
+				t.Fatalf("%s ops %s: %v", n.id, path, err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("%s ops %s: %d", n.id, path, resp.StatusCode)
+			}
+		}
+	}
 
 	// Through each edge, to a device on each node.
 	for _, edgeURL := range edgeURLs {

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"reflect"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -331,8 +330,8 @@ func listenEdge(t *testing.T, sys *testsys.System, edgeID string) *edgeListener 
 	ready := make(chan struct{}, 1)
 	n.Listen(db.EdgeChannel(edgeID), func(payload string) {
 		l.mu.Lock()
-		for line := range strings.Lines(payload) {
-			l.ids = append(l.ids, strings.TrimSpace(line))
+		for _, m := range db.ParseEdgeMessage(payload) { // an id, or the command itself
+			l.ids = append(l.ids, m.ID.String())
 		}
 		l.mu.Unlock()
 		select {

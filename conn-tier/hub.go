@@ -59,3 +59,17 @@ func (h *hub) all() []*session {
 	}
 	return out
 }
+
+// slot returns the sessions in one of pingSlots, chosen by the session id's
+// random last byte.
+func (h *hub) slot(i int) []*session {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	var out []*session
+	for _, s := range h.sessions {
+		if int(s.id[15])%pingSlots == i {
+			out = append(out, s)
+		}
+	}
+	return out
+}

@@ -21,9 +21,12 @@ type metrics struct {
 	// overRate counts messages devices sent past their rate, by type:
 	// events among them were dropped, replies stored, pings answered.
 	overRate *prometheus.CounterVec
+	// refused counts connect requests turned away before their
+	// credentials were looked at, by reason: full, draining.
+	refused *prometheus.CounterVec
 }
 
-func newMetrics(reg *prometheus.Registry, nodeID string, queues map[string]func() int) *metrics {
+func newMetrics(reg *prometheus.Registry, nodeID string, queues map[string]func() int, maxSessions int, handshakes func() int) *metrics {
 	m := &metrics{
 		sessions: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "switchboard_conn_sessions", Help: "Devices connected to this node."}),
@@ -46,10 +49,19 @@ func newMetrics(reg *prometheus.Registry, nodeID string, queues map[string]func(
 		overRate: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchboard_conn_messages_over_rate_total",
 			Help: "Messages devices sent faster than their rate, by type; such events are dropped, replies stored, pings answered."}, []string{"type"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchboard_conn_refused_total",
+			Help: "Connect requests answered 503 before their credentials were looked at, by reason: full (MaxSessions), draining."}, []string{"reason"}),
 	}
 	if reg != nil {
 		r := prometheus.WrapRegistererWith(prometheus.Labels{"node": nodeID}, reg)
-		r.MustRegister(m.sessions, m.connects, m.closes, m.frames, m.delivered, m.replies, m.timedOut, m.eventsShed, m.replyWaits, m.overRate)
+		r.MustRegister(m.sessions, m.connects, m.closes, m.frames, m.delivered, m.replies, m.timedOut, m.eventsShed, m.replyWaits, m.overRate, m.refused,
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "switchboard_conn_max_sessions", Help: "The most devices this node holds (MaxSessions)."},
+				func() float64 { return float64(maxSessions) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "switchboard_conn_handshakes", Help: "Connections accepted and not yet upgraded or closed (at most MaxHandshakes)."},
+				func() float64 { return float64(handshakes()) }))
 		for name, depth := range queues {
 			r.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "switchboard_conn_queue_depth", Help: "Writes waiting for the database, by queue.",

@@ -61,9 +61,14 @@ type Config struct {
 	// WriteQueue bounds each kind of write (presence, commands, events)
 	// queued while the database is slow or away: past it, a device's
 	// replies wait (its reads pause) and events are shed. 4096.
-	WriteQueue   int
-	LeaseTTL     time.Duration // 15s: renewed every third of it
-	DrainTimeout time.Duration // 10s: how long shutdown waits for sessions to close
+	WriteQueue int
+	LeaseTTL   time.Duration // 15s: renewed every third of it
+	// DrainWindow is how long a stopping node takes to close its sessions
+	// (1001): it closes them in batches every drainTick, at least
+	// drainMinBatch a batch, so the devices reconnect to other nodes in
+	// steps rather than all at once (DefaultDrainWindow).
+	DrainWindow  time.Duration
+	DrainTimeout time.Duration // 10s: how long shutdown then waits for sessions to close before cutting them
 	// RescanInterval is how often the node re-reads its devices' pending
 	// commands and checks its sessions were not taken over, whatever
 	// wake-ups it got: the backstop for a lost NOTIFY. 30s.
@@ -93,17 +98,44 @@ type Config struct {
 	// AuthGuard throttles failed credential look-ups per source address and
 	// remembers failed credentials (see internal/authguard for defaults).
 	AuthGuard authguard.Config
+	// MaxSessions is how many devices the node holds at most; past it, a
+	// connect request is answered 503 with a jittered Retry-After before
+	// its credentials are looked at. Default: the open-files limit less
+	// the pool's connections, MaxHandshakes and a few for listeners.
+	MaxSessions int
+	// RebalanceInterval is how often the node compares its sessions with
+	// the mean of its region's nodes (DefaultRebalanceInterval); negative:
+	// never. Above the mean, it sheds at most RebalanceShare of its
+	// sessions (DefaultRebalanceShare) each time, with 1012 and a delay of
+	// half RebalanceDelay up to all of it (30s, at most half the interval).
+	RebalanceInterval time.Duration
+	RebalanceShare    float64
+	RebalanceDelay    time.Duration
+	// MaxHandshakes bounds the connections accepted and not yet upgraded
+	// (DefaultMaxHandshakes); more wait in the kernel's accept queue.
+	MaxHandshakes int
 	// TrustedProxies are the peers that must open each connection with a
 	// PROXY protocol header naming the client (Fly's proxy_proto_options);
 	// none by default: the client is the TCP peer.
 	TrustedProxies clientaddr.Trusted
 }
 
+// DefaultDrainWindow is how long a stopping node spreads its session
+// closes over.
+const DefaultDrainWindow = 10 * time.Second
+
 // Default limits per device.
 const (
 	DefaultDeviceRate  = 10.0 // messages a second
 	DefaultDeviceBurst = 100  // messages at once
 )
+
+// readBufferSize is a session's read buffer: a pong or a small reply fits.
+const readBufferSize = 256
+
+// writeBuffers lends gorilla its write buffers, shared by every node of the
+// process.
+var writeBuffers sync.Pool
 
 // maxHeaderBytes bounds a connect request's line and headers: a device
 // sends a few short ones.
@@ -122,6 +154,12 @@ func (c *Config) setDefaults() {
 	def(&c.ReadTimeout, c.PingInterval*5/2)
 	def(&c.WriteTimeout, 10*time.Second)
 	def(&c.LeaseTTL, 15*time.Second)
+	def(&c.DrainWindow, DefaultDrainWindow)
+	def(&c.RebalanceInterval, DefaultRebalanceInterval)
+	def(&c.RebalanceDelay, 30*time.Second)
+	if c.RebalanceShare <= 0 || c.RebalanceShare > 1 {
+		c.RebalanceShare = DefaultRebalanceShare
+	}
 	def(&c.DrainTimeout, 10*time.Second)
 	def(&c.RescanInterval, 30*time.Second)
 	def(&c.MarkDelay, 20*time.Millisecond)
@@ -164,6 +202,9 @@ type Node struct {
 	commands  *batch.Batcher[commandOp]
 	events    *batch.Batcher[db.DeviceEvent]
 	notices   *batch.Batcher[db.Notice] // wake-ups for edges and kicks for nodes, after their writes
+	// credentials reads the credentials of connecting devices, many per
+	// query (credentials.go).
+	credentials *batch.Batcher[credentialLookup]
 
 	leased atomic.Bool // the lease row exists and was renewed in time
 
@@ -171,19 +212,13 @@ type Node struct {
 
 	drainMu  sync.Mutex     // orders admissions before the drain's wait
 	sessions sync.WaitGroup // admitted requests to /v1/connect, until their session ends
+	open     atomic.Int64   // the same, counted for MaxSessions
 	draining atomic.Bool    // shutting down: refuse new sessions; set under drainMu
-}
 
-// admit counts a connect request in, unless the node is draining: once the
-// drain has begun, nothing is added to the group it waits for.
-func (n *Node) admit() bool {
-	n.drainMu.Lock()
-	defer n.drainMu.Unlock()
-	if n.draining.Load() {
-		return false
-	}
-	n.sessions.Add(1)
-	return true
+	gate atomic.Pointer[handshakeGate] // set by Run
+
+	onDrainBatch func(closed, left int)                   // a test's signal: a drain batch was closed
+	onRebalance  atomic.Pointer[func(sessions, shed int)] // a test's signal: a rebalancing round decided
 }
 
 // New makes a node; Run starts it.
@@ -201,9 +236,22 @@ func New(cfg Config) (*Node, error) {
 		upgrader: websocket.Upgrader{
 			Subprotocols:     []string{protocol.Subprotocol},
 			HandshakeTimeout: 10 * time.Second,
+			// An idle device sends a pong every PingInterval: a small read
+			// buffer serves it (larger frames are read through), and write
+			// buffers are lent from a pool only while a frame is written.
+			// Left at zero, gorilla would keep the hijacked connection's
+			// 4 KiB buffers for the session's life.
+			ReadBufferSize:  readBufferSize,
+			WriteBufferPool: &writeBuffers,
 			// Devices are not browsers: there is no page origin to check.
 			CheckOrigin: func(*http.Request) bool { return true },
 		},
+	}
+	if n.cfg.MaxHandshakes <= 0 {
+		n.cfg.MaxHandshakes = DefaultMaxHandshakes
+	}
+	if n.cfg.MaxSessions <= 0 {
+		n.cfg.MaxSessions = defaultMaxSessions(int(n.store.Pool().Config().MaxConns), n.cfg.MaxHandshakes)
 	}
 	n.hub.sessions = make(map[string]*session)
 	n.deliverer = newDeliverer(n)
@@ -214,8 +262,16 @@ func New(cfg Config) (*Node, error) {
 	n.commands = batch.New("commands", q, 1000, log, n.writeCommands, db.IsRefused)
 	n.events = batch.New("events", q, 1000, log, n.store.InsertEvents, db.IsRefused)
 	n.notices = batch.New("notices", q, 1000, log, n.store.Notify, db.IsRefused)
+	// Its queue is bounded by MaxHandshakes already: a look-up belongs to a
+	// connection not yet upgraded.
+	n.credentials = batch.New("credentials", q, 1000, log, n.readCredentials, func(error) bool { return false })
 	n.metrics = newMetrics(cfg.Metrics, cfg.Node.ID, map[string]func() int{
 		"presence": n.presence.Len, "commands": n.commands.Len, "events": n.events.Len, "notices": n.notices.Len,
+	}, n.cfg.MaxSessions, func() int {
+		if g := n.gate.Load(); g != nil {
+			return g.inProgress()
+		}
+		return 0
 	})
 	return n, nil
 }
@@ -227,12 +283,24 @@ func (n *Node) Handler() http.Handler {
 		problem.Write(w, http.StatusNotFound, "not-found", "Not found", "devices connect to "+protocol.Path)
 	})
 	r.Get(protocol.Path, n.handleConnect)
+	n.opsRoutes(r)
+	return r
+}
+
+// OpsHandler serves the node's health, readiness and metrics, for its ops
+// listener (CONN_OPS_LISTEN).
+func (n *Node) OpsHandler() http.Handler {
+	r := chi.NewRouter()
+	n.opsRoutes(r)
+	return r
+}
+
+func (n *Node) opsRoutes(r chi.Router) {
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	r.Get("/readyz", n.handleReady)
 	if n.cfg.Metrics != nil {
 		r.Handle("/metrics", promhttp.HandlerFor(n.cfg.Metrics, promhttp.HandlerOpts{}))
 	}
-	return r
 }
 
 func (n *Node) handleReady(w http.ResponseWriter, r *http.Request) {
@@ -261,9 +329,12 @@ func (n *Node) Run(ctx context.Context, ln net.Listener) error {
 	}
 	// The background actors outlive ctx: they flush what the closing
 	// sessions leave behind, and stop only after the sessions have.
-	bg, stopBackground := actors.Group(ctx, n.presence.Run, n.commands.Run, n.events.Run, n.notices.Run, n.deliverer.run, n.renewLease)
+	bg, stopBackground := actors.Group(ctx, n.presence.Run, n.commands.Run, n.events.Run, n.notices.Run, n.credentials.Run, n.deliverer.run, n.renewLease, n.pinger, n.rebalance)
 	unlisten := n.cfg.Notifier.Listen(db.NodeChannel(n.cfg.Node.ID), n.onNotify, n.deliverer.wakeAll)
+	gate := newHandshakeGate(clientaddr.Listener(ln, n.cfg.TrustedProxies), n.cfg.MaxHandshakes)
+	n.gate.Store(gate)
 	srv := &http.Server{
+		ConnState:         gate.connState,
 		Handler:           n.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       n.cfg.HTTPTimeout,
@@ -278,8 +349,9 @@ func (n *Node) Run(ctx context.Context, ln net.Listener) error {
 	if n.cfg.TLS != nil {
 		srv.TLSConfig = n.cfg.TLS.Clone() // this server's own: nodes may share one certificate
 	}
-	served := actors.Serve(srv, clientaddr.Listener(ln, n.cfg.TrustedProxies))
-	n.log.Info("connection node serving", "addr", ln.Addr().String(), "region", n.cfg.Node.Region, "tls", n.cfg.TLS != nil)
+	served := actors.Serve(srv, gate)
+	n.log.Info("connection node serving", "addr", ln.Addr().String(), "region", n.cfg.Node.Region, "tls", n.cfg.TLS != nil,
+		"max_sessions", n.cfg.MaxSessions)
 
 	select {
 	case <-ctx.Done():
@@ -287,14 +359,16 @@ func (n *Node) Run(ctx context.Context, ln net.Listener) error {
 	case <-bg.Done():
 	}
 
-	// Stop accepting, then close every session with 1001.
+	// Stop accepting, then close every session with 1001, paced.
 	n.drainMu.Lock()
 	n.draining.Store(true)
 	n.drainMu.Unlock()
+	shutdownCtx, cancelShutdown := context.WithTimeout(context.WithoutCancel(ctx), n.cfg.DrainTimeout)
+	_ = srv.Shutdown(shutdownCtx) // hijacked WebSockets are ours to close
+	cancelShutdown()
+	n.drain()
 	drainCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), n.cfg.DrainTimeout)
 	defer cancel()
-	_ = srv.Shutdown(drainCtx) // hijacked WebSockets are ours to close
-	n.closeAll(protocol.CloseGoingAway, "node draining")
 	n.waitSessions(drainCtx)
 	unlisten()
 
@@ -370,6 +444,30 @@ func (n *Node) renewLease(ctx context.Context) error {
 	}
 }
 
+// pingSlots is how many parts of PingInterval the node's pings are spread
+// over.
+const pingSlots = 16
+
+// pinger sends every session a WebSocket ping each PingInterval: one
+// goroutine and one ticker for the node, not one per session, and each
+// tick pings the sessions of one slot, so 15,000 devices are not pinged in
+// one burst. It runs until the sessions are gone (a draining node still
+// pings).
+func (n *Node) pinger(ctx context.Context) error {
+	tick := time.NewTicker(max(n.cfg.PingInterval/pingSlots, time.Millisecond))
+	defer tick.Stop()
+	for slot := 0; ; slot = (slot + 1) % pingSlots {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		for _, s := range n.hub.slot(slot) {
+			s.ping()
+		}
+	}
+}
+
 // onNotify runs on the notifier's goroutine: it only hands work off.
 func (n *Node) onNotify(payload string) {
 	for _, m := range db.ParseNodeMessages(payload) {
@@ -387,12 +485,47 @@ func (n *Node) onNotify(payload string) {
 	}
 }
 
-// closeAll closes every session, a few at a time so that a node with many
-// thousands of them does not stall on one slow peer.
-func (n *Node) closeAll(code int, reason string) {
+// Drain pacing: a batch of closes every drainTick, sized to end within
+// DrainWindow, and at least drainMinBatch so that a node with few devices
+// does not make its shutdown wait the whole window for nothing.
+const (
+	drainTick     = 100 * time.Millisecond
+	drainMinBatch = 50
+)
+
+// drain closes every session with 1001 in batches over DrainWindow: the
+// other nodes take the devices in steps (each needs a TLS handshake, a
+// credentials check and a presence write) rather than in one storm.
+func (n *Node) drain() {
+	sessions := n.hub.all()
+	if len(sessions) == 0 {
+		return
+	}
+	ticks := max(int(n.cfg.DrainWindow/drainTick), 1)
+	batch := max((len(sessions)+ticks-1)/ticks, drainMinBatch)
+	n.log.Info("draining", "sessions", len(sessions), "window", n.cfg.DrainWindow, "batch", batch, "every", drainTick)
+	tick := time.NewTicker(drainTick)
+	defer tick.Stop()
+	for {
+		chunk := sessions[:min(batch, len(sessions))]
+		sessions = sessions[len(chunk):]
+		n.closeSessions(chunk, protocol.CloseGoingAway, "node draining")
+		if n.onDrainBatch != nil {
+			n.onDrainBatch(len(chunk), len(sessions))
+		}
+		if len(sessions) == 0 {
+			return
+		}
+		<-tick.C
+	}
+}
+
+// closeSessions closes these sessions, a few at a time so that a node with
+// many thousands of them does not stall on one slow peer.
+func (n *Node) closeSessions(sessions []*session, code int, reason string) {
 	sem := make(chan struct{}, 64)
 	var wg sync.WaitGroup
-	for _, s := range n.hub.all() {
+	for _, s := range sessions {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()

@@ -31,7 +31,7 @@ const closeGrace = time.Second
 const pongRoom = 8
 
 // outFrame is a frame queued for the device; command frames carry their id
-// and timeout so the write pump can record the delivery once the frame is
+// and timeout so the writer can record the delivery once the frame is
 // written, and start the reply clock.
 type outFrame struct {
 	data    []byte
@@ -48,8 +48,16 @@ type session struct {
 	remoteAddr string
 	checkedAt  time.Time // when its credentials were read
 
-	send chan outFrame // frames for the write pump
-	done chan struct{} // closed when the session has ended
+	// writeMu guards the write queue. No goroutine waits on an idle
+	// session's writes: the first frame queued starts a writer, which ends
+	// once the queue is empty (see enqueue). At 15,000 idle devices a node
+	// keeps one goroutine per session, its reader.
+	writeMu sync.Mutex
+	queue   []outFrame     // frames waiting for the writer; nil when empty
+	pingDue bool           // the node's pinger asked for a ping; it goes first
+	writing bool           // a writer goroutine runs
+	ended   bool           // nothing more is written: the session ended or a write failed
+	writer  sync.WaitGroup // the running writer, waited for as the session ends
 
 	// closing is cancelled when the node closes or cuts the session: a read
 	// pump waiting for room to store a reply lets go.
@@ -71,7 +79,8 @@ type session struct {
 	// inflight holds the commands this session was sent whose delivery the
 	// deliverer has not yet seen recorded: they are not sent twice, and a
 	// reply to a written one records the delivery itself. A mark the
-	// database refused (the session was replaced) keeps its entry.
+	// database refused (the session was replaced) keeps its entry. Made on
+	// the first command.
 	inflight map[uuid.UUID]flight
 	// awaiting holds the reply clocks of commands written on this session:
 	// one that runs out queues the command's failure behind every reply
@@ -121,12 +130,16 @@ func (s *session) dbSession() db.Session {
 
 // handleConnect authenticates a device, upgrades, and runs its session.
 func (n *Node) handleConnect(w http.ResponseWriter, r *http.Request) {
-	if !n.admit() {
-		w.Header().Set("Retry-After", "1")
-		problem.Write(w, http.StatusServiceUnavailable, "node-draining", "Node is draining", "connect to another node")
+	if refusal := n.admit(); refusal != "" {
+		n.refuse(w, refusal)
 		return
 	}
-	defer n.sessions.Done()
+	started := false
+	defer func() {
+		if !started {
+			n.leave()
+		}
+	}()
 	deviceID, devSecret, ok := r.BasicAuth()
 	if !ok || !db.ValidDeviceID(deviceID) {
 		n.metrics.connects.WithLabelValues("unauthorized").Inc()
@@ -137,7 +150,7 @@ func (n *Node) handleConnect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	checkedAt := time.Now() // before the read: see revocations
-	creds, err := n.store.DeviceCredentials(r.Context(), deviceID)
+	creds, err := n.lookupCredentials(r.Context(), deviceID)
 	switch {
 	case errors.Is(err, db.ErrNotFound) || (err == nil && !creds.Accepts(devSecret)):
 		n.authFailed(r, deviceID, devSecret, err == nil)
@@ -178,13 +191,18 @@ func (n *Node) handleConnect(w http.ResponseWriter, r *http.Request) {
 		id:         newSessionID(n.cfg.Clock()),
 		remoteAddr: r.RemoteAddr,
 		checkedAt:  checkedAt,
-		send:       make(chan outFrame, n.cfg.SendQueue),
-		done:       make(chan struct{}),
-		inflight:   make(map[uuid.UUID]flight),
 		rate:       n.newDeviceRate(),
 	}
 	s.closing, s.cancelClosing = context.WithCancel(context.Background())
-	s.serve()
+	// The session runs on a goroutine of its own, and this handler returns:
+	// net/http's connection goroutine then ends, and with it the 8 KiB of
+	// request buffers it holds for the life of a hijacked connection. The
+	// node's session group owns the goroutine; closeAll and cut stop it.
+	started = true
+	go func() {
+		defer n.leave()
+		s.serve()
+	}()
 }
 
 func unauthorized(w http.ResponseWriter, detail string) {
@@ -195,7 +213,6 @@ func unauthorized(w http.ResponseWriter, detail string) {
 // serve runs the session until the device goes away or is closed.
 func (s *session) serve() {
 	n := s.node
-	log := n.log.With("device", s.deviceID, "session", s.id)
 	n.metrics.sessions.Inc()
 	defer n.metrics.sessions.Dec()
 	if old := n.hub.add(s); old != nil {
@@ -211,37 +228,39 @@ func (s *session) serve() {
 		// deleted, and the notice came before it was in the hub.
 		s.close(protocol.CloseBadMessage, "device "+reason)
 	}
-	writerDone := make(chan struct{})
-	go func() { defer close(writerDone); s.writePump() }()
-
 	// The presence row commits before pending commands are read: a command
 	// stored earlier is found by that read, a later one finds the row.
 	if err := s.connectPresence(); err != nil {
 		if s.closing.Err() == nil { // else it was closed meanwhile, for its own reason
-			log.Error("writing presence", "err", err)
+			s.log(slog.LevelError, "writing presence", "err", err)
 			n.metrics.closes.WithLabelValues("unavailable").Inc()
 			s.close(protocol.CloseInternalError, "presence unavailable; reconnect later")
 		}
 	} else {
 		s.registered.Store(true)
-		log.Debug("device connected", "remote", s.remoteAddr)
+		s.log(slog.LevelDebug, "device connected", "remote", s.remoteAddr)
 		n.deliverer.wake(s.deviceID)
 	}
 
-	s.readPump(log)
+	s.readPump()
 
 	n.hub.remove(s)
 	s.cancelClosing()
-	close(s.done)
-	<-writerDone
+	s.endWrites()
 	s.ws.Close()
 	s.stopClocks() // what it left unanswered is given back, not failed
 	// The removal gives back what the session left unanswered. Push: one
 	// item per session, and the session's goroutine must not wait here.
 	if err := n.presence.Push(presenceOp{session: s.dbSession()}); err != nil {
-		log.Error("queueing the presence removal", "err", err)
+		s.log(slog.LevelError, "queueing the presence removal", "err", err)
 	}
-	log.Debug("device disconnected")
+	s.log(slog.LevelDebug, "device disconnected")
+}
+
+// log logs about the session. Sessions keep no logger of their own: a
+// slog.Logger.With per session would cost each idle device its attributes.
+func (s *session) log(level slog.Level, msg string, args ...any) {
+	s.node.log.Log(context.Background(), level, msg, append([]any{"device", s.deviceID, "session", s.id}, args...)...)
 }
 
 func (s *session) connectPresence() error {
@@ -260,7 +279,7 @@ func (s *session) connectPresence() error {
 }
 
 // readPump reads frames until the socket fails or closes.
-func (s *session) readPump(log *slog.Logger) {
+func (s *session) readPump() {
 	n := s.node
 	s.ws.SetReadLimit(n.cfg.MaxFrame)
 	s.extendReadDeadline()
@@ -272,7 +291,7 @@ func (s *session) readPump(log *slog.Logger) {
 			if errors.Is(err, websocket.ErrReadLimit) {
 				n.metrics.closes.WithLabelValues("too_big").Inc()
 			}
-			log.Debug("read ended", "err", err)
+			s.log(slog.LevelDebug, "read ended", "err", err)
 			return
 		}
 		s.extendReadDeadline()
@@ -353,18 +372,77 @@ func (s *session) extendReadDeadline() {
 	}
 }
 
-// writePump owns all data writes to the socket and sends the heartbeat. A
-// command counts as delivered once its frame is written; the mark goes to
-// the batcher without waiting (Push: a session has at most commandRoom
-// commands in flight), so a slow database never holds up pings.
-func (s *session) writePump() {
+// enqueue queues a frame for the device and starts a writer if none runs.
+// A device whose queue is full is not reading: it is closed rather than
+// allowed to hold frames forever.
+func (s *session) enqueue(frame outFrame) bool {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	if s.ended {
+		return false
+	}
+	if len(s.queue) >= s.node.cfg.SendQueue {
+		s.node.metrics.closes.WithLabelValues("slow").Inc()
+		go s.close(protocol.CloseTryAgainLater, "write queue full")
+		return false
+	}
+	s.queue = append(s.queue, frame)
+	s.startWriterLocked()
+	return true
+}
+
+// ping asks for a WebSocket ping, ahead of any queued frame. A ping already
+// due is not doubled: a device that does not read gets one at a time.
+func (s *session) ping() {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	if !s.ended && !s.pingDue {
+		s.pingDue = true
+		s.startWriterLocked()
+	}
+}
+
+// startWriterLocked starts the writer unless one runs; writeMu is held.
+func (s *session) startWriterLocked() {
+	if !s.writing {
+		s.writing = true
+		s.writer.Add(1)
+		go s.write()
+	}
+}
+
+// write owns the socket's data writes while frames are queued, and ends
+// when the queue is empty. A command counts as delivered once its frame is
+// written; the mark goes to the batcher without waiting (Push: a session
+// has at most commandRoom commands in flight), so a slow database never
+// holds up pings. A failed write closes the socket: the reader fails and
+// ends the session.
+func (s *session) write() {
+	defer s.writer.Done()
 	n := s.node
-	ping := time.NewTicker(n.cfg.PingInterval)
-	defer ping.Stop()
 	for {
+		s.writeMu.Lock()
+		if s.ended || (len(s.queue) == 0 && !s.pingDue) {
+			s.writing = false
+			s.queue = nil // an idle session holds no buffer
+			s.writeMu.Unlock()
+			return
+		}
+		ping := s.pingDue
+		var frame outFrame
+		if ping {
+			s.pingDue = false
+		} else {
+			frame = s.queue[0]
+			s.queue[0] = outFrame{}
+			s.queue = s.queue[1:]
+		}
+		s.writeMu.Unlock()
+
 		var err error
-		select {
-		case frame := <-s.send:
+		if ping {
+			err = s.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(n.cfg.WriteTimeout))
+		} else {
 			if frame.command != uuid.Nil {
 				// Before the write: a reply can beat the write's return.
 				s.setWritten(frame.command, frame.timeout)
@@ -374,31 +452,22 @@ func (s *session) writePump() {
 			if err == nil && frame.command != uuid.Nil {
 				s.holdMark(frame.command)
 			}
-		case <-ping.C:
-			err = s.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(n.cfg.WriteTimeout))
-		case <-s.done:
-			return
 		}
 		if err != nil {
-			s.ws.Close() // the read pump fails and ends the session
-			return
+			s.writeMu.Lock()
+			s.ended, s.queue = true, nil
+			s.writeMu.Unlock()
+			s.ws.Close()
 		}
 	}
 }
 
-// enqueue hands a frame to the write pump. A device whose queue is full is
-// not reading: it is closed rather than allowed to hold frames forever.
-func (s *session) enqueue(frame outFrame) bool {
-	select {
-	case s.send <- frame:
-		return true
-	case <-s.done:
-		return false
-	default:
-		s.node.metrics.closes.WithLabelValues("slow").Inc()
-		go s.close(protocol.CloseTryAgainLater, "write queue full")
-		return false
-	}
+// endWrites stops the session's writes and waits for a running writer.
+func (s *session) endWrites() {
+	s.writeMu.Lock()
+	s.ended, s.queue, s.pingDue = true, nil, false
+	s.writeMu.Unlock()
+	s.writer.Wait()
 }
 
 // deliver queues a pending command for the device, once per session, if
@@ -413,6 +482,9 @@ func (s *session) deliver(cmd command.Command) bool {
 	if len(s.inflight) >= s.node.commandRoom() {
 		s.inflightMu.Unlock()
 		return false // the deliverer keeps the device backlogged
+	}
+	if s.inflight == nil {
+		s.inflight = make(map[uuid.UUID]flight)
 	}
 	s.inflight[cmd.ID] = queued
 	s.inflightMu.Unlock()

@@ -110,6 +110,39 @@ func (s *Store) CreateCommand(ctx context.Context, nc NewCommand) (c command.Com
 	return c, false, err
 }
 
+// CreateCommands stores many pending commands, without idempotency keys,
+// in one statement and one commit: the edge's group commit. It returns the
+// stored commands, in no particular order; a command whose device does not
+// exist is left out. One refused row fails the whole statement (ErrInvalid):
+// the caller then stores the rows one by one to find it.
+func (s *Store) CreateCommands(ctx context.Context, ncs []NewCommand) ([]command.Command, error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	n := len(ncs)
+	ids, devices, names, args := make([]uuid.UUID, n), make([]string, n), make([]string, n), make([]string, n)
+	timeouts, ttls, replyTo, keys := make([]time.Duration, n), make([]time.Duration, n), make([]string, n), make([]*int64, n)
+	for i := range ncs {
+		nc := &ncs[i]
+		ids[i], devices[i], names[i], args[i] = nc.ID, nc.DeviceID, nc.Name, string(nc.Args)
+		timeouts[i], ttls[i], replyTo[i] = nc.Timeout, nc.TTL, nc.ReplyTo
+		if nc.APIKeyID != 0 {
+			keys[i] = &nc.APIKeyID
+		}
+	}
+	// Rows go in the order given, so seq keeps the order they were
+	// accepted in. The device must exist: read, not locked (see
+	// CreateCommand).
+	cs, err := collectCommands(s.db.Query(ctx, `
+		INSERT INTO commands AS c (id, device_id, name, args, timeout, expires_at, reply_to, api_key_id)
+		SELECT t.id, t.device_id, t.name, t.args::jsonb, t.timeout, now() + t.ttl, t.reply_to, t.api_key_id
+		FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::interval[], $6::interval[], $7::text[], $8::bigint[])
+			WITH ORDINALITY AS t(id, device_id, name, args, timeout, ttl, reply_to, api_key_id, i)
+		WHERE EXISTS (SELECT FROM devices d WHERE d.id = t.device_id)
+		ORDER BY t.i
+		RETURNING `+commandColumns, ids, devices, names, args, timeouts, ttls, replyTo, keys))
+	return cs, translate(err, "commands")
+}
+
 // Command returns one command.
 func (s *Store) Command(ctx context.Context, id uuid.UUID) (command.Command, error) {
 	ctx, cancel := bound(ctx)
@@ -157,20 +190,37 @@ func (s *Store) Watch(ctx context.Context, id uuid.UUID, edgeID string) error {
 	return translate(err, "watch command "+id.String())
 }
 
-// Change says a command moved; the edges that wait on it must look again.
+// Change says a command moved: the edges that wait on it must hear of it.
+// Command is its state after the move, which the wake-up carries when it
+// fits, so that the edges need not read the row again.
 type Change struct {
-	ID    uuid.UUID
-	Edges []string // reply_to and watchers
+	ID      uuid.UUID
+	Edges   []string // reply_to and watchers
+	Command *command.Command
 }
 
-const changeColumns = `c.id, array_remove(array_prepend(c.reply_to, c.watchers), NULL)`
+// changeColumns reads a changed command aliased c: its edges, then the
+// command itself.
+const changeColumns = `array_remove(array_prepend(c.reply_to, c.watchers), NULL), ` + commandColumns
 
 func collectChanges(rows pgx.Rows, err error) ([]Change, error) {
 	if err != nil {
 		return nil, err
 	}
-	return pgx.CollectRows(rows, pgx.RowToStructByPos[Change])
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Change, error) {
+		var edges []string
+		c, err := scanCommand(prefixed{row, &edges})
+		return Change{ID: c.ID, Edges: edges, Command: &c}, err
+	})
 }
+
+// prefixed scans a row whose first column precedes what scan reads.
+type prefixed struct {
+	pgx.Row
+	first any
+}
+
+func (p prefixed) Scan(dest ...any) error { return p.Row.Scan(append([]any{p.first}, dest...)...) }
 
 // Delivery is a command written to one session of its device.
 type Delivery struct {

@@ -1,6 +1,7 @@
 package db_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -298,6 +299,43 @@ func TestRedelivery(t *testing.T) {
 	got, _ = store.Command(ctx, first.ID)
 	if got.Status != command.Pending || got.Attempts != 4 {
 		t.Fatalf("after the lease lapsed: %+v", got)
+	}
+}
+
+// A batch stores its rows in the order given (seq follows it, whatever
+// their ids), leaves out those of unknown devices, and fails whole on a row
+// the database refuses.
+func TestCreateCommands(t *testing.T) {
+	t.Parallel()
+	store, _ := setup(t, "dev-1", "dev-2")
+	ctx := context.Background()
+	a, b, c := newCommand("dev-1", time.Hour), newCommand("dev-2", time.Hour), newCommand("dev-1", time.Hour)
+	ghost := newCommand("ghost", time.Hour)
+	stored, err := store.CreateCommands(ctx, []db.NewCommand{c, ghost, b, a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []uuid.UUID
+	for _, s := range stored {
+		if s.Status != command.Pending || string(s.Args) != `{"a": 1}` || time.Duration(s.Timeout) != 10*time.Second {
+			t.Fatalf("stored %+v", s)
+		}
+		ids = append(ids, s.ID)
+	}
+	if slices.SortFunc(ids, func(x, y uuid.UUID) int { return bytes.Compare(x[:], y[:]) }); !slices.Equal(ids, []uuid.UUID{a.ID, b.ID, c.ID}) {
+		t.Fatalf("stored %v, want %v", ids, []uuid.UUID{a.ID, b.ID, c.ID})
+	}
+	if got := pendingIDs(t, store, []string{"dev-1", "dev-2"}, 10); !slices.Equal(got, []uuid.UUID{c.ID, b.ID, a.ID}) {
+		t.Fatalf("pending = %v, want the batch's order %v", got, []uuid.UUID{c.ID, b.ID, a.ID})
+	}
+
+	bad := newCommand("dev-2", time.Hour)
+	bad.Args = json.RawMessage(`{"a":`) // the edge checks JSON; the database does too
+	if _, err := store.CreateCommands(ctx, []db.NewCommand{newCommand("dev-1", time.Hour), bad}); !errors.Is(err, db.ErrInvalid) {
+		t.Fatalf("a refused row: err = %v, want ErrInvalid", err)
+	}
+	if got := pendingIDs(t, store, []string{"dev-1", "dev-2"}, 10); len(got) != 3 {
+		t.Fatalf("a refused batch stored rows: pending = %v", got)
 	}
 }
 

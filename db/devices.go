@@ -95,6 +95,28 @@ func (s *Store) DeviceCredentials(ctx context.Context, id string) (DeviceCredent
 	return c, translate(err, "device "+id)
 }
 
+// ManyDeviceCredentials returns what the connections of these devices are
+// checked against, in one statement: a node coalesces the look-ups of a
+// reconnect storm. Unknown ids are absent from the map.
+func (s *Store) ManyDeviceCredentials(ctx context.Context, ids []string) (map[string]DeviceCredentials, error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	rows, err := s.db.Query(ctx, `
+		SELECT id, secret_hash, CASE WHEN previous_secret_until > now() THEN previous_secret_hash END, disabled_at IS NOT NULL
+		FROM devices WHERE id = ANY($1)`, ids)
+	if err != nil {
+		return nil, translate(err, "device credentials")
+	}
+	out := make(map[string]DeviceCredentials, len(ids))
+	var id string
+	var c DeviceCredentials
+	_, err = pgx.ForEachRow(rows, []any{&id, &c.SecretHash, &c.PreviousHash, &c.Disabled}, func() error {
+		out[id] = c
+		return nil
+	})
+	return out, translate(err, "device credentials")
+}
+
 // RotateDeviceSecret gives a device a new secret. The one it replaces is
 // accepted for grace more (not at all when grace is 0), so that a fleet can
 // roll over; a secret replaced by an earlier rotation stops working now.

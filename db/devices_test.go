@@ -28,6 +28,14 @@ func TestRotateDeviceSecret(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// The batched read (a node's) agrees, and leaves unknown ids out.
+		many, err := store.ManyDeviceCredentials(ctx, []string{"dev-1", "nope"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := many["nope"]; ok || len(many) != 1 || many["dev-1"].Accepts(s) != c.Accepts(s) || many["dev-1"].Disabled != c.Disabled {
+			t.Fatalf("ManyDeviceCredentials %+v disagrees with DeviceCredentials %+v", many, c)
+		}
 		return c.Accepts(s)
 	}
 	const first, second, third = "secret-of-dev-1", "second-secret", "third-secret"

@@ -202,3 +202,25 @@ func (s *Store) Disconnect(ctx context.Context, sessions []Session) error {
 	})
 	return translate(err, "disconnect")
 }
+
+// NodeLoads returns how many devices each live node of the region holds
+// (from presence rows; a node with none counts as 0): what a node compares
+// itself with to rebalance after a scale-up.
+func (s *Store) NodeLoads(ctx context.Context, region string) (map[string]int, error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	rows, err := s.db.Query(ctx, `
+		SELECT n.id, (SELECT count(*) FROM presence p WHERE p.node_id = n.id)
+		FROM nodes n WHERE n.region = $1 AND n.lease_expires_at > now()`, region)
+	if err != nil {
+		return nil, translate(err, "node loads")
+	}
+	out := make(map[string]int)
+	var id string
+	var n int
+	_, err = pgx.ForEachRow(rows, []any{&id, &n}, func() error {
+		out[id] = n
+		return nil
+	})
+	return out, translate(err, "node loads")
+}

@@ -2,12 +2,15 @@ package db
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/google/uuid"
+
+	"github.com/switchboard-iot/switchboard/internal/command"
 )
 
 // Wake-ups: the channels processes listen on and the payloads sent on them,
@@ -19,6 +22,7 @@ import (
 //	                    "close DEVICE REASON"  close the device's session, if it has one here:
 //	                                           it was "disabled" or "deleted" (sent to every node)
 //	sb_edge_<edge id>   "COMMAND-ID"           the command changed: read it again
+//	                    {"id":…,…}             the command changed: this is it now
 //	sb_keys             "API-KEY-ID"           the key was revoked: trust no copy of it
 
 // NodeChannel is the channel a connection node listens on.
@@ -69,15 +73,45 @@ func ParseNodeMessages(payload string) []NodeMessage {
 	return out
 }
 
-// ParseEdgeMessage reads an edge channel payload: the ids of changed commands.
-func ParseEdgeMessage(payload string) []uuid.UUID {
-	var ids []uuid.UUID
+// EdgeMessage is one line of an edge channel payload: a command that
+// changed, with its new state when it fitted.
+type EdgeMessage struct {
+	ID      uuid.UUID
+	Command *command.Command // nil: read the row
+}
+
+// ParseEdgeMessage reads an edge channel payload: lines of a command's id,
+// or of the command itself as JSON, skipping lines it cannot read.
+func ParseEdgeMessage(payload string) []EdgeMessage {
+	var out []EdgeMessage
 	for line := range strings.Lines(payload) {
-		if id, err := uuid.Parse(strings.TrimSpace(line)); err == nil {
-			ids = append(ids, id)
+		line = strings.TrimSpace(line)
+		if strings.HasPrefix(line, "{") {
+			var c command.Command
+			if json.Unmarshal([]byte(line), &c) == nil && c.ID != uuid.Nil {
+				out = append(out, EdgeMessage{ID: c.ID, Command: &c})
+			}
+			continue
+		}
+		if id, err := uuid.Parse(line); err == nil && id != uuid.Nil {
+			out = append(out, EdgeMessage{ID: id})
 		}
 	}
-	return ids
+	return out
+}
+
+// maxCarried bounds a command carried in a wake-up: a larger one (big
+// args or result) goes as its id, and the edge reads it.
+const maxCarried = 2000
+
+// edgeLine is how a change travels to an edge: the command, or its id.
+func edgeLine(c *Change) string {
+	if c.Command != nil {
+		if b, err := json.Marshal(c.Command); err == nil && len(b) <= maxCarried {
+			return string(b)
+		}
+	}
+	return c.ID.String()
 }
 
 // Notice is one wake-up to send; exactly one field is set.
@@ -110,8 +144,9 @@ func (s *Store) Notify(ctx context.Context, notices []Notice) error {
 		case n.Wake != "":
 			wake = append(wake, n.Wake)
 		case n.Change != nil:
+			line := edgeLine(n.Change)
 			for _, edge := range n.Change.Edges {
-				byChannel[EdgeChannel(edge)] = append(byChannel[EdgeChannel(edge)], n.Change.ID.String())
+				byChannel[EdgeChannel(edge)] = append(byChannel[EdgeChannel(edge)], line)
 			}
 		case n.Kick != nil:
 			ch := NodeChannel(n.Kick.NodeID)

@@ -1,6 +1,7 @@
 package db_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -23,6 +24,7 @@ func FuzzParseWakeups(f *testing.F) {
 		"wake  dev-1 \r\n\twake dev-2\n\nwake\nwake a b\nkick dev-2 " + sid + " extra",
 		sid + "\n" + strings.ToUpper(sid) + "\r\n {" + sid + "}\nurn:uuid:" + sid + "\n" + strings.ReplaceAll(sid, "-", "") + "\nnot-a-uuid",
 		"wake \u00a0dev\u2028\x85x\xff",
+		`{"id":"` + sid + `","device_id":"d","name":"n","args":{},"status":"done","ok":true,"timeout":"10s","attempts":1,"created_at":"2026-11-26T10:00:00Z","expires_at":"2026-11-26T11:00:00Z"}` + "\n" + sid + "\n{\"id\":\"nope\"}\n{",
 		"",
 		"\n\n\n",
 	} {
@@ -30,14 +32,14 @@ func FuzzParseWakeups(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, payload string) {
 		var nodeMsgs []db.NodeMessage
-		var ids []uuid.UUID
+		var edgeMsgs []db.EdgeMessage
 		fuzzcheck.Allocs(t, len(payload), func() {
 			nodeMsgs = db.ParseNodeMessages(payload)
-			ids = db.ParseEdgeMessage(payload)
+			edgeMsgs = db.ParseEdgeMessage(payload)
 		})
 		lines := strings.Count(payload, "\n") + 1
-		if len(nodeMsgs) > lines || len(ids) > lines {
-			t.Fatalf("%q: %d lines gave %d node messages and %d command ids", payload, lines, len(nodeMsgs), len(ids))
+		if len(nodeMsgs) > lines || len(edgeMsgs) > lines {
+			t.Fatalf("%q: %d lines gave %d node messages and %d edge messages", payload, lines, len(nodeMsgs), len(edgeMsgs))
 		}
 
 		var written []string
@@ -56,11 +58,30 @@ func FuzzParseWakeups(f *testing.F) {
 		}
 
 		written = written[:0]
-		for _, id := range ids {
-			written = append(written, id.String())
+		for _, m := range edgeMsgs {
+			if m.ID == uuid.Nil || (m.Command != nil && m.Command.ID != m.ID) {
+				t.Fatalf("%q gave %+v", payload, m)
+			}
+			if m.Command == nil {
+				written = append(written, m.ID.String())
+				continue
+			}
+			b, err := json.Marshal(m.Command)
+			if err != nil {
+				t.Fatalf("%q gave a command that does not marshal: %v", payload, err)
+			}
+			written = append(written, string(b))
 		}
-		if again := db.ParseEdgeMessage(strings.Join(written, "\n")); !slices.Equal(again, ids) {
-			t.Fatalf("%q gave %v; written back, %v", payload, ids, again)
+		again := db.ParseEdgeMessage(strings.Join(written, "\n"))
+		if len(again) != len(edgeMsgs) {
+			t.Fatalf("%q gave %d messages; written back, %d", payload, len(edgeMsgs), len(again))
+		}
+		for i := range again {
+			a, _ := json.Marshal(again[i])
+			b, _ := json.Marshal(edgeMsgs[i])
+			if string(a) != string(b) {
+				t.Fatalf("%q gave %s; written back, %s", payload, b, a)
+			}
 		}
 	})
 }

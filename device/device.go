@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -59,10 +60,36 @@ type Config struct {
 	ReadTimeout   time.Duration // 60s: a server silent this long (no ping) is given up
 	Dedup         int           // 1024: recent command ids remembered, to answer a redelivery without re-running it
 
+	// NetDialContext, when set, opens the TCP connection to the node (the
+	// SDK still does TLS and the upgrade): a load generator binds its
+	// sockets to several source addresses with it.
+	NetDialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+
 	// OnConnect and OnDisconnect, when set, are told of each session.
 	OnConnect    func()
 	OnDisconnect func(err error)
+	// OnDialError, when set, is told of each attempt to connect that
+	// failed, with a *DialError, before the wait that follows.
+	OnDialError func(err error)
 }
+
+// DialError is an attempt to connect that failed. StatusCode is the
+// node's HTTP status when it answered without upgrading (401, 429, 503),
+// else 0; Err is why (ErrUnauthorized for a 401).
+type DialError struct {
+	URL        string
+	StatusCode int
+	Err        error
+}
+
+func (e *DialError) Error() string {
+	if e.StatusCode != 0 {
+		return fmt.Sprintf("dial %s: HTTP %d: %v", e.URL, e.StatusCode, e.Err)
+	}
+	return fmt.Sprintf("dial %s: %v", e.URL, e.Err)
+}
+
+func (e *DialError) Unwrap() error { return e.Err }
 
 // Client is one device's connection. Handle must be called before Run.
 type Client struct {
@@ -216,6 +243,7 @@ func (c *Client) Run(ctx context.Context) error {
 // wait before reconnecting (1012), or zero, and why the session ended.
 func (c *Client) session(ctx context.Context) (time.Duration, error) {
 	dialer := websocket.Dialer{
+		NetDialContext:   c.cfg.NetDialContext,
 		TLSClientConfig:  c.cfg.TLS,
 		Subprotocols:     []string{protocol.Subprotocol},
 		HandshakeTimeout: 10 * time.Second,
@@ -225,10 +253,20 @@ func (c *Client) session(ctx context.Context) (time.Duration, error) {
 	header.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(c.cfg.ID+":"+c.cfg.Secret)))
 	ws, resp, err := dialer.DialContext(ctx, c.cfg.URL, header)
 	if err != nil {
-		if resp != nil && resp.StatusCode == http.StatusUnauthorized {
+		dialErr := &DialError{URL: c.cfg.URL, Err: err}
+		if resp != nil {
+			dialErr.StatusCode = resp.StatusCode
+			if resp.StatusCode == http.StatusUnauthorized {
+				dialErr.Err = ErrUnauthorized
+			}
+		}
+		if c.cfg.OnDialError != nil && ctx.Err() == nil {
+			c.cfg.OnDialError(dialErr)
+		}
+		if errors.Is(dialErr, ErrUnauthorized) {
 			return 0, ErrUnauthorized
 		}
-		return 0, fmt.Errorf("dial %s: %w", c.cfg.URL, err)
+		return 0, dialErr
 	}
 	defer ws.Close()
 

@@ -778,3 +778,55 @@ func TestCancelWhileNodeKeepsSending(t *testing.T) {
 		t.Errorf("Run did not return within %v of cancel while the node kept sending frames", waitFor)
 	}
 }
+
+// NetDialContext opens the socket (a load generator picks its source
+// address with it); OnDialError hears of each failed attempt with the
+// node's status, if it answered.
+func TestDialHooks(t *testing.T) {
+	t.Parallel()
+	n := newFakeNode(t)
+	var dials atomic.Int32
+	dialErrs := make(chan error, 64)
+	hooks := func(c *device.Config) {
+		c.NetDialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			dials.Add(1)
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		}
+		c.OnDialError = func(err error) { dialErrs <- err }
+	}
+	r := start(t, n, hooks, nil)
+	n.accept(t)
+	r.waitConnected(t)
+	if dials.Load() != 1 {
+		t.Errorf("NetDialContext called %d times for one session, want 1", dials.Load())
+	}
+
+	refused := start(t, n, func(c *device.Config) { hooks(c); c.Secret = "wrong" }, nil)
+	if err := refused.waitEnded(t); !errors.Is(err, device.ErrUnauthorized) {
+		t.Fatalf("Run = %v, want ErrUnauthorized", err)
+	}
+	var dialErr *device.DialError
+	if err := <-dialErrs; !errors.As(err, &dialErr) || dialErr.StatusCode != http.StatusUnauthorized || !errors.Is(err, device.ErrUnauthorized) {
+		t.Fatalf("OnDialError(%v), want a *DialError with status 401 wrapping ErrUnauthorized", err)
+	}
+
+	// Nothing listens: no status, and the SDK keeps trying.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "wss://" + ln.Addr().String() + protocol.Path
+	ln.Close()
+	start(t, n, func(c *device.Config) { hooks(c); c.URL = url }, nil)
+	for range 2 {
+		select {
+		case err := <-dialErrs:
+			if !errors.As(err, &dialErr) || dialErr.StatusCode != 0 || dialErr.URL != url {
+				t.Fatalf("OnDialError(%v), want a *DialError for %s without a status", err, url)
+			}
+		case <-time.After(waitFor):
+			t.Fatal("OnDialError not called for a refused connection")
+		}
+	}
+}

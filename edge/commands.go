@@ -129,11 +129,18 @@ func (e *Edge) handleSendCommand(w http.ResponseWriter, r *http.Request) {
 	if db.ValidDeviceID(deviceID) {
 		// Not the request's context: a client that hangs up as the insert
 		// commits must not leave a command stored but never announced.
-		c, created, err = e.store.CreateCommand(context.WithoutCancel(r.Context()), db.NewCommand{
+		nc := db.NewCommand{
 			ID: id, DeviceID: deviceID, Name: req.Name, Args: req.Args,
 			Timeout: time.Duration(req.Timeout), TTL: time.Duration(req.TTL), ReplyTo: e.cfg.ID,
-			APIKeyID: apiKey(r).ID, IdempotencyKey: idemKey, RequestHash: req.hash(deviceID),
-		})
+			APIKeyID: apiKey(r).ID,
+		}
+		if idemKey == "" {
+			c, err = e.inserts.create(nc)
+			created = err == nil
+		} else {
+			nc.IdempotencyKey, nc.RequestHash = idemKey, req.hash(deviceID)
+			c, created, err = e.store.CreateCommand(context.WithoutCancel(r.Context()), nc)
+		}
 	}
 	switch {
 	case errors.Is(err, db.ErrNotFound):

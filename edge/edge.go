@@ -84,6 +84,7 @@ type Edge struct {
 	store   *db.Store
 	replies *replyRouter
 	notices *batch.Batcher[db.Notice] // wake-ups for nodes and edges, after their writes
+	inserts *inserter                 // group commit of accepted commands
 	metrics *metrics
 
 	keys *keyCache // checked API keys
@@ -143,6 +144,7 @@ func New(cfg Config) (*Edge, error) {
 		closing: make(chan struct{}),
 	}
 	e.notices = batch.New("notices", 4096, 1000, log, e.store.Notify, db.IsRefused)
+	e.inserts = newInserter(cfg.Store)
 	e.metrics = newMetrics(cfg.Metrics, cfg.ID, e.replies.waiting)
 	return e, nil
 }
@@ -150,7 +152,7 @@ func New(cfg Config) (*Edge, error) {
 // Run serves the API on ln until ctx is done, then ends open streams,
 // waits for requests to finish and stops its background actors.
 func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
-	bg, stopBackground := actors.Group(ctx, e.replies.run, e.notices.Run, e.sweep)
+	bg, stopBackground := actors.Group(ctx, e.replies.run, e.notices.Run, e.inserts.run, e.sweep)
 	unlisten := e.cfg.Notifier.Listen(db.EdgeChannel(e.cfg.ID), e.replies.onNotify, e.replies.onReady)
 	defer unlisten()
 	unlistenKeys := e.cfg.Notifier.Listen(db.KeysChannel, func(keyID string) {

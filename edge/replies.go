@@ -13,10 +13,11 @@ import (
 	"github.com/switchboard-iot/switchboard/internal/command"
 )
 
-// replyRouter maps command ids to the HTTP
-// requests waiting on them, and hands each the command's newest state when
-// a wake-up names it. Wake-ups carry ids only; one query per wake-up reads
-// the rows of every id that has a waiter here.
+// replyRouter maps command ids to the HTTP requests waiting on them, and
+// hands each the command's newest state when a wake-up names it. Most
+// wake-ups carry the command itself; for the others (a large command, a
+// listener that reconnected) one query per round reads the rows of every
+// id that has a waiter here.
 type replyRouter struct {
 	store  *db.Store
 	log    *slog.Logger
@@ -111,16 +112,28 @@ func (r *replyRouter) waiting() int {
 	return n
 }
 
-// onNotify runs on the notifier's goroutine: it only marks ids due.
+// onNotify runs on the notifier's goroutine. A wake-up that carries the
+// command hands it to its waiters at once (setting a waiter never blocks);
+// one that carries only the id marks it due for a read.
 func (r *replyRouter) onNotify(payload string) {
+	read := false
 	r.mu.Lock()
-	for _, id := range db.ParseEdgeMessage(payload) {
-		if r.waiters[id] != nil {
-			r.due[id] = struct{}{}
+	for _, m := range db.ParseEdgeMessage(payload) {
+		switch {
+		case r.waiters[m.ID] == nil:
+		case m.Command != nil:
+			for w := range r.waiters[m.ID] {
+				w.set(*m.Command)
+			}
+		default:
+			r.due[m.ID] = struct{}{}
+			read = true
 		}
 	}
 	r.mu.Unlock()
-	r.poke()
+	if read {
+		r.poke()
+	}
 }
 
 // onReady re-reads every waited command: wake-ups sent while the listener

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -44,6 +45,7 @@ commands:
   apikeys add NAME      create an API key (-scopes commands,read,admin; -expires 720h); prints it
   apikeys list          list API keys (never their secrets)
   apikeys revoke KEY    revoke an API key, by name or id
+  loadgen               hold many devices and/or send commands at a rate; prints a summary
 
 Run "switchboard <command> -h" for a command's flags.
 `
@@ -57,6 +59,7 @@ var commands = map[string]func(ctx context.Context, args []string, getenv Env, s
 	"device":  runDevice,
 	"devices": runDevices,
 	"apikeys": runAPIKeys,
+	"loadgen": runLoadgen,
 }
 
 // ErrUsage means the command line was wrong; the message went to stderr.
@@ -117,7 +120,7 @@ func (f flags) string(name, def, usage string, vars ...string) *string {
 // else def.
 func (f flags) float(name string, def float64, usage string, vars ...string) *float64 {
 	v := f.Float64(name, def, usage+envNames(vars))
-	f.setFromEnv(name, vars)
+	f.setFromEnv(name, vars, "a number")
 	return v
 }
 
@@ -125,15 +128,23 @@ func (f flags) float(name string, def float64, usage string, vars ...string) *fl
 // set, else def.
 func (f flags) int(name string, def int, usage string, vars ...string) *int {
 	v := f.Int(name, def, usage+envNames(vars))
-	f.setFromEnv(name, vars)
+	f.setFromEnv(name, vars, "a number")
 	return v
 }
 
-func (f flags) setFromEnv(name string, vars []string) {
+// duration defines a duration flag defaulting to the first of vars that is
+// set, else def.
+func (f flags) duration(name string, def time.Duration, usage string, vars ...string) *time.Duration {
+	v := f.Duration(name, def, usage+envNames(vars))
+	f.setFromEnv(name, vars, "a duration such as 10s")
+	return v
+}
+
+func (f flags) setFromEnv(name string, vars []string, want string) {
 	for _, v := range vars {
 		if x := f.getenv(v); x != "" {
 			if err := f.Set(name, x); err != nil && *f.envErr == nil {
-				*f.envErr = fmt.Errorf("%s=%q: want a number", v, x)
+				*f.envErr = fmt.Errorf("%s=%q: want %s", v, x, want)
 			}
 			f.Lookup(name).DefValue = x
 			return

@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,6 +16,7 @@ import (
 	"github.com/switchboard-iot/switchboard/device"
 	"github.com/switchboard-iot/switchboard/device/protocol"
 	"github.com/switchboard-iot/switchboard/internal/actors"
+	"github.com/switchboard-iot/switchboard/internal/certs"
 	"github.com/switchboard-iot/switchboard/internal/secret"
 	"github.com/switchboard-iot/switchboard/internal/thermostat"
 )
@@ -45,7 +45,7 @@ func runDevice(ctx context.Context, args []string, getenv Env, stdio IO, log *sl
 	default:
 		return errors.New(`no device credentials: give -id and -secret, or -credentials FILE of "id,secret" lines`)
 	}
-	tlsCfg, err := clientTLS(*caFile, *insecure)
+	tlsCfg, err := certs.Client(*caFile, *insecure)
 	if err != nil {
 		return err
 	}
@@ -88,20 +88,4 @@ func readCredentials(path string) ([]secret.Credential, error) {
 		return nil
 	})
 	return creds, err
-}
-
-// clientTLS trusts caFile when given, else the system roots.
-func clientTLS(caFile string, insecure bool) (*tls.Config, error) {
-	cfg := &tls.Config{InsecureSkipVerify: insecure} //nolint:gosec // only on request, for trying things out
-	if caFile != "" {
-		pem, err := os.ReadFile(caFile)
-		if err != nil {
-			return nil, err
-		}
-		cfg.RootCAs = x509.NewCertPool()
-		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("%s: no PEM certificate found", caFile)
-		}
-	}
-	return cfg, nil
 }

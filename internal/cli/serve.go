@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/switchboard-iot/switchboard/app"
 	conntier "github.com/switchboard-iot/switchboard/conn-tier"
@@ -51,6 +52,7 @@ func runEdge(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	if *id == "" {
 		*id = edge.NewID(getenv("FLY_MACHINE_ID"))
 	}
+	app.TuneMemory(log)
 	p, err := app.Open(ctx, *dbURL, log)
 	if err != nil {
 		return err
@@ -100,11 +102,13 @@ func (g guardFlags) config() (authguard.Config, clientaddr.Trusted, error) {
 
 // connFlags are the settings of one connection node.
 type connFlags struct {
-	listen, region, nodeID, certOut *string
-	tls                             certsFlags
-	deviceRate                      *float64
-	deviceBurst                     *int
-	guard                           guardFlags
+	listen, opsListen, region, nodeID, certOut *string
+	tls                                        certsFlags
+	deviceRate                                 *float64
+	deviceBurst                                *int
+	maxSessions, maxHandshakes                 *int
+	drain                                      *time.Duration
+	guard                                      guardFlags
 }
 
 // certsFlags are the settings of a node's certificate.
@@ -115,7 +119,9 @@ type certsFlags struct {
 func defineConnFlags(f flags) connFlags {
 	hostname, _ := os.Hostname()
 	return connFlags{
-		listen:  f.string("listen", ":8443", "address for device WebSockets", "CONN_LISTEN"),
+		listen: f.string("listen", ":8443", "address for device WebSockets", "CONN_LISTEN"),
+		opsListen: f.string("ops-listen", "", "address of the plain-HTTP ops listener: /healthz, /readyz, /metrics and Go's profiles under /debug/pprof/; keep it private (default: none)",
+			"CONN_OPS_LISTEN"),
 		region:  f.string("region", "local", "the node's region", "REGION", "FLY_REGION"),
 		nodeID:  f.string("node-id", hostname, "the node's id, stable across restarts (on Fly, the Machine id)", "NODE_ID", "FLY_MACHINE_ID"),
 		certOut: f.string("cert-out", "", "with -tls self-signed: write the certificate (PEM) here for clients to trust", "CONN_CERT_OUT"),
@@ -132,6 +138,12 @@ func defineConnFlags(f flags) connFlags {
 			"messages a second a device may send; past it events are dropped (negative: no limit)", "CONN_DEVICE_RATE"),
 		deviceBurst: f.int("device-burst", conntier.DefaultDeviceBurst,
 			"messages a device may send at once; another burst over the rate closes it with 4029", "CONN_DEVICE_BURST"),
+		maxSessions: f.int("max-sessions", 0,
+			"devices this node holds at most; past it connects get 503 and Retry-After (default: the open-files limit less the pool, handshakes and listeners)", "CONN_MAX_SESSIONS"),
+		maxHandshakes: f.int("max-handshakes", conntier.DefaultMaxHandshakes,
+			"connections accepted and not yet upgraded (TLS handshake, credentials check); more wait in the accept queue", "CONN_MAX_HANDSHAKES"),
+		drain: f.duration("drain", conntier.DefaultDrainWindow,
+			"on SIGTERM, close the sessions (1001) in paced batches over this long, so other nodes take the devices in steps", "CONN_DRAIN"),
 		guard: defineGuardFlags(f, "CONN_", "PROXY protocol header (required from them)"),
 	}
 }
@@ -152,6 +164,7 @@ func runConn(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	if err != nil {
 		return err
 	}
+	app.TuneMemory(log)
 	p, err := app.Open(ctx, *dbURL, log)
 	if err != nil {
 		return err
@@ -171,15 +184,25 @@ func runConn(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	if err != nil {
 		return err
 	}
-	serve, _, err := p.Node(conntier.Config{
+	serve, node, err := p.Node(conntier.Config{
 		Node:       db.Node{ID: *cf.nodeID, Region: *cf.region},
 		DeviceRate: *cf.deviceRate, DeviceBurst: *cf.deviceBurst, AuthGuard: guardCfg, TrustedProxies: trusted,
+		MaxSessions: *cf.maxSessions, MaxHandshakes: *cf.maxHandshakes, DrainWindow: *cf.drain,
 	}, tls, ln)
 	if err != nil {
 		ln.Close()
 		return err
 	}
-	return p.Run(ctx, app.UntilSignal, serve)
+	parts := []app.Server{app.UntilSignal, serve, app.GCTuner(app.NodeHeadroom)}
+	if *cf.opsListen != "" {
+		opsLn, err := net.Listen("tcp", *cf.opsListen)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		parts = append(parts, p.Ops(opsLn, node.OpsHandler()))
+	}
+	return p.Run(ctx, parts...)
 }
 
 func splitList(s string) []string {

@@ -42,6 +42,9 @@ type Options struct {
 	Fast bool
 	// MaxConnections defaults to 300.
 	MaxConnections int
+	// Settings are more postgresql.conf lines, such as
+	// "shared_preload_libraries='pg_stat_statements'".
+	Settings []string
 }
 
 // ErrNoPostgres says the server binaries are missing.
@@ -95,6 +98,7 @@ func Start(ctx context.Context, dir string, opts Options) (*Cluster, error) {
 		if opts.Fast {
 			settings = append(settings, "fsync=off", "full_page_writes=off")
 		}
+		settings = append(settings, opts.Settings...)
 		if err := c.writeConf(settings); err != nil {
 			return nil, err
 		}

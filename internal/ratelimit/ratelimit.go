@@ -55,7 +55,9 @@ func (t *Table) Look(key string, now time.Time) State {
 func (t *Table) do(key string, now time.Time, take bool) State {
 	var s State
 	t.buckets.Do(key, now, func(b *rate.Limiter, found bool) (*rate.Limiter, time.Time) {
-		if !found {
+		// A look at a missing bucket leaves nil until its now: a caller
+		// whose clock read came earlier, but the lock later, finds that.
+		if !found || b == nil {
 			if !take {
 				s = State{OK: true, Remaining: t.burst}
 				return nil, now // nothing to keep

@@ -56,3 +56,19 @@ func TestBounded(t *testing.T) {
 		t.Fatalf("%d buckets an hour later, want only the new one", n)
 	}
 }
+
+// Concurrent callers read the clock before they take the lock: one that
+// comes second with an earlier time must not find the nothing a look at a
+// missing bucket left (the edge panicked on it under load).
+func TestLookThenEarlierCall(t *testing.T) {
+	tb := NewTable(1, 3, 100)
+	now := time.Unix(1000, 0)
+	tb.Look("k", now)
+	if s := tb.Look("k", now.Add(-time.Millisecond)); !s.OK || s.Remaining != 3 {
+		t.Fatalf("an earlier look = %+v, want OK with 3 remaining", s)
+	}
+	tb.Look("k", now)
+	if s := tb.Take("k", now.Add(-time.Millisecond)); !s.OK || s.Remaining != 2 {
+		t.Fatalf("an earlier take = %+v, want OK with 2 remaining", s)
+	}
+}

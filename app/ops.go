@@ -1,0 +1,44 @@
+package app
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"time"
+
+	"github.com/switchboard-iot/switchboard/internal/actors"
+)
+
+// Ops serves a process's operations endpoints on ln, plain HTTP, until ctx
+// ends: health, readiness and metrics from routes, and Go's profiles under
+// /debug/pprof/. It is for the operator's private network only, never the
+// internet: profiles show what the process holds.
+func (p *Process) Ops(ln net.Listener, routes http.Handler) Server {
+	mux := http.NewServeMux()
+	mux.Handle("/", routes)
+	mux.HandleFunc("/debug/pprof/", pprof.Index) // heap, goroutine, allocs, block, mutex, threadcreate
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       time.Minute,
+		ErrorLog:          slog.NewLogLogger(p.Log.Handler(), slog.LevelDebug),
+	}
+	return func(ctx context.Context) error {
+		served := actors.Serve(srv, ln)
+		p.Log.Info("ops serving", "addr", ln.Addr().String())
+		select {
+		case <-ctx.Done():
+		case <-served.Done():
+		}
+		shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdownCtx)
+		return served.Wait()
+	}
+}

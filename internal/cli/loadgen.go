@@ -1,0 +1,317 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"os/signal"
+	"runtime/pprof"
+	"strings"
+	"time"
+
+	"github.com/oklog/run"
+	"golang.org/x/term"
+
+	"github.com/switchboard-iot/switchboard/app"
+	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/device/protocol"
+	"github.com/switchboard-iot/switchboard/internal/actors"
+	"github.com/switchboard-iot/switchboard/internal/certs"
+	"github.com/switchboard-iot/switchboard/internal/loadgen"
+	"github.com/switchboard-iot/switchboard/internal/secret"
+)
+
+// portsPerSourceAddr is how many devices one loopback source address takes
+// before the next is used: Linux's ephemeral ports number about 28,000.
+const portsPerSourceAddr = 25000
+
+// runLoadgen holds devices and drives command clients; see README.md,
+// "Load generator".
+func runLoadgen(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.Logger) error {
+	f := newFlags("loadgen", getenv, stdio)
+	dbURL := f.databaseURL()
+	nodes := f.string("nodes", "wss://localhost:8443"+protocol.Path, "comma-separated WebSocket URLs of the nodes; devices take turns", "LOADGEN_NODES")
+	failover := f.String("failover", "", "comma-separated WebSocket URLs of more nodes (sharing the nodes' certificate) that a device dials once its node failed it, as a load balancer would send it")
+	nodeMetrics := f.string("node-metrics", "", "comma-separated URLs of the nodes' /metrics, for RSS per session (default: /metrics on each node's port; \"-\": none)", "LOADGEN_NODE_METRICS")
+	caFile := f.string("ca", "", "PEM file of the certificate to trust (a node's -cert-out)", "LOADGEN_CA")
+	insecure := f.Bool("insecure", false, "do not verify the nodes' certificates")
+	credsFile := f.string("credentials", "", `file of "id,secret" lines: the devices (with -provision, created as needed and appended)`, "LOADGEN_CREDENTIALS")
+	devices := f.Int("devices", 0, "devices to use, the first of -credentials (0: all of them)")
+	provision := f.Bool("provision", false, "create the devices -credentials lacks, in the database, and append them to it")
+	idPrefix := f.String("id-prefix", "loadgen-", "with -provision: ids of the devices created, followed by a number")
+	hold := f.Bool("hold", true, "hold the devices' connections (false: only send them commands; another loadgen holds them)")
+	answer := f.Bool("answer", false, `devices answer the "echo" command the command clients send (else they only keep their sessions)`)
+	rampFlag := f.String("ramp", "1000/s", "devices that start connecting a second (0: all at once)")
+	perProcess := f.Int("per-process", 15000, "devices a process holds; more go to worker processes (the open-files limit)")
+	sourceFlag := f.String("source-addrs", "", "local addresses the devices' sockets take turns binding, e.g. 127.0.0.2-127.0.0.5 (default: one loopback address per 25,000 devices to loopback nodes, else the system's choice)")
+	edges := f.string("edges", "", "comma-separated base URLs of the edges to send commands through, taking turns (none: no commands)", "LOADGEN_EDGES")
+	apiKey := f.string("api-key", "", "API key of the commands (default: a new one, with -database-url)", "SWITCHBOARD_KEY")
+	rateFlag := f.String("rate", "", "commands a second, sent on schedule (open loop), e.g. 2000/s")
+	concurrency := f.Int("concurrency", 0, "clients each sending a command as soon as their last is answered (closed loop), instead of -rate")
+	maxInFlight := f.Int("max-inflight", 2000, "with -rate: commands in flight at most (and connections to the edges)")
+	wait := f.Duration("wait", 5*time.Second, "?wait= of each command, and its timeout")
+	warmup := f.Duration("warmup", 5*time.Second, "how long commands run before they count")
+	duration := f.Duration("duration", 30*time.Second, "how long commands count, or without commands how long devices are held (0: until interrupted)")
+	asJSON := f.Bool("json", false, "print the summary as JSON on stdout (and the table on stderr)")
+	quiet := f.Bool("quiet", false, "no progress bar, and with -json no table")
+	cpuProfile := f.String("cpuprofile", "", "write this process's CPU profile here (what the load generator itself costs)")
+	worker := f.Bool("worker", false, "(internal) be a worker process: read a fleet on stdin, report on stdout")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	// Devices log their troubles at Warn: thousands of them would bury
+	// the summary unless asked for with LOG_LEVEL.
+	deviceLog := log
+	if getenv("LOG_LEVEL") == "" {
+		deviceLog = slog.New(slog.NewTextHandler(stdio.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	}
+	if *worker {
+		// Ctrl-C reaches the whole process group: the parent stops its
+		// workers itself, by closing their stdin, once it has their counts.
+		signal.Ignore(os.Interrupt)
+		return loadgen.RunWorker(ctx, stdio.Stdin, stdio.Stdout, deviceLog)
+	}
+
+	ramp, err := loadgen.ParseRate(*rampFlag)
+	if err != nil {
+		return fmt.Errorf("-ramp: %w", err)
+	}
+	sourceAddrs, err := loadgen.ParseSourceAddrs(*sourceFlag)
+	if err != nil {
+		return fmt.Errorf("-source-addrs: %w", err)
+	}
+	nodeURLs := splitList(*nodes)
+	edgeURLs := splitList(*edges)
+	if len(edgeURLs) == 0 && !*hold {
+		return errors.New("nothing to do: no -edges to send commands through, and -hold=false")
+	}
+	var cmdRate float64
+	if len(edgeURLs) > 0 {
+		if *rateFlag != "" {
+			if cmdRate, err = loadgen.ParseRate(*rateFlag); err != nil {
+				return fmt.Errorf("-rate: %w", err)
+			}
+		}
+		if (cmdRate > 0) == (*concurrency > 0) {
+			return errors.New("with -edges, give either -rate (open loop) or -concurrency (closed loop)")
+		}
+	}
+
+	// The devices.
+	if *credsFile == "" {
+		return errors.New(`no devices: give -credentials FILE of "id,secret" lines (with -provision -devices N, it is created)`)
+	}
+	if *provision {
+		if *devices <= 0 {
+			return errors.New("-provision needs -devices N")
+		}
+		if err := provisionDevices(ctx, *dbURL, *credsFile, *idPrefix, *devices, stdio, log); err != nil {
+			return err
+		}
+	}
+	creds, err := readCredentials(*credsFile)
+	if err != nil {
+		return err
+	}
+	if *devices > 0 {
+		if len(creds) < *devices {
+			return fmt.Errorf("%s has %d devices, fewer than -devices %d (add -provision)", *credsFile, len(creds), *devices)
+		}
+		creds = creds[:*devices]
+	}
+
+	cfg := loadgen.Config{
+		Fleet: loadgen.FleetConfig{Nodes: nodeURLs, Failover: splitList(*failover), CAFile: *caFile, Insecure: *insecure, Answer: *answer, Ramp: ramp,
+			SourceAddrs: sourceAddrs},
+		PerProcess: *perProcess,
+		Warmup:     *warmup, Duration: *duration,
+		Stderr: stdio.Stderr, Log: deviceLog,
+	}
+	if *hold {
+		cfg.Devices = creds
+		if len(sourceAddrs) == 0 {
+			cfg.Fleet.SourceAddrs = loopbackSources(nodeURLs, len(creds))
+		}
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		cfg.WorkerCommand = []string{exe, "loadgen", "-worker"}
+	}
+	if len(edgeURLs) > 0 {
+		if *apiKey == "" {
+			if *apiKey, err = newLoadgenKey(ctx, *dbURL, stdio); err != nil {
+				return err
+			}
+		}
+		tlsCfg, err := certs.Client(*caFile, *insecure)
+		if err != nil {
+			return err
+		}
+		ids := make([]string, len(creds))
+		for i, c := range creds {
+			ids[i] = c.ID
+		}
+		cfg.Commands = &loadgen.CommandsConfig{Edges: edgeURLs, APIKey: *apiKey, Devices: ids, Rate: cmdRate,
+			Concurrency: *concurrency, MaxInFlight: *maxInFlight, Wait: *wait, TLS: tlsCfg}
+	} else {
+		cfg.Warmup = 0
+	}
+	switch *nodeMetrics {
+	case "-":
+	case "":
+		for _, n := range nodeURLs {
+			u, err := loadgen.NodeMetricsURL(n)
+			if err != nil {
+				return fmt.Errorf("-nodes %q: %w", n, err)
+			}
+			cfg.NodeMetrics = append(cfg.NodeMetrics, u)
+		}
+	default:
+		cfg.NodeMetrics = splitList(*nodeMetrics)
+	}
+	if file, ok := stdio.Stderr.(*os.File); ok && !*quiet && term.IsTerminal(int(file.Fd())) {
+		cfg.Progress = stdio.Stderr
+	}
+
+	if *cpuProfile != "" {
+		out, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer out.Close()
+		if err := pprof.StartCPUProfile(out); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	var summary loadgen.Summary
+	var g run.Group
+	actors.Add(&g, ctx, app.UntilSignal)
+	actors.Add(&g, ctx, func(ctx context.Context) error {
+		var err error
+		summary, err = loadgen.Run(ctx, cfg)
+		return err
+	})
+	runErr := g.Run()
+
+	table, out := stdio.Stdout, io.Writer(nil)
+	if *asJSON {
+		table, out = stdio.Stderr, stdio.Stdout
+		if *quiet {
+			table = nil
+		}
+	}
+	if table != nil {
+		if err := summary.WriteTable(table); err != nil {
+			return err
+		}
+	}
+	if out != nil {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(summary); err != nil {
+			return err
+		}
+	}
+	return runErr
+}
+
+// loopbackSources spreads devices to loopback nodes over 127.0.0.2, .3, …,
+// one per portsPerSourceAddr devices, when one source address's ports would
+// not do; otherwise the system chooses.
+func loopbackSources(nodeURLs []string, devices int) []netip.Addr {
+	if devices <= portsPerSourceAddr {
+		return nil
+	}
+	for _, n := range nodeURLs {
+		u, err := url.Parse(n)
+		if err != nil {
+			return nil
+		}
+		ips, err := net.LookupIP(u.Hostname())
+		if err != nil || len(ips) == 0 || !ips[0].IsLoopback() {
+			return nil
+		}
+	}
+	var addrs []netip.Addr
+	a := netip.MustParseAddr("127.0.0.2")
+	for range (devices + portsPerSourceAddr - 1) / portsPerSourceAddr {
+		addrs = append(addrs, a)
+		a = a.Next()
+	}
+	return addrs
+}
+
+// provisionDevices makes file hold at least n devices: it creates the
+// missing ones (ids prefix1, prefix2, … not in the file yet) through the
+// same import as "switchboard devices import", appending their lines.
+func provisionDevices(ctx context.Context, dbURL, file, prefix string, n int, stdio IO, log *slog.Logger) error {
+	have := make(map[string]bool)
+	if _, err := os.Stat(file); err == nil {
+		creds, err := readCredentials(file)
+		if err != nil {
+			return err
+		}
+		for _, c := range creds {
+			have[c.ID] = true
+		}
+	}
+	missing := n - len(have)
+	if missing <= 0 {
+		return nil
+	}
+	var ids strings.Builder
+	for i := 1; missing > 0; i++ {
+		if id := fmt.Sprintf("%s%d", prefix, i); !have[id] {
+			fmt.Fprintln(&ids, id)
+			missing--
+		}
+	}
+	pool, store, err := openStore(ctx, dbURL, 2)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	out, err := os.OpenFile(file, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := importDevices(ctx, store, IO{Stdin: strings.NewReader(ids.String()), Stdout: out, Stderr: stdio.Stderr}, log); err != nil {
+		out.Close()
+		return fmt.Errorf("provisioning: %w", err)
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	// Ids that existed were skipped: their secrets are not in the file.
+	if creds, err := readCredentials(file); err != nil || len(creds) < n {
+		return errors.Join(err, fmt.Errorf("%s holds fewer than %d devices: some ids existed already, without their secrets here; choose another -id-prefix", file, n))
+	}
+	return nil
+}
+
+// newLoadgenKey creates an API key for the run's commands.
+func newLoadgenKey(ctx context.Context, dbURL string, stdio IO) (string, error) {
+	if dbURL == "" {
+		return "", errors.New("commands need an API key: give -api-key (SWITCHBOARD_KEY), or -database-url to create one")
+	}
+	pool, store, err := openStore(ctx, dbURL, 1)
+	if err != nil {
+		return "", err
+	}
+	defer pool.Close()
+	key := secret.New("sbk_")
+	if _, err := store.AddAPIKey(ctx, db.NewAPIKey{Name: "loadgen", KeyHash: secret.Hash(key), Scopes: []db.Scope{db.ScopeCommands}}); err != nil {
+		return "", err
+	}
+	fmt.Fprintln(stdio.Stderr, `created the API key "loadgen" (scope commands) for this run`)
+	return key, nil
+}
