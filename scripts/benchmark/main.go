@@ -71,7 +71,7 @@ var quickRun bool
 
 type options struct {
 	bin, only, write, profiles, loadgenBin string
-	quick                      bool
+	quick                                  bool
 }
 
 // sizes are a run's fleets and durations: the targets', or -quick's.
@@ -130,9 +130,9 @@ type bench struct {
 	pgPID int // the postmaster: its children are PostgreSQL's CPU
 	// idlePerSecond is PostgreSQL's CPU a second without load (pgIdle).
 	idlePerSecond time.Duration
-	creds string
-	rows  []row
-	notes []string // details printed under the table
+	creds         string
+	rows          []row
+	notes         []string // details printed under the table
 }
 
 func run(ctx context.Context, o options) error {
@@ -264,7 +264,7 @@ func (b *bench) startEdge(ctx context.Context, id string) (*proc, error) {
 
 func (b *bench) ca() string { return filepath.Join(b.dir, "cert.pem") }
 
-func (p *proc) url() string        { return "wss://" + p.addr + "/v1/connect" }
+func (p *proc) url() string { return "wss://" + p.addr + "/v1/connect" }
 func (p *proc) metricsURL() string {
 	if p.ops == "" {
 		return "https://" + p.addr + "/metrics"
@@ -779,7 +779,7 @@ func (b *bench) storm(ctx context.Context) error {
 	nodes1, clients1 := cpuOf()
 	b.notes = append(b.notes, fmt.Sprintf("storm: CPU per reconnect: the two nodes %.0f µs, the devices (loadgen, TLS client side) %.0f µs, PostgreSQL %.0f µs; %.1f s of CPU in all over %.1f s on %d cores",
 		perOp(ticks(nodes1-nodes0), n), perOp(ticks(clients1-clients0), n), perOp(pg.cpu, n),
-		(ticks(nodes1-nodes0) + ticks(clients1-clients0) + pg.cpu).Seconds(), took.Seconds(), runtime.NumCPU()))
+		(ticks(nodes1-nodes0)+ticks(clients1-clients0)+pg.cpu).Seconds(), took.Seconds(), runtime.NumCPU()))
 	return nil
 }
 
