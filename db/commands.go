@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/google/uuid"
@@ -60,6 +61,16 @@ func collectCommands(rows pgx.Rows, err error) ([]command.Command, error) {
 // created is false when an idempotency key named an earlier command, which
 // is returned instead.
 func (s *Store) CreateCommand(ctx context.Context, nc NewCommand) (c command.Command, created bool, err error) {
+	if nc.IdempotencyKey == "" {
+		cs, err := s.CreateCommands(ctx, []NewCommand{nc})
+		if err == nil && len(cs) == 0 {
+			err = fmt.Errorf("device %s: %w", nc.DeviceID, ErrNotFound)
+		}
+		if err != nil {
+			return c, false, err
+		}
+		return cs[0], true, nil
+	}
 	ctx, cancel := bound(ctx)
 	defer cancel()
 	var apiKey *int64
@@ -73,10 +84,6 @@ func (s *Store) CreateCommand(ctx context.Context, nc NewCommand) (c command.Com
 		SELECT $1, $2, $3, $4, $5, now() + $6::interval, $7, $8
 		WHERE EXISTS (SELECT FROM devices WHERE id = $2)`
 	args := []any{nc.ID, nc.DeviceID, nc.Name, nc.Args, nc.Timeout, nc.TTL, nc.ReplyTo, apiKey}
-	if nc.IdempotencyKey == "" {
-		c, err = scanCommand(s.db.QueryRow(ctx, insert+` RETURNING `+commandColumns, args...))
-		return c, err == nil, translate(err, "device "+nc.DeviceID)
-	}
 	// The key row and the command commit together. A concurrent repeat
 	// waits on the key row, then finds it taken; a key past its window is
 	// taken over.
