@@ -20,7 +20,7 @@ import (
 // or take its key.
 type inserter struct {
 	db   *db.Store
-	in   chan *insert // unbuffered: a request waits in its send until a flusher takes it
+	in   chan *insert // unbuffered: a request waits in its send until run takes it
 	stop chan struct{}
 }
 
@@ -54,7 +54,7 @@ func (ins *inserter) create(nc db.NewCommand) (command.Command, error) {
 	case <-ins.stop:
 		return command.Command{}, errEdgeStopping
 	}
-	<-req.done // a flusher that took a request always answers it
+	<-req.done // run answers every request it took
 	return req.c, req.err
 }
 
@@ -65,11 +65,6 @@ func (ins *inserter) create(nc db.NewCommand) (command.Command, error) {
 // once: BENCHMARKS.md).
 func (ins *inserter) run(ctx context.Context) error {
 	defer close(ins.stop)
-	ins.flusher(ctx)
-	return nil
-}
-
-func (ins *inserter) flusher(ctx context.Context) {
 	batch := make([]*insert, 0, maxInsertBatch)
 	for {
 		batch = batch[:0]
@@ -77,7 +72,7 @@ func (ins *inserter) flusher(ctx context.Context) {
 		case req := <-ins.in:
 			batch = append(batch, req)
 		case <-ctx.Done():
-			return
+			return nil
 		}
 	gather:
 		for len(batch) < maxInsertBatch {
