@@ -41,18 +41,28 @@ func loadgenRun(t *testing.T, args ...string) loadgen.Summary {
 	args = append([]string{"loadgen", "-json", "-database-url", sys.DBURL, "-nodes", node.URL, "-insecure",
 		"-credentials", filepath.Join(t.TempDir(), "devices.csv"), "-provision", "-answer", "-edges", ed.URL,
 		"-warmup", "300ms", "-duration", "2s", "-wait", "5s"}, args...)
-	var stdout, stderr bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := cli.Run(ctx, args, func(string) string { return "" }, cli.IO{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr}); err != nil {
-		t.Fatalf("loadgen: %v\n%s", err, stderr.String())
+	s, table, err := runLoadgen(ctx, args)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("summary:\n%s", stderr.String())
-	var s loadgen.Summary
-	if err := json.Unmarshal(stdout.Bytes(), &s); err != nil {
-		t.Fatalf("summary JSON: %v\n%s", err, stdout.String())
-	}
+	t.Logf("summary:\n%s", table)
 	return s
+}
+
+// runLoadgen runs "switchboard args..." (a loadgen with -json) until it
+// ends, and returns its summary and the table it printed.
+func runLoadgen(ctx context.Context, args []string) (loadgen.Summary, string, error) {
+	var stdout, stderr bytes.Buffer
+	var s loadgen.Summary
+	if err := cli.Run(ctx, args, func(string) string { return "" }, cli.IO{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr}); err != nil {
+		return s, "", fmt.Errorf("loadgen: %v\n%s", err, stderr.String())
+	}
+	if err := json.Unmarshal(stdout.Bytes(), &s); err != nil {
+		return s, "", fmt.Errorf("summary JSON: %v\n%s", err, stdout.String())
+	}
+	return s, stderr.String(), nil
 }
 
 // checkSummary asserts a clean run of n answering devices.
@@ -119,13 +129,17 @@ func TestLoadgenFailover(t *testing.T) {
 	a, b := sys.StartNode(t, "node-a", nil), sys.StartNode(t, "node-b", nil)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	var stdout, stderr bytes.Buffer
-	done := make(chan error, 1)
+	type result struct {
+		s   loadgen.Summary
+		err error
+	}
+	done := make(chan result, 1)
+	args := []string{"loadgen", "-json", "-quiet", "-database-url", sys.DBURL, "-nodes", a.URL, "-failover", b.URL,
+		"-insecure", "-node-metrics", "-", "-credentials", filepath.Join(t.TempDir(), "devices.csv"), "-provision",
+		"-devices", fmt.Sprint(n), "-duration", "0"}
 	go func() {
-		done <- cli.Run(ctx, []string{"loadgen", "-json", "-quiet", "-database-url", sys.DBURL, "-nodes", a.URL, "-failover", b.URL,
-			"-insecure", "-node-metrics", "-", "-credentials", filepath.Join(t.TempDir(), "devices.csv"), "-provision",
-			"-devices", fmt.Sprint(n), "-duration", "0"},
-			func(string) string { return "" }, cli.IO{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr})
+		s, _, err := runLoadgen(ctx, args)
+		done <- result{s, err}
 	}()
 	present := func(node string) func() bool {
 		return func() bool {
@@ -139,15 +153,12 @@ func TestLoadgenFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	testsys.EventuallyWithin(t, 30*time.Second, "the devices on node-b", present("node-b"))
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("loadgen: %v\n%s", err, stderr.String())
+	cancel() // loadgen sums up what it did
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
 	}
-	var s loadgen.Summary
-	if err := json.Unmarshal(stdout.Bytes(), &s); err != nil {
-		t.Fatalf("summary JSON: %v\n%s", err, stdout.String())
-	}
-	if d := s.Devices; d.Connected < 2*n || d.Disconnects < n {
+	if d := r.s.Devices; d.Connected < 2*n || d.Disconnects < n {
 		t.Errorf("devices: %+v, want each connected twice, once to each node", d)
 	}
 }

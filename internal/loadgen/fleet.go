@@ -265,13 +265,12 @@ func (f *Fleet) Counts() DeviceCounts {
 // hostPort is the host:port a ws:// or wss:// URL dials.
 func hostPort(rawURL string) string {
 	u, err := url.Parse(rawURL)
-	if err != nil || u.Port() != "" {
-		if err != nil {
-			return rawURL
-		}
+	switch {
+	case err != nil:
+		return rawURL
+	case u.Port() != "":
 		return u.Host
-	}
-	if u.Scheme == "ws" {
+	case u.Scheme == "ws":
 		return net.JoinHostPort(u.Hostname(), "80")
 	}
 	return net.JoinHostPort(u.Hostname(), "443")
