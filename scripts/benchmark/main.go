@@ -44,7 +44,7 @@ func main() {
 	flag.StringVar(&o.loadgenBin, "loadgen-bin", "", "the binary whose loadgen runs (default -bin): to measure an older -bin, which has none")
 	flag.BoolVar(&o.quick, "quick", false, "a smoke run: small fleets, short runs; BENCHMARKS.md is left alone")
 	flag.StringVar(&o.only, "only", "", "comma-separated scenarios to run (default all): "+strings.Join(scenarioNames(), ", "))
-	flag.StringVar(&o.write, "write", "BENCHMARKS.md", "the file whose measured section is rewritten (\"\": none)")
+	flag.StringVar(&o.write, "write", "BENCHMARKS.md", "the file whose measured section is rewritten, after a run of every scenario (\"\": none)")
 	flag.StringVar(&o.profiles, "profiles", "", "memory: save the node's heap and goroutine profiles in this folder")
 	flag.Parse()
 	if o.bin == "" {
@@ -176,25 +176,31 @@ func run(ctx context.Context, o options) error {
 	if _, err := b.pool.Exec(ctx, `CREATE EXTENSION pg_stat_statements`); err != nil {
 		return err
 	}
+	// A scenario that fails is a row of the table too, and the run goes on
+	// to the others; the exit status says it failed.
 	started := time.Now()
+	var failed []error
 	for _, s := range scenarios {
 		if len(only) > 0 && !only[s.name] {
 			continue
 		}
 		fmt.Printf("\n== %s\n", s.name)
 		if err := s.run(b, ctx); err != nil {
-			return fmt.Errorf("%s: %w", s.name, err)
+			failed = append(failed, fmt.Errorf("%s: %w", s.name, err))
+			b.rows = append(b.rows, row{what: s.name, measured: "failed: " + strings.ReplaceAll(err.Error(), "\n", " "), verdict: "NOT met"})
 		}
 	}
 	table := b.table(time.Since(started))
 	fmt.Print("\n" + table)
-	if o.write != "" {
+	// The file's table is of every scenario: one run of some of them
+	// would take the others' rows out.
+	if o.write != "" && len(only) == 0 {
 		if err := rewrite(o.write, table); err != nil {
 			return err
 		}
 		fmt.Println("\nrewrote the measured section of", o.write)
 	}
-	return nil
+	return errors.Join(failed...)
 }
 
 // ---- processes
