@@ -189,13 +189,28 @@ func (s *Store) Replaced(ctx context.Context, sessions []Session) ([]uuid.UUID, 
 func (s *Store) Disconnect(ctx context.Context, sessions []Session) error {
 	devices, sids, _ := sessionColumns(sessions)
 	err := s.InTx(ctx, func(tx *Store) error {
-		_, err := tx.db.Exec(ctx, `
+		rows, err := tx.db.Query(ctx, `
 			DELETE FROM presence p USING unnest($1::text[], $2::uuid[]) AS t(device_id, session_id)
-			WHERE p.device_id = t.device_id AND p.session_id = t.session_id`, devices, sids)
+			WHERE p.device_id = t.device_id AND p.session_id = t.session_id
+			RETURNING p.device_id, p.region`, devices, sids)
 		if err != nil {
 			return err
 		}
-		if _, err = tx.db.Exec(ctx, `UPDATE devices SET last_seen_at = now() WHERE id = ANY($1)`, devices); err != nil {
+		var gone, regions []string
+		var id, region string
+		if _, err = pgx.ForEachRow(rows, []any{&id, &region}, func() error {
+			gone, regions = append(gone, id), append(regions, region)
+			return nil
+		}); err != nil {
+			return err
+		}
+		// Every device is seen now; a device whose row a newer session
+		// replaced keeps the region that session wrote.
+		_, err = tx.db.Exec(ctx, `
+			UPDATE devices d SET last_seen_at = now(), region = coalesce(t.region, d.region)
+			FROM unnest($1::text[]) AS a(id) LEFT JOIN unnest($2::text[], $3::text[]) AS t(id, region) USING (id)
+			WHERE d.id = a.id`, devices, gone, regions)
+		if err != nil {
 			return err
 		}
 		return tx.requeueEnded(ctx, devices)
