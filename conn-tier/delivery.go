@@ -399,3 +399,14 @@ func (n *Node) writePresence(ctx context.Context, ops []presenceOp) error {
 	}
 	return nil
 }
+
+// writeEvents stores a batch of device events, then wakes the edges that
+// stream events (one wake-up naming the batch's highest id). Should the
+// wake-up be lost, edges still find the events on their next poll.
+func (n *Node) writeEvents(ctx context.Context, events []db.DeviceEvent) error {
+	last, err := n.store.InsertEvents(ctx, events)
+	if err == nil && last != 0 {
+		_ = n.notices.Push(db.Notice{Events: last})
+	}
+	return err
+}

@@ -260,7 +260,7 @@ func New(cfg Config) (*Node, error) {
 	q := cfg.WriteQueue
 	n.presence = batch.New("presence", q, 1000, log, n.writePresence, db.IsRefused)
 	n.commands = batch.New("commands", q, 1000, log, n.writeCommands, db.IsRefused)
-	n.events = batch.New("events", q, 1000, log, n.store.InsertEvents, db.IsRefused)
+	n.events = batch.New("events", q, 1000, log, n.writeEvents, db.IsRefused)
 	n.notices = batch.New("notices", q, 1000, log, n.store.Notify, db.IsRefused)
 	// Its queue is bounded by MaxHandshakes already: a look-up belongs to a
 	// connection not yet upgraded.

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -579,29 +578,6 @@ func TestParseNodeMessages(t *testing.T) {
 	want := []db.NodeMessage{{DeviceID: "dev-1"}, {Kick: true, DeviceID: "dev-2", SessionID: sid}, {DeviceID: "dev-4"}, {DeviceID: "dev-5", Close: "disabled"}}
 	if !slices.Equal(got, want) {
 		t.Fatalf("got %v, want %v", got, want)
-	}
-}
-
-func TestInsertEvents(t *testing.T) {
-	t.Parallel()
-	store, pool := setup(t, "dev-1")
-	ctx := context.Background()
-	err := store.InsertEvents(ctx, []db.DeviceEvent{
-		{DeviceID: "dev-1", Name: "telemetry", Data: json.RawMessage(`{"c":20.5}`)},
-		{DeviceID: "dev-1", Name: "alert"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	rows, _ := pool.Query(ctx, `SELECT name || ':' || coalesce(data::text, 'null') FROM events ORDER BY id`)
-	for rows.Next() {
-		var s string
-		_ = rows.Scan(&s)
-		names = append(names, s)
-	}
-	if strings.Join(names, ",") != `telemetry:{"c": 20.5},alert:null` {
-		t.Fatalf("events = %v", names)
 	}
 }
 

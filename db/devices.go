@@ -22,6 +22,9 @@ type Device struct {
 	DisabledAt *time.Time      `json:"disabled_at,omitempty"` // set: its connections are refused
 	Online     bool            `json:"online"`
 	Presence   *Presence       `json:"presence,omitempty"`
+	// Latest is the newest event of each name the device sent (kept
+	// while its events are, see retention).
+	Latest map[string]LatestEvent `json:"latest"`
 }
 
 // Presence is one connected session, as operators see it in presence_live.
@@ -161,7 +164,8 @@ func (s *Store) updateDevice(ctx context.Context, id, sql string) error {
 	return translate(err, "device "+id)
 }
 
-// DeleteDevice deletes a device, its presence row and its commands (in the
+// DeleteDevice deletes a device, its presence row, its latest event values
+// and its commands (in the
 // order a disconnect locks them), then closes its session, on whichever
 // node it is. It returns how many commands went. Commands are found by a
 // scan: no index covers a device's finished commands.
@@ -176,6 +180,9 @@ func (s *Store) DeleteDevice(ctx context.Context, id string) (commands int64, er
 		}
 		if tag.RowsAffected() == 0 {
 			return pgx.ErrNoRows
+		}
+		if _, err := tx.db.Exec(ctx, `DELETE FROM event_latest WHERE device_id = $1`, id); err != nil {
+			return err
 		}
 		tag, err = tx.db.Exec(ctx, `DELETE FROM commands WHERE device_id = $1`, id)
 		commands = tag.RowsAffected()
@@ -202,11 +209,14 @@ func (s *Store) Device(ctx context.Context, id string) (Device, error) {
 	}
 	err := s.db.QueryRow(ctx, `
 		SELECT d.id, d.labels, d.created_at, d.last_seen_at, d.disabled_at,
-		       p.node_id, p.region, p.session_id, p.remote_addr, p.connected_at
+		       p.node_id, p.region, p.session_id, p.remote_addr, p.connected_at,
+		       (SELECT coalesce(jsonb_object_agg(l.name, jsonb_build_object(
+		               'id', l.event_id, 'data', l.data, 'received_at', l.received_at)), '{}')
+		        FROM event_latest l WHERE l.device_id = d.id)
 		FROM devices d LEFT JOIN presence_live p ON p.device_id = d.id
 		WHERE d.id = $1`, id).
 		Scan(&d.ID, &d.Labels, &d.CreatedAt, &d.LastSeenAt, &d.DisabledAt,
-			&p.NodeID, &p.Region, &p.SessionID, &p.RemoteAddr, &p.ConnectedAt)
+			&p.NodeID, &p.Region, &p.SessionID, &p.RemoteAddr, &p.ConnectedAt, &d.Latest)
 	if err != nil {
 		return Device{}, translate(err, "device "+id)
 	}
@@ -223,20 +233,4 @@ type DeviceEvent struct {
 	DeviceID string
 	Name     string
 	Data     json.RawMessage
-}
-
-// InsertEvents stores events in one statement.
-func (s *Store) InsertEvents(ctx context.Context, events []DeviceEvent) error {
-	ctx, cancel := bound(ctx)
-	defer cancel()
-	ids := make([]string, len(events))
-	names := make([]string, len(events))
-	data := make([][]byte, len(events))
-	for i, e := range events {
-		ids[i], names[i], data[i] = e.DeviceID, e.Name, e.Data
-	}
-	_, err := s.db.Exec(ctx, `
-		INSERT INTO events (device_id, name, data)
-		SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[])`, ids, names, data)
-	return translate(err, "insert events")
 }

@@ -152,3 +152,30 @@ func (f DeviceFilter) where(args []any) (string, []any) {
 
 // filteredDevices is the FROM clause DeviceFilter.where reads.
 const filteredDevices = `devices d LEFT JOIN presence_live p ON p.device_id = d.id`
+
+// Matches says whether labels meet every requirement: how a fleet event
+// stream tests an event's device in memory, as where does in SQL.
+func (sel LabelSelector) Matches(labels map[string]string) bool {
+	for _, r := range sel {
+		v, ok := labels[r.Key]
+		switch r.Op {
+		case LabelEquals:
+			if !ok || v != r.Value {
+				return false
+			}
+		case LabelNotEquals:
+			if ok && v == r.Value {
+				return false
+			}
+		case LabelExists:
+			if !ok {
+				return false
+			}
+		case LabelAbsent:
+			if ok {
+				return false
+			}
+		}
+	}
+	return true
+}

@@ -24,6 +24,7 @@ import (
 //	sb_edge_<edge id>   "COMMAND-ID"           the command changed: read it again
 //	                    {"id":…,…}             the command changed: this is it now
 //	sb_keys             "API-KEY-ID"           the key was revoked: trust no copy of it
+//	sb_events           "EVENT-ID"             events up to this id were stored: stream them
 
 // NodeChannel is the channel a connection node listens on.
 func NodeChannel(nodeID string) string { return "sb_node_" + nodeID }
@@ -33,6 +34,10 @@ func EdgeChannel(edgeID string) string { return "sb_edge_" + edgeID }
 
 // KeysChannel is the channel every edge listens on for revoked API keys.
 const KeysChannel = "sb_keys"
+
+// EventsChannel is the channel every edge listens on for stored device
+// events: one wake-up per batch a node stored, naming its highest id.
+const EventsChannel = "sb_events"
 
 const (
 	wakeVerb  = "wake"
@@ -121,6 +126,7 @@ type Notice struct {
 	Kick       *Displaced // a session its node must close
 	Close      *Closing   // a device every node must close its session of
 	RevokedKey int64      // an API key no edge may trust any longer
+	Events     int64      // device events were stored, up to this id
 }
 
 // Closing is a device whose session must end wherever it is, and why
@@ -138,6 +144,7 @@ type Closing struct {
 // often still alive, and a wake-up sent to a dead one costs nothing.
 func (s *Store) Notify(ctx context.Context, notices []Notice) error {
 	var wake, closing []string
+	var events int64
 	byChannel := make(map[string][]string)
 	for _, n := range notices {
 		switch {
@@ -155,7 +162,12 @@ func (s *Store) Notify(ctx context.Context, notices []Notice) error {
 			closing = append(closing, fmt.Sprintf("%s %s %s", closeVerb, n.Close.DeviceID, n.Close.Reason))
 		case n.RevokedKey != 0:
 			byChannel[KeysChannel] = append(byChannel[KeysChannel], strconv.FormatInt(n.RevokedKey, 10))
+		case n.Events != 0:
+			events = max(events, n.Events) // the highest id says it all
 		}
+	}
+	if events != 0 {
+		byChannel[EventsChannel] = []string{strconv.FormatInt(events, 10)}
 	}
 	var channels, payloads []string
 	for ch, lines := range byChannel {

@@ -48,6 +48,14 @@ type Config struct {
 	APIKeyCache  time.Duration
 	DrainTimeout time.Duration // 10s: how long shutdown waits for requests
 
+	// Retention (retention.go): final commands are deleted RetainCommands
+	// after they ended (30 days), events RetainEvents after they arrived
+	// (7 days), and a device keeps at most EventsPerDevice events (10,000).
+	// A negative value keeps them forever.
+	RetainCommands  time.Duration
+	RetainEvents    time.Duration
+	EventsPerDevice int
+
 	// HTTP deadlines (see deadlines.go). ReadTimeout bounds receiving a
 	// request's body (30s; the headers have 10s); WriteTimeout writing a
 	// response, and each event of a stream (30s); IdleTimeout how long a
@@ -83,6 +91,7 @@ type Edge struct {
 	log     *slog.Logger
 	store   *db.Store
 	replies *replyRouter
+	events  *eventHub                 // device events for this edge's event streams
 	notices *batch.Batcher[db.Notice] // wake-ups for nodes and edges, after their writes
 	inserts *inserter                 // group commit of accepted commands
 	metrics *metrics
@@ -120,6 +129,11 @@ func New(cfg Config) (*Edge, error) {
 	def(&cfg.ReadTimeout, 30*time.Second)
 	def(&cfg.WriteTimeout, 30*time.Second)
 	def(&cfg.IdleTimeout, 120*time.Second)
+	def(&cfg.RetainCommands, DefaultRetainCommands)
+	def(&cfg.RetainEvents, DefaultRetainEvents)
+	if cfg.EventsPerDevice == 0 {
+		cfg.EventsPerDevice = DefaultEventsPerDevice
+	}
 	if cfg.KeyRate == 0 {
 		cfg.KeyRate = DefaultKeyRate
 	}
@@ -138,6 +152,7 @@ func New(cfg Config) (*Edge, error) {
 		log:     log,
 		store:   cfg.Store,
 		replies: newReplyRouter(cfg.Store, log),
+		events:  newEventHub(cfg.Store, log),
 		keys:    newKeyCache(cfg.APIKeyCache),
 		limits:  newKeyLimits(cfg.KeyRate, cfg.KeyBurst, cfg.KeyStreams),
 		guard:   authguard.New(cfg.AuthGuard),
@@ -152,7 +167,7 @@ func New(cfg Config) (*Edge, error) {
 // Run serves the API on ln until ctx is done, then ends open streams,
 // waits for requests to finish and stops its background actors.
 func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
-	bg, stopBackground := actors.Group(ctx, e.replies.run, e.notices.Run, e.inserts.run, e.sweep)
+	bg, stopBackground := actors.Group(ctx, e.replies.run, e.notices.Run, e.inserts.run, e.sweep, e.events.run, e.retain)
 	unlisten := e.cfg.Notifier.Listen(db.EdgeChannel(e.cfg.ID), e.replies.onNotify, e.replies.onReady)
 	defer unlisten()
 	unlistenKeys := e.cfg.Notifier.Listen(db.KeysChannel, func(keyID string) {
@@ -160,6 +175,9 @@ func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
 		e.keys.drop()
 	}, e.keys.drop)
 	defer unlistenKeys()
+	// A listener that reconnected may have missed a wake-up: read anyway.
+	unlistenEvents := e.cfg.Notifier.Listen(db.EventsChannel, func(string) { e.events.wake() }, e.events.wake)
+	defer unlistenEvents()
 	// No server-wide ReadTimeout or WriteTimeout: they would cut streams
 	// and long waits. Each request gets its own deadlines (deadlines.go).
 	srv := &http.Server{

@@ -17,6 +17,9 @@ type metrics struct {
 	accepted prometheus.Counter
 	swept    prometheus.Counter
 	requeued prometheus.Counter
+	// Fleet operations.
+	eventsStreamed prometheus.Counter
+	purged         *prometheus.CounterVec // rows retention deleted, by table
 }
 
 func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int) *metrics {
@@ -35,13 +38,17 @@ func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int) *me
 			Name: "switchboard_edge_commands_swept_total", Help: "Commands this edge failed (no reply in time) or expired (never delivered)."}),
 		requeued: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_edge_devices_requeued_total", Help: "Devices whose deliveries this edge gave back because their node's lease lapsed."}),
+		eventsStreamed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_edge_events_streamed_total", Help: "Device events written to event streams."}),
+		purged: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchboard_edge_retention_deleted_total", Help: "Rows retention deleted, by table: commands, events (by age), events_capped (over a device's cap)."}, []string{"table"}),
 	}
 	if reg != nil {
 		waitingGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "switchboard_edge_waiting_requests", Help: "Requests and streams waiting on a command."},
 			func() float64 { return float64(waiting()) })
 		prometheus.WrapRegistererWith(prometheus.Labels{"edge": edgeID}, reg).MustRegister(
-			m.requests, m.limited, m.accepted, m.swept, m.requeued, waitingGauge)
+			m.requests, m.limited, m.accepted, m.swept, m.requeued, waitingGauge, m.eventsStreamed, m.purged)
 	}
 	return m
 }

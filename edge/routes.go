@@ -50,6 +50,8 @@ func (e *Edge) Handler() http.Handler {
 		r.Use(e.authenticate, e.limitKeys)
 		r.With(requireScope(db.ScopeAdmin)).Post("/devices", e.handleAddDevice)
 		r.With(requireScope(db.ScopeRead)).Get("/devices/{id}", e.handleGetDevice)
+		r.With(requireScope(db.ScopeRead)).Get("/devices/{id}/events", e.handleDeviceEvents)
+		r.With(requireScope(db.ScopeRead)).Get("/events", e.handleFleetEvents)
 		r.With(requireScope(db.ScopeCommands)).Post("/devices/{id}/commands", e.handleSendCommand)
 		r.With(requireScope(db.ScopeCommands)).Get("/commands/{id}", e.handleGetCommand)
 		r.With(requireScope(db.ScopeCommands)).Get("/commands/{id}/events", e.handleCommandEvents)
