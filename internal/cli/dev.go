@@ -166,7 +166,7 @@ func runDev(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.
 		for j := i; j < len(simulated); j += len(connURLs) {
 			mine = append(mine, simulated[j])
 		}
-		parts = append(parts, func(ctx context.Context) error { return simulate(ctx, mine, url, deviceTLS, 30*time.Second, log) })
+		parts = append(parts, func(ctx context.Context) error { return simulate(ctx, mine, url, deviceTLS, 10*time.Second, log) })
 	}
 
 	err = devBanner.Execute(stdio.Stdout, map[string]any{

@@ -259,3 +259,22 @@ func freePort() (int, error) {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
+
+// Tool returns the path of one of PostgreSQL's programs (psql, pg_dump):
+// beside initdb, or beside what a link named initdb points to, or on $PATH.
+func Tool(name string) (string, error) {
+	dir, err := findBin()
+	if err != nil {
+		return "", err
+	}
+	candidates := []string{filepath.Join(dir, name)}
+	if real, err := filepath.EvalSymlinks(filepath.Join(dir, "initdb")); err == nil {
+		candidates = append(candidates, filepath.Join(filepath.Dir(real), name))
+	}
+	for _, path := range candidates {
+		if _, err := os.Stat(path); err == nil {
+			return path, nil
+		}
+	}
+	return exec.LookPath(name)
+}

@@ -1,0 +1,80 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/switchboard-iot/switchboard/internal/pgcluster"
+	"github.com/switchboard-iot/switchboard/internal/testsys"
+)
+
+// readmeBlock returns the first fenced block of the given language after
+// the README heading.
+func readmeBlock(t *testing.T, heading, lang string) string {
+	t.Helper()
+	b, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(b), "\n"+heading+"\n")
+	if !ok {
+		t.Fatalf("README has no heading %q", heading)
+	}
+	_, block, ok := strings.Cut(section, "```"+lang+"\n")
+	if !ok {
+		t.Fatalf("README's %q has no ```%s block", heading, lang)
+	}
+	block, _, _ = strings.Cut(block, "```")
+	return block
+}
+
+// The README's psql cookbook runs as printed, with psql, against the real
+// schema of a system with a connected device, a command and events: every
+// query is valid, and the ones about that device find it.
+func TestPsqlCookbook(t *testing.T) {
+	t.Parallel()
+	psql, err := pgcluster.Tool("psql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sys := testsys.New(t)
+	node := sys.StartNode(t, "node-a", nil)
+	edge := sys.StartEdge(t, "edge-a", nil)
+	dev := testsys.StartDevice(t, node, "thermostat-1", sys.AddDevice(t, "thermostat-1"), nil)
+	sys.AddDevice(t, "thermostat-2") // never connected
+	if err := dev.Event(t.Context(), "telemetry", map[string]float64{"celsius": 20.5}); err != nil {
+		t.Fatal(err)
+	}
+	post(t, t.Context(), edge.URL, sys.APIKey(t), "thermostat-1", "?wait=5s", "", `{"name":"unknown"}`).Body.Close()
+	testsys.Eventually(t, "the event to be stored", func() bool {
+		var n int
+		_ = sys.Pool.QueryRow(t.Context(), `SELECT count(*) FROM event_latest`).Scan(&n)
+		return n == 1
+	})
+
+	queries := readmeBlock(t, "## For operators: psql", "sql")
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, psql, "-X", "-v", "ON_ERROR_STOP=1", "--no-psqlrc", "-d", sys.DBURL)
+	cmd.Stdin = strings.NewReader(queries)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("psql ran the README's queries: %v\n%s", err, out.String())
+	}
+	for _, want := range []string{
+		"thermostat-1 | node-a",    // who is online
+		"test   | node-a  |     1", // per region and node
+		"never connected",          // offline by region
+		"telemetry | {\"celsius\": 20.5}",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("psql's output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
