@@ -471,6 +471,11 @@ func (n *Node) pinger(ctx context.Context) error {
 // onNotify runs on the notifier's goroutine: it only hands work off.
 func (n *Node) onNotify(payload string) {
 	for _, m := range db.ParseNodeMessages(payload) {
+		if m.Job != nil {
+			n.metrics.jobWakeups.Inc()
+			n.deliverer.wakeJob(*m.Job)
+			continue
+		}
 		if m.Close != "" {
 			n.closeDevice(m.DeviceID, m.Close)
 			continue
