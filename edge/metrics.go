@@ -17,6 +17,11 @@ type metrics struct {
 	accepted prometheus.Counter
 	swept    prometheus.Counter
 	requeued prometheus.Counter
+
+	jobsCreated prometheus.Counter
+	jobBatches  prometheus.Counter
+	jobCommands prometheus.Counter
+	jobsRunning prometheus.Gauge
 }
 
 func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int) *metrics {
@@ -35,13 +40,22 @@ func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int) *me
 			Name: "switchboard_edge_commands_swept_total", Help: "Commands this edge failed (no reply in time) or expired (never delivered)."}),
 		requeued: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_edge_devices_requeued_total", Help: "Devices whose deliveries this edge gave back because their node's lease lapsed."}),
+		jobsCreated: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_edge_jobs_created_total", Help: "Fleet jobs this edge accepted."}),
+		jobBatches: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_edge_job_batches_total", Help: "Batches of fleet job commands this edge's runner created (each wakes each of its nodes once)."}),
+		jobCommands: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_edge_job_commands_created_total", Help: "Commands this edge's job runner created."}),
+		jobsRunning: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "switchboard_edge_jobs_running", Help: "Fleet jobs running, in the whole database (read every 5s; the same on every edge)."}),
 	}
 	if reg != nil {
 		waitingGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "switchboard_edge_waiting_requests", Help: "Requests and streams waiting on a command."},
 			func() float64 { return float64(waiting()) })
 		prometheus.WrapRegistererWith(prometheus.Labels{"edge": edgeID}, reg).MustRegister(
-			m.requests, m.limited, m.accepted, m.swept, m.requeued, waitingGauge)
+			m.requests, m.limited, m.accepted, m.swept, m.requeued, waitingGauge,
+			m.jobsCreated, m.jobBatches, m.jobCommands, m.jobsRunning)
 	}
 	return m
 }
