@@ -56,7 +56,7 @@ type NodeMessage struct {
 	DeviceID  string
 	SessionID uuid.UUID // for a kick
 	Close     string    // for a close: why (DeviceDisabled, DeviceDeleted)
-	Job       *JobWake  // a job's batch: DeviceID is empty
+	Job       JobWake   // a job's batch (Job.Job set): DeviceID is empty
 }
 
 // ParseNodeMessages reads a node channel payload, skipping lines it does not know.
@@ -78,7 +78,7 @@ func ParseNodeMessages(payload string) []NodeMessage {
 			first, err1 := strconv.ParseInt(fields[2], 10, 64)
 			last, err2 := strconv.ParseInt(fields[3], 10, 64)
 			if err == nil && err1 == nil && err2 == nil && id != uuid.Nil && first <= last {
-				out = append(out, NodeMessage{Job: &JobWake{Job: id, First: first, Last: last}})
+				out = append(out, NodeMessage{Job: JobWake{Job: id, First: first, Last: last}})
 			}
 		}
 	}
