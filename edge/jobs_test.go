@@ -181,8 +181,11 @@ func TestJobRollout(t *testing.T) {
 			late = append(late, id)
 		}
 	}
+	start := time.Now()
 	connect(t, nodes, early, secrets, ok).waitConnected(t, 60*time.Second)
+	t.Logf("%d devices connected in %v", len(early), time.Since(start).Round(time.Millisecond))
 
+	start = time.Now()
 	j := postJob(t, c, `{"name":"get_state","target":{"all":true},"rate":400}`)
 	if j.Total != 2000 || j.Counts.Unsent != 2000 {
 		t.Fatalf("total %d, counts %+v; want 2000 unsent", j.Total, *j.Counts)
@@ -190,7 +193,9 @@ func TestJobRollout(t *testing.T) {
 	waitJob(t, sys, j.ID, 20*time.Second, "the first batches", func(j db.Job) bool { return j.Created > 0 })
 	lateFleet := connect(t, nodes, late, secrets, ok)
 	lateFleet.waitConnected(t, 60*time.Second)
+	t.Logf("the other %d connected %v into the job", len(late), time.Since(start).Round(time.Millisecond))
 	j = waitJob(t, sys, j.ID, 60*time.Second, "the job to end", func(j db.Job) bool { return j.Status.Final() })
+	t.Logf("the job ended after %v", time.Since(start).Round(time.Millisecond))
 
 	j, fields := getJob(t, c, j.ID)
 	if j.Status != db.JobDone || j.Total != 2000 || j.Created != 2000 {
