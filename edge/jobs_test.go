@@ -370,7 +370,7 @@ func TestJobStream(t *testing.T) {
 	}
 	connect(t, []*testsys.Node{node}, ids, secrets, ok).waitConnected(t, 20*time.Second)
 
-	j := postJob(t, c, `{"name":"get_state","args":{"verbose":true},"target":{"label":"room=kitchen"},"rate":20}`)
+	j := postJob(t, c, `{"name":"get_state","args":{"verbose":true},"target":{"label":"room=kitchen"},"rate":5}`)
 	if j.Total != 10 {
 		t.Fatalf("total %d, want the 10 kitchen devices", j.Total)
 	}
