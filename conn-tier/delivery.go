@@ -25,7 +25,8 @@ type deliverer struct {
 
 	mu    sync.Mutex // guards the following
 	dirty map[string]struct{}
-	all   bool // every local device: after the listener (re)connects
+	all   bool         // every local device: after the listener (re)connects
+	jobs  []db.JobWake // batches of jobs whose devices here are to be found
 }
 
 // roundDevices bounds the devices one query reads.
@@ -40,6 +41,39 @@ func (d *deliverer) wake(deviceID string) {
 	d.dirty[deviceID] = struct{}{}
 	d.mu.Unlock()
 	d.poke()
+}
+
+// wakeJob has the devices of this node that a job's batch holds delivered:
+// one query finds them (by presence), then they go the way of a wake.
+func (d *deliverer) wakeJob(w db.JobWake) {
+	d.mu.Lock()
+	d.jobs = append(d.jobs, w)
+	d.mu.Unlock()
+	d.poke()
+}
+
+// resolveJobs turns the jobs' batches woken into dirty devices. On an
+// error the batches not resolved are kept, for the next round.
+func (d *deliverer) resolveJobs(ctx context.Context) error {
+	d.mu.Lock()
+	jobs := d.jobs
+	d.jobs = nil
+	d.mu.Unlock()
+	for i, w := range jobs {
+		ids, err := d.node.store.JobDevicesOn(ctx, d.node.cfg.Node.ID, w)
+		if err != nil {
+			d.mu.Lock()
+			d.jobs = append(jobs[i:], d.jobs...)
+			d.mu.Unlock()
+			return err
+		}
+		d.mu.Lock()
+		for _, id := range ids {
+			d.dirty[id] = struct{}{}
+		}
+		d.mu.Unlock()
+	}
+	return nil
 }
 
 // wakeAll rescans every local device: nothing is replayed to a listener that
@@ -101,6 +135,17 @@ func (d *deliverer) run(ctx context.Context) error {
 		// Without a lease, PostgreSQL may think this node dead and give its
 		// deliveries back: wait. Renewing the lease wakes every device.
 		if !d.node.leased.Load() {
+			continue
+		}
+		if err := d.resolveJobs(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			d.node.log.Warn("finding a job's devices; retrying", "err", err)
+			d.poke()
+			if !retry.Wait(ctx) {
+				return nil
+			}
 			continue
 		}
 		sessions, all := d.take()

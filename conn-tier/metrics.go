@@ -24,6 +24,9 @@ type metrics struct {
 	// refused counts connect requests turned away before their
 	// credentials were looked at, by reason: full, draining.
 	refused *prometheus.CounterVec
+	// jobWakeups counts "job" notices handled: one per batch of a job
+	// that holds devices of this node.
+	jobWakeups prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry, nodeID string, queues map[string]func() int, maxSessions int, handshakes func() int) *metrics {
@@ -52,10 +55,12 @@ func newMetrics(reg *prometheus.Registry, nodeID string, queues map[string]func(
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchboard_conn_refused_total",
 			Help: "Connect requests answered 503 before their credentials were looked at, by reason: full (MaxSessions), draining."}, []string{"reason"}),
+		jobWakeups: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_conn_job_wakeups_total", Help: "Wake-ups for a batch of a fleet job's commands (one per batch and node)."}),
 	}
 	if reg != nil {
 		r := prometheus.WrapRegistererWith(prometheus.Labels{"node": nodeID}, reg)
-		r.MustRegister(m.sessions, m.connects, m.closes, m.frames, m.delivered, m.replies, m.timedOut, m.eventsShed, m.replyWaits, m.overRate, m.refused,
+		r.MustRegister(m.sessions, m.connects, m.closes, m.frames, m.delivered, m.replies, m.timedOut, m.eventsShed, m.replyWaits, m.overRate, m.refused, m.jobWakeups,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "switchboard_conn_max_sessions", Help: "The most devices this node holds (MaxSessions)."},
 				func() float64 { return float64(maxSessions) }),

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/google/uuid"
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -471,6 +472,11 @@ func (n *Node) pinger(ctx context.Context) error {
 // onNotify runs on the notifier's goroutine: it only hands work off.
 func (n *Node) onNotify(payload string) {
 	for _, m := range db.ParseNodeMessages(payload) {
+		if m.Job.Job != uuid.Nil {
+			n.metrics.jobWakeups.Inc()
+			n.deliverer.wakeJob(m.Job)
+			continue
+		}
 		if m.Close != "" {
 			n.closeDevice(m.DeviceID, m.Close)
 			continue

@@ -574,8 +574,9 @@ func TestPresence(t *testing.T) {
 
 func TestParseNodeMessages(t *testing.T) {
 	sid := uuid.New()
-	got := db.ParseNodeMessages("wake dev-1\nkick dev-2 " + sid.String() + "\nbogus line\nkick dev-3 not-a-uuid\nwake dev-4\nclose dev-5 disabled\nclose dev-6")
-	want := []db.NodeMessage{{DeviceID: "dev-1"}, {Kick: true, DeviceID: "dev-2", SessionID: sid}, {DeviceID: "dev-4"}, {DeviceID: "dev-5", Close: "disabled"}}
+	got := db.ParseNodeMessages("wake dev-1\nkick dev-2 " + sid.String() + "\nbogus line\nkick dev-3 not-a-uuid\nwake dev-4\nclose dev-5 disabled\nclose dev-6\njob " + sid.String() + " 3 9\njob " + sid.String() + " 9 3")
+	want := []db.NodeMessage{{DeviceID: "dev-1"}, {Kick: true, DeviceID: "dev-2", SessionID: sid}, {DeviceID: "dev-4"}, {DeviceID: "dev-5", Close: "disabled"},
+		{Job: db.JobWake{Job: sid, First: 3, Last: 9}}}
 	if !slices.Equal(got, want) {
 		t.Fatalf("got %v, want %v", got, want)
 	}

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/switchboard-iot/switchboard/db"
 )
 
@@ -229,5 +231,33 @@ func TestRetention(t *testing.T) {
 	}
 	if _, err := store.Command(ctx, pending.ID); err != nil {
 		t.Fatalf("the pending command went too: %v", err)
+	}
+
+	// A job's commands stay while the job does; an old finished job goes,
+	// then its commands.
+	job, err := store.CreateJob(ctx, db.NewJob{ID: uuid.New(), Name: "x", Args: json.RawMessage(`{}`), Timeout: time.Second, TTL: time.Hour,
+		Target: json.RawMessage(`{"devices":["dev-1"]}`), Filter: db.DeviceFilter{IDs: []string{"dev-1"}}, Rate: 100, Abort: 100, MaxTargets: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `
+		INSERT INTO commands (id, device_id, name, timeout, expires_at, status, completed_at, job_id)
+		VALUES (gen_random_uuid(), 'dev-1', 'x', '1s', now(), 'done', now() - interval '40 days', $1)`, job.ID); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := store.PurgeCommands(ctx, 30*24*time.Hour, 100); err != nil || n != 0 {
+		t.Fatalf("PurgeCommands = %d, %v; want the job's command kept", n, err)
+	}
+	if n, err := store.PurgeJobs(ctx, 30*24*time.Hour, 100); err != nil || n != 0 {
+		t.Fatalf("PurgeJobs = %d, %v; want the running job kept", n, err)
+	}
+	if _, err := pool.Exec(ctx, `UPDATE jobs SET status = 'done', finished_at = now() - interval '31 days'`); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := store.PurgeJobs(ctx, 30*24*time.Hour, 100); err != nil || n != 1 {
+		t.Fatalf("PurgeJobs = %d, %v; want the old job gone", n, err)
+	}
+	if n, err := store.PurgeCommands(ctx, 30*24*time.Hour, 100); err != nil || n != 1 {
+		t.Fatalf("PurgeCommands = %d, %v; want the old job's command gone", n, err)
 	}
 }

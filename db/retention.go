@@ -12,15 +12,30 @@ import (
 // purge at once without doing the same work.
 
 // PurgeCommands deletes up to limit commands that became final (done,
-// failed, expired) more than keep ago, and returns how many it deleted.
+// failed, expired) more than keep ago, and returns how many it deleted. A
+// job's commands stay as long as the job does: they are its counts.
 func (s *Store) PurgeCommands(ctx context.Context, keep time.Duration, limit int) (int64, error) {
 	ctx, cancel := bound(ctx)
 	defer cancel()
 	tag, err := s.db.Exec(ctx, `
 		DELETE FROM commands WHERE id IN (
-			SELECT id FROM commands WHERE completed_at < now() - $1::interval
-			ORDER BY completed_at LIMIT $2 FOR UPDATE SKIP LOCKED)`, keep, limit)
+			SELECT c.id FROM commands c WHERE c.completed_at < now() - $1::interval
+			AND (c.job_id IS NULL OR NOT EXISTS (SELECT FROM jobs j WHERE j.id = c.job_id))
+			ORDER BY c.completed_at LIMIT $2 FOR UPDATE SKIP LOCKED)`, keep, limit)
 	return tag.RowsAffected(), translate(err, "purge commands")
+}
+
+// PurgeJobs deletes up to limit jobs that finished more than keep ago (and
+// their targets), and returns how many it deleted; PurgeCommands then
+// deletes their commands.
+func (s *Store) PurgeJobs(ctx context.Context, keep time.Duration, limit int) (int64, error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	tag, err := s.db.Exec(ctx, `
+		DELETE FROM jobs WHERE id IN (
+			SELECT id FROM jobs WHERE finished_at < now() - $1::interval
+			LIMIT $2 FOR UPDATE SKIP LOCKED)`, keep, limit)
+	return tag.RowsAffected(), translate(err, "purge jobs")
 }
 
 // PurgeEvents deletes up to limit events received more than keep ago, and

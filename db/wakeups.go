@@ -21,6 +21,9 @@ import (
 //	                    "kick DEVICE SESSION"  close that session: a newer one replaced it
 //	                    "close DEVICE REASON"  close the device's session, if it has one here:
 //	                                           it was "disabled" or "deleted" (sent to every node)
+//	                    "job JOB FIRST LAST"   a batch of the job's commands was created: deliver
+//	                                           its pending ones (seq FIRST to LAST) to this node's
+//	                                           devices; one line per node per batch, not per device
 //	sb_edge_<edge id>   "COMMAND-ID"           the command changed: read it again
 //	                    {"id":…,…}             the command changed: this is it now
 //	sb_keys             "API-KEY-ID"           the key was revoked: trust no copy of it
@@ -43,6 +46,7 @@ const (
 	wakeVerb  = "wake"
 	kickVerb  = "kick"
 	closeVerb = "close"
+	jobVerb   = "job"
 )
 
 // Why a device's session is closed by a "close" notice.
@@ -57,6 +61,7 @@ type NodeMessage struct {
 	DeviceID  string
 	SessionID uuid.UUID // for a kick
 	Close     string    // for a close: why (DeviceDisabled, DeviceDeleted)
+	Job       JobWake   // a job's batch (Job.Job set): DeviceID is empty
 }
 
 // ParseNodeMessages reads a node channel payload, skipping lines it does not know.
@@ -73,6 +78,13 @@ func ParseNodeMessages(payload string) []NodeMessage {
 			}
 		case len(fields) == 3 && fields[0] == closeVerb:
 			out = append(out, NodeMessage{DeviceID: fields[1], Close: fields[2]})
+		case len(fields) == 4 && fields[0] == jobVerb:
+			id, err := uuid.Parse(fields[1])
+			first, err1 := strconv.ParseInt(fields[2], 10, 64)
+			last, err2 := strconv.ParseInt(fields[3], 10, 64)
+			if err == nil && err1 == nil && err2 == nil && id != uuid.Nil && first <= last {
+				out = append(out, NodeMessage{Job: JobWake{Job: id, First: first, Last: last}})
+			}
 		}
 	}
 	return out
@@ -127,6 +139,7 @@ type Notice struct {
 	Close      *Closing   // a device every node must close its session of
 	RevokedKey int64      // an API key no edge may trust any longer
 	Events     int64      // device events were stored, up to this id
+	Job        *JobWake   // a job's batch, whose devices' nodes must deliver it
 }
 
 // Closing is a device whose session must end wherever it is, and why
@@ -145,6 +158,7 @@ type Closing struct {
 func (s *Store) Notify(ctx context.Context, notices []Notice) error {
 	var wake, closing []string
 	var events int64
+	var jobs []*JobWake
 	byChannel := make(map[string][]string)
 	for _, n := range notices {
 		switch {
@@ -164,6 +178,8 @@ func (s *Store) Notify(ctx context.Context, notices []Notice) error {
 			byChannel[KeysChannel] = append(byChannel[KeysChannel], strconv.FormatInt(n.RevokedKey, 10))
 		case n.Events != 0:
 			events = max(events, n.Events) // the highest id says it all
+		case n.Job != nil:
+			jobs = append(jobs, n.Job)
 		}
 	}
 	if events != 0 {
@@ -175,7 +191,7 @@ func (s *Store) Notify(ctx context.Context, notices []Notice) error {
 			channels, payloads = append(channels, ch), append(payloads, p)
 		}
 	}
-	if len(wake) == 0 && len(channels) == 0 && len(closing) == 0 {
+	if len(wake) == 0 && len(channels) == 0 && len(closing) == 0 && len(jobs) == 0 {
 		return nil
 	}
 	ctx, cancel := bound(ctx)
@@ -197,6 +213,18 @@ func (s *Store) Notify(ctx context.Context, notices []Notice) error {
 			NodeChannel(""), pack(closing))
 		if err != nil {
 			return translate(err, "close devices")
+		}
+	}
+	// A job's batch wakes each node that holds one of its devices once:
+	// the node finds its own devices among the batch.
+	for _, j := range jobs {
+		_, err := s.db.Exec(ctx, `
+			SELECT pg_notify($1 || node_id, $2)
+			FROM (SELECT DISTINCT p.node_id FROM commands c JOIN presence p ON p.device_id = c.device_id
+			      WHERE c.job_id = $3 AND c.status = 'pending' AND c.seq BETWEEN $4 AND $5) t`,
+			NodeChannel(""), fmt.Sprintf("%s %s %d %d", jobVerb, j.Job, j.First, j.Last), j.Job, j.First, j.Last)
+		if err != nil {
+			return translate(err, "wake a job's nodes")
 		}
 	}
 	if len(wake) > 0 {

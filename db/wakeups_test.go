@@ -24,6 +24,7 @@ func FuzzParseWakeups(f *testing.F) {
 		"wake  dev-1 \r\n\twake dev-2\n\nwake\nwake a b\nkick dev-2 " + sid + " extra",
 		sid + "\n" + strings.ToUpper(sid) + "\r\n {" + sid + "}\nurn:uuid:" + sid + "\n" + strings.ReplaceAll(sid, "-", "") + "\nnot-a-uuid",
 		"wake \u00a0dev\u2028\x85x\xff",
+		"job " + sid + " 1 20\njob " + sid + " 5 4\njob nope 1 2\njob " + sid + " -1 +7\njob " + sid + " 1",
 		`{"id":"` + sid + `","device_id":"d","name":"n","args":{},"status":"done","ok":true,"timeout":"10s","attempts":1,"created_at":"2026-11-26T10:00:00Z","expires_at":"2026-11-26T11:00:00Z"}` + "\n" + sid + "\n{\"id\":\"nope\"}\n{",
 		"",
 		"\n\n\n",
@@ -44,6 +45,17 @@ func FuzzParseWakeups(f *testing.F) {
 
 		var written []string
 		for _, m := range nodeMsgs {
+			if m.Job.Job != uuid.Nil {
+				if m.DeviceID != "" || m.Kick || m.Close != "" || m.Job.First > m.Job.Last {
+					t.Fatalf("%q gave %+v", payload, m)
+				}
+				written = append(written, fmt.Sprintf("job %s %d %d", m.Job.Job, m.Job.First, m.Job.Last))
+				continue
+			}
+			if m.Close != "" {
+				written = append(written, fmt.Sprintf("close %s %s", m.DeviceID, m.Close))
+				continue
+			}
 			if m.DeviceID == "" || strings.ContainsFunc(m.DeviceID, unicode.IsSpace) || !m.Kick && m.SessionID != uuid.Nil {
 				t.Fatalf("%q gave %+v", payload, m)
 			}

@@ -42,6 +42,11 @@ type Config struct {
 	SweepInterval time.Duration // 1s: how often overdue commands are failed or expired
 	KeepAlive     time.Duration // 15s: SSE comment sent on quiet streams
 	MaxWait       time.Duration // 60s: longest ?wait= honoured
+	// JobInterval is how often the edge's job runner steps the running
+	// jobs (250ms): a job's batches are its rate times this.
+	JobInterval time.Duration
+	// JobStreamInterval is how often a job's event stream reads it (1s).
+	JobStreamInterval time.Duration
 	// APIKeyCache is how long a checked API key is trusted without a
 	// lookup: 30s. A revocation drops it at once (db.KeysChannel); this
 	// bounds what a revocation missed while the listener was away costs.
@@ -98,6 +103,8 @@ type Edge struct {
 
 	keys *keyCache // checked API keys
 
+	runnerPoke chan struct{} // cap 1: a job was created; step the jobs now
+
 	limits *keyLimits       // per API key; nil when both are off
 	guard  *authguard.Guard // failed API key look-ups
 
@@ -122,6 +129,8 @@ func New(cfg Config) (*Edge, error) {
 		}
 	}
 	def(&cfg.SweepInterval, time.Second)
+	def(&cfg.JobInterval, 250*time.Millisecond)
+	def(&cfg.JobStreamInterval, time.Second)
 	def(&cfg.KeepAlive, 15*time.Second)
 	def(&cfg.MaxWait, 60*time.Second)
 	def(&cfg.APIKeyCache, 30*time.Second)
@@ -157,6 +166,8 @@ func New(cfg Config) (*Edge, error) {
 		limits:  newKeyLimits(cfg.KeyRate, cfg.KeyBurst, cfg.KeyStreams),
 		guard:   authguard.New(cfg.AuthGuard),
 		closing: make(chan struct{}),
+
+		runnerPoke: make(chan struct{}, 1),
 	}
 	e.notices = batch.New("notices", 4096, 1000, log, e.store.Notify, db.IsRefused)
 	e.inserts = newInserter(cfg.Store)
@@ -167,7 +178,7 @@ func New(cfg Config) (*Edge, error) {
 // Run serves the API on ln until ctx is done, then ends open streams,
 // waits for requests to finish and stops its background actors.
 func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
-	bg, stopBackground := actors.Group(ctx, e.replies.run, e.notices.Run, e.inserts.run, e.sweep, e.events.run, e.retain)
+	bg, stopBackground := actors.Group(ctx, e.replies.run, e.notices.Run, e.inserts.run, e.sweep, e.events.run, e.retain, e.runJobs)
 	unlisten := e.cfg.Notifier.Listen(db.EdgeChannel(e.cfg.ID), e.replies.onNotify, e.replies.onReady)
 	defer unlisten()
 	unlistenKeys := e.cfg.Notifier.Listen(db.KeysChannel, func(keyID string) {

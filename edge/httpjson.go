@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -19,7 +20,13 @@ const maxBody = 64 << 10
 // Content-Type is not checked: the body must be JSON whatever it says, and
 // "curl -d" labels JSON as a form.
 func decodeJSON(w http.ResponseWriter, r *http.Request, v any) bool {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	return decodeJSONLimit(w, r, v, maxBody)
+}
+
+// decodeJSONLimit is decodeJSON for a body of at most limit bytes (a job's
+// list of device ids outgrows maxBody).
+func decodeJSONLimit(w http.ResponseWriter, r *http.Request, v any, limit int64) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
 	dec.DisallowUnknownFields()
 	err := dec.Decode(v)
 	if err == nil {
@@ -38,7 +45,7 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 		w.Header().Set("Connection", "close")
 		problem.Write(w, http.StatusRequestTimeout, "request-timeout", "Request timeout", "the request body did not arrive in time")
 	case errors.As(err, &tooBig):
-		problem.Write(w, http.StatusRequestEntityTooLarge, "request-too-large", "Request too large", "bodies are limited to 64 KiB")
+		problem.Write(w, http.StatusRequestEntityTooLarge, "request-too-large", "Request too large", fmt.Sprintf("this body is limited to %d KiB", limit>>10))
 	case errors.Is(err, io.EOF):
 		badRequest(w, "invalid-json", "the request body is empty")
 	default:

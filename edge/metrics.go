@@ -20,6 +20,11 @@ type metrics struct {
 	// Fleet operations.
 	eventsStreamed prometheus.Counter
 	purged         *prometheus.CounterVec // rows retention deleted, by table
+
+	jobsCreated prometheus.Counter
+	jobBatches  prometheus.Counter
+	jobCommands prometheus.Counter
+	jobsRunning prometheus.Gauge
 }
 
 func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int) *metrics {
@@ -41,14 +46,23 @@ func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int) *me
 		eventsStreamed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_edge_events_streamed_total", Help: "Device events written to event streams."}),
 		purged: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "switchboard_edge_retention_deleted_total", Help: "Rows retention deleted, by table: commands, events (by age), events_capped (over a device's cap)."}, []string{"table"}),
+			Name: "switchboard_edge_retention_deleted_total", Help: "Rows retention deleted, by table: jobs, commands, events (by age), events_capped (over a device's cap)."}, []string{"table"}),
+		jobsCreated: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_edge_jobs_created_total", Help: "Fleet jobs this edge accepted."}),
+		jobBatches: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_edge_job_batches_total", Help: "Batches of fleet job commands this edge's runner created (each wakes each of its nodes once)."}),
+		jobCommands: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_edge_job_commands_created_total", Help: "Commands this edge's job runner created."}),
+		jobsRunning: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "switchboard_edge_jobs_running", Help: "Fleet jobs running, in the whole database (read every 5s; the same on every edge)."}),
 	}
 	if reg != nil {
 		waitingGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "switchboard_edge_waiting_requests", Help: "Requests and streams waiting on a command."},
 			func() float64 { return float64(waiting()) })
 		prometheus.WrapRegistererWith(prometheus.Labels{"edge": edgeID}, reg).MustRegister(
-			m.requests, m.limited, m.accepted, m.swept, m.requeued, waitingGauge, m.eventsStreamed, m.purged)
+			m.requests, m.limited, m.accepted, m.swept, m.requeued, waitingGauge, m.eventsStreamed, m.purged,
+			m.jobsCreated, m.jobBatches, m.jobCommands, m.jobsRunning)
 	}
 	return m
 }

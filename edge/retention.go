@@ -64,6 +64,7 @@ func (e *Edge) retainOnce(ctx context.Context) {
 	if keepCommands >= 0 {
 		keepCommands = max(keepCommands, MinRetainCommands)
 	}
+	purge("jobs", keepCommands, e.store.PurgeJobs)
 	purge("commands", keepCommands, e.store.PurgeCommands)
 	purge("events", e.cfg.RetainEvents, e.store.PurgeEvents)
 	if e.cfg.EventsPerDevice < 0 {

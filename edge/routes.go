@@ -55,6 +55,10 @@ func (e *Edge) Handler() http.Handler {
 		r.With(requireScope(db.ScopeCommands)).Post("/devices/{id}/commands", e.handleSendCommand)
 		r.With(requireScope(db.ScopeCommands)).Get("/commands/{id}", e.handleGetCommand)
 		r.With(requireScope(db.ScopeCommands)).Get("/commands/{id}/events", e.handleCommandEvents)
+		r.With(requireScope(db.ScopeCommands)).Post("/jobs", e.handleCreateJob)
+		r.With(requireScope(db.ScopeCommands)).Get("/jobs", e.handleListJobs)
+		r.With(requireScope(db.ScopeCommands)).Get("/jobs/{id}", e.handleGetJob)
+		r.With(requireScope(db.ScopeCommands)).Post("/jobs/{id}/cancel", e.handleCancelJob)
 	})
 	return r
 }

@@ -4,7 +4,7 @@
 // devices and the HTTP clients. scripts/bench runs it; it prints a table and
 // rewrites the measured section of BENCHMARKS.md.
 //
-//	go run ./scripts/benchmark -bin /tmp/switchboard [-quick] [-only memory,throughput,scale,storm]
+//	go run ./scripts/benchmark -bin /tmp/switchboard [-quick] [-only memory,throughput,scale,storm,job]
 //
 // Every scenario starts its own processes and stops them; the database is
 // shared, and so are the provisioned devices.
@@ -84,15 +84,16 @@ type sizes struct {
 	run, warmup       time.Duration
 	rates             []int // open-loop rates tried, commands a second
 	closedClients     int   // closed loop: clients sending as fast as answered
+	jobDevices        int   // the fleet job's targets
 }
 
 func sizesFor(quick bool) sizes {
 	if quick {
 		return sizes{memoryDevices: 300, throughputDevices: 100, scaleDevices: 600, scaleNodes: 3, stormDevices: 300,
-			run: 3 * time.Second, warmup: time.Second, rates: []int{200}, closedClients: 32}
+			run: 3 * time.Second, warmup: time.Second, rates: []int{200}, closedClients: 32, jobDevices: 200}
 	}
 	return sizes{memoryDevices: 15000, throughputDevices: 2000, scaleDevices: 90000, scaleNodes: 6, stormDevices: 15000,
-		run: 30 * time.Second, warmup: 5 * time.Second, rates: []int{1000, 2000, 3000}, closedClients: 256}
+		run: 30 * time.Second, warmup: 5 * time.Second, rates: []int{1000, 2000, 3000}, closedClients: 256, jobDevices: 10000}
 }
 
 // A scenario measures one target and adds its rows.
@@ -106,6 +107,7 @@ var scenarios = []scenario{
 	{"throughput", (*bench).throughput},
 	{"scale", (*bench).scale},
 	{"storm", (*bench).storm},
+	{"job", (*bench).job},
 }
 
 func scenarioNames() []string {
@@ -640,6 +642,130 @@ func (b *bench) throughput(ctx context.Context) error {
 		verdict:  verdict(c.SuccessRate >= 3000, c.SuccessRate >= 5000),
 	})
 	b.notePG("closed loop", pg)
+	return nil
+}
+
+// job: a fleet job to the whole fleet must not slow the single-command
+// path. Closed-loop round trips, the throughput scenario's, are measured
+// alone, then again while a job rolls out to every device at a rate that
+// lasts the whole run.
+func (b *bench) job(ctx context.Context) error {
+	var procs []*proc
+	defer func() { stopAll(procs) }()
+	var nodes, edges []string
+	for _, id := range []string{"job-node-a", "job-node-b"} {
+		p, err := b.startNode(ctx, id)
+		if err != nil {
+			return err
+		}
+		procs, nodes = append(procs, p), append(nodes, p.url())
+	}
+	for _, id := range []string{"job-edge-a", "job-edge-b"} {
+		p, err := b.startEdge(ctx, id)
+		if err != nil {
+			return err
+		}
+		procs, edges = append(procs, p), append(edges, "http://"+p.addr)
+	}
+	n := b.sz.jobDevices
+	fleet, err := b.loadgen(ctx, n, "-nodes", strings.Join(nodes, ","), "-node-metrics", "-", "-answer", "-duration", "1h")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = fleet.cmd.Process.Signal(os.Interrupt); _, _ = fleet.wait() }()
+	if err := poll(ctx, 5*time.Minute, func() bool { return b.livePresence(ctx) == n }); err != nil {
+		return fmt.Errorf("the devices: %w (%d present)", err, b.livePresence(ctx))
+	}
+	out, err := b.output(ctx, "apikeys", "add", "bench-jobs", "-scopes", "commands")
+	if err != nil {
+		return err
+	}
+	key := strings.TrimSpace(string(out))
+	measure := func() (*loadgen.CommandSummary, error) {
+		lg, err := b.loadgen(ctx, n, "-hold=false", "-edges", strings.Join(edges, ","), "-duration", b.sz.run.String(),
+			"-warmup", b.sz.warmup.String(), "-concurrency", strconv.Itoa(b.sz.closedClients))
+		if err != nil {
+			return nil, err
+		}
+		s, err := lg.wait()
+		if err != nil {
+			return nil, err
+		}
+		if s.Commands == nil {
+			return nil, errors.New("no commands in the summary")
+		}
+		return s.Commands, nil
+	}
+	alone, err := measure()
+	if err != nil {
+		return err
+	}
+
+	// The job's targets: the fleet's devices, by id (the database holds
+	// other scenarios' devices too), at a rate that spans the run.
+	creds, err := os.ReadFile(b.creds)
+	if err != nil {
+		return err
+	}
+	var ids []string
+	for line := range strings.Lines(string(creds)) {
+		if id, _, ok := strings.Cut(strings.TrimSpace(line), ","); ok && len(ids) < n {
+			ids = append(ids, id)
+		}
+	}
+	rate := float64(n) / (b.sz.warmup + b.sz.run).Seconds()
+	body, _ := json.Marshal(map[string]any{"name": "echo", "args": map[string]any{"job": true}, "target": map[string]any{"devices": ids}, "rate": rate})
+	api := func(method, path string, body []byte) (map[string]any, error) {
+		req, err := http.NewRequestWithContext(ctx, method, edges[0]+path, bytes.NewReader(body))
+		if err != nil {
+			return nil, err
+		}
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode/100 != 2 {
+			return nil, fmt.Errorf("%s %s: %d %s", method, path, resp.StatusCode, raw)
+		}
+		var v map[string]any
+		return v, json.Unmarshal(raw, &v)
+	}
+	created := time.Now()
+	j, err := api(http.MethodPost, "/v1/jobs", body)
+	if err != nil {
+		return err
+	}
+	withJob, err := measure()
+	if err != nil {
+		return err
+	}
+	jobPath := fmt.Sprintf("/v1/jobs/%v", j["id"])
+	if err := poll(ctx, 5*time.Minute, func() bool {
+		j, err = api(http.MethodGet, jobPath, nil)
+		return err == nil && j["status"] != "running"
+	}); err != nil {
+		return fmt.Errorf("the job did not end: %w (%v)", err, j)
+	}
+	took := time.Since(created)
+	b.rows = append(b.rows, row{
+		what:     fmt.Sprintf("round trips/s, as fast as answered (%d clients, %d devices, 2 edges, 2 nodes), alone", b.sz.closedClients, n),
+		target:   "(the baseline of the next row)",
+		measured: fmt.Sprintf("%.0f/s, %.2f%% ok, p50 %.1f p99 %.1f ms", alone.SuccessRate, 100*alone.SuccessRatio, alone.Latency.P50, alone.Latency.P99),
+		verdict:  "",
+	})
+	ok := withJob.SuccessRatio >= 0.999 && withJob.SuccessRate >= 0.9*alone.SuccessRate && withJob.Latency.P99 <= 1.25*alone.Latency.P99
+	b.rows = append(b.rows, row{
+		what:     fmt.Sprintf("the same, while a job sends a command to all %d devices at %.0f/s", n, rate),
+		target:   "≥ 90% of the rate alone, p99 ≤ 1.25× alone",
+		measured: fmt.Sprintf("%.0f/s, %.2f%% ok, p50 %.1f p99 %.1f ms; the job %v after %.0f s, counts %v", withJob.SuccessRate, 100*withJob.SuccessRatio, withJob.Latency.P50, withJob.Latency.P99, j["status"], took.Seconds(), j["counts"]),
+		verdict:  verdict(ok, ok),
+	})
+	if j["status"] != "done" {
+		return fmt.Errorf("the job ended %v: %v", j["status"], j["counts"])
+	}
 	return nil
 }
 

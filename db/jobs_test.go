@@ -1,0 +1,155 @@
+package db_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/switchboard-iot/switchboard/db"
+)
+
+// Runners racing on one job (as every edge runs one) create each
+// target's command once, in batches no larger than the rate allows, and
+// announce each batch by its commands' seq range.
+func TestStepJobRace(t *testing.T) {
+	t.Parallel()
+	var ids []string
+	for i := range 300 {
+		ids = append(ids, fmt.Sprintf("dev-%03d", i))
+	}
+	store, pool := setup(t, ids...)
+	ctx := context.Background()
+	j, err := store.CreateJob(ctx, db.NewJob{
+		ID: uuid.Must(uuid.NewV7()), Name: "x", Args: json.RawMessage(`{}`), Timeout: 10 * time.Second, TTL: time.Hour,
+		Target: json.RawMessage(`{"all":true}`), Rate: 1000, Abort: 100, MaxTargets: 1000,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.Total != 300 {
+		t.Fatalf("total %d, want 300", j.Total)
+	}
+	var mu sync.Mutex
+	var created int
+	var wakes []db.JobWake
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(20 * time.Second)
+	for range 4 {
+		wg.Go(func() {
+			for time.Now().Before(deadline) {
+				step, _, err := store.StepJob(ctx, 0, 50)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				created += step.Created
+				if step.Wake != nil {
+					wakes = append(wakes, *step.Wake)
+				}
+				all := created == 300
+				mu.Unlock()
+				if step.Created > 50 {
+					t.Errorf("a step created %d, over the batch limit", step.Created)
+				}
+				if all {
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if created != 300 {
+		t.Fatalf("created %d commands, want 300", created)
+	}
+	var n, devices int
+	if err := pool.QueryRow(ctx, `SELECT count(*), count(DISTINCT device_id) FROM commands WHERE job_id = $1`, j.ID).Scan(&n, &devices); err != nil {
+		t.Fatal(err)
+	}
+	if n != 300 || devices != 300 {
+		t.Errorf("%d commands for %d devices, want 300 for 300", n, devices)
+	}
+	var inWakes int
+	for _, w := range wakes {
+		var k int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM commands WHERE job_id = $1 AND seq BETWEEN $2 AND $3`, j.ID, w.First, w.Last).Scan(&k); err != nil {
+			t.Fatal(err)
+		}
+		inWakes += k
+	}
+	if inWakes != 300 {
+		t.Errorf("the wake-ups' seq ranges hold %d commands, want 300 (each once)", inWakes)
+	}
+
+	// Every command final: the next step ends the job.
+	if _, err := pool.Exec(ctx, `UPDATE commands SET status = 'done' WHERE job_id = $1`, j.ID); err != nil {
+		t.Fatal(err)
+	}
+	step, ok, err := store.StepJob(ctx, 0, 50)
+	if err != nil || !ok || step.Ended != db.JobDone {
+		t.Fatalf("step %+v ok %v err %v, want the job done", step, ok, err)
+	}
+	if got, err := store.Job(ctx, j.ID); err != nil || got.Status != db.JobDone || got.Counts.Done != 300 || *got.Progress != 1 {
+		t.Errorf("job %+v err %v", got, err)
+	}
+	if _, ok, err := store.StepJob(ctx, 0, 50); ok || err != nil {
+		t.Errorf("a finished job was stepped (%v, %v)", ok, err)
+	}
+}
+
+// The README's psql query for a job's progress runs, as printed, against
+// the real schema.
+func TestReadmeJobProgressQuery(t *testing.T) {
+	t.Parallel()
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(readme)
+	at := strings.Index(text, "-- a job's progress")
+	if at < 0 {
+		t.Fatal("the README has no query for a job's progress")
+	}
+	start := strings.LastIndex(text[:at], "\nselect ") + 1
+	end := at + strings.Index(text[at:], ";") + 1
+	query := text[start:end]
+
+	store, pool := setup(t, "dev-1", "dev-2")
+	ctx := context.Background()
+	j, err := store.CreateJob(ctx, db.NewJob{
+		ID: uuid.Must(uuid.NewV7()), Name: "x", Args: json.RawMessage(`{}`), Timeout: 10 * time.Second, TTL: time.Hour,
+		Target: json.RawMessage(`{"all":true}`), Rate: 1000, Abort: 100, MaxTargets: 10,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := store.StepJob(ctx, 0, 10); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := pool.Query(ctx, query)
+	if err != nil {
+		t.Fatalf("%s\n%v", query, err)
+	}
+	defer rows.Close()
+	n := 0
+	for rows.Next() {
+		vals, err := rows.Values()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if vals[2] != string(db.JobRunning) {
+			t.Errorf("row %v: want the running job %s", vals, j.ID)
+		}
+		n++
+	}
+	if rows.Err() != nil || n == 0 {
+		t.Fatalf("%s\ngave %d rows (%v)", query, n, rows.Err())
+	}
+}

@@ -1,0 +1,432 @@
+package edge
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/google/uuid"
+
+	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/internal/problem"
+)
+
+// Limits of a job request.
+const (
+	DefaultJobRate = 100.0  // devices a second, when rate is omitted
+	MaxJobRate     = 10000  // devices a second
+	MaxJobDevices  = 10000  // ids in a {"devices":[…]} target
+	MaxJobTargets  = 100000 // devices any target may match
+	maxJobBody     = 1 << 20
+	maxRegion      = 64
+)
+
+// jobTarget is the "target" of a job request: exactly one kind.
+type jobTarget struct {
+	All     *bool     `json:"all,omitempty"`
+	Label   *string   `json:"label,omitempty"`
+	Region  *string   `json:"region,omitempty"`
+	Devices *[]string `json:"devices,omitempty"`
+}
+
+// jobRequest is the body of POST /v1/jobs: a command request (the same
+// fields, defaults and limits), a target and the rollout's pace.
+type jobRequest struct {
+	commandRequest
+	Target             *jobTarget      `json:"target"`
+	Rate               json.RawMessage `json:"rate"`
+	AbortFailedPercent json.RawMessage `json:"abort_failed_percent"`
+}
+
+// badJob is a refused job request: its problem type and what is wrong.
+type badJob struct{ slug, detail string }
+
+func (b *badJob) Error() string { return b.detail }
+
+// number reads an optional JSON number; absent or null is def.
+func number(raw json.RawMessage, def float64) (float64, bool) {
+	s := strings.TrimSpace(string(raw))
+	if s == "" || s == "null" {
+		return def, true
+	}
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil || !strings.ContainsAny(s[:1], "-0123456789") || math.IsNaN(v) || math.IsInf(v, 0) {
+		return 0, false
+	}
+	return v, true
+}
+
+// validate checks the request and says which devices it targets: the
+// filter, and the target as it is stored (a device list as its count, so
+// that reading the job back stays small).
+func (req *jobRequest) validate() (filter db.DeviceFilter, stored json.RawMessage, rate, abort float64, err error) {
+	if err := req.commandRequest.validate(); err != nil {
+		return filter, nil, 0, 0, &badJob{"invalid-command", err.Error()}
+	}
+	rate, ok := number(req.Rate, DefaultJobRate)
+	if !ok || rate <= 0 || rate > MaxJobRate {
+		return filter, nil, 0, 0, &badJob{"invalid-rate", fmt.Sprintf("rate: want a number of devices a second, above 0 and at most %d (default %g)", MaxJobRate, DefaultJobRate)}
+	}
+	abort, ok = number(req.AbortFailedPercent, 100)
+	if !ok || abort < 0 || abort > 100 {
+		return filter, nil, 0, 0, &badJob{"invalid-abort-failed-percent", "abort_failed_percent: want a number from 0 to 100 (default 100: never abort)"}
+	}
+	t := req.Target
+	bad := func(detail string) error { return &badJob{"invalid-target", detail} }
+	if t == nil {
+		return filter, nil, 0, 0, bad(`target: want one of {"all":true}, {"label":"k=v"}, {"region":"R"} or {"devices":[ids]}`)
+	}
+	kinds := 0
+	for _, set := range []bool{t.All != nil, t.Label != nil, t.Region != nil, t.Devices != nil} {
+		if set {
+			kinds++
+		}
+	}
+	if kinds != 1 {
+		return filter, nil, 0, 0, bad(`target: want exactly one of "all", "label", "region" or "devices"`)
+	}
+	var doc any
+	switch {
+	case t.All != nil:
+		if !*t.All {
+			return filter, nil, 0, 0, bad(`target: "all" must be true`)
+		}
+		doc = map[string]bool{"all": true}
+	case t.Label != nil:
+		sel, err := db.ParseLabelSelector(*t.Label)
+		if err != nil {
+			return filter, nil, 0, 0, bad(err.Error())
+		}
+		if len(sel) == 0 {
+			return filter, nil, 0, 0, bad(`target: an empty label selector; use {"all":true} for every device`)
+		}
+		filter.Labels = sel
+		doc = map[string]string{"label": sel.String()}
+	case t.Region != nil:
+		r := *t.Region
+		if r == "" || len(r) > maxRegion || strings.ContainsFunc(r, func(c rune) bool { return c <= ' ' || c > '~' }) {
+			return filter, nil, 0, 0, bad(fmt.Sprintf("target: a region is 1-%d printable ASCII characters", maxRegion))
+		}
+		filter.Region = r
+		doc = map[string]string{"region": r}
+	default:
+		ids := slices.Clone(*t.Devices)
+		if len(ids) == 0 {
+			return filter, nil, 0, 0, bad("target: an empty device list")
+		}
+		if len(ids) > MaxJobDevices {
+			return filter, nil, 0, 0, bad(fmt.Sprintf("target: at most %d device ids (a label selector reaches more)", MaxJobDevices))
+		}
+		for _, id := range ids {
+			if !db.ValidDeviceID(id) {
+				return filter, nil, 0, 0, &badJob{"unknown-devices", "no device has the id " + strconv.Quote(id)}
+			}
+		}
+		slices.Sort(ids)
+		filter.IDs = slices.Compact(ids)
+		doc = map[string]int{"device_count": len(filter.IDs)}
+	}
+	stored, _ = json.Marshal(doc)
+	return filter, stored, rate, abort, nil
+}
+
+// handleCreateJob stores a job and the snapshot of its targets; the
+// runners of the edges create its commands.
+func (e *Edge) handleCreateJob(w http.ResponseWriter, r *http.Request) {
+	var req jobRequest
+	if !decodeJSONLimit(w, r, &req, maxJobBody) {
+		return
+	}
+	filter, target, rate, abort, err := req.validate()
+	var bj *badJob
+	if errors.As(err, &bj) {
+		badRequest(w, bj.slug, bj.detail)
+		return
+	}
+	j, err := e.store.CreateJob(r.Context(), db.NewJob{
+		ID: uuid.Must(uuid.NewV7()), Name: req.Name, Args: req.Args,
+		Timeout: time.Duration(req.Timeout), TTL: time.Duration(req.TTL),
+		Target: target, Filter: filter, Rate: rate, Abort: abort,
+		APIKeyID: apiKey(r).ID, MaxTargets: MaxJobTargets,
+	})
+	var unknown *db.UnknownDevicesError
+	switch {
+	case errors.As(err, &unknown):
+		quoted := make([]string, len(unknown.IDs))
+		for i, id := range unknown.IDs {
+			quoted[i] = strconv.Quote(id)
+		}
+		badRequest(w, "unknown-devices", "no devices have the ids "+strings.Join(quoted, ", ")+" (at most 10 are named)")
+		return
+	case errors.Is(err, db.ErrNoTargets):
+		badRequest(w, "no-targets", "the target matches no device")
+		return
+	case errors.Is(err, db.ErrTooManyTargets):
+		badRequest(w, "too-many-targets", fmt.Sprintf("the target matches more than %d devices; split the job", MaxJobTargets))
+		return
+	case errors.Is(err, db.ErrInvalid):
+		badRequest(w, "invalid-command", "the database cannot store this job")
+		return
+	case err != nil:
+		e.unavailable(w, "storing a job", err)
+		return
+	}
+	e.metrics.jobsCreated.Inc()
+	e.pokeRunner()
+	w.Header().Set("Location", "/v1/jobs/"+j.ID.String())
+	writeJSON(w, http.StatusCreated, j)
+}
+
+func jobID(w http.ResponseWriter, r *http.Request) (uuid.UUID, bool) {
+	id, err := uuid.Parse(chi.URLParam(r, "id"))
+	if err != nil {
+		badRequest(w, "invalid-job-id", "job ids are UUIDs")
+		return uuid.Nil, false
+	}
+	return id, true
+}
+
+func jobNotFound(w http.ResponseWriter, id uuid.UUID) {
+	problem.Write(w, http.StatusNotFound, "job-not-found", "Job not found", "no job has the id "+id.String())
+}
+
+// handleGetJob answers with the job and its counts, or streams it
+// (Accept: text/event-stream).
+func (e *Edge) handleGetJob(w http.ResponseWriter, r *http.Request) {
+	id, ok := jobID(w, r)
+	if !ok {
+		return
+	}
+	lastSeq := 0
+	stream := acceptsEventStream(r)
+	if stream {
+		if lastSeq, ok = parseLastEventID(r.Header.Get("Last-Event-ID")); !ok {
+			badRequest(w, "invalid-last-event-id", "Last-Event-ID: want the id of an event this stream sent")
+			return
+		}
+	}
+	j, err := e.store.Job(r.Context(), id)
+	switch {
+	case errors.Is(err, db.ErrNotFound):
+		jobNotFound(w, id)
+	case err != nil:
+		e.unavailable(w, "reading a job", err)
+	case stream:
+		e.streamJob(w, r, j, lastSeq)
+	default:
+		writeJSON(w, http.StatusOK, j)
+	}
+}
+
+// streamJob writes the job as Server-Sent Events: a "progress" event at
+// once and each time its counts or status change (read at most every
+// JobStreamInterval), then an event named after its final status, and the
+// stream ends. Ids count on from the Last-Event-ID the client resumed
+// with; each event carries the whole job, so none needs replaying.
+func (e *Edge) streamJob(w http.ResponseWriter, r *http.Request, j db.Job, seq int) {
+	rc := http.NewResponseController(w)
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Accel-Buffering", "no")
+	e.writeSoon(rc)
+	w.WriteHeader(http.StatusOK)
+	var last []byte
+	emit := func(j db.Job) error {
+		data, err := json.Marshal(j)
+		if err != nil {
+			return err
+		}
+		name := "progress"
+		if j.Status.Final() {
+			name = string(j.Status)
+		} else if string(data) == string(last) {
+			return nil
+		}
+		last = data
+		seq++
+		e.writeSoon(rc)
+		if _, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", seq, name, data); err != nil {
+			return err
+		}
+		return rc.Flush()
+	}
+	if err := emit(j); err != nil || j.Status.Final() {
+		return
+	}
+	tick := time.NewTicker(e.cfg.JobStreamInterval)
+	defer tick.Stop()
+	keepAlive := time.NewTicker(e.cfg.KeepAlive)
+	defer keepAlive.Stop()
+	for {
+		select {
+		case <-tick.C:
+			fresh, err := e.store.Job(r.Context(), j.ID)
+			if err != nil {
+				continue // the database is away: try on the next tick
+			}
+			// created_at and the like do not change: compare what does.
+			if err := emit(fresh); err != nil || fresh.Status.Final() {
+				return
+			}
+		case <-keepAlive.C:
+			e.writeSoon(rc)
+			if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil || rc.Flush() != nil {
+				return
+			}
+		case <-r.Context().Done():
+			return
+		case <-e.closing:
+			return // the client reconnects, to this edge or another
+		}
+	}
+}
+
+// handleCancelJob cancels a running job: its undelivered commands expire
+// and no more are created. A finished job is answered as it is.
+func (e *Edge) handleCancelJob(w http.ResponseWriter, r *http.Request) {
+	id, ok := jobID(w, r)
+	if !ok {
+		return
+	}
+	j, changes, err := e.store.CancelJob(r.Context(), id)
+	switch {
+	case errors.Is(err, db.ErrNotFound):
+		jobNotFound(w, id)
+		return
+	case err != nil:
+		e.unavailable(w, "cancelling a job", err)
+		return
+	}
+	for i := range changes {
+		_ = e.notices.Push(db.Notice{Change: &changes[i]})
+	}
+	writeJSON(w, http.StatusOK, j)
+}
+
+// jobList is the answer to GET /v1/jobs.
+type jobList struct {
+	Jobs []db.Job `json:"jobs"`
+	Next string   `json:"next,omitempty"` // the cursor of the next page; absent on the last
+}
+
+// handleListJobs lists jobs newest first, without their counts:
+// ?status=running|done|cancelled|aborted, ?limit=N (1-100, 20), ?cursor=C.
+func (e *Edge) handleListJobs(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	status := db.JobStatus(q.Get("status"))
+	if status != "" && status != db.JobRunning && !status.Final() {
+		badRequest(w, "invalid-status", "status: want running, done, cancelled or aborted")
+		return
+	}
+	limit := 20
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 100 {
+			badRequest(w, "invalid-limit", "limit: want 1 to 100")
+			return
+		}
+		limit = n
+	}
+	var before uuid.UUID
+	if v := q.Get("cursor"); v != "" {
+		id, err := uuid.Parse(v)
+		if err != nil || id == uuid.Nil {
+			badRequest(w, "invalid-cursor", "cursor: want the next of an earlier page")
+			return
+		}
+		before = id
+	}
+	jobs, err := e.store.Jobs(r.Context(), status, before, limit+1)
+	if err != nil {
+		e.unavailable(w, "listing jobs", err)
+		return
+	}
+	out := jobList{Jobs: jobs}
+	if len(jobs) > limit {
+		out.Jobs = jobs[:limit]
+		out.Next = jobs[limit-1].ID.String()
+	}
+	if out.Jobs == nil {
+		out.Jobs = []db.Job{}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// pokeRunner has the runner look at once: a new job's first batch need
+// not wait for the next tick.
+func (e *Edge) pokeRunner() {
+	select {
+	case e.runnerPoke <- struct{}{}:
+	default:
+	}
+}
+
+// maxJobBatch bounds the commands one step creates for one job (a
+// second's worth at the highest rate).
+const maxJobBatch = MaxJobRate
+
+// runJobs is the edge's job runner: every JobInterval it steps each
+// running job no runner (of any edge) looked at within the interval:
+// creates its due batch, aborts or finishes it, in one transaction per
+// job, then wakes the nodes of the batch's devices, one notice per node.
+// Jobs live in the database: any edge runs any job, and one that stops
+// leaves its jobs to the others.
+func (e *Edge) runJobs(ctx context.Context) error {
+	tick := time.NewTicker(e.cfg.JobInterval)
+	defer tick.Stop()
+	lastCount := time.Time{}
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		case <-e.runnerPoke:
+		}
+		// A step per due job; a job is due again only after the interval,
+		// so this ends.
+		for range 1000 {
+			step, ok, err := e.store.StepJob(ctx, e.cfg.JobInterval*3/4, maxJobBatch)
+			if err != nil {
+				if ctx.Err() == nil && !failing {
+					e.log.Warn("running jobs; retrying every beat", "err", err)
+				}
+				failing = true
+				break
+			}
+			if failing {
+				e.log.Info("running jobs again")
+				failing = false
+			}
+			if !ok {
+				break
+			}
+			if step.Wake != nil {
+				e.metrics.jobBatches.Inc()
+				e.metrics.jobCommands.Add(float64(step.Created))
+				_ = e.notices.Push(db.Notice{Job: step.Wake})
+			}
+			for i := range step.Changes {
+				_ = e.notices.Push(db.Notice{Change: &step.Changes[i]})
+			}
+			if step.Ended != "" {
+				e.log.Info("job ended", "job", step.Job, "status", step.Ended)
+			}
+		}
+		if time.Since(lastCount) > 5*time.Second {
+			lastCount = time.Now()
+			if n, err := e.store.RunningJobs(ctx); err == nil {
+				e.metrics.jobsRunning.Set(float64(n))
+			}
+		}
+	}
+}
