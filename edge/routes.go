@@ -46,6 +46,9 @@ func (e *Edge) Handler() http.Handler {
 	}
 
 	r.Route("/v1", func(r chi.Router) {
+		// The API's description holds no secret, and tools fetch it
+		// before they have a key.
+		r.Get("/openapi.json", serveOpenAPI)
 		// Each route names the scope its API key needs (403 without it).
 		r.Group(func(r chi.Router) {
 			r.Use(e.authenticate, e.limitKeys)
