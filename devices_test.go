@@ -162,3 +162,57 @@ func stopped(t *testing.T, d *testsys.Device) {
 		t.Fatalf("the device stopped with %v, want %v", err, device.ErrUnauthorized)
 	}
 }
+
+// "devices list" and "devices label": a table of the devices a filter
+// chooses, and labels set and deleted.
+func TestDevicesListCommandLine(t *testing.T) {
+	t.Parallel()
+	sys := testsys.New(t)
+	url := sys.DBURL
+	node := sys.StartNode(t, "node-a", nil)
+	on := alone(t, "devices add", first(mustRun(t, url, "", "devices", "add", "kitchen-1")))
+	mustRun(t, url, "", "devices", "add", "hall-1")
+	mustRun(t, url, "", "devices", "label", "kitchen-1", "room=kitchen", "fw=2.1")
+	_, stderr := mustRun(t, url, "", "devices", "label", "kitchen-1", "fw-", "beta=")
+	if !strings.Contains(stderr, "beta=,room=kitchen") {
+		t.Errorf("devices label said %q, want the labels beta=,room=kitchen", stderr)
+	}
+	testsys.StartDevice(t, node, "kitchen-1", on, nil)
+	// The node writes presence after the session opens: poll.
+	var out string
+	testsys.Eventually(t, "kitchen-1 listed online", func() bool {
+		out, _ = mustRun(t, url, "", "devices", "list", "-online")
+		return strings.Contains(out, "kitchen-1")
+	})
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 2 || strings.Join(strings.Fields(lines[0]), " ") != "ID ONLINE NODE REGION LABELS" ||
+		strings.Join(strings.Fields(lines[1]), " ") != "kitchen-1 true node-a test beta=,room=kitchen" {
+		t.Errorf("devices list -online:\n%s", out)
+	}
+	for args, want := range map[string]string{
+		"-online=false":        "hall-1",
+		"-label room=kitchen":  "kitchen-1",
+		"-label !room":         "hall-1",
+		"-q HALL":              "hall-1",
+		"-region test -online": "kitchen-1",
+		"-node node-a":         "kitchen-1",
+	} {
+		out, stderr := mustRun(t, url, "", append([]string{"devices", "list"}, strings.Fields(args)...)...)
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if len(lines) != 2 || !strings.HasPrefix(lines[1], want+" ") || !strings.HasPrefix(stderr, "1 devices") {
+			t.Errorf("devices list %s:\n%s%s, want %s alone", args, out, stderr, want)
+		}
+	}
+	for _, args := range [][]string{
+		{"devices", "list", "-label", "=x"},
+		{"devices", "list", "-q", "a b"},
+		{"devices", "label", "kitchen-1"},
+		{"devices", "label", "kitchen-1", "bad key=x"},
+		{"devices", "label", "kitchen-1", "-room"},
+		{"devices", "label", "ghost", "a=b"},
+	} {
+		if _, _, err := switchboard(t, url, "", args...); err == nil {
+			t.Errorf("switchboard %s succeeded, want an error", strings.Join(args, " "))
+		}
+	}
+}

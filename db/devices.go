@@ -21,10 +21,11 @@ type Device struct {
 	LastSeenAt *time.Time      `json:"last_seen_at,omitempty"`
 	DisabledAt *time.Time      `json:"disabled_at,omitempty"` // set: its connections are refused
 	Online     bool            `json:"online"`
+	Region     string          `json:"region,omitempty"` // its session's, or its last session's when offline; none before its first
 	Presence   *Presence       `json:"presence,omitempty"`
-	// Latest is the newest event of each name the device sent (kept
-	// while its events are, see retention).
-	Latest map[string]LatestEvent `json:"latest"`
+	// Latest is the newest event of each name the device sent, in a
+	// device read alone (Store.Device), not in listings.
+	Latest map[string]LatestEvent `json:"latest,omitempty"`
 }
 
 // Presence is one connected session, as operators see it in presence_live.
@@ -45,10 +46,15 @@ const DeviceIDFormat = `1-128 letters, digits and "._-", starting with a letter 
 // can only be deleted.
 var ValidDeviceID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`).MatchString
 
+// ValidDeviceIDPart checks a search for part of a device id: what an id
+// may hold, 1-128 of them.
+var ValidDeviceIDPart = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`).MatchString
+
 // Credential is a device id with its secret hash, for provisioning.
 type Credential struct {
 	ID         string
 	SecretHash []byte
+	Labels     map[string]string // nil: none
 }
 
 // AddDevices provisions devices in one statement. Ids that already exist
@@ -58,15 +64,23 @@ func (s *Store) AddDevices(ctx context.Context, creds []Credential) (existing []
 	defer cancel()
 	ids := make([]string, len(creds))
 	hashes := make([][]byte, len(creds))
+	labels := make([]*string, len(creds)) // NULL: the column's default
 	for i, c := range creds {
 		ids[i], hashes[i] = c.ID, c.SecretHash
+		if len(c.Labels) > 0 {
+			doc, err := json.Marshal(c.Labels)
+			if err != nil {
+				return nil, err
+			}
+			labels[i] = new(string(doc))
+		}
 	}
 	rows, err := s.db.Query(ctx, `
-		WITH input AS (SELECT * FROM unnest($1::text[], $2::bytea[]) AS t(id, secret_hash)),
+		WITH input AS (SELECT * FROM unnest($1::text[], $2::bytea[], $3::jsonb[]) AS t(id, secret_hash, labels)),
 		added AS (
-			INSERT INTO devices (id, secret_hash) SELECT id, secret_hash FROM input
+			INSERT INTO devices (id, secret_hash, labels) SELECT id, secret_hash, coalesce(labels, '{}') FROM input
 			ON CONFLICT (id) DO NOTHING RETURNING id)
-		SELECT id FROM input WHERE id NOT IN (SELECT id FROM added)`, ids, hashes)
+		SELECT id FROM input WHERE id NOT IN (SELECT id FROM added)`, ids, hashes, labels)
 	if err != nil {
 		return nil, translate(err, "add devices")
 	}
@@ -197,35 +211,21 @@ func (s *Store) DeleteDevice(ctx context.Context, id string) (commands int64, er
 	return commands, nil
 }
 
-// Device returns a device with its live presence, if any.
+// Device returns a device with its live presence, if any, and its latest
+// event of each name.
 func (s *Store) Device(ctx context.Context, id string) (Device, error) {
 	ctx, cancel := bound(ctx)
 	defer cancel()
-	var d Device
-	var p struct {
-		NodeID, Region, RemoteAddr *string
-		SessionID                  *uuid.UUID
-		ConnectedAt                *time.Time
-	}
-	err := s.db.QueryRow(ctx, `
-		SELECT d.id, d.labels, d.created_at, d.last_seen_at, d.disabled_at,
-		       p.node_id, p.region, p.session_id, p.remote_addr, p.connected_at,
-		       (SELECT coalesce(jsonb_object_agg(l.name, jsonb_build_object(
-		               'id', l.event_id, 'data', l.data, 'received_at', l.received_at)), '{}')
-		        FROM event_latest l WHERE l.device_id = d.id)
-		FROM devices d LEFT JOIN presence_live p ON p.device_id = d.id
-		WHERE d.id = $1`, id).
-		Scan(&d.ID, &d.Labels, &d.CreatedAt, &d.LastSeenAt, &d.DisabledAt,
-			&p.NodeID, &p.Region, &p.SessionID, &p.RemoteAddr, &p.ConnectedAt, &d.Latest)
+	rows, err := s.db.Query(ctx, `SELECT `+deviceColumns+` FROM `+filteredDevices+` WHERE d.id = $1`, id)
 	if err != nil {
 		return Device{}, translate(err, "device "+id)
 	}
-	if p.NodeID != nil {
-		d.Online = true
-		d.Presence = &Presence{NodeID: *p.NodeID, Region: *p.Region, SessionID: *p.SessionID,
-			RemoteAddr: *p.RemoteAddr, ConnectedAt: *p.ConnectedAt}
+	d, err := pgx.CollectExactlyOneRow(rows, scanDevice)
+	if err != nil {
+		return Device{}, translate(err, "device "+id)
 	}
-	return d, nil
+	d.Latest, err = s.LatestEvents(ctx, id)
+	return d, err
 }
 
 // DeviceEvent is one telemetry or alert frame from a device.

@@ -73,7 +73,7 @@ func (s *Store) InsertEvents(ctx context.Context, events []DeviceEvent) (maxID i
 		SELECT coalesce(max(id), 0) FROM added`, ids, names, data).QueryRow(func(row pgx.Row) error {
 		return row.Scan(&maxID)
 	})
-	err = s.pool.SendBatch(ctx, &b).Close()
+	err = s.db.SendBatch(ctx, &b).Close()
 	return maxID, translate(err, "insert events")
 }
 

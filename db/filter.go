@@ -105,6 +105,9 @@ type DeviceFilter struct {
 	Node   string        // connected to this node
 	Region string        // its session's region, or its last session's when offline
 	Labels LabelSelector // all of these hold
+	// IDContains keeps ids that contain it, ignoring case (a console's
+	// search box; the devices_id_trgm index serves it).
+	IDContains string
 }
 
 // where is the filter as SQL over `devices d LEFT JOIN presence_live p ON
@@ -147,8 +150,15 @@ func (f DeviceFilter) where(args []any) (string, []any) {
 			conds = append(conds, "NOT d.labels ? "+arg(r.Key))
 		}
 	}
+	if f.IDContains != "" {
+		conds = append(conds, "d.id ILIKE "+arg("%"+likeEscaper.Replace(f.IDContains)+"%"))
+	}
 	return strings.Join(conds, " AND "), args
 }
+
+// likeEscaper makes a string match itself in a LIKE pattern (whose escape
+// character is the backslash by default).
+var likeEscaper = strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
 
 // filteredDevices is the FROM clause DeviceFilter.where reads.
 const filteredDevices = `devices d LEFT JOIN presence_live p ON p.device_id = d.id`

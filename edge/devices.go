@@ -1,8 +1,12 @@
 package edge
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
+	"mime"
 	"net/http"
+	"slices"
 	"strconv"
 
 	"github.com/go-chi/chi/v5"
@@ -12,10 +16,12 @@ import (
 	"github.com/switchboard-iot/switchboard/internal/secret"
 )
 
-// handleAddDevice provisions a device and shows its secret, once.
+// handleAddDevice provisions a device, with labels if given, and shows
+// its secret, once.
 func (e *Edge) handleAddDevice(w http.ResponseWriter, r *http.Request) {
 	var req struct {
-		ID string `json:"id"`
+		ID     string             `json:"id"`
+		Labels map[string]*string `json:"labels"` // a null is refused, not read as ""
 	}
 	if !decodeJSON(w, r, &req) {
 		return
@@ -24,8 +30,20 @@ func (e *Edge) handleAddDevice(w http.ResponseWriter, r *http.Request) {
 		badRequest(w, "invalid-device-id", "id: want "+db.DeviceIDFormat)
 		return
 	}
+	labels := make(map[string]string, len(req.Labels))
+	for k, v := range req.Labels {
+		if v == nil {
+			badRequest(w, "invalid-labels", fmt.Sprintf("label %q: want a string (null deletes a label in a PATCH)", k))
+			return
+		}
+		labels[k] = *v
+	}
+	if err := checkLabels(labels, len(labels)); err != nil {
+		badRequest(w, "invalid-labels", err.Error())
+		return
+	}
 	devSecret := secret.New("")
-	existing, err := e.store.AddDevices(r.Context(), []db.Credential{{ID: req.ID, SecretHash: secret.Hash(devSecret)}})
+	existing, err := e.store.AddDevices(r.Context(), []db.Credential{{ID: req.ID, SecretHash: secret.Hash(devSecret), Labels: labels}})
 	switch {
 	case errors.Is(err, db.ErrInvalid):
 		badRequest(w, "invalid-device-id", "id: want "+db.DeviceIDFormat)
@@ -50,10 +68,105 @@ func (e *Edge) handleGetDevice(w http.ResponseWriter, r *http.Request) {
 	}
 	switch {
 	case errors.Is(err, db.ErrNotFound):
-		problem.Write(w, http.StatusNotFound, "device-not-found", "Device not found", "no device has the id "+strconv.Quote(id))
+		deviceNotFound(w, id)
 	case err != nil:
 		e.unavailable(w, "reading a device", err)
 	default:
 		writeJSON(w, http.StatusOK, d)
 	}
+}
+
+func deviceNotFound(w http.ResponseWriter, id string) {
+	problem.Write(w, http.StatusNotFound, "device-not-found", "Device not found", "no device has the id "+strconv.Quote(id))
+}
+
+// patchTypes are the media types PATCH /v1/devices/{id} reads: a JSON
+// merge patch (RFC 7396), which is also what plain JSON means there.
+var patchTypes = []string{"application/merge-patch+json", "application/json"}
+
+// handlePatchDevice applies a JSON merge patch to a device: for now only
+// its labels, {"labels":{"room":"kitchen","old":null}} (null deletes a
+// label; "labels": null deletes them all).
+func (e *Edge) handlePatchDevice(w http.ResponseWriter, r *http.Request) {
+	id := chi.URLParam(r, "id")
+	// The media type says what the body means (RFC 5789): a JSON Patch
+	// (application/json-patch+json) read as a merge patch would do harm.
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); !slices.Contains(patchTypes, mt) {
+		w.Header().Set("Accept-Patch", "application/merge-patch+json")
+		problem.Write(w, http.StatusUnsupportedMediaType, "unsupported-media-type", "Unsupported media type",
+			fmt.Sprintf("Content-Type %q: send a JSON merge patch as application/merge-patch+json", r.Header.Get("Content-Type")))
+		return
+	}
+	var req struct {
+		Labels json.RawMessage `json:"labels"`
+	}
+	if !decodeJSON(w, r, &req) {
+		return
+	}
+	if !db.ValidDeviceID(id) {
+		deviceNotFound(w, id)
+		return
+	}
+	var clear bool
+	set := map[string]string{}
+	var remove []string
+	switch string(req.Labels) {
+	case "": // not in the patch: nothing to change
+	case "null":
+		clear = true
+	default:
+		var patch map[string]*string
+		if err := json.Unmarshal(req.Labels, &patch); err != nil {
+			badRequest(w, "invalid-labels", `labels: want an object of strings, and null for a label to delete: {"room":"kitchen","old":null}`)
+			return
+		}
+		for k, v := range patch {
+			if v == nil {
+				if !db.ValidLabelKey(k) {
+					badRequest(w, "invalid-labels", fmt.Sprintf("label %q: %s", k, labelKeyFormat))
+					return
+				}
+				remove = append(remove, k)
+			} else {
+				set[k] = *v
+			}
+		}
+		if err := checkLabels(set, len(set)); err != nil {
+			badRequest(w, "invalid-labels", err.Error())
+			return
+		}
+	}
+	d, err := e.store.PatchLabels(r.Context(), id, clear, set, remove)
+	switch {
+	case errors.Is(err, db.ErrTooManyLabels):
+		badRequest(w, "invalid-labels", fmt.Sprintf("the patch would leave more than %d labels", db.MaxLabels))
+	case errors.Is(err, db.ErrNotFound):
+		deviceNotFound(w, id)
+	case err != nil:
+		e.unavailable(w, "patching a device", err)
+	default:
+		writeJSON(w, http.StatusOK, d)
+	}
+}
+
+const (
+	labelKeyFormat   = `a key is 1-63 letters, digits and "._-/", starting and ending with a letter or digit`
+	labelValueFormat = `a value is at most 63 letters, digits and "._-", starting and ending with a letter or digit`
+)
+
+// checkLabels checks labels to store: keys, values, and n (the count the
+// device would have) against db.MaxLabels.
+func checkLabels(labels map[string]string, n int) error {
+	if n > db.MaxLabels {
+		return fmt.Errorf("labels: at most %d", db.MaxLabels)
+	}
+	for k, v := range labels {
+		if !db.ValidLabelKey(k) {
+			return fmt.Errorf("label %q: %s", k, labelKeyFormat)
+		}
+		if !db.ValidLabelValue(v) {
+			return fmt.Errorf("label %s=%q: %s", k, v, labelValueFormat)
+		}
+	}
+	return nil
 }

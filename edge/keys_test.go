@@ -32,6 +32,8 @@ func TestScopes(t *testing.T) {
 	}{
 		{db.ScopeAdmin, http.MethodPost, "/v1/devices", `{"id":"new-%s"}`, http.StatusCreated},
 		{db.ScopeRead, http.MethodGet, "/v1/devices/dev-1", "", http.StatusOK},
+		{db.ScopeRead, http.MethodGet, "/v1/devices?label=room", "", http.StatusOK},
+		{db.ScopeAdmin, http.MethodPatch, "/v1/devices/dev-1", `{"labels":{"by":"%s"}}`, http.StatusOK},
 		{db.ScopeCommands, http.MethodPost, "/v1/devices/dev-1/commands", `{"name":"read"}`, http.StatusAccepted},
 		{db.ScopeCommands, http.MethodGet, "/v1/commands/" + missing, "", http.StatusNotFound},
 		{db.ScopeCommands, http.MethodGet, "/v1/commands/" + missing + "/events", "", http.StatusNotFound},

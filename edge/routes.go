@@ -45,20 +45,27 @@ func (e *Edge) Handler() http.Handler {
 		r.Handle("/metrics", promhttp.HandlerFor(e.cfg.Metrics, promhttp.HandlerOpts{}))
 	}
 
-	// Each route names the scope its API key needs (403 without it).
 	r.Route("/v1", func(r chi.Router) {
-		r.Use(e.authenticate, e.limitKeys)
-		r.With(requireScope(db.ScopeAdmin)).Post("/devices", e.handleAddDevice)
-		r.With(requireScope(db.ScopeRead)).Get("/devices/{id}", e.handleGetDevice)
-		r.With(requireScope(db.ScopeRead)).Get("/devices/{id}/events", e.handleDeviceEvents)
-		r.With(requireScope(db.ScopeRead)).Get("/events", e.handleFleetEvents)
-		r.With(requireScope(db.ScopeCommands)).Post("/devices/{id}/commands", e.handleSendCommand)
-		r.With(requireScope(db.ScopeCommands)).Get("/commands/{id}", e.handleGetCommand)
-		r.With(requireScope(db.ScopeCommands)).Get("/commands/{id}/events", e.handleCommandEvents)
-		r.With(requireScope(db.ScopeCommands)).Post("/jobs", e.handleCreateJob)
-		r.With(requireScope(db.ScopeCommands)).Get("/jobs", e.handleListJobs)
-		r.With(requireScope(db.ScopeCommands)).Get("/jobs/{id}", e.handleGetJob)
-		r.With(requireScope(db.ScopeCommands)).Post("/jobs/{id}/cancel", e.handleCancelJob)
+		// The API's description holds no secret, and tools fetch it
+		// before they have a key.
+		r.Get("/openapi.json", serveOpenAPI)
+		// Each route names the scope its API key needs (403 without it).
+		r.Group(func(r chi.Router) {
+			r.Use(e.authenticate, e.limitKeys)
+			r.With(requireScope(db.ScopeRead)).Get("/devices", e.handleListDevices)
+			r.With(requireScope(db.ScopeAdmin)).Post("/devices", e.handleAddDevice)
+			r.With(requireScope(db.ScopeRead)).Get("/devices/{id}", e.handleGetDevice)
+			r.With(requireScope(db.ScopeRead)).Get("/devices/{id}/events", e.handleDeviceEvents)
+			r.With(requireScope(db.ScopeRead)).Get("/events", e.handleFleetEvents)
+			r.With(requireScope(db.ScopeAdmin)).Patch("/devices/{id}", e.handlePatchDevice)
+			r.With(requireScope(db.ScopeCommands)).Post("/devices/{id}/commands", e.handleSendCommand)
+			r.With(requireScope(db.ScopeCommands)).Get("/commands/{id}", e.handleGetCommand)
+			r.With(requireScope(db.ScopeCommands)).Get("/commands/{id}/events", e.handleCommandEvents)
+			r.With(requireScope(db.ScopeCommands)).Post("/jobs", e.handleCreateJob)
+			r.With(requireScope(db.ScopeCommands)).Get("/jobs", e.handleListJobs)
+			r.With(requireScope(db.ScopeCommands)).Get("/jobs/{id}", e.handleGetJob)
+			r.With(requireScope(db.ScopeCommands)).Post("/jobs/{id}/cancel", e.handleCancelJob)
+		})
 	})
 	return r
 }

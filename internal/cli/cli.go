@@ -42,6 +42,8 @@ commands:
   devices disable ID    refuse the device's connections and close its session
   devices enable ID     let a disabled device connect again
   devices delete ID     delete a device, its presence and its commands; close its session
+  devices list          list devices as a table (-online, -node, -region, -label SEL, -q PART)
+  devices label ID k=v  set labels (key=value) and delete them (key-)
   apikeys add NAME      create an API key (-scopes commands,read,admin; -expires 720h); prints it
   apikeys list          list API keys (never their secrets)
   apikeys revoke KEY    revoke an API key, by name or id

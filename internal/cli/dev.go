@@ -26,6 +26,9 @@ import (
 	"github.com/switchboard-iot/switchboard/internal/secret"
 )
 
+// devRooms label the simulated thermostats (room=kitchen, …).
+var devRooms = []string{"kitchen", "hall", "bedroom"}
+
 // runDev runs the whole system in one process on a private PostgreSQL: one
 // edge, two connection nodes and simulated thermostats. Its database is new
 // on every run.
@@ -113,7 +116,11 @@ func runDev(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.
 			c.ID = "my-device"
 		}
 		creds = append(creds, c)
-		dbCreds = append(dbCreds, db.Credential{ID: c.ID, SecretHash: secret.Hash(c.Secret)})
+		dc := db.Credential{ID: c.ID, SecretHash: secret.Hash(c.Secret)}
+		if i <= *devices { // labels to try the listing's filters on
+			dc.Labels = map[string]string{"model": "thermostat", "room": devRooms[(i-1)%len(devRooms)]}
+		}
+		dbCreds = append(dbCreds, dc)
 	}
 	if _, err := store.AddDevices(ctx, dbCreds); err != nil {
 		return err

@@ -18,7 +18,9 @@ const defaultGrace = 24 * time.Hour
 const devicesUsage = `usage: switchboard devices add ID
        switchboard devices import < lines
        switchboard devices rotate ID [-grace 24h]
-       switchboard devices disable|enable|delete ID`
+       switchboard devices disable|enable|delete ID
+       switchboard devices list [-online|-online=false] [-node N] [-region R] [-label SEL] [-q PART]
+       switchboard devices label ID key=value… [key-…]`
 
 // runDevices provisions and manages devices. Only secrets go to stdout;
 // what was done is told on stderr.
@@ -31,10 +33,17 @@ func runDevices(ctx context.Context, args []string, getenv Env, stdio IO, log *s
 	f := newFlags("devices "+sub, getenv, stdio)
 	dbURL := f.databaseURL()
 	var grace *time.Duration
+	var filter listFlags
 	switch sub {
 	case "rotate":
 		grace = f.Duration("grace", defaultGrace, "how long the old secret keeps working, for the device to pick up the new one (0: not at all)")
-	case "add", "import", "disable", "enable", "delete":
+	case "list":
+		f.Var(&filter.online, "online", "only online devices (-online=false: only offline ones)")
+		filter.node = f.String("node", "", "only devices connected to this node")
+		filter.region = f.String("region", "", "only devices in this region (their session's, or their last one's)")
+		filter.label = f.String("label", "", `only devices whose labels match this selector: "room=kitchen,fw!=2.1,beta,!old"`)
+		filter.q = f.String("q", "", "only devices whose id contains this, ignoring case")
+	case "add", "import", "disable", "enable", "delete", "label":
 	default:
 		fmt.Fprintln(stdio.Stderr, devicesUsage)
 		return ErrUsage
@@ -43,8 +52,11 @@ func runDevices(ctx context.Context, args []string, getenv Env, stdio IO, log *s
 		return err
 	}
 	want := 1 // the id
-	if sub == "import" {
+	switch sub {
+	case "import", "list":
 		want = 0
+	case "label":
+		want = max(f.NArg(), 2) // the id and at least one change
 	}
 	if f.NArg() != want {
 		fmt.Fprintln(stdio.Stderr, devicesUsage)
@@ -52,11 +64,25 @@ func runDevices(ctx context.Context, args []string, getenv Env, stdio IO, log *s
 	}
 	id := f.Arg(0)
 	// An id of the old format (with ':') can only be deleted.
-	if sub != "import" && sub != "delete" && !db.ValidDeviceID(id) {
+	if sub != "import" && sub != "delete" && sub != "list" && !db.ValidDeviceID(id) {
 		return fmt.Errorf("device id %q: want %s", id, db.DeviceIDFormat)
 	}
 	if grace != nil && *grace < 0 {
 		return fmt.Errorf("-grace %s: want 0 or more", *grace)
+	}
+	var err error
+	var df db.DeviceFilter
+	var set map[string]string
+	var remove []string
+	switch sub {
+	case "list":
+		if df, err = filter.filter(); err != nil {
+			return err
+		}
+	case "label":
+		if set, remove, err = labelChanges(f.Args()[1:]); err != nil {
+			return err
+		}
 	}
 	pool, store, err := openStore(ctx, *dbURL, 2)
 	if err != nil {
@@ -71,6 +97,14 @@ func runDevices(ctx context.Context, args []string, getenv Env, stdio IO, log *s
 		return err
 	}
 	switch sub {
+	case "list":
+		return listDevices(ctx, store, df, stdio)
+	case "label":
+		d, err := store.PatchLabels(ctx, id, false, set, remove)
+		if err != nil {
+			return notFound(err)
+		}
+		fmt.Fprintf(stdio.Stderr, "device %s has the labels %s\n", id, formatLabels(d.Labels))
 	case "add":
 		return addDevice(ctx, store, id, stdio)
 	case "import":

@@ -24,6 +24,7 @@ type Problem struct {
 
 // Write sends a problem with the given HTTP status; slug names its type.
 func Write(w http.ResponseWriter, status int, slug, title, detail string) {
+	checkType(slug)
 	w.Header().Set("Content-Type", "application/problem+json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)

@@ -1,0 +1,365 @@
+package edge_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"io/fs"
+	"maps"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/google/uuid"
+	"github.com/santhosh-tekuri/jsonschema/v6"
+
+	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/edge"
+	"github.com/switchboard-iot/switchboard/internal/problem"
+	"github.com/switchboard-iot/switchboard/internal/testsys"
+)
+
+// openAPIDoc is the part of edge/openapi.json the test reads.
+type openAPIDoc struct {
+	OpenAPI      string                                `json:"openapi"`
+	Paths        map[string]map[string]json.RawMessage `json:"paths"`
+	ProblemTypes map[string]string                     `json:"x-problem-types"`
+}
+
+type openAPIOperation struct {
+	Scope    string   `json:"x-scope"`
+	Security []any    `json:"security"`
+	Tags     []string `json:"tags"`
+}
+
+var openAPIMethods = []string{"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+
+func readOpenAPI(t *testing.T) (openAPIDoc, any) {
+	t.Helper()
+	var doc openAPIDoc
+	if err := json.Unmarshal(edge.OpenAPI, &doc); err != nil {
+		t.Fatalf("edge/openapi.json is not JSON: %v", err)
+	}
+	var raw any
+	if err := json.Unmarshal(edge.OpenAPI, &raw); err != nil {
+		t.Fatal(err)
+	}
+	return doc, raw
+}
+
+// TestOpenAPI keeps edge/openapi.json true: valid OpenAPI 3.1, every
+// route of the router documented and every documented route served, with
+// the scope it needs, and every problem type the code can send listed.
+// When it fails after adding a route or a problem type, describe it in
+// edge/openapi.json (and a problem type in problem.Types).
+func TestOpenAPI(t *testing.T) {
+	t.Parallel()
+	doc, raw := readOpenAPI(t)
+
+	t.Run("valid OpenAPI 3.1", func(t *testing.T) {
+		if !regexp.MustCompile(`^3\.1\.\d+$`).MatchString(doc.OpenAPI) {
+			t.Errorf("openapi %q, want 3.1.x", doc.OpenAPI)
+		}
+		// The OpenAPI Initiative's schema of 3.1 documents (testdata/).
+		c := jsonschema.NewCompiler()
+		f, err := os.Open("testdata/openapi-3.1-schema.json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		schemaDoc, err := jsonschema.UnmarshalJSON(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		const id = "https://spec.openapis.org/oas/3.1/schema/2022-10-07"
+		if err := c.AddResource(id, schemaDoc); err != nil {
+			t.Fatal(err)
+		}
+		sch, err := c.Compile(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(edge.OpenAPI))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sch.Validate(inst); err != nil {
+			t.Errorf("edge/openapi.json is not a valid OpenAPI 3.1 document: %v", err)
+		}
+		// Every local $ref points at something.
+		walkJSON(raw, "#", func(at string, v map[string]any) {
+			ref, ok := v["$ref"].(string)
+			if !ok {
+				return
+			}
+			if !strings.HasPrefix(ref, "#/") {
+				t.Errorf("%s: $ref %q: want a local reference", at, ref)
+				return
+			}
+			if resolvePointer(raw, ref) == nil {
+				t.Errorf("%s: $ref %q points at nothing", at, ref)
+			}
+		})
+		// The schemas of the documented examples, and the schema keywords,
+		// are not checked by the OAS schema (it does not descend into
+		// Schema Objects): at least every schema must compile.
+		schemas, _ := resolvePointer(raw, "#/components/schemas").(map[string]any)
+		for name := range schemas {
+			c := jsonschema.NewCompiler()
+			if err := c.AddResource("openapi.json", raw); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Compile("openapi.json#/components/schemas/" + name); err != nil {
+				t.Errorf("components.schemas.%s does not compile as a JSON Schema: %v", name, err)
+			}
+		}
+	})
+
+	t.Run("routes", func(t *testing.T) {
+		sys := testsys.New(t)
+		e := sys.StartEdge(t, "edge-a", nil)
+		routed := map[string]bool{} // "GET /v1/devices/{id}"
+		err := chi.Walk(e.Handler().(chi.Routes), func(method, route string, _ http.Handler, _ ...func(http.Handler) http.Handler) error {
+			if strings.HasPrefix(route, "/v1/") {
+				routed[method+" "+strings.TrimSuffix(route, "/")] = true
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		documented := map[string]openAPIOperation{}
+		for path, item := range doc.Paths {
+			for method, opRaw := range item {
+				if !slices.Contains(openAPIMethods, method) {
+					continue // parameters, summary, …
+				}
+				var op openAPIOperation
+				if err := json.Unmarshal(opRaw, &op); err != nil {
+					t.Fatalf("paths.%s.%s: %v", path, method, err)
+				}
+				documented[strings.ToUpper(method)+" "+path] = op
+			}
+		}
+		// chi and OpenAPI write path parameters alike ({id}).
+		for _, r := range slices.Sorted(maps.Keys(routed)) {
+			if _, ok := documented[r]; !ok {
+				t.Errorf("route %s is served but not in edge/openapi.json: describe it under paths", r)
+			}
+		}
+		for _, r := range slices.Sorted(maps.Keys(documented)) {
+			if !routed[r] {
+				t.Errorf("edge/openapi.json describes %s, which the router does not serve", r)
+			}
+		}
+		if len(routed) == 0 {
+			t.Fatal("chi.Walk found no /v1 route")
+		}
+
+		// Each operation says the scope it needs, and that is the scope the
+		// router asks for: a key with every other scope gets 403 naming it,
+		// and no key at all gets 401. The description itself needs none.
+		sys.AddDevice(t, "dev-1")
+		for _, r := range slices.Sorted(maps.Keys(documented)) {
+			op := documented[r]
+			method, path, _ := strings.Cut(r, " ")
+			path = strings.ReplaceAll(path, "{id}", "dev-1")
+			if strings.HasPrefix(r, "GET /v1/commands/") {
+				path = strings.Replace(strings.ReplaceAll(r, "{id}", uuid.NewString()), "GET ", "", 1)
+			}
+			if op.Scope == "" {
+				if len(op.Security) != 0 {
+					t.Errorf("%s: no x-scope, but security %v", r, op.Security)
+				}
+				resp, body := newAPI(t, e.URL, "").call(method, path, "")
+				if resp.StatusCode != http.StatusOK {
+					t.Errorf("%s without a key: %d %s; the document says it needs none", r, resp.StatusCode, body)
+				}
+				continue
+			}
+			if !slices.Contains(db.AllScopes, db.Scope(op.Scope)) {
+				t.Errorf("%s: x-scope %q, want one of %v", r, op.Scope, db.AllScopes)
+				continue
+			}
+			resp, body := newAPI(t, e.URL, "").call(method, path, "")
+			if resp.StatusCode != http.StatusUnauthorized {
+				t.Errorf("%s without a key: %d %s, want 401", r, resp.StatusCode, body)
+			}
+			var others []db.Scope
+			for _, s := range db.AllScopes {
+				if string(s) != op.Scope {
+					others = append(others, s)
+				}
+			}
+			resp, body = newAPI(t, e.URL, sys.APIKey(t, others...)).call(method, path, "")
+			if resp.StatusCode != http.StatusForbidden || !strings.Contains(resp.Header.Get("WWW-Authenticate"), strconv.Quote(op.Scope)) {
+				t.Errorf("%s with a key of %v: %d (%s) %s; the document says it needs the scope %q",
+					r, others, resp.StatusCode, resp.Header.Get("WWW-Authenticate"), body, op.Scope)
+			}
+		}
+
+		// Served as it is embedded, to anyone.
+		resp, body := newAPI(t, e.URL, "").call(http.MethodGet, "/v1/openapi.json", "")
+		if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "application/json" || !bytes.Equal(body, edge.OpenAPI) {
+			t.Errorf("GET /v1/openapi.json: %d %q, want 200 application/json and the embedded document", resp.StatusCode, resp.Header.Get("Content-Type"))
+		}
+	})
+
+	t.Run("problem types", func(t *testing.T) {
+		registered := map[string]bool{}
+		for slug := range problem.Types {
+			registered[problem.Base+slug] = true
+		}
+		for _, uri := range slices.Sorted(maps.Keys(registered)) {
+			if _, ok := doc.ProblemTypes[uri]; !ok {
+				t.Errorf("problem type %s is in problem.Types but not in edge/openapi.json's x-problem-types", uri)
+			}
+		}
+		for _, uri := range slices.Sorted(maps.Keys(doc.ProblemTypes)) {
+			if !registered[uri] {
+				t.Errorf("edge/openapi.json's x-problem-types lists %s, which is not in problem.Types", uri)
+			}
+		}
+		// Responses name their types ("Types: `invalid-query`, …"): each
+		// is registered.
+		mention := regexp.MustCompile("`([a-z-]+)`")
+		walkJSON(raw, "#", func(at string, v map[string]any) {
+			d, _ := v["description"].(string)
+			_, list, ok := strings.Cut(d, "Types: ")
+			if !ok || v["content"] == nil {
+				return
+			}
+			for _, m := range mention.FindAllStringSubmatch(list, -1) {
+				if _, ok := problem.Types[m[1]]; !ok {
+					t.Errorf("%s names the problem type %q, which is not in problem.Types", at, m[1])
+				}
+			}
+		})
+		// No code sends a type missing from problem.Types.
+		for _, use := range problemSlugsInSources(t, "..", "edge", "internal", "conn-tier", "app") {
+			if use.slug == "" {
+				t.Errorf("%s: the problem type is not a string literal: pass one, so that this test can check it is in problem.Types", use.at)
+			} else if _, ok := problem.Types[use.slug]; !ok {
+				t.Errorf("%s sends the problem type %q, which is not in problem.Types: add it there and to edge/openapi.json's x-problem-types", use.at, use.slug)
+			}
+		}
+	})
+}
+
+type slugUse struct{ at, slug string }
+
+// wrappers are the functions whose calls problemSlugsInSources checks:
+// inside them, the slug is their caller's.
+var wrappers = map[string]bool{"Write": true, "TooMany": true, "badRequest": true}
+
+// problemSlugsInSources finds, in the non-test Go files under dirs (of
+// root), the slugs passed to problem.Write, problem.TooMany and the edge's
+// badRequest: the argument after the ResponseWriter (and the status,
+// for Write). A slug that is not a string literal is returned empty.
+func problemSlugsInSources(t *testing.T, root string, dirs ...string) []slugUse {
+	t.Helper()
+	var uses []slugUse
+	fset := token.NewFileSet()
+	for _, dir := range dirs {
+		err := filepath.WalkDir(filepath.Join(root, dir), func(path string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			if d.IsDir() && d.Name() == "testdata" {
+				return filepath.SkipDir
+			}
+			if d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+				return nil
+			}
+			f, err := parser.ParseFile(fset, path, nil, parser.SkipObjectResolution)
+			if err != nil {
+				return err
+			}
+			inProblem := f.Name.Name == "problem"
+			var enclosing string // the function declared around the node
+			ast.Inspect(f, func(n ast.Node) bool {
+				if fd, ok := n.(*ast.FuncDecl); ok {
+					enclosing = fd.Name.Name
+				}
+				call, ok := n.(*ast.CallExpr)
+				if !ok {
+					return true
+				}
+				var name string
+				switch fn := call.Fun.(type) {
+				case *ast.SelectorExpr:
+					if x, ok := fn.X.(*ast.Ident); ok && x.Name == "problem" {
+						name = fn.Sel.Name
+					}
+				case *ast.Ident:
+					if inProblem || fn.Name == "badRequest" {
+						name = fn.Name
+					}
+				}
+				arg := map[string]int{"Write": 2, "TooMany": 1, "badRequest": 1}[name]
+				if !wrappers[name] {
+					return true
+				}
+				if arg == 0 || len(call.Args) <= arg {
+					return true
+				}
+				use := slugUse{at: fset.Position(call.Pos()).String()}
+				if lit, ok := call.Args[arg].(*ast.BasicLit); ok && lit.Kind == token.STRING {
+					use.slug, _ = strconv.Unquote(lit.Value)
+				} else if id, ok := call.Args[arg].(*ast.Ident); ok && id.Name == "slug" && wrappers[enclosing] {
+					return true // a checked wrapper passes its caller's slug on
+				}
+				uses = append(uses, use)
+				return true
+			})
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(uses) < 20 {
+		t.Fatalf("found %d problem types in the sources: the scan is broken", len(uses))
+	}
+	return uses
+}
+
+// walkJSON calls fn on every object in v, with its JSON pointer.
+func walkJSON(v any, at string, fn func(at string, obj map[string]any)) {
+	switch v := v.(type) {
+	case map[string]any:
+		fn(at, v)
+		for k, x := range v {
+			walkJSON(x, at+"/"+strings.NewReplacer("~", "~0", "/", "~1").Replace(k), fn)
+		}
+	case []any:
+		for i, x := range v {
+			walkJSON(x, fmt.Sprintf("%s/%d", at, i), fn)
+		}
+	}
+}
+
+// resolvePointer follows a local JSON pointer ("#/a/b"); nil if nothing
+// is there.
+func resolvePointer(v any, ref string) any {
+	for _, part := range strings.Split(strings.TrimPrefix(ref, "#/"), "/") {
+		part = strings.NewReplacer("~1", "/", "~0", "~").Replace(part)
+		obj, ok := v.(map[string]any)
+		if !ok {
+			return nil
+		}
+		if v, ok = obj[part]; !ok {
+			return nil
+		}
+	}
+	return v
+}
