@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"net/http"
 	"os"
 	"os/exec"
 	"strings"
@@ -47,14 +48,33 @@ func TestPsqlCookbook(t *testing.T) {
 	edge := sys.StartEdge(t, "edge-a", nil)
 	dev := testsys.StartDevice(t, node, "thermostat-1", sys.AddDevice(t, "thermostat-1"), nil)
 	sys.AddDevice(t, "thermostat-2") // never connected
+	if _, err := sys.Pool.Exec(t.Context(), `UPDATE devices SET labels = '{"model":"thermostat"}'`); err != nil {
+		t.Fatal(err)
+	}
 	if err := dev.Event(t.Context(), "telemetry", map[string]float64{"celsius": 20.5}); err != nil {
 		t.Fatal(err)
 	}
-	post(t, t.Context(), edge.URL, sys.APIKey(t), "thermostat-1", "?wait=5s", "", `{"name":"unknown"}`).Body.Close()
-	testsys.Eventually(t, "the event to be stored", func() bool {
-		var n int
-		_ = sys.Pool.QueryRow(t.Context(), `SELECT count(*) FROM event_latest`).Scan(&n)
-		return n == 1
+	key := sys.APIKey(t)
+	post(t, t.Context(), edge.URL, key, "thermostat-1", "?wait=5s", "", `{"name":"unknown"}`).Body.Close()
+	// A job to both: the connected one answers, the other's command waits.
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, edge.URL+"/v1/jobs",
+		strings.NewReader(`{"name":"reboot","target":{"label":"model=thermostat"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("POST /v1/jobs: %s", resp.Status)
+	}
+	testsys.Eventually(t, "the event and the job's commands to be stored", func() bool {
+		var events, jobCommands int
+		_ = sys.Pool.QueryRow(t.Context(), `SELECT (SELECT count(*) FROM event_latest), (SELECT count(*) FROM commands WHERE job_id IS NOT NULL AND status <> 'pending')`).Scan(&events, &jobCommands)
+		return events == 1 && jobCommands == 1
 	})
 
 	queries := readmeBlock(t, "## For operators: psql", "sql")
@@ -72,6 +92,8 @@ func TestPsqlCookbook(t *testing.T) {
 		"test   | node-a  |     1", // per region and node
 		"never connected",          // offline by region
 		"telemetry | {\"celsius\": 20.5}",
+		"| reboot | running |     2 |       2 | pending        |     1", // the job: one waits
+		"| reboot | running |     2 |       2 | failed         |     1", // the other answered (unknown command: ok false)
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("psql's output lacks %q:\n%s", want, out.String())

@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -101,55 +99,5 @@ func TestStepJobRace(t *testing.T) {
 	}
 	if _, ok, err := store.StepJob(ctx, 0, 50); ok || err != nil {
 		t.Errorf("a finished job was stepped (%v, %v)", ok, err)
-	}
-}
-
-// The README's psql query for a job's progress runs, as printed, against
-// the real schema.
-func TestReadmeJobProgressQuery(t *testing.T) {
-	t.Parallel()
-	readme, err := os.ReadFile("../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	text := string(readme)
-	at := strings.Index(text, "-- a job's progress")
-	if at < 0 {
-		t.Fatal("the README has no query for a job's progress")
-	}
-	start := strings.LastIndex(text[:at], "\nselect ") + 1
-	end := at + strings.Index(text[at:], ";") + 1
-	query := text[start:end]
-
-	store, pool := setup(t, "dev-1", "dev-2")
-	ctx := context.Background()
-	j, err := store.CreateJob(ctx, db.NewJob{
-		ID: uuid.Must(uuid.NewV7()), Name: "x", Args: json.RawMessage(`{}`), Timeout: 10 * time.Second, TTL: time.Hour,
-		Target: json.RawMessage(`{"all":true}`), Rate: 1000, Abort: 100, MaxTargets: 10,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := store.StepJob(ctx, 0, 10); err != nil {
-		t.Fatal(err)
-	}
-	rows, err := pool.Query(ctx, query)
-	if err != nil {
-		t.Fatalf("%s\n%v", query, err)
-	}
-	defer rows.Close()
-	n := 0
-	for rows.Next() {
-		vals, err := rows.Values()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if vals[2] != string(db.JobRunning) {
-			t.Errorf("row %v: want the running job %s", vals, j.ID)
-		}
-		n++
-	}
-	if rows.Err() != nil || n == 0 {
-		t.Fatalf("%s\ngave %d rows (%v)", query, n, rows.Err())
 	}
 }
