@@ -237,8 +237,17 @@ Try it:
   curl -H "Authorization: Bearer $SWITCHBOARD_KEY" -d '{"name":"get_state"}' \
     '{{.Edge}}/v1/devices/thermostat-2/commands?wait=10s'
 
-  # A device and where it is connected:
+  # A device, where it is connected and its latest telemetry; the devices online in the kitchen:
   curl -H "Authorization: Bearer $SWITCHBOARD_KEY" {{.Edge}}/v1/devices/thermostat-3
+  curl -H "Authorization: Bearer $SWITCHBOARD_KEY" '{{.Edge}}/v1/devices?online=true&label=room=kitchen'
+
+  # Follow the fleet's telemetry as it arrives (every 10 s per thermostat):
+  curl -N -H "Authorization: Bearer $SWITCHBOARD_KEY" -H 'Accept: text/event-stream' {{.Edge}}/v1/events
+
+  # One command to every thermostat, two a second; then follow the job to its end:
+  curl -H "Authorization: Bearer $SWITCHBOARD_KEY" \
+    -d '{"name":"get_state","target":{"label":"model=thermostat"},"rate":2}' {{.Edge}}/v1/jobs
+  curl -N -H "Authorization: Bearer $SWITCHBOARD_KEY" -H 'Accept: text/event-stream' {{.Edge}}/v1/jobs/<id>
 
   # Who is connected where, as an operator sees it:
   psql '{{.DB}}' -c 'select * from presence_live'
