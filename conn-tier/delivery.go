@@ -330,6 +330,11 @@ func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
 	n.metrics.replies.Add(float64(nReplies))
 	n.metrics.timedOut.Add(float64(nTimedOut))
 	for i := range changes {
+		// Counted once, here: only the statement that moved a command to
+		// a final status returns it.
+		if c := changes[i].Command; c != nil && c.Status.Terminal() {
+			n.metrics.final.WithLabelValues(string(c.Status)).Inc()
+		}
 		_ = n.notices.Push(db.Notice{Change: &changes[i]})
 	}
 	return nil

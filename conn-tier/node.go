@@ -265,7 +265,7 @@ func New(cfg Config) (*Node, error) {
 	// Its queue is bounded by MaxHandshakes already: a look-up belongs to a
 	// connection not yet upgraded.
 	n.credentials = batch.New("credentials", q, 1000, log, n.readCredentials, func(error) bool { return false })
-	n.metrics = newMetrics(cfg.Metrics, cfg.Node.ID, map[string]func() int{
+	n.metrics = newMetrics(cfg.Metrics, cfg.Node.ID, cfg.Node.Region, map[string]func() int{
 		"presence": n.presence.Len, "commands": n.commands.Len, "events": n.events.Len, "notices": n.notices.Len,
 	}, n.cfg.MaxSessions, func() int {
 		if g := n.gate.Load(); g != nil {
