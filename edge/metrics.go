@@ -8,6 +8,8 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/switchboard-iot/switchboard/internal/command"
 )
 
 // metrics are an edge's Prometheus series, labelled with its id.
@@ -17,9 +19,34 @@ type metrics struct {
 	accepted prometheus.Counter
 	swept    prometheus.Counter
 	requeued prometheus.Counter
+	// final counts the commands this edge's sweeps made final, by status:
+	// expired (never delivered in their ttl) and failed (the backstop for
+	// a node that could not fail them). Nodes count done and failed under
+	// the same name.
+	final *prometheus.CounterVec
+	// roundTrip times, for the commands this edge accepted and then
+	// streamed or waited on (SSE or ?wait=) to their final status, the
+	// request from its arrival to the final status written to the client:
+	// what a client waits, by final status. Commands answered with 202 are
+	// not timed: no one here sees them end.
+	roundTrip *prometheus.HistogramVec
+	// notifyLag times wake-ups that carry their command: from the change's
+	// write (the command's newest timestamp, PostgreSQL's clock) to this
+	// edge handling the NOTIFY. It covers the writer's commit, its notices
+	// batch and the delivery; clock skew between the database and this
+	// host shifts it (a negative lag counts as 0).
+	notifyLag prometheus.Histogram
+
+	// reg registers further series under this edge's label: the hook for
+	// job progress (switchboard_edge_job_*), through Edge.Metrics.
+	reg prometheus.Registerer
 }
 
-func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int) *metrics {
+// latencyBuckets suit a command's life, from a few milliseconds (an online
+// device on loopback) to a minute (a ?wait= or a slow device).
+var latencyBuckets = []float64{.002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
+
+func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int, queues map[string]func() int) *metrics {
 	m := &metrics{
 		requests: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "switchboard_edge_http_request_duration_seconds",
@@ -35,16 +62,48 @@ func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int) *me
 			Name: "switchboard_edge_commands_swept_total", Help: "Commands this edge failed (no reply in time) or expired (never delivered)."}),
 		requeued: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_edge_devices_requeued_total", Help: "Devices whose deliveries this edge gave back because their node's lease lapsed."}),
+		final: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchboard_commands_final_total",
+			Help: "Commands made final, by status, where the final status was written: nodes write done and failed (a reply, or no reply in time), edges' sweeps expired and failed."},
+			[]string{"status"}),
+		roundTrip: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "switchboard_edge_command_round_trip_seconds",
+			Help:    "Commands this edge accepted and streamed or waited on to the end: from the request's arrival to its final status written to the client, by final status.",
+			Buckets: latencyBuckets,
+		}, []string{"status"}),
+		notifyLag: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "switchboard_edge_notify_lag_seconds",
+			Help:    "Wake-ups carrying a command: from the command's change written (PostgreSQL's clock) to this edge handling the NOTIFY.",
+			Buckets: latencyBuckets,
+		}),
+		reg: prometheus.NewRegistry(), // registered nowhere: a nil reg keeps the series private
+	}
+	for _, status := range []string{"expired", "failed"} {
+		m.final.WithLabelValues(status) // present at 0 from the start: rate() sees the first one
+	}
+	for _, status := range []command.Status{command.Done, command.Failed, command.Expired} {
+		m.roundTrip.WithLabelValues(string(status))
 	}
 	if reg != nil {
+		m.reg = prometheus.WrapRegistererWith(prometheus.Labels{"edge": edgeID}, reg)
+		for name, depth := range queues {
+			m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "switchboard_edge_queue_depth", Help: "Writes waiting for the database, by queue: notices (wake-ups to send), inserts (accepted commands not yet stored).",
+				ConstLabels: prometheus.Labels{"queue": name}}, func() float64 { return float64(depth()) }))
+		}
 		waitingGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "switchboard_edge_waiting_requests", Help: "Requests and streams waiting on a command."},
 			func() float64 { return float64(waiting()) })
-		prometheus.WrapRegistererWith(prometheus.Labels{"edge": edgeID}, reg).MustRegister(
-			m.requests, m.limited, m.accepted, m.swept, m.requeued, waitingGauge)
+		m.reg.MustRegister(m.requests, m.limited, m.accepted, m.swept, m.requeued, waitingGauge,
+			m.final, m.roundTrip, m.notifyLag)
 	}
 	return m
 }
+
+// Metrics is where further series of this edge register, labelled with
+// its id, on the process's registry (or on none, when Config.Metrics is
+// nil): the hook for job progress, whose runner lives with the edge.
+func (e *Edge) Metrics() prometheus.Registerer { return e.metrics.reg }
 
 // instrument observes each request under labels from fixed sets, whatever
 // the client sends: the chi route pattern (ids in paths are not label
