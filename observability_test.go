@@ -91,8 +91,8 @@ func TestObservability(t *testing.T) {
 	}
 	moved("switchboard_conn_frames_sent_total", nodeBefore, nodeAfter, 2, "type", "command")
 	moved("switchboard_conn_frames_received_total", nodeBefore, nodeAfter, 2, "type", "reply")
-	moved("switchboard_commands_final_total", nodeBefore, nodeAfter, 1, "node", "node-obs", "status", "done")
-	moved("switchboard_commands_final_total", nodeBefore, nodeAfter, 1, "node", "node-obs", "status", "failed")
+	moved("switchboard_commands_final_total", nodeBefore, nodeAfter, 1, "status", "done")
+	moved("switchboard_commands_final_total", nodeBefore, nodeAfter, 1, "status", "failed")
 	moved("switchboard_db_pool_acquires_total", nodeBefore, nodeAfter, 1)
 	for _, s := range []struct {
 		name   string
@@ -116,7 +116,7 @@ func TestObservability(t *testing.T) {
 	// The edge: the round trips it waited on, the wake-ups that carried
 	// them, its queues, and the expiry its sweep wrote.
 	testsys.Eventually(t, "the edge's sweep to expire the offline device's command", func() bool {
-		v, _ := e.Scrape(t).Get("switchboard_commands_final_total", "edge", "edge-obs", "status", "expired")
+		v, _ := e.Scrape(t).Get("switchboard_commands_final_total", "status", "expired")
 		return v >= 1
 	})
 	edgeAfter := e.Scrape(t)

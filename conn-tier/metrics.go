@@ -1,6 +1,10 @@
 package conntier
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/switchboard-iot/switchboard/internal/sbmetrics"
+)
 
 // metrics are a node's Prometheus series, labelled with its id so that
 // several nodes can share a process (switchboard dev) and a registry.
@@ -18,8 +22,8 @@ type metrics struct {
 	disconnects *prometheus.CounterVec
 	// final counts commands this node made final, by status: done or
 	// failed on a reply, failed when no reply came in time. The edges'
-	// sweeps count the rest (expired, and failed as a backstop) under the
-	// same name.
+	// sweeps count the rest (expired, and failed as a backstop) on the
+	// same series, per process (sbmetrics).
 	final     *prometheus.CounterVec
 	delivered prometheus.Counter
 	replies   prometheus.Counter
@@ -52,10 +56,6 @@ func newMetrics(reg *prometheus.Registry, nodeID, region string, queues map[stri
 			Name: "switchboard_conn_disconnects_total",
 			Help: "Sessions that ended, by reason: closed_by_node (why: switchboard_conn_closes_total), closed_by_device, timeout (heartbeats missed), lost (the connection broke)."},
 			[]string{"reason"}),
-		final: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "switchboard_commands_final_total",
-			Help: "Commands made final, by status, where the final status was written: nodes write done and failed (a reply, or no reply in time), edges' sweeps expired and failed."},
-			[]string{"status"}),
 		delivered: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_conn_commands_delivered_total", Help: "Commands written to devices and recorded."}),
 		replies: prometheus.NewCounter(prometheus.CounterOpts{
@@ -79,12 +79,14 @@ func newMetrics(reg *prometheus.Registry, nodeID, region string, queues map[stri
 	for _, reason := range []string{"closed_by_node", "closed_by_device", "timeout", "lost"} {
 		m.disconnects.WithLabelValues(reason)
 	}
-	for _, status := range []string{"done", "failed"} {
-		m.final.WithLabelValues(status) // present at 0 from the start: rate() sees the first one
+	var shared prometheus.Registerer // nil: private
+	if reg != nil {
+		shared = reg
 	}
+	m.final = sbmetrics.CommandsFinal(shared)
 	if reg != nil {
 		r := prometheus.WrapRegistererWith(prometheus.Labels{"node": nodeID}, reg)
-		r.MustRegister(sent, m.disconnects, m.final,
+		r.MustRegister(sent, m.disconnects,
 			// The node's region as a label to join on: sessions by region is
 			// sum by (region) (switchboard_conn_sessions * on (node) group_left (region) switchboard_conn_node_info).
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{

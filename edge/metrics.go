@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/switchboard-iot/switchboard/internal/command"
+	"github.com/switchboard-iot/switchboard/internal/sbmetrics"
 )
 
 // metrics are an edge's Prometheus series, labelled with its id.
@@ -21,8 +22,8 @@ type metrics struct {
 	requeued prometheus.Counter
 	// final counts the commands this edge's sweeps made final, by status:
 	// expired (never delivered in their ttl) and failed (the backstop for
-	// a node that could not fail them). Nodes count done and failed under
-	// the same name.
+	// a node that could not fail them). Nodes count done and failed on
+	// the same series, per process (sbmetrics).
 	final *prometheus.CounterVec
 	// roundTrip times, for the commands this edge accepted and then
 	// streamed or waited on (SSE or ?wait=) to their final status, the
@@ -62,10 +63,6 @@ func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int, que
 			Name: "switchboard_edge_commands_swept_total", Help: "Commands this edge failed (no reply in time) or expired (never delivered)."}),
 		requeued: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_edge_devices_requeued_total", Help: "Devices whose deliveries this edge gave back because their node's lease lapsed."}),
-		final: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "switchboard_commands_final_total",
-			Help: "Commands made final, by status, where the final status was written: nodes write done and failed (a reply, or no reply in time), edges' sweeps expired and failed."},
-			[]string{"status"}),
 		roundTrip: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "switchboard_edge_command_round_trip_seconds",
 			Help:    "Commands this edge accepted and streamed or waited on to the end: from the request's arrival to its final status written to the client, by final status.",
@@ -78,12 +75,14 @@ func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int, que
 		}),
 		reg: prometheus.NewRegistry(), // registered nowhere: a nil reg keeps the series private
 	}
-	for _, status := range []string{"expired", "failed"} {
-		m.final.WithLabelValues(status) // present at 0 from the start: rate() sees the first one
-	}
 	for _, status := range []command.Status{command.Done, command.Failed, command.Expired} {
 		m.roundTrip.WithLabelValues(string(status))
 	}
+	var shared prometheus.Registerer // nil: private
+	if reg != nil {
+		shared = reg
+	}
+	m.final = sbmetrics.CommandsFinal(shared)
 	if reg != nil {
 		m.reg = prometheus.WrapRegistererWith(prometheus.Labels{"edge": edgeID}, reg)
 		for name, depth := range queues {
@@ -95,7 +94,7 @@ func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int, que
 			Name: "switchboard_edge_waiting_requests", Help: "Requests and streams waiting on a command."},
 			func() float64 { return float64(waiting()) })
 		m.reg.MustRegister(m.requests, m.limited, m.accepted, m.swept, m.requeued, waitingGauge,
-			m.final, m.roundTrip, m.notifyLag)
+			m.roundTrip, m.notifyLag)
 	}
 	return m
 }
