@@ -201,6 +201,7 @@ func (n *Node) closeReplaced(ctx context.Context) {
 	for _, id := range replaced {
 		for _, s := range n.hub.all() {
 			if s.id == id {
+				n.metrics.closes.WithLabelValues("replaced").Inc()
 				go s.close(protocol.CloseReplaced, "replaced by a newer session")
 			}
 		}

@@ -49,7 +49,9 @@ func newMetrics(reg *prometheus.Registry, nodeID, region string, queues map[stri
 		connects: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchboard_conn_connects_total", Help: "Connection attempts, by result: ok, unauthorized, throttled, error."}, []string{"result"}),
 		closes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "switchboard_conn_closes_total", Help: "Sessions the node closed, by reason."}, []string{"reason"}),
+			Name: "switchboard_conn_closes_total",
+			Help: "Sessions the node closed, by reason: draining, replaced (a newer session of the device), revoked (disabled or deleted), rebalance, rate_limited, bad_message, too_big, slow, unavailable."},
+			[]string{"reason"}),
 		frames: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchboard_conn_frames_received_total", Help: "Frames received from devices, by type."}, []string{"type"}),
 		disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{

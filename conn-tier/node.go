@@ -480,6 +480,7 @@ func (n *Node) onNotify(payload string) {
 			continue
 		}
 		if s := n.hub.get(m.DeviceID); s != nil && s.id == m.SessionID {
+			n.metrics.closes.WithLabelValues("replaced").Inc()
 			go s.close(protocol.CloseReplaced, "replaced by a newer session")
 		}
 	}
@@ -509,6 +510,7 @@ func (n *Node) drain() {
 	for {
 		chunk := sessions[:min(batch, len(sessions))]
 		sessions = sessions[len(chunk):]
+		n.metrics.closes.WithLabelValues("draining").Add(float64(len(chunk)))
 		n.closeSessions(chunk, protocol.CloseGoingAway, "node draining")
 		if n.onDrainBatch != nil {
 			n.onDrainBatch(len(chunk), len(sessions))

@@ -217,16 +217,19 @@ func (s *session) serve() {
 	n.metrics.sessions.Inc()
 	defer n.metrics.sessions.Dec()
 	if old := n.hub.add(s); old != nil {
+		n.metrics.closes.WithLabelValues("replaced").Inc()
 		go old.close(protocol.CloseReplaced, "replaced by a newer session")
 	}
 	if n.draining.Load() {
 		// Admitted just before the drain began, registered just after its
 		// snapshot of the hub: close it like the others.
+		n.metrics.closes.WithLabelValues("draining").Inc()
 		s.close(protocol.CloseGoingAway, "node draining")
 	}
 	if reason, ok := n.revocations.since(s.deviceID, s.checkedAt); ok {
 		// Its credentials were read before the device was disabled or
 		// deleted, and the notice came before it was in the hub.
+		n.metrics.closes.WithLabelValues("revoked").Inc()
 		s.close(protocol.CloseBadMessage, "device "+reason)
 	}
 	// The presence row commits before pending commands are read: a command
