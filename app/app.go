@@ -34,8 +34,13 @@ type Process struct {
 	Store    *db.Store
 	Notifier *db.Notifier
 	Certs    *db.CertStorage // certmagic's storage, shared by every process
-	Metrics  *prometheus.Registry
-	Log      *slog.Logger
+	// Metrics is the process's registry, served at /metrics. Every part
+	// registers on it (edge and node series labelled with their id); so
+	// can a later part, such as job progress (see edge.Edge.Metrics).
+	Metrics *prometheus.Registry
+	Log     *slog.Logger
+
+	ops []Server // ServeOps: run by Run, outside its group
 }
 
 // Open prepares a process on the database at url. It does not wait for the
@@ -54,12 +59,15 @@ func Open(ctx context.Context, url string, log *slog.Logger, options ...func(*pg
 	if err != nil {
 		return nil, err
 	}
+	notifier := db.NewNotifier(pool.Config().ConnConfig, log)
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		newPoolCollector(pool))
+	reg.MustRegister(listenerMetrics(notifier)...)
 	return &Process{
 		Pool:     pool,
 		Store:    db.NewStore(pool),
-		Notifier: db.NewNotifier(pool.Config().ConnConfig, log),
+		Notifier: notifier,
 		Certs:    db.NewCertStorage(pool),
 		Metrics:  reg,
 		Log:      log,
@@ -116,17 +124,29 @@ func (p *Process) Node(cfg conntier.Config, tls *certs.TLS, ln net.Listener) (Se
 }
 
 // Run runs the process's listener and parts as one oklog/run group until
-// ctx ends or one part returns; then every part drains and returns, and
-// the listener, which they may use while draining, stops last.
+// ctx ends or one part returns; then every part drains and returns. The
+// ops listener (ServeOps) stops after them, so that /readyz answers
+// "draining" and /metrics is scraped while they drain; the listener, which
+// they may use while draining, stops last.
 func (p *Process) Run(ctx context.Context, parts ...Server) error {
 	listenCtx, stopListening := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopListening()
 	listener := actors.Go(func() error { return p.Notifier.Run(listenCtx) })
+	opsCtx, stopOps := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopOps()
+	var ops []*actors.Task
+	for _, serve := range p.ops {
+		ops = append(ops, actors.Go(func() error { return serve(opsCtx) }))
+	}
 	var g run.Group
 	for _, part := range parts {
 		actors.Add(&g, ctx, part)
 	}
 	err := g.Run()
+	stopOps()
+	for _, task := range ops {
+		err = errors.Join(err, task.Wait())
+	}
 	stopListening()
 	return errors.Join(err, listener.Wait())
 }

@@ -11,11 +11,18 @@ import (
 	"github.com/switchboard-iot/switchboard/internal/actors"
 )
 
-// Ops serves a process's operations endpoints on ln, plain HTTP, until ctx
-// ends: health, readiness and metrics from routes, and Go's profiles under
-// /debug/pprof/. It is for the operator's private network only, never the
-// internet: profiles show what the process holds.
-func (p *Process) Ops(ln net.Listener, routes http.Handler) Server {
+// ServeOps has Run serve the process's operations endpoints on ln, plain
+// HTTP: health, readiness and metrics from routes, and Go's profiles under
+// /debug/pprof/. They are served until the process's parts have stopped,
+// drain included: a node's /readyz says "draining" meanwhile, and its
+// metrics show the drain. It is for the operator's private network only,
+// never the internet: profiles show what the process holds. Call it before
+// Run.
+func (p *Process) ServeOps(ln net.Listener, routes http.Handler) {
+	p.ops = append(p.ops, p.opsServer(ln, routes))
+}
+
+func (p *Process) opsServer(ln net.Listener, routes http.Handler) Server {
 	mux := http.NewServeMux()
 	mux.Handle("/", routes)
 	mux.HandleFunc("/debug/pprof/", pprof.Index) // heap, goroutine, allocs, block, mutex, threadcreate

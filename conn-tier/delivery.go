@@ -246,6 +246,7 @@ func (n *Node) closeReplaced(ctx context.Context) {
 	for _, id := range replaced {
 		for _, s := range n.hub.all() {
 			if s.id == id {
+				n.metrics.closes.WithLabelValues("replaced").Inc()
 				go s.close(protocol.CloseReplaced, "replaced by a newer session")
 			}
 		}
@@ -375,6 +376,11 @@ func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
 	n.metrics.replies.Add(float64(nReplies))
 	n.metrics.timedOut.Add(float64(nTimedOut))
 	for i := range changes {
+		// Counted once, here: only the statement that moved a command to
+		// a final status returns it.
+		if c := changes[i].Command; c != nil && c.Status.Terminal() {
+			n.metrics.final.WithLabelValues(string(c.Status)).Inc()
+		}
 		_ = n.notices.Push(db.Notice{Change: &changes[i]})
 	}
 	return nil

@@ -1,14 +1,30 @@
 package conntier
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/switchboard-iot/switchboard/internal/sbmetrics"
+)
 
 // metrics are a node's Prometheus series, labelled with its id so that
 // several nodes can share a process (switchboard dev) and a registry.
 type metrics struct {
-	sessions  prometheus.Gauge
-	connects  *prometheus.CounterVec // by result: ok, unauthorized, error
-	closes    *prometheus.CounterVec // sessions the node closed, by reason
-	frames    *prometheus.CounterVec // frames received, by type
+	sessions prometheus.Gauge
+	connects *prometheus.CounterVec // by result: ok, unauthorized, error
+	closes   *prometheus.CounterVec // sessions the node closed, by reason
+	frames   *prometheus.CounterVec // frames received, by type
+	// sent counts data frames written to devices, by type (command, pong);
+	// heartbeat pings are WebSocket control frames and not counted.
+	sentCommand, sentPong prometheus.Counter
+	// disconnects counts sessions that ended, by how: closed_by_node (for
+	// a reason in closes), closed_by_device, timeout (heartbeats missed),
+	// lost (the connection broke).
+	disconnects *prometheus.CounterVec
+	// final counts commands this node made final, by status: done or
+	// failed on a reply, failed when no reply came in time. The edges'
+	// sweeps count the rest (expired, and failed as a backstop) on the
+	// same series, per process (sbmetrics).
+	final     *prometheus.CounterVec
 	delivered prometheus.Counter
 	replies   prometheus.Counter
 	timedOut  prometheus.Counter
@@ -29,16 +45,22 @@ type metrics struct {
 	jobWakeups prometheus.Counter
 }
 
-func newMetrics(reg *prometheus.Registry, nodeID string, queues map[string]func() int, maxSessions int, handshakes func() int) *metrics {
+func newMetrics(reg *prometheus.Registry, nodeID, region string, queues map[string]func() int, maxSessions int, handshakes func() int) *metrics {
 	m := &metrics{
 		sessions: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "switchboard_conn_sessions", Help: "Devices connected to this node."}),
 		connects: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchboard_conn_connects_total", Help: "Connection attempts, by result: ok, unauthorized, throttled, error."}, []string{"result"}),
 		closes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "switchboard_conn_closes_total", Help: "Sessions the node closed, by reason."}, []string{"reason"}),
+			Name: "switchboard_conn_closes_total",
+			Help: "Sessions the node closed, by reason: draining, replaced (a newer session of the device), revoked (disabled or deleted), rebalance, rate_limited, bad_message, too_big, slow, unavailable."},
+			[]string{"reason"}),
 		frames: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchboard_conn_frames_received_total", Help: "Frames received from devices, by type."}, []string{"type"}),
+		disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchboard_conn_disconnects_total",
+			Help: "Sessions that ended, by reason: closed_by_node (why: switchboard_conn_closes_total), closed_by_device, timeout (heartbeats missed), lost (the connection broke)."},
+			[]string{"reason"}),
 		delivered: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_conn_commands_delivered_total", Help: "Commands written to devices and recorded."}),
 		replies: prometheus.NewCounter(prometheus.CounterOpts{
@@ -58,8 +80,25 @@ func newMetrics(reg *prometheus.Registry, nodeID string, queues map[string]func(
 		jobWakeups: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_conn_job_wakeups_total", Help: "Wake-ups for a batch of a fleet job's commands (one per batch and node)."}),
 	}
+	sent := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "switchboard_conn_frames_sent_total", Help: "Data frames written to devices, by type: command, pong."}, []string{"type"})
+	m.sentCommand, m.sentPong = sent.WithLabelValues("command"), sent.WithLabelValues("pong")
+	for _, reason := range []string{"closed_by_node", "closed_by_device", "timeout", "lost"} {
+		m.disconnects.WithLabelValues(reason)
+	}
+	var shared prometheus.Registerer // nil: private
+	if reg != nil {
+		shared = reg
+	}
+	m.final = sbmetrics.CommandsFinal(shared)
 	if reg != nil {
 		r := prometheus.WrapRegistererWith(prometheus.Labels{"node": nodeID}, reg)
+		r.MustRegister(sent, m.disconnects,
+			// The node's region as a label to join on: sessions by region is
+			// sum by (region) (switchboard_conn_sessions * on (node) group_left (region) switchboard_conn_node_info).
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "switchboard_conn_node_info", Help: "Always 1; its region label names the node's region.",
+				ConstLabels: prometheus.Labels{"region": region}}, func() float64 { return 1 }))
 		r.MustRegister(m.sessions, m.connects, m.closes, m.frames, m.delivered, m.replies, m.timedOut, m.eventsShed, m.replyWaits, m.overRate, m.refused, m.jobWakeups,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "switchboard_conn_max_sessions", Help: "The most devices this node holds (MaxSessions)."},

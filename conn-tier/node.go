@@ -266,7 +266,7 @@ func New(cfg Config) (*Node, error) {
 	// Its queue is bounded by MaxHandshakes already: a look-up belongs to a
 	// connection not yet upgraded.
 	n.credentials = batch.New("credentials", q, 1000, log, n.readCredentials, func(error) bool { return false })
-	n.metrics = newMetrics(cfg.Metrics, cfg.Node.ID, map[string]func() int{
+	n.metrics = newMetrics(cfg.Metrics, cfg.Node.ID, cfg.Node.Region, map[string]func() int{
 		"presence": n.presence.Len, "commands": n.commands.Len, "events": n.events.Len, "notices": n.notices.Len,
 	}, n.cfg.MaxSessions, func() int {
 		if g := n.gate.Load(); g != nil {
@@ -486,6 +486,7 @@ func (n *Node) onNotify(payload string) {
 			continue
 		}
 		if s := n.hub.get(m.DeviceID); s != nil && s.id == m.SessionID {
+			n.metrics.closes.WithLabelValues("replaced").Inc()
 			go s.close(protocol.CloseReplaced, "replaced by a newer session")
 		}
 	}
@@ -515,6 +516,7 @@ func (n *Node) drain() {
 	for {
 		chunk := sessions[:min(batch, len(sessions))]
 		sessions = sessions[len(chunk):]
+		n.metrics.closes.WithLabelValues("draining").Add(float64(len(chunk)))
 		n.closeSessions(chunk, protocol.CloseGoingAway, "node draining")
 		if n.onDrainBatch != nil {
 			n.onDrainBatch(len(chunk), len(sessions))

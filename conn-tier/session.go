@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"log/slog"
+	"net"
 	"net/http"
 	"slices"
 	"sync"
@@ -216,16 +217,19 @@ func (s *session) serve() {
 	n.metrics.sessions.Inc()
 	defer n.metrics.sessions.Dec()
 	if old := n.hub.add(s); old != nil {
+		n.metrics.closes.WithLabelValues("replaced").Inc()
 		go old.close(protocol.CloseReplaced, "replaced by a newer session")
 	}
 	if n.draining.Load() {
 		// Admitted just before the drain began, registered just after its
 		// snapshot of the hub: close it like the others.
+		n.metrics.closes.WithLabelValues("draining").Inc()
 		s.close(protocol.CloseGoingAway, "node draining")
 	}
 	if reason, ok := n.revocations.since(s.deviceID, s.checkedAt); ok {
 		// Its credentials were read before the device was disabled or
 		// deleted, and the notice came before it was in the hub.
+		n.metrics.closes.WithLabelValues("revoked").Inc()
 		s.close(protocol.CloseBadMessage, "device "+reason)
 	}
 	// The presence row commits before pending commands are read: a command
@@ -242,7 +246,7 @@ func (s *session) serve() {
 		n.deliverer.wake(s.deviceID)
 	}
 
-	s.readPump()
+	n.metrics.disconnects.WithLabelValues(s.readPump()).Inc()
 
 	n.hub.remove(s)
 	s.cancelClosing()
@@ -278,8 +282,17 @@ func (s *session) connectPresence() error {
 	}
 }
 
-// readPump reads frames until the socket fails or closes.
-func (s *session) readPump() {
+// readPump reads frames until the socket fails or closes, and says how
+// the session ended (the reason label of switchboard_conn_disconnects_total).
+func (s *session) readPump() (ended string) {
+	defer func() {
+		// The node's own close comes first: the read then fails in any of
+		// the ways below.
+		// A bare return below follows a close of the node's.
+		if s.closing.Err() != nil || ended == "" {
+			ended = "closed_by_node"
+		}
+	}()
 	n := s.node
 	s.ws.SetReadLimit(n.cfg.MaxFrame)
 	s.extendReadDeadline()
@@ -290,9 +303,18 @@ func (s *session) readPump() {
 			// gorilla has already sent 1009 for an oversized frame.
 			if errors.Is(err, websocket.ErrReadLimit) {
 				n.metrics.closes.WithLabelValues("too_big").Inc()
+				return "closed_by_node"
 			}
 			s.log(slog.LevelDebug, "read ended", "err", err)
-			return
+			var closed *websocket.CloseError
+			var netErr net.Error
+			switch {
+			case errors.As(err, &closed):
+				return "closed_by_device"
+			case errors.As(err, &netErr) && netErr.Timeout():
+				return "timeout"
+			}
+			return "lost"
 		}
 		s.extendReadDeadline()
 		if kind != websocket.TextMessage {
@@ -449,8 +471,13 @@ func (s *session) write() {
 			}
 			_ = s.ws.SetWriteDeadline(time.Now().Add(n.cfg.WriteTimeout))
 			err = s.ws.WriteMessage(websocket.TextMessage, frame.data)
-			if err == nil && frame.command != uuid.Nil {
+			switch {
+			case err != nil:
+			case frame.command != uuid.Nil:
+				n.metrics.sentCommand.Inc()
 				s.holdMark(frame.command)
+			default:
+				n.metrics.sentPong.Inc()
 			}
 		}
 		if err != nil {

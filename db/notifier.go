@@ -31,6 +31,7 @@ type Notifier struct {
 	subs        map[string]*subscription
 	interrupt   context.CancelCauseFunc // stops the current wait, to apply a change
 	connections int                     // successful connects so far, for tests and metrics
+	up          bool                    // a connection is open now, for metrics
 }
 
 type subscription struct {
@@ -88,6 +89,14 @@ func (n *Notifier) Connections() int {
 	return n.connections
 }
 
+// Up reports whether the notifier holds a connection now (false while it
+// reconnects), for metrics.
+func (n *Notifier) Up() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.up
+}
+
 // Run keeps a listening connection until ctx is done.
 func (n *Notifier) Run(ctx context.Context) error {
 	const stable = 10 * time.Second // a connection that lasted this long resets the backoff
@@ -97,9 +106,13 @@ func (n *Notifier) Run(ctx context.Context) error {
 		if err == nil {
 			n.mu.Lock()
 			n.connections++
+			n.up = true
 			n.mu.Unlock()
 			start := time.Now()
 			err = n.serve(ctx, conn)
+			n.mu.Lock()
+			n.up = false
+			n.mu.Unlock()
 			closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 			conn.Close(closeCtx)
 			cancel()

@@ -95,6 +95,7 @@ func (req *commandRequest) hash(deviceID string) []byte {
 // in one of three ways: an SSE stream (Accept: text/event-stream), a wait
 // for the outcome (?wait=10s), or at once with 202 and a Location.
 func (e *Edge) handleSendCommand(w http.ResponseWriter, r *http.Request) {
+	arrived := time.Now()
 	deviceID := chi.URLParam(r, "id")
 	var req commandRequest
 	if !decodeJSON(w, r, &req) {
@@ -191,6 +192,13 @@ func (e *Edge) handleSendCommand(w http.ResponseWriter, r *http.Request) {
 	default:
 		writeJSON(w, http.StatusAccepted, c)
 	}
+	// A command this request accepted and saw to its end: time its round
+	// trip (a replayed one began with another request).
+	if created && wt != nil {
+		if last, ok := wt.get(); ok && last.Status.Terminal() {
+			e.metrics.roundTrip.WithLabelValues(string(last.Status)).Observe(time.Since(arrived).Seconds())
+		}
+	}
 }
 
 // waitForOutcome answers 200 with the command once it is final, or 202
@@ -211,6 +219,7 @@ func (e *Edge) waitForOutcome(w http.ResponseWriter, r *http.Request, wt *waiter
 		case <-timer.C:
 			// Look once more: a wake-up can be lost, the row cannot.
 			if fresh, err := e.store.Command(r.Context(), c.ID); err == nil && fresh.Status.Terminal() {
+				wt.set(fresh) // for the round trip's metric
 				answer(http.StatusOK, fresh)
 				return
 			}

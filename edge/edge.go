@@ -171,7 +171,10 @@ func New(cfg Config) (*Edge, error) {
 	}
 	e.notices = batch.New("notices", 4096, 1000, log, e.store.Notify, db.IsRefused)
 	e.inserts = newInserter(cfg.Store)
-	e.metrics = newMetrics(cfg.Metrics, cfg.ID, e.replies.waiting)
+	e.metrics = newMetrics(cfg.Metrics, cfg.ID, e.replies.waiting, map[string]func() int{
+		"notices": e.notices.Len, "inserts": e.inserts.waiting,
+	})
+	e.replies.lag = e.metrics.notifyLag
 	return e, nil
 }
 
@@ -259,6 +262,11 @@ func (e *Edge) sweep(ctx context.Context) error {
 				failing = false
 			}
 			e.metrics.swept.Add(float64(len(swept.Changes)))
+			for _, ch := range swept.Changes {
+				if ch.Command != nil && ch.Command.Status.Terminal() {
+					e.metrics.final.WithLabelValues(string(ch.Command.Status)).Inc()
+				}
+			}
 			e.metrics.requeued.Add(float64(len(swept.Devices)))
 			if len(swept.Changes) < limit && len(swept.Devices) < limit {
 				break

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/google/uuid"
 
@@ -22,7 +23,13 @@ type inserter struct {
 	db   *db.Store
 	in   chan *insert // unbuffered: a request waits in its send until run takes it
 	stop chan struct{}
+	// inside counts requests in create: queued or in the statement (the
+	// edge's "inserts" queue depth).
+	inside atomic.Int64
 }
+
+// waiting reports how many requests wait for their command to be stored.
+func (ins *inserter) waiting() int { return int(ins.inside.Load()) }
 
 // insert is one request's command and, once stored, its outcome.
 type insert struct {
@@ -48,6 +55,8 @@ func newInserter(store *db.Store) *inserter {
 // a command stored but never announced, so the request waits it out (each
 // statement is bounded by db.CallTimeout).
 func (ins *inserter) create(nc db.NewCommand) (command.Command, error) {
+	ins.inside.Add(1)
+	defer ins.inside.Add(-1)
 	req := &insert{nc: nc, done: make(chan struct{})}
 	select {
 	case ins.in <- req:

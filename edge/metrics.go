@@ -8,6 +8,9 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/switchboard-iot/switchboard/internal/command"
+	"github.com/switchboard-iot/switchboard/internal/sbmetrics"
 )
 
 // metrics are an edge's Prometheus series, labelled with its id.
@@ -25,9 +28,33 @@ type metrics struct {
 	jobBatches  prometheus.Counter
 	jobCommands prometheus.Counter
 	jobsRunning prometheus.Gauge
+	// final counts the commands this edge's sweeps made final, by status:
+	// expired (never delivered in their ttl) and failed (the backstop for
+	// a node that could not fail them). Nodes count done and failed on
+	// the same series, per process (sbmetrics).
+	final *prometheus.CounterVec
+	// roundTrip times, for the commands this edge accepted and then
+	// streamed or waited on (SSE or ?wait=) to their final status, the
+	// request from its arrival to the final status written to the client:
+	// what a client waits, by final status. Commands answered with 202 are
+	// not timed: no one here sees them end.
+	roundTrip *prometheus.HistogramVec
+	// notifyLag times wake-ups that carry their command: from the change's
+	// write (the command's newest timestamp, PostgreSQL's clock) to this
+	// edge handling the NOTIFY. It covers the writer's commit, its notices
+	// batch and the delivery; clock skew between the database and this
+	// host shifts it (a negative lag counts as 0).
+	notifyLag prometheus.Histogram
+
+	// reg registers the edge's series under its label.
+	reg prometheus.Registerer
 }
 
-func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int) *metrics {
+// latencyBuckets suit a command's life, from a few milliseconds (an online
+// device on loopback) to a minute (a ?wait= or a slow device).
+var latencyBuckets = []float64{.002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
+
+func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int, queues map[string]func() int) *metrics {
 	m := &metrics{
 		requests: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "switchboard_edge_http_request_duration_seconds",
@@ -55,13 +82,38 @@ func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int) *me
 			Name: "switchboard_edge_job_commands_created_total", Help: "Commands this edge's job runner created."}),
 		jobsRunning: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "switchboard_edge_jobs_running", Help: "Fleet jobs running, in the whole database (read every 5s; the same on every edge)."}),
+		roundTrip: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "switchboard_edge_command_round_trip_seconds",
+			Help:    "Commands this edge accepted and streamed or waited on to the end: from the request's arrival to its final status written to the client, by final status.",
+			Buckets: latencyBuckets,
+		}, []string{"status"}),
+		notifyLag: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "switchboard_edge_notify_lag_seconds",
+			Help:    "Wake-ups carrying a command: from the command's change written (PostgreSQL's clock) to this edge handling the NOTIFY.",
+			Buckets: latencyBuckets,
+		}),
+		reg: prometheus.NewRegistry(), // registered nowhere: a nil reg keeps the series private
 	}
+	for _, status := range []command.Status{command.Done, command.Failed, command.Expired} {
+		m.roundTrip.WithLabelValues(string(status))
+	}
+	var shared prometheus.Registerer // nil: private
 	if reg != nil {
+		shared = reg
+	}
+	m.final = sbmetrics.CommandsFinal(shared)
+	if reg != nil {
+		m.reg = prometheus.WrapRegistererWith(prometheus.Labels{"edge": edgeID}, reg)
+		for name, depth := range queues {
+			m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "switchboard_edge_queue_depth", Help: "Writes waiting for the database, by queue: notices (wake-ups to send), inserts (accepted commands not yet stored).",
+				ConstLabels: prometheus.Labels{"queue": name}}, func() float64 { return float64(depth()) }))
+		}
 		waitingGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "switchboard_edge_waiting_requests", Help: "Requests and streams waiting on a command."},
 			func() float64 { return float64(waiting()) })
-		prometheus.WrapRegistererWith(prometheus.Labels{"edge": edgeID}, reg).MustRegister(
-			m.requests, m.limited, m.accepted, m.swept, m.requeued, waitingGauge, m.eventsStreamed, m.purged,
+		m.reg.MustRegister(m.requests, m.limited, m.accepted, m.swept, m.requeued, waitingGauge,
+			m.roundTrip, m.notifyLag, m.eventsStreamed, m.purged,
 			m.jobsCreated, m.jobBatches, m.jobCommands, m.jobsRunning)
 	}
 	return m

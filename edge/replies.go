@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/internal/backoff"
@@ -21,7 +22,8 @@ import (
 type replyRouter struct {
 	store  *db.Store
 	log    *slog.Logger
-	signal chan struct{} // cap 1: ids are due for a read
+	signal chan struct{}       // cap 1: ids are due for a read
+	lag    prometheus.Observer // notification lag; set before the edge runs
 
 	mu      sync.Mutex // guards the following
 	waiters map[uuid.UUID]map[*waiter]struct{}
@@ -117,8 +119,15 @@ func (r *replyRouter) waiting() int {
 // one that carries only the id marks it due for a read.
 func (r *replyRouter) onNotify(payload string) {
 	read := false
+	now := time.Now()
+	messages := db.ParseEdgeMessage(payload)
+	for _, m := range messages {
+		if m.Command != nil && r.lag != nil {
+			r.lag.Observe(max(now.Sub(changedAt(m.Command)), 0).Seconds())
+		}
+	}
 	r.mu.Lock()
-	for _, m := range db.ParseEdgeMessage(payload) {
+	for _, m := range messages {
 		switch {
 		case r.waiters[m.ID] == nil:
 		case m.Command != nil:
@@ -134,6 +143,17 @@ func (r *replyRouter) onNotify(payload string) {
 	if read {
 		r.poke()
 	}
+}
+
+// changedAt is when c last changed: its newest timestamp.
+func changedAt(c *command.Command) time.Time {
+	t := c.CreatedAt
+	for _, at := range []*time.Time{c.DeliveredAt, c.CompletedAt} {
+		if at != nil && at.After(t) {
+			t = *at
+		}
+	}
+	return t
 }
 
 // onReady re-reads every waited command: wake-ups sent while the listener

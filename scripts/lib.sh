@@ -1,6 +1,6 @@
-# Shared by scripts/dev, scripts/test and scripts/fuzz: make sure Go and the
-# PostgreSQL server binaries are here, installing PostgreSQL when we may; find
-# and run the fuzz targets.
+# Shared by scripts/dev, scripts/test and scripts/fuzz: make sure Go, the
+# PostgreSQL server binaries and (for scripts/test) Caddy are here,
+# installing them when we may; find and run the fuzz targets.
 
 ensure_go() {
 	if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
@@ -36,6 +36,57 @@ The PostgreSQL server binaries (initdb, pg_ctl, postgres) are required.
 Or set PG_BIN to the folder that holds initdb.
 MSG
 	exit 1
+}
+
+# CADDY_VERSION is the Caddy that ensure_caddy builds with "go install"
+# when there is none on PATH and Debian's package cannot be installed.
+CADDY_VERSION=v2.11.9
+
+# ensure_caddy finds a caddy binary for validating the Caddyfile and for the
+# tests that proxy through it, and exports its path as CADDY_BIN: $CADDY_BIN
+# if set, else caddy on PATH, else one built before into the tools cache,
+# else Debian's caddy package (as root), else "go install" into the tools
+# cache (outside the repository: a few minutes, once per machine).
+ensure_caddy() {
+	local tools
+	tools="$(go env GOCACHE)/../switchboard-tools"
+	if [ -n "${CADDY_BIN:-}" ] && [ -x "$CADDY_BIN" ]; then
+		export CADDY_BIN
+		return
+	fi
+	if command -v caddy >/dev/null 2>&1; then
+		CADDY_BIN=$(command -v caddy)
+		export CADDY_BIN
+		return
+	fi
+	if [ -x "$tools/caddy" ]; then
+		CADDY_BIN=$tools/caddy
+		export CADDY_BIN
+		return
+	fi
+	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+		echo "installing Caddy (Debian's caddy package)..." >&2
+		if apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq caddy >&2 &&
+			command -v caddy >/dev/null 2>&1; then
+			# The package enables a caddy service on port 80: the tests
+			# only need the binary.
+			if [ -d /run/systemd/system ]; then
+				systemctl disable --now caddy >/dev/null 2>&1 || true
+			fi
+			CADDY_BIN=$(command -v caddy)
+			export CADDY_BIN
+			return
+		fi
+		echo "Debian's caddy package is not available; building Caddy instead" >&2
+	fi
+	echo "building Caddy $CADDY_VERSION into $tools (go install; a few minutes, once)..." >&2
+	mkdir -p "$tools"
+	if ! GOBIN=$(cd "$tools" && pwd) go install "github.com/caddyserver/caddy/v2/cmd/caddy@$CADDY_VERSION" >&2; then
+		echo "Caddy is required to test the Caddyfile: install it (https://caddyserver.com/docs/install) or set CADDY_BIN" >&2
+		exit 1
+	fi
+	CADDY_BIN=$(cd "$tools" && pwd)/caddy
+	export CADDY_BIN
 }
 
 # fuzz_targets prints "package-dir FuzzName" for each fuzz target.

@@ -204,7 +204,7 @@ func runConn(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 			ln.Close()
 			return err
 		}
-		parts = append(parts, p.Ops(opsLn, node.OpsHandler()))
+		p.ServeOps(opsLn, node.OpsHandler())
 	}
 	return p.Run(ctx, parts...)
 }

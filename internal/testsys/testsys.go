@@ -130,6 +130,7 @@ type Node struct {
 	ID    string
 	URL   string         // wss://127.0.0.1:port/v1/connect
 	Base  string         // https://127.0.0.1:port
+	Ops   string         // http://127.0.0.1:port: the ops listener (health, metrics, profiles)
 	Roots *x509.CertPool // trusts the node's certificate
 	*conntier.Node
 	proc *process
@@ -204,7 +205,11 @@ func (s *System) StartNodeTLS(t testing.TB, id string, tlsCfg certs.Config, ln n
 		ln.Close()
 		t.Fatal(err)
 	}
-	n := &Node{ID: id, URL: "wss://" + ln.Addr().String() + protocol.Path, Base: "https://" + ln.Addr().String(), Roots: roots, Node: node}
+	// The ops listener, as CONN_OPS_LISTEN gives a production node.
+	opsLn := listen(t)
+	p.ServeOps(opsLn, node.OpsHandler())
+	n := &Node{ID: id, URL: "wss://" + ln.Addr().String() + protocol.Path, Base: "https://" + ln.Addr().String(),
+		Ops: "http://" + opsLn.Addr().String(), Roots: roots, Node: node}
 	n.proc = run(t, p, serve)
 	return n
 }
