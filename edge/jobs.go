@@ -318,20 +318,36 @@ type jobList struct {
 	Next string   `json:"next,omitempty"` // the cursor of the next page; absent on the last
 }
 
+// jobListParams are the query parameters GET /v1/jobs reads; any other is
+// refused, as GET /v1/devices and the events routes do, so that a
+// misspelt filter (?staus=) does not list every job instead.
+var jobListParams = []string{"status", "limit", "cursor"}
+
 // handleListJobs lists jobs newest first, without their counts:
 // ?status=running|done|cancelled|aborted, ?limit=N (1-100, 20), ?cursor=C.
+// An unknown, repeated or malformed parameter is invalid-query.
 func (e *Edge) handleListJobs(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
+	for name, vals := range q {
+		if !slices.Contains(jobListParams, name) {
+			badRequest(w, "invalid-query", fmt.Sprintf("unknown query parameter %q: want %s", name, strings.Join(jobListParams, ", ")))
+			return
+		}
+		if len(vals) > 1 {
+			badRequest(w, "invalid-query", fmt.Sprintf("query parameter %q given %d times: give it once", name, len(vals)))
+			return
+		}
+	}
 	status := db.JobStatus(q.Get("status"))
 	if status != "" && status != db.JobRunning && !status.Final() {
-		badRequest(w, "invalid-status", "status: want running, done, cancelled or aborted")
+		badRequest(w, "invalid-query", fmt.Sprintf("status=%q: want running, done, cancelled or aborted", string(status)))
 		return
 	}
 	limit := 20
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > 100 {
-			badRequest(w, "invalid-limit", "limit: want 1 to 100")
+			badRequest(w, "invalid-query", fmt.Sprintf("limit=%q: want a whole number from 1 to 100", v))
 			return
 		}
 		limit = n
