@@ -46,10 +46,43 @@ type jobRequest struct {
 	AbortFailedPercent json.RawMessage `json:"abort_failed_percent"`
 }
 
-// badJob is a refused job request: its problem type and what is wrong.
-type badJob struct{ slug, detail string }
+// badJob is a refused job request: what kind of wrong, which chooses the
+// problem type (see write), and what is wrong.
+type badJob struct {
+	kind   badJobKind
+	detail string
+}
+
+type badJobKind int
+
+const (
+	badJobCommand badJobKind = iota // invalid-command
+	badJobRate                      // invalid-rate
+	badJobAbort                     // invalid-abort-failed-percent
+	badJobTarget                    // invalid-target
+	badJobDevices                   // unknown-devices
+)
 
 func (b *badJob) Error() string { return b.detail }
+
+// write answers the refusal. Each problem type is a literal, so that
+// TestOpenAPI can check that it is registered and documented.
+func (b *badJob) write(w http.ResponseWriter) {
+	switch b.kind {
+	case badJobCommand:
+		badRequest(w, "invalid-command", b.detail)
+	case badJobRate:
+		badRequest(w, "invalid-rate", b.detail)
+	case badJobAbort:
+		badRequest(w, "invalid-abort-failed-percent", b.detail)
+	case badJobTarget:
+		badRequest(w, "invalid-target", b.detail)
+	case badJobDevices:
+		badRequest(w, "unknown-devices", b.detail)
+	default:
+		panic(fmt.Sprintf("badJob of unknown kind %d", b.kind))
+	}
+}
 
 // number reads an optional JSON number; absent or null is def.
 func number(raw json.RawMessage, def float64) (float64, bool) {
@@ -69,18 +102,18 @@ func number(raw json.RawMessage, def float64) (float64, bool) {
 // that reading the job back stays small).
 func (req *jobRequest) validate() (filter db.DeviceFilter, stored json.RawMessage, rate, abort float64, err error) {
 	if err := req.commandRequest.validate(); err != nil {
-		return filter, nil, 0, 0, &badJob{"invalid-command", err.Error()}
+		return filter, nil, 0, 0, &badJob{badJobCommand, err.Error()}
 	}
 	rate, ok := number(req.Rate, DefaultJobRate)
 	if !ok || rate <= 0 || rate > MaxJobRate {
-		return filter, nil, 0, 0, &badJob{"invalid-rate", fmt.Sprintf("rate: want a number of devices a second, above 0 and at most %d (default %g)", MaxJobRate, DefaultJobRate)}
+		return filter, nil, 0, 0, &badJob{badJobRate, fmt.Sprintf("rate: want a number of devices a second, above 0 and at most %d (default %g)", MaxJobRate, DefaultJobRate)}
 	}
 	abort, ok = number(req.AbortFailedPercent, 100)
 	if !ok || abort < 0 || abort > 100 {
-		return filter, nil, 0, 0, &badJob{"invalid-abort-failed-percent", "abort_failed_percent: want a number from 0 to 100 (default 100: never abort)"}
+		return filter, nil, 0, 0, &badJob{badJobAbort, "abort_failed_percent: want a number from 0 to 100 (default 100: never abort)"}
 	}
 	t := req.Target
-	bad := func(detail string) error { return &badJob{"invalid-target", detail} }
+	bad := func(detail string) error { return &badJob{badJobTarget, detail} }
 	if t == nil {
 		return filter, nil, 0, 0, bad(`target: want one of {"all":true}, {"label":"k=v"}, {"region":"R"} or {"devices":[ids]}`)
 	}
@@ -127,7 +160,7 @@ func (req *jobRequest) validate() (filter db.DeviceFilter, stored json.RawMessag
 		}
 		for _, id := range ids {
 			if !db.ValidDeviceID(id) {
-				return filter, nil, 0, 0, &badJob{"unknown-devices", "no device has the id " + strconv.Quote(id)}
+				return filter, nil, 0, 0, &badJob{badJobDevices, "no device has the id " + strconv.Quote(id)}
 			}
 		}
 		slices.Sort(ids)
@@ -148,7 +181,7 @@ func (e *Edge) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 	filter, target, rate, abort, err := req.validate()
 	var bj *badJob
 	if errors.As(err, &bj) {
-		badRequest(w, bj.slug, bj.detail)
+		bj.write(w)
 		return
 	}
 	j, err := e.store.CreateJob(r.Context(), db.NewJob{
@@ -318,20 +351,36 @@ type jobList struct {
 	Next string   `json:"next,omitempty"` // the cursor of the next page; absent on the last
 }
 
+// jobListParams are the query parameters GET /v1/jobs reads; any other is
+// refused, as GET /v1/devices and the events routes do, so that a
+// misspelt filter (?staus=) does not list every job instead.
+var jobListParams = []string{"status", "limit", "cursor"}
+
 // handleListJobs lists jobs newest first, without their counts:
 // ?status=running|done|cancelled|aborted, ?limit=N (1-100, 20), ?cursor=C.
+// An unknown, repeated or malformed parameter is invalid-query.
 func (e *Edge) handleListJobs(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
+	for name, vals := range q {
+		if !slices.Contains(jobListParams, name) {
+			badRequest(w, "invalid-query", fmt.Sprintf("unknown query parameter %q: want %s", name, strings.Join(jobListParams, ", ")))
+			return
+		}
+		if len(vals) > 1 {
+			badRequest(w, "invalid-query", fmt.Sprintf("query parameter %q given %d times: give it once", name, len(vals)))
+			return
+		}
+	}
 	status := db.JobStatus(q.Get("status"))
 	if status != "" && status != db.JobRunning && !status.Final() {
-		badRequest(w, "invalid-status", "status: want running, done, cancelled or aborted")
+		badRequest(w, "invalid-query", fmt.Sprintf("status=%q: want running, done, cancelled or aborted", string(status)))
 		return
 	}
 	limit := 20
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > 100 {
-			badRequest(w, "invalid-limit", "limit: want 1 to 100")
+			badRequest(w, "invalid-query", fmt.Sprintf("limit=%q: want a whole number from 1 to 100", v))
 			return
 		}
 		limit = n

@@ -452,6 +452,10 @@ func TestJobList(t *testing.T) {
 	if page, _ = list("?status=running"); len(page) != 2 {
 		t.Errorf("running jobs %v, want 2", page)
 	}
+	// An empty parameter is as if not given (a form's empty field).
+	if page, _ = list("?status=&limit=&cursor="); len(page) != 3 {
+		t.Errorf("jobs with empty parameters %v, want all 3", page)
+	}
 }
 
 func TestJobBadInput(t *testing.T) {
@@ -513,16 +517,24 @@ func TestJobBadInput(t *testing.T) {
 		t.Errorf("%d jobs stored by refused requests", n)
 	}
 
-	for _, tc := range []struct{ method, path, slug string }{
-		{http.MethodGet, "/v1/jobs/not-a-uuid", "invalid-job-id"},
-		{http.MethodPost, "/v1/jobs/not-a-uuid/cancel", "invalid-job-id"},
-		{http.MethodGet, "/v1/jobs?status=sleeping", "invalid-status"},
-		{http.MethodGet, "/v1/jobs?limit=0", "invalid-limit"},
-		{http.MethodGet, "/v1/jobs?limit=x", "invalid-limit"},
-		{http.MethodGet, "/v1/jobs?cursor=tampered", "invalid-cursor"},
+	// A bad query parameter is invalid-query, as for GET /v1/devices and
+	// the events routes; the detail names the parameter.
+	for _, tc := range []struct{ method, path, slug, detail string }{
+		{http.MethodGet, "/v1/jobs/not-a-uuid", "invalid-job-id", ""},
+		{http.MethodPost, "/v1/jobs/not-a-uuid/cancel", "invalid-job-id", ""},
+		{http.MethodGet, "/v1/jobs?status=sleeping", "invalid-query", "status"},
+		{http.MethodGet, "/v1/jobs?limit=0", "invalid-query", "limit"},
+		{http.MethodGet, "/v1/jobs?limit=101", "invalid-query", "limit"},
+		{http.MethodGet, "/v1/jobs?limit=x", "invalid-query", "limit"},
+		{http.MethodGet, "/v1/jobs?staus=done", "invalid-query", "staus"},
+		{http.MethodGet, "/v1/jobs?status=done&status=running", "invalid-query", "status"},
+		{http.MethodGet, "/v1/jobs?cursor=tampered", "invalid-cursor", "cursor"},
 	} {
 		resp, body := c.call(tc.method, tc.path, "")
-		wantProblem(t, resp, body, http.StatusBadRequest, tc.slug)
+		p := wantProblem(t, resp, body, http.StatusBadRequest, tc.slug)
+		if !strings.Contains(p.Detail, tc.detail) {
+			t.Errorf("%s %s: detail %q should name %q", tc.method, tc.path, p.Detail, tc.detail)
+		}
 	}
 	for _, path := range []string{"/v1/jobs/" + uuid.NewString(), "/v1/jobs/" + uuid.NewString() + "/cancel"} {
 		method := http.MethodGet
