@@ -22,6 +22,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/emulation"
+	cdplog "github.com/chromedp/cdproto/log"
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/cdproto/runtime"
@@ -118,6 +121,9 @@ func Start(t testing.TB) *Browser {
 	// Subscribe before the first page, so no error of a page is missed.
 	exceptions := chromedp.Events(ctx, runtime.ExceptionThrown)
 	console := chromedp.Events(ctx, runtime.ConsoleAPICalled)
+	// The browser's own messages: a file that failed to load, a script
+	// or style the Content-Security-Policy refused.
+	entries := chromedp.Events(ctx, cdplog.EntryAdded)
 	// Start the browser (the first Run) with a context that has no
 	// deadline: the first Run's context is the browser's life.
 	if err := chromedp.Do(ctx); err != nil {
@@ -146,6 +152,18 @@ func Start(t testing.TB) *Browser {
 					}
 				}
 				b.noteError("console.error: " + strings.Join(parts, " "))
+			}
+		}
+	})
+	wg.Go(func() {
+		for ev, err := range entries {
+			if err != nil {
+				return
+			}
+			// Chromium asks for /favicon.ico by itself; a site
+			// without one is not broken.
+			if ev.Entry != nil && ev.Entry.Level == cdplog.EntryLevelError && !strings.HasSuffix(ev.Entry.URL, "/favicon.ico") {
+				b.noteError(fmt.Sprintf("%s: %s %s", ev.Entry.Source, ev.Entry.Text, ev.Entry.URL))
 			}
 		}
 	})
@@ -306,26 +324,53 @@ func (b *Browser) WaitFor(what, sel, cond string) {
 	if cond == "" {
 		cond = "true"
 	}
-	expr := fmt.Sprintf(`(() => { const el = document.querySelector(%s); return !!el && !!(%s); })()`, jsString(sel), cond)
+	b.WaitUntil(what, sel, fmt.Sprintf(`(() => { const el = document.querySelector(%s); return !!el && !!(%s); })()`, jsString(sel), cond))
+}
+
+// WaitUntil waits until the JavaScript expression expr is true on the
+// page, through any navigations meanwhile (a form that reloads the page
+// and one that updates it in place are both waited for). sel names the
+// element it is about, for the message when it fails after Timeout.
+func (b *Browser) WaitUntil(what, sel, expr string) {
+	b.t.Helper()
 	ctx, cancel := context.WithTimeout(b.ctx, Timeout)
 	defer cancel()
-	_, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](expr,
-		// An interval, not animation frames: background or headless
-		// pages may throttle those.
-		chromedp.WithPollingInterval(50*time.Millisecond),
-		chromedp.WithPollingTimeout(Timeout)))
-	if err == nil {
-		return
+	var err error
+	// Retries are paced, so an expression that cannot run (a bug in
+	// the test) does not spin until the deadline.
+	retry := time.NewTicker(100 * time.Millisecond)
+	defer retry.Stop()
+	for ctx.Err() == nil {
+		_, err = chromedp.Run(ctx, chromedp.Poll[chromedp.Void](expr,
+			// An interval, not animation frames: background or
+			// headless pages may throttle those.
+			chromedp.WithPollingInterval(50*time.Millisecond),
+			chromedp.WithPollingTimeout(0))) // the context bounds it
+		if err == nil {
+			return
+		}
+		// A navigation ends a poll (its page is gone): poll the next
+		// page, once it is there.
+		_, _ = chromedp.Run(ctx, chromedp.WaitReady(chromedp.CSS("body")))
+		select {
+		case <-retry.C:
+		case <-ctx.Done():
+		}
 	}
 	var state struct {
 		Found bool   `json:"found"`
 		Text  string `json:"text"`
 	}
-	b.Eval(fmt.Sprintf(`(() => { const el = document.querySelector(%s); return {found: !!el, text: el ? (el.value !== undefined && el.tagName !== "LI" ? String(el.value) : el.textContent).trim().slice(0, 300) : ""}; })()`, jsString(sel)), &state)
+	b.Eval(fmt.Sprintf(`(() => {
+		const el = document.querySelector(%s);
+		if (!el) return {found: false, text: ""};
+		const v = ["INPUT", "SELECT", "TEXTAREA", "PROGRESS"].includes(el.tagName) ? String(el.value) : el.textContent;
+		return {found: true, text: v.trim().slice(0, 300)};
+	})()`, jsString(sel)), &state)
 	if !state.Found {
 		b.t.Fatalf("%s: the page %s has no element %s (the console's contract names it)", what, b.URL(), sel)
 	}
-	b.t.Fatalf("%s: %s on %s is %q, still not (%s) after %v: %v", what, sel, b.URL(), state.Text, cond, Timeout, err)
+	b.t.Fatalf("%s: %s on %s is %q, still not as expected after %v (%s): %v", what, sel, b.URL(), state.Text, Timeout, expr, err)
 }
 
 // Need fails the test at once, naming sel, when the page has no element
@@ -455,7 +500,15 @@ func (b *Browser) screenshot(name string, width, height int64) (string, error) {
 		defer func() {
 			ctx, cancel := context.WithTimeout(b.ctx, Timeout)
 			defer cancel()
-			_ = chromedp.Do(ctx, chromedp.EmulateReset())
+			// Cleared, not reset: chromedp's EmulateReset leaves the
+			// page at the phone's width.
+			_ = chromedp.Do(ctx, chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+				if _, err := cdp.Call(ctx, t, emulation.ClearDeviceMetricsOverride, cdp.Empty{}); err != nil {
+					return err
+				}
+				_, err := cdp.Call(ctx, t, emulation.SetTouchEmulationEnabled, emulation.SetTouchEmulationEnabledParams{Enabled: false})
+				return err
+			}))
 		}()
 	}
 	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100)) // 100: PNG, not JPEG

@@ -74,6 +74,7 @@ func TestBrowser(t *testing.T) {
 	}
 	desktop := b.Screenshot("fixture")
 	phone := b.PhoneScreenshot("fixture-phone")
+	again := b.Screenshot("fixture-desktop-again") // the phone's viewport is gone
 
 	b.Type("#name", `{"a": 1}`)
 	b.ClickAndLoad("#go")
@@ -84,7 +85,7 @@ func TestBrowser(t *testing.T) {
 		t.Errorf("the form sent %q", got)
 	}
 
-	for p, width := range map[string]int{desktop: DesktopWidth, phone: PhoneWidth} {
+	for p, width := range map[string]int{desktop: DesktopWidth, phone: PhoneWidth, again: DesktopWidth} {
 		data, err := os.ReadFile(p)
 		if err != nil {
 			t.Fatal(err)
