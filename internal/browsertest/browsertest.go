@@ -22,8 +22,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chromedp/cdproto/cdp"
-	"github.com/chromedp/cdproto/emulation"
 	cdplog "github.com/chromedp/cdproto/log"
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/page"
@@ -36,7 +34,7 @@ import (
 // packages' tests.
 const Timeout = 20 * time.Second
 
-// Desktop is the window size of the browser: a laptop's.
+// Desktop is the viewport of the browser: a laptop's.
 const (
 	DesktopWidth  = 1280
 	DesktopHeight = 800
@@ -129,6 +127,7 @@ func Start(t testing.TB) *Browser {
 	if err := chromedp.Do(ctx); err != nil {
 		t.Fatalf("starting Chromium %s: %v (see %s)", bin, err, out.Name())
 	}
+	b.Do("setting the desktop viewport", desktop())
 	wg.Go(func() {
 		for ev, err := range exceptions {
 			if err != nil {
@@ -484,6 +483,14 @@ func (b *Browser) ViewportScreenshot(path string) {
 	}
 }
 
+// desktop sets the viewport, the page's own area, to the desktop size:
+// the window size would leave room for a browser's toolbars, even
+// headless, and chromedp's EmulateReset after a phone's viewport leaves
+// the page phone-wide.
+func desktop() chromedp.Action[chromedp.Void] {
+	return chromedp.EmulateViewport(DesktopWidth, DesktopHeight, chromedp.EmulateScale(1))
+}
+
 // screenshot takes a full-page PNG, in a width×height mobile viewport when
 // width > 0.
 func (b *Browser) screenshot(name string, width, height int64) (string, error) {
@@ -500,15 +507,7 @@ func (b *Browser) screenshot(name string, width, height int64) (string, error) {
 		defer func() {
 			ctx, cancel := context.WithTimeout(b.ctx, Timeout)
 			defer cancel()
-			// Cleared, not reset: chromedp's EmulateReset leaves the
-			// page at the phone's width.
-			_ = chromedp.Do(ctx, chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
-				if _, err := cdp.Call(ctx, t, emulation.ClearDeviceMetricsOverride, cdp.Empty{}); err != nil {
-					return err
-				}
-				_, err := cdp.Call(ctx, t, emulation.SetTouchEmulationEnabled, emulation.SetTouchEmulationEnabledParams{Enabled: false})
-				return err
-			}))
+			_ = chromedp.Do(ctx, desktop())
 		}()
 	}
 	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100)) // 100: PNG, not JPEG

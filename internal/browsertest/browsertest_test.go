@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -72,6 +73,8 @@ func TestBrowser(t *testing.T) {
 	if got := b.Count("#kind option"); got != 2 {
 		t.Errorf("%d options, want 2", got)
 	}
+	view := filepath.Join(b.Artifacts, "viewport.png")
+	b.ViewportScreenshot(view)
 	desktop := b.Screenshot("fixture")
 	phone := b.PhoneScreenshot("fixture-phone")
 	again := b.Screenshot("fixture-desktop-again") // the phone's viewport is gone
@@ -85,7 +88,7 @@ func TestBrowser(t *testing.T) {
 		t.Errorf("the form sent %q", got)
 	}
 
-	for p, width := range map[string]int{desktop: DesktopWidth, phone: PhoneWidth, again: DesktopWidth} {
+	for p, width := range map[string]int{desktop: DesktopWidth, phone: PhoneWidth, again: DesktopWidth, view: DesktopWidth} {
 		data, err := os.ReadFile(p)
 		if err != nil {
 			t.Fatal(err)
@@ -95,6 +98,8 @@ func TestBrowser(t *testing.T) {
 			t.Errorf("%s: %v", p, err)
 		} else if cfg.Width != width {
 			t.Errorf("%s is %d pixels wide, want %d", p, cfg.Width, width)
+		} else if p == view && cfg.Height != DesktopHeight {
+			t.Errorf("%s is %d pixels high, want %d", p, cfg.Height, DesktopHeight)
 		}
 	}
 	if !strings.HasSuffix(desktop, "/01-fixture.png") || !strings.HasSuffix(phone, "/02-fixture-phone.png") {
