@@ -433,7 +433,7 @@ func (n *Node) writePresence(ctx context.Context, ops []presenceOp) error {
 			}
 		}
 		if len(gone) > 0 {
-			return tx.Disconnect(ctx, gone)
+			return tx.Disconnect(ctx, n.cfg.Node, gone)
 		}
 		return nil
 	})

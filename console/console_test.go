@@ -455,6 +455,16 @@ func TestPages(t *testing.T) {
 		t.Errorf("stats: %d buckets from %v, want 30 of 30 s", len(stats.Buckets), stats.Buckets[0].Start)
 	}
 
+	// The presence history: once the device is gone, its ended session.
+	if err := d.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	testsys.Eventually(t, "the ended session on the device page", func() bool {
+		_, body := b.get("/devices/dev-1")
+		return strings.Contains(body, `data-session="`) && !strings.Contains(body, ">connected</td>") &&
+			strings.Contains(body, `<dd class="status off">offline</dd>`)
+	})
+
 	// Static files are served, and hold no reference to another host.
 	for _, f := range []string{"/static/app.js", "/static/app.css"} {
 		resp, body := b.get(f)

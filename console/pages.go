@@ -280,14 +280,22 @@ type sessionRow struct {
 	DisconnectedAt                        *time.Time // nil: still connected
 }
 
-// deviceSessions is the device's presence history. Until the store keeps
-// one (db.Store.DeviceSessions), it is the current session alone.
-func (c *Console) deviceSessions(_ *http.Request, dev db.Device) ([]sessionRow, error) {
-	if dev.Presence == nil {
-		return nil, nil
+// deviceSessions is the device's presence history, newest first: its
+// current session, if any, then the last ended ones (device_sessions).
+func (c *Console) deviceSessions(r *http.Request, dev db.Device) ([]sessionRow, error) {
+	var out []sessionRow
+	if p := dev.Presence; p != nil {
+		out = append(out, sessionRow{SessionID: p.SessionID.String(), NodeID: p.NodeID, Region: p.Region, RemoteAddr: p.RemoteAddr, ConnectedAt: p.ConnectedAt})
 	}
-	p := dev.Presence
-	return []sessionRow{{SessionID: p.SessionID.String(), NodeID: p.NodeID, Region: p.Region, RemoteAddr: p.RemoteAddr, ConnectedAt: p.ConnectedAt}}, nil
+	ended, err := c.store.DeviceSessions(r.Context(), dev.ID, 20)
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range ended {
+		out = append(out, sessionRow{SessionID: s.SessionID.String(), NodeID: s.NodeID, Region: s.Region, RemoteAddr: s.RemoteAddr,
+			ConnectedAt: s.ConnectedAt, DisconnectedAt: &s.DisconnectedAt})
+	}
+	return out, nil
 }
 
 func jsonUnmarshal(raw []byte, v any) error {

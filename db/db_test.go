@@ -245,7 +245,7 @@ func TestRedelivery(t *testing.T) {
 	if got := pendingIDs(t, store, []string{"dev-1"}, 10); !slices.Equal(got, []uuid.UUID{third.ID}) {
 		t.Fatalf("pending while delivered = %v", got)
 	}
-	if err := store.Disconnect(ctx, []db.Session{s1}); err != nil {
+	if err := store.Disconnect(ctx, db.Node{ID: "node-1", Region: "test"}, []db.Session{s1}); err != nil {
 		t.Fatal(err)
 	}
 	if got := pendingIDs(t, store, []string{"dev-1"}, 10); !slices.Equal(got, []uuid.UUID{first.ID, second.ID, third.ID}) {
@@ -514,7 +514,7 @@ func TestPresence(t *testing.T) {
 		t.Fatalf("dev-2 back to node A: displaced %v, %v", d, err)
 	}
 	// Node A's late disconnect of the old session must not remove B's row.
-	if err := store.Disconnect(ctx, []db.Session{s1}); err != nil {
+	if err := store.Disconnect(ctx, db.Node{ID: "node-1", Region: "test"}, []db.Session{s1}); err != nil {
 		t.Fatal(err)
 	}
 	if got := live(); got["dev-1"] != "node-b" {
@@ -565,7 +565,7 @@ func TestPresence(t *testing.T) {
 	if d.LastSeenAt != nil {
 		t.Fatalf("dev-2 never disconnected but has last_seen_at")
 	}
-	_ = store.Disconnect(ctx, []db.Session{s2})
+	_ = store.Disconnect(ctx, db.Node{ID: "node-1", Region: "test"}, []db.Session{s2})
 	d, _ = store.Device(ctx, "dev-2")
 	if d.Online || d.LastSeenAt == nil {
 		t.Fatalf("after disconnect: %+v", d)

@@ -138,7 +138,7 @@ func TestDisableAndDeleteDevice(t *testing.T) {
 		t.Fatalf("delete again: %v, want ErrNotFound", err)
 	}
 	// The session's end, reported late by its node, harms nothing.
-	if err := store.Disconnect(ctx, []db.Session{s}); err != nil {
+	if err := store.Disconnect(ctx, db.Node{ID: "node-1", Region: "test"}, []db.Session{s}); err != nil {
 		t.Fatal(err)
 	}
 }

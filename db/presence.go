@@ -183,11 +183,12 @@ func (s *Store) Replaced(ctx context.Context, sessions []Session) ([]uuid.UUID, 
 // Disconnect deletes the presence rows of sessions that closed, unless a
 // newer session already replaced them, records when each device was last
 // seen, and gives back for redelivery the commands those sessions left
-// unanswered. The row goes first, in its own statement: a delivery mark
-// racing with it either committed before (and is given back here) or
+// unanswered, and adds each session to the presence history
+// (device_sessions). The row goes first, in its own statement: a delivery
+// mark racing with it either committed before (and is given back here) or
 // waits for the row's lock and then misses.
-func (s *Store) Disconnect(ctx context.Context, sessions []Session) error {
-	devices, sids, _ := sessionColumns(sessions)
+func (s *Store) Disconnect(ctx context.Context, node Node, sessions []Session) error {
+	devices, sids, addrs := sessionColumns(sessions)
 	err := s.InTx(ctx, func(tx *Store) error {
 		rows, err := tx.db.Query(ctx, `
 			DELETE FROM presence p USING unnest($1::text[], $2::uuid[]) AS t(device_id, session_id)
@@ -210,6 +211,17 @@ func (s *Store) Disconnect(ctx context.Context, sessions []Session) error {
 			UPDATE devices d SET last_seen_at = now(), region = coalesce(t.region, d.region)
 			FROM unnest($1::text[]) AS a(id) LEFT JOIN unnest($2::text[], $3::text[]) AS t(id, region) USING (id)
 			WHERE d.id = a.id`, devices, gone, regions)
+		if err != nil {
+			return err
+		}
+		// The history takes every session that ended, its row replaced by
+		// a newer session's or not. Its start is in its id (UUIDv7).
+		_, err = tx.db.Exec(ctx, `
+			INSERT INTO device_sessions (session_id, device_id, node_id, region, remote_addr, connected_at)
+			SELECT session_id, device_id, $4, $5, remote_addr,
+			       to_timestamp(('x' || substr(replace(session_id::text, '-', ''), 1, 12))::bit(48)::bigint / 1000.0)
+			FROM unnest($1::text[], $2::uuid[], $3::text[]) AS t(device_id, session_id, remote_addr)
+			ON CONFLICT (session_id) DO NOTHING`, devices, sids, addrs, node.ID, node.Region)
 		if err != nil {
 			return err
 		}
@@ -238,4 +250,33 @@ func (s *Store) NodeLoads(ctx context.Context, region string) (map[string]int, e
 		return nil
 	})
 	return out, translate(err, "node loads")
+}
+
+// SessionRecord is one ended session of a device, from the presence
+// history.
+type SessionRecord struct {
+	SessionID      uuid.UUID `json:"session_id"`
+	NodeID         string    `json:"node_id"`
+	Region         string    `json:"region"`
+	RemoteAddr     string    `json:"remote_addr"`
+	ConnectedAt    time.Time `json:"connected_at"`
+	DisconnectedAt time.Time `json:"disconnected_at"`
+}
+
+// DeviceSessions returns a device's last ended sessions, newest first.
+func (s *Store) DeviceSessions(ctx context.Context, deviceID string, limit int) ([]SessionRecord, error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	rows, err := s.db.Query(ctx, `
+		SELECT session_id, node_id, region, remote_addr, connected_at, disconnected_at
+		FROM device_sessions WHERE device_id = $1 ORDER BY connected_at DESC LIMIT $2`, deviceID, limit)
+	if err != nil {
+		return nil, translate(err, "device sessions")
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (SessionRecord, error) {
+		var r SessionRecord
+		err := row.Scan(&r.SessionID, &r.NodeID, &r.Region, &r.RemoteAddr, &r.ConnectedAt, &r.DisconnectedAt)
+		return r, err
+	})
+	return out, translate(err, "device sessions")
 }

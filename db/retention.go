@@ -85,3 +85,15 @@ func (s *Store) CapDeviceEvents(ctx context.Context, keep, devices, perDevice in
 		SELECT count(*) FROM gone`, keep, devices, perDevice).Scan(&n)
 	return n, translate(err, "cap device events")
 }
+
+// PurgeSessions deletes up to limit entries of the presence history that
+// ended more than keep ago, and returns how many it deleted.
+func (s *Store) PurgeSessions(ctx context.Context, keep time.Duration, limit int) (int64, error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	tag, err := s.db.Exec(ctx, `
+		DELETE FROM device_sessions WHERE session_id IN (
+			SELECT session_id FROM device_sessions WHERE disconnected_at < now() - $1::interval
+			ORDER BY disconnected_at LIMIT $2 FOR UPDATE SKIP LOCKED)`, keep, limit)
+	return tag.RowsAffected(), translate(err, "purge sessions")
+}

@@ -170,3 +170,43 @@ func checkLabels(labels map[string]string, n int) error {
 	}
 	return nil
 }
+
+// handleDeviceSessions answers a device's presence history: its last ended
+// sessions, newest first (its current one is in GET /v1/devices/{id}).
+func (e *Edge) handleDeviceSessions(w http.ResponseWriter, r *http.Request) {
+	id := chi.URLParam(r, "id")
+	limit := 20
+	for k, v := range r.URL.Query() {
+		if k != "limit" || len(v) != 1 {
+			badRequest(w, "invalid-query", "this route takes one parameter, limit (1-100)")
+			return
+		}
+		n, err := strconv.Atoi(v[0])
+		if err != nil || n < 1 || n > 100 {
+			badRequest(w, "invalid-query", "limit: want a number from 1 to 100")
+			return
+		}
+		limit = n
+	}
+	err := db.ErrNotFound // unless the id could name a device
+	if db.ValidDeviceID(id) {
+		_, err = e.store.Device(r.Context(), id)
+	}
+	switch {
+	case errors.Is(err, db.ErrNotFound):
+		problem.Write(w, http.StatusNotFound, "device-not-found", "Device not found", "no device has the id "+strconv.Quote(id))
+		return
+	case err != nil:
+		e.unavailable(w, "reading a device", err)
+		return
+	}
+	sessions, err := e.store.DeviceSessions(r.Context(), id, limit)
+	if err != nil {
+		e.unavailable(w, "reading a device's sessions", err)
+		return
+	}
+	if sessions == nil {
+		sessions = []db.SessionRecord{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"sessions": sessions})
+}

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/internal/testsys"
@@ -216,4 +217,45 @@ func TestFleetEventsFiltered(t *testing.T) {
 	wantProblem(t, resp, body, http.StatusBadRequest, "invalid-label-selector")
 	resp, body = c.call("GET", "/v1/events?after=1", "")
 	wantProblem(t, resp, body, http.StatusBadRequest, "invalid-query") // after= is for streams
+}
+
+// A device's ended sessions make its presence history, newest first.
+func TestDeviceSessions(t *testing.T) {
+	t.Parallel()
+	sys := testsys.New(t)
+	node := sys.StartNode(t, "node-a", nil)
+	e := sys.StartEdge(t, "edge-a", nil)
+	c := newAPI(t, e.URL, sys.APIKey(t, db.ScopeRead))
+	devSecret := sys.AddDevice(t, "dev-1")
+	for range 2 {
+		d := testsys.StartDevice(t, node, "dev-1", devSecret, nil)
+		if err := d.Stop(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var page struct{ Sessions []db.SessionRecord }
+	testsys.Eventually(t, "two ended sessions in the history", func() bool {
+		resp, body := c.call("GET", "/v1/devices/dev-1/sessions", "")
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET sessions: %d %s", resp.StatusCode, body)
+		}
+		if err := json.Unmarshal(body, &page); err != nil {
+			t.Fatal(err)
+		}
+		return len(page.Sessions) == 2
+	})
+	newest, oldest := page.Sessions[0], page.Sessions[1]
+	if newest.NodeID != "node-a" || newest.Region != "test" || newest.RemoteAddr == "" {
+		t.Fatalf("session %+v: want node-a, region test and the device's address", newest)
+	}
+	if newest.ConnectedAt.Before(oldest.DisconnectedAt.Add(-time.Second)) || newest.DisconnectedAt.Before(newest.ConnectedAt) {
+		t.Fatalf("sessions out of order: %+v then %+v", oldest, newest)
+	}
+	if newest.ConnectedAt.IsZero() || time.Since(newest.ConnectedAt) > time.Minute {
+		t.Fatalf("connected_at %v: want the session's start, from its id", newest.ConnectedAt)
+	}
+	resp, body := c.call("GET", "/v1/devices/dev-1/sessions?limit=0", "")
+	wantProblem(t, resp, body, http.StatusBadRequest, "invalid-query")
+	resp, body = c.call("GET", "/v1/devices/nobody/sessions", "")
+	wantProblem(t, resp, body, http.StatusNotFound, "device-not-found")
 }

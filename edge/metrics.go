@@ -73,7 +73,7 @@ func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int, que
 		eventsStreamed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_edge_events_streamed_total", Help: "Device events written to event streams."}),
 		purged: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "switchboard_edge_retention_deleted_total", Help: "Rows retention deleted, by table: jobs, commands, events (by age), events_capped (over a device's cap)."}, []string{"table"}),
+			Name: "switchboard_edge_retention_deleted_total", Help: "Rows retention deleted, by table: jobs, commands, events (by age), events_capped (over a device's cap), sessions (presence history)."}, []string{"table"}),
 		jobsCreated: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_edge_jobs_created_total", Help: "Fleet jobs this edge accepted."}),
 		jobBatches: prometheus.NewCounter(prometheus.CounterOpts{

@@ -67,6 +67,7 @@ func (e *Edge) retainOnce(ctx context.Context) {
 	purge("jobs", keepCommands, e.store.PurgeJobs)
 	purge("commands", keepCommands, e.store.PurgeCommands)
 	purge("events", e.cfg.RetainEvents, e.store.PurgeEvents)
+	purge("sessions", e.cfg.RetainEvents, e.store.PurgeSessions)
 	if e.cfg.EventsPerDevice < 0 {
 		return
 	}

@@ -61,6 +61,7 @@ func (e *Edge) Handler() http.Handler {
 			r.With(requireScope(db.ScopeAdmin)).Post("/devices", e.handleAddDevice)
 			r.With(requireScope(db.ScopeRead)).Get("/devices/{id}", e.handleGetDevice)
 			r.With(requireScope(db.ScopeRead)).Get("/devices/{id}/events", e.handleDeviceEvents)
+			r.With(requireScope(db.ScopeRead)).Get("/devices/{id}/sessions", e.handleDeviceSessions)
 			r.With(requireScope(db.ScopeRead)).Get("/events", e.handleFleetEvents)
 			r.With(requireScope(db.ScopeAdmin)).Patch("/devices/{id}", e.handlePatchDevice)
 			r.With(requireScope(db.ScopeCommands)).Post("/devices/{id}/commands", e.handleSendCommand)

@@ -169,10 +169,12 @@
 
     // SSE names each event after the device's event name, and
     // EventSource hands named events only to listeners of that name:
-    // listen to the names this device used before, and the usual ones.
+    // listen to the names this device used before, and the usual ones;
+    // a look at the history every 10 s shows any event of a new name and
+    // listens for that name from then on.
     const names = new Set(["telemetry", "alert", "event", "status", "message"]);
     for (const n of (root.dataset.eventNames || "").split(",")) if (n) names.add(n);
-    live("/v1/devices/" + enc + "/events", {
+    const handlers = {
       "*": (ev) => {
         if (!ev || typeof ev !== "object" || list.querySelector('[data-event-id="' + ev.id + '"]')) return;
         const li = el("li", { "data-event-id": String(ev.id) });
@@ -184,7 +186,19 @@
         state.textContent = "live";
         updateLatest(ev);
       },
-    }, names);
+    };
+    const es = live("/v1/devices/" + enc + "/events", handlers, names);
+    setInterval(async () => {
+      let page;
+      try { page = await api("GET", "/v1/devices/" + enc + "/events?limit=20"); } catch (e) { return; }
+      for (const ev of (page.events || []).slice().reverse()) {
+        if (!names.has(ev.name)) {
+          names.add(ev.name);
+          es.addEventListener(ev.name, (m) => handlers["*"](JSON.parse(m.data)));
+          handlers["*"](ev);
+        }
+      }
+    }, 10000);
 
     function updateLatest(ev) {
       const tbody = $("#latest tbody");
