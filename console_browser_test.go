@@ -223,6 +223,26 @@ func TestConsoleInBrowser(t *testing.T) {
 	b.Navigate(ed.URL + "/jobs")
 	b.WaitFor("the job in the list", fmt.Sprintf(`#jobs tr[data-job="%s"]`, strings.TrimPrefix(jobURL, "/jobs/")), "")
 
+	// A job that cannot finish (its one device is offline) is cancelled
+	// from its page.
+	if _, err := sys.Store.AddDevices(ctx, []db.Credential{{ID: "attic-1", SecretHash: secret.Hash(secret.New("")), Labels: map[string]string{"room": "attic"}}}); err != nil {
+		t.Fatal(err)
+	}
+	b.Navigate(ed.URL + "/jobs")
+	b.Select("#target-kind", "label")
+	b.Type("#target-value", "room=attic")
+	b.Type("#job-name", "get_state")
+	b.ClickAndLoad("#start-job")
+	if got := b.Path(); !jobPath.MatchString(got) || got == jobURL {
+		t.Fatalf("after starting a job by label: at %s, want a new /jobs/<uuid> (#job-error: %s)", got, jobErrorText(b))
+	}
+	b.WaitFor("the label job's status", "#job-status", `el.textContent.trim() === "running"`)
+	b.WaitFor("the cancel button", "#cancel-job", `!el.hidden && !el.disabled`)
+	b.Click("#cancel-job")
+	b.WaitFor("the cancelled job's status", "#job-status", `el.textContent.trim() === "cancelled"`)
+	b.WaitFor("the cancel button, gone", "#cancel-job", `el.hidden`)
+	b.Screenshot("job-cancelled")
+
 	// g. Signing out ends the session: the console refuses it after.
 	b.ClickAndLoad("#sign-out")
 	signedOut("after signing out")
