@@ -213,7 +213,7 @@
     }
 
     const form = $("#command");
-    if (form) commandConsole(form, id, root.dataset.online === "true");
+    if (form) commandConsole(form, id, root.dataset.connected === "yes");
   }
 
   function commandConsole(form, id, online) {
