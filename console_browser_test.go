@@ -129,6 +129,9 @@ func TestConsoleInBrowser(t *testing.T) {
 		b.WaitFor("the list's row of "+id, fmt.Sprintf(`#devices tr[data-device="%s"] td.status`, id), `el.textContent.trim() === "online"`)
 	}
 	b.WaitFor("the list's total", "#total", fmt.Sprintf(`el.textContent.trim() === "%d"`, fleet))
+	for _, name := range []string{"q", "online", "region", "label"} {
+		b.Need("the devices' filter", fmt.Sprintf(`form#filter [name="%s"]`, name))
+	}
 	b.Screenshot("devices")
 	b.Type(`#filter [name="q"]`, "thermo-3")
 	b.Do("submitting the filter", chromedp.Submit(chromedp.CSS(`#filter [name="q"]`)))
@@ -291,6 +294,51 @@ func TestConsoleInBrowser(t *testing.T) {
 		t.Errorf("the console's pages logged errors:\n%s", strings.Join(errs, "\n"))
 	}
 	t.Logf("screenshots: %s", b.Artifacts)
+}
+
+// TestConsoleEmptyInBrowser: a fleet with no device says how to add one,
+// and a fleet of more than a page pages.
+func TestConsoleEmptyInBrowser(t *testing.T) {
+	sys := testsys.New(t)
+	key := sys.APIKey(t)
+	ed := sys.StartEdge(t, "edge-a", nil)
+	b := browsertest.Start(t)
+
+	b.Navigate(ed.URL + "/sign-in")
+	b.Type("#key", key)
+	b.ClickAndLoad("#sign-in")
+	b.WaitFor("the overview's empty state", "#empty-devices", `el.offsetParent !== null && el.textContent.includes("switchboard devices add")`)
+	b.WaitFor("the overview's online count", "#online-count", `el.textContent.trim() === "0"`)
+	b.Screenshot("overview-empty")
+	b.Navigate(ed.URL + "/devices")
+	b.WaitFor("the devices' empty state", "#empty-devices", `el.offsetParent !== null && el.textContent.includes("switchboard devices add")`)
+	b.Screenshot("devices-empty")
+
+	// 60 devices, none connected: more than one page of the list.
+	var creds []db.Credential
+	for i := range 60 {
+		creds = append(creds, db.Credential{ID: fmt.Sprintf("meter-%02d", i), SecretHash: secret.Hash(secret.New(""))})
+	}
+	if _, err := sys.Store.AddDevices(context.Background(), creds); err != nil {
+		t.Fatal(err)
+	}
+	b.Navigate(ed.URL + "/devices")
+	b.WaitFor("the list's total", "#total", `el.textContent.trim() === "60"`)
+	first := b.Count(`#devices tr[data-device]`)
+	if first == 0 || first >= 60 {
+		t.Fatalf("the first page has %d devices, want a page of fewer than 60", first)
+	}
+	b.WaitFor("an offline device's status", `#devices tr[data-device="meter-00"] td.status`, `el.textContent.trim() === "offline"`)
+	b.ClickAndLoad("a#next")
+	b.Need("the second page", `#devices tr[data-device="meter-59"]`)
+	if b.Count(`#devices tr[data-device="meter-00"]`) != 0 {
+		t.Errorf("the second page repeats the first's meter-00")
+	}
+	b.Screenshot("devices-page-2")
+	b.Navigate(ed.URL + "/")
+	b.WaitUntil("the overview's empty state, gone", "#empty-devices",
+		`(() => { const el = document.querySelector("#empty-devices"); return !el || el.offsetParent === null; })()`)
+	b.WaitFor("the overview's offline count", "#offline-count", `el.textContent.trim() === "60"`)
 }
 
 // noBanner checks that the page does not say the database is unreachable:
