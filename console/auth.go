@@ -39,9 +39,14 @@ func (c *Console) handleSignIn(w http.ResponseWriter, r *http.Request) {
 		c.signInError(w, http.StatusUnauthorized, "Paste an API key (switchboard apikeys add NAME prints one).")
 		return
 	}
-	k, err := c.store.APIKeyByHash(r.Context(), secret.Hash(key))
+	digest := secret.Hash(key)
+	if !c.guard(w, r, digest) {
+		return
+	}
+	k, err := c.store.APIKeyByHash(r.Context(), digest)
 	switch {
 	case errors.Is(err, db.ErrNotFound):
+		c.failed(r, digest)
 		c.signInError(w, http.StatusUnauthorized, "Unknown API key: check that it was pasted whole.")
 		return
 	case err != nil:
@@ -56,9 +61,14 @@ func (c *Console) handleSignIn(w http.ResponseWriter, r *http.Request) {
 
 // handleSignInLink consumes a one-time link and signs in as its key.
 func (c *Console) handleSignInLink(w http.ResponseWriter, r *http.Request) {
-	id, err := c.store.ConsumeConsoleLink(r.Context(), secret.Hash(chi.URLParam(r, "token")))
+	digest := secret.Hash(chi.URLParam(r, "token"))
+	if !c.guard(w, r, digest) {
+		return
+	}
+	id, err := c.store.ConsumeConsoleLink(r.Context(), digest)
 	switch {
 	case errors.Is(err, db.ErrNotFound):
+		c.failed(r, digest)
 		c.signInError(w, http.StatusUnauthorized, "This sign-in link was used already, has expired or is unknown: paste an API key instead.")
 		return
 	case err != nil:

@@ -52,6 +52,13 @@ type Config struct {
 	// ForgetSession drops a signed-out session (its cookie's value) from
 	// the edge's cache of checked keys and sessions; nil: nothing cached.
 	ForgetSession func(token string)
+	// Guard, when set, throttles sign-in attempts as the API throttles
+	// failed keys (per source address; a key known to fail is refused
+	// before the database): it answers the request itself and returns
+	// false to stop. Failed records a key, or link, the database did not
+	// know. The edge passes its auth guard.
+	Guard  func(w http.ResponseWriter, r *http.Request, digest string) bool
+	Failed func(r *http.Request, digest string)
 }
 
 // Console serves the pages.
@@ -259,4 +266,16 @@ func randomToken() string {
 func checkCSRF(r *http.Request, want string) bool {
 	got := r.PostFormValue("csrf")
 	return got != "" && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
+}
+
+// guard runs Config.Guard on a credential's digest.
+func (c *Console) guard(w http.ResponseWriter, r *http.Request, digest []byte) bool {
+	return c.cfg.Guard == nil || c.cfg.Guard(w, r, hex.EncodeToString(digest))
+}
+
+// failed runs Config.Failed on a credential's digest.
+func (c *Console) failed(r *http.Request, digest []byte) {
+	if c.cfg.Failed != nil {
+		c.cfg.Failed(r, hex.EncodeToString(digest))
+	}
 }

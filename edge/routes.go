@@ -48,7 +48,8 @@ func (e *Edge) Handler() http.Handler {
 
 	// The web console's pages, at "/" (console package); the API stays
 	// under /v1 and takes the console's session cookie in place of a key.
-	console.New(console.Config{Store: e.store, Log: e.log, ForgetSession: e.ForgetSession}).Register(r)
+	console.New(console.Config{Store: e.store, Log: e.log, ForgetSession: e.ForgetSession,
+		Guard: e.guardAuth, Failed: e.authFailed}).Register(r)
 
 	r.Route("/v1", func(r chi.Router) {
 		// The API's description holds no secret, and tools fetch it
