@@ -117,7 +117,7 @@ func TestConsoleInBrowser(t *testing.T) {
 		b.WaitFor("the overview's row of "+n.ID, fmt.Sprintf(`#nodes tr[data-node="%s"]`, n.ID), "")
 	}
 	b.WaitFor("the overview's region", `#regions tr[data-region="test"]`, "")
-	for _, sel := range []string{"#jobs-running", "#chart-rate", "#chart-latency", "#sign-out", `a[href="/devices"]`, `a[href="/jobs"]`} {
+	for _, sel := range []string{"#jobs-running", "#chart-rate", "#chart-latency", "#sign-out", `a[href="/"]`, `a[href="/devices"]`, `a[href="/jobs"]`} {
 		b.Need("the overview", sel)
 	}
 	noBanner(t, b, "the overview")
@@ -297,7 +297,8 @@ func TestConsoleInBrowser(t *testing.T) {
 }
 
 // TestConsoleEmptyInBrowser: a fleet with no device says how to add one,
-// and a fleet of more than a page pages.
+// and a fleet of more than a page pages. Not parallel, as
+// TestConsoleInBrowser.
 func TestConsoleEmptyInBrowser(t *testing.T) {
 	sys := testsys.New(t)
 	key := sys.APIKey(t)
