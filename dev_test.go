@@ -60,12 +60,15 @@ func TestDev(t *testing.T) {
 	}()
 
 	// Read the banner up to its commands: the edge's URL and the API key.
-	var edgeURL, key string
+	var edgeURL, key, signIn string
 	lines := bufio.NewScanner(stdout)
 	for lines.Scan() && (edgeURL == "" || key == "") {
 		line := strings.TrimSpace(lines.Text())
 		if v, ok := strings.CutPrefix(line, "edge (HTTP API)"); ok {
 			edgeURL = strings.TrimSpace(v)
+		}
+		if _, v, ok := strings.Cut(line, "(sign in: "); ok && strings.HasPrefix(line, "console") {
+			signIn, _, _ = strings.Cut(v, ",")
 		}
 		if v, ok := strings.CutPrefix(line, "export SWITCHBOARD_KEY="); ok {
 			key = v
@@ -92,6 +95,25 @@ func TestDev(t *testing.T) {
 		}
 		if !strings.Contains(string(c.Result), `"celsius"`) {
 			t.Fatalf("%s answered %s, want a thermostat's state", device, c.Result)
+		}
+	}
+
+	// The banner's one-time console link signs a browser in, once.
+	if !strings.HasPrefix(signIn, edgeURL+"/sign-in/") {
+		t.Fatalf("banner's console sign-in link %q, want one under %s/sign-in/", signIn, edgeURL)
+	}
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	browser := &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	for i, want := range []int{http.StatusSeeOther, http.StatusUnauthorized} {
+		req, _ := http.NewRequestWithContext(reqCtx, http.MethodGet, signIn, nil)
+		resp, err := browser.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want || (i == 0) != (len(resp.Cookies()) == 1) {
+			t.Fatalf("sign-in link, use %d: %d with cookies %v, want %d", i+1, resp.StatusCode, resp.Cookies(), want)
 		}
 	}
 }

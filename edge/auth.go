@@ -3,6 +3,7 @@ package edge
 import (
 	"context"
 	"crypto/rand"
+	"crypto/subtle"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/switchboard-iot/switchboard/console"
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/internal/problem"
 	"github.com/switchboard-iot/switchboard/internal/secret"
@@ -20,6 +22,12 @@ import (
 // key is cached (keyCache); its expiry is checked on every request.
 func (e *Edge) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") == "" {
+			if c, err := r.Cookie(SessionCookie); err == nil && c.Value != "" {
+				e.authenticateSession(w, r, c.Value, next)
+				return
+			}
+		}
 		scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
 		if !strings.EqualFold(scheme, "Bearer") || token == "" {
 			unauthorized(w, "an API key is required: Authorization: Bearer <key>")
@@ -57,6 +65,65 @@ func (e *Edge) authenticate(next http.Handler) http.Handler {
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), apiKeyCtx{}, key)))
 	})
 }
+
+// SessionCookie names the web console's session cookie (console package),
+// which the API takes in place of a key.
+const SessionCookie = console.Cookie
+
+// authenticateSession lets through a request that carries a console
+// session cookie instead of an Authorization header, acting as the
+// session's API key: so a browser's EventSource, which cannot send
+// headers, can stream. The session is read with its key, and cached like a
+// key: a revocation or a sign-out drops the cache on every edge. A request
+// that may change something must also carry the session's CSRF token in
+// X-CSRF-Token: SameSite=Strict keeps other sites' requests from carrying
+// the cookie, and the token covers browsers or proxies that do not.
+func (e *Edge) authenticateSession(w http.ResponseWriter, r *http.Request, token string, next http.Handler) {
+	hash := secret.Hash(token)
+	cacheKey := sessionCacheKey(hash)
+	now := time.Now()
+	key, csrf, cached, gen := e.keys.getSession(cacheKey, now)
+	if !cached {
+		if !e.guardAuth(w, r, cacheKey) {
+			return
+		}
+		s, err := e.store.ConsoleSessionByHash(r.Context(), hash)
+		switch {
+		case errors.Is(err, db.ErrNotFound):
+			e.authFailed(r, cacheKey)
+			unauthorized(w, "the console session is unknown, expired or signed out: sign in again")
+			return
+		case err != nil:
+			e.unavailable(w, "checking the console session", err)
+			return
+		case s.Key.RevokedAt != nil:
+			unauthorized(w, "this console session's API key was revoked")
+			return
+		}
+		key, csrf = s.Key, s.CSRF
+		e.keys.putSession(cacheKey, key, csrf, s.ExpiresAt, gen, now)
+	}
+	if key.Expired(now) {
+		unauthorized(w, "this console session's API key expired at "+key.ExpiresAt.UTC().Format(time.RFC3339))
+		return
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		got := r.Header.Get("X-CSRF-Token")
+		if got == "" || subtle.ConstantTimeCompare([]byte(got), []byte(csrf)) != 1 {
+			problem.Write(w, http.StatusForbidden, "csrf-token-invalid", "CSRF token invalid",
+				"a request authenticated by the console's session cookie must carry the session's token in X-CSRF-Token")
+			return
+		}
+	}
+	next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), apiKeyCtx{}, key)))
+}
+
+// sessionCacheKey keeps sessions apart from keys in the key cache.
+func sessionCacheKey(hash []byte) string { return "session:" + hex.EncodeToString(hash) }
+
+// ForgetSession drops a signed-out session from this edge's cache at once
+// (other edges hear of it over sb_keys a moment later).
+func (e *Edge) ForgetSession(token string) { e.keys.forget(sessionCacheKey(secret.Hash(token))) }
 
 // requireScope lets through requests whose API key grants scope, and
 // answers the others 403 (RFC 6750's insufficient_scope).

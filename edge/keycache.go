@@ -25,6 +25,7 @@ type keyCache struct {
 // cached is a checked API key and until when it is trusted.
 type cached struct {
 	key   db.APIKey
+	csrf  string // a console session's
 	until time.Time
 }
 
@@ -62,4 +63,38 @@ func (c *keyCache) drop() {
 	defer c.mu.Unlock()
 	clear(c.entries)
 	c.gen++
+}
+
+// getSession is get for a console session, with its CSRF token.
+func (c *keyCache) getSession(hash string, now time.Time) (key db.APIKey, csrf string, ok bool, gen uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.entries[hash]
+	if ok && !now.Before(e.until) {
+		delete(c.entries, hash)
+		ok = false
+	}
+	return e.key, e.csrf, ok, c.gen
+}
+
+// putSession is put for a console session, trusted no longer than the
+// session lasts.
+func (c *keyCache) putSession(hash string, key db.APIKey, csrf string, expires time.Time, gen uint64, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if gen == c.gen {
+		until := now.Add(c.ttl)
+		if expires.Before(until) {
+			until = expires
+		}
+		c.entries[hash] = cached{key: key, csrf: csrf, until: until}
+	}
+}
+
+// forget drops one entry (a signed-out session).
+func (c *keyCache) forget(hash string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.entries, hash)
+	c.gen++ // a look-up under way may have read the session before it was deleted
 }

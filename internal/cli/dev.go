@@ -18,6 +18,7 @@ import (
 
 	"github.com/switchboard-iot/switchboard/app"
 	conntier "github.com/switchboard-iot/switchboard/conn-tier"
+	"github.com/switchboard-iot/switchboard/console"
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/device/protocol"
 	"github.com/switchboard-iot/switchboard/edge"
@@ -105,7 +106,14 @@ func runDev(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.
 	// Credentials: an API key and the simulated devices, plus one spare
 	// device for a client of your own.
 	apiKey := secret.New("sbk_")
-	if _, err := store.AddAPIKey(ctx, db.NewAPIKey{Name: "dev", KeyHash: secret.Hash(apiKey)}); err != nil {
+	devKey, err := store.AddAPIKey(ctx, db.NewAPIKey{Name: "dev", KeyHash: secret.Hash(apiKey)})
+	if err != nil {
+		return err
+	}
+	// A one-time link signs the browser in to the console as that key
+	// (within 10 minutes; then sign in by pasting the key).
+	signIn, err := console.NewSignInLink(ctx, store, devKey.ID)
+	if err != nil {
 		return err
 	}
 	var creds []secret.Credential
@@ -177,7 +185,7 @@ func runDev(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.
 	}
 
 	err = devBanner.Execute(stdio.Stdout, map[string]any{
-		"Edge": "http://" + advertised(*edgeListen, edgeLn), "Conn": connURLs, "DB": dbURL, "Key": apiKey, "Dir": *dir,
+		"Edge": "http://" + advertised(*edgeListen, edgeLn), "SignIn": signIn, "Conn": connURLs, "DB": dbURL, "Key": apiKey, "Dir": *dir,
 		"Cert": certFile, "Fingerprint": tls.Fingerprint, "Devices": len(simulated), "Spare": creds[len(creds)-1].Secret,
 	})
 	if err != nil {
@@ -219,6 +227,7 @@ var devBanner = template.Must(template.New("banner").Parse(`
 Switchboard is running. Ctrl-C stops everything.
 
   edge (HTTP API)    {{.Edge}}
+  console            {{.Edge}}/  (sign in: {{.Edge}}{{.SignIn}}, once)
   connection nodes   {{range .Conn}}{{.}}  {{end}}
   PostgreSQL         {{.DB}}
   devices            thermostat-1 … thermostat-{{.Devices}} (simulated), my-device (yours to connect)

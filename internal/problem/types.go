@@ -22,6 +22,7 @@ var Types = map[string]string{
 	"method-not-allowed":      "the resource does not allow this method (405, Allow)",
 	"internal":                "a bug of ours (500)",
 	"insufficient-scope":      "the API key lacks the route's scope (403)",
+	"csrf-token-invalid":      "a request authenticated by the console's session cookie without its X-CSRF-Token (403)",
 	"rate-limited":            "past the API key's request rate (429, Retry-After)",
 	"too-many-streams":        "past the API key's open event streams (429, Retry-After)",
 	"request-timeout":         "the request body did not arrive within 30 s (408)",

@@ -1,0 +1,175 @@
+package console
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/internal/secret"
+)
+
+// NewSignInLink makes a one-time sign-in link for the API key with this
+// id (switchboard dev prints one): the path to open on the edge, which
+// works once, within LinkTTL.
+func NewSignInLink(ctx context.Context, store *db.Store, apiKeyID int64) (path string, err error) {
+	token := randomToken()
+	if err := store.CreateConsoleLink(ctx, secret.Hash(token), apiKeyID, LinkTTL); err != nil {
+		return "", err
+	}
+	return "/sign-in/" + token, nil
+}
+
+func (c *Console) handleSignInPage(w http.ResponseWriter, r *http.Request) {
+	c.render(w, http.StatusOK, "sign-in", view{Title: "Sign in"})
+}
+
+// handleSignIn checks a pasted API key as the API does, and turns it into
+// a session. No session exists yet, so no CSRF token: the form's worst
+// misuse is signing a browser in with the attacker's own key, which
+// SameSite=Strict and this page's frame-ancestors 'none' make hard.
+func (c *Console) handleSignIn(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, 4096)
+	key := strings.TrimSpace(r.PostFormValue("key"))
+	if key == "" {
+		c.signInError(w, http.StatusUnauthorized, "Paste an API key (switchboard apikeys add NAME prints one).")
+		return
+	}
+	digest := secret.Hash(key)
+	if !c.guard(w, r, digest) {
+		return
+	}
+	k, err := c.store.APIKeyByHash(r.Context(), digest)
+	switch {
+	case errors.Is(err, db.ErrNotFound):
+		c.failed(r, digest)
+		c.signInError(w, http.StatusUnauthorized, "Unknown API key: check that it was pasted whole.")
+		return
+	case err != nil:
+		c.unavailable(w, r, &view{Title: "Sign in"}, err)
+		return
+	}
+	if !c.usable(w, k) {
+		return
+	}
+	c.startSession(w, r, k)
+}
+
+// handleSignInLink consumes a one-time link and signs in as its key.
+func (c *Console) handleSignInLink(w http.ResponseWriter, r *http.Request) {
+	digest := secret.Hash(chi.URLParam(r, "token"))
+	if !c.guard(w, r, digest) {
+		return
+	}
+	id, err := c.store.ConsumeConsoleLink(r.Context(), digest)
+	switch {
+	case errors.Is(err, db.ErrNotFound):
+		c.failed(r, digest)
+		c.signInError(w, http.StatusUnauthorized, "This sign-in link was used already, has expired or is unknown: paste an API key instead.")
+		return
+	case err != nil:
+		c.unavailable(w, r, &view{Title: "Sign in"}, err)
+		return
+	}
+	k, err := c.store.APIKeyByID(r.Context(), id)
+	if err != nil {
+		c.unavailable(w, r, &view{Title: "Sign in"}, err)
+		return
+	}
+	if !c.usable(w, k) {
+		return
+	}
+	c.startSession(w, r, k)
+}
+
+// usable refuses revoked and expired keys, saying which.
+func (c *Console) usable(w http.ResponseWriter, k db.APIKey) bool {
+	switch {
+	case k.RevokedAt != nil:
+		c.signInError(w, http.StatusUnauthorized, "This API key was revoked: ask for a new one (switchboard apikeys add NAME).")
+		return false
+	case k.Expired(time.Now()):
+		c.signInError(w, http.StatusUnauthorized, "This API key expired at "+k.ExpiresAt.UTC().Format(time.RFC3339)+".")
+		return false
+	}
+	return true
+}
+
+func (c *Console) signInError(w http.ResponseWriter, status int, msg string) {
+	c.render(w, status, "sign-in", view{Title: "Sign in", Error: msg})
+}
+
+func (c *Console) startSession(w http.ResponseWriter, r *http.Request, k db.APIKey) {
+	token := randomToken()
+	if err := c.store.CreateConsoleSession(r.Context(), secret.Hash(token), k.ID, randomToken(), SessionTTL); err != nil {
+		c.unavailable(w, r, &view{Title: "Sign in"}, err)
+		return
+	}
+	http.SetCookie(w, &http.Cookie{
+		Name: Cookie, Value: token, Path: "/",
+		MaxAge:   int(SessionTTL.Seconds()),
+		HttpOnly: true, SameSite: http.SameSiteStrictMode,
+		Secure: overHTTPS(r),
+	})
+	http.Redirect(w, r, "/", http.StatusSeeOther)
+}
+
+// overHTTPS says whether the browser reached us over HTTPS: directly, or
+// through the TLS-terminating proxy in front (Fly's, Caddy), which says so
+// in X-Forwarded-Proto. That header is believed from anyone: a forged one
+// only makes the cookie stricter (Secure), never looser.
+func overHTTPS(r *http.Request) bool {
+	return r.TLS != nil || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https")
+}
+
+// handleSignOut ends the session: its row, the edge's cached copy and the
+// cookie. The form carries the CSRF token, so another site cannot sign an
+// operator out.
+func (c *Console) handleSignOut(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, 4096)
+	ck, err := r.Cookie(Cookie)
+	if err != nil || ck.Value == "" {
+		http.Redirect(w, r, "/sign-in", http.StatusSeeOther)
+		return
+	}
+	hash := secret.Hash(ck.Value)
+	s, err := c.store.ConsoleSessionByHash(r.Context(), hash)
+	switch {
+	case errors.Is(err, db.ErrNotFound):
+		clearCookie(w, r)
+		http.Redirect(w, r, "/sign-in", http.StatusSeeOther)
+		return
+	case err != nil:
+		c.unavailable(w, r, nil, err)
+		return
+	}
+	if !checkCSRF(r, s.CSRF) {
+		forbidden(w)
+		return
+	}
+	if err := c.store.DeleteConsoleSession(r.Context(), hash); err != nil {
+		c.unavailable(w, r, nil, err)
+		return
+	}
+	if c.cfg.ForgetSession != nil {
+		c.cfg.ForgetSession(ck.Value)
+	}
+	clearCookie(w, r)
+	http.Redirect(w, r, "/sign-in", http.StatusSeeOther)
+}
+
+func clearCookie(w http.ResponseWriter, r *http.Request) {
+	http.SetCookie(w, &http.Cookie{Name: Cookie, Value: "", Path: "/", MaxAge: -1,
+		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: overHTTPS(r)})
+}
+
+// forbidden is a form's CSRF refusal: a plain page.
+func forbidden(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusForbidden)
+	_, _ = w.Write([]byte("403 Forbidden: this form's CSRF token is missing or stale. Go back, reload the page and try again.\n"))
+}

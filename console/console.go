@@ -1,0 +1,281 @@
+// Package console is Switchboard's web console, served by the edge at "/"
+// (the API stays under /v1): server-rendered pages (html/template) and one
+// small plain JavaScript file, all embedded in the binary, with no build
+// step and no request to any other host.
+//
+// An operator signs in with an API key, which becomes a session
+// (console_sessions) named by an HttpOnly, SameSite=Strict cookie. The
+// pages read through db.Store; their live parts (app.js) call the real
+// /v1 API with that cookie, which the edge accepts in place of the key, so
+// a browser's EventSource (which cannot send headers) can stream. Every
+// state-changing request carries the session's CSRF token too.
+package console
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"embed"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"html/template"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/internal/secret"
+)
+
+//go:embed templates/*.html static/*
+var files embed.FS
+
+// Cookie names the session cookie (the edge's API reads it too).
+const Cookie = "sb_session"
+
+// Lifetimes of a session and of a one-time sign-in link.
+const (
+	SessionTTL = 12 * time.Hour
+	LinkTTL    = 10 * time.Minute
+)
+
+// Config is what the console needs.
+type Config struct {
+	Store *db.Store
+	Log   *slog.Logger
+	// ForgetSession drops a signed-out session (its cookie's value) from
+	// the edge's cache of checked keys and sessions; nil: nothing cached.
+	ForgetSession func(token string)
+	// Guard, when set, throttles sign-in attempts as the API throttles
+	// failed keys (per source address; a key known to fail is refused
+	// before the database): it answers the request itself and returns
+	// false to stop. Failed records a key, or link, the database did not
+	// know. The edge passes its auth guard.
+	Guard  func(w http.ResponseWriter, r *http.Request, digest string) bool
+	Failed func(r *http.Request, digest string)
+}
+
+// Console serves the pages.
+type Console struct {
+	cfg   Config
+	store *db.Store
+	log   *slog.Logger
+	pages map[string]*template.Template
+}
+
+// New parses the embedded templates; a broken template is a bug caught by
+// any test that starts an edge.
+func New(cfg Config) *Console {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	c := &Console{cfg: cfg, store: cfg.Store, log: cfg.Log, pages: map[string]*template.Template{}}
+	funcs := template.FuncMap{
+		"ts":      func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
+		"tsp":     func(t *time.Time) string { return t.UTC().Format(time.RFC3339) },
+		"short":   func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05") },
+		"json":    prettyJSON,
+		"seconds": func(f float64) string { return fmt.Sprintf("%.0f", f) },
+	}
+	for _, name := range []string{"sign-in", "overview", "devices", "device", "jobs", "job", "error"} {
+		c.pages[name] = template.Must(template.New("").Funcs(funcs).ParseFS(files, "templates/layout.html", "templates/"+name+".html"))
+	}
+	return c
+}
+
+// Register adds the console's routes to the edge's router.
+func (c *Console) Register(r chi.Router) {
+	static, _ := fs.Sub(files, "static")
+	fileServer := http.StripPrefix("/static/", http.FileServerFS(static))
+	r.Get("/static/*", func(w http.ResponseWriter, r *http.Request) {
+		// Short: a new binary's files reach browsers within a minute.
+		w.Header().Set("Cache-Control", "public, max-age=60")
+		fileServer.ServeHTTP(w, r)
+	})
+	r.Group(func(r chi.Router) {
+		r.Use(securityHeaders)
+		r.Get("/sign-in", c.handleSignInPage)
+		r.Post("/sign-in", c.handleSignIn)
+		r.Get("/sign-in/{token}", c.handleSignInLink)
+		r.Post("/sign-out", c.handleSignOut)
+		r.Group(func(r chi.Router) {
+			r.Use(c.requireSession)
+			r.Get("/", c.handleOverview)
+			r.Get("/devices", c.handleDevices)
+			r.Get("/devices/{id}", c.handleDevice)
+			r.Get("/jobs", c.handleJobs)
+			r.Get("/jobs/{id}", c.handleJob)
+			r.Get("/console/api/overview", c.handleOverviewJSON)
+			r.Get("/console/api/stats", c.handleStatsJSON)
+		})
+	})
+}
+
+// securityHeaders keep the pages to this host's own files: no inline
+// script, no framing, no other host.
+func securityHeaders(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Content-Security-Policy", "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Referrer-Policy", "same-origin")
+		h.Set("Cache-Control", "no-store")
+		next.ServeHTTP(w, r)
+	})
+}
+
+// view is what every page's template gets.
+type view struct {
+	Title   string
+	Nav     string // the nav link to mark current
+	Session *db.ConsoleSession
+	// What the key's scopes allow.
+	CanCommands, CanRead, CanAdmin bool
+	DBError                        string // set: the banner says the database is unreachable
+	Error                          string // the page's own error, said in #error
+	Data                           any
+}
+
+type sessionCtx struct{}
+
+func session(r *http.Request) *db.ConsoleSession {
+	s, _ := r.Context().Value(sessionCtx{}).(*db.ConsoleSession)
+	return s
+}
+
+// requireSession lets through requests with a live session whose key is
+// neither revoked nor expired; pages send the others to /sign-in (303),
+// the JSON endpoints answer 401.
+func (c *Console) requireSession(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		api := strings.HasPrefix(r.URL.Path, "/console/api/")
+		refuse := func() {
+			if api {
+				writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "sign in again"})
+				return
+			}
+			http.Redirect(w, r, "/sign-in", http.StatusSeeOther)
+		}
+		ck, err := r.Cookie(Cookie)
+		if err != nil || ck.Value == "" {
+			refuse()
+			return
+		}
+		s, err := c.store.ConsoleSessionByHash(r.Context(), secret.Hash(ck.Value))
+		switch {
+		case errors.Is(err, db.ErrNotFound):
+			refuse()
+			return
+		case err != nil:
+			c.unavailable(w, r, nil, err)
+			return
+		case s.Key.RevokedAt != nil || s.Key.Expired(time.Now()):
+			refuse()
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), sessionCtx{}, &s)))
+	})
+}
+
+// newView starts a page's view for the signed-in session.
+func newView(r *http.Request, title, nav string) view {
+	s := session(r)
+	v := view{Title: title, Nav: nav, Session: s}
+	if s != nil {
+		v.CanCommands, v.CanRead, v.CanAdmin = s.Key.Has(db.ScopeCommands), s.Key.Has(db.ScopeRead), s.Key.Has(db.ScopeAdmin)
+	}
+	return v
+}
+
+func (c *Console) render(w http.ResponseWriter, status int, page string, v view) {
+	var b strings.Builder
+	if err := c.pages[page].ExecuteTemplate(&b, "layout", v); err != nil {
+		c.log.Error("rendering a console page", "page", page, "err", err)
+		http.Error(w, "the page could not be rendered", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(status)
+	_, _ = w.Write([]byte(b.String()))
+}
+
+// unavailable answers a page whose store calls failed: 503 with the
+// database banner (the JSON endpoints: a JSON error the script shows in
+// the same banner).
+func (c *Console) unavailable(w http.ResponseWriter, r *http.Request, v *view, err error) {
+	c.log.Warn("console: the database is unreachable", "path", r.URL.Path, "err", err)
+	w.Header().Set("Retry-After", "5")
+	msg := "The database is unreachable: " + shortErr(err) + ", retrying"
+	if strings.HasPrefix(r.URL.Path, "/console/api/") {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": msg})
+		return
+	}
+	if v == nil {
+		v = &view{Title: "Unavailable"}
+	}
+	v.DBError = msg
+	v.Data = nil
+	c.render(w, http.StatusServiceUnavailable, "error", *v)
+}
+
+// shortErr says what failed without the SQL or the server's address.
+func shortErr(err error) string {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return "it did not answer in time"
+	case db.IsRefused(err):
+		return "it refused the connection"
+	}
+	return "the query failed"
+}
+
+func (c *Console) notFound(w http.ResponseWriter, v view, what string) {
+	v.Title, v.Error = "Not found", what
+	c.render(w, http.StatusNotFound, "error", v)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func prettyJSON(raw json.RawMessage) string {
+	var v any
+	if len(raw) == 0 || json.Unmarshal(raw, &v) != nil {
+		return string(raw)
+	}
+	out, _ := json.MarshalIndent(v, "", "  ")
+	return string(out)
+}
+
+func randomToken() string {
+	b := make([]byte, 32) // 256 bits
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// checkCSRF compares a form's csrf field with the session's.
+func checkCSRF(r *http.Request, want string) bool {
+	got := r.PostFormValue("csrf")
+	return got != "" && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
+}
+
+// guard runs Config.Guard on a credential's digest.
+func (c *Console) guard(w http.ResponseWriter, r *http.Request, digest []byte) bool {
+	return c.cfg.Guard == nil || c.cfg.Guard(w, r, hex.EncodeToString(digest))
+}
+
+// failed runs Config.Failed on a credential's digest.
+func (c *Console) failed(r *http.Request, digest []byte) {
+	if c.cfg.Failed != nil {
+		c.cfg.Failed(r, hex.EncodeToString(digest))
+	}
+}

@@ -1,0 +1,306 @@
+package console
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/url"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/google/uuid"
+
+	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/internal/command"
+)
+
+// Stats window: 15 minutes of 30-second buckets.
+const (
+	statBucket  = 30 * time.Second
+	statBuckets = 30
+)
+
+func (c *Console) handleOverview(w http.ResponseWriter, r *http.Request) {
+	v := newView(r, "Overview", "overview")
+	o, err := c.store.ConsoleOverview(r.Context())
+	if err != nil {
+		c.unavailable(w, r, &v, err)
+		return
+	}
+	v.Data = o
+	c.render(w, http.StatusOK, "overview", v)
+}
+
+func (c *Console) handleOverviewJSON(w http.ResponseWriter, r *http.Request) {
+	o, err := c.store.ConsoleOverview(r.Context())
+	if err != nil {
+		c.unavailable(w, r, nil, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, o)
+}
+
+// handleStatsJSON answers the last 15 minutes of completed commands in
+// 30-second buckets, oldest first; the window ends at the current bucket's
+// end, so the newest bucket fills as time passes.
+func (c *Console) handleStatsJSON(w http.ResponseWriter, r *http.Request) {
+	end := time.Now().Truncate(statBucket).Add(statBucket)
+	since := end.Add(-statBucket * statBuckets)
+	buckets, err := c.store.CommandStats(r.Context(), since, statBucket, statBuckets)
+	if err != nil {
+		c.unavailable(w, r, nil, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"bucket_seconds": statBucket.Seconds(), "buckets": buckets})
+}
+
+// devicesPage is the devices listing's data.
+type devicesPage struct {
+	Q, Online, Region, Label string
+	Page                     db.DevicePage
+	Next                     string // the next page's URL; "" on the last
+	Filtered                 bool
+}
+
+const devicesPerPage = 50
+
+// handleDevices lists devices with db's listing: its filters and keyset
+// pagination (?after=<last id>, carried with the filters in the next
+// link). A bad filter is said on the page, not a 500.
+func (c *Console) handleDevices(w http.ResponseWriter, r *http.Request) {
+	v := newView(r, "Devices", "devices")
+	if !v.CanRead {
+		v.Error = "This API key may not read devices (it lacks the read scope): sign in with a key that has it."
+		c.render(w, http.StatusForbidden, "devices", v)
+		return
+	}
+	q := r.URL.Query()
+	d := devicesPage{Q: strings.TrimSpace(q.Get("q")), Online: q.Get("online"), Region: strings.TrimSpace(q.Get("region")), Label: strings.TrimSpace(q.Get("label"))}
+	var f db.DeviceFilter
+	var problems []string
+	if d.Q != "" {
+		if db.ValidDeviceIDPart(d.Q) {
+			f.IDContains = d.Q
+		} else {
+			problems = append(problems, "Search: a device id holds only letters, digits and \"._-\".")
+		}
+	}
+	switch d.Online {
+	case "true", "false":
+		b := d.Online == "true"
+		f.Online = &b
+	case "", "any":
+		d.Online = "any"
+	default:
+		problems = append(problems, "Online: choose any, online or offline.")
+	}
+	f.Region = d.Region
+	if d.Label != "" {
+		sel, err := db.ParseLabelSelector(d.Label)
+		if err != nil {
+			problems = append(problems, "Label: "+err.Error()+".")
+		}
+		f.Labels = sel
+	}
+	after := q.Get("after")
+	if after != "" && !db.ValidDeviceIDPart(after) {
+		problems = append(problems, "The page link is damaged: start again from the first page.")
+	}
+	d.Filtered = d.Q != "" || f.Online != nil || d.Region != "" || d.Label != ""
+	v.Data = &d
+	if len(problems) > 0 {
+		v.Error = strings.Join(problems, " ")
+		c.render(w, http.StatusBadRequest, "devices", v)
+		return
+	}
+	page, err := c.store.ListDevices(r.Context(), f, after, devicesPerPage)
+	if err != nil {
+		c.unavailable(w, r, &v, err)
+		return
+	}
+	d.Page = page
+	if page.More && len(page.Devices) > 0 {
+		next := url.Values{}
+		for k, val := range map[string]string{"q": d.Q, "region": d.Region, "label": d.Label} {
+			if val != "" {
+				next.Set(k, val)
+			}
+		}
+		if f.Online != nil {
+			next.Set("online", d.Online)
+		}
+		next.Set("after", page.Devices[len(page.Devices)-1].ID)
+		d.Next = "/devices?" + next.Encode()
+	}
+	c.render(w, http.StatusOK, "devices", v)
+}
+
+// devicePage is a device page's data.
+type devicePage struct {
+	Device       db.Device
+	Labels       []kv
+	Latest       []latest
+	Events       []db.Event
+	Commands     []command.Command
+	CommandNames []string
+	EventNames   string // comma-separated, for app.js's EventSource listeners
+	Sessions     []sessionRow
+}
+
+type kv struct{ Key, Value string }
+
+type latest struct {
+	Name string
+	db.LatestEvent
+}
+
+func (c *Console) handleDevice(w http.ResponseWriter, r *http.Request) {
+	v := newView(r, "Device", "devices")
+	id := chi.URLParam(r, "id")
+	v.Title = id
+	if !v.CanRead {
+		v.Error = "This API key may not read devices (it lacks the read scope): sign in with a key that has it."
+		c.render(w, http.StatusForbidden, "error", v)
+		return
+	}
+	dev, err := c.store.Device(r.Context(), id)
+	switch {
+	case errors.Is(err, db.ErrNotFound):
+		c.notFound(w, v, "No device has the id "+id+". See the list of devices.")
+		return
+	case err != nil:
+		c.unavailable(w, r, &v, err)
+		return
+	}
+	d := devicePage{Device: dev}
+	var labels map[string]string
+	_ = jsonUnmarshal(dev.Labels, &labels)
+	for k, val := range labels {
+		d.Labels = append(d.Labels, kv{k, val})
+	}
+	sort.Slice(d.Labels, func(i, j int) bool { return d.Labels[i].Key < d.Labels[j].Key })
+	names := map[string]bool{}
+	for name, l := range dev.Latest {
+		d.Latest = append(d.Latest, latest{name, l})
+		names[name] = true
+	}
+	sort.Slice(d.Latest, func(i, j int) bool { return d.Latest[i].Name < d.Latest[j].Name })
+	d.Events, _, err = c.store.EventHistory(r.Context(), db.EventPage{Device: id, Limit: 20})
+	if err != nil {
+		c.unavailable(w, r, &v, err)
+		return
+	}
+	for _, e := range d.Events {
+		names[e.Name] = true
+	}
+	d.EventNames = strings.Join(sortedKeys(names), ",")
+	if v.CanCommands {
+		d.Commands, err = c.store.DeviceCommands(r.Context(), id, 20)
+		if err != nil {
+			c.unavailable(w, r, &v, err)
+			return
+		}
+		seen := map[string]bool{}
+		for _, cmd := range d.Commands {
+			seen[cmd.Name] = true
+		}
+		d.CommandNames = sortedKeys(seen)
+	}
+	d.Sessions, err = c.deviceSessions(r, dev)
+	if err != nil {
+		c.unavailable(w, r, &v, err)
+		return
+	}
+	v.Data = &d
+	c.render(w, http.StatusOK, "device", v)
+}
+
+func sortedKeys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// jobsPage is the jobs page's data.
+type jobsPage struct {
+	Jobs []db.Job
+}
+
+func (c *Console) handleJobs(w http.ResponseWriter, r *http.Request) {
+	v := newView(r, "Jobs", "jobs")
+	if !v.CanCommands {
+		v.Error = "This API key may not run jobs (it lacks the commands scope): sign in with a key that has it."
+		c.render(w, http.StatusForbidden, "error", v)
+		return
+	}
+	jobs, err := c.store.Jobs(r.Context(), "", uuid.Nil, 20)
+	if err != nil {
+		c.unavailable(w, r, &v, err)
+		return
+	}
+	v.Data = &jobsPage{Jobs: jobs}
+	c.render(w, http.StatusOK, "jobs", v)
+}
+
+func (c *Console) handleJob(w http.ResponseWriter, r *http.Request) {
+	v := newView(r, "Job", "jobs")
+	if !v.CanCommands {
+		v.Error = "This API key may not see jobs (it lacks the commands scope): sign in with a key that has it."
+		c.render(w, http.StatusForbidden, "error", v)
+		return
+	}
+	id, err := uuid.Parse(chi.URLParam(r, "id"))
+	if err != nil {
+		c.notFound(w, v, "A job id is a UUID; see the list of jobs.")
+		return
+	}
+	job, err := c.store.Job(r.Context(), id)
+	switch {
+	case errors.Is(err, db.ErrNotFound):
+		c.notFound(w, v, "No job has the id "+id.String()+". See the list of jobs.")
+		return
+	case err != nil:
+		c.unavailable(w, r, &v, err)
+		return
+	}
+	v.Title = "Job " + job.Name
+	v.Data = &job
+	c.render(w, http.StatusOK, "job", v)
+}
+
+// sessionRow is one session of a device's presence history.
+type sessionRow struct {
+	SessionID, NodeID, Region, RemoteAddr string
+	ConnectedAt                           time.Time
+	DisconnectedAt                        *time.Time // nil: still connected
+}
+
+// deviceSessions is the device's presence history, newest first: its
+// current session, if any, then the last ended ones (device_sessions).
+func (c *Console) deviceSessions(r *http.Request, dev db.Device) ([]sessionRow, error) {
+	var out []sessionRow
+	if p := dev.Presence; p != nil {
+		out = append(out, sessionRow{SessionID: p.SessionID.String(), NodeID: p.NodeID, Region: p.Region, RemoteAddr: p.RemoteAddr, ConnectedAt: p.ConnectedAt})
+	}
+	ended, err := c.store.DeviceSessions(r.Context(), dev.ID, 20)
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range ended {
+		out = append(out, sessionRow{SessionID: s.SessionID.String(), NodeID: s.NodeID, Region: s.Region, RemoteAddr: s.RemoteAddr,
+			ConnectedAt: s.ConnectedAt, DisconnectedAt: &s.DisconnectedAt})
+	}
+	return out, nil
+}
+
+func jsonUnmarshal(raw []byte, v any) error {
+	if len(raw) == 0 {
+		return nil
+	}
+	return json.Unmarshal(raw, v)
+}
