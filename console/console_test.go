@@ -413,7 +413,7 @@ func TestPages(t *testing.T) {
 	wantIDs(t, "/devices/dev-1", body, "presence", "sessions", "labels", "latest", "events", "commands", "command", "command-name",
 		"command-args", "send", "args-error", "command-status", "command-steps", "command-result", `data-event="telemetry"`,
 		`data-event-id="`, `data-command="`, `data-label="room"`, `<option value="echo">`,
-		`data-connected="yes"`) // not data-online: html/template reads on* attributes as script
+		`data-connected="yes"`, `data-page="device"`) // not data-online: html/template reads on* attributes as script
 
 	if resp, _ := b.get("/devices/nope"); resp.StatusCode != http.StatusNotFound {
 		t.Errorf("/devices/nope: %d, want 404", resp.StatusCode)

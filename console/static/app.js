@@ -266,8 +266,11 @@
           } else {
             summary.textContent = c.status + (c.error ? ": " + c.error : "");
           }
-          const row = document.querySelector('tr[data-command="' + c.id + '"] .cmd-status');
-          if (row) row.textContent = c.status;
+          const row = document.querySelector('tr[data-command="' + c.id + '"]');
+          if (row) {
+            row.querySelector(".cmd-status").textContent = c.status;
+            row.querySelector(".cmd-attempts").textContent = c.attempts;
+          }
           if (final[step]) stream.close();
         },
       }, ["accepted", "delivered", "reply", "failed", "expired"]);
@@ -283,7 +286,7 @@
     const st = el("td", { "class": "cmd-status" }, c.status);
     const id = el("td"); id.append(el("code", {}, c.id));
     const t = el("td"); t.append(el("time", { datetime: c.created_at }, fmtTime(c.created_at)));
-    tr.append(el("td", {}, c.name), st, el("td", {}, c.attempts), t, id);
+    tr.append(el("td", {}, c.name), st, el("td", { "class": "cmd-attempts" }, c.attempts), t, id);
     tbody.prepend(tr);
   }
 
