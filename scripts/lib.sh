@@ -1,6 +1,6 @@
 # Shared by scripts/dev, scripts/test and scripts/fuzz: make sure Go, the
-# PostgreSQL server binaries and (for scripts/test) Caddy are here,
-# installing them when we may; find and run the fuzz targets.
+# PostgreSQL server binaries and (for scripts/test) Caddy and Chromium are
+# here, installing them when we may; find and run the fuzz targets.
 
 ensure_go() {
 	if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
@@ -87,6 +87,44 @@ ensure_caddy() {
 	fi
 	CADDY_BIN=$(cd "$tools" && pwd)/caddy
 	export CADDY_BIN
+}
+
+# ensure_chromium finds a Chromium for the console's browser tests and
+# exports its path as CHROMIUM_BIN: $CHROMIUM_BIN if set, else chromium,
+# chromium-browser or google-chrome on PATH, else Debian's chromium package
+# (as root). There is no build-from-source fallback as for Caddy: a browser
+# is far too big to build here, so without root we say what to install.
+ensure_chromium() {
+	local name
+	if [ -n "${CHROMIUM_BIN:-}" ] && [ -x "$CHROMIUM_BIN" ]; then
+		export CHROMIUM_BIN
+		return
+	fi
+	for name in chromium chromium-browser google-chrome; do
+		if command -v "$name" >/dev/null 2>&1; then
+			CHROMIUM_BIN=$(command -v "$name")
+			export CHROMIUM_BIN
+			return
+		fi
+	done
+	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+		echo "installing Chromium (Debian's chromium package; a minute or two, once)..." >&2
+		if apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2 &&
+			command -v chromium >/dev/null 2>&1; then
+			CHROMIUM_BIN=$(command -v chromium)
+			export CHROMIUM_BIN
+			return
+		fi
+	fi
+	cat >&2 <<'MSG'
+Chromium is required for the console's browser tests.
+  Debian:         sudo apt-get install chromium
+  Ubuntu:         sudo snap install chromium (or Google Chrome)
+  Fedora:         sudo dnf install chromium
+  macOS:          brew install --cask chromium
+Or set CHROMIUM_BIN to a Chromium or Chrome binary.
+MSG
+	exit 1
 }
 
 # fuzz_targets prints "package-dir FuzzName" for each fuzz target.
