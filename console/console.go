@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/internal/secret"
@@ -205,15 +206,23 @@ func (c *Console) render(w http.ResponseWriter, status int, page string, v view)
 	_, _ = w.Write([]byte(b.String()))
 }
 
-// unavailable answers a page whose store calls failed: 503 with the
-// database banner (the JSON endpoints: a JSON error the script shows in
-// the same banner).
+// unavailable answers a page whose store calls failed. When PostgreSQL
+// answered with an error (the query is at fault, not the database's
+// reachability), 500 says so; otherwise 503 with the database banner. The
+// JSON endpoints answer the same as JSON, which the script shows in the
+// live banner.
 func (c *Console) unavailable(w http.ResponseWriter, r *http.Request, v *view, err error) {
-	c.log.Warn("console: the database is unreachable", "path", r.URL.Path, "err", err)
-	w.Header().Set("Retry-After", "5")
-	msg := "The database is unreachable: " + shortErr(err) + ", retrying"
+	status, msg := http.StatusServiceUnavailable, "The database is unreachable: "+shortErr(err)+", retrying"
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		status, msg = http.StatusInternalServerError, "A query of this page failed (PostgreSQL error "+pgErr.Code+"); the edge's log has the details"
+		c.log.Error("console: a query failed", "path", r.URL.Path, "err", err)
+	} else {
+		c.log.Warn("console: the database is unreachable", "path", r.URL.Path, "err", err)
+		w.Header().Set("Retry-After", "5")
+	}
 	if strings.HasPrefix(r.URL.Path, "/console/api/") {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": msg})
+		writeJSON(w, status, map[string]string{"error": msg})
 		return
 	}
 	if v == nil {
@@ -221,18 +230,16 @@ func (c *Console) unavailable(w http.ResponseWriter, r *http.Request, v *view, e
 	}
 	v.DBError = msg
 	v.Data = nil
-	c.render(w, http.StatusServiceUnavailable, "error", *v)
+	c.render(w, status, "error", *v)
 }
 
-// shortErr says what failed without the SQL or the server's address.
+// shortErr says why the database could not be reached, without the
+// server's address.
 func shortErr(err error) string {
-	switch {
-	case errors.Is(err, context.DeadlineExceeded):
+	if errors.Is(err, context.DeadlineExceeded) {
 		return "it did not answer in time"
-	case db.IsRefused(err):
-		return "it refused the connection"
 	}
-	return "the query failed"
+	return "the connection failed"
 }
 
 func (c *Console) notFound(w http.ResponseWriter, v view, what string) {
