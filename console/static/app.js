@@ -151,8 +151,14 @@
     const text = document.createElementNS(SVG, "text");
     text.setAttribute("x", P); text.setAttribute("y", H + 12);
     text.setAttribute("class", "legend");
-    text.textContent = "max " + (max >= 10 ? Math.round(max) : max.toFixed(2)) + " · now " +
-      series.map((s) => s.label + " " + (last[s.key] || 0).toFixed(s.key === "per_second" ? 2 : 0)).join(", ");
+    // The legend names each line in its colour.
+    text.append("max " + (max >= 10 ? Math.round(max) : max.toFixed(2)) + " · now ");
+    series.forEach((s, i) => {
+      const span = document.createElementNS(SVG, "tspan");
+      span.setAttribute("class", "key " + s.cls);
+      span.textContent = (i > 0 ? ", " : "") + s.label + " " + (last[s.key] || 0).toFixed(s.key === "per_second" ? 2 : 0);
+      text.append(span);
+    });
     svg.append(text);
     box.replaceChildren(svg);
   }
