@@ -15,7 +15,6 @@ import (
 
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/device/protocol"
-	"github.com/switchboard-iot/switchboard/internal/problem"
 )
 
 // Device events (telemetry, alerts) read back: a live stream that resumes
@@ -139,16 +138,7 @@ func (e *Edge) handleDeviceEvents(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	err := db.ErrNotFound // unless the id could name a device
-	if db.ValidDeviceID(id) {
-		_, err = e.store.Device(r.Context(), id)
-	}
-	switch {
-	case errors.Is(err, db.ErrNotFound):
-		problem.Write(w, http.StatusNotFound, "device-not-found", "Device not found", "no device has the id "+strconv.Quote(id))
-		return
-	case err != nil:
-		e.unavailable(w, "reading a device", err)
+	if !e.deviceFound(w, r, id) {
 		return
 	}
 	if !stream {
@@ -282,13 +272,7 @@ func (e *Edge) streamEvents(w http.ResponseWriter, r *http.Request, after int64,
 		return
 	}
 	defer e.events.unsubscribe(sub)
-	rc := http.NewResponseController(w)
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Accel-Buffering", "no") // proxies must not hold events back
-	e.writeSoon(rc)
-	w.WriteHeader(http.StatusOK)
+	rc := e.startStream(w)
 	if rc.Flush() != nil {
 		return
 	}
@@ -302,8 +286,7 @@ func (e *Edge) streamEvents(w http.ResponseWriter, r *http.Request, after int64,
 		if err != nil {
 			return err
 		}
-		e.writeSoon(rc)
-		if _, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", ev.ID, ev.Name, data); err != nil {
+		if err := e.writeEvent(w, rc, strconv.FormatInt(ev.ID, 10), ev.Name, data); err != nil {
 			return err
 		}
 		sent = ev.ID
@@ -356,8 +339,7 @@ func (e *Edge) streamEvents(w http.ResponseWriter, r *http.Request, after int64,
 				return
 			}
 		case <-keepAlive.C:
-			e.writeSoon(rc)
-			if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil || rc.Flush() != nil {
+			if !e.keepAlive(w, rc) {
 				return
 			}
 		case <-sub.dropped:

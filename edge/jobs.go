@@ -265,13 +265,7 @@ func (e *Edge) handleGetJob(w http.ResponseWriter, r *http.Request) {
 // stream ends. Ids count on from the Last-Event-ID the client resumed
 // with; each event carries the whole job, so none needs replaying.
 func (e *Edge) streamJob(w http.ResponseWriter, r *http.Request, j db.Job, seq int) {
-	rc := http.NewResponseController(w)
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Accel-Buffering", "no")
-	e.writeSoon(rc)
-	w.WriteHeader(http.StatusOK)
+	rc := e.startStream(w)
 	var last []byte
 	emit := func(j db.Job) error {
 		data, err := json.Marshal(j)
@@ -286,8 +280,7 @@ func (e *Edge) streamJob(w http.ResponseWriter, r *http.Request, j db.Job, seq i
 		}
 		last = data
 		seq++
-		e.writeSoon(rc)
-		if _, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", seq, name, data); err != nil {
+		if err := e.writeEvent(w, rc, strconv.Itoa(seq), name, data); err != nil {
 			return err
 		}
 		return rc.Flush()
@@ -311,8 +304,7 @@ func (e *Edge) streamJob(w http.ResponseWriter, r *http.Request, j db.Job, seq i
 				return
 			}
 		case <-keepAlive.C:
-			e.writeSoon(rc)
-			if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil || rc.Flush() != nil {
+			if !e.keepAlive(w, rc) {
 				return
 			}
 		case <-r.Context().Done():

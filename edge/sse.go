@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/switchboard-iot/switchboard/internal/command"
@@ -15,13 +16,7 @@ import (
 // sends back as Last-Event-ID to resume on any edge. Each write has
 // WriteTimeout: a client that stopped reading loses its stream.
 func (e *Edge) stream(w http.ResponseWriter, r *http.Request, wt *waiter, c command.Command, lastSeq int) {
-	rc := http.NewResponseController(w)
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Accel-Buffering", "no") // proxies must not hold events back
-	e.writeSoon(rc)
-	w.WriteHeader(http.StatusOK)
+	rc := e.startStream(w)
 
 	// emit writes the events c implies that the client has not seen, and
 	// reports whether the stream is over.
@@ -34,8 +29,7 @@ func (e *Edge) stream(w http.ResponseWriter, r *http.Request, wt *waiter, c comm
 			if ev.Seq <= lastSeq {
 				continue
 			}
-			e.writeSoon(rc)
-			if _, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", ev.Seq, ev.Name, data); err != nil {
+			if err := e.writeEvent(w, rc, strconv.Itoa(ev.Seq), ev.Name, data); err != nil {
 				return true, err
 			}
 			lastSeq = ev.Seq
@@ -66,8 +60,7 @@ func (e *Edge) stream(w http.ResponseWriter, r *http.Request, wt *waiter, c comm
 			}
 			recheck.Reset(e.recheckAfter(c))
 		case <-keepAlive.C:
-			e.writeSoon(rc)
-			if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil || rc.Flush() != nil {
+			if !e.keepAlive(w, rc) {
 				return
 			}
 		case <-r.Context().Done():
@@ -76,6 +69,36 @@ func (e *Edge) stream(w http.ResponseWriter, r *http.Request, wt *waiter, c comm
 			return // the client resumes elsewhere with Last-Event-ID
 		}
 	}
+}
+
+// startStream answers 200 as an event stream: the headers every stream
+// (a command's, a device's events, a job's) sends, proxies told not to
+// hold events back.
+func (e *Edge) startStream(w http.ResponseWriter) *http.ResponseController {
+	rc := http.NewResponseController(w)
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Accel-Buffering", "no")
+	e.writeSoon(rc)
+	w.WriteHeader(http.StatusOK)
+	return rc
+}
+
+// writeEvent writes one Server-Sent Event, within WriteTimeout; the
+// caller flushes.
+func (e *Edge) writeEvent(w http.ResponseWriter, rc *http.ResponseController, id, name string, data []byte) error {
+	e.writeSoon(rc)
+	_, err := fmt.Fprintf(w, "id: %s\nevent: %s\ndata: %s\n\n", id, name, data)
+	return err
+}
+
+// keepAlive writes a comment on a quiet stream, so that proxies and
+// clients see it is alive; false when the client is gone.
+func (e *Edge) keepAlive(w http.ResponseWriter, rc *http.ResponseController) bool {
+	e.writeSoon(rc)
+	_, err := fmt.Fprint(w, ": keep-alive\n\n")
+	return err == nil && rc.Flush() == nil
 }
 
 // recheckAfter is when a stream should read its command itself: when the
