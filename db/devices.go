@@ -211,6 +211,16 @@ func (s *Store) DeleteDevice(ctx context.Context, id string) (commands int64, er
 	return commands, nil
 }
 
+// DeviceExists says whether a device has the id: one index probe, for
+// routes that only need to know (not its presence or latest events).
+func (s *Store) DeviceExists(ctx context.Context, id string) (bool, error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	var exists bool
+	err := s.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM devices WHERE id = $1)`, id).Scan(&exists)
+	return exists, translate(err, "device "+id)
+}
+
 // Device returns a device with its live presence, if any, and its latest
 // event of each name.
 func (s *Store) Device(ctx context.Context, id string) (Device, error) {

@@ -130,9 +130,9 @@ func (s *Store) PatchLabels(ctx context.Context, id string, clear bool, set map[
 	d, err := pgx.CollectExactlyOneRow(rows, scanDevice)
 	if errors.Is(err, pgx.ErrNoRows) {
 		// Unknown, or the patch would leave too many labels: tell which.
-		var exists bool
-		if err := s.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM devices WHERE id = $1)`, id).Scan(&exists); err != nil {
-			return Device{}, translate(err, "device "+id)
+		exists, err := s.DeviceExists(ctx, id)
+		if err != nil {
+			return Device{}, err
 		}
 		if exists {
 			return Device{}, ErrTooManyLabels

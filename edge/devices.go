@@ -76,6 +76,23 @@ func (e *Edge) handleGetDevice(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// deviceFound answers 404 for an id no device has (or none could have),
+// 503 when the database cannot say, and reports whether the device exists.
+func (e *Edge) deviceFound(w http.ResponseWriter, r *http.Request, id string) bool {
+	exists := false
+	if db.ValidDeviceID(id) {
+		var err error
+		if exists, err = e.store.DeviceExists(r.Context(), id); err != nil {
+			e.unavailable(w, "reading a device", err)
+			return false
+		}
+	}
+	if !exists {
+		deviceNotFound(w, id)
+	}
+	return exists
+}
+
 func deviceNotFound(w http.ResponseWriter, id string) {
 	problem.Write(w, http.StatusNotFound, "device-not-found", "Device not found", "no device has the id "+strconv.Quote(id))
 }
@@ -188,16 +205,7 @@ func (e *Edge) handleDeviceSessions(w http.ResponseWriter, r *http.Request) {
 		}
 		limit = n
 	}
-	err := db.ErrNotFound // unless the id could name a device
-	if db.ValidDeviceID(id) {
-		_, err = e.store.Device(r.Context(), id)
-	}
-	switch {
-	case errors.Is(err, db.ErrNotFound):
-		problem.Write(w, http.StatusNotFound, "device-not-found", "Device not found", "no device has the id "+strconv.Quote(id))
-		return
-	case err != nil:
-		e.unavailable(w, "reading a device", err)
+	if !e.deviceFound(w, r, id) {
 		return
 	}
 	sessions, err := e.store.DeviceSessions(r.Context(), id, limit)
