@@ -3,6 +3,7 @@ package db
 import (
 	"context"
 	"encoding/json"
+	"math"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -175,12 +176,10 @@ func (s *Store) EventHistory(ctx context.Context, p EventPage) (events []Event, 
 		p.Names = []string{} // an empty array, not NULL, for cardinality()
 	}
 	before := p.Before
-	if before <= 0 {
-		if err := s.db.QueryRow(ctx, `SELECT coalesce(max(id), 0) + 1 FROM events`).Scan(&before); err != nil {
-			return nil, 0, translate(err, "event history")
-		}
-	}
 	if p.Device != "" {
+		if before <= 0 {
+			before = math.MaxInt64 // from the newest: the device's index finds it
+		}
 		events, err = collectEvents(s.db.Query(ctx, `
 			SELECT `+eventColumns+` FROM events e
 			WHERE e.device_id = $1 AND e.id < $2 AND (cardinality($3::text[]) = 0 OR e.name = ANY($3))
@@ -192,6 +191,12 @@ func (s *Store) EventHistory(ctx context.Context, p EventPage) (events []Event, 
 			next = events[len(events)-1].ID
 		}
 		return events, next, nil
+	}
+	if before <= 0 {
+		// The fleet's pages look through a span of ids below this one.
+		if err := s.db.QueryRow(ctx, `SELECT coalesce(max(id), 0) + 1 FROM events`).Scan(&before); err != nil {
+			return nil, 0, translate(err, "event history")
+		}
 	}
 	filter := DeviceFilter{Labels: p.Labels, Region: p.Region}
 	where, args := filter.where([]any{before, max(before-Span, 0), p.Names, p.Limit})

@@ -62,16 +62,17 @@ func (h *eventHub) wake() {
 // subscribe starts a subscription and returns the id after which the hub
 // will hand it events: a stream that replays history first stops there.
 func (h *eventHub) subscribe(ctx context.Context, match func(*db.FleetEvent) bool) (*eventSub, int64, error) {
-	// Read the newest id first: the hub's own mark is only kept while it
-	// has streams.
-	newest, err := h.store.LastEventID(ctx)
-	if err != nil {
-		return nil, 0, err
-	}
 	s := &eventSub{match: match, events: make(chan db.Event, subBuffer), dropped: make(chan struct{})}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if len(h.subs) == 0 {
+		// The hub keeps its mark only while it has streams: the first
+		// starts it at the newest event. (Under the lock, so that a read
+		// in flight cannot move it meanwhile; one index probe.)
+		newest, err := h.store.LastEventID(ctx)
+		if err != nil {
+			return nil, 0, err
+		}
 		h.last = newest
 	}
 	h.subs[s] = struct{}{}
