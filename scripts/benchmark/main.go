@@ -558,36 +558,53 @@ func (b *bench) saveProfile(node *proc, path, file string) {
 	fmt.Println("  saved", filepath.Join(b.o.profiles, file))
 }
 
-// throughput: 2 edges, 2 nodes, answering devices; open-loop rates, then a
-// closed loop as fast as answers come.
-func (b *bench) throughput(ctx context.Context) error {
+// answeringFleet starts two nodes and two edges (ids prefixed) and one
+// loadgen holding n devices that answer, on the nodes, until stop (which
+// is to be called whatever the error). Each measured run then only sends
+// commands, so what it costs is the commands' alone. It returns the edges'
+// URLs once every device is present.
+func (b *bench) answeringFleet(ctx context.Context, prefix string, n int) (edges []string, stop func(), err error) {
 	var procs []*proc
-	defer func() { stopAll(procs) }()
-	var nodes, edges []string
-	for _, id := range []string{"rt-node-a", "rt-node-b"} {
+	var fleet *loadgenRun
+	stop = func() {
+		if fleet != nil {
+			_ = fleet.cmd.Process.Signal(os.Interrupt)
+			_, _ = fleet.wait()
+		}
+		stopAll(procs)
+	}
+	var nodes []string
+	for _, id := range []string{prefix + "-node-a", prefix + "-node-b"} {
 		p, err := b.startNode(ctx, id)
 		if err != nil {
-			return err
+			return nil, stop, err
 		}
 		procs, nodes = append(procs, p), append(nodes, p.url())
 	}
-	for _, id := range []string{"rt-edge-a", "rt-edge-b"} {
+	for _, id := range []string{prefix + "-edge-a", prefix + "-edge-b"} {
 		p, err := b.startEdge(ctx, id)
 		if err != nil {
-			return err
+			return nil, stop, err
 		}
 		procs, edges = append(procs, p), append(edges, "http://"+p.addr)
 	}
+	if fleet, err = b.loadgen(ctx, n, "-nodes", strings.Join(nodes, ","), "-node-metrics", "-", "-answer", "-duration", "1h"); err != nil {
+		return nil, stop, err
+	}
+	if err := poll(ctx, 5*time.Minute, func() bool { return b.livePresence(ctx) == n }); err != nil {
+		return nil, stop, fmt.Errorf("the devices: %w (%d present)", err, b.livePresence(ctx))
+	}
+	return edges, stop, nil
+}
+
+// throughput: 2 edges, 2 nodes, answering devices; open-loop rates, then a
+// closed loop as fast as answers come.
+func (b *bench) throughput(ctx context.Context) error {
 	n := b.sz.throughputDevices
-	// One loadgen holds the answering devices throughout; each measured
-	// run only sends commands, so what it costs is the commands' alone.
-	fleet, err := b.loadgen(ctx, n, "-nodes", strings.Join(nodes, ","), "-node-metrics", "-", "-answer", "-duration", "1h")
+	edges, stop, err := b.answeringFleet(ctx, "rt", n)
+	defer stop()
 	if err != nil {
 		return err
-	}
-	defer func() { _ = fleet.cmd.Process.Signal(os.Interrupt); _, _ = fleet.wait() }()
-	if err := poll(ctx, 5*time.Minute, func() bool { return b.livePresence(ctx) == n }); err != nil {
-		return fmt.Errorf("the devices: %w (%d present)", err, b.livePresence(ctx))
 	}
 	b.pgIdle(ctx)
 	common := []string{"-hold=false", "-edges", strings.Join(edges, ","), "-duration", b.sz.run.String(), "-warmup", b.sz.warmup.String()}
@@ -650,31 +667,11 @@ func (b *bench) throughput(ctx context.Context) error {
 // alone, then again while a job rolls out to every device at a rate that
 // lasts the whole run.
 func (b *bench) job(ctx context.Context) error {
-	var procs []*proc
-	defer func() { stopAll(procs) }()
-	var nodes, edges []string
-	for _, id := range []string{"job-node-a", "job-node-b"} {
-		p, err := b.startNode(ctx, id)
-		if err != nil {
-			return err
-		}
-		procs, nodes = append(procs, p), append(nodes, p.url())
-	}
-	for _, id := range []string{"job-edge-a", "job-edge-b"} {
-		p, err := b.startEdge(ctx, id)
-		if err != nil {
-			return err
-		}
-		procs, edges = append(procs, p), append(edges, "http://"+p.addr)
-	}
 	n := b.sz.jobDevices
-	fleet, err := b.loadgen(ctx, n, "-nodes", strings.Join(nodes, ","), "-node-metrics", "-", "-answer", "-duration", "1h")
+	edges, stop, err := b.answeringFleet(ctx, "job", n)
+	defer stop()
 	if err != nil {
 		return err
-	}
-	defer func() { _ = fleet.cmd.Process.Signal(os.Interrupt); _, _ = fleet.wait() }()
-	if err := poll(ctx, 5*time.Minute, func() bool { return b.livePresence(ctx) == n }); err != nil {
-		return fmt.Errorf("the devices: %w (%d present)", err, b.livePresence(ctx))
 	}
 	out, err := b.output(ctx, "apikeys", "add", "bench-jobs", "-scopes", "commands")
 	if err != nil {
