@@ -5,17 +5,16 @@ package main
 // them (scripts/test installs Caddy and sets CADDY_BIN).
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -34,25 +33,6 @@ func caddyBinary(t *testing.T) string {
 		t.Skip("no Caddy: set CADDY_BIN or put caddy on PATH (scripts/test installs it)")
 	}
 	return bin
-}
-
-// lockedBuffer collects a subprocess's output, written on exec's goroutine
-// and read by the test.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // testCaddyfile is the repository's Caddyfile with its site and upstreams
@@ -112,7 +92,7 @@ func startCaddy(t *testing.T, bin string, edges []*testsys.Edge) string {
 		t.Fatalf("caddy validate: %v\n%s", err, out)
 	}
 
-	out := &lockedBuffer{}
+	out := &testsys.Output{}
 	cmd := exec.Command(bin, "run", "--config", config, "--adapter", "caddyfile")
 	cmd.Stdout, cmd.Stderr = out, out
 	// Caddy's storage and config folders: the test's own.
@@ -148,27 +128,35 @@ func startCaddy(t *testing.T, bin string, edges []*testsys.Edge) string {
 	return "http://" + addr
 }
 
-// eventStream reads a request's Server-Sent Events on a goroutine of its
+// eventStream opens an event stream through Caddy (a 30 s bound), checks
+// that it is one, and reads its Server-Sent Events on a goroutine of its
 // own, handing each to the channel it returns, which closes when the stream
 // ends; the stream ends when the test does.
-func eventStream(t *testing.T, req *http.Request) (*http.Response, <-chan testsys.Event) {
+func eventStream(t *testing.T, method, url, key, body string) <-chan testsys.Event {
 	t.Helper()
-	ctx, cancel := context.WithCancel(req.Context())
-	resp, err := http.DefaultClient.Do(req.WithContext(ctx))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, rd)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
 	}
-	events := make(chan testsys.Event)
-	if resp.StatusCode != http.StatusOK {
-		// Not a stream: the caller reads the body.
-		close(events)
-		t.Cleanup(func() {
-			resp.Body.Close()
-			cancel()
-		})
-		return resp, events
+	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
 	}
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		resp.Body.Close()
+		cancel()
+		t.Fatalf("%s %s through Caddy: %d %s", method, url, resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	events := make(chan testsys.Event)
 	done := make(chan struct{})
 	t.Cleanup(func() {
 		cancel()
@@ -191,7 +179,7 @@ func eventStream(t *testing.T, req *http.Request) (*http.Response, <-chan testsy
 			}
 		}
 	}()
-	return resp, events
+	return events
 }
 
 // nextEvent waits for the stream's next event.
@@ -234,18 +222,7 @@ func TestCaddy(t *testing.T) {
 	proxy := startCaddy(t, bin, edges)
 
 	t.Run("command reply over SSE", func(t *testing.T) {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, proxy+"/v1/devices/caddy-1/commands", strings.NewReader(`{"name":"hold","args":{"n":7}}`))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Authorization", "Bearer "+key)
-		req.Header.Set("Accept", "text/event-stream")
-		resp, events := eventStream(t, req)
-		if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
-			t.Fatalf("through Caddy: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
-		}
+		events := eventStream(t, http.MethodPost, proxy+"/v1/devices/caddy-1/commands", key, `{"name":"hold","args":{"n":7}}`)
 		// Through Caddy while the device still holds the command: nothing
 		// held these events back for the end of the response.
 		if ev := nextEvent(t, events, "accepted"); ev.Name != "accepted" {
@@ -253,8 +230,8 @@ func TestCaddy(t *testing.T) {
 		}
 		select {
 		case <-started:
-		case <-ctx.Done():
-			t.Fatal("the device did not get the command")
+		case <-time.After(20 * time.Second):
+			t.Fatal("the device did not get the command within 20s")
 		}
 		if ev := nextEvent(t, events, "delivered"); ev.Name != "delivered" {
 			t.Fatalf("second event %+v, want delivered", ev)
@@ -272,18 +249,7 @@ func TestCaddy(t *testing.T) {
 	})
 
 	t.Run("device events over SSE", func(t *testing.T) {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, proxy+"/v1/devices/caddy-1/events", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Authorization", "Bearer "+key)
-		req.Header.Set("Accept", "text/event-stream")
-		resp, events := eventStream(t, req)
-		if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
-			t.Fatalf("through Caddy: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
-		}
+		events := eventStream(t, http.MethodGet, proxy+"/v1/devices/caddy-1/events", key, "")
 		// The stream may go live a moment after its headers: the device
 		// sends until one event comes through (events are at most once).
 		send := time.NewTicker(200 * time.Millisecond)
@@ -291,7 +257,7 @@ func TestCaddy(t *testing.T) {
 		deadline := time.After(20 * time.Second)
 		var ev testsys.Event
 		for sent := 0; ev.Name == ""; {
-			if err := dev.Event(ctx, "telemetry", map[string]any{"celsius": 21.5, "seq": sent}); err != nil && !errors.Is(err, device.ErrNotConnected) {
+			if err := dev.Event(t.Context(), "telemetry", map[string]any{"celsius": 21.5, "seq": sent}); err != nil && !errors.Is(err, device.ErrNotConnected) {
 				t.Fatal(err)
 			}
 			sent++
