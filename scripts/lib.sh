@@ -138,6 +138,10 @@ fuzz_targets() {
 # for at most MINIMIZE. New inputs go to Go's cache, not to the tree; a
 # failing one is written under its package's testdata/fuzz/, and the run
 # stops there. With QUIET=1 only a failure prints more than a line.
+# TIME is best a count of runs (10000x): with a duration, Go 1.26's fuzz
+# coordinator can report its own deadline as a failure, "context deadline
+# exceeded" with no failing input (go.dev/issue/75804, fixed in Go 1.27),
+# and it did so in CI.
 fuzz_all() {
 	local fuzztime=$1 minimize=${2:-5s} target dir name out
 	local -a targets
