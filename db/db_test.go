@@ -525,6 +525,10 @@ func TestPresence(t *testing.T) {
 		t.Fatalf("device = %+v, %v", d, err)
 	}
 
+	if d, _ := store.Device(ctx, "dev-2"); d.LastSeenAt != nil {
+		t.Fatalf("dev-2 never disconnected but has last_seen_at")
+	}
+
 	// Node A's lease lapses: its rows stay in presence but leave presence_live.
 	if _, err := pool.Exec(ctx, `UPDATE nodes SET lease_expires_at = now() - interval '1s' WHERE id = 'node-a'`); err != nil {
 		t.Fatal(err)
@@ -561,14 +565,129 @@ func TestPresence(t *testing.T) {
 	if got := live(); len(got) != 1 {
 		t.Fatalf("after removing node-b: %v", got)
 	}
-	d, _ = store.Device(ctx, "dev-2")
-	if d.LastSeenAt != nil {
-		t.Fatalf("dev-2 never disconnected but has last_seen_at")
-	}
 	_ = store.Disconnect(ctx, db.Node{ID: "node-1", Region: "test"}, []db.Session{s2})
 	d, _ = store.Device(ctx, "dev-2")
 	if d.Online || d.LastSeenAt == nil {
 		t.Fatalf("after disconnect: %+v", d)
+	}
+}
+
+// Sessions that their node never disconnects (it died, or restarted)
+// still join the presence history: when a newer session replaces them,
+// when the dead node is reaped, or when the node's next process clears
+// its rows. A session replaced on a live node is left to that node.
+func TestPresenceHistoryOfLostNodes(t *testing.T) {
+	t.Parallel()
+	store, pool := setup(t, "dev-1", "dev-2", "dev-3")
+	ctx := context.Background()
+	nodeA, nodeB, nodeC := db.Node{ID: "node-a", Region: "ams"}, db.Node{ID: "node-b", Region: "fra"}, db.Node{ID: "node-c", Region: "fra"}
+	for _, n := range []db.Node{nodeA, nodeB, nodeC} {
+		if _, err := store.RenewLease(ctx, n, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	session := func(device string) db.Session {
+		return db.Session{DeviceID: device, SessionID: uuid.Must(uuid.NewV7()), RemoteAddr: "127.0.0.1:1"}
+	}
+	connect := func(n db.Node, ss ...db.Session) {
+		t.Helper()
+		if _, err := store.Connect(ctx, n, ss); err != nil {
+			t.Fatal(err)
+		}
+	}
+	history := func(device string) []db.SessionRecord {
+		t.Helper()
+		h, err := store.DeviceSessions(ctx, device, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	a1, a2 := session("dev-1"), session("dev-2")
+	connect(nodeA, a1, a2)
+
+	// A live node's replaced session waits for that node's Disconnect.
+	b3, c3 := session("dev-3"), session("dev-3")
+	connect(nodeB, b3)
+	connect(nodeC, c3)
+	if h := history("dev-3"); len(h) != 0 {
+		t.Fatalf("a session replaced on a live node was recorded by the replacement: %+v", h)
+	}
+
+	// Node A dies: its last heartbeat was 30 s ago, its lease lapsed.
+	var heartbeat time.Time
+	if err := pool.QueryRow(ctx, `UPDATE nodes SET heartbeat_at = now() - interval '30s', lease_expires_at = now() - interval '1s'
+		WHERE id = 'node-a' RETURNING heartbeat_at`).Scan(&heartbeat); err != nil {
+		t.Fatal(err)
+	}
+	ended := func(h []db.SessionRecord, s db.Session, node, region string, at time.Time) {
+		t.Helper()
+		for _, r := range h {
+			if r.SessionID != s.SessionID {
+				continue
+			}
+			if r.NodeID != node || r.Region != region || r.RemoteAddr != s.RemoteAddr || !r.DisconnectedAt.Equal(at) {
+				t.Fatalf("session %s recorded as %+v: want node %s, region %s, ended %v", s.SessionID, r, node, region, at)
+			}
+			if started := time.Unix(s.SessionID.Time().UnixTime()); r.ConnectedAt.Sub(started).Abs() > time.Millisecond {
+				t.Fatalf("session %s connected_at %v, want its id's %v", s.SessionID, r.ConnectedAt, started)
+			}
+			return
+		}
+		t.Fatalf("session %s of %s is not in the history %+v", s.SessionID, s.DeviceID, h)
+	}
+	// dev-1 comes back on node B: its session on dead A ended at A's last heartbeat.
+	connect(nodeB, session("dev-1"))
+	ended(history("dev-1"), a1, "node-a", "ams", heartbeat)
+
+	// dev-2 stays away until A is reaped: its session is recorded then,
+	// and the device was last seen at A's heartbeat, in A's region.
+	if n, err := store.ReapNodes(ctx, 0); err != nil || n != 1 {
+		t.Fatalf("reap = %d, %v", n, err)
+	}
+	ended(history("dev-2"), a2, "node-a", "ams", heartbeat)
+	if d, err := store.Device(ctx, "dev-2"); err != nil || d.Online || d.LastSeenAt == nil || !d.LastSeenAt.Equal(heartbeat) || d.Region != "ams" {
+		t.Fatalf("dev-2 after its node was reaped: %+v, %v; want offline, last seen %v in ams", d, err, heartbeat)
+	}
+
+	// Node C restarts: its next process clears dev-3's session, ended now.
+	before := time.Now()
+	if err := store.ClearNode(ctx, "node-c"); err != nil {
+		t.Fatal(err)
+	}
+	var cleared []db.SessionRecord
+	for _, r := range history("dev-3") {
+		if r.SessionID == c3.SessionID {
+			cleared = append(cleared, r)
+		}
+	}
+	if len(cleared) != 1 || cleared[0].NodeID != "node-c" || cleared[0].DisconnectedAt.Before(before.Add(-time.Second)) {
+		t.Fatalf("dev-3's history after node-c cleared its rows: %+v", history("dev-3"))
+	}
+	// Node B's late Disconnect of dev-3's first session records it once.
+	for range 2 {
+		if err := store.Disconnect(ctx, nodeB, []db.Session{b3}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if h := history("dev-3"); len(h) != 2 {
+		t.Fatalf("dev-3's history = %+v, want its two sessions once each", h)
+	}
+
+	// Node A was not dead, only cut off: it re-asserts dev-2's session and
+	// later disconnects it. The history then holds the real end.
+	if _, err := store.RenewLease(ctx, nodeA, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Reassert(ctx, nodeA, []db.Session{a2}); err != nil {
+		t.Fatal(err)
+	}
+	before = time.Now()
+	if err := store.Disconnect(ctx, nodeA, []db.Session{a2}); err != nil {
+		t.Fatal(err)
+	}
+	if h := history("dev-2"); len(h) != 1 || h[0].DisconnectedAt.Before(before.Add(-time.Second)) {
+		t.Fatalf("dev-2's history after node-a disconnected it for real: %+v", h)
 	}
 }
 

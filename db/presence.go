@@ -33,10 +33,17 @@ func (s *Store) RenewLease(ctx context.Context, node Node, ttl time.Duration) (c
 
 // ClearNode deletes a node's presence rows, keeping its lease, and gives
 // back what their sessions left unanswered: a node that starts holds no
-// connections, whatever an earlier process with its id left behind.
+// connections, whatever an earlier process with its id left behind. The
+// sessions go to the presence history, as Disconnect would have put them.
 func (s *Store) ClearNode(ctx context.Context, nodeID string) error {
 	err := s.InTx(ctx, func(tx *Store) error {
-		rows, err := tx.db.Query(ctx, `DELETE FROM presence WHERE node_id = $1 RETURNING device_id`, nodeID)
+		// The sessions ended when the process that held them did, at the
+		// latest now.
+		rows, err := tx.db.Query(ctx, `
+			WITH gone AS (
+				DELETE FROM presence WHERE node_id = $1
+				RETURNING device_id, session_id, node_id, region, remote_addr, now() AS ended_at)`+recordEnded+`
+			SELECT device_id FROM gone`, nodeID)
 		if err != nil {
 			return err
 		}
@@ -63,27 +70,40 @@ func (s *Store) RemoveNode(ctx context.Context, nodeID string) error {
 }
 
 // ReapNodes deletes the leases, and presence rows, of nodes whose lease
-// lapsed more than grace ago. presence_live already ignores them; this only
-// keeps the tables small.
+// lapsed more than grace ago. presence_live already ignores them; this
+// keeps the tables small, and puts the sessions of a node that died, which
+// it never disconnected, in the presence history, ended at its last
+// heartbeat.
 func (s *Store) ReapNodes(ctx context.Context, grace time.Duration) (int64, error) {
 	ctx, cancel := bound(ctx)
 	defer cancel()
 	var n int64
-	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `DELETE FROM nodes WHERE lease_expires_at < now() - $1::interval RETURNING id`, grace)
-		if err != nil {
-			return err
-		}
-		ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil || len(ids) == 0 {
-			return err
-		}
-		n = int64(len(ids))
-		_, err = tx.Exec(ctx, `DELETE FROM presence WHERE node_id = ANY($1)`, ids)
-		return err
-	})
+	err := s.db.QueryRow(ctx, `
+		WITH reaped AS (
+			DELETE FROM nodes WHERE lease_expires_at < now() - $1::interval RETURNING id, heartbeat_at),
+		gone AS (
+			DELETE FROM presence p USING reaped r WHERE p.node_id = r.id
+			RETURNING p.device_id, p.session_id, p.node_id, p.region, p.remote_addr, r.heartbeat_at AS ended_at)`+recordEnded+`
+		SELECT count(*) FROM reaped`, grace).Scan(&n)
 	return n, translate(err, "reap nodes")
 }
+
+// sessionStart is when session_id's session started: a session id is a
+// UUIDv7, whose first 48 bits are its node's clock in milliseconds.
+const sessionStart = `to_timestamp(('x' || substr(replace(session_id::text, '-', ''), 1, 12))::bit(48)::bigint / 1000.0)`
+
+// recordEnded ends a statement whose first CTE, gone, deleted presence rows
+// that their node will never Disconnect (it died, or restarted): their
+// sessions join the presence history, ended at gone.ended_at, and their
+// devices were last seen then, where their session was.
+const recordEnded = `,
+		history AS (
+			INSERT INTO device_sessions (session_id, device_id, node_id, region, remote_addr, connected_at, disconnected_at)
+			SELECT session_id, device_id, node_id, region, remote_addr, ` + sessionStart + `, ended_at FROM gone
+			ON CONFLICT (session_id) DO NOTHING),
+		seen AS (
+			UPDATE devices d SET last_seen_at = greatest(d.last_seen_at, g.ended_at), region = g.region
+			FROM gone g WHERE d.id = g.device_id)`
 
 // Session is one device connection on a node.
 type Session struct {
@@ -126,8 +146,17 @@ func (s *Store) Connect(ctx context.Context, node Node, sessions []Session) (dis
 			WITH input AS (
 				SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[]) AS t(device_id, session_id, remote_addr)),
 			old AS (
-				SELECT p.device_id, p.node_id, p.session_id FROM presence p
+				SELECT p.device_id, p.node_id, p.session_id, p.region, p.remote_addr FROM presence p
 				JOIN input USING (device_id) FOR UPDATE OF p),
+			-- A replaced session whose node's lease lapsed will never be
+			-- disconnected by it: it joins the presence history here,
+			-- ended at its node's last heartbeat.
+			dead AS (
+				INSERT INTO device_sessions (session_id, device_id, node_id, region, remote_addr, connected_at, disconnected_at)
+				SELECT o.session_id, o.device_id, o.node_id, o.region, o.remote_addr, `+sessionStart+`, coalesce(n.heartbeat_at, now())
+				FROM old o LEFT JOIN nodes n ON n.id = o.node_id
+				WHERE n.id IS NULL OR n.lease_expires_at < now()
+				ON CONFLICT (session_id) DO NOTHING),
 			upsert AS (
 				INSERT INTO presence (device_id, node_id, region, session_id, remote_addr, registered_seq)
 				SELECT device_id, $4, $5, session_id, remote_addr, nextval('presence_registered_seq')
@@ -215,13 +244,14 @@ func (s *Store) Disconnect(ctx context.Context, node Node, sessions []Session) e
 			return err
 		}
 		// The history takes every session that ended, its row replaced by
-		// a newer session's or not. Its start is in its id (UUIDv7).
+		// a newer session's or not. One recorded already was taken for
+		// lost while its node was cut off (ReapNodes): it ended now.
 		_, err = tx.db.Exec(ctx, `
 			INSERT INTO device_sessions (session_id, device_id, node_id, region, remote_addr, connected_at)
-			SELECT session_id, device_id, $4, $5, remote_addr,
-			       to_timestamp(('x' || substr(replace(session_id::text, '-', ''), 1, 12))::bit(48)::bigint / 1000.0)
+			SELECT session_id, device_id, $4, $5, remote_addr, `+sessionStart+`
 			FROM unnest($1::text[], $2::uuid[], $3::text[]) AS t(device_id, session_id, remote_addr)
-			ON CONFLICT (session_id) DO NOTHING`, devices, sids, addrs, node.ID, node.Region)
+			ON CONFLICT (session_id) DO UPDATE SET disconnected_at = greatest(device_sessions.disconnected_at, EXCLUDED.disconnected_at)`,
+			devices, sids, addrs, node.ID, node.Region)
 		if err != nil {
 			return err
 		}
