@@ -18,6 +18,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -75,11 +76,36 @@ type Config struct {
 
 // DialError is an attempt to connect that failed. StatusCode is the
 // node's HTTP status when it answered without upgrading (401, 429, 503),
-// else 0; Err is why (ErrUnauthorized for a 401).
+// else 0; RetryAfter is how long its 429 or 503 asked the device to wait
+// (its Retry-After, at most maxRetryAfter), else 0; Err is why
+// (ErrUnauthorized for a 401).
 type DialError struct {
 	URL        string
 	StatusCode int
+	RetryAfter time.Duration
 	Err        error
+}
+
+// maxRetryAfter bounds the wait a Retry-After can ask for: a node asks for
+// at most 10 s, and a wrong header must not park a device for hours.
+const maxRetryAfter = 5 * time.Minute
+
+// retryAfter reads a Retry-After header: whole seconds, or an HTTP date.
+func retryAfter(h http.Header) time.Duration {
+	v := h.Get("Retry-After")
+	if v == "" {
+		return 0
+	}
+	var d time.Duration
+	if secs, err := strconv.ParseUint(v, 10, 64); err == nil || errors.Is(err, strconv.ErrRange) {
+		d = maxRetryAfter // also for more seconds than fit
+		if err == nil && secs < uint64(maxRetryAfter/time.Second) {
+			d = time.Duration(secs) * time.Second
+		}
+	} else if at, err := http.ParseTime(v); err == nil {
+		d = time.Until(at)
+	}
+	return min(max(d, 0), maxRetryAfter)
 }
 
 func (e *DialError) Error() string {
@@ -209,8 +235,9 @@ func (c *Client) putBack(frames [][]byte) {
 // are refused (ErrUnauthorized). Between sessions it waits with exponential
 // backoff and full jitter (a random delay up to min(MaxBackoff,
 // MinBackoff·2^attempt)), so a fleet that lost its node spreads out; after
-// a 1012 it waits the delay the node gave, after a 4008 ReplacedDelay. It
-// returns once its handlers have too.
+// a 1012 it waits the delay the node gave, after a 4008 ReplacedDelay, and
+// after a 429 or 503 at least the Retry-After. It returns once its
+// handlers have too.
 func (c *Client) Run(ctx context.Context) error {
 	defer c.running.Wait()
 	retry := backoff.Backoff{Min: c.cfg.MinBackoff, Max: c.cfg.MaxBackoff}
@@ -226,10 +253,17 @@ func (c *Client) Run(ctx context.Context) error {
 		if time.Since(start) > c.cfg.MaxBackoff {
 			retry.Reset() // the session lasted: the next failure starts small again
 		}
+		var dialErr *DialError
 		switch {
 		case errors.Is(err, ErrReplaced):
 			delay = c.cfg.ReplacedDelay/2 + rand.N(c.cfg.ReplacedDelay/2+1)
-		case delay == 0:
+		case delay > 0: // a 1012's
+		case errors.As(err, &dialErr) && dialErr.RetryAfter > 0:
+			// A node that turned us away (full, draining, throttling)
+			// said when to come back: not before, and later still if it
+			// keeps refusing.
+			delay = max(dialErr.RetryAfter, retry.Next())
+		default:
 			delay = retry.Next()
 		}
 		c.log.Debug("reconnecting", "in", delay, "err", err)
@@ -256,8 +290,11 @@ func (c *Client) session(ctx context.Context) (time.Duration, error) {
 		dialErr := &DialError{URL: c.cfg.URL, Err: err}
 		if resp != nil {
 			dialErr.StatusCode = resp.StatusCode
-			if resp.StatusCode == http.StatusUnauthorized {
+			switch resp.StatusCode {
+			case http.StatusUnauthorized:
 				dialErr.Err = ErrUnauthorized
+			case http.StatusTooManyRequests, http.StatusServiceUnavailable:
+				dialErr.RetryAfter = retryAfter(resp.Header)
 			}
 		}
 		if c.cfg.OnDialError != nil && ctx.Err() == nil {

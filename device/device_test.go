@@ -57,6 +57,7 @@ type fakeNode struct {
 	conns    chan *accepted
 	attempts atomic.Int32 // upgrade requests, accepted or not
 	accepts  atomic.Int32 // sessions accepted
+	busy     atomic.Int32 // attempts still to turn away: 503, Retry-After: 1
 
 	mu     sync.Mutex
 	closed bool
@@ -71,6 +72,11 @@ func newFakeNode(t *testing.T) *fakeNode {
 	mux := http.NewServeMux()
 	mux.HandleFunc(protocol.Path, func(w http.ResponseWriter, r *http.Request) {
 		n.attempts.Add(1)
+		if n.busy.Add(-1) >= 0 {
+			w.Header().Set("Retry-After", "1")
+			http.Error(w, "node full", http.StatusServiceUnavailable)
+			return
+		}
 		user, pass, ok := r.BasicAuth()
 		if !ok || user != testID || pass != testSecret {
 			w.Header().Set("WWW-Authenticate", `Basic realm="switchboard"`)
@@ -828,5 +834,29 @@ func TestDialHooks(t *testing.T) {
 		case <-time.After(waitFor):
 			t.Fatal("OnDialError not called for a refused connection")
 		}
+	}
+}
+
+// A node that turns the device away with a Retry-After is not asked again
+// sooner, though the device's own backoff would be much shorter.
+func TestRetryAfter(t *testing.T) {
+	t.Parallel()
+	n := newFakeNode(t)
+	n.busy.Store(2)
+	dialErrs := make(chan error, 2)
+	began := time.Now()
+	start(t, n, func(c *device.Config) { c.OnDialError = func(err error) { dialErrs <- err } }, nil)
+	n.accept(t)
+	if waited := time.Since(began); waited < 2*time.Second {
+		t.Fatalf("connected %v after two refusals with Retry-After: 1, want at least 2s", waited)
+	}
+	for range 2 {
+		var dialErr *device.DialError
+		if err := <-dialErrs; !errors.As(err, &dialErr) || dialErr.StatusCode != http.StatusServiceUnavailable || dialErr.RetryAfter != time.Second {
+			t.Fatalf("OnDialError(%#v), want status 503 and RetryAfter 1s", err)
+		}
+	}
+	if got := n.attempts.Load(); got != 3 {
+		t.Fatalf("%d attempts, want 3", got)
 	}
 }

@@ -1,9 +1,40 @@
 package device
 
 import (
+	"net/http"
 	"testing"
 	"time"
 )
+
+// Retry-After is whole seconds or an HTTP date; anything else, or a date
+// past, is no wait; a wait longer than maxRetryAfter is cut to it.
+func TestRetryAfter(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		header   string
+		min, max time.Duration
+	}{
+		{"", 0, 0},
+		{"0", 0, 0},
+		{"7", 7 * time.Second, 7 * time.Second},
+		{"-1", 0, 0},
+		{"1.5", 0, 0},
+		{"soon", 0, 0},
+		{"99999999999999999999", maxRetryAfter, maxRetryAfter},
+		{"86400", maxRetryAfter, maxRetryAfter},
+		{time.Now().Add(time.Minute).UTC().Format(http.TimeFormat), 58 * time.Second, time.Minute},
+		{time.Now().Add(-time.Minute).UTC().Format(http.TimeFormat), 0, 0},
+		{time.Now().Add(24 * time.Hour).UTC().Format(http.TimeFormat), maxRetryAfter, maxRetryAfter},
+	} {
+		h := http.Header{}
+		if tc.header != "" {
+			h.Set("Retry-After", tc.header)
+		}
+		if got := retryAfter(h); got < tc.min || got > tc.max {
+			t.Errorf("retryAfter(%q) = %v, want %v to %v", tc.header, got, tc.min, tc.max)
+		}
+	}
+}
 
 func TestRebalanceDelay(t *testing.T) {
 	t.Parallel()
