@@ -167,13 +167,25 @@ func TestDeviceDropsBeforeReplying(t *testing.T) {
 	// may land after node-b stored the reply: it still counts, a moment
 	// later.
 	settled := func(o outcome) bool { return o.Attempts == 2 && o.NodeID != nil && *o.NodeID == "node-b" }
-	testsys.EventuallyWithin(t, 10*time.Second, "each command delivered twice, the last time by node-b", func() bool {
-		for _, o := range outcomes(t, ctx, sys.Pool, ids) {
-			if !settled(o) {
-				return false
+	var unsettled []outcome // at the last look, for the failure's message
+	defer func() {
+		for _, o := range unsettled {
+			if node := "none"; t.Failed() {
+				if o.NodeID != nil {
+					node = *o.NodeID
+				}
+				t.Logf("unsettled: command %s of %s: %s, attempts %d, node %s", o.ID, o.Device, o.Status, o.Attempts, node)
 			}
 		}
-		return true
+	}()
+	testsys.EventuallyWithin(t, 10*time.Second, "each command delivered twice, the last time by node-b", func() bool {
+		unsettled = unsettled[:0]
+		for _, o := range outcomes(t, ctx, sys.Pool, ids) {
+			if !settled(o) {
+				unsettled = append(unsettled, o)
+			}
+		}
+		return len(unsettled) == 0
 	})
 	for _, o := range outcomes(t, ctx, sys.Pool, ids) {
 		if !settled(o) || o.Status != "done" {
