@@ -343,16 +343,25 @@ func (s *Store) StoreReplies(ctx context.Context, nodeID string, replies []Reply
 		UPDATE commands c SET status = CASE WHEN r.ok THEN 'done' ELSE 'failed' END,
 			ok = r.ok, result = r.result, error = r.error, completed_at = now(),
 			-- "Folding" the delivery mark into the reply: see Reply.Unrecorded.
-			attempts = CASE WHEN r.unrecorded AND c.status = 'pending' THEN c.attempts + 1 ELSE c.attempts END,
-			delivered_at = CASE WHEN r.unrecorded AND c.status = 'pending' THEN now() ELSE coalesce(c.delivered_at, now()) END,
-			session_id = CASE WHEN r.unrecorded AND c.status = 'pending' THEN r.session_id ELSE c.session_id END,
-			node_id = CASE WHEN r.unrecorded AND c.status = 'pending' THEN $8 ELSE c.node_id END
+			attempts = CASE WHEN `+foldMark+` THEN c.attempts + 1 ELSE c.attempts END,
+			delivered_at = CASE WHEN `+foldMark+` THEN now() ELSE coalesce(c.delivered_at, now()) END,
+			session_id = CASE WHEN `+foldMark+` THEN r.session_id ELSE c.session_id END,
+			node_id = CASE WHEN `+foldMark+` THEN $8 ELSE c.node_id END
 		FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::jsonb[], $5::text[], $6::bool[], $7::uuid[])
 			AS r(id, device_id, ok, result, error, unrecorded, session_id)
 		WHERE c.id = r.id AND c.device_id = r.device_id AND c.status = ANY($9)
 		RETURNING `+changeColumns, ids, devices, oks, results, errs, unrecorded, sessions, nodeID, command.From(command.Done)))
 	return changes, translate(err, "store replies")
 }
+
+// foldMark says a reply records its session's delivery: the session's
+// mark is not stored (r.unrecorded), and the command is not recorded as
+// delivered to that session. It may be recorded as delivered to an older
+// one: a mark of a replaced session, which read the presence table before
+// the replacement committed, can land after the new session read the
+// command as pending. The new session's delivery then still counts, and
+// the command names it, as in MarkDelivered's count.
+const foldMark = `r.unrecorded AND (c.status = 'pending' OR c.session_id IS DISTINCT FROM r.session_id)`
 
 // FailUnanswered fails commands whose device did not reply within timeout
 // of these deliveries, as the delivering node judged by its own clock:

@@ -228,6 +228,41 @@ func TestReplyBeforeDeliveryMark(t *testing.T) {
 	}
 }
 
+// A replaced session's late delivery mark can land after the new session
+// read the command as pending and wrote it: the new session's reply, with
+// its own mark not stored, still counts its delivery and names its node.
+func TestReplyAfterAnOlderSessionsMark(t *testing.T) {
+	t.Parallel()
+	store, pool := setup(t, "dev-1")
+	ctx := context.Background()
+	old := online(t, store, "node-a", "dev-1")
+	c := create(t, store, newCommand("dev-1", time.Hour))
+	current := online(t, store, "node-b", "dev-1")
+	// Node-a's mark of its write to the old session ran its statement on
+	// a snapshot from before node-b's session replaced the presence row,
+	// and committed after node-b read the command as pending: it leaves
+	// what this update does.
+	if _, err := pool.Exec(ctx, `UPDATE commands SET status = 'delivered', attempts = 1, session_id = $2, node_id = 'node-a',
+		delivered_at = now(), reply_deadline = now() + timeout WHERE id = $1`, c.ID, old.SessionID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.StoreReplies(ctx, "node-b", []db.Reply{{ID: c.ID, DeviceID: "dev-1", OK: true, Result: []byte(`{}`),
+		Unrecorded: true, SessionID: current.SessionID}}); err != nil {
+		t.Fatal(err)
+	}
+	var status, node string
+	var attempts int
+	var session uuid.UUID
+	if err := pool.QueryRow(ctx, `SELECT status, attempts, node_id, session_id FROM commands WHERE id = $1`, c.ID).
+		Scan(&status, &attempts, &node, &session); err != nil {
+		t.Fatal(err)
+	}
+	if status != "done" || attempts != 2 || node != "node-b" || session != current.SessionID {
+		t.Fatalf("%s after %d attempts, the last on %s's session %s: want done after 2, the last on node-b's %s",
+			status, attempts, node, session, current.SessionID)
+	}
+}
+
 // Redelivery: a session that ends without answering gives its commands
 // back, in their order; the next session gets them again and counts a
 // second attempt. A mark for a session that is no longer current misses.
