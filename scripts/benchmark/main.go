@@ -18,6 +18,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -1001,14 +1002,20 @@ func poll(ctx context.Context, limit time.Duration, cond func() bool) error {
 	return nil
 }
 
-// freeAddr is a loopback address with a port free now.
+// freeAddr is a loopback address with a port free now, for a process that
+// starts later. The port is below Linux's ephemeral range (32768 and up by
+// default): there, one of the fleet's 15,000 client sockets took it before
+// the node could listen on it.
 func freeAddr() string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
+	var err error
+	for range 100 {
+		var ln net.Listener
+		if ln, err = net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", 20000+rand.N(12000))); err == nil {
+			defer ln.Close()
+			return ln.Addr().String()
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	panic(err)
 }
 
 func tail(path string) string {
