@@ -613,7 +613,7 @@ func TestPresence(t *testing.T) {
 // its rows. A session replaced on a live node is left to that node.
 func TestPresenceHistoryOfLostNodes(t *testing.T) {
 	t.Parallel()
-	store, pool := setup(t, "dev-1", "dev-2", "dev-3")
+	store, pool := setup(t, "dev-1", "dev-2", "dev-3", "dev-4")
 	ctx := context.Background()
 	nodeA, nodeB, nodeC := db.Node{ID: "node-a", Region: "ams"}, db.Node{ID: "node-b", Region: "fra"}, db.Node{ID: "node-c", Region: "fra"}
 	for _, n := range []db.Node{nodeA, nodeB, nodeC} {
@@ -621,9 +621,16 @@ func TestPresenceHistoryOfLostNodes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	session := func(device string) db.Session {
-		return db.Session{DeviceID: device, SessionID: uuid.Must(uuid.NewV7()), RemoteAddr: "127.0.0.1:1"}
+	// A session id is a UUIDv7: its first 48 bits are when it started.
+	startedAgo := func(device string, ago time.Duration) db.Session {
+		id := uuid.Must(uuid.NewV7())
+		ms := time.Now().Add(-ago).UnixMilli()
+		for i := range 6 {
+			id[i] = byte(ms >> (40 - 8*i))
+		}
+		return db.Session{DeviceID: device, SessionID: id, RemoteAddr: "127.0.0.1:1"}
 	}
+	session := func(device string) db.Session { return startedAgo(device, 0) }
 	connect := func(n db.Node, ss ...db.Session) {
 		t.Helper()
 		if _, err := store.Connect(ctx, n, ss); err != nil {
@@ -638,8 +645,9 @@ func TestPresenceHistoryOfLostNodes(t *testing.T) {
 		}
 		return h
 	}
-	a1, a2 := session("dev-1"), session("dev-2")
-	connect(nodeA, a1, a2)
+	// dev-1 and dev-2 connected to node A a minute ago; dev-4 a moment ago.
+	a1, a2, a4 := startedAgo("dev-1", time.Minute), startedAgo("dev-2", time.Minute), session("dev-4")
+	connect(nodeA, a1, a2, a4)
 
 	// A live node's replaced session waits for that node's Disconnect.
 	b3, c3 := session("dev-3"), session("dev-3")
@@ -649,7 +657,8 @@ func TestPresenceHistoryOfLostNodes(t *testing.T) {
 		t.Fatalf("a session replaced on a live node was recorded by the replacement: %+v", h)
 	}
 
-	// Node A dies: its last heartbeat was 30 s ago, its lease lapsed.
+	// Node A dies: its last heartbeat was 30 s ago (after dev-1 and dev-2
+	// connected, before dev-4 did), its lease lapsed.
 	var heartbeat time.Time
 	if err := pool.QueryRow(ctx, `UPDATE nodes SET heartbeat_at = now() - interval '30s', lease_expires_at = now() - interval '1s'
 		WHERE id = 'node-a' RETURNING heartbeat_at`).Scan(&heartbeat); err != nil {
@@ -681,6 +690,11 @@ func TestPresenceHistoryOfLostNodes(t *testing.T) {
 		t.Fatalf("reap = %d, %v", n, err)
 	}
 	ended(history("dev-2"), a2, "node-a", "ams", heartbeat)
+	// dev-4's session began after A's last heartbeat: it ended as it began.
+	if h := history("dev-4"); len(h) != 1 || !h[0].DisconnectedAt.Equal(h[0].ConnectedAt) {
+		t.Fatalf("dev-4's session, begun after its node's last heartbeat: %+v, want it ended at its start", h)
+	}
+	ended(history("dev-4"), a4, "node-a", "ams", history("dev-4")[0].ConnectedAt)
 	if d, err := store.Device(ctx, "dev-2"); err != nil || d.Online || d.LastSeenAt == nil || !d.LastSeenAt.Equal(heartbeat) || d.Region != "ams" {
 		t.Fatalf("dev-2 after its node was reaped: %+v, %v; want offline, last seen %v in ams", d, err, heartbeat)
 	}

@@ -94,12 +94,13 @@ const sessionStart = `to_timestamp(('x' || substr(replace(session_id::text, '-',
 
 // recordEnded ends a statement whose first CTE, gone, deleted presence rows
 // that their node will never Disconnect (it died, or restarted): their
-// sessions join the presence history, ended at gone.ended_at, and their
-// devices were last seen then, where their session was.
+// sessions join the presence history, ended at gone.ended_at (or at their
+// start, for a session that began after its node's last heartbeat), and
+// their devices were last seen then, where their session was.
 const recordEnded = `,
 		history AS (
 			INSERT INTO device_sessions (session_id, device_id, node_id, region, remote_addr, connected_at, disconnected_at)
-			SELECT session_id, device_id, node_id, region, remote_addr, ` + sessionStart + `, ended_at FROM gone
+			SELECT session_id, device_id, node_id, region, remote_addr, ` + sessionStart + `, greatest(ended_at, ` + sessionStart + `) FROM gone
 			ON CONFLICT (session_id) DO NOTHING),
 		seen AS (
 			UPDATE devices d SET last_seen_at = greatest(d.last_seen_at, g.ended_at), region = g.region
@@ -150,10 +151,12 @@ func (s *Store) Connect(ctx context.Context, node Node, sessions []Session) (dis
 				JOIN input USING (device_id) FOR UPDATE OF p),
 			-- A replaced session whose node's lease lapsed will never be
 			-- disconnected by it: it joins the presence history here,
-			-- ended at its node's last heartbeat.
+			-- ended at its node's last heartbeat (or its own start, if
+			-- later).
 			dead AS (
 				INSERT INTO device_sessions (session_id, device_id, node_id, region, remote_addr, connected_at, disconnected_at)
-				SELECT o.session_id, o.device_id, o.node_id, o.region, o.remote_addr, `+sessionStart+`, coalesce(n.heartbeat_at, now())
+				SELECT o.session_id, o.device_id, o.node_id, o.region, o.remote_addr, `+sessionStart+`,
+				       greatest(coalesce(n.heartbeat_at, now()), `+sessionStart+`)
 				FROM old o LEFT JOIN nodes n ON n.id = o.node_id
 				WHERE n.id IS NULL OR n.lease_expires_at < now()
 				ON CONFLICT (session_id) DO NOTHING),
