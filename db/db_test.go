@@ -695,6 +695,9 @@ func TestPresenceHistoryOfLostNodes(t *testing.T) {
 		t.Fatalf("dev-4's session, begun after its node's last heartbeat: %+v, want it ended at its start", h)
 	}
 	ended(history("dev-4"), a4, "node-a", "ams", history("dev-4")[0].ConnectedAt)
+	if d, err := store.Device(ctx, "dev-4"); err != nil || d.LastSeenAt == nil || !d.LastSeenAt.Equal(history("dev-4")[0].ConnectedAt) {
+		t.Fatalf("dev-4 after its node was reaped: %+v, %v; want last seen when its session began", d, err)
+	}
 	if d, err := store.Device(ctx, "dev-2"); err != nil || d.Online || d.LastSeenAt == nil || !d.LastSeenAt.Equal(heartbeat) || d.Region != "ams" {
 		t.Fatalf("dev-2 after its node was reaped: %+v, %v; want offline, last seen %v in ams", d, err, heartbeat)
 	}

@@ -103,7 +103,7 @@ const recordEnded = `,
 			SELECT session_id, device_id, node_id, region, remote_addr, ` + sessionStart + `, greatest(ended_at, ` + sessionStart + `) FROM gone
 			ON CONFLICT (session_id) DO NOTHING),
 		seen AS (
-			UPDATE devices d SET last_seen_at = greatest(d.last_seen_at, g.ended_at), region = g.region
+			UPDATE devices d SET last_seen_at = greatest(d.last_seen_at, g.ended_at, ` + sessionStart + `), region = g.region
 			FROM gone g WHERE d.id = g.device_id)`
 
 // Session is one device connection on a node.
