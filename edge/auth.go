@@ -36,8 +36,9 @@ func (e *Edge) authenticate(next http.Handler) http.Handler {
 		hash := secret.Hash(token)
 		cacheKey := hex.EncodeToString(hash)
 		now := time.Now()
-		key, cached, gen := e.keys.get(cacheKey, now)
-		if !cached {
+		entry, hit, gen := e.keys.get(cacheKey, now)
+		key := entry.key
+		if !hit {
 			if !e.guardAuth(w, r, cacheKey) {
 				return
 			}
@@ -56,7 +57,7 @@ func (e *Edge) authenticate(next http.Handler) http.Handler {
 				unauthorized(w, "this API key was revoked")
 				return
 			}
-			e.keys.put(cacheKey, key, gen, now)
+			e.keys.put(cacheKey, cached{key: key}, gen, now)
 		}
 		if key.Expired(now) {
 			unauthorized(w, "this API key expired at "+key.ExpiresAt.UTC().Format(time.RFC3339))
@@ -82,8 +83,9 @@ func (e *Edge) authenticateSession(w http.ResponseWriter, r *http.Request, token
 	hash := secret.Hash(token)
 	cacheKey := sessionCacheKey(hash)
 	now := time.Now()
-	key, csrf, cached, gen := e.keys.getSession(cacheKey, now)
-	if !cached {
+	entry, hit, gen := e.keys.get(cacheKey, now)
+	key, csrf := entry.key, entry.csrf
+	if !hit {
 		if !e.guardAuth(w, r, cacheKey) {
 			return
 		}
@@ -101,7 +103,7 @@ func (e *Edge) authenticateSession(w http.ResponseWriter, r *http.Request, token
 			return
 		}
 		key, csrf = s.Key, s.CSRF
-		e.keys.putSession(cacheKey, key, csrf, s.ExpiresAt, gen, now)
+		e.keys.put(cacheKey, cached{key: key, csrf: csrf, until: s.ExpiresAt}, gen, now)
 	}
 	if key.Expired(now) {
 		unauthorized(w, "this console session's API key expired at "+key.ExpiresAt.UTC().Format(time.RFC3339))

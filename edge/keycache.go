@@ -22,7 +22,8 @@ type keyCache struct {
 	gen uint64
 }
 
-// cached is a checked API key and until when it is trusted.
+// cached is a checked API key (or console session) and until when it is
+// trusted.
 type cached struct {
 	key   db.APIKey
 	csrf  string // a console session's
@@ -33,27 +34,32 @@ func newKeyCache(ttl time.Duration) *keyCache {
 	return &keyCache{ttl: ttl, entries: make(map[string]cached)}
 }
 
-// get returns the cached key for hash, if it is still trusted at now, and
-// the generation to hand to put after a lookup.
-func (c *keyCache) get(hash string, now time.Time) (key db.APIKey, ok bool, gen uint64) {
+// get returns the cached entry for hash, if it is still trusted at now,
+// and the generation to hand to put after a lookup.
+func (c *keyCache) get(hash string, now time.Time) (e cached, ok bool, gen uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e, ok := c.entries[hash]
+	e, ok = c.entries[hash]
 	if ok && !now.Before(e.until) {
 		delete(c.entries, hash)
 		ok = false
 	}
-	return e.key, ok, c.gen
+	return e, ok, c.gen
 }
 
-// put caches a key looked up since get returned gen, unless a drop came
-// between.
-func (c *keyCache) put(hash string, key db.APIKey, gen uint64, now time.Time) {
+// put caches an entry looked up since get returned gen, unless a drop came
+// between. It is trusted for the cache's ttl, or until e.until if that is
+// sooner (a console session's end).
+func (c *keyCache) put(hash string, e cached, gen uint64, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if gen == c.gen {
-		c.entries[hash] = cached{key: key, until: now.Add(c.ttl)}
+	if gen != c.gen {
+		return
 	}
+	if until := now.Add(c.ttl); e.until.IsZero() || until.Before(e.until) {
+		e.until = until
+	}
+	c.entries[hash] = e
 }
 
 // drop forgets every key. Revocations are rare, and each key costs one
@@ -63,32 +69,6 @@ func (c *keyCache) drop() {
 	defer c.mu.Unlock()
 	clear(c.entries)
 	c.gen++
-}
-
-// getSession is get for a console session, with its CSRF token.
-func (c *keyCache) getSession(hash string, now time.Time) (key db.APIKey, csrf string, ok bool, gen uint64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	e, ok := c.entries[hash]
-	if ok && !now.Before(e.until) {
-		delete(c.entries, hash)
-		ok = false
-	}
-	return e.key, e.csrf, ok, c.gen
-}
-
-// putSession is put for a console session, trusted no longer than the
-// session lasts.
-func (c *keyCache) putSession(hash string, key db.APIKey, csrf string, expires time.Time, gen uint64, now time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if gen == c.gen {
-		until := now.Add(c.ttl)
-		if expires.Before(until) {
-			until = expires
-		}
-		c.entries[hash] = cached{key: key, csrf: csrf, until: until}
-	}
 }
 
 // forget drops one entry (a signed-out session).

@@ -19,14 +19,14 @@ func TestKeyCacheDropBeatsSlowLookup(t *testing.T) {
 		t.Fatal("empty cache hit")
 	}
 	c.drop() // a revocation arrives while the lookup runs
-	c.put("h", k, gen, now)
+	c.put("h", cached{key: k}, gen, now)
 	if _, ok, _ := c.get("h", now); ok {
 		t.Fatal("a lookup from before the drop was cached")
 	}
 
 	_, _, gen = c.get("h", now)
-	c.put("h", k, gen, now)
-	if got, ok, _ := c.get("h", now.Add(59*time.Second)); !ok || got.ID != 1 {
+	c.put("h", cached{key: k}, gen, now)
+	if got, ok, _ := c.get("h", now.Add(59*time.Second)); !ok || got.key.ID != 1 {
 		t.Fatal("a fresh lookup was not cached")
 	}
 	if _, ok, _ := c.get("h", now.Add(time.Minute)); ok {
