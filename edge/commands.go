@@ -236,7 +236,7 @@ func (e *Edge) waitForOutcome(w http.ResponseWriter, r *http.Request, wt *waiter
 }
 
 func (e *Edge) handleGetCommand(w http.ResponseWriter, r *http.Request) {
-	id, ok := commandID(w, r)
+	id, ok := uuidParam(w, r, "invalid-command-id", "command ids are UUIDs")
 	if !ok {
 		return
 	}
@@ -254,7 +254,7 @@ func (e *Edge) handleGetCommand(w http.ResponseWriter, r *http.Request) {
 // handleCommandEvents streams a command's events, resuming after the
 // Last-Event-ID a client sends when it reconnects (to this edge or another).
 func (e *Edge) handleCommandEvents(w http.ResponseWriter, r *http.Request) {
-	id, ok := commandID(w, r)
+	id, ok := uuidParam(w, r, "invalid-command-id", "command ids are UUIDs")
 	if !ok {
 		return
 	}
@@ -294,15 +294,6 @@ func parseLastEventID(v string) (int, bool) {
 		return 0, false
 	}
 	return n, true
-}
-
-func commandID(w http.ResponseWriter, r *http.Request) (uuid.UUID, bool) {
-	id, err := uuid.Parse(chi.URLParam(r, "id"))
-	if err != nil {
-		badRequest(w, "invalid-command-id", "command ids are UUIDs")
-		return uuid.Nil, false
-	}
-	return id, true
 }
 
 func commandNotFound(w http.ResponseWriter, id uuid.UUID) {

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"os"
 
+	"github.com/go-chi/chi/v5"
+	"github.com/google/uuid"
 	"github.com/switchboard-iot/switchboard/internal/problem"
 )
 
@@ -62,4 +64,15 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 func badRequest(w http.ResponseWriter, slug, detail string) {
 	problem.Write(w, http.StatusBadRequest, slug, "Bad request", detail)
+}
+
+// uuidParam reads the route's {id} as a UUID (a command's, a job's), or
+// answers 400 with slug and detail.
+func uuidParam(w http.ResponseWriter, r *http.Request, slug, detail string) (uuid.UUID, bool) {
+	id, err := uuid.Parse(chi.URLParam(r, "id"))
+	if err != nil {
+		badRequest(w, slug, detail)
+		return uuid.Nil, false
+	}
+	return id, true
 }

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/go-chi/chi/v5"
 	"github.com/google/uuid"
 
 	"github.com/switchboard-iot/switchboard/db"
@@ -218,15 +217,6 @@ func (e *Edge) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, j)
 }
 
-func jobID(w http.ResponseWriter, r *http.Request) (uuid.UUID, bool) {
-	id, err := uuid.Parse(chi.URLParam(r, "id"))
-	if err != nil {
-		badRequest(w, "invalid-job-id", "job ids are UUIDs")
-		return uuid.Nil, false
-	}
-	return id, true
-}
-
 func jobNotFound(w http.ResponseWriter, id uuid.UUID) {
 	problem.Write(w, http.StatusNotFound, "job-not-found", "Job not found", "no job has the id "+id.String())
 }
@@ -234,7 +224,7 @@ func jobNotFound(w http.ResponseWriter, id uuid.UUID) {
 // handleGetJob answers with the job and its counts, or streams it
 // (Accept: text/event-stream).
 func (e *Edge) handleGetJob(w http.ResponseWriter, r *http.Request) {
-	id, ok := jobID(w, r)
+	id, ok := uuidParam(w, r, "invalid-job-id", "job ids are UUIDs")
 	if !ok {
 		return
 	}
@@ -318,7 +308,7 @@ func (e *Edge) streamJob(w http.ResponseWriter, r *http.Request, j db.Job, seq i
 // handleCancelJob cancels a running job: its undelivered commands expire
 // and no more are created. A finished job is answered as it is.
 func (e *Edge) handleCancelJob(w http.ResponseWriter, r *http.Request) {
-	id, ok := jobID(w, r)
+	id, ok := uuidParam(w, r, "invalid-job-id", "job ids are UUIDs")
 	if !ok {
 		return
 	}

@@ -255,12 +255,13 @@ type slugUse struct{ at, slug string }
 
 // wrappers are the functions whose calls problemSlugsInSources checks:
 // inside them, the slug is their caller's.
-var wrappers = map[string]bool{"Write": true, "TooMany": true, "badRequest": true}
+var wrappers = map[string]bool{"Write": true, "TooMany": true, "badRequest": true, "uuidParam": true}
 
 // problemSlugsInSources finds, in the non-test Go files under dirs (of
 // root), the slugs passed to problem.Write, problem.TooMany and the edge's
-// badRequest: the argument after the ResponseWriter (and the status,
-// for Write). A slug that is not a string literal is returned empty.
+// badRequest and uuidParam: the argument after the ResponseWriter (and the
+// status, for Write; the request, for uuidParam). A slug that is not a
+// string literal is returned empty.
 func problemSlugsInSources(t *testing.T, root string, dirs ...string) []slugUse {
 	t.Helper()
 	var uses []slugUse
@@ -297,11 +298,11 @@ func problemSlugsInSources(t *testing.T, root string, dirs ...string) []slugUse 
 						name = fn.Sel.Name
 					}
 				case *ast.Ident:
-					if inProblem || fn.Name == "badRequest" {
+					if inProblem || fn.Name == "badRequest" || fn.Name == "uuidParam" {
 						name = fn.Name
 					}
 				}
-				arg := map[string]int{"Write": 2, "TooMany": 1, "badRequest": 1}[name]
+				arg := map[string]int{"Write": 2, "TooMany": 1, "badRequest": 1, "uuidParam": 2}[name]
 				if !wrappers[name] {
 					return true
 				}
