@@ -3,6 +3,8 @@ package edge
 import (
 	"context"
 	"time"
+
+	"github.com/switchboard-iot/switchboard/internal/backoff"
 )
 
 // Default retention: what a small operator need not change.
@@ -42,22 +44,32 @@ func (e *Edge) retain(ctx context.Context) error {
 
 // retainOnce runs one round.
 func (e *Edge) retainOnce(ctx context.Context) {
-	purge := func(table string, keep time.Duration, del func(context.Context, time.Duration, int) (int64, error)) {
-		if keep < 0 {
-			return
-		}
+	// batches calls del, a batch at a time, while it says there is more
+	// (at most retainBatches times), pausing between batches for the hot
+	// path's sake; the metric counts what it deleted under label.
+	batches := func(label string, del func() (n int64, more bool, err error)) {
 		for range retainBatches {
-			n, err := del(ctx, keep, retainBatch)
+			n, more, err := del()
 			if err != nil {
 				if ctx.Err() == nil {
-					e.log.Warn("retention: deleting old rows", "table", table, "err", err)
+					e.log.Warn("retention: deleting old rows", "what", label, "err", err)
 				}
 				return
 			}
-			e.metrics.purged.WithLabelValues(table).Add(float64(n))
-			if n < retainBatch || !e.breathe(ctx) {
+			e.metrics.purged.WithLabelValues(label).Add(float64(n))
+			if !more || !backoff.Sleep(ctx, retentionBreathe) {
 				return
 			}
+		}
+	}
+	// purge deletes table's rows older than keep (none when keep < 0); a
+	// short batch was the last.
+	purge := func(table string, keep time.Duration, del func(context.Context, time.Duration, int) (int64, error)) {
+		if keep >= 0 {
+			batches(table, func() (int64, bool, error) {
+				n, err := del(ctx, keep, retainBatch)
+				return n, n == retainBatch, err
+			})
 		}
 	}
 	keepCommands := e.cfg.RetainCommands
@@ -68,32 +80,12 @@ func (e *Edge) retainOnce(ctx context.Context) {
 	purge("commands", keepCommands, e.store.PurgeCommands)
 	purge("events", e.cfg.RetainEvents, e.store.PurgeEvents)
 	purge("sessions", e.cfg.RetainEvents, e.store.PurgeSessions)
-	if e.cfg.EventsPerDevice < 0 {
-		return
-	}
-	for range retainBatches {
-		n, err := e.store.CapDeviceEvents(ctx, e.cfg.EventsPerDevice, capDevices, retainBatch)
-		if err != nil {
-			if ctx.Err() == nil {
-				e.log.Warn("retention: capping events per device", "err", err)
-			}
-			return
-		}
-		e.metrics.purged.WithLabelValues("events_capped").Add(float64(n))
-		if n == 0 || !e.breathe(ctx) {
-			return
-		}
-	}
-}
-
-// breathe pauses between batches; false when ctx ended.
-func (e *Edge) breathe(ctx context.Context) bool {
-	t := time.NewTimer(retentionBreathe)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
+	if e.cfg.EventsPerDevice >= 0 {
+		// A batch trims up to capDevices devices: it was the last when
+		// none was over its cap.
+		batches("events_capped", func() (int64, bool, error) {
+			n, err := e.store.CapDeviceEvents(ctx, e.cfg.EventsPerDevice, capDevices, retainBatch)
+			return n, n > 0, err
+		})
 	}
 }
