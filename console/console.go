@@ -206,6 +206,13 @@ func (c *Console) render(w http.ResponseWriter, status int, page string, v view)
 	_, _ = w.Write([]byte(b.String()))
 }
 
+// lacksScope answers a page the key's scopes do not allow: 403, saying
+// what the key may not do and which scope it lacks.
+func (c *Console) lacksScope(w http.ResponseWriter, v view, what, scope string) {
+	v.Error = "This API key may not " + what + " (it lacks the " + scope + " scope): sign in with a key that has it."
+	c.render(w, http.StatusForbidden, "error", v)
+}
+
 // unavailable answers a page whose store calls failed. When PostgreSQL
 // answered with an error (the query is at fault, not the database's
 // reachability), 500 says so; otherwise 503 with the database banner. The

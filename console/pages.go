@@ -72,8 +72,7 @@ const devicesPerPage = 50
 func (c *Console) handleDevices(w http.ResponseWriter, r *http.Request) {
 	v := newView(r, "Devices", "devices")
 	if !v.CanRead {
-		v.Error = "This API key may not read devices (it lacks the read scope): sign in with a key that has it."
-		c.render(w, http.StatusForbidden, "devices", v)
+		c.lacksScope(w, v, "read devices", "read")
 		return
 	}
 	q := r.URL.Query()
@@ -161,8 +160,7 @@ func (c *Console) handleDevice(w http.ResponseWriter, r *http.Request) {
 	id := chi.URLParam(r, "id")
 	v.Title = id
 	if !v.CanRead {
-		v.Error = "This API key may not read devices (it lacks the read scope): sign in with a key that has it."
-		c.render(w, http.StatusForbidden, "error", v)
+		c.lacksScope(w, v, "read devices", "read")
 		return
 	}
 	dev, err := c.store.Device(r.Context(), id)
@@ -234,8 +232,7 @@ type jobsPage struct {
 func (c *Console) handleJobs(w http.ResponseWriter, r *http.Request) {
 	v := newView(r, "Jobs", "jobs")
 	if !v.CanCommands {
-		v.Error = "This API key may not run jobs (it lacks the commands scope): sign in with a key that has it."
-		c.render(w, http.StatusForbidden, "error", v)
+		c.lacksScope(w, v, "run jobs", "commands")
 		return
 	}
 	jobs, err := c.store.Jobs(r.Context(), "", uuid.Nil, 20)
@@ -250,8 +247,7 @@ func (c *Console) handleJobs(w http.ResponseWriter, r *http.Request) {
 func (c *Console) handleJob(w http.ResponseWriter, r *http.Request) {
 	v := newView(r, "Job", "jobs")
 	if !v.CanCommands {
-		v.Error = "This API key may not see jobs (it lacks the commands scope): sign in with a key that has it."
-		c.render(w, http.StatusForbidden, "error", v)
+		c.lacksScope(w, v, "see jobs", "commands")
 		return
 	}
 	id, err := uuid.Parse(chi.URLParam(r, "id"))
