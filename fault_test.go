@@ -169,13 +169,15 @@ func TestDeviceDropsBeforeReplying(t *testing.T) {
 	settled := func(o outcome) bool { return o.Attempts == 2 && o.NodeID != nil && *o.NodeID == "node-b" }
 	var unsettled []outcome // at the last look, for the failure's message
 	defer func() {
+		if !t.Failed() {
+			return
+		}
 		for _, o := range unsettled {
-			if node := "none"; t.Failed() {
-				if o.NodeID != nil {
-					node = *o.NodeID
-				}
-				t.Logf("unsettled: command %s of %s: %s, attempts %d, node %s", o.ID, o.Device, o.Status, o.Attempts, node)
+			node := "none"
+			if o.NodeID != nil {
+				node = *o.NodeID
 			}
+			t.Logf("unsettled: command %s of %s: %s, attempts %d, node %s", o.ID, o.Device, o.Status, o.Attempts, node)
 		}
 	}()
 	testsys.EventuallyWithin(t, 10*time.Second, "each command delivered twice, the last time by node-b", func() bool {
