@@ -92,16 +92,20 @@ func (s *Store) ReapNodes(ctx context.Context, grace time.Duration) (int64, erro
 // UUIDv7, whose first 48 bits are its node's clock in milliseconds.
 const sessionStart = `to_timestamp(('x' || substr(replace(session_id::text, '-', ''), 1, 12))::bit(48)::bigint / 1000.0)`
 
-// recordEnded ends a statement whose first CTE, gone, deleted presence rows
-// that their node will never Disconnect (it died, or restarted): their
-// sessions join the presence history, ended at gone.ended_at (or at their
-// start, for a session that began after its node's last heartbeat), and
-// their devices were last seen then, where their session was.
-const recordEnded = `,
+// recordHistory follows a CTE, gone, of presence rows that their node will
+// never Disconnect (it died, or restarted): their sessions join the
+// presence history, ended at gone.ended_at (or at their start, for a
+// session that began after its node's last heartbeat).
+const recordHistory = `,
 		history AS (
 			INSERT INTO device_sessions (session_id, device_id, node_id, region, remote_addr, connected_at, disconnected_at)
 			SELECT session_id, device_id, node_id, region, remote_addr, ` + sessionStart + `, greatest(ended_at, ` + sessionStart + `) FROM gone
-			ON CONFLICT (session_id) DO NOTHING),
+			ON CONFLICT (session_id) DO NOTHING)`
+
+// recordEnded ends a statement whose first CTE, gone, deleted such rows:
+// recordHistory, and their devices were last seen then, where their
+// session was.
+const recordEnded = recordHistory + `,
 		seen AS (
 			UPDATE devices d SET last_seen_at = greatest(d.last_seen_at, g.ended_at, ` + sessionStart + `), region = g.region
 			FROM gone g WHERE d.id = g.device_id)`
@@ -151,15 +155,11 @@ func (s *Store) Connect(ctx context.Context, node Node, sessions []Session) (dis
 				JOIN input USING (device_id) FOR UPDATE OF p),
 			-- A replaced session whose node's lease lapsed will never be
 			-- disconnected by it: it joins the presence history here,
-			-- ended at its node's last heartbeat (or its own start, if
-			-- later).
-			dead AS (
-				INSERT INTO device_sessions (session_id, device_id, node_id, region, remote_addr, connected_at, disconnected_at)
-				SELECT o.session_id, o.device_id, o.node_id, o.region, o.remote_addr, `+sessionStart+`,
-				       greatest(coalesce(n.heartbeat_at, now()), `+sessionStart+`)
+			-- ended at its node's last heartbeat.
+			gone AS (
+				SELECT o.device_id, o.session_id, o.node_id, o.region, o.remote_addr, coalesce(n.heartbeat_at, now()) AS ended_at
 				FROM old o LEFT JOIN nodes n ON n.id = o.node_id
-				WHERE n.id IS NULL OR n.lease_expires_at < now()
-				ON CONFLICT (session_id) DO NOTHING),
+				WHERE n.id IS NULL OR n.lease_expires_at < now())`+recordHistory+`,
 			upsert AS (
 				INSERT INTO presence (device_id, node_id, region, session_id, remote_addr, registered_seq)
 				SELECT device_id, $4, $5, session_id, remote_addr, nextval('presence_registered_seq')
