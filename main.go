@@ -9,7 +9,7 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/switchboard-iot/switchboard/internal/cli"
+	"github.com/switchboard-iot/switchboard/app/cli"
 )
 
 func main() {

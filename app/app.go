@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	conntier "github.com/switchboard-iot/switchboard/conn-tier"
+	"github.com/switchboard-iot/switchboard/console"
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/edge"
 	"github.com/switchboard-iot/switchboard/internal/actors"
@@ -91,11 +92,16 @@ func (p *Process) Edge(cfg edge.Config, acme certs.Config, ln net.Listener) (Ser
 		return nil, nil, err
 	}
 	cfg.HTTPChallenge = answer
+	cfg.SessionCookie = console.Cookie
 	e, err := edge.New(cfg)
 	if err != nil {
 		stopAnswering()
 		return nil, nil, err
 	}
+	// The web console, at "/": its sign-in is throttled and its sign-out
+	// forgotten by the edge that serves it.
+	e.Mount(console.New(console.Config{Store: p.Store, Log: p.Log.With("edge", cfg.ID), ForgetSession: e.ForgetSession,
+		Guard: e.GuardAuth, Failed: e.AuthFailed}).Register)
 	return func(ctx context.Context) error {
 		defer stopAnswering()
 		return e.Run(ctx, ln)

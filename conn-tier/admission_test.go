@@ -7,9 +7,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/switchboard-iot/switchboard/app/testsys"
 	conntier "github.com/switchboard-iot/switchboard/conn-tier"
 	"github.com/switchboard-iot/switchboard/device/protocol"
-	"github.com/switchboard-iot/switchboard/internal/testsys"
 )
 
 // A full node answers 503 with a jittered Retry-After before it looks at

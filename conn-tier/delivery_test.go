@@ -12,10 +12,10 @@ import (
 	"github.com/google/uuid"
 	"github.com/gorilla/websocket"
 
+	"github.com/switchboard-iot/switchboard/app/testsys"
 	conntier "github.com/switchboard-iot/switchboard/conn-tier"
 	"github.com/switchboard-iot/switchboard/device"
 	"github.com/switchboard-iot/switchboard/device/protocol"
-	"github.com/switchboard-iot/switchboard/internal/testsys"
 )
 
 // Which session of a device is the newest is PostgreSQL's to say: the one

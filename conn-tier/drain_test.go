@@ -9,9 +9,9 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/switchboard-iot/switchboard/app/testsys"
 	conntier "github.com/switchboard-iot/switchboard/conn-tier"
 	"github.com/switchboard-iot/switchboard/device/protocol"
-	"github.com/switchboard-iot/switchboard/internal/testsys"
 )
 
 // A stopping node closes its sessions with 1001 in batches paced over the

@@ -18,12 +18,12 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/switchboard-iot/switchboard/app/testsys"
 	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/db/dbtest"
 	"github.com/switchboard-iot/switchboard/device/protocol"
 	"github.com/switchboard-iot/switchboard/internal/command"
-	"github.com/switchboard-iot/switchboard/internal/pgtest"
 	"github.com/switchboard-iot/switchboard/internal/problem"
-	"github.com/switchboard-iot/switchboard/internal/testsys"
 )
 
 // wait bounds every read, dial and poll: a bug fails the test, never hangs it.
@@ -317,7 +317,7 @@ type edgeListener struct {
 func listenEdge(t *testing.T, sys *testsys.System, edgeID string) *edgeListener {
 	t.Helper()
 	l := &edgeListener{signal: make(chan struct{}, 1)}
-	n := db.NewNotifier(sys.Pool.Config().ConnConfig, pgtest.Logger())
+	n := db.NewNotifier(sys.Pool.Config().ConnConfig, dbtest.Logger())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- n.Run(ctx) }()

@@ -15,11 +15,11 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/pires/go-proxyproto"
 
+	"github.com/switchboard-iot/switchboard/app/testsys"
 	conntier "github.com/switchboard-iot/switchboard/conn-tier"
 	"github.com/switchboard-iot/switchboard/device/protocol"
 	"github.com/switchboard-iot/switchboard/internal/authguard"
 	"github.com/switchboard-iot/switchboard/internal/clientaddr"
-	"github.com/switchboard-iot/switchboard/internal/testsys"
 )
 
 // dialFrom dials from a loopback address of its own (127.0.0.x), first

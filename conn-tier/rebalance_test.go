@@ -11,9 +11,9 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/switchboard-iot/switchboard/app/testsys"
 	conntier "github.com/switchboard-iot/switchboard/conn-tier"
 	"github.com/switchboard-iot/switchboard/device/protocol"
-	"github.com/switchboard-iot/switchboard/internal/testsys"
 )
 
 // After a scale-up, the crowded node sheds a bounded share of its sessions

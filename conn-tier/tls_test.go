@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchboard-iot/switchboard/app/testsys"
 	"github.com/switchboard-iot/switchboard/internal/certs"
-	"github.com/switchboard-iot/switchboard/internal/testsys"
 )
 
 // The device port's TLS policy, checked with real handshakes: TLS 1.2 at

@@ -11,7 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/switchboard-iot/switchboard/db"
-	"github.com/switchboard-iot/switchboard/internal/pgtest"
+	"github.com/switchboard-iot/switchboard/db/dbtest"
 	"github.com/switchboard-iot/switchboard/internal/secret"
 )
 
@@ -44,7 +44,7 @@ func TestParseScopes(t *testing.T) {
 func listen(t *testing.T, pool *pgxpool.Pool, channels ...string) []*recorder {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	n := db.NewNotifier(pool.Config().ConnConfig, pgtest.Logger())
+	n := db.NewNotifier(pool.Config().ConnConfig, dbtest.Logger())
 	done := make(chan error)
 	go func() { done <- n.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/switchboard-iot/switchboard/db"
-	"github.com/switchboard-iot/switchboard/internal/pgtest"
+	"github.com/switchboard-iot/switchboard/db/dbtest"
 )
 
 // certmagic's storage contract: files at slash-separated keys, directories
@@ -19,7 +19,7 @@ import (
 func TestCertStorageContract(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s := db.NewCertStorage(pgtest.NewPool(t))
+	s := db.NewCertStorage(dbtest.NewPool(t))
 
 	if _, err := s.Load(ctx, "acme/account.json"); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("Load of a missing key: %v, want fs.ErrNotExist", err)
@@ -118,9 +118,9 @@ func TestCertStorageContract(t *testing.T) {
 // exclusive, and are released when their holder's connection dies.
 func TestCertStorageLocks(t *testing.T) {
 	t.Parallel()
-	url := pgtest.NewDatabase(t)
-	a := db.NewCertStorage(pgtest.Pool(t, url))
-	b := db.NewCertStorage(pgtest.Pool(t, url))
+	url := dbtest.NewDatabase(t)
+	a := db.NewCertStorage(dbtest.Pool(t, url))
+	b := db.NewCertStorage(dbtest.Pool(t, url))
 	ctx := context.Background()
 
 	if err := a.Lock(ctx, "issue_cert_conn.example.com"); err != nil {
@@ -150,7 +150,7 @@ func TestCertStorageLocks(t *testing.T) {
 	}
 
 	// The holder dies (its connection is cut): the lock is free again.
-	pool := pgtest.Pool(t, url)
+	pool := dbtest.Pool(t, url)
 	var killed int
 	if err := pool.QueryRow(ctx, `
 		SELECT count(pg_terminate_backend(pid)) FROM pg_locks

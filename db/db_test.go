@@ -16,16 +16,16 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/db/dbtest"
 	"github.com/switchboard-iot/switchboard/internal/command"
-	"github.com/switchboard-iot/switchboard/internal/pgtest"
 	"github.com/switchboard-iot/switchboard/internal/secret"
 )
 
-func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+func TestMain(m *testing.M) { os.Exit(dbtest.Main(m)) }
 
 func setup(t *testing.T, devices ...string) (*db.Store, *pgxpool.Pool) {
 	t.Helper()
-	pool := pgtest.NewPool(t)
+	pool := dbtest.NewPool(t)
 	store := db.NewStore(pool)
 	var creds []db.Credential
 	for _, id := range devices {
@@ -41,9 +41,9 @@ func setup(t *testing.T, devices ...string) (*db.Store, *pgxpool.Pool) {
 
 func TestMigrateIsIdempotent(t *testing.T) {
 	t.Parallel()
-	pool := pgtest.NewPool(t)
+	pool := dbtest.NewPool(t)
 	// The database comes migrated; migrating again must change nothing.
-	if err := db.Migrate(context.Background(), pool, pgtest.Logger()); err != nil {
+	if err := db.Migrate(context.Background(), pool, dbtest.Logger()); err != nil {
 		t.Fatal(err)
 	}
 	var n int

@@ -14,7 +14,7 @@ import (
 	"github.com/pressly/goose/v3"
 
 	"github.com/switchboard-iot/switchboard/db"
-	"github.com/switchboard-iot/switchboard/internal/pgtest"
+	"github.com/switchboard-iot/switchboard/db/dbtest"
 	"github.com/switchboard-iot/switchboard/internal/secret"
 )
 
@@ -148,14 +148,14 @@ func TestDisableAndDeleteDevice(t *testing.T) {
 func TestColonDeviceIDs(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	pool := pgtest.Pool(t, pgtest.NewEmptyDatabase(t))
+	pool := dbtest.Pool(t, dbtest.NewEmptyDatabase(t))
 	sqlDB := stdlib.OpenDBFromPool(pool)
 	defer sqlDB.Close()
 	upTo(t, sqlDB, 2)
 	if _, err := pool.Exec(ctx, `INSERT INTO devices (id, secret_hash) VALUES ('old:1', '\x00'), ('fine-1', '\x00')`); err != nil {
 		t.Fatal(err)
 	}
-	if err := db.Migrate(ctx, pool, pgtest.Logger()); err != nil {
+	if err := db.Migrate(ctx, pool, dbtest.Logger()); err != nil {
 		t.Fatalf("migrating over an id with ':': %v", err)
 	}
 	store := db.NewStore(pool)

@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/switchboard-iot/switchboard/db"
-	"github.com/switchboard-iot/switchboard/internal/pgtest"
+	"github.com/switchboard-iot/switchboard/db/dbtest"
 	"github.com/switchboard-iot/switchboard/internal/secret"
 )
 
@@ -20,7 +20,7 @@ import (
 //	go test -run '^$' -bench InsertEvents -count 3 ./db/
 func BenchmarkInsertEvents(b *testing.B) {
 	ctx := context.Background()
-	pool := pgtest.NewPool(b)
+	pool := dbtest.NewPool(b)
 	store := db.NewStore(pool)
 	const devices = 1000
 	creds := make([]db.Credential, devices)

@@ -10,7 +10,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/switchboard-iot/switchboard/db"
-	"github.com/switchboard-iot/switchboard/internal/pgtest"
+	"github.com/switchboard-iot/switchboard/db/dbtest"
 )
 
 // recorder collects what a subscription hears, and signals each arrival.
@@ -60,7 +60,7 @@ func TestNotifier(t *testing.T) {
 	t.Parallel()
 	store, pool := setup(t, "dev-1")
 	ctx, cancel := context.WithCancel(context.Background())
-	n := db.NewNotifier(pool.Config().ConnConfig, pgtest.Logger())
+	n := db.NewNotifier(pool.Config().ConnConfig, dbtest.Logger())
 	done := make(chan error)
 	go func() { done <- n.Run(ctx) }()
 	defer func() {
@@ -133,7 +133,7 @@ func TestNotifyPayloadsSplit(t *testing.T) {
 	t.Parallel()
 	store, pool := setup(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	n := db.NewNotifier(pool.Config().ConnConfig, pgtest.Logger())
+	n := db.NewNotifier(pool.Config().ConnConfig, dbtest.Logger())
 	done := make(chan error)
 	go func() { done <- n.Run(ctx) }()
 	defer func() { cancel(); <-done }()

@@ -6,8 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/switchboard-iot/switchboard/db/dbtest"
 	"github.com/switchboard-iot/switchboard/device/protocol"
-	"github.com/switchboard-iot/switchboard/internal/pgtest"
 )
 
 // Devices and clients learn that their JSON cannot be stored from
@@ -15,7 +15,7 @@ import (
 // must refuse exactly what jsonb refuses, here around each of its limits.
 func TestCheckStorableAgreesWithPostgreSQL(t *testing.T) {
 	t.Parallel()
-	pool := pgtest.NewPool(t)
+	pool := dbtest.NewPool(t)
 	ctx := context.Background()
 
 	var texts []string

@@ -11,7 +11,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/switchboard-iot/switchboard/db"
-	"github.com/switchboard-iot/switchboard/internal/fuzzcheck"
+	"github.com/switchboard-iot/switchboard/internal/testkit/fuzzcheck"
 )
 
 // FuzzParseWakeups feeds a NOTIFY payload, which any database role may

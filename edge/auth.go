@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/switchboard-iot/switchboard/console"
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/internal/problem"
 	"github.com/switchboard-iot/switchboard/internal/secret"
@@ -23,7 +22,7 @@ import (
 func (e *Edge) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Authorization") == "" {
-			if c, err := r.Cookie(SessionCookie); err == nil && c.Value != "" {
+			if c, err := r.Cookie(e.cfg.SessionCookie); e.cfg.SessionCookie != "" && err == nil && c.Value != "" {
 				e.authenticateSession(w, r, c.Value, next)
 				return
 			}
@@ -39,21 +38,21 @@ func (e *Edge) authenticate(next http.Handler) http.Handler {
 		entry, hit, gen := e.keys.get(cacheKey, now)
 		key := entry.key
 		if !hit {
-			if !e.guardAuth(w, r, cacheKey) {
+			if !e.GuardAuth(w, r, cacheKey) {
 				return
 			}
 			var err error
 			key, err = e.store.APIKeyByHash(r.Context(), hash)
 			switch {
 			case errors.Is(err, db.ErrNotFound):
-				e.authFailed(r, cacheKey)
+				e.AuthFailed(r, cacheKey)
 				unauthorized(w, "unknown API key")
 				return
 			case err != nil:
 				e.unavailable(w, "checking the API key", err)
 				return
 			case key.RevokedAt != nil:
-				e.authFailed(r, cacheKey)
+				e.AuthFailed(r, cacheKey)
 				unauthorized(w, "this API key was revoked")
 				return
 			}
@@ -66,10 +65,6 @@ func (e *Edge) authenticate(next http.Handler) http.Handler {
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), apiKeyCtx{}, key)))
 	})
 }
-
-// SessionCookie names the web console's session cookie (console package),
-// which the API takes in place of a key.
-const SessionCookie = console.Cookie
 
 // authenticateSession lets through a request that carries a console
 // session cookie instead of an Authorization header, acting as the
@@ -86,13 +81,13 @@ func (e *Edge) authenticateSession(w http.ResponseWriter, r *http.Request, token
 	entry, hit, gen := e.keys.get(cacheKey, now)
 	key, csrf := entry.key, entry.csrf
 	if !hit {
-		if !e.guardAuth(w, r, cacheKey) {
+		if !e.GuardAuth(w, r, cacheKey) {
 			return
 		}
 		s, err := e.store.ConsoleSessionByHash(r.Context(), hash)
 		switch {
 		case errors.Is(err, db.ErrNotFound):
-			e.authFailed(r, cacheKey)
+			e.AuthFailed(r, cacheKey)
 			unauthorized(w, "the console session is unknown, expired or signed out: sign in again")
 			return
 		case err != nil:

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/switchboard-iot/switchboard/db"
@@ -38,6 +39,9 @@ type Config struct {
 	// nodes, from the shared certificate storage, and reports whether it
 	// did (certs.HTTPChallenges); nil answers none.
 	HTTPChallenge func(http.ResponseWriter, *http.Request) bool
+	// SessionCookie names the web console's session cookie, which the API
+	// takes in place of a key ("": none; see Mount).
+	SessionCookie string
 
 	SweepInterval time.Duration // 1s: how often overdue commands are failed or expired
 	KeepAlive     time.Duration // 15s: SSE comment sent on quiet streams
@@ -108,6 +112,8 @@ type Edge struct {
 	limits *keyLimits       // per API key; nil when both are off
 	guard  *authguard.Guard // failed API key look-ups
 
+	pages []func(chi.Router) // routes mounted beside the API (Mount)
+
 	// closing ends open streams when the edge shuts down: their clients
 	// resume on another edge with Last-Event-ID.
 	closing   chan struct{}
@@ -177,6 +183,11 @@ func New(cfg Config) (*Edge, error) {
 	e.replies.lag = e.metrics.notifyLag
 	return e, nil
 }
+
+// Mount adds routes beside the API, such as the web console's pages; the
+// composition root calls it before Run. They get the API's middleware
+// (panics, metrics, deadlines, the HTTPS redirect) but not its keys.
+func (e *Edge) Mount(register func(chi.Router)) { e.pages = append(e.pages, register) }
 
 // Run serves the API on ln until ctx is done, then ends open streams,
 // waits for requests to finish and stops its background actors.

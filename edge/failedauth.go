@@ -8,11 +8,11 @@ import (
 	"github.com/switchboard-iot/switchboard/internal/problem"
 )
 
-// guardAuth asks the auth guard about an API key about to be looked up
+// GuardAuth asks the auth guard about an API key about to be looked up
 // (keyHash, hex). False means it has answered without a look-up: 429 for a
 // source address that failed too often, 401 for a key that failed moments
 // ago.
-func (e *Edge) guardAuth(w http.ResponseWriter, r *http.Request, keyHash string) bool {
+func (e *Edge) GuardAuth(w http.ResponseWriter, r *http.Request, keyHash string) bool {
 	switch v, retryAfter := e.guard.Admit(clientaddr.FromRequest(r, e.cfg.TrustedProxies), "apikey:"+keyHash); v {
 	case authguard.Throttle:
 		e.metrics.limited.WithLabelValues("auth_failures").Inc()
@@ -26,7 +26,7 @@ func (e *Edge) guardAuth(w http.ResponseWriter, r *http.Request, keyHash string)
 	return true
 }
 
-// authFailed records an API key the database did not know.
-func (e *Edge) authFailed(r *http.Request, keyHash string) {
+// AuthFailed records an API key the database did not know.
+func (e *Edge) AuthFailed(r *http.Request, keyHash string) {
 	e.guard.Failed(clientaddr.FromRequest(r, e.cfg.TrustedProxies), "apikey:"+keyHash)
 }

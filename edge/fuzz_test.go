@@ -13,8 +13,8 @@ import (
 
 	"github.com/switchboard-iot/switchboard/device/protocol"
 	"github.com/switchboard-iot/switchboard/internal/command"
-	"github.com/switchboard-iot/switchboard/internal/fuzzcheck"
 	"github.com/switchboard-iot/switchboard/internal/problem"
+	"github.com/switchboard-iot/switchboard/internal/testkit/fuzzcheck"
 )
 
 // FuzzCommandRequest feeds a POST /v1/devices/{id}/commands what a client

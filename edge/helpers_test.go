@@ -13,13 +13,13 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/switchboard-iot/switchboard/app/testsys"
+	"github.com/switchboard-iot/switchboard/db/dbtest"
 	"github.com/switchboard-iot/switchboard/internal/command"
-	"github.com/switchboard-iot/switchboard/internal/pgtest"
 	"github.com/switchboard-iot/switchboard/internal/problem"
-	"github.com/switchboard-iot/switchboard/internal/testsys"
 )
 
-func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+func TestMain(m *testing.M) { os.Exit(dbtest.Main(m)) }
 
 // requestTimeout bounds every request a test makes, streams included: a
 // stuck stream fails the test instead of hanging it.

@@ -10,8 +10,8 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/db/dbtest"
 	"github.com/switchboard-iot/switchboard/internal/command"
-	"github.com/switchboard-iot/switchboard/internal/pgtest"
 	"github.com/switchboard-iot/switchboard/internal/secret"
 )
 
@@ -19,7 +19,7 @@ import (
 // not found, the others are stored, and every request is answered.
 func TestInserterIsolatesRefusedRows(t *testing.T) {
 	t.Parallel()
-	store := db.NewStore(pgtest.NewPool(t))
+	store := db.NewStore(dbtest.NewPool(t))
 	ctx := context.Background()
 	if _, err := store.AddDevices(ctx, []db.Credential{{ID: "dev-1", SecretHash: secret.Hash("s")}}); err != nil {
 		t.Fatal(err)

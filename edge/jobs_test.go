@@ -14,12 +14,12 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/switchboard-iot/switchboard/app/testsys"
 	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/db/dbtest"
 	"github.com/switchboard-iot/switchboard/device"
 	"github.com/switchboard-iot/switchboard/edge"
-	"github.com/switchboard-iot/switchboard/internal/pgtest"
 	"github.com/switchboard-iot/switchboard/internal/secret"
-	"github.com/switchboard-iot/switchboard/internal/testsys"
 )
 
 // fastJobs makes an edge step its jobs and stream them briskly.
@@ -66,7 +66,7 @@ func connect(t *testing.T, nodes []*testsys.Node, ids []string, secrets map[stri
 		var once sync.Once
 		f.connected.Add(1)
 		c := device.New(device.Config{
-			URL: node.URL, ID: id, Secret: secrets[id], TLS: node.TLS(), Log: pgtest.Logger(),
+			URL: node.URL, ID: id, Secret: secrets[id], TLS: node.TLS(), Log: dbtest.Logger(),
 			MinBackoff: 20 * time.Millisecond, MaxBackoff: 500 * time.Millisecond,
 			OnConnect: func() { once.Do(f.connected.Done) },
 		})

@@ -9,10 +9,10 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/switchboard-iot/switchboard/app/testsys"
 	"github.com/switchboard-iot/switchboard/edge"
 	"github.com/switchboard-iot/switchboard/internal/authguard"
 	"github.com/switchboard-iot/switchboard/internal/clientaddr"
-	"github.com/switchboard-iot/switchboard/internal/testsys"
 )
 
 // newAPIFrom is newAPI whose connections come from a loopback address of

@@ -13,10 +13,10 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/switchboard-iot/switchboard/app/testsys"
 	conntier "github.com/switchboard-iot/switchboard/conn-tier"
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/internal/secret"
-	"github.com/switchboard-iot/switchboard/internal/testsys"
 )
 
 // listedDevice is a device as GET /v1/devices and GET /v1/devices/{id}

@@ -22,10 +22,10 @@ import (
 	"github.com/pb33f/libopenapi/datamodel"
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
+	"github.com/switchboard-iot/switchboard/app/testsys"
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/edge"
 	"github.com/switchboard-iot/switchboard/internal/problem"
-	"github.com/switchboard-iot/switchboard/internal/testsys"
 )
 
 // openAPIDoc is the part of edge/openapi.json the test reads.

@@ -12,7 +12,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/switchboard-iot/switchboard/db"
-	"github.com/switchboard-iot/switchboard/internal/pgtest"
+	"github.com/switchboard-iot/switchboard/db/dbtest"
 	"github.com/switchboard-iot/switchboard/internal/secret"
 )
 
@@ -22,7 +22,7 @@ import (
 func TestRetainOnce(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	store := db.NewStore(pgtest.NewPool(t))
+	store := db.NewStore(dbtest.NewPool(t))
 	if _, err := store.AddDevices(ctx, []db.Credential{{ID: "dev-1", SecretHash: secret.Hash("s")}}); err != nil {
 		t.Fatal(err)
 	}

@@ -8,7 +8,6 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/switchboard-iot/switchboard/console"
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/internal/problem"
 )
@@ -46,10 +45,12 @@ func (e *Edge) Handler() http.Handler {
 		r.Handle("/metrics", promhttp.HandlerFor(e.cfg.Metrics, promhttp.HandlerOpts{}))
 	}
 
-	// The web console's pages, at "/" (console package); the API stays
-	// under /v1 and takes the console's session cookie in place of a key.
-	console.New(console.Config{Store: e.store, Log: e.log, ForgetSession: e.ForgetSession,
-		Guard: e.guardAuth, Failed: e.authFailed}).Register(r)
+	// Pages mounted by the composition root (the web console, at "/");
+	// the API stays under /v1 and takes the console's session cookie
+	// (Config.SessionCookie) in place of a key.
+	for _, register := range e.pages {
+		register(r)
+	}
 
 	r.Route("/v1", func(r chi.Router) {
 		// The API's description holds no secret, and tools fetch it

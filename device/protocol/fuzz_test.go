@@ -11,7 +11,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/switchboard-iot/switchboard/device/protocol"
-	"github.com/switchboard-iot/switchboard/internal/fuzzcheck"
+	"github.com/switchboard-iot/switchboard/internal/testkit/fuzzcheck"
 )
 
 // maxFrame is the README's frame limit: a node closes a larger frame with

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/switchboard-iot/switchboard/internal/command"
-	"github.com/switchboard-iot/switchboard/internal/fuzzcheck"
+	"github.com/switchboard-iot/switchboard/internal/testkit/fuzzcheck"
 )
 
 // FuzzDuration feeds a command request's "timeout" or "ttl" value, as the

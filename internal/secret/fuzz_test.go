@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/switchboard-iot/switchboard/internal/fuzzcheck"
+	"github.com/switchboard-iot/switchboard/internal/testkit/fuzzcheck"
 )
 
 // FuzzScanCredentials feeds ScanCredentials what "switchboard devices

@@ -35,7 +35,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/switchboard-iot/switchboard/internal/loadgen"
+	"github.com/switchboard-iot/switchboard/app/sim/loadgen"
 	"github.com/switchboard-iot/switchboard/internal/pgcluster"
 )
 

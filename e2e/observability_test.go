@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // Observability: what an operator scrapes from a real edge and a real node
 // (the node's plain-HTTP ops listener, as CONN_OPS_LISTEN serves it) moves
@@ -20,8 +20,8 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/switchboard-iot/switchboard/app/testsys"
 	"github.com/switchboard-iot/switchboard/device"
-	"github.com/switchboard-iot/switchboard/internal/testsys"
 )
 
 // opsGet answers a GET of the node's ops listener: its status and body.
@@ -193,7 +193,7 @@ func TestObservability(t *testing.T) {
 // counting as the histogram).
 func checkREADMEQueries(t *testing.T, scrapes ...testsys.Metrics) {
 	t.Helper()
-	readme, err := os.ReadFile("README.md")
+	readme, err := os.ReadFile("../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}

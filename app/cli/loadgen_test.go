@@ -11,11 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchboard-iot/switchboard/app/cli"
+	"github.com/switchboard-iot/switchboard/app/sim/loadgen"
+	"github.com/switchboard-iot/switchboard/app/testsys"
+	"github.com/switchboard-iot/switchboard/db/dbtest"
 	"github.com/switchboard-iot/switchboard/edge"
-	"github.com/switchboard-iot/switchboard/internal/cli"
-	"github.com/switchboard-iot/switchboard/internal/loadgen"
-	"github.com/switchboard-iot/switchboard/internal/pgtest"
-	"github.com/switchboard-iot/switchboard/internal/testsys"
 )
 
 func TestMain(m *testing.M) {
@@ -28,7 +28,7 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
-	os.Exit(pgtest.Main(m))
+	os.Exit(dbtest.Main(m))
 }
 
 // loadgenRun runs "switchboard loadgen -json args..." against a fresh node

@@ -13,12 +13,12 @@ import (
 	"github.com/oklog/run"
 
 	"github.com/switchboard-iot/switchboard/app"
+	"github.com/switchboard-iot/switchboard/app/sim/thermostat"
 	"github.com/switchboard-iot/switchboard/device"
 	"github.com/switchboard-iot/switchboard/device/protocol"
 	"github.com/switchboard-iot/switchboard/internal/actors"
 	"github.com/switchboard-iot/switchboard/internal/certs"
 	"github.com/switchboard-iot/switchboard/internal/secret"
-	"github.com/switchboard-iot/switchboard/internal/thermostat"
 )
 
 func runDevice(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.Logger) error {

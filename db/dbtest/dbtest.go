@@ -1,11 +1,11 @@
-// Package pgtest gives tests a real PostgreSQL: the cluster at
+// Package dbtest gives tests a real PostgreSQL: the cluster at
 // TEST_DATABASE_URL when it is set (scripts/test starts one for all
 // packages), or a private cluster this test binary starts and stops.
 //
 // Each test gets a database of its own, copied from a migrated template.
 // LISTEN/NOTIFY is scoped to a database, so parallel tests cannot hear each
 // other's wake-ups.
-package pgtest
+package dbtest
 
 import (
 	"context"
@@ -45,7 +45,7 @@ var (
 
 // Main runs a package's tests with a database cluster available, then fails
 // them if a goroutine outlived them; call it from TestMain:
-// os.Exit(pgtest.Main(m)).
+// os.Exit(dbtest.Main(m)).
 func Main(m *testing.M) int {
 	inMain = true
 	code := m.Run()
@@ -57,7 +57,7 @@ func Main(m *testing.M) int {
 		// certmagic keeps a rate limiter per ACME CA and account for the
 		// life of the process, by design.
 		if err := goleak.Find(goleak.IgnoreTopFunction("github.com/caddyserver/certmagic.(*RingBufferRateLimiter).permit")); err != nil {
-			fmt.Fprintln(os.Stderr, "pgtest: goroutines outlived the tests:", err)
+			fmt.Fprintln(os.Stderr, "dbtest: goroutines outlived the tests:", err)
 			code = 1
 		}
 	}
@@ -68,11 +68,11 @@ func Main(m *testing.M) int {
 func needCluster(t testing.TB) {
 	t.Helper()
 	if !inMain {
-		t.Fatal("pgtest: call pgtest.Main from TestMain")
+		t.Fatal("dbtest: call dbtest.Main from TestMain")
 	}
 	clusterOnce.Do(startCluster)
 	if clusterErr != nil {
-		t.Fatalf("pgtest: %v", clusterErr)
+		t.Fatalf("dbtest: %v", clusterErr)
 	}
 }
 
@@ -154,7 +154,7 @@ func NewDatabase(t testing.TB) string {
 	needCluster(t)
 	templateOnce.Do(makeTemplate)
 	if templateErr != nil {
-		t.Fatalf("pgtest: template database: %v", templateErr)
+		t.Fatalf("dbtest: template database: %v", templateErr)
 	}
 	return newDatabase(t, " TEMPLATE "+templateName)
 }
@@ -173,11 +173,11 @@ func newDatabase(t testing.TB, options string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := adminExec(ctx, "CREATE DATABASE "+name+options); err != nil {
-		t.Fatalf("pgtest: create database: %v", err)
+		t.Fatalf("dbtest: create database: %v", err)
 	}
 	t.Cleanup(func() {
 		if err := adminExec(context.Background(), "DROP DATABASE "+name+" WITH (FORCE)"); err != nil {
-			t.Errorf("pgtest: drop database: %v", err)
+			t.Errorf("dbtest: drop database: %v", err)
 		}
 	})
 	return withDatabase(name)

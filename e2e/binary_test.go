@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // The built binary, as separate processes: migrate, provisioning, two
 // connection nodes, two edges and two simulator processes, configured
@@ -20,8 +20,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/switchboard-iot/switchboard/internal/pgtest"
-	"github.com/switchboard-iot/switchboard/internal/testsys"
+	"github.com/switchboard-iot/switchboard/app/testsys"
+	"github.com/switchboard-iot/switchboard/db/dbtest"
 )
 
 // servingAt waits for a process that listens on port 0 to log where it
@@ -75,7 +75,7 @@ var (
 			return "", err
 		}
 		bin := filepath.Join(binDir, "switchboard")
-		if out, err := exec.Command("go", "build", "-race", "-o", bin, ".").CombinedOutput(); err != nil {
+		if out, err := exec.Command("go", "build", "-race", "-o", bin, "..").CombinedOutput(); err != nil {
 			return "", fmt.Errorf("go build: %v\n%s", err, out)
 		}
 		return bin, nil
@@ -145,7 +145,7 @@ func TestBinary(t *testing.T) {
 	}
 	t.Parallel()
 	bin := binary(t)
-	dbEnv := []string{"DATABASE_URL=" + pgtest.NewEmptyDatabase(t)}
+	dbEnv := []string{"DATABASE_URL=" + dbtest.NewEmptyDatabase(t)}
 	dir := t.TempDir()
 
 	output(t, bin, dbEnv, "", "migrate")
@@ -202,7 +202,7 @@ func TestBinary(t *testing.T) {
 			"device", "-credentials", n.creds, "-ca", n.cert, "-telemetry", "0"))
 	}
 
-	pool := pgtest.Pool(t, strings.TrimPrefix(dbEnv[0], "DATABASE_URL="))
+	pool := dbtest.Pool(t, strings.TrimPrefix(dbEnv[0], "DATABASE_URL="))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	testsys.Eventually(t, "all six simulated devices in presence_live", func() bool {

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // "switchboard devices": rotate, disable, enable, delete, and the refusal
 // of bad ids and weak imported secrets, against a real node.
@@ -14,9 +14,9 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/switchboard-iot/switchboard/app/testsys"
 	"github.com/switchboard-iot/switchboard/device"
 	"github.com/switchboard-iot/switchboard/device/protocol"
-	"github.com/switchboard-iot/switchboard/internal/testsys"
 )
 
 // dial connects as a device and returns the HTTP status of the handshake

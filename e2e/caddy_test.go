@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // Self-hosting: the repository's Caddyfile in front of two real edges, run
 // by a real Caddy, streams Server-Sent Events to clients as the edges write
@@ -18,8 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchboard-iot/switchboard/app/testsys"
 	"github.com/switchboard-iot/switchboard/device"
-	"github.com/switchboard-iot/switchboard/internal/testsys"
 )
 
 // caddyBinary is the Caddy to run: $CADDY_BIN, else caddy on PATH.
@@ -42,7 +42,7 @@ func caddyBinary(t *testing.T) string {
 // port or file of anyone else's.
 func testCaddyfile(t *testing.T, site string, upstreams []string) string {
 	t.Helper()
-	repo, err := os.ReadFile("Caddyfile")
+	repo, err := os.ReadFile("../Caddyfile")
 	if err != nil {
 		t.Fatal(err)
 	}

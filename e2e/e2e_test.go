@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // End-to-end tests: the whole system on one real PostgreSQL, every hop over
 // real sockets (HTTP to the edges, TLS WebSockets to the nodes), the two
@@ -22,13 +22,13 @@ import (
 	"github.com/coder/websocket"
 	"github.com/coder/websocket/wsjson"
 
+	"github.com/switchboard-iot/switchboard/app/testsys"
+	"github.com/switchboard-iot/switchboard/db/dbtest"
 	"github.com/switchboard-iot/switchboard/device"
-	"github.com/switchboard-iot/switchboard/internal/pgtest"
-	"github.com/switchboard-iot/switchboard/internal/testsys"
 )
 
 func TestMain(m *testing.M) {
-	code := pgtest.Main(m)
+	code := dbtest.Main(m)
 	if binDir != "" {
 		os.RemoveAll(binDir)
 	}

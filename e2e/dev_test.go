@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bufio"
@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/switchboard-iot/switchboard/internal/cli"
-	"github.com/switchboard-iot/switchboard/internal/pgtest"
+	"github.com/switchboard-iot/switchboard/app/cli"
+	"github.com/switchboard-iot/switchboard/db/dbtest"
 )
 
 // TestDev runs "switchboard dev" (what scripts/dev runs) through the same
@@ -122,7 +122,7 @@ func TestDev(t *testing.T) {
 // printed with a secret that does not work.
 func TestImportRejectsDuplicateIDs(t *testing.T) {
 	t.Parallel()
-	env := map[string]string{"DATABASE_URL": pgtest.NewDatabase(t)}
+	env := map[string]string{"DATABASE_URL": dbtest.NewDatabase(t)}
 	var stdout, stderr strings.Builder
 	err := cli.Run(context.Background(), []string{"devices", "import"}, func(k string) string { return env[k] },
 		cli.IO{Stdin: strings.NewReader("imp-1\nimp-2\nimp-1\n"), Stdout: &stdout, Stderr: &stderr})

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // Fault tests: at-least-once delivery while things fail for real. Every
 // accepted command (a 2xx with an id) must end done, or failed/expired
@@ -26,11 +26,11 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/switchboard-iot/switchboard/app/testsys"
 	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/db/dbtest"
 	"github.com/switchboard-iot/switchboard/device"
 	"github.com/switchboard-iot/switchboard/internal/pgcluster"
-	"github.com/switchboard-iot/switchboard/internal/pgtest"
-	"github.com/switchboard-iot/switchboard/internal/testsys"
 )
 
 // outcome is a command's row as the fault tests judge it.
@@ -246,11 +246,11 @@ func TestDatabaseOutage(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = cluster.Stop() })
 	url := strings.Replace(cluster.URL, "/postgres?", "/switchboard?", 1)
-	if err := pgtest.Exec(ctx, cluster.URL, "CREATE DATABASE switchboard"); err != nil {
+	if err := dbtest.Exec(ctx, cluster.URL, "CREATE DATABASE switchboard"); err != nil {
 		t.Fatal(err)
 	}
-	pool := pgtest.Pool(t, url)
-	if err := db.Migrate(ctx, pool, pgtest.Logger()); err != nil {
+	pool := dbtest.Pool(t, url)
+	if err := db.Migrate(ctx, pool, dbtest.Logger()); err != nil {
 		t.Fatal(err)
 	}
 
@@ -358,7 +358,7 @@ func TestProcessesKilled(t *testing.T) {
 	}
 	t.Parallel()
 	bin := binary(t)
-	dbURL := pgtest.NewEmptyDatabase(t)
+	dbURL := dbtest.NewEmptyDatabase(t)
 	dbEnv := []string{"DATABASE_URL=" + dbURL}
 	dir := t.TempDir()
 	output(t, bin, dbEnv, "", "migrate")
@@ -394,7 +394,7 @@ func TestProcessesKilled(t *testing.T) {
 	// The load balancer prefers node A while it is alive.
 	lb := testsys.StartProxy(t, nodes[0].addr, nodes[1].addr)
 
-	pool := pgtest.Pool(t, dbURL)
+	pool := dbtest.Pool(t, dbURL)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	release := make(chan struct{})
@@ -405,7 +405,7 @@ func TestProcessesKilled(t *testing.T) {
 		id, devSecret, _ := strings.Cut(line, ",")
 		d := device.New(device.Config{
 			URL: "wss://" + lb.Addr + "/v1/connect", ID: id, Secret: devSecret,
-			TLS: &tls.Config{RootCAs: roots}, Log: pgtest.Logger(),
+			TLS: &tls.Config{RootCAs: roots}, Log: dbtest.Logger(),
 			MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
 		})
 		d.Handle("work", func(ctx context.Context, _ json.RawMessage) (any, error) {

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"context"
@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchboard-iot/switchboard/app/testsys"
 	"github.com/switchboard-iot/switchboard/edge"
-	"github.com/switchboard-iot/switchboard/internal/testsys"
 )
 
 // BenchmarkRoundTrip measures a command's full round trip: HTTP POST with

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bytes"
@@ -10,15 +10,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchboard-iot/switchboard/app/testsys"
 	"github.com/switchboard-iot/switchboard/internal/pgcluster"
-	"github.com/switchboard-iot/switchboard/internal/testsys"
 )
 
 // readmeBlock returns the first fenced block of the given language after
 // the README heading.
 func readmeBlock(t *testing.T, heading, lang string) string {
 	t.Helper()
-	b, err := os.ReadFile("README.md")
+	b, err := os.ReadFile("../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}

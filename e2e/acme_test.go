@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // ACME end to end, with no internet: Pebble (Let's Encrypt's test CA) runs
 // beside the test; two connection nodes sharing the database obtain one
@@ -19,10 +19,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchboard-iot/switchboard/app/testsys"
+	"github.com/switchboard-iot/switchboard/db/dbtest"
 	"github.com/switchboard-iot/switchboard/device"
 	"github.com/switchboard-iot/switchboard/internal/certs"
-	"github.com/switchboard-iot/switchboard/internal/pgtest"
-	"github.com/switchboard-iot/switchboard/internal/testsys"
 )
 
 // acmeSetup is an edge, two nodes and Pebble, with the challenge type the
@@ -117,7 +117,7 @@ func TestACMEHTTP01ThroughTheEdge(t *testing.T) {
 	defer cancel()
 	d := device.New(device.Config{
 		URL: "wss://localhost:" + portOf(s.addrs[0]) + "/v1/connect", ID: "acme-dev", Secret: devSecret,
-		TLS: &tls.Config{RootCAs: s.roots}, Log: pgtest.Logger(), MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
+		TLS: &tls.Config{RootCAs: s.roots}, Log: dbtest.Logger(), MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
 	})
 	for name, h := range whoami("acme-dev") {
 		d.Handle(name, h)

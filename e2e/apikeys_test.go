@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // "switchboard apikeys" (add with scopes and expiry, list, revoke) through
 // cli.Run, as main calls it, against real edges; the helpers serve
@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/switchboard-iot/switchboard/internal/cli"
-	"github.com/switchboard-iot/switchboard/internal/testsys"
+	"github.com/switchboard-iot/switchboard/app/cli"
+	"github.com/switchboard-iot/switchboard/app/testsys"
 )
 
 // switchboard runs the command line on the database at url.

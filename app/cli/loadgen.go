@@ -20,11 +20,11 @@ import (
 	"golang.org/x/term"
 
 	"github.com/switchboard-iot/switchboard/app"
+	"github.com/switchboard-iot/switchboard/app/sim/loadgen"
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/device/protocol"
 	"github.com/switchboard-iot/switchboard/internal/actors"
 	"github.com/switchboard-iot/switchboard/internal/certs"
-	"github.com/switchboard-iot/switchboard/internal/loadgen"
 	"github.com/switchboard-iot/switchboard/internal/secret"
 )
 

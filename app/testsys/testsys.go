@@ -21,12 +21,12 @@ import (
 	"github.com/switchboard-iot/switchboard/app"
 	conntier "github.com/switchboard-iot/switchboard/conn-tier"
 	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/db/dbtest"
 	"github.com/switchboard-iot/switchboard/device"
 	"github.com/switchboard-iot/switchboard/device/protocol"
 	"github.com/switchboard-iot/switchboard/edge"
 	"github.com/switchboard-iot/switchboard/internal/actors"
 	"github.com/switchboard-iot/switchboard/internal/certs"
-	"github.com/switchboard-iot/switchboard/internal/pgtest"
 	"github.com/switchboard-iot/switchboard/internal/secret"
 )
 
@@ -43,14 +43,14 @@ type System struct {
 // New gives t a fresh, migrated database.
 func New(t testing.TB) *System {
 	t.Helper()
-	return Attach(t, pgtest.NewDatabase(t))
+	return Attach(t, dbtest.NewDatabase(t))
 }
 
 // Attach builds a system on the migrated database at url: one on a cluster
 // the test started itself, to stop it.
 func Attach(t testing.TB, url string) *System {
 	t.Helper()
-	pool := pgtest.Pool(t, url)
+	pool := dbtest.Pool(t, url)
 	return &System{DBURL: url, Pool: pool, Store: db.NewStore(pool)}
 }
 
@@ -83,7 +83,7 @@ func (s *System) open(t testing.TB) *app.Process {
 	if s.PoolOption != nil {
 		options = append(options, s.PoolOption)
 	}
-	p, err := app.Open(context.Background(), s.DBURL, pgtest.Logger(), options...)
+	p, err := app.Open(context.Background(), s.DBURL, dbtest.Logger(), options...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,7 +289,7 @@ func StartDevice(t testing.TB, node *Node, id, devSecret string, handlers map[st
 	t.Helper()
 	d := &Device{connected: make(chan struct{}, 1), done: make(chan struct{})}
 	d.Client = device.New(device.Config{
-		URL: node.URL, ID: id, Secret: devSecret, TLS: node.TLS(), Log: pgtest.Logger(),
+		URL: node.URL, ID: id, Secret: devSecret, TLS: node.TLS(), Log: dbtest.Logger(),
 		MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
 		OnConnect: func() {
 			select {

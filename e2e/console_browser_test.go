@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // The web console in a real browser: headless Chromium (scripts/test
 // installs it and sets CHROMIUM_BIN) drives the edge's console as an
@@ -19,12 +19,12 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/switchboard-iot/switchboard/app/testsys"
 	"github.com/switchboard-iot/switchboard/console"
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/device"
-	"github.com/switchboard-iot/switchboard/internal/browsertest"
 	"github.com/switchboard-iot/switchboard/internal/secret"
-	"github.com/switchboard-iot/switchboard/internal/testsys"
+	"github.com/switchboard-iot/switchboard/internal/testkit/browsertest"
 )
 
 var jobPath = regexp.MustCompile(`^/jobs/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
