@@ -4,7 +4,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"strconv"
 	"sync"
 	"time"
 
@@ -65,14 +64,12 @@ func (n *Node) leave() {
 func (n *Node) refuse(w http.ResponseWriter, refusal string) {
 	n.metrics.refused.WithLabelValues(refusal).Inc()
 	if refusal == "draining" {
-		w.Header().Set("Retry-After", "1")
-		problem.Write(w, http.StatusServiceUnavailable, "node-draining", "Node is draining", "connect to another node")
+		problem.NodeDraining.WriteRetryAfter(w, "connect to another node", time.Second)
 		return
 	}
-	wait := fullRetryMin + rand.N(fullRetryMax-fullRetryMin+time.Second)
-	w.Header().Set("Retry-After", strconv.Itoa(int(wait/time.Second)))
-	problem.Write(w, http.StatusServiceUnavailable, "node-full", "Node is full",
-		"this node holds as many devices as it may; connect to another node or retry later")
+	wait := fullRetryMin + rand.N(fullRetryMax-fullRetryMin+time.Second).Truncate(time.Second)
+	problem.NodeFull.WriteRetryAfter(w,
+		"this node holds as many devices as it may; connect to another node or retry later", wait)
 }
 
 // handshakeGate is the node's listener: it accepts a connection only while

@@ -65,7 +65,7 @@ func (n *Node) guardAuth(w http.ResponseWriter, r *http.Request, deviceID, devSe
 	switch v, retryAfter := n.guard.Admit(clientaddr.Peer(r), unknownDevice(deviceID), wrongSecret(deviceID, devSecret)); v {
 	case authguard.Throttle:
 		n.metrics.connects.WithLabelValues("throttled").Inc()
-		problem.TooMany(w, "too-many-auth-failures", "Too many failed authentications",
+		problem.TooManyAuthFailures.WriteRetryAfter(w,
 			"this address presented too many wrong credentials; try again later", retryAfter)
 		return false
 	case authguard.Refuse:

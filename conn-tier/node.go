@@ -281,7 +281,7 @@ func New(cfg Config) (*Node, error) {
 func (n *Node) Handler() http.Handler {
 	r := chi.NewRouter()
 	r.NotFound(func(w http.ResponseWriter, _ *http.Request) {
-		problem.Write(w, http.StatusNotFound, "not-found", "Not found", "devices connect to "+protocol.Path)
+		problem.NotFound.Write(w, "devices connect to "+protocol.Path)
 	})
 	r.Get(protocol.Path, n.handleConnect)
 	n.opsRoutes(r)
@@ -307,13 +307,13 @@ func (n *Node) opsRoutes(r chi.Router) {
 func (n *Node) handleReady(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case n.draining.Load():
-		problem.NotReady(w, "draining")
+		problem.NotReady.Write(w, "draining")
 	case !n.leased.Load():
-		problem.NotReady(w, "no lease")
+		problem.NotReady.Write(w, "no lease")
 	case n.cfg.CertReady != nil && !n.cfg.CertReady():
-		problem.NotReady(w, "no certificate yet")
+		problem.NotReady.Write(w, "no certificate yet")
 	case n.store.Pool().Ping(r.Context()) != nil:
-		problem.NotReady(w, "database unreachable")
+		problem.NotReady.Write(w, "database unreachable")
 	default:
 		_, _ = w.Write([]byte("ok\n"))
 	}

@@ -166,17 +166,16 @@ func (n *Node) handleConnect(w http.ResponseWriter, r *http.Request) {
 	case err != nil:
 		n.log.Error("checking device credentials", "device", deviceID, "err", err)
 		n.metrics.connects.WithLabelValues("error").Inc()
-		w.Header().Set("Retry-After", "5")
-		problem.Write(w, http.StatusServiceUnavailable, "unavailable", "Cannot check credentials now", "")
+		problem.Unavailable.WriteRetryAfter(w, "cannot check credentials now", 5*time.Second)
 		return
 	}
 	if !websocket.IsWebSocketUpgrade(r) {
-		problem.Write(w, http.StatusBadRequest, "websocket-required", "WebSocket upgrade required",
+		problem.WebSocketRequired.Write(w,
 			"connect with a WebSocket client, offering the subprotocol "+protocol.Subprotocol)
 		return
 	}
 	if offered := websocket.Subprotocols(r); len(offered) > 0 && !slices.Contains(offered, protocol.Subprotocol) {
-		problem.Write(w, http.StatusBadRequest, "unsupported-subprotocol", "Unsupported subprotocol",
+		problem.UnsupportedSubprotocol.Write(w,
 			"this node speaks "+protocol.Subprotocol)
 		return
 	}
@@ -208,7 +207,7 @@ func (n *Node) handleConnect(w http.ResponseWriter, r *http.Request) {
 
 func unauthorized(w http.ResponseWriter, detail string) {
 	w.Header().Set("WWW-Authenticate", `Basic realm="switchboard devices"`)
-	problem.Write(w, http.StatusUnauthorized, "unauthorized", "Unauthorized", detail)
+	problem.Unauthorized.Write(w, detail)
 }
 
 // serve runs the session until the device goes away or is closed.

@@ -107,7 +107,7 @@ func (e *Edge) authenticateSession(w http.ResponseWriter, r *http.Request, token
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		got := r.Header.Get("X-CSRF-Token")
 		if got == "" || subtle.ConstantTimeCompare([]byte(got), []byte(csrf)) != 1 {
-			problem.Write(w, http.StatusForbidden, "csrf-token-invalid", "CSRF token invalid",
+			problem.CSRFTokenInvalid.Write(w,
 				"a request authenticated by the console's session cookie must carry the session's token in X-CSRF-Token")
 			return
 		}
@@ -130,7 +130,7 @@ func requireScope(scope db.Scope) func(http.Handler) http.Handler {
 			key := apiKey(r)
 			if !key.Has(scope) {
 				w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="switchboard", error="insufficient_scope", scope=%q`, scope))
-				problem.Write(w, http.StatusForbidden, "insufficient-scope", "Insufficient scope",
+				problem.InsufficientScope.Write(w,
 					fmt.Sprintf("this request needs an API key with the scope %q; this key has %s", scope, db.FormatScopes(key.Scopes)))
 				return
 			}
@@ -149,15 +149,14 @@ func apiKey(r *http.Request) db.APIKey {
 
 func unauthorized(w http.ResponseWriter, detail string) {
 	w.Header().Set("WWW-Authenticate", `Bearer realm="switchboard"`)
-	problem.Write(w, http.StatusUnauthorized, "unauthorized", "Unauthorized", detail)
+	problem.Unauthorized.Write(w, detail)
 }
 
 // unavailable answers 503 for a failure of ours (the database, mostly) and
 // logs the cause, which the client does not see.
 func (e *Edge) unavailable(w http.ResponseWriter, doing string, err error) {
 	e.log.Error(doing, "err", err)
-	w.Header().Set("Retry-After", "1")
-	problem.Write(w, http.StatusServiceUnavailable, "unavailable", "Service unavailable", "try again shortly")
+	problem.Unavailable.WriteRetryAfter(w, "try again shortly", time.Second)
 }
 
 func randomHex(n int) string {

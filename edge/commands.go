@@ -102,19 +102,19 @@ func (e *Edge) handleSendCommand(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := req.validate(); err != nil {
-		badRequest(w, "invalid-command", err.Error())
+		problem.InvalidCommand.Write(w, err.Error())
 		return
 	}
 	stream := acceptsEventStream(r)
 	wait, ok := parseWait(r.URL.Query().Get("wait"), e.cfg.MaxWait)
 	if !ok {
-		badRequest(w, "invalid-wait", `wait: want a duration such as "10s"`)
+		problem.InvalidWait.Write(w, `wait: want a duration such as "10s"`)
 		return
 	}
 
 	idemKey := r.Header.Get("Idempotency-Key")
 	if !validIdempotencyKey(idemKey) {
-		badRequest(w, "invalid-idempotency-key", fmt.Sprintf("Idempotency-Key: want at most %d printable ASCII characters", maxIdempotencyKey))
+		problem.InvalidIdempotencyKey.Write(w, fmt.Sprintf("Idempotency-Key: want at most %d printable ASCII characters", maxIdempotencyKey))
 		return
 	}
 
@@ -145,14 +145,14 @@ func (e *Edge) handleSendCommand(w http.ResponseWriter, r *http.Request) {
 	}
 	switch {
 	case errors.Is(err, db.ErrNotFound):
-		problem.Write(w, http.StatusNotFound, "device-not-found", "Device not found", "no device has the id "+strconv.Quote(deviceID))
+		problem.DeviceNotFound.Write(w, "no device has the id "+strconv.Quote(deviceID))
 		return
 	case errors.Is(err, db.ErrKeyReused):
-		problem.Write(w, http.StatusUnprocessableEntity, "idempotency-key-reused", "Idempotency key reused",
+		problem.IdempotencyKeyReused.Write(w,
 			"this Idempotency-Key was sent with another request in the last 24 hours; use a new key for a new command")
 		return
 	case errors.Is(err, db.ErrInvalid):
-		badRequest(w, "invalid-command", "the database cannot store this command")
+		problem.InvalidCommand.Write(w, "the database cannot store this command")
 		return
 	case err != nil:
 		e.unavailable(w, "storing a command", err)
@@ -236,7 +236,7 @@ func (e *Edge) waitForOutcome(w http.ResponseWriter, r *http.Request, wt *waiter
 }
 
 func (e *Edge) handleGetCommand(w http.ResponseWriter, r *http.Request) {
-	id, ok := uuidParam(w, r, "invalid-command-id", "command ids are UUIDs")
+	id, ok := uuidParam(w, r, problem.InvalidCommandID, "command ids are UUIDs")
 	if !ok {
 		return
 	}
@@ -254,13 +254,13 @@ func (e *Edge) handleGetCommand(w http.ResponseWriter, r *http.Request) {
 // handleCommandEvents streams a command's events, resuming after the
 // Last-Event-ID a client sends when it reconnects (to this edge or another).
 func (e *Edge) handleCommandEvents(w http.ResponseWriter, r *http.Request) {
-	id, ok := uuidParam(w, r, "invalid-command-id", "command ids are UUIDs")
+	id, ok := uuidParam(w, r, problem.InvalidCommandID, "command ids are UUIDs")
 	if !ok {
 		return
 	}
 	lastSeq, ok := parseLastEventID(r.Header.Get("Last-Event-ID"))
 	if !ok {
-		badRequest(w, "invalid-last-event-id", "Last-Event-ID: want the id of an event this stream sent")
+		problem.InvalidLastEventID.Write(w, "Last-Event-ID: want the id of an event this stream sent")
 		return
 	}
 	wt := e.replies.wait(id)
@@ -297,7 +297,7 @@ func parseLastEventID(v string) (int, bool) {
 }
 
 func commandNotFound(w http.ResponseWriter, id uuid.UUID) {
-	problem.Write(w, http.StatusNotFound, "command-not-found", "Command not found", "no command has the id "+id.String())
+	problem.CommandNotFound.Write(w, "no command has the id "+id.String())
 }
 
 func acceptsEventStream(r *http.Request) bool {

@@ -27,32 +27,32 @@ func (e *Edge) handleAddDevice(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !db.ValidDeviceID(req.ID) {
-		badRequest(w, "invalid-device-id", "id: want "+db.DeviceIDFormat)
+		problem.InvalidDeviceID.Write(w, "id: want "+db.DeviceIDFormat)
 		return
 	}
 	labels := make(map[string]string, len(req.Labels))
 	for k, v := range req.Labels {
 		if v == nil {
-			badRequest(w, "invalid-labels", fmt.Sprintf("label %q: want a string (null deletes a label in a PATCH)", k))
+			problem.InvalidLabels.Write(w, fmt.Sprintf("label %q: want a string (null deletes a label in a PATCH)", k))
 			return
 		}
 		labels[k] = *v
 	}
 	if err := checkLabels(labels, len(labels)); err != nil {
-		badRequest(w, "invalid-labels", err.Error())
+		problem.InvalidLabels.Write(w, err.Error())
 		return
 	}
 	devSecret := secret.New("")
 	existing, err := e.store.AddDevices(r.Context(), []db.Credential{{ID: req.ID, SecretHash: secret.Hash(devSecret), Labels: labels}})
 	switch {
 	case errors.Is(err, db.ErrInvalid):
-		badRequest(w, "invalid-device-id", "id: want "+db.DeviceIDFormat)
+		problem.InvalidDeviceID.Write(w, "id: want "+db.DeviceIDFormat)
 		return
 	case err != nil:
 		e.unavailable(w, "adding a device", err)
 		return
 	case len(existing) > 0:
-		problem.Write(w, http.StatusConflict, "device-exists", "Device exists", "a device has the id "+strconv.Quote(req.ID))
+		problem.DeviceExists.Write(w, "a device has the id "+strconv.Quote(req.ID))
 		return
 	}
 	w.Header().Set("Location", "/v1/devices/"+req.ID)
@@ -94,7 +94,7 @@ func (e *Edge) deviceFound(w http.ResponseWriter, r *http.Request, id string) bo
 }
 
 func deviceNotFound(w http.ResponseWriter, id string) {
-	problem.Write(w, http.StatusNotFound, "device-not-found", "Device not found", "no device has the id "+strconv.Quote(id))
+	problem.DeviceNotFound.Write(w, "no device has the id "+strconv.Quote(id))
 }
 
 // patchTypes are the media types PATCH /v1/devices/{id} reads: a JSON
@@ -110,7 +110,7 @@ func (e *Edge) handlePatchDevice(w http.ResponseWriter, r *http.Request) {
 	// (application/json-patch+json) read as a merge patch would do harm.
 	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); !slices.Contains(patchTypes, mt) {
 		w.Header().Set("Accept-Patch", "application/merge-patch+json")
-		problem.Write(w, http.StatusUnsupportedMediaType, "unsupported-media-type", "Unsupported media type",
+		problem.UnsupportedMediaType.Write(w,
 			fmt.Sprintf("Content-Type %q: send a JSON merge patch as application/merge-patch+json", r.Header.Get("Content-Type")))
 		return
 	}
@@ -134,13 +134,13 @@ func (e *Edge) handlePatchDevice(w http.ResponseWriter, r *http.Request) {
 	default:
 		var patch map[string]*string
 		if err := json.Unmarshal(req.Labels, &patch); err != nil {
-			badRequest(w, "invalid-labels", `labels: want an object of strings, and null for a label to delete: {"room":"kitchen","old":null}`)
+			problem.InvalidLabels.Write(w, `labels: want an object of strings, and null for a label to delete: {"room":"kitchen","old":null}`)
 			return
 		}
 		for k, v := range patch {
 			if v == nil {
 				if !db.ValidLabelKey(k) {
-					badRequest(w, "invalid-labels", fmt.Sprintf("label %q: %s", k, labelKeyFormat))
+					problem.InvalidLabels.Write(w, fmt.Sprintf("label %q: %s", k, labelKeyFormat))
 					return
 				}
 				remove = append(remove, k)
@@ -149,14 +149,14 @@ func (e *Edge) handlePatchDevice(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		if err := checkLabels(set, len(set)); err != nil {
-			badRequest(w, "invalid-labels", err.Error())
+			problem.InvalidLabels.Write(w, err.Error())
 			return
 		}
 	}
 	d, err := e.store.PatchLabels(r.Context(), id, clear, set, remove)
 	switch {
 	case errors.Is(err, db.ErrTooManyLabels):
-		badRequest(w, "invalid-labels", fmt.Sprintf("the patch would leave more than %d labels", db.MaxLabels))
+		problem.InvalidLabels.Write(w, fmt.Sprintf("the patch would leave more than %d labels", db.MaxLabels))
 	case errors.Is(err, db.ErrNotFound):
 		deviceNotFound(w, id)
 	case err != nil:
@@ -195,12 +195,12 @@ func (e *Edge) handleDeviceSessions(w http.ResponseWriter, r *http.Request) {
 	limit := 20
 	for k, v := range r.URL.Query() {
 		if k != "limit" || len(v) != 1 {
-			badRequest(w, "invalid-query", "this route takes one parameter, limit (1-100)")
+			problem.InvalidQuery.Write(w, "this route takes one parameter, limit (1-100)")
 			return
 		}
 		n, err := strconv.Atoi(v[0])
 		if err != nil || n < 1 || n > 100 {
-			badRequest(w, "invalid-query", "limit: want a number from 1 to 100")
+			problem.InvalidQuery.Write(w, "limit: want a number from 1 to 100")
 			return
 		}
 		limit = n

@@ -15,6 +15,7 @@ import (
 
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/device/protocol"
+	"github.com/switchboard-iot/switchboard/internal/problem"
 )
 
 // Device events (telemetry, alerts) read back: a live stream that resumes
@@ -62,14 +63,14 @@ func parseEventQuery(w http.ResponseWriter, r *http.Request, allowed ...string) 
 	values := r.URL.Query()
 	for k := range values {
 		if !slices.Contains(allowed, k) {
-			badRequest(w, "invalid-query", fmt.Sprintf("unknown query parameter %q: this route takes %s", k, strings.Join(allowed, ", ")))
+			problem.InvalidQuery.Write(w, fmt.Sprintf("unknown query parameter %q: this route takes %s", k, strings.Join(allowed, ", ")))
 			return q, false
 		}
 	}
 	for _, n := range values["name"] {
 		for n := range strings.SplitSeq(n, ",") {
 			if !protocol.ValidName(n) {
-				badRequest(w, "invalid-query", fmt.Sprintf("name %q: event names are 1-128 letters, digits and \"_.:/-\"", n))
+				problem.InvalidQuery.Write(w, fmt.Sprintf("name %q: event names are 1-128 letters, digits and \"_.:/-\"", n))
 				return q, false
 			}
 			q.names = append(q.names, n)
@@ -78,13 +79,13 @@ func parseEventQuery(w http.ResponseWriter, r *http.Request, allowed ...string) 
 	if sel := strings.Join(values["label"], ","); sel != "" {
 		var err error
 		if q.labels, err = db.ParseLabelSelector(sel); err != nil {
-			badRequest(w, "invalid-label-selector", err.Error())
+			problem.InvalidLabelSelector.Write(w, err.Error())
 			return q, false
 		}
 	}
 	if region := values.Get("region"); region != "" {
 		if !validRegion(region) {
-			badRequest(w, "invalid-query", "region: want 1-64 letters, digits and \"_.-\"")
+			problem.InvalidQuery.Write(w, "region: want 1-64 letters, digits and \"_.-\"")
 			return q, false
 		}
 		q.region = region
@@ -92,7 +93,7 @@ func parseEventQuery(w http.ResponseWriter, r *http.Request, allowed ...string) 
 	if v := values.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > maxEventPage {
-			badRequest(w, "invalid-query", fmt.Sprintf("limit: want a number from 1 to %d", maxEventPage))
+			problem.InvalidQuery.Write(w, fmt.Sprintf("limit: want a number from 1 to %d", maxEventPage))
 			return q, false
 		}
 		q.limit = n
@@ -100,7 +101,7 @@ func parseEventQuery(w http.ResponseWriter, r *http.Request, allowed ...string) 
 	if v := values.Get("cursor"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n <= 0 {
-			badRequest(w, "invalid-cursor", "cursor: pass the \"next\" of the previous page as it was")
+			problem.InvalidCursor.Write(w, "cursor: pass the \"next\" of the previous page as it was")
 			return q, false
 		}
 		q.cursor = n
@@ -111,7 +112,7 @@ func parseEventQuery(w http.ResponseWriter, r *http.Request, allowed ...string) 
 	if after != "" {
 		n, err := strconv.ParseInt(after, 10, 64)
 		if err != nil || n < 0 {
-			badRequest(w, "invalid-last-event-id", "Last-Event-ID (or ?after=): want the id of an event this stream sent")
+			problem.InvalidLastEventID.Write(w, "Last-Event-ID (or ?after=): want the id of an event this stream sent")
 			return q, false
 		}
 		q.after = n
@@ -151,7 +152,7 @@ func (e *Edge) handleDeviceEvents(w http.ResponseWriter, r *http.Request) {
 		owner, err := e.store.EventDevice(r.Context(), q.after)
 		switch {
 		case err == nil && owner != id:
-			badRequest(w, "invalid-last-event-id", fmt.Sprintf("event %d is not one of device %q's", q.after, id))
+			problem.InvalidLastEventID.Write(w, fmt.Sprintf("event %d is not one of device %q's", q.after, id))
 			return
 		case errors.Is(err, db.ErrNotFound):
 			if !e.resumable(w, r, q.after) {
@@ -228,7 +229,7 @@ func (e *Edge) resumable(w http.ResponseWriter, r *http.Request, after int64) bo
 		e.unavailable(w, "reading events", err)
 		return false
 	case after > newest:
-		badRequest(w, "invalid-last-event-id", fmt.Sprintf("no event has the id %d", after))
+		problem.InvalidLastEventID.Write(w, fmt.Sprintf("no event has the id %d", after))
 		return false
 	}
 	return true

@@ -16,7 +16,7 @@ func (e *Edge) GuardAuth(w http.ResponseWriter, r *http.Request, keyHash string)
 	switch v, retryAfter := e.guard.Admit(clientaddr.FromRequest(r, e.cfg.TrustedProxies), "apikey:"+keyHash); v {
 	case authguard.Throttle:
 		e.metrics.limited.WithLabelValues("auth_failures").Inc()
-		problem.TooMany(w, "too-many-auth-failures", "Too many failed authentications",
+		problem.TooManyAuthFailures.WriteRetryAfter(w,
 			"this address presented too many unknown API keys; try again later", retryAfter)
 		return false
 	case authguard.Refuse:

@@ -45,13 +45,13 @@ func decodeJSONLimit(w http.ResponseWriter, r *http.Request, v any, limit int64)
 		return true
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		w.Header().Set("Connection", "close")
-		problem.Write(w, http.StatusRequestTimeout, "request-timeout", "Request timeout", "the request body did not arrive in time")
+		problem.RequestTimeout.Write(w, "the request body did not arrive in time")
 	case errors.As(err, &tooBig):
-		problem.Write(w, http.StatusRequestEntityTooLarge, "request-too-large", "Request too large", fmt.Sprintf("this body is limited to %d KiB", limit>>10))
+		problem.RequestTooLarge.Write(w, fmt.Sprintf("this body is limited to %d KiB", limit>>10))
 	case errors.Is(err, io.EOF):
-		badRequest(w, "invalid-json", "the request body is empty")
+		problem.InvalidJSON.Write(w, "the request body is empty")
 	default:
-		badRequest(w, "invalid-json", err.Error())
+		problem.InvalidJSON.Write(w, err.Error())
 	}
 	return false
 }
@@ -62,16 +62,12 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-func badRequest(w http.ResponseWriter, slug, detail string) {
-	problem.Write(w, http.StatusBadRequest, slug, "Bad request", detail)
-}
-
 // uuidParam reads the route's {id} as a UUID (a command's, a job's), or
-// answers 400 with slug and detail.
-func uuidParam(w http.ResponseWriter, r *http.Request, slug, detail string) (uuid.UUID, bool) {
+// answers the problem invalid with detail.
+func uuidParam(w http.ResponseWriter, r *http.Request, invalid problem.Type, detail string) (uuid.UUID, bool) {
 	id, err := uuid.Parse(chi.URLParam(r, "id"))
 	if err != nil {
-		badRequest(w, slug, detail)
+		invalid.Write(w, detail)
 		return uuid.Nil, false
 	}
 	return id, true

@@ -45,43 +45,17 @@ type jobRequest struct {
 	AbortFailedPercent json.RawMessage `json:"abort_failed_percent"`
 }
 
-// badJob is a refused job request: what kind of wrong, which chooses the
-// problem type (see write), and what is wrong.
+// badJob is a refused job request: the problem type, which says what kind
+// of wrong, and what is wrong.
 type badJob struct {
-	kind   badJobKind
+	kind   problem.Type
 	detail string
 }
 
-type badJobKind int
-
-const (
-	badJobCommand badJobKind = iota // invalid-command
-	badJobRate                      // invalid-rate
-	badJobAbort                     // invalid-abort-failed-percent
-	badJobTarget                    // invalid-target
-	badJobDevices                   // unknown-devices
-)
-
 func (b *badJob) Error() string { return b.detail }
 
-// write answers the refusal. Each problem type is a literal, so that
-// TestOpenAPI can check that it is registered and documented.
-func (b *badJob) write(w http.ResponseWriter) {
-	switch b.kind {
-	case badJobCommand:
-		badRequest(w, "invalid-command", b.detail)
-	case badJobRate:
-		badRequest(w, "invalid-rate", b.detail)
-	case badJobAbort:
-		badRequest(w, "invalid-abort-failed-percent", b.detail)
-	case badJobTarget:
-		badRequest(w, "invalid-target", b.detail)
-	case badJobDevices:
-		badRequest(w, "unknown-devices", b.detail)
-	default:
-		panic(fmt.Sprintf("badJob of unknown kind %d", b.kind))
-	}
-}
+// write answers the refusal.
+func (b *badJob) write(w http.ResponseWriter) { b.kind.Write(w, b.detail) }
 
 // number reads an optional JSON number; absent or null is def.
 func number(raw json.RawMessage, def float64) (float64, bool) {
@@ -101,18 +75,18 @@ func number(raw json.RawMessage, def float64) (float64, bool) {
 // that reading the job back stays small).
 func (req *jobRequest) validate() (filter db.DeviceFilter, stored json.RawMessage, rate, abort float64, err error) {
 	if err := req.commandRequest.validate(); err != nil {
-		return filter, nil, 0, 0, &badJob{badJobCommand, err.Error()}
+		return filter, nil, 0, 0, &badJob{problem.InvalidCommand, err.Error()}
 	}
 	rate, ok := number(req.Rate, DefaultJobRate)
 	if !ok || rate <= 0 || rate > MaxJobRate {
-		return filter, nil, 0, 0, &badJob{badJobRate, fmt.Sprintf("rate: want a number of devices a second, above 0 and at most %d (default %g)", MaxJobRate, DefaultJobRate)}
+		return filter, nil, 0, 0, &badJob{problem.InvalidRate, fmt.Sprintf("rate: want a number of devices a second, above 0 and at most %d (default %g)", MaxJobRate, DefaultJobRate)}
 	}
 	abort, ok = number(req.AbortFailedPercent, 100)
 	if !ok || abort < 0 || abort > 100 {
-		return filter, nil, 0, 0, &badJob{badJobAbort, "abort_failed_percent: want a number from 0 to 100 (default 100: never abort)"}
+		return filter, nil, 0, 0, &badJob{problem.InvalidAbortFailedPercent, "abort_failed_percent: want a number from 0 to 100 (default 100: never abort)"}
 	}
 	t := req.Target
-	bad := func(detail string) error { return &badJob{badJobTarget, detail} }
+	bad := func(detail string) error { return &badJob{problem.InvalidTarget, detail} }
 	if t == nil {
 		return filter, nil, 0, 0, bad(`target: want one of {"all":true}, {"label":"k=v"}, {"region":"R"} or {"devices":[ids]}`)
 	}
@@ -159,7 +133,7 @@ func (req *jobRequest) validate() (filter db.DeviceFilter, stored json.RawMessag
 		}
 		for _, id := range ids {
 			if !db.ValidDeviceID(id) {
-				return filter, nil, 0, 0, &badJob{badJobDevices, "no device has the id " + strconv.Quote(id)}
+				return filter, nil, 0, 0, &badJob{problem.UnknownDevices, "no device has the id " + strconv.Quote(id)}
 			}
 		}
 		slices.Sort(ids)
@@ -196,16 +170,16 @@ func (e *Edge) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 		for i, id := range unknown.IDs {
 			quoted[i] = strconv.Quote(id)
 		}
-		badRequest(w, "unknown-devices", "no devices have the ids "+strings.Join(quoted, ", ")+" (at most 10 are named)")
+		problem.UnknownDevices.Write(w, "no devices have the ids "+strings.Join(quoted, ", ")+" (at most 10 are named)")
 		return
 	case errors.Is(err, db.ErrNoTargets):
-		badRequest(w, "no-targets", "the target matches no device")
+		problem.NoTargets.Write(w, "the target matches no device")
 		return
 	case errors.Is(err, db.ErrTooManyTargets):
-		badRequest(w, "too-many-targets", fmt.Sprintf("the target matches more than %d devices; split the job", MaxJobTargets))
+		problem.TooManyTargets.Write(w, fmt.Sprintf("the target matches more than %d devices; split the job", MaxJobTargets))
 		return
 	case errors.Is(err, db.ErrInvalid):
-		badRequest(w, "invalid-command", "the database cannot store this job")
+		problem.InvalidCommand.Write(w, "the database cannot store this job")
 		return
 	case err != nil:
 		e.unavailable(w, "storing a job", err)
@@ -218,13 +192,13 @@ func (e *Edge) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 }
 
 func jobNotFound(w http.ResponseWriter, id uuid.UUID) {
-	problem.Write(w, http.StatusNotFound, "job-not-found", "Job not found", "no job has the id "+id.String())
+	problem.JobNotFound.Write(w, "no job has the id "+id.String())
 }
 
 // handleGetJob answers with the job and its counts, or streams it
 // (Accept: text/event-stream).
 func (e *Edge) handleGetJob(w http.ResponseWriter, r *http.Request) {
-	id, ok := uuidParam(w, r, "invalid-job-id", "job ids are UUIDs")
+	id, ok := uuidParam(w, r, problem.InvalidJobID, "job ids are UUIDs")
 	if !ok {
 		return
 	}
@@ -232,7 +206,7 @@ func (e *Edge) handleGetJob(w http.ResponseWriter, r *http.Request) {
 	stream := acceptsEventStream(r)
 	if stream {
 		if lastSeq, ok = parseLastEventID(r.Header.Get("Last-Event-ID")); !ok {
-			badRequest(w, "invalid-last-event-id", "Last-Event-ID: want the id of an event this stream sent")
+			problem.InvalidLastEventID.Write(w, "Last-Event-ID: want the id of an event this stream sent")
 			return
 		}
 	}
@@ -308,7 +282,7 @@ func (e *Edge) streamJob(w http.ResponseWriter, r *http.Request, j db.Job, seq i
 // handleCancelJob cancels a running job: its undelivered commands expire
 // and no more are created. A finished job is answered as it is.
 func (e *Edge) handleCancelJob(w http.ResponseWriter, r *http.Request) {
-	id, ok := uuidParam(w, r, "invalid-job-id", "job ids are UUIDs")
+	id, ok := uuidParam(w, r, problem.InvalidJobID, "job ids are UUIDs")
 	if !ok {
 		return
 	}
@@ -345,24 +319,24 @@ func (e *Edge) handleListJobs(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	for name, vals := range q {
 		if !slices.Contains(jobListParams, name) {
-			badRequest(w, "invalid-query", fmt.Sprintf("unknown query parameter %q: want %s", name, strings.Join(jobListParams, ", ")))
+			problem.InvalidQuery.Write(w, fmt.Sprintf("unknown query parameter %q: want %s", name, strings.Join(jobListParams, ", ")))
 			return
 		}
 		if len(vals) > 1 {
-			badRequest(w, "invalid-query", fmt.Sprintf("query parameter %q given %d times: give it once", name, len(vals)))
+			problem.InvalidQuery.Write(w, fmt.Sprintf("query parameter %q given %d times: give it once", name, len(vals)))
 			return
 		}
 	}
 	status := db.JobStatus(q.Get("status"))
 	if status != "" && status != db.JobRunning && !status.Final() {
-		badRequest(w, "invalid-query", fmt.Sprintf("status=%q: want running, done, cancelled or aborted", string(status)))
+		problem.InvalidQuery.Write(w, fmt.Sprintf("status=%q: want running, done, cancelled or aborted", string(status)))
 		return
 	}
 	limit := 20
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > 100 {
-			badRequest(w, "invalid-query", fmt.Sprintf("limit=%q: want a whole number from 1 to 100", v))
+			problem.InvalidQuery.Write(w, fmt.Sprintf("limit=%q: want a whole number from 1 to 100", v))
 			return
 		}
 		limit = n
@@ -371,7 +345,7 @@ func (e *Edge) handleListJobs(w http.ResponseWriter, r *http.Request) {
 	if v := q.Get("cursor"); v != "" {
 		id, err := uuid.Parse(v)
 		if err != nil || id == uuid.Nil {
-			badRequest(w, "invalid-cursor", "cursor: want the next of an earlier page")
+			problem.InvalidCursor.Write(w, "cursor: want the next of an earlier page")
 			return
 		}
 		before = id

@@ -71,7 +71,7 @@ func (e *Edge) limitKeys(next http.Handler) http.Handler {
 			setRateLimitFields(w.Header(), t, s)
 			if !s.OK {
 				e.metrics.limited.WithLabelValues("key_rate").Inc()
-				problem.TooMany(w, "rate-limited", "Rate limited", fmt.Sprintf(
+				problem.RateLimited.WriteRetryAfter(w, fmt.Sprintf(
 					"this API key may make %g requests a second, %d at once; see the RateLimit fields", e.cfg.KeyRate, t.Burst()), s.RetryAfter)
 				return
 			}
@@ -79,7 +79,7 @@ func (e *Edge) limitKeys(next http.Handler) http.Handler {
 		if acceptsEventStream(r) {
 			if !e.limits.openStream(key) {
 				e.metrics.limited.WithLabelValues("key_streams").Inc()
-				problem.TooMany(w, "too-many-streams", "Too many streams", fmt.Sprintf(
+				problem.TooManyStreams.WriteRetryAfter(w, fmt.Sprintf(
 					"this API key has %d event streams open, its limit; close one or wait for one to end", e.cfg.KeyStreams), streamRetryAfter)
 				return
 			}

@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/internal/problem"
 )
 
 // defaultPage is a listing's page size when ?limit= is not given.
@@ -62,11 +63,11 @@ var listParams = []string{"online", "node", "region", "label", "q", "limit", "cu
 func parseListQuery(w http.ResponseWriter, q url.Values) (f db.DeviceFilter, limit int, after string, ok bool) {
 	for name, vals := range q {
 		if !slices.Contains(listParams, name) {
-			badRequest(w, "invalid-query", fmt.Sprintf("unknown query parameter %q: want %s", name, strings.Join(listParams, ", ")))
+			problem.InvalidQuery.Write(w, fmt.Sprintf("unknown query parameter %q: want %s", name, strings.Join(listParams, ", ")))
 			return f, 0, "", false
 		}
 		if len(vals) > 1 && name != "label" {
-			badRequest(w, "invalid-query", fmt.Sprintf("query parameter %q given %d times: give it once (only label repeats)", name, len(vals)))
+			problem.InvalidQuery.Write(w, fmt.Sprintf("query parameter %q given %d times: give it once (only label repeats)", name, len(vals)))
 			return f, 0, "", false
 		}
 	}
@@ -77,22 +78,22 @@ func parseListQuery(w http.ResponseWriter, q url.Values) (f db.DeviceFilter, lim
 	case v == "true" || v == "false":
 		f.Online = new(v == "true")
 	default:
-		badRequest(w, "invalid-query", fmt.Sprintf("online=%q: want true or false", v))
+		problem.InvalidQuery.Write(w, fmt.Sprintf("online=%q: want true or false", v))
 		return f, 0, "", false
 	}
 	f.Node, f.Region = q.Get("node"), q.Get("region")
 	if len(f.Node) > maxFilterValue || len(f.Region) > maxFilterValue {
-		badRequest(w, "invalid-query", fmt.Sprintf("node and region: want at most %d bytes", maxFilterValue))
+		problem.InvalidQuery.Write(w, fmt.Sprintf("node and region: want at most %d bytes", maxFilterValue))
 		return f, 0, "", false
 	}
 	if f.IDContains = q.Get("q"); f.IDContains != "" && !db.ValidDeviceIDPart(f.IDContains) {
-		badRequest(w, "invalid-query", "q: want part of a device id: at most 128 letters, digits and \"._-\"")
+		problem.InvalidQuery.Write(w, "q: want part of a device id: at most 128 letters, digits and \"._-\"")
 		return f, 0, "", false
 	}
 	if labels := q["label"]; len(labels) > 0 {
 		sel, err := db.ParseLabelSelector(strings.Join(labels, ","))
 		if err != nil {
-			badRequest(w, "invalid-label-selector", err.Error())
+			problem.InvalidLabelSelector.Write(w, err.Error())
 			return f, 0, "", false
 		}
 		f.Labels = sel
@@ -101,7 +102,7 @@ func parseListQuery(w http.ResponseWriter, q url.Values) (f db.DeviceFilter, lim
 	if v := q.Get("limit"); q.Has("limit") {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > db.MaxPage {
-			badRequest(w, "invalid-query", fmt.Sprintf("limit=%q: want a whole number from 1 to %d", v, db.MaxPage))
+			problem.InvalidQuery.Write(w, fmt.Sprintf("limit=%q: want a whole number from 1 to %d", v, db.MaxPage))
 			return f, 0, "", false
 		}
 		limit = n
@@ -109,7 +110,7 @@ func parseListQuery(w http.ResponseWriter, q url.Values) (f db.DeviceFilter, lim
 	if c := q.Get("cursor"); c != "" {
 		var err error
 		if after, err = decodeCursor(c, filterDigest(f)); err != nil {
-			badRequest(w, "invalid-cursor", "cursor: "+err.Error()+"; start again without one")
+			problem.InvalidCursor.Write(w, "cursor: "+err.Error()+"; start again without one")
 			return f, 0, "", false
 		}
 	}

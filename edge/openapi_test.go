@@ -4,13 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"go/ast"
-	"go/parser"
-	"go/token"
-	"io/fs"
 	"maps"
 	"net/http"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -58,9 +53,9 @@ func readOpenAPI(t *testing.T) (openAPIDoc, any) {
 
 // TestOpenAPI keeps edge/openapi.json true: valid OpenAPI 3.1, every
 // route of the router documented and every documented route served, with
-// the scope it needs, and every problem type the code can send listed.
-// When it fails after adding a route or a problem type, describe it in
-// edge/openapi.json (and a problem type in problem.Types).
+// the scope it needs, and every problem type of problem.All listed with
+// its status. When it fails after adding a route or a problem type,
+// describe it in edge/openapi.json.
 func TestOpenAPI(t *testing.T) {
 	t.Parallel()
 	doc, raw := readOpenAPI(t)
@@ -211,22 +206,43 @@ func TestOpenAPI(t *testing.T) {
 	})
 
 	t.Run("problem types", func(t *testing.T) {
-		registered := map[string]bool{}
-		for slug := range problem.Types {
-			registered[problem.Base+slug] = true
-		}
-		for _, uri := range slices.Sorted(maps.Keys(registered)) {
-			if _, ok := doc.ProblemTypes[uri]; !ok {
-				t.Errorf("problem type %s is in problem.Types but not in edge/openapi.json's x-problem-types", uri)
+		// x-problem-types lists problem.All, no more and no less, each
+		// as "<when it is sent> (<status>[, <headers>])".
+		listed := regexp.MustCompile(`^(.+) \((\d{3})((?:, [A-Za-z-]+)*)\)$`)
+		declared := map[string]problem.Type{} // by slug
+		for _, pt := range problem.All() {
+			declared[pt.Slug()] = pt
+			d, ok := doc.ProblemTypes[pt.URI()]
+			if !ok {
+				t.Errorf("problem type %s is in problem.All but not in edge/openapi.json's x-problem-types", pt.URI())
+				continue
+			}
+			m := listed.FindStringSubmatch(d)
+			if m == nil || m[1] != pt.About() || m[2] != strconv.Itoa(pt.Status()) {
+				t.Errorf("x-problem-types[%s] is %q, want %q followed by (%d…)", pt.URI(), d, pt.About(), pt.Status())
 			}
 		}
 		for _, uri := range slices.Sorted(maps.Keys(doc.ProblemTypes)) {
-			if !registered[uri] {
-				t.Errorf("edge/openapi.json's x-problem-types lists %s, which is not in problem.Types", uri)
+			if _, ok := declared[strings.TrimPrefix(uri, problem.Base)]; !ok || !strings.HasPrefix(uri, problem.Base) {
+				t.Errorf("edge/openapi.json's x-problem-types lists %s, which is not in problem.All", uri)
 			}
 		}
 		// Responses name their types ("Types: `invalid-query`, …"): each
-		// is registered.
+		// is declared, and sent with the status of the response (or of
+		// every operation's response that refers to it).
+		statuses := map[string][]string{} // of responses, by pointer
+		walkJSON(raw, "#", func(at string, v map[string]any) {
+			before, status, ok := strings.Cut(at, "/responses/")
+			if !ok || !strings.HasPrefix(before, "#/paths/") || !regexp.MustCompile(`^\d{3}$`).MatchString(status) {
+				return
+			}
+			if ref, ok := v["$ref"].(string); ok {
+				at = ref
+			}
+			if !slices.Contains(statuses[at], status) {
+				statuses[at] = append(statuses[at], status)
+			}
+		})
 		mention := regexp.MustCompile("`([a-z-]+)`")
 		walkJSON(raw, "#", func(at string, v map[string]any) {
 			d, _ := v["description"].(string)
@@ -235,99 +251,19 @@ func TestOpenAPI(t *testing.T) {
 				return
 			}
 			for _, m := range mention.FindAllStringSubmatch(list, -1) {
-				if _, ok := problem.Types[m[1]]; !ok {
-					t.Errorf("%s names the problem type %q, which is not in problem.Types", at, m[1])
-				}
-			}
-		})
-		// No code sends a type missing from problem.Types.
-		for _, use := range problemSlugsInSources(t, "..", "edge", "internal", "conn-tier", "app") {
-			if use.slug == "" {
-				t.Errorf("%s: the problem type is not a string literal: pass one, so that this test can check it is in problem.Types", use.at)
-			} else if _, ok := problem.Types[use.slug]; !ok {
-				t.Errorf("%s sends the problem type %q, which is not in problem.Types: add it there and to edge/openapi.json's x-problem-types", use.at, use.slug)
-			}
-		}
-	})
-}
-
-type slugUse struct{ at, slug string }
-
-// wrappers are the functions whose calls problemSlugsInSources checks:
-// inside them, the slug is their caller's.
-var wrappers = map[string]bool{"Write": true, "TooMany": true, "badRequest": true, "uuidParam": true}
-
-// problemSlugsInSources finds, in the non-test Go files under dirs (of
-// root), the slugs passed to problem.Write, problem.TooMany and the edge's
-// badRequest and uuidParam: the argument after the ResponseWriter (and the
-// status, for Write; the request, for uuidParam). A slug that is not a
-// string literal is returned empty.
-func problemSlugsInSources(t *testing.T, root string, dirs ...string) []slugUse {
-	t.Helper()
-	var uses []slugUse
-	fset := token.NewFileSet()
-	for _, dir := range dirs {
-		err := filepath.WalkDir(filepath.Join(root, dir), func(path string, d fs.DirEntry, err error) error {
-			if err != nil {
-				return err
-			}
-			if d.IsDir() && d.Name() == "testdata" {
-				return filepath.SkipDir
-			}
-			if d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
-				return nil
-			}
-			f, err := parser.ParseFile(fset, path, nil, parser.SkipObjectResolution)
-			if err != nil {
-				return err
-			}
-			inProblem := f.Name.Name == "problem"
-			var enclosing string // the function declared around the node
-			ast.Inspect(f, func(n ast.Node) bool {
-				if fd, ok := n.(*ast.FuncDecl); ok {
-					enclosing = fd.Name.Name
-				}
-				call, ok := n.(*ast.CallExpr)
+				pt, ok := declared[m[1]]
 				if !ok {
-					return true
+					t.Errorf("%s names the problem type %q, which is not in problem.All", at, m[1])
+					continue
 				}
-				var name string
-				switch fn := call.Fun.(type) {
-				case *ast.SelectorExpr:
-					if x, ok := fn.X.(*ast.Ident); ok && x.Name == "problem" {
-						name = fn.Sel.Name
-					}
-				case *ast.Ident:
-					if inProblem || fn.Name == "badRequest" || fn.Name == "uuidParam" {
-						name = fn.Name
+				for _, status := range statuses[at] {
+					if status != strconv.Itoa(pt.Status()) {
+						t.Errorf("%s, a %s response, names the problem type %q, which is sent with %d", at, status, m[1], pt.Status())
 					}
 				}
-				arg := map[string]int{"Write": 2, "TooMany": 1, "badRequest": 1, "uuidParam": 2}[name]
-				if !wrappers[name] {
-					return true
-				}
-				if arg == 0 || len(call.Args) <= arg {
-					return true
-				}
-				use := slugUse{at: fset.Position(call.Pos()).String()}
-				if lit, ok := call.Args[arg].(*ast.BasicLit); ok && lit.Kind == token.STRING {
-					use.slug, _ = strconv.Unquote(lit.Value)
-				} else if id, ok := call.Args[arg].(*ast.Ident); ok && id.Name == "slug" && wrappers[enclosing] {
-					return true // a checked wrapper passes its caller's slug on
-				}
-				uses = append(uses, use)
-				return true
-			})
-			return nil
+			}
 		})
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	if len(uses) < 20 {
-		t.Fatalf("found %d problem types in the sources: the scan is broken", len(uses))
-	}
-	return uses
+	})
 }
 
 // walkJSON calls fn on every object in v, with its JSON pointer.

@@ -17,7 +17,7 @@ func (e *Edge) Handler() http.Handler {
 	r := chi.NewRouter()
 	r.Use(e.recoverer, e.metrics.instrument, e.deadlines, redirectPlainHTTP)
 	r.NotFound(func(w http.ResponseWriter, _ *http.Request) {
-		problem.Write(w, http.StatusNotFound, "not-found", "Not found", "no such endpoint")
+		problem.NotFound.Write(w, "no such endpoint")
 	})
 	r.MethodNotAllowed(func(w http.ResponseWriter, req *http.Request) {
 		// chi keeps the allowed methods to itself once this handler is
@@ -29,14 +29,14 @@ func (e *Edge) Handler() http.Handler {
 			}
 		}
 		w.Header().Set("Allow", strings.Join(allowed, ", "))
-		problem.Write(w, http.StatusMethodNotAllowed, "method-not-allowed", "Method not allowed", "this resource allows "+strings.Join(allowed, ", "))
+		problem.MethodNotAllowed.Write(w, "this resource allows "+strings.Join(allowed, ", "))
 	})
 
 	// The connection nodes' ACME HTTP-01 challenges, on port 80 (Fly
 	// routes it to the edges), answered from the shared storage.
 	r.Get(acmeChallengePath+"*", func(w http.ResponseWriter, req *http.Request) {
 		if e.cfg.HTTPChallenge == nil || !e.cfg.HTTPChallenge(w, req) {
-			problem.Write(w, http.StatusNotFound, "not-found", "Not found", "no ACME challenge is pending for this token")
+			problem.NotFound.Write(w, "no ACME challenge is pending for this token")
 		}
 	})
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
@@ -88,7 +88,7 @@ func (e *Edge) recoverer(next http.Handler) http.Handler {
 					panic(v)
 				}
 				e.log.Error("handler panicked", "panic", v, "method", r.Method, "path", r.URL.Path, "stack", string(debug.Stack()))
-				problem.Write(w, http.StatusInternalServerError, "internal", "Internal error", "")
+				problem.Internal.Write(w, "")
 			}
 		}()
 		next.ServeHTTP(w, r)
@@ -98,12 +98,12 @@ func (e *Edge) recoverer(next http.Handler) http.Handler {
 func (e *Edge) handleReady(w http.ResponseWriter, r *http.Request) {
 	select {
 	case <-e.closing:
-		problem.NotReady(w, "draining")
+		problem.NotReady.Write(w, "draining")
 		return
 	default:
 	}
 	if err := e.store.Pool().Ping(r.Context()); err != nil {
-		problem.NotReady(w, "database unreachable")
+		problem.NotReady.Write(w, "database unreachable")
 		return
 	}
 	_, _ = w.Write([]byte("ok\n"))

@@ -1,12 +1,14 @@
 // Package problem writes RFC 9457 problem details, the one error format of
-// both tiers' HTTP responses. Each kind of problem has a stable type URI that
-// clients may switch on; titles and details are for people.
+// both tiers' HTTP responses. Each kind of problem is a Type declared in
+// types.go, with a stable type URI that clients may switch on and the
+// status it is sent with; titles and details are for people.
 package problem
 
 import (
 	"encoding/json"
 	"math"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 )
@@ -22,25 +24,56 @@ type Problem struct {
 	Detail string `json:"detail,omitempty"`
 }
 
-// Write sends a problem with the given HTTP status; slug names its type.
-func Write(w http.ResponseWriter, status int, slug, title, detail string) {
-	checkType(slug)
+// Type is one kind of problem: its slug (the type URI is Base + slug), the
+// HTTP status and title it is always sent with, and when it is sent. Its
+// fields are unexported so that every Type comes from types.go, and so is
+// in All.
+type Type struct {
+	slug   string
+	status int
+	title  string
+	about  string
+}
+
+// all is every Type, in the order types.go declares them.
+var all []Type
+
+// newType declares a Type and adds it to all.
+func newType(slug string, status int, title, about string) Type {
+	t := Type{slug: slug, status: status, title: title, about: about}
+	all = append(all, t)
+	return t
+}
+
+// All returns every problem type the two tiers send: the list the OpenAPI
+// description's x-problem-types must match (edge's TestOpenAPI).
+func All() []Type { return slices.Clone(all) }
+
+// Slug names the type; URI is its type URI (Base + slug).
+func (t Type) Slug() string { return t.slug }
+func (t Type) URI() string  { return Base + t.slug }
+
+// Status and Title are what every response of the type carries.
+func (t Type) Status() int   { return t.status }
+func (t Type) Title() string { return t.title }
+
+// About says when the type is sent, as the OpenAPI description says it
+// (without the status and headers that follow there).
+func (t Type) About() string { return t.about }
+
+// Write sends the problem, with its status, and detail for people.
+func (t Type) Write(w http.ResponseWriter, detail string) {
 	w.Header().Set("Content-Type", "application/problem+json")
 	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(Problem{Type: Base + slug, Title: title, Status: status, Detail: detail})
+	w.WriteHeader(t.status)
+	_ = json.NewEncoder(w).Encode(Problem{Type: t.URI(), Title: t.title, Status: t.status, Detail: detail})
 }
 
-// NotReady answers a readiness probe that fails (503), saying why.
-func NotReady(w http.ResponseWriter, why string) {
-	Write(w, http.StatusServiceUnavailable, "not-ready", "Not ready", why)
-}
-
-// TooMany answers 429 with a Retry-After of retryAfter in whole seconds (at
-// least 1).
-func TooMany(w http.ResponseWriter, slug, title, detail string, retryAfter time.Duration) {
-	w.Header().Set("Retry-After", strconv.Itoa(Seconds(retryAfter)))
-	Write(w, http.StatusTooManyRequests, slug, title, detail)
+// WriteRetryAfter is Write with a Retry-After of after in whole seconds
+// (rounded up, at least 1).
+func (t Type) WriteRetryAfter(w http.ResponseWriter, detail string, after time.Duration) {
+	w.Header().Set("Retry-After", strconv.Itoa(Seconds(after)))
+	t.Write(w, detail)
 }
 
 // Seconds rounds d up to whole seconds, at least 1: what Retry-After and
