@@ -17,7 +17,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"regexp"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -142,9 +141,6 @@ var writeBuffers sync.Pool
 // sends a few short ones.
 const maxHeaderBytes = 16 << 10
 
-// ValidNodeID says whether id can name a node (and its LISTEN channel).
-var ValidNodeID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$`).MatchString
-
 func (c *Config) setDefaults() {
 	def := func(v *time.Duration, d time.Duration) {
 		if *v == 0 {
@@ -225,7 +221,7 @@ type Node struct {
 // New makes a node; Run starts it.
 func New(cfg Config) (*Node, error) {
 	cfg.setDefaults()
-	if !ValidNodeID(cfg.Node.ID) {
+	if !db.ValidChannelID(cfg.Node.ID) {
 		return nil, fmt.Errorf("node id %q: want 1-48 letters, digits, '.', '_' or '-'", cfg.Node.ID)
 	}
 	log := cfg.Log.With("node", cfg.Node.ID)

@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"regexp"
 	"sync"
 	"time"
 
@@ -120,13 +119,9 @@ type Edge struct {
 	closeOnce sync.Once
 }
 
-// ValidID says whether id can name an edge (and its LISTEN channel, which
-// PostgreSQL limits to 63 bytes).
-var ValidID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$`).MatchString
-
 // New makes an edge; Run starts it.
 func New(cfg Config) (*Edge, error) {
-	if !ValidID(cfg.ID) {
+	if !db.ValidChannelID(cfg.ID) {
 		return nil, fmt.Errorf("edge id %q: want 1-48 letters, digits, '.', '_' or '-'", cfg.ID)
 	}
 	def := func(v *time.Duration, d time.Duration) {
