@@ -269,7 +269,7 @@ func (e *Edge) sweep(ctx context.Context) error {
 			}
 			e.metrics.swept.Add(float64(len(swept.Changes)))
 			for _, ch := range swept.Changes {
-				if ch.Command != nil && ch.Command.Status.Terminal() {
+				if ch.Command != nil && ch.Command.Status.Final() {
 					e.metrics.final.WithLabelValues(string(ch.Command.Status)).Inc()
 				}
 			}
