@@ -248,7 +248,7 @@ func New(cfg Config) (*Node, error) {
 		n.cfg.MaxHandshakes = DefaultMaxHandshakes
 	}
 	if n.cfg.MaxSessions <= 0 {
-		n.cfg.MaxSessions = defaultMaxSessions(int(n.store.Pool().Config().MaxConns), n.cfg.MaxHandshakes)
+		n.cfg.MaxSessions = defaultMaxSessions(n.store.MaxConns(), n.cfg.MaxHandshakes)
 	}
 	n.hub.sessions = make(map[string]*session)
 	n.deliverer = newDeliverer(n)
@@ -308,7 +308,7 @@ func (n *Node) handleReady(w http.ResponseWriter, r *http.Request) {
 		problem.NotReady(w, "no lease")
 	case n.cfg.CertReady != nil && !n.cfg.CertReady():
 		problem.NotReady(w, "no certificate yet")
-	case n.store.Pool().Ping(r.Context()) != nil:
+	case n.store.Ping(r.Context()) != nil:
 		problem.NotReady(w, "database unreachable")
 	default:
 		_, _ = w.Write([]byte("ok\n"))

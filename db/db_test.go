@@ -59,6 +59,32 @@ func TestMigrateIsIdempotent(t *testing.T) {
 	}
 }
 
+// What the tiers ask of the pool, without holding it: a ping, its size, and
+// whether an error is PostgreSQL's answer (its code) or no answer at all.
+func TestPingMaxConnsErrorCode(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store, pool := setup(t)
+	if err := store.Ping(ctx); err != nil {
+		t.Fatalf("Ping: %v", err)
+	}
+	if got, want := store.MaxConns(), int(pool.Config().MaxConns); got != want {
+		t.Errorf("MaxConns = %d, want %d", got, want)
+	}
+	_, err := pool.Exec(ctx, `SELECT 1/0`)
+	if code := db.ErrorCode(err); code != "22012" { // division_by_zero
+		t.Errorf("ErrorCode(%v) = %q, want 22012", err, code)
+	}
+	if !db.IsRefused(err) {
+		t.Errorf("IsRefused(%v) = false", err)
+	}
+	for _, err := range []error{nil, context.DeadlineExceeded, errors.New("dial tcp: connection refused")} {
+		if code := db.ErrorCode(err); code != "" {
+			t.Errorf("ErrorCode(%v) = %q, want none", err, code)
+		}
+	}
+}
+
 func TestAddDevicesReportsExisting(t *testing.T) {
 	t.Parallel()
 	store, _ := setup(t, "dev-1")
