@@ -251,6 +251,7 @@ func New(cfg Config) (*Node, error) {
 		n.cfg.MaxSessions = defaultMaxSessions(n.store.MaxConns(), n.cfg.MaxHandshakes)
 	}
 	n.hub.sessions = make(map[string]*session)
+	n.revocations = newRevocations()
 	n.deliverer = newDeliverer(n)
 	// Queue limits bound memory while the database is slow or away: past
 	// them, devices' replies wait (their reads stop) and events are shed.
