@@ -13,7 +13,6 @@ package console
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/subtle"
 	"embed"
 	"encoding/hex"
@@ -265,12 +264,6 @@ func prettyJSON(raw json.RawMessage) string {
 	}
 	out, _ := json.MarshalIndent(v, "", "  ")
 	return string(out)
-}
-
-func randomToken() string {
-	b := make([]byte, 32) // 256 bits
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
 }
 
 // checkCSRF compares a form's csrf field with the session's.

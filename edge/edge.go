@@ -22,6 +22,7 @@ import (
 	"github.com/switchboard-iot/switchboard/internal/authguard"
 	"github.com/switchboard-iot/switchboard/internal/batch"
 	"github.com/switchboard-iot/switchboard/internal/clientaddr"
+	"github.com/switchboard-iot/switchboard/internal/secret"
 )
 
 // Config is what an edge needs. Zero values take the defaults noted.
@@ -298,5 +299,5 @@ func NewID(machineID string) string {
 	if machineID == "" {
 		machineID = "edge"
 	}
-	return fmt.Sprintf("%.32s-%s", machineID, randomHex(4))
+	return fmt.Sprintf("%.32s-%s", machineID, secret.RandomHex(4))
 }
