@@ -378,7 +378,7 @@ func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
 	for i := range changes {
 		// Counted once, here: only the statement that moved a command to
 		// a final status returns it.
-		if c := changes[i].Command; c != nil && c.Status.Terminal() {
+		if c := changes[i].Command; c != nil && c.Status.Final() {
 			n.metrics.final.WithLabelValues(string(c.Status)).Inc()
 		}
 		_ = n.notices.Push(db.Notice{Change: &changes[i]})

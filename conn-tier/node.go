@@ -17,7 +17,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"regexp"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -142,9 +141,6 @@ var writeBuffers sync.Pool
 // sends a few short ones.
 const maxHeaderBytes = 16 << 10
 
-// ValidNodeID says whether id can name a node (and its LISTEN channel).
-var ValidNodeID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$`).MatchString
-
 func (c *Config) setDefaults() {
 	def := func(v *time.Duration, d time.Duration) {
 		if *v == 0 {
@@ -225,7 +221,7 @@ type Node struct {
 // New makes a node; Run starts it.
 func New(cfg Config) (*Node, error) {
 	cfg.setDefaults()
-	if !ValidNodeID(cfg.Node.ID) {
+	if !db.ValidChannelID(cfg.Node.ID) {
 		return nil, fmt.Errorf("node id %q: want 1-48 letters, digits, '.', '_' or '-'", cfg.Node.ID)
 	}
 	log := cfg.Log.With("node", cfg.Node.ID)
@@ -252,9 +248,10 @@ func New(cfg Config) (*Node, error) {
 		n.cfg.MaxHandshakes = DefaultMaxHandshakes
 	}
 	if n.cfg.MaxSessions <= 0 {
-		n.cfg.MaxSessions = defaultMaxSessions(int(n.store.Pool().Config().MaxConns), n.cfg.MaxHandshakes)
+		n.cfg.MaxSessions = defaultMaxSessions(n.store.MaxConns(), n.cfg.MaxHandshakes)
 	}
 	n.hub.sessions = make(map[string]*session)
+	n.revocations = newRevocations()
 	n.deliverer = newDeliverer(n)
 	// Queue limits bound memory while the database is slow or away: past
 	// them, devices' replies wait (their reads stop) and events are shed.
@@ -312,7 +309,7 @@ func (n *Node) handleReady(w http.ResponseWriter, r *http.Request) {
 		problem.NotReady.Write(w, "no lease")
 	case n.cfg.CertReady != nil && !n.cfg.CertReady():
 		problem.NotReady.Write(w, "no certificate yet")
-	case n.store.Pool().Ping(r.Context()) != nil:
+	case n.store.Ping(r.Context()) != nil:
 		problem.NotReady.Write(w, "database unreachable")
 	default:
 		_, _ = w.Write([]byte("ok\n"))

@@ -1,10 +1,10 @@
 package conntier
 
 import (
-	"sync"
 	"time"
 
 	"github.com/switchboard-iot/switchboard/device/protocol"
+	"github.com/switchboard-iot/switchboard/internal/expiring"
 )
 
 // revocationMemory is how long a node remembers that a device was disabled
@@ -12,14 +12,17 @@ import (
 // check to its session (the check's and the upgrade's deadlines).
 const revocationMemory = time.Minute
 
+// maxRevocations bounds the memory: more devices than a fleet-wide disable
+// or delete reaches a node with in revocationMemory.
+const maxRevocations = 1 << 20
+
 // revocations remembers when this node heard that devices were disabled or
 // deleted. A connect whose credentials were read just before the change
 // passes its check; if the notice then reaches the node before the session
 // is in the hub, no session is there to close. The session finds the
 // notice here as it opens, and closes itself.
 type revocations struct {
-	mu    sync.Mutex            // guards heard
-	heard map[string]revocation // by device id
+	heard *expiring.Map[string, revocation] // by device id
 }
 
 type revocation struct {
@@ -27,27 +30,19 @@ type revocation struct {
 	reason string
 }
 
-// add records a revocation heard at now, and forgets those past memory.
-func (r *revocations) add(deviceID, reason string, now time.Time) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.heard == nil {
-		r.heard = make(map[string]revocation)
-	}
-	for id, rev := range r.heard {
-		if now.Sub(rev.at) > revocationMemory {
-			delete(r.heard, id)
-		}
-	}
-	r.heard[deviceID] = revocation{at: now, reason: reason}
+func newRevocations() revocations {
+	return revocations{heard: expiring.New[string, revocation](maxRevocations)}
+}
+
+// add records a revocation heard at now, for revocationMemory.
+func (r revocations) add(deviceID, reason string, now time.Time) {
+	r.heard.Put(deviceID, revocation{at: now, reason: reason}, now, revocationMemory)
 }
 
 // since returns why the device was revoked, if this node heard so after
 // checkedAt.
-func (r *revocations) since(deviceID string, checkedAt time.Time) (reason string, ok bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	rev, ok := r.heard[deviceID]
+func (r revocations) since(deviceID string, checkedAt time.Time) (reason string, ok bool) {
+	rev, ok := r.heard.Get(deviceID, time.Now())
 	if !ok || !rev.at.After(checkedAt) {
 		return "", false
 	}

@@ -8,7 +8,7 @@ import (
 // A session whose credentials were read before a revocation was heard is
 // closed as it opens; one read after is not.
 func TestRevocations(t *testing.T) {
-	var r revocations
+	r := newRevocations()
 	t0 := time.Now()
 	r.add("dev-1", "disabled", t0)
 	if reason, ok := r.since("dev-1", t0.Add(-time.Millisecond)); !ok || reason != "disabled" {
@@ -22,7 +22,7 @@ func TestRevocations(t *testing.T) {
 	}
 	// Old revocations are forgotten as new ones come.
 	r.add("dev-2", "deleted", t0.Add(2*revocationMemory))
-	if _, ok := r.heard["dev-1"]; ok {
+	if _, ok := r.heard.Get("dev-1", t0.Add(2*revocationMemory)); ok || r.heard.Len() != 1 {
 		t.Fatal("a revocation outlived revocationMemory")
 	}
 }

@@ -2,7 +2,6 @@ package conntier
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"log/slog"
@@ -21,6 +20,7 @@ import (
 	"github.com/switchboard-iot/switchboard/device/protocol"
 	"github.com/switchboard-iot/switchboard/internal/command"
 	"github.com/switchboard-iot/switchboard/internal/problem"
+	"github.com/switchboard-iot/switchboard/internal/secret"
 )
 
 // closeGrace is how long a closing session waits for the device to answer
@@ -113,7 +113,7 @@ const (
 // device is the newest is PostgreSQL's to say, never a node clock's.
 func newSessionID(now time.Time) uuid.UUID {
 	var id uuid.UUID
-	_, _ = rand.Read(id[:])
+	secret.Fill(id[:])
 	var ms [8]byte
 	binary.BigEndian.PutUint64(ms[:], uint64(now.UnixMilli()))
 	copy(id[:6], ms[2:])

@@ -17,7 +17,7 @@ import (
 // id (switchboard dev prints one): the path to open on the edge, which
 // works once, within LinkTTL.
 func NewSignInLink(ctx context.Context, store *db.Store, apiKeyID int64) (path string, err error) {
-	token := randomToken()
+	token := secret.RandomHex(32)
 	if err := store.CreateConsoleLink(ctx, secret.Hash(token), apiKeyID, LinkTTL); err != nil {
 		return "", err
 	}
@@ -104,8 +104,8 @@ func (c *Console) signInError(w http.ResponseWriter, status int, msg string) {
 }
 
 func (c *Console) startSession(w http.ResponseWriter, r *http.Request, k db.APIKey) {
-	token := randomToken()
-	if err := c.store.CreateConsoleSession(r.Context(), secret.Hash(token), k.ID, randomToken(), SessionTTL); err != nil {
+	token := secret.RandomHex(32)
+	if err := c.store.CreateConsoleSession(r.Context(), secret.Hash(token), k.ID, secret.RandomHex(32), SessionTTL); err != nil {
 		c.unavailable(w, r, &view{Title: "Sign in"}, err)
 		return
 	}

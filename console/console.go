@@ -13,7 +13,6 @@ package console
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/subtle"
 	"embed"
 	"encoding/hex"
@@ -28,8 +27,6 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/internal/secret"
 )
@@ -220,9 +217,8 @@ func (c *Console) lacksScope(w http.ResponseWriter, v view, what, scope string) 
 // live banner.
 func (c *Console) unavailable(w http.ResponseWriter, r *http.Request, v *view, err error) {
 	status, msg := http.StatusServiceUnavailable, "The database is unreachable: "+shortErr(err)+", retrying"
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		status, msg = http.StatusInternalServerError, "A query of this page failed (PostgreSQL error "+pgErr.Code+"); the edge's log has the details"
+	if code := db.ErrorCode(err); code != "" {
+		status, msg = http.StatusInternalServerError, "A query of this page failed (PostgreSQL error "+code+"); the edge's log has the details"
 		c.log.Error("console: a query failed", "path", r.URL.Path, "err", err)
 	} else {
 		c.log.Warn("console: the database is unreachable", "path", r.URL.Path, "err", err)
@@ -268,12 +264,6 @@ func prettyJSON(raw json.RawMessage) string {
 	}
 	out, _ := json.MarshalIndent(v, "", "  ")
 	return string(out)
-}
-
-func randomToken() string {
-	b := make([]byte, 32) // 256 bits
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
 }
 
 // checkCSRF compares a form's csrf field with the session's.

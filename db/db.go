@@ -73,15 +73,33 @@ func (s *Store) InTx(ctx context.Context, fn func(tx *Store) error) error {
 	})
 }
 
+// ErrorCode is the SQLSTATE code of the error PostgreSQL answered with
+// (the statement failed there), or "" when err is not such an answer: the
+// database was unreachable, the call timed out, or there was no error.
+func ErrorCode(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code
+	}
+	return ""
+}
+
 // IsRefused reports whether the database refused the data itself (a value
 // it cannot store, a violated constraint): sending it again cannot succeed.
 func IsRefused(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && (strings.HasPrefix(pgErr.Code, "22") || strings.HasPrefix(pgErr.Code, "23"))
+	code := ErrorCode(err)
+	return strings.HasPrefix(code, "22") || strings.HasPrefix(code, "23")
 }
 
-// Pool is the store's pool, for health checks and the notifier.
-func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+// Ping checks that the database answers, for readiness checks.
+func (s *Store) Ping(ctx context.Context) error {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	return s.pool.Ping(ctx)
+}
+
+// MaxConns is the most connections the store's pool opens.
+func (s *Store) MaxConns() int { return int(s.pool.Config().MaxConns) }
 
 // ServerPoolSize is the pool size of an edge or a connection node: enough
 // for concurrent requests and the batchers, small next to max_connections.
@@ -143,17 +161,17 @@ func harden(cfg *pgx.ConnConfig) {
 // translate maps storage errors to domain errors, in one place. The cause
 // stays wrapped too, for IsRefused.
 func translate(err error, what string) error {
-	var pgErr *pgconn.PgError
+	code := ErrorCode(err)
 	switch {
 	case err == nil:
 		return nil
 	case errors.Is(err, pgx.ErrNoRows):
 		return fmt.Errorf("%s: %w", what, ErrNotFound)
-	case errors.As(err, &pgErr) && pgErr.Code == "23505": // unique_violation
+	case code == "23505": // unique_violation
 		return fmt.Errorf("%s: %w: %w", what, ErrExists, err)
-	case errors.As(err, &pgErr) && pgErr.Code == "23503": // foreign_key_violation
+	case code == "23503": // foreign_key_violation
 		return fmt.Errorf("%s: %w: %w", what, ErrNotFound, err)
-	case errors.As(err, &pgErr) && (pgErr.Code == "23514" || strings.HasPrefix(pgErr.Code, "22")): // check_violation, data exceptions
+	case code == "23514" || strings.HasPrefix(code, "22"): // check_violation, data exceptions
 		return fmt.Errorf("%s: %w: %w", what, ErrInvalid, err)
 	}
 	return fmt.Errorf("%s: %w", what, err)

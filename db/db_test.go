@@ -59,6 +59,32 @@ func TestMigrateIsIdempotent(t *testing.T) {
 	}
 }
 
+// What the tiers ask of the pool, without holding it: a ping, its size, and
+// whether an error is PostgreSQL's answer (its code) or no answer at all.
+func TestPingMaxConnsErrorCode(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store, pool := setup(t)
+	if err := store.Ping(ctx); err != nil {
+		t.Fatalf("Ping: %v", err)
+	}
+	if got, want := store.MaxConns(), int(pool.Config().MaxConns); got != want {
+		t.Errorf("MaxConns = %d, want %d", got, want)
+	}
+	_, err := pool.Exec(ctx, `SELECT 1/0`)
+	if code := db.ErrorCode(err); code != "22012" { // division_by_zero
+		t.Errorf("ErrorCode(%v) = %q, want 22012", err, code)
+	}
+	if !db.IsRefused(err) {
+		t.Errorf("IsRefused(%v) = false", err)
+	}
+	for _, err := range []error{nil, context.DeadlineExceeded, errors.New("dial tcp: connection refused")} {
+		if code := db.ErrorCode(err); code != "" {
+			t.Errorf("ErrorCode(%v) = %q, want none", err, code)
+		}
+	}
+}
+
 func TestAddDevicesReportsExisting(t *testing.T) {
 	t.Parallel()
 	store, _ := setup(t, "dev-1")
@@ -73,16 +99,27 @@ func TestAddDevicesReportsExisting(t *testing.T) {
 	if !slices.Equal(existing, []string{"dev-1"}) {
 		t.Fatalf("existing = %v, want [dev-1]", existing)
 	}
-	creds, err := store.DeviceCredentials(ctx, "dev-1")
-	if err != nil || !creds.Accepts("secret-of-dev-1") {
-		t.Fatalf("dev-1 kept its first secret? err=%v", err)
+	if creds, ok := credentials(t, store, "dev-1"); !ok || !creds.Accepts("secret-of-dev-1") {
+		t.Fatalf("dev-1 kept its first secret? found %v", ok)
 	}
 	if _, err := store.AddDevices(ctx, []db.Credential{{ID: "bad id with spaces", SecretHash: secret.Hash("z")}}); !errors.Is(err, db.ErrInvalid) {
 		t.Fatalf("bad id: err = %v, want ErrInvalid", err)
 	}
-	if _, err := store.DeviceCredentials(ctx, "nope"); !errors.Is(err, db.ErrNotFound) {
-		t.Fatalf("unknown device: err = %v, want ErrNotFound", err)
+	if _, ok := credentials(t, store, "nope"); ok {
+		t.Fatal("unknown device: credentials found")
 	}
+}
+
+// credentials reads a device's credentials as a node does, and whether the
+// device exists.
+func credentials(t *testing.T, store *db.Store, id string) (db.DeviceCredentials, bool) {
+	t.Helper()
+	many, err := store.ManyDeviceCredentials(context.Background(), []string{id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, ok := many[id]
+	return c, ok
 }
 
 func newCommand(device string, ttl time.Duration) db.NewCommand {

@@ -101,17 +101,6 @@ func (c DeviceCredentials) Accepts(s string) bool {
 	return secret.Matches(s, c.SecretHash) || secret.Matches(s, c.PreviousHash)
 }
 
-// DeviceCredentials returns what a device's connection is checked against.
-func (s *Store) DeviceCredentials(ctx context.Context, id string) (DeviceCredentials, error) {
-	ctx, cancel := bound(ctx)
-	defer cancel()
-	var c DeviceCredentials
-	err := s.db.QueryRow(ctx, `
-		SELECT secret_hash, CASE WHEN previous_secret_until > now() THEN previous_secret_hash END, disabled_at IS NOT NULL
-		FROM devices WHERE id = $1`, id).Scan(&c.SecretHash, &c.PreviousHash, &c.Disabled)
-	return c, translate(err, "device "+id)
-}
-
 // ManyDeviceCredentials returns what the connections of these devices are
 // checked against, in one statement: a node coalesces the look-ups of a
 // reconnect storm. Unknown ids are absent from the map.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,6 +29,10 @@ import (
 //	                    {"id":…,…}             the command changed: this is it now
 //	sb_keys             "API-KEY-ID"           the key was revoked: trust no copy of it
 //	sb_events           "EVENT-ID"             events up to this id were stored: stream them
+
+// ValidChannelID says whether id can name an edge or a node, and so its
+// channel (EdgeChannel, NodeChannel): PostgreSQL limits a channel name to 63 bytes.
+var ValidChannelID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$`).MatchString
 
 // NodeChannel is the channel a connection node listens on.
 func NodeChannel(nodeID string) string { return "sb_node_" + nodeID }

@@ -97,3 +97,17 @@ func FuzzParseWakeups(f *testing.F) {
 		}
 	})
 }
+
+// An edge's or node's id names its channel: every valid one fits
+// PostgreSQL's 63 bytes, and ids that could not name a process are refused.
+func TestValidChannelID(t *testing.T) {
+	longest := strings.Repeat("x", 48)
+	if !db.ValidChannelID(longest) || len(db.NodeChannel(longest)) > 63 || len(db.EdgeChannel(longest)) > 63 {
+		t.Errorf("a 48-byte id: valid %v, channels %q %q", db.ValidChannelID(longest), db.NodeChannel(longest), db.EdgeChannel(longest))
+	}
+	for _, id := range []string{"", "has space", strings.Repeat("x", 49), "-leading", "a;b"} {
+		if db.ValidChannelID(id) {
+			t.Errorf("ValidChannelID(%q) = true", id)
+		}
+	}
+}

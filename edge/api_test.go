@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/switchboard-iot/switchboard/app/testsys"
+	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/device"
 	"github.com/switchboard-iot/switchboard/edge"
 	"github.com/switchboard-iot/switchboard/internal/command"
@@ -850,7 +851,7 @@ func TestEdgeIDIsValidated(t *testing.T) {
 			t.Errorf("edge.New accepted id %q", id)
 		}
 	}
-	if id := edge.NewID(strings.Repeat("m", 60)); !edge.ValidID(id) {
+	if id := edge.NewID(strings.Repeat("m", 60)); !db.ValidChannelID(id) {
 		t.Errorf("NewID made an invalid id %q", id)
 	}
 }

@@ -2,7 +2,6 @@ package edge
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/subtle"
 	"encoding/hex"
 	"errors"
@@ -157,10 +156,4 @@ func unauthorized(w http.ResponseWriter, detail string) {
 func (e *Edge) unavailable(w http.ResponseWriter, doing string, err error) {
 	e.log.Error(doing, "err", err)
 	problem.Unavailable.WriteRetryAfter(w, "try again shortly", time.Second)
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
 }

@@ -195,7 +195,7 @@ func (e *Edge) handleSendCommand(w http.ResponseWriter, r *http.Request) {
 	// A command this request accepted and saw to its end: time its round
 	// trip (a replayed one began with another request).
 	if created && wt != nil {
-		if last, ok := wt.get(); ok && last.Status.Terminal() {
+		if last, ok := wt.get(); ok && last.Status.Final() {
 			e.metrics.roundTrip.WithLabelValues(string(last.Status)).Observe(time.Since(arrived).Seconds())
 		}
 	}
@@ -212,13 +212,13 @@ func (e *Edge) waitForOutcome(w http.ResponseWriter, r *http.Request, wt *waiter
 	}
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
-	for !c.Status.Terminal() {
+	for !c.Status.Final() {
 		select {
 		case <-wt.changed:
 			c, _ = wt.get()
 		case <-timer.C:
 			// Look once more: a wake-up can be lost, the row cannot.
-			if fresh, err := e.store.Command(r.Context(), c.ID); err == nil && fresh.Status.Terminal() {
+			if fresh, err := e.store.Command(r.Context(), c.ID); err == nil && fresh.Status.Final() {
 				wt.set(fresh) // for the round trip's metric
 				answer(http.StatusOK, fresh)
 				return

@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"regexp"
 	"sync"
 	"time"
 
@@ -23,6 +22,7 @@ import (
 	"github.com/switchboard-iot/switchboard/internal/authguard"
 	"github.com/switchboard-iot/switchboard/internal/batch"
 	"github.com/switchboard-iot/switchboard/internal/clientaddr"
+	"github.com/switchboard-iot/switchboard/internal/secret"
 )
 
 // Config is what an edge needs. Zero values take the defaults noted.
@@ -120,13 +120,9 @@ type Edge struct {
 	closeOnce sync.Once
 }
 
-// ValidID says whether id can name an edge (and its LISTEN channel, which
-// PostgreSQL limits to 63 bytes).
-var ValidID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$`).MatchString
-
 // New makes an edge; Run starts it.
 func New(cfg Config) (*Edge, error) {
-	if !ValidID(cfg.ID) {
+	if !db.ValidChannelID(cfg.ID) {
 		return nil, fmt.Errorf("edge id %q: want 1-48 letters, digits, '.', '_' or '-'", cfg.ID)
 	}
 	def := func(v *time.Duration, d time.Duration) {
@@ -274,7 +270,7 @@ func (e *Edge) sweep(ctx context.Context) error {
 			}
 			e.metrics.swept.Add(float64(len(swept.Changes)))
 			for _, ch := range swept.Changes {
-				if ch.Command != nil && ch.Command.Status.Terminal() {
+				if ch.Command != nil && ch.Command.Status.Final() {
 					e.metrics.final.WithLabelValues(string(ch.Command.Status)).Inc()
 				}
 			}
@@ -303,5 +299,5 @@ func NewID(machineID string) string {
 	if machineID == "" {
 		machineID = "edge"
 	}
-	return fmt.Sprintf("%.32s-%s", machineID, randomHex(4))
+	return fmt.Sprintf("%.32s-%s", machineID, secret.RandomHex(4))
 }

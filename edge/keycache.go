@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/internal/expiring"
 )
 
 // keyCache holds checked API keys for a while (Config.APIKeyCache), sparing
@@ -13,25 +14,29 @@ import (
 // listener, since a revocation sent while it was away is not replayed.
 // While the listener is away, a revoked key may work until its entry lapses.
 type keyCache struct {
-	ttl time.Duration
+	ttl     time.Duration
+	entries *expiring.Map[string, cached] // by hex key hash
 
-	mu      sync.Mutex        // guards the following
-	entries map[string]cached // by hex key hash
+	mu sync.Mutex // guards gen, and orders drops against puts
 	// gen counts the drops: a lookup that began before one may have read a
 	// key that was revoked meanwhile, and must not be cached.
 	gen uint64
 }
 
+// keyCacheSize bounds the cache: more keys and console sessions than an
+// installation uses at once; past it, the oldest is looked up again.
+const keyCacheSize = 1 << 16
+
 // cached is a checked API key (or console session) and until when it is
 // trusted.
 type cached struct {
 	key   db.APIKey
-	csrf  string // a console session's
-	until time.Time
+	csrf  string    // a console session's
+	until time.Time // a console session's end: the entry is trusted no longer
 }
 
 func newKeyCache(ttl time.Duration) *keyCache {
-	return &keyCache{ttl: ttl, entries: make(map[string]cached)}
+	return &keyCache{ttl: ttl, entries: expiring.New[string, cached](keyCacheSize)}
 }
 
 // get returns the cached entry for hash, if it is still trusted at now,
@@ -39,11 +44,7 @@ func newKeyCache(ttl time.Duration) *keyCache {
 func (c *keyCache) get(hash string, now time.Time) (e cached, ok bool, gen uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e, ok = c.entries[hash]
-	if ok && !now.Before(e.until) {
-		delete(c.entries, hash)
-		ok = false
-	}
+	e, ok = c.entries.Get(hash, now)
 	return e, ok, c.gen
 }
 
@@ -59,7 +60,7 @@ func (c *keyCache) put(hash string, e cached, gen uint64, now time.Time) {
 	if until := now.Add(c.ttl); e.until.IsZero() || until.Before(e.until) {
 		e.until = until
 	}
-	c.entries[hash] = e
+	c.entries.Do(hash, now, func(cached, bool) (cached, time.Time) { return e, e.until })
 }
 
 // drop forgets every key. Revocations are rare, and each key costs one
@@ -67,7 +68,7 @@ func (c *keyCache) put(hash string, e cached, gen uint64, now time.Time) {
 func (c *keyCache) drop() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	clear(c.entries)
+	c.entries.Clear()
 	c.gen++
 }
 
@@ -75,6 +76,6 @@ func (c *keyCache) drop() {
 func (c *keyCache) forget(hash string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	delete(c.entries, hash)
+	c.entries.Delete(hash)
 	c.gen++ // a look-up under way may have read the session before it was deleted
 }

@@ -32,4 +32,23 @@ func TestKeyCacheDropBeatsSlowLookup(t *testing.T) {
 	if _, ok, _ := c.get("h", now.Add(time.Minute)); ok {
 		t.Fatal("an entry outlived its ttl")
 	}
+
+	// A console session is trusted until it ends, if that comes first.
+	_, _, gen = c.get("s", now)
+	c.put("s", cached{key: k, until: now.Add(time.Second)}, gen, now)
+	if _, ok, _ := c.get("s", now.Add(time.Second)); ok {
+		t.Fatal("a session's entry outlived the session")
+	}
+	// A sign-out forgets the session, and a lookup under way is not cached.
+	_, _, gen = c.get("s", now)
+	c.put("s", cached{key: k}, gen, now)
+	_, _, gen = c.get("s2", now)
+	c.forget("s")
+	c.put("s2", cached{key: k}, gen, now)
+	if _, ok, _ := c.get("s", now); ok {
+		t.Fatal("a forgotten session is still cached")
+	}
+	if _, ok, _ := c.get("s2", now); ok {
+		t.Fatal("a lookup from before a forget was cached")
+	}
 }

@@ -22,7 +22,8 @@ import (
 func TestRetainOnce(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	store := db.NewStore(dbtest.NewPool(t))
+	pool := dbtest.NewPool(t)
+	store := db.NewStore(pool)
 	if _, err := store.AddDevices(ctx, []db.Credential{{ID: "dev-1", SecretHash: secret.Hash("s")}}); err != nil {
 		t.Fatal(err)
 	}
@@ -34,7 +35,7 @@ func TestRetainOnce(t *testing.T) {
 	if _, err := store.InsertEvents(ctx, events); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := store.Pool().Exec(ctx, `UPDATE events SET received_at = now() - interval '8 days'
+	if _, err := pool.Exec(ctx, `UPDATE events SET received_at = now() - interval '8 days'
 		WHERE id IN (SELECT id FROM events ORDER BY id LIMIT 2500)`); err != nil {
 		t.Fatal(err)
 	}
@@ -45,14 +46,14 @@ func TestRetainOnce(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := store.Pool().Exec(ctx, `UPDATE commands SET status = 'expired', completed_at = now() - $2::interval WHERE id = $1`,
+		if _, err := pool.Exec(ctx, `UPDATE commands SET status = 'expired', completed_at = now() - $2::interval WHERE id = $1`,
 			c.ID, ended); err != nil {
 			t.Fatal(err)
 		}
 	}
 	count := func(table string) (n int) {
 		t.Helper()
-		if err := store.Pool().QueryRow(ctx, `SELECT count(*) FROM `+table).Scan(&n); err != nil {
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+table).Scan(&n); err != nil {
 			t.Fatal(err)
 		}
 		return n

@@ -102,7 +102,7 @@ func (e *Edge) handleReady(w http.ResponseWriter, r *http.Request) {
 		return
 	default:
 	}
-	if err := e.store.Pool().Ping(r.Context()); err != nil {
+	if err := e.store.Ping(r.Context()); err != nil {
 		problem.NotReady.Write(w, "database unreachable")
 		return
 	}

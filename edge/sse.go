@@ -34,7 +34,7 @@ func (e *Edge) stream(w http.ResponseWriter, r *http.Request, wt *waiter, c comm
 			}
 			lastSeq = ev.Seq
 		}
-		return c.Status.Terminal(), rc.Flush()
+		return c.Status.Final(), rc.Flush()
 	}
 	if done, err := emit(c); done || err != nil {
 		return

@@ -34,8 +34,8 @@ const (
 	Expired   Status = "expired"   // not delivered within ttl
 )
 
-// Terminal reports whether the status is final.
-func (s Status) Terminal() bool { return s == Done || s == Failed || s == Expired }
+// Final reports whether the command will not change status again.
+func (s Status) Final() bool { return s == Done || s == Failed || s == Expired }
 
 // From lists the statuses a command may leave to reach to. The stores use it
 // in their WHERE clauses, so this table is the state machine.

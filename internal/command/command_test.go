@@ -72,7 +72,7 @@ func TestEvents(t *testing.T) {
 				t.Errorf("Events(status %s, ok %v) = %+v, want %+v", tt.cmd.Status, tt.cmd.OK, got, tt.want)
 			}
 			// Every stream starts with accepted, Seq strictly increases, and a
-			// terminal status ends the stream with Seq 3.
+			// final status ends the stream with Seq 3.
 			if len(got) == 0 || got[0] != accepted {
 				t.Errorf("stream does not start with %+v: %+v", accepted, got)
 			}
@@ -81,8 +81,8 @@ func TestEvents(t *testing.T) {
 					t.Errorf("Seq does not increase at %d: %+v", i, got)
 				}
 			}
-			if tt.cmd.Status.Terminal() && got[len(got)-1].Seq != 3 {
-				t.Errorf("terminal status %s: last event %+v, want Seq 3", tt.cmd.Status, got[len(got)-1])
+			if tt.cmd.Status.Final() && got[len(got)-1].Seq != 3 {
+				t.Errorf("final status %s: last event %+v, want Seq 3", tt.cmd.Status, got[len(got)-1])
 			}
 		})
 	}
@@ -117,8 +117,8 @@ func TestFromIsTheStateMachine(t *testing.T) {
 			t.Errorf("From(%s) = %v, want exactly %v", to, got, allowed[to])
 		}
 		for _, from := range got {
-			if from.Terminal() {
-				t.Errorf("From(%s) includes terminal status %s", to, from)
+			if from.Final() {
+				t.Errorf("From(%s) includes final status %s", to, from)
 			}
 		}
 	}
@@ -130,7 +130,7 @@ func TestFromIsTheStateMachine(t *testing.T) {
 	}
 }
 
-func TestTerminal(t *testing.T) {
+func TestFinal(t *testing.T) {
 	want := map[command.Status]bool{
 		command.Pending:   false,
 		command.Delivered: false,
@@ -142,8 +142,8 @@ func TestTerminal(t *testing.T) {
 		"DONE":            false,
 	}
 	for s, w := range want {
-		if got := s.Terminal(); got != w {
-			t.Errorf("Status(%q).Terminal() = %v, want %v", s, got, w)
+		if got := s.Final(); got != w {
+			t.Errorf("Status(%q).Final() = %v, want %v", s, got, w)
 		}
 	}
 }

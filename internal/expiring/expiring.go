@@ -1,7 +1,7 @@
-// Package expiring is a bounded map whose entries expire: the caches and
-// limiter tables whose keys an attacker chooses (source addresses, guessed
-// credentials). It never holds more than its maximum: when full, it forgets
-// its oldest entry to make room. It starts no goroutine; expired entries
+// Package expiring is a bounded map whose entries expire: the caches,
+// limiter tables and memories of the tiers, some keyed by what an attacker
+// chooses (source addresses, guessed credentials). It never holds more than
+// its maximum: when full, it forgets its oldest entry to make room. It starts no goroutine; expired entries
 // read as absent and are dropped as new ones arrive.
 package expiring
 
@@ -74,6 +74,25 @@ func (m *Map[K, V]) Do(k K, now time.Time, fn func(v V, found bool) (V, time.Tim
 	}
 	m.items[k] = item[V]{v, expires}
 	m.queue = append(m.queue, k)
+}
+
+// Delete forgets k's value. Its entry expires at once (and keeps its place
+// in the queue, which holds each key once); it goes as expired ones do.
+func (m *Map[K, V]) Delete(k K) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.items[k]; ok {
+		m.items[k] = item[V]{}
+	}
+}
+
+// Clear forgets every entry.
+func (m *Map[K, V]) Clear() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	clear(m.items)
+	clear(m.queue)
+	m.queue, m.head = m.queue[:0], 0
 }
 
 // Len reports how many entries the map holds, expired ones included.

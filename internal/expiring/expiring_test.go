@@ -82,3 +82,37 @@ func TestUpdateInPlace(t *testing.T) {
 		t.Fatalf("value %d, %d entries, %d queued; want 50, 1, 1", v, m.Len(), len(m.queue)-m.head)
 	}
 }
+
+// Delete and Clear forget; a deleted key comes back with one entry, and a
+// cleared map fills to its maximum again.
+func TestDeleteAndClear(t *testing.T) {
+	m := New[string, int](2)
+	now := time.Unix(1000, 0)
+	m.Put("a", 1, now, time.Hour)
+	m.Delete("a")
+	m.Delete("never")
+	if _, ok := m.Get("a", now); ok {
+		t.Fatal("Get found a deleted entry")
+	}
+	m.Do("a", now, func(v int, found bool) (int, time.Time) {
+		if found || v != 0 {
+			t.Errorf("Do on a deleted entry got %d, %v; want 0, false", v, found)
+		}
+		return 2, now.Add(time.Hour)
+	})
+	if v, ok := m.Get("a", now); !ok || v != 2 || m.Len() != 1 || len(m.queue)-m.head != 1 {
+		t.Fatalf("re-added entry %d, %v; %d entries, %d queued; want 2, true, 1, 1", v, ok, m.Len(), len(m.queue)-m.head)
+	}
+	m.Put("b", 3, now, time.Hour)
+	m.Clear()
+	if _, ok := m.Get("b", now); ok || m.Len() != 0 {
+		t.Fatalf("after Clear: found b %v, %d entries", ok, m.Len())
+	}
+	m.Put("c", 4, now, time.Hour)
+	m.Put("d", 5, now, time.Hour)
+	for _, k := range []string{"c", "d"} {
+		if _, ok := m.Get(k, now); !ok {
+			t.Errorf("%s missing after Clear and two puts", k)
+		}
+	}
+}

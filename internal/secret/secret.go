@@ -1,4 +1,5 @@
-// Package secret makes and checks the credentials of devices and API keys.
+// Package secret makes and checks the credentials of devices and API keys,
+// and makes every random token of Switchboard (Fill is the one source).
 //
 // Secrets are 256-bit random tokens, so they are stored as a SHA-256 digest,
 // as GitHub and Stripe do for their tokens: guessing one is as hard as
@@ -13,6 +14,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
+	"encoding/hex"
 	"fmt"
 )
 
@@ -33,9 +35,20 @@ const (
 // for API keys, so a leaked key is recognisable in logs and by scanners).
 func New(prefix string) string {
 	var b [32]byte
-	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on Linux
+	Fill(b[:])
 	return prefix + base64.RawURLEncoding.EncodeToString(b[:])
 }
+
+// RandomHex returns n random bytes in hex (2n characters): a console
+// session's token and its CSRF token, the random part of an edge's id.
+func RandomHex(n int) string {
+	b := make([]byte, n)
+	Fill(b)
+	return hex.EncodeToString(b)
+}
+
+// Fill fills b with random bytes.
+func Fill(b []byte) { _, _ = rand.Read(b) } // crypto/rand.Read never fails (Go 1.24 on)
 
 // Hash returns the digest stored in place of s.
 func Hash(s string) []byte {

@@ -1,9 +1,27 @@
 package secret
 
 import (
+	"encoding/hex"
 	"strings"
 	"testing"
 )
+
+// The formats of the tokens that reach clients and logs.
+func TestTokenFormats(t *testing.T) {
+	t.Parallel()
+	if s := New("sbk_"); len(s) != len("sbk_")+43 || !strings.HasPrefix(s, "sbk_") || strings.ContainsAny(s, "+/=") {
+		t.Errorf("New(sbk_) = %q, want sbk_ and 43 base64url characters", s)
+	}
+	for _, n := range []int{4, 32} {
+		s := RandomHex(n)
+		if b, err := hex.DecodeString(s); err != nil || len(b) != n {
+			t.Errorf("RandomHex(%d) = %q, want %d hex characters", n, s, 2*n)
+		}
+	}
+	if RandomHex(32) == RandomHex(32) {
+		t.Error("two tokens are the same")
+	}
+}
 
 func TestCheckImported(t *testing.T) {
 	t.Parallel()
