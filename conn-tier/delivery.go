@@ -392,7 +392,6 @@ type presenceOp struct {
 	session  db.Session
 	connect  bool
 	reassert bool
-	done     chan error // connect only: the row is written
 }
 
 // writePresence writes a batch of connects, reassertions and disconnects.
@@ -442,11 +441,6 @@ func (n *Node) writePresence(ctx context.Context, ops []presenceOp) error {
 	}
 	for i := range displaced {
 		_ = n.notices.Push(db.Notice{Kick: &displaced[i]})
-	}
-	for _, op := range ops {
-		if op.done != nil {
-			op.done <- nil
-		}
 	}
 	return nil
 }

@@ -203,9 +203,11 @@ type Node struct {
 	commands  *batch.Batcher[commandOp]
 	events    *batch.Batcher[db.DeviceEvent]
 	notices   *batch.Batcher[db.Notice] // wake-ups for edges and kicks for nodes, after their writes
-	// credentials reads the credentials of connecting devices, many per
-	// query (credentials.go).
-	credentials *batch.Batcher[credentialLookup]
+	// credentials reads the credentials of connecting devices: one query
+	// for every request that queued while the previous read was in flight,
+	// so a reconnect storm of 15,000 devices costs a few dozen queries, not
+	// 15,000, and an idle node adds no delay (credentials.go).
+	credentials *batch.Calls[string, db.DeviceCredentials]
 
 	leased atomic.Bool // the lease row exists and was renewed in time
 
@@ -263,9 +265,9 @@ func New(cfg Config) (*Node, error) {
 	n.commands = batch.New("commands", q, 1000, log, n.writeCommands, db.IsRefused)
 	n.events = batch.New("events", q, 1000, log, n.writeEvents, db.IsRefused)
 	n.notices = batch.New("notices", q, 1000, log, n.store.Notify, db.IsRefused)
-	// Its queue is bounded by MaxHandshakes already: a look-up belongs to a
+	// Its queue is bounded by MaxHandshakes: a look-up belongs to a
 	// connection not yet upgraded.
-	n.credentials = batch.New("credentials", q, 1000, log, n.readCredentials, func(error) bool { return false })
+	n.credentials = batch.NewCalls(1000, n.readCredentials, nil)
 	n.metrics = newMetrics(cfg.Metrics, cfg.Node.ID, cfg.Node.Region, map[string]func() int{
 		"presence": n.presence.Len, "commands": n.commands.Len, "events": n.events.Len, "notices": n.notices.Len,
 	}, n.cfg.MaxSessions, func() int {

@@ -151,7 +151,7 @@ func (n *Node) handleConnect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	checkedAt := time.Now() // before the read: see revocations
-	creds, err := n.lookupCredentials(r.Context(), deviceID)
+	creds, err := n.credentials.Do(r.Context(), deviceID)
 	switch {
 	case errors.Is(err, db.ErrNotFound) || (err == nil && !creds.Accepts(devSecret)):
 		n.authFailed(r, deviceID, devSecret, err == nil)
@@ -267,19 +267,12 @@ func (s *session) log(level slog.Level, msg string, args ...any) {
 	s.node.log.Log(context.Background(), level, msg, append([]any{"device", s.deviceID, "session", s.id}, args...)...)
 }
 
+// connectPresence writes the session's presence row, waiting while the
+// presence batcher retries a database that is away, for up to 10s.
 func (s *session) connectPresence() error {
-	op := presenceOp{session: s.dbSession(), connect: true, done: make(chan error, 1)}
 	ctx, cancel := context.WithTimeout(s.closing, 10*time.Second)
 	defer cancel()
-	if err := s.node.presence.Add(ctx, op); err != nil {
-		return err
-	}
-	select {
-	case err := <-op.done:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return s.node.presence.Do(ctx, presenceOp{session: s.dbSession(), connect: true})
 }
 
 // readPump reads frames until the socket fails or closes, and says how
