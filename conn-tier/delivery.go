@@ -8,7 +8,6 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/switchboard-iot/switchboard/db"
-	"github.com/switchboard-iot/switchboard/device/protocol"
 	"github.com/switchboard-iot/switchboard/internal/backoff"
 )
 
@@ -246,8 +245,7 @@ func (n *Node) closeReplaced(ctx context.Context) {
 	for _, id := range replaced {
 		for _, s := range n.hub.all() {
 			if s.id == id {
-				n.metrics.closes.WithLabelValues("replaced").Inc()
-				go s.close(protocol.CloseReplaced, "replaced by a newer session")
+				go s.disconnect(disconnectReplaced)
 			}
 		}
 	}

@@ -488,8 +488,7 @@ func (n *Node) onNotify(payload string) {
 			continue
 		}
 		if s := n.hub.get(m.DeviceID); s != nil && s.id == m.SessionID {
-			n.metrics.closes.WithLabelValues("replaced").Inc()
-			go s.close(protocol.CloseReplaced, "replaced by a newer session")
+			go s.disconnect(disconnectReplaced)
 		}
 	}
 }
@@ -518,8 +517,7 @@ func (n *Node) drain() {
 	for {
 		chunk := sessions[:min(batch, len(sessions))]
 		sessions = sessions[len(chunk):]
-		n.metrics.closes.WithLabelValues("draining").Add(float64(len(chunk)))
-		n.closeSessions(chunk, protocol.CloseGoingAway, "node draining")
+		n.closeSessions(chunk, disconnectDraining)
 		if n.onDrainBatch != nil {
 			n.onDrainBatch(len(chunk), len(sessions))
 		}
@@ -532,14 +530,14 @@ func (n *Node) drain() {
 
 // closeSessions closes these sessions, a few at a time so that a node with
 // many thousands of them does not stall on one slow peer.
-func (n *Node) closeSessions(sessions []*session, code int, reason string) {
+func (n *Node) closeSessions(sessions []*session, d disconnect) {
 	sem := make(chan struct{}, 64)
 	var wg sync.WaitGroup
 	for _, s := range sessions {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			s.close(code, reason)
+			s.disconnect(d)
 		})
 	}
 	wg.Wait()

@@ -217,28 +217,24 @@ func (s *session) serve() {
 	n.metrics.sessions.Inc()
 	defer n.metrics.sessions.Dec()
 	if old := n.hub.add(s); old != nil {
-		n.metrics.closes.WithLabelValues("replaced").Inc()
-		go old.close(protocol.CloseReplaced, "replaced by a newer session")
+		go old.disconnect(disconnectReplaced)
 	}
 	if n.draining.Load() {
 		// Admitted just before the drain began, registered just after its
 		// snapshot of the hub: close it like the others.
-		n.metrics.closes.WithLabelValues("draining").Inc()
-		s.close(protocol.CloseGoingAway, "node draining")
+		s.disconnect(disconnectDraining)
 	}
 	if reason, ok := n.revocations.since(s.deviceID, s.checkedAt); ok {
 		// Its credentials were read before the device was disabled or
 		// deleted, and the notice came before it was in the hub.
-		n.metrics.closes.WithLabelValues("revoked").Inc()
-		s.close(protocol.CloseBadMessage, "device "+reason)
+		s.disconnect(disconnectRevoked(reason))
 	}
 	// The presence row commits before pending commands are read: a command
 	// stored earlier is found by that read, a later one finds the row.
 	if err := s.connectPresence(); err != nil {
 		if s.closing.Err() == nil { // else it was closed meanwhile, for its own reason
 			s.log(slog.LevelError, "writing presence", "err", err)
-			n.metrics.closes.WithLabelValues("unavailable").Inc()
-			s.close(protocol.CloseInternalError, "presence unavailable; reconnect later")
+			s.disconnect(disconnectUnavailable)
 		}
 	} else {
 		s.registered.Store(true)
@@ -293,9 +289,10 @@ func (s *session) readPump() (ended string) {
 	for {
 		kind, frame, err := s.ws.ReadMessage()
 		if err != nil {
-			// gorilla has already sent 1009 for an oversized frame.
 			if errors.Is(err, websocket.ErrReadLimit) {
-				n.metrics.closes.WithLabelValues("too_big").Inc()
+				// gorilla sent the 1009 as it refused the frame: this counts
+				// it (gorilla writes no second close frame).
+				s.disconnect(disconnectTooBig)
 				return "closed_by_node"
 			}
 			s.log(slog.LevelDebug, "read ended", "err", err)
@@ -374,10 +371,7 @@ func (s *session) storeReply(r db.Reply) {
 	s.extendReadDeadline()
 }
 
-func (s *session) reject(reason string) {
-	s.node.metrics.closes.WithLabelValues("bad_message").Inc()
-	s.close(protocol.CloseBadMessage, reason)
-}
+func (s *session) reject(reason string) { s.disconnect(disconnectBadMessage(reason)) }
 
 func (s *session) extendReadDeadline() {
 	s.deadlineMu.Lock()
@@ -397,8 +391,7 @@ func (s *session) enqueue(frame outFrame) bool {
 		return false
 	}
 	if len(s.queue) >= s.node.cfg.SendQueue {
-		s.node.metrics.closes.WithLabelValues("slow").Inc()
-		go s.close(protocol.CloseTryAgainLater, "write queue full")
+		go s.disconnect(disconnectSlow)
 		return false
 	}
 	s.queue = append(s.queue, frame)
@@ -627,9 +620,12 @@ func (s *session) retireRecorded() (room int) {
 	return s.node.commandRoom() - len(s.inflight)
 }
 
-// close sends a close frame and gives the device closeGrace to answer it
-// before the socket is cut. Safe to call from any goroutine, more than once.
-func (s *session) close(code int, reason string) {
+// disconnect counts why the node closes the session, sends the close frame
+// and gives the device closeGrace to answer it before the socket is cut.
+// Safe to call from any goroutine, more than once: each call is counted,
+// the first is sent.
+func (s *session) disconnect(d disconnect) {
+	s.node.metrics.closes.WithLabelValues(d.label).Inc()
 	s.deadlineMu.Lock()
 	first := s.closing.Err() == nil
 	if first {
@@ -638,7 +634,7 @@ func (s *session) close(code int, reason string) {
 	}
 	s.deadlineMu.Unlock()
 	if first {
-		_ = s.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(closeGrace))
+		_ = s.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(d.code, d.reason), time.Now().Add(closeGrace))
 	}
 }
 
