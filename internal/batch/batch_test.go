@@ -306,25 +306,32 @@ func startCalls(t *testing.T, c *Calls[int, int]) {
 	})
 }
 
-// Callers queued together are called together, and each gets its own
-// outcome: its result, or the error that is its item's alone.
-func TestCallsAnswerEachCaller(t *testing.T) {
-	l := &lookups{}
-	c := newCalls(l, 8)
-	items := []int{1, 2, 5, 3}
+// callQueued has a caller for each item queue before c runs, so that they
+// go together, and checks that each got ten times its item, or the error
+// in errs for it.
+func callQueued(t *testing.T, c *Calls[int, int], items []int, errs map[int]error) {
+	t.Helper()
 	answers := submit(context.Background(), c, items)
 	waitLen(t, c, len(items))
 	startCalls(t, c)
 	for i, it := range items {
 		got := <-answers[i]
-		if it == 5 {
-			if !errors.Is(got.err, errNoSuchItem) {
-				t.Errorf("item 5: %v, want its own not-found error", got)
+		if want := errs[it]; want != nil {
+			if !errors.Is(got.err, want) {
+				t.Errorf("item %d: %+v, want error %v", it, got, want)
 			}
 		} else if got.err != nil || got.result != it*10 {
 			t.Errorf("item %d: %+v, want %d", it, got, it*10)
 		}
 	}
+}
+
+// Callers queued together are called together, and each gets its own
+// outcome: its result, or the error that is its item's alone.
+func TestCallsAnswerEachCaller(t *testing.T) {
+	l := &lookups{}
+	items := []int{1, 2, 5, 3}
+	callQueued(t, newCalls(l, 8), items, map[int]error{5: errNoSuchItem})
 	if b := l.calls(); len(b) != 1 || len(b[0]) != len(items) {
 		t.Fatalf("calls %v, want one of all %d items", b, len(items))
 	}
@@ -334,21 +341,7 @@ func TestCallsAnswerEachCaller(t *testing.T) {
 // only its caller gets the refusal.
 func TestCallsRefusedItemIsIsolated(t *testing.T) {
 	l := &lookups{poison: map[int]bool{3: true}}
-	c := newCalls(l, 8)
-	items := []int{1, 2, 3, 4, 6, 7, 8, 9}
-	answers := submit(context.Background(), c, items)
-	waitLen(t, c, len(items))
-	startCalls(t, c)
-	for i, it := range items {
-		got := <-answers[i]
-		if it == 3 {
-			if !errors.Is(got.err, errRefused) {
-				t.Errorf("the refused item: %v, want the refusal", got)
-			}
-		} else if got.err != nil || got.result != it*10 {
-			t.Errorf("item %d: %+v, want %d", it, got, it*10)
-		}
-	}
+	callQueued(t, newCalls(l, 8), []int{1, 2, 3, 4, 6, 7, 8, 9}, map[int]error{3: errRefused})
 	// 8 → 4+4, the poisoned 4 → 2+2, the poisoned 2 → 1+1.
 	if n := len(l.calls()); n != 7 {
 		t.Fatalf("%d calls, want 7 (halving down to the refused item): %v", n, l.calls())
@@ -360,15 +353,7 @@ func TestCallsRefusedItemIsIsolated(t *testing.T) {
 func TestCallsFailureIsAnswered(t *testing.T) {
 	outage := errors.New("connection reset")
 	l := &lookups{fail: outage}
-	c := newCalls(l, 8)
-	answers := submit(context.Background(), c, []int{1, 2, 3})
-	waitLen(t, c, 3)
-	startCalls(t, c)
-	for _, a := range answers {
-		if got := <-a; !errors.Is(got.err, outage) {
-			t.Errorf("a caller got %+v, want the call's error", got)
-		}
-	}
+	callQueued(t, newCalls(l, 8), []int{1, 2, 3}, map[int]error{1: outage, 2: outage, 3: outage})
 	if n := len(l.calls()); n != 1 {
 		t.Fatalf("%d calls, want 1: no retries", n)
 	}
