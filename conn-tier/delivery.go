@@ -8,7 +8,6 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/switchboard-iot/switchboard/db"
-	"github.com/switchboard-iot/switchboard/device/protocol"
 	"github.com/switchboard-iot/switchboard/internal/backoff"
 )
 
@@ -246,8 +245,7 @@ func (n *Node) closeReplaced(ctx context.Context) {
 	for _, id := range replaced {
 		for _, s := range n.hub.all() {
 			if s.id == id {
-				n.metrics.closes.WithLabelValues("replaced").Inc()
-				go s.close(protocol.CloseReplaced, "replaced by a newer session")
+				go s.disconnect(disconnectReplaced)
 			}
 		}
 	}
@@ -392,7 +390,6 @@ type presenceOp struct {
 	session  db.Session
 	connect  bool
 	reassert bool
-	done     chan error // connect only: the row is written
 }
 
 // writePresence writes a batch of connects, reassertions and disconnects.
@@ -442,11 +439,6 @@ func (n *Node) writePresence(ctx context.Context, ops []presenceOp) error {
 	}
 	for i := range displaced {
 		_ = n.notices.Push(db.Notice{Kick: &displaced[i]})
-	}
-	for _, op := range ops {
-		if op.done != nil {
-			op.done <- nil
-		}
 	}
 	return nil
 }

@@ -9,7 +9,6 @@ import (
 	"github.com/google/uuid"
 	"golang.org/x/time/rate"
 
-	"github.com/switchboard-iot/switchboard/device/protocol"
 	"github.com/switchboard-iot/switchboard/internal/authguard"
 	"github.com/switchboard-iot/switchboard/internal/clientaddr"
 	"github.com/switchboard-iot/switchboard/internal/problem"
@@ -44,8 +43,7 @@ func (s *session) charge(msgType string) (over, closed bool) {
 	if tokens >= float64(1-s.rate.Burst()) {
 		return true, false
 	}
-	s.node.metrics.closes.WithLabelValues("rate_limited").Inc()
-	s.close(protocol.CloseRateLimited, "rate limited")
+	s.disconnect(disconnectRateLimited)
 	return true, true
 }
 

@@ -11,7 +11,7 @@ import (
 type metrics struct {
 	sessions prometheus.Gauge
 	connects *prometheus.CounterVec // by result: ok, unauthorized, error
-	closes   *prometheus.CounterVec // sessions the node closed, by reason
+	closes   *prometheus.CounterVec // sessions the node closed, by reason (disconnect.go)
 	frames   *prometheus.CounterVec // frames received, by type
 	// sent counts data frames written to devices, by type (command, pong);
 	// heartbeat pings are WebSocket control frames and not counted.

@@ -199,9 +199,11 @@ type Node struct {
 	commands  *batch.Batcher[commandOp]
 	events    *batch.Batcher[db.DeviceEvent]
 	notices   *batch.Batcher[db.Notice] // wake-ups for edges and kicks for nodes, after their writes
-	// credentials reads the credentials of connecting devices, many per
-	// query (credentials.go).
-	credentials *batch.Batcher[credentialLookup]
+	// credentials reads the credentials of connecting devices: one query
+	// for every request that queued while the previous read was in flight,
+	// so a reconnect storm of 15,000 devices costs a few dozen queries, not
+	// 15,000, and an idle node adds no delay (credentials.go).
+	credentials *batch.Calls[string, db.DeviceCredentials]
 
 	leased atomic.Bool // the lease row exists and was renewed in time
 
@@ -260,9 +262,9 @@ func New(cfg Config) (*Node, error) {
 	n.commands = batch.New("commands", q, 1000, log, n.writeCommands, db.IsRefused)
 	n.events = batch.New("events", q, 1000, log, n.writeEvents, db.IsRefused)
 	n.notices = batch.New("notices", q, 1000, log, n.store.Notify, db.IsRefused)
-	// Its queue is bounded by MaxHandshakes already: a look-up belongs to a
+	// Its queue is bounded by MaxHandshakes: a look-up belongs to a
 	// connection not yet upgraded.
-	n.credentials = batch.New("credentials", q, 1000, log, n.readCredentials, func(error) bool { return false })
+	n.credentials = batch.NewCalls(1000, n.readCredentials, nil)
 	n.metrics = newMetrics(cfg.Metrics, cfg.Node.ID, cfg.Node.Region, map[string]func() int{
 		"presence": n.presence.Len, "commands": n.commands.Len, "events": n.events.Len, "notices": n.notices.Len,
 	}, n.cfg.MaxSessions, func() int {
@@ -483,8 +485,7 @@ func (n *Node) onNotify(payload string) {
 			continue
 		}
 		if s := n.hub.get(m.DeviceID); s != nil && s.id == m.SessionID {
-			n.metrics.closes.WithLabelValues("replaced").Inc()
-			go s.close(protocol.CloseReplaced, "replaced by a newer session")
+			go s.disconnect(disconnectReplaced)
 		}
 	}
 }
@@ -513,8 +514,7 @@ func (n *Node) drain() {
 	for {
 		chunk := sessions[:min(batch, len(sessions))]
 		sessions = sessions[len(chunk):]
-		n.metrics.closes.WithLabelValues("draining").Add(float64(len(chunk)))
-		n.closeSessions(chunk, protocol.CloseGoingAway, "node draining")
+		n.closeSessions(chunk, disconnectDraining)
 		if n.onDrainBatch != nil {
 			n.onDrainBatch(len(chunk), len(sessions))
 		}
@@ -527,14 +527,14 @@ func (n *Node) drain() {
 
 // closeSessions closes these sessions, a few at a time so that a node with
 // many thousands of them does not stall on one slow peer.
-func (n *Node) closeSessions(sessions []*session, code int, reason string) {
+func (n *Node) closeSessions(sessions []*session, d disconnect) {
 	sem := make(chan struct{}, 64)
 	var wg sync.WaitGroup
 	for _, s := range sessions {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			s.close(code, reason)
+			s.disconnect(d)
 		})
 	}
 	wg.Wait()

@@ -5,8 +5,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"time"
-
-	"github.com/switchboard-iot/switchboard/device/protocol"
 )
 
 // Rebalancing defaults.
@@ -89,12 +87,11 @@ func (n *Node) shed(ctx context.Context, count int) {
 	sessions := n.hub.all()
 	rand.Shuffle(len(sessions), func(i, j int) { sessions[i], sessions[j] = sessions[j], sessions[i] })
 	sessions = sessions[:min(count, len(sessions))]
-	n.metrics.closes.WithLabelValues("rebalance").Add(float64(len(sessions)))
 	for len(sessions) > 0 {
 		chunk := sessions[:min(drainMinBatch, len(sessions))]
 		sessions = sessions[len(chunk):]
 		for _, s := range chunk {
-			go s.close(protocol.CloseRebalance, "rebalance: reconnect in "+n.rebalanceDelay().String())
+			go s.disconnect(disconnectRebalance(n.rebalanceDelay()))
 		}
 		if len(sessions) > 0 {
 			select {

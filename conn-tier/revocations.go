@@ -3,7 +3,6 @@ package conntier
 import (
 	"time"
 
-	"github.com/switchboard-iot/switchboard/device/protocol"
 	"github.com/switchboard-iot/switchboard/internal/expiring"
 )
 
@@ -57,7 +56,6 @@ func (n *Node) closeDevice(deviceID, reason string) {
 	n.revocations.add(deviceID, reason, time.Now())
 	if s := n.hub.get(deviceID); s != nil {
 		n.log.Info("closing the session of a device that was "+reason, "device", deviceID, "session", s.id)
-		n.metrics.closes.WithLabelValues("revoked").Inc()
-		go s.close(protocol.CloseBadMessage, "device "+reason)
+		go s.disconnect(disconnectRevoked(reason))
 	}
 }

@@ -151,7 +151,7 @@ func (n *Node) handleConnect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	checkedAt := time.Now() // before the read: see revocations
-	creds, err := n.lookupCredentials(r.Context(), deviceID)
+	creds, err := n.credentials.Do(r.Context(), deviceID)
 	switch {
 	case errors.Is(err, db.ErrNotFound) || (err == nil && !creds.Accepts(devSecret)):
 		n.authFailed(r, deviceID, devSecret, err == nil)
@@ -216,28 +216,24 @@ func (s *session) serve() {
 	n.metrics.sessions.Inc()
 	defer n.metrics.sessions.Dec()
 	if old := n.hub.add(s); old != nil {
-		n.metrics.closes.WithLabelValues("replaced").Inc()
-		go old.close(protocol.CloseReplaced, "replaced by a newer session")
+		go old.disconnect(disconnectReplaced)
 	}
 	if n.draining.Load() {
 		// Admitted just before the drain began, registered just after its
 		// snapshot of the hub: close it like the others.
-		n.metrics.closes.WithLabelValues("draining").Inc()
-		s.close(protocol.CloseGoingAway, "node draining")
+		s.disconnect(disconnectDraining)
 	}
 	if reason, ok := n.revocations.since(s.deviceID, s.checkedAt); ok {
 		// Its credentials were read before the device was disabled or
 		// deleted, and the notice came before it was in the hub.
-		n.metrics.closes.WithLabelValues("revoked").Inc()
-		s.close(protocol.CloseBadMessage, "device "+reason)
+		s.disconnect(disconnectRevoked(reason))
 	}
 	// The presence row commits before pending commands are read: a command
 	// stored earlier is found by that read, a later one finds the row.
 	if err := s.connectPresence(); err != nil {
 		if s.closing.Err() == nil { // else it was closed meanwhile, for its own reason
 			s.log(slog.LevelError, "writing presence", "err", err)
-			n.metrics.closes.WithLabelValues("unavailable").Inc()
-			s.close(protocol.CloseInternalError, "presence unavailable; reconnect later")
+			s.disconnect(disconnectUnavailable)
 		}
 	} else {
 		s.registered.Store(true)
@@ -266,19 +262,12 @@ func (s *session) log(level slog.Level, msg string, args ...any) {
 	s.node.log.Log(context.Background(), level, msg, append([]any{"device", s.deviceID, "session", s.id}, args...)...)
 }
 
+// connectPresence writes the session's presence row, waiting while the
+// presence batcher retries a database that is away, for up to 10s.
 func (s *session) connectPresence() error {
-	op := presenceOp{session: s.dbSession(), connect: true, done: make(chan error, 1)}
 	ctx, cancel := context.WithTimeout(s.closing, 10*time.Second)
 	defer cancel()
-	if err := s.node.presence.Add(ctx, op); err != nil {
-		return err
-	}
-	select {
-	case err := <-op.done:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return s.node.presence.Do(ctx, presenceOp{session: s.dbSession(), connect: true})
 }
 
 // readPump reads frames until the socket fails or closes, and says how
@@ -299,9 +288,10 @@ func (s *session) readPump() (ended string) {
 	for {
 		kind, frame, err := s.ws.ReadMessage()
 		if err != nil {
-			// gorilla has already sent 1009 for an oversized frame.
 			if errors.Is(err, websocket.ErrReadLimit) {
-				n.metrics.closes.WithLabelValues("too_big").Inc()
+				// gorilla sent the 1009 as it refused the frame: this counts
+				// it (gorilla writes no second close frame).
+				s.disconnect(disconnectTooBig)
 				return "closed_by_node"
 			}
 			s.log(slog.LevelDebug, "read ended", "err", err)
@@ -380,10 +370,7 @@ func (s *session) storeReply(r db.Reply) {
 	s.extendReadDeadline()
 }
 
-func (s *session) reject(reason string) {
-	s.node.metrics.closes.WithLabelValues("bad_message").Inc()
-	s.close(protocol.CloseBadMessage, reason)
-}
+func (s *session) reject(reason string) { s.disconnect(disconnectBadMessage(reason)) }
 
 func (s *session) extendReadDeadline() {
 	s.deadlineMu.Lock()
@@ -403,8 +390,7 @@ func (s *session) enqueue(frame outFrame) bool {
 		return false
 	}
 	if len(s.queue) >= s.node.cfg.SendQueue {
-		s.node.metrics.closes.WithLabelValues("slow").Inc()
-		go s.close(protocol.CloseTryAgainLater, "write queue full")
+		go s.disconnect(disconnectSlow)
 		return false
 	}
 	s.queue = append(s.queue, frame)
@@ -633,9 +619,12 @@ func (s *session) retireRecorded() (room int) {
 	return s.node.commandRoom() - len(s.inflight)
 }
 
-// close sends a close frame and gives the device closeGrace to answer it
-// before the socket is cut. Safe to call from any goroutine, more than once.
-func (s *session) close(code int, reason string) {
+// disconnect counts why the node closes the session, sends the close frame
+// and gives the device closeGrace to answer it before the socket is cut.
+// Safe to call from any goroutine, more than once: each call is counted,
+// the first is sent.
+func (s *session) disconnect(d disconnect) {
+	s.node.metrics.closes.WithLabelValues(d.label).Inc()
 	s.deadlineMu.Lock()
 	first := s.closing.Err() == nil
 	if first {
@@ -644,7 +633,7 @@ func (s *session) close(code int, reason string) {
 	}
 	s.deadlineMu.Unlock()
 	if first {
-		_ = s.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(closeGrace))
+		_ = s.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(d.code, d.reason), time.Now().Add(closeGrace))
 	}
 }
 

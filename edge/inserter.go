@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync/atomic"
 
 	"github.com/google/uuid"
 
 	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/internal/batch"
 	"github.com/switchboard-iot/switchboard/internal/command"
 )
 
@@ -16,38 +16,34 @@ import (
 // commands INSERT is in flight are stored together by the next one, many
 // rows per statement and per commit. An idle edge adds no delay (a lone
 // request is flushed at once); a busy one pays one round trip and one
-// commit for a whole batch instead of one each. Requests with an
-// Idempotency-Key go their own way (db.CreateCommand), since each must find
-// or take its key.
+// commit for a whole batch instead of one each. One statement is in flight
+// at a time: requests gather behind it into the next, the largest batches
+// and the fewest statements (measured against two and four at once:
+// BENCHMARKS.md). Requests with an Idempotency-Key go their own way
+// (db.CreateCommand), since each must find or take its key.
 type inserter struct {
-	db   *db.Store
-	in   chan *insert // unbuffered: a request waits in its send until run takes it
-	stop chan struct{}
-	// inside counts requests in create: queued or in the statement (the
-	// edge's "inserts" queue depth).
-	inside atomic.Int64
-}
-
-// waiting reports how many requests wait for their command to be stored.
-func (ins *inserter) waiting() int { return int(ins.inside.Load()) }
-
-// insert is one request's command and, once stored, its outcome.
-type insert struct {
-	nc   db.NewCommand
-	c    command.Command
-	err  error
-	done chan struct{}
+	store *db.Store
+	calls *batch.Calls[db.NewCommand, command.Command]
 }
 
 // maxInsertBatch bounds a statement's rows (and its arrays' size).
 const maxInsertBatch = 500
 
-// errEdgeStopping answers requests that come after the inserter stopped.
-var errEdgeStopping = errors.New("the edge is stopping")
-
 func newInserter(store *db.Store) *inserter {
-	return &inserter{db: store, in: make(chan *insert), stop: make(chan struct{})}
+	ins := &inserter{store: store}
+	// A row PostgreSQL refuses takes the statement with it: the batch is
+	// split, so that only the one at fault fails.
+	ins.calls = batch.NewCalls(maxInsertBatch, ins.insert, func(err error) bool { return errors.Is(err, db.ErrInvalid) })
+	return ins
 }
+
+// waiting reports how many requests wait for their command to be stored
+// (the edge's "inserts" queue depth).
+func (ins *inserter) waiting() int { return ins.calls.Len() }
+
+// run stores batches until ctx ends. The edge stops it after its HTTP
+// server has drained, so no request is left waiting.
+func (ins *inserter) run(ctx context.Context) error { return ins.calls.Run(ctx) }
 
 // create stores nc, in a batch with whatever else is being accepted. Like
 // db.CreateCommand, an unknown device is db.ErrNotFound. It does not take
@@ -55,83 +51,27 @@ func newInserter(store *db.Store) *inserter {
 // a command stored but never announced, so the request waits it out (each
 // statement is bounded by db.CallTimeout).
 func (ins *inserter) create(nc db.NewCommand) (command.Command, error) {
-	ins.inside.Add(1)
-	defer ins.inside.Add(-1)
-	req := &insert{nc: nc, done: make(chan struct{})}
-	select {
-	case ins.in <- req:
-	case <-ins.stop:
-		return command.Command{}, errEdgeStopping
-	}
-	<-req.done // run answers every request it took
-	return req.c, req.err
+	return ins.calls.Do(context.Background(), nc)
 }
 
-// run stores batches until ctx ends. The edge stops it after its HTTP
-// server has drained, so no request is left waiting. One statement is in
-// flight at a time: requests gather behind it into the next, the largest
-// batches and the fewest statements (measured against two and four at
-// once: BENCHMARKS.md).
-func (ins *inserter) run(ctx context.Context) error {
-	defer close(ins.stop)
-	batch := make([]*insert, 0, maxInsertBatch)
-	for {
-		batch = batch[:0]
-		select {
-		case req := <-ins.in:
-			batch = append(batch, req)
-		case <-ctx.Done():
-			return nil
-		}
-	gather:
-		for len(batch) < maxInsertBatch {
-			select {
-			case req := <-ins.in:
-				batch = append(batch, req)
-			default:
-				break gather
-			}
-		}
-		// The statement outlives a stopping edge: its requests are waiting.
-		ins.flush(context.WithoutCancel(ctx), batch)
-	}
-}
-
-// flush stores a batch and answers each request in it.
-func (ins *inserter) flush(ctx context.Context, batch []*insert) {
-	ins.store(ctx, batch)
-	for _, req := range batch {
-		close(req.done)
-	}
-}
-
-// store stores a batch, setting each request's outcome.
-func (ins *inserter) store(ctx context.Context, batch []*insert) {
-	ncs := make([]db.NewCommand, len(batch))
-	for i, req := range batch {
-		ncs[i] = req.nc
-	}
-	stored, err := ins.db.CreateCommands(ctx, ncs)
-	if errors.Is(err, db.ErrInvalid) && len(batch) > 1 {
-		// One row was refused and took the statement with it: store each
-		// alone, so that only the one at fault fails.
-		for i := range batch {
-			ins.store(ctx, batch[i:i+1])
-		}
-		return
+// insert stores a batch of commands in one statement: each its stored
+// command, or db.ErrNotFound for an unknown device.
+func (ins *inserter) insert(ctx context.Context, ncs []db.NewCommand) ([]batch.Outcome[command.Command], error) {
+	stored, err := ins.store.CreateCommands(ctx, ncs)
+	if err != nil {
+		return nil, err
 	}
 	byID := make(map[uuid.UUID]*command.Command, len(stored))
 	for i := range stored {
 		byID[stored[i].ID] = &stored[i]
 	}
-	for _, req := range batch {
-		switch c, ok := byID[req.nc.ID]; {
-		case err != nil:
-			req.err = err
-		case ok:
-			req.c = *c
-		default:
-			req.err = fmt.Errorf("device %s: %w", req.nc.DeviceID, db.ErrNotFound)
+	out := make([]batch.Outcome[command.Command], len(ncs))
+	for i, nc := range ncs {
+		if c, ok := byID[nc.ID]; ok {
+			out[i].Result = *c
+		} else {
+			out[i].Err = fmt.Errorf("device %s: %w", nc.DeviceID, db.ErrNotFound)
 		}
 	}
+	return out, nil
 }

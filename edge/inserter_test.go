@@ -24,31 +24,56 @@ func TestInserterIsolatesRefusedRows(t *testing.T) {
 	if _, err := store.AddDevices(ctx, []db.Credential{{ID: "dev-1", SecretHash: secret.Hash("s")}}); err != nil {
 		t.Fatal(err)
 	}
-	nc := func(device, args string) *insert {
-		return &insert{done: make(chan struct{}), nc: db.NewCommand{
+	nc := func(device, args string) db.NewCommand {
+		return db.NewCommand{
 			ID: uuid.Must(uuid.NewV7()), DeviceID: device, Name: "x", Args: json.RawMessage(args),
 			Timeout: time.Second, TTL: time.Minute, ReplyTo: "edge-a",
-		}}
+		}
 	}
-	good1, bad, ghost, good2 := nc("dev-1", `{}`), nc("dev-1", `{"s":"a\u0000b"}`), nc("ghost", `{}`), nc("dev-1", `{"n":2}`)
-	newInserter(store).flush(ctx, []*insert{good1, bad, ghost, good2})
+	// good, refused, unknown device, good
+	ncs := []db.NewCommand{nc("dev-1", `{}`), nc("dev-1", `{"s":"a\u0000b"}`), nc("ghost", `{}`), nc("dev-1", `{"n":2}`)}
+	type answer struct {
+		c   command.Command
+		err error
+	}
+	ins := newInserter(store)
+	answers := make([]chan answer, len(ncs))
+	for i, nc := range ncs {
+		answers[i] = make(chan answer, 1)
+		go func() {
+			c, err := ins.create(nc)
+			answers[i] <- answer{c, err}
+		}()
+	}
+	// All queue before the inserter runs: they go in one batch.
+	for deadline := time.Now().Add(10 * time.Second); ins.waiting() < len(ncs); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d requests queued, want 4", ins.waiting())
+		}
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	stopped := make(chan error)
+	go func() { stopped <- ins.run(runCtx) }()
+	defer func() {
+		stop()
+		if err := <-stopped; err != nil {
+			t.Error(err)
+		}
+	}()
 
-	for _, req := range []*insert{good1, bad, ghost, good2} {
-		select {
-		case <-req.done:
-		default:
-			t.Fatalf("request %s was not answered", req.nc.ID)
+	var got [4]answer
+	for i := range answers {
+		got[i] = <-answers[i] // every request is answered
+	}
+	for _, i := range []int{0, 3} {
+		if got[i].err != nil || got[i].c.ID != ncs[i].ID || got[i].c.Status != command.Pending {
+			t.Errorf("good row: %+v, err %v", got[i].c, got[i].err)
 		}
 	}
-	for _, good := range []*insert{good1, good2} {
-		if good.err != nil || good.c.ID != good.nc.ID || good.c.Status != command.Pending {
-			t.Errorf("good row: %+v, err %v", good.c, good.err)
-		}
+	if !errors.Is(got[1].err, db.ErrInvalid) {
+		t.Errorf("refused row: err = %v, want ErrInvalid", got[1].err)
 	}
-	if !errors.Is(bad.err, db.ErrInvalid) {
-		t.Errorf("refused row: err = %v, want ErrInvalid", bad.err)
-	}
-	if !errors.Is(ghost.err, db.ErrNotFound) {
-		t.Errorf("unknown device: err = %v, want ErrNotFound", ghost.err)
+	if !errors.Is(got[2].err, db.ErrNotFound) {
+		t.Errorf("unknown device: err = %v, want ErrNotFound", got[2].err)
 	}
 }
