@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"net/http"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -13,26 +12,6 @@ import (
 	"github.com/switchboard-iot/switchboard/app/testsys"
 	"github.com/switchboard-iot/switchboard/internal/pgcluster"
 )
-
-// readmeBlock returns the first fenced block of the given language after
-// the README heading.
-func readmeBlock(t *testing.T, heading, lang string) string {
-	t.Helper()
-	b, err := os.ReadFile("../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, section, ok := strings.Cut(string(b), "\n"+heading+"\n")
-	if !ok {
-		t.Fatalf("README has no heading %q", heading)
-	}
-	_, block, ok := strings.Cut(section, "```"+lang+"\n")
-	if !ok {
-		t.Fatalf("README's %q has no ```%s block", heading, lang)
-	}
-	block, _, _ = strings.Cut(block, "```")
-	return block
-}
 
 // The README's psql cookbook runs as printed, with psql, against the real
 // schema of a system with a connected device, a command and events: every
@@ -77,7 +56,11 @@ func TestPsqlCookbook(t *testing.T) {
 		return events == 1 && jobCommands == 1
 	})
 
-	queries := readmeBlock(t, "## For operators: psql", "sql")
+	_, queries, ok := strings.Cut(docSection(t, "README.md", "## For operators: psql"), "```sql\n")
+	if !ok {
+		t.Fatal("the README's psql cookbook has no ```sql block")
+	}
+	queries, _, _ = strings.Cut(queries, "```")
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, psql, "-X", "-v", "ON_ERROR_STOP=1", "--no-psqlrc", "-d", sys.DBURL)
@@ -85,7 +68,7 @@ func TestPsqlCookbook(t *testing.T) {
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
-		t.Fatalf("psql ran the README's queries: %v\n%s", err, out.String())
+		t.Fatalf("psql ran the cookbook's queries: %v\n%s", err, out.String())
 	}
 	for _, want := range []string{
 		"thermostat-1 | node-a",    // who is online
