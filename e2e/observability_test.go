@@ -2,7 +2,7 @@ package e2e
 
 // Observability: what an operator scrapes from a real edge and a real node
 // (the node's plain-HTTP ops listener, as CONN_OPS_LISTEN serves it) moves
-// with real traffic, and the README's PromQL names only series
+// with real traffic, and the PromQL of docs/operations.md names only series
 // that exist.
 
 import (
@@ -188,12 +188,12 @@ func TestObservability(t *testing.T) {
 }
 
 // checkDocumentedQueries reads the PromQL in the Observability section of
-// the README and checks that every switchboard_ series it names is
+// docs/operations.md and checks that every switchboard_ series it names is
 // in a real scrape of an edge or a node (a histogram's _bucket, _sum and
 // _count counting as the histogram).
 func checkDocumentedQueries(t *testing.T, scrapes ...testsys.Metrics) {
 	t.Helper()
-	section := docSection(t, "README.md", "## Observability")
+	section := docSection(t, "docs/operations.md", "## Observability")
 	blocks := regexp.MustCompile("(?s)```promql\n(.*?)```").FindAllStringSubmatch(section, -1)
 	if len(blocks) == 0 {
 		t.Fatal("the Observability section has no ```promql block")
@@ -214,7 +214,7 @@ func checkDocumentedQueries(t *testing.T, scrapes ...testsys.Metrics) {
 	slices.Sort(names)
 	for _, name := range slices.Compact(names) {
 		if !slices.ContainsFunc(scrapes, func(m testsys.Metrics) bool { return m.HasFamily(name) }) {
-			t.Errorf("the README's Observability queries name %s, which no /metrics serves", name)
+			t.Errorf("the Observability queries of docs/operations.md name %s, which no /metrics serves", name)
 		}
 	}
 }

@@ -13,7 +13,7 @@ import (
 	"github.com/switchboard-iot/switchboard/internal/pgcluster"
 )
 
-// The README's psql cookbook runs as printed, with psql, against the real
+// The psql cookbook (docs/operations.md) runs as printed, with psql, against the real
 // schema of a system with a connected device, a command and events: every
 // query is valid, and the ones about that device find it.
 func TestPsqlCookbook(t *testing.T) {
@@ -56,9 +56,9 @@ func TestPsqlCookbook(t *testing.T) {
 		return events == 1 && jobCommands == 1
 	})
 
-	_, queries, ok := strings.Cut(docSection(t, "README.md", "## For operators: psql"), "```sql\n")
+	_, queries, ok := strings.Cut(docSection(t, "docs/operations.md", "## The psql cookbook"), "```sql\n")
 	if !ok {
-		t.Fatal("the README's psql cookbook has no ```sql block")
+		t.Fatal("docs/operations.md's psql cookbook has no ```sql block")
 	}
 	queries, _, _ = strings.Cut(queries, "```")
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
