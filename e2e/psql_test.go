@@ -50,10 +50,14 @@ func TestPsqlCookbook(t *testing.T) {
 	if resp.StatusCode != http.StatusCreated {
 		t.Fatalf("POST /v1/jobs: %s", resp.Status)
 	}
+	// Both job commands created (the runner may create them in two
+	// batches), and the connected device's answered.
 	testsys.Eventually(t, "the event and the job's commands to be stored", func() bool {
-		var events, jobCommands int
-		_ = sys.Pool.QueryRow(t.Context(), `SELECT (SELECT count(*) FROM event_latest), (SELECT count(*) FROM commands WHERE job_id IS NOT NULL AND status <> 'pending')`).Scan(&events, &jobCommands)
-		return events == 1 && jobCommands == 1
+		var events, jobCommands, answered int
+		_ = sys.Pool.QueryRow(t.Context(), `SELECT (SELECT count(*) FROM event_latest),
+			(SELECT count(*) FROM commands WHERE job_id IS NOT NULL),
+			(SELECT count(*) FROM commands WHERE job_id IS NOT NULL AND status <> 'pending')`).Scan(&events, &jobCommands, &answered)
+		return events == 1 && jobCommands == 2 && answered == 1
 	})
 
 	_, queries, ok := strings.Cut(docSection(t, "docs/operations.md", "## The psql cookbook"), "```sql\n")
