@@ -67,7 +67,7 @@ func TestAPIKeysCommandLine(t *testing.T) {
 	url := sys.DBURL
 	edgeA, edgeB := sys.StartEdge(t, "edge-a", nil), sys.StartEdge(t, "edge-b", nil)
 
-	// Flags after the name, as the README writes them, and before it.
+	// Flags after the name, as docs/cli.md writes them, and before it.
 	reader := alone(t, "apikeys add", first(mustRun(t, url, "", "apikeys", "add", "dashboard", "-scopes", "read")))
 	ci := alone(t, "apikeys add", first(mustRun(t, url, "", "apikeys", "add", "-scopes", "commands,read", "ci")))
 	ops := alone(t, "apikeys add", first(mustRun(t, url, "", "apikeys", "add", "ops", "-expires", "720h")))

@@ -191,7 +191,7 @@ func TestEndToEnd(t *testing.T) {
 }
 
 // TestForeignDevice is a device written with another WebSocket library
-// (coder/websocket), following only the README's protocol section. The
+// (coder/websocket), following only docs/protocol.md. The
 // command comes from an edge that never talks to its node.
 func TestForeignDevice(t *testing.T) {
 	t.Parallel()

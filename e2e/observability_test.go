@@ -2,7 +2,8 @@ package e2e
 
 // Observability: what an operator scrapes from a real edge and a real node
 // (the node's plain-HTTP ops listener, as CONN_OPS_LISTEN serves it) moves
-// with real traffic, and the README's PromQL names only series that exist.
+// with real traffic, and the PromQL of docs/operations.md names only series
+// that exist.
 
 import (
 	"context"
@@ -11,7 +12,6 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -133,8 +133,8 @@ func TestObservability(t *testing.T) {
 		t.Errorf("edge: switchboard_db_listener_up = %v (present %v)", v, ok)
 	}
 
-	// The README's queries name series these scrapes have.
-	checkREADMEQueries(t, nodeAfter, edgeAfter)
+	// The documented queries name series these scrapes have.
+	checkDocumentedQueries(t, nodeAfter, edgeAfter)
 
 	// A device that leaves is a disconnect, by its reason.
 	disconnects := func() float64 {
@@ -187,23 +187,13 @@ func TestObservability(t *testing.T) {
 	}
 }
 
-// checkREADMEQueries reads the PromQL in the README's Observability
-// section and checks that every switchboard_ series it names is in a real
-// scrape of an edge or a node (a histogram's _bucket, _sum and _count
-// counting as the histogram).
-func checkREADMEQueries(t *testing.T, scrapes ...testsys.Metrics) {
+// checkDocumentedQueries reads the PromQL in the Observability section of
+// docs/operations.md and checks that every switchboard_ series it names is
+// in a real scrape of an edge or a node (a histogram's _bucket, _sum and
+// _count counting as the histogram).
+func checkDocumentedQueries(t *testing.T, scrapes ...testsys.Metrics) {
 	t.Helper()
-	readme, err := os.ReadFile("../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, section, ok := strings.Cut(string(readme), "\n## Observability\n")
-	if !ok {
-		t.Fatal(`README.md has no "## Observability" section`)
-	}
-	if end := strings.Index(section, "\n## "); end >= 0 {
-		section = section[:end]
-	}
+	section := docSection(t, "docs/operations.md", "## Observability")
 	blocks := regexp.MustCompile("(?s)```promql\n(.*?)```").FindAllStringSubmatch(section, -1)
 	if len(blocks) == 0 {
 		t.Fatal("the Observability section has no ```promql block")
@@ -224,7 +214,7 @@ func checkREADMEQueries(t *testing.T, scrapes ...testsys.Metrics) {
 	slices.Sort(names)
 	for _, name := range slices.Compact(names) {
 		if !slices.ContainsFunc(scrapes, func(m testsys.Metrics) bool { return m.HasFamily(name) }) {
-			t.Errorf("README's Observability queries name %s, which no /metrics serves", name)
+			t.Errorf("the Observability queries of docs/operations.md name %s, which no /metrics serves", name)
 		}
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"net/http"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -14,27 +13,7 @@ import (
 	"github.com/switchboard-iot/switchboard/internal/pgcluster"
 )
 
-// readmeBlock returns the first fenced block of the given language after
-// the README heading.
-func readmeBlock(t *testing.T, heading, lang string) string {
-	t.Helper()
-	b, err := os.ReadFile("../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, section, ok := strings.Cut(string(b), "\n"+heading+"\n")
-	if !ok {
-		t.Fatalf("README has no heading %q", heading)
-	}
-	_, block, ok := strings.Cut(section, "```"+lang+"\n")
-	if !ok {
-		t.Fatalf("README's %q has no ```%s block", heading, lang)
-	}
-	block, _, _ = strings.Cut(block, "```")
-	return block
-}
-
-// The README's psql cookbook runs as printed, with psql, against the real
+// The psql cookbook (docs/operations.md) runs as printed, with psql, against the real
 // schema of a system with a connected device, a command and events: every
 // query is valid, and the ones about that device find it.
 func TestPsqlCookbook(t *testing.T) {
@@ -71,13 +50,21 @@ func TestPsqlCookbook(t *testing.T) {
 	if resp.StatusCode != http.StatusCreated {
 		t.Fatalf("POST /v1/jobs: %s", resp.Status)
 	}
+	// Both job commands created (the runner may create them in two
+	// batches), and the connected device's answered.
 	testsys.Eventually(t, "the event and the job's commands to be stored", func() bool {
-		var events, jobCommands int
-		_ = sys.Pool.QueryRow(t.Context(), `SELECT (SELECT count(*) FROM event_latest), (SELECT count(*) FROM commands WHERE job_id IS NOT NULL AND status <> 'pending')`).Scan(&events, &jobCommands)
-		return events == 1 && jobCommands == 1
+		var events, jobCommands, answered int
+		_ = sys.Pool.QueryRow(t.Context(), `SELECT (SELECT count(*) FROM event_latest),
+			(SELECT count(*) FROM commands WHERE job_id IS NOT NULL),
+			(SELECT count(*) FROM commands WHERE job_id IS NOT NULL AND status <> 'pending')`).Scan(&events, &jobCommands, &answered)
+		return events == 1 && jobCommands == 2 && answered == 1
 	})
 
-	queries := readmeBlock(t, "## For operators: psql", "sql")
+	_, queries, ok := strings.Cut(docSection(t, "docs/operations.md", "## The psql cookbook"), "```sql\n")
+	if !ok {
+		t.Fatal("docs/operations.md's psql cookbook has no ```sql block")
+	}
+	queries, _, _ = strings.Cut(queries, "```")
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, psql, "-X", "-v", "ON_ERROR_STOP=1", "--no-psqlrc", "-d", sys.DBURL)
@@ -85,7 +72,7 @@ func TestPsqlCookbook(t *testing.T) {
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
-		t.Fatalf("psql ran the README's queries: %v\n%s", err, out.String())
+		t.Fatalf("psql ran the cookbook's queries: %v\n%s", err, out.String())
 	}
 	for _, want := range []string{
 		"thermostat-1 | node-a",    // who is online
