@@ -366,7 +366,7 @@ func (s *Store) StepJob(ctx context.Context, interval time.Duration, plan func(J
 			return err
 		case "":
 		default:
-			return fmt.Errorf("a job step cannot end a job %s", p.End)
+			return fmt.Errorf("a job plan cannot end a job as %q", p.End)
 		}
 		// created never passes total, whatever the plan.
 		n := min(p.Create, st.Total-st.Created)

@@ -46,7 +46,7 @@ type Config struct {
 	// SweepInterval is how often the sweeper (package maintenance, run
 	// beside every edge) fails or expires overdue commands: a stream reads
 	// an overdue command itself once two sweeps should have woken it. The
-	// composition root sets it from the sweeper's.
+	// composition root sets it from the sweeper's (maintenance.Config).
 	SweepInterval time.Duration
 	// JobCreated is called after a job was stored, so that the job
 	// runner (package maintenance) steps it at once, not at its next tick;

@@ -56,7 +56,7 @@ func (m *Maintainer) runJobs(ctx context.Context) error {
 	defer tick.Stop()
 	plan := func(s db.JobState) db.JobPlan { return planJob(s, maxJobBatch) }
 	lastCount := time.Time{}
-	failing := false
+	outage := outage{log: m.log, doing: "running jobs"}
 	for {
 		select {
 		case <-ctx.Done():
@@ -69,16 +69,10 @@ func (m *Maintainer) runJobs(ctx context.Context) error {
 		for range 1000 {
 			step, ok, err := m.store.StepJob(ctx, m.cfg.JobInterval*3/4, plan)
 			if err != nil {
-				if ctx.Err() == nil && !failing {
-					m.log.Warn("running jobs; retrying every beat", "err", err)
-				}
-				failing = true
+				outage.failed(ctx, err)
 				break
 			}
-			if failing {
-				m.log.Info("running jobs again")
-				failing = false
-			}
+			outage.worked()
 			if !ok {
 				break
 			}

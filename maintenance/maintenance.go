@@ -121,3 +121,26 @@ func (m *Maintainer) Run(ctx context.Context) error {
 	stopNotices()
 	return errors.Join(err, notices.Wait())
 }
+
+// outage logs a loop whose work fails once, not every beat, and its end.
+type outage struct {
+	log     *slog.Logger
+	doing   string // what the loop does: "sweeping commands"
+	failing bool
+}
+
+// failed notes a beat that failed; one cut short by shutdown is not logged.
+func (o *outage) failed(ctx context.Context, err error) {
+	if ctx.Err() == nil && !o.failing {
+		o.log.Warn(o.doing+"; retrying every beat", "err", err)
+	}
+	o.failing = true
+}
+
+// worked notes a beat that worked.
+func (o *outage) worked() {
+	if o.failing {
+		o.log.Info(o.doing + " again")
+		o.failing = false
+	}
+}

@@ -17,7 +17,7 @@ func (m *Maintainer) sweep(ctx context.Context) error {
 	defer ticker.Stop()
 	const limit = 1000
 	lastReap := time.Now()
-	failing := false // log an outage once, not every beat
+	outage := outage{log: m.log, doing: "sweeping commands"}
 	for {
 		select {
 		case <-ctx.Done():
@@ -34,16 +34,10 @@ func (m *Maintainer) sweep(ctx context.Context) error {
 				_ = m.notices.Push(db.Notice{Wake: id})
 			}
 			if err != nil {
-				if ctx.Err() == nil && !failing {
-					m.log.Warn("sweeping commands; retrying every beat", "err", err)
-				}
-				failing = true
+				outage.failed(ctx, err)
 				break
 			}
-			if failing {
-				m.log.Info("sweeping commands again")
-				failing = false
-			}
+			outage.worked()
 			m.metrics.swept.Add(float64(len(swept.Changes)))
 			for _, ch := range swept.Changes {
 				if ch.Command != nil && ch.Command.Status.Terminal() {
