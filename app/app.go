@@ -37,8 +37,8 @@ type Process struct {
 	Notifier *db.Notifier
 	Certs    *db.CertStorage // certmagic's storage, shared by every process
 	// Metrics is the process's registry, served at /metrics. Every part
-	// registers on it (edge and node series labelled with their id); so
-	// can a later part, such as job progress (see edge.Edge.Metrics).
+	// registers on it: edge and node series labelled with their id, and an
+	// edge's maintenance with its edge's.
 	Metrics *prometheus.Registry
 	Log     *slog.Logger
 
