@@ -25,6 +25,7 @@ import (
 	"github.com/switchboard-iot/switchboard/edge"
 	"github.com/switchboard-iot/switchboard/internal/actors"
 	"github.com/switchboard-iot/switchboard/internal/certs"
+	"github.com/switchboard-iot/switchboard/maintenance"
 )
 
 // Process is what the parts of one process share: a pool, the one LISTEN
@@ -36,8 +37,8 @@ type Process struct {
 	Notifier *db.Notifier
 	Certs    *db.CertStorage // certmagic's storage, shared by every process
 	// Metrics is the process's registry, served at /metrics. Every part
-	// registers on it (edge and node series labelled with their id); so
-	// can a later part, such as job progress (see edge.Edge.Metrics).
+	// registers on it: edge and node series labelled with their id, and an
+	// edge's maintenance with its edge's.
 	Metrics *prometheus.Registry
 	Log     *slog.Logger
 
@@ -81,11 +82,15 @@ func (p *Process) Close() { p.Pool.Close() }
 // Server is a part that serves on a listener until its context ends.
 type Server func(ctx context.Context) error
 
-// Edge assembles an edge serving on ln; cfg needs its ID and any tuning.
-// acme says which ACME CA the nodes use, so that the edge can answer their
-// HTTP-01 challenges from the shared storage.
-func (p *Process) Edge(cfg edge.Config, acme certs.Config, ln net.Listener) (Server, *edge.Edge, error) {
+// Edge assembles an edge serving on ln, and its background work (package
+// maintenance: every edge process runs it); cfg needs its ID and any
+// tuning, maint any tuning. acme says which ACME CA the nodes use, so that
+// the edge can answer their HTTP-01 challenges from the shared storage.
+func (p *Process) Edge(cfg edge.Config, maint maintenance.Config, acme certs.Config, ln net.Listener) (Server, *edge.Edge, error) {
 	cfg.Store, cfg.Notifier, cfg.Log, cfg.Metrics = p.Store, p.Notifier, p.Log, p.Metrics
+	maint.Store, maint.Log, maint.Metrics, maint.EdgeID = p.Store, p.Log, p.Metrics, cfg.ID
+	m := maintenance.New(maint)
+	cfg.SweepInterval, cfg.JobCreated = m.SweepInterval(), m.Poke
 	acme.Storage, acme.Log = p.Certs, p.Log
 	answer, stopAnswering, err := certs.HTTPChallenges(acme)
 	if err != nil {
@@ -104,7 +109,19 @@ func (p *Process) Edge(cfg edge.Config, acme certs.Config, ln net.Listener) (Ser
 		Guard: e.GuardAuth, Failed: e.AuthFailed}).Register)
 	return func(ctx context.Context) error {
 		defer stopAnswering()
-		return e.Run(ctx, ln)
+		// Maintenance works through the edge's drain and stops after it,
+		// as the edge's own background did; either one ending stops both.
+		edgeCtx, stopEdge := context.WithCancel(ctx)
+		defer stopEdge()
+		maintCtx, stopMaint := context.WithCancel(context.WithoutCancel(ctx))
+		defer stopMaint()
+		work := actors.Go(func() error {
+			defer stopEdge()
+			return m.Run(maintCtx)
+		})
+		err := e.Run(edgeCtx, ln)
+		stopMaint()
+		return errors.Join(err, work.Wait())
 	}, e, nil
 }
 

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"time"
 
 	"github.com/google/uuid"
@@ -300,55 +299,77 @@ type JobStep struct {
 	Ended   JobStatus // the status the job ended with in this step, or ""
 }
 
-// Abort rule: a job is aborted once more than abort_failed_percent of its
-// final commands failed or expired, judged once at least abortMinFinal
-// commands (or all its targets, when fewer) are final.
-const abortMinFinal = 10
+// JobState is what a runner step sees of the job it claimed: its pace,
+// how far its rollout got, and its commands by status.
+type JobState struct {
+	Job     uuid.UUID
+	Rate    float64 // commands a second
+	Abort   float64 // abort_failed_percent
+	Total   int     // targets
+	Created int     // targets whose command was created
+	Counts  JobCounts
+	// Elapsed is how far the rollout's clock (jobs.advanced_at) is behind
+	// now, in seconds by the database's clock.
+	Elapsed float64
+}
+
+// JobPlan is what a runner decided to do to the job it claimed (the
+// policy is the runner's; StepJob applies it).
+type JobPlan struct {
+	// End is JobAborted (the pending commands expire, "job aborted") or
+	// JobDone; "" leaves the job running.
+	End JobStatus
+	// Create is how many of the next targets get their command now (at
+	// most those left); 0 creates none and moves no clock.
+	Create int
+	// Behind is where the rollout's clock is set once Create commands
+	// were created: this many seconds behind now.
+	Behind float64
+}
 
 // StepJob advances one running job that no runner looked at within
 // interval: it claims the job's row (SKIP LOCKED: two runners never take
-// the same job, so never create the same batch), applies the abort rule,
-// creates the batch that is due at the job's rate (at most maxBatch
-// commands, in one INSERT…SELECT from the snapshot), or ends the job once
-// every command is final. ok is false when no job was due.
-func (s *Store) StepJob(ctx context.Context, interval time.Duration, maxBatch int) (step JobStep, ok bool, err error) {
+// the same job, so never create the same batch), asks plan what to do, and
+// does it: ends the job, or creates the batch plan asked for (in one
+// INSERT…SELECT from the snapshot), or only marks the job checked. plan
+// runs inside the transaction, under the row lock, because its decision is
+// only sound for the counts it was given while no other runner can act.
+// ok is false when no job was due.
+func (s *Store) StepJob(ctx context.Context, interval time.Duration, plan func(JobState) JobPlan) (step JobStep, ok bool, err error) {
 	err = s.InTx(ctx, func(tx *Store) error {
 		step, ok = JobStep{}, false
-		var name string
-		var rate, abort, elapsed float64
-		var total, created int
+		var st JobState
 		err := tx.db.QueryRow(ctx, `
-			SELECT id, name, rate, abort_failed_percent, total, created, extract(epoch FROM now() - advanced_at)::float8
+			SELECT id, rate, abort_failed_percent, total, created, extract(epoch FROM now() - advanced_at)::float8
 			FROM jobs WHERE status = 'running' AND checked_at <= now() - $1::interval
 			ORDER BY checked_at LIMIT 1 FOR UPDATE SKIP LOCKED`, interval).
-			Scan(&step.Job, &name, &rate, &abort, &total, &created, &elapsed)
+			Scan(&st.Job, &st.Rate, &st.Abort, &st.Total, &st.Created, &st.Elapsed)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil
 		}
 		if err != nil {
 			return err
 		}
-		ok = true
-		counts, err := tx.jobCounts(ctx, step.Job, total, created)
-		if err != nil {
+		ok, step.Job = true, st.Job
+		if st.Counts, err = tx.jobCounts(ctx, st.Job, st.Total, st.Created); err != nil {
 			return err
 		}
-		final := counts.Final()
-		if final >= min(abortMinFinal, total) && float64(counts.Failed+counts.Expired)*100 > abort*float64(final) {
+		p := plan(st)
+		switch p.End {
+		case JobAborted:
 			step.Ended = JobAborted
 			step.Changes, err = tx.endJob(ctx, step.Job, JobAborted, JobAbortedError)
 			return err
-		}
-		if created >= total {
-			if counts.Pending+counts.Delivered == 0 {
-				step.Ended = JobDone
-				_, err = tx.db.Exec(ctx, `UPDATE jobs SET status = 'done', finished_at = now(), checked_at = now() WHERE id = $1`, step.Job)
-				return err
-			}
-			_, err = tx.db.Exec(ctx, `UPDATE jobs SET checked_at = now() WHERE id = $1`, step.Job)
+		case JobDone:
+			step.Ended = JobDone
+			_, err = tx.db.Exec(ctx, `UPDATE jobs SET status = 'done', finished_at = now(), checked_at = now() WHERE id = $1`, step.Job)
 			return err
+		case "":
+		default:
+			return fmt.Errorf("a job plan cannot end a job as %q", p.End)
 		}
-		n := min(total-created, maxBatch, int(math.Floor(rate*elapsed)))
+		// created never passes total, whatever the plan.
+		n := min(p.Create, st.Total-st.Created)
 		if n <= 0 {
 			_, err = tx.db.Exec(ctx, `UPDATE jobs SET checked_at = now() WHERE id = $1`, step.Job)
 			return err
@@ -373,19 +394,16 @@ func (s *Store) StepJob(ctx context.Context, interval time.Duration, maxBatch in
 				ON CONFLICT (job_id, device_id) WHERE job_id IS NOT NULL DO NOTHING
 				RETURNING c.seq)
 			SELECT count(*), coalesce(min(seq), 0), coalesce(max(seq), 0) FROM ins`,
-			step.Job, ids, created).Scan(&step.Created, &first, &last); err != nil {
+			step.Job, ids, st.Created).Scan(&step.Created, &first, &last); err != nil {
 			return err
 		}
 		if step.Created > 0 {
 			step.Wake = &JobWake{Job: step.Job, First: first, Last: last}
 		}
-		// The clock moves on by what was due, not to now: a slow tick does
-		// not lose the fraction. After a pause (no edge ran), at most a
-		// second's worth is made up at once.
 		_, err = tx.db.Exec(ctx, `
 			UPDATE jobs SET created = created + $2, checked_at = now(),
-				advanced_at = greatest(advanced_at + make_interval(secs => $2 / rate), now() - interval '1 second')
-			WHERE id = $1`, step.Job, n)
+				advanced_at = now() - make_interval(secs => $3)
+			WHERE id = $1`, step.Job, n, p.Behind)
 		return err
 	})
 	return step, ok, translate(err, "step job")

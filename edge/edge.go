@@ -43,12 +43,17 @@ type Config struct {
 	// takes in place of a key ("": none; see Mount).
 	SessionCookie string
 
-	SweepInterval time.Duration // 1s: how often overdue commands are failed or expired
-	KeepAlive     time.Duration // 15s: SSE comment sent on quiet streams
-	MaxWait       time.Duration // 60s: longest ?wait= honoured
-	// JobInterval is how often the edge's job runner steps the running
-	// jobs (250ms): a job's batches are its rate times this.
-	JobInterval time.Duration
+	// SweepInterval is how often the sweeper (package maintenance, run
+	// beside every edge) fails or expires overdue commands: a stream reads
+	// an overdue command itself once two sweeps should have woken it. The
+	// composition root sets it from the sweeper's (maintenance.Config).
+	SweepInterval time.Duration
+	// JobCreated is called after a job was stored, so that the job
+	// runner (package maintenance) steps it at once, not at its next tick;
+	// the composition root sets it. It must not block.
+	JobCreated func()
+	KeepAlive  time.Duration // 15s: SSE comment sent on quiet streams
+	MaxWait    time.Duration // 60s: longest ?wait= honoured
 	// JobStreamInterval is how often a job's event stream reads it (1s).
 	JobStreamInterval time.Duration
 	// APIKeyCache is how long a checked API key is trusted without a
@@ -56,14 +61,6 @@ type Config struct {
 	// bounds what a revocation missed while the listener was away costs.
 	APIKeyCache  time.Duration
 	DrainTimeout time.Duration // 10s: how long shutdown waits for requests
-
-	// Retention (retention.go): final commands are deleted RetainCommands
-	// after they ended (30 days), events RetainEvents after they arrived
-	// (7 days), and a device keeps at most EventsPerDevice events (10,000).
-	// A negative value keeps them forever.
-	RetainCommands  time.Duration
-	RetainEvents    time.Duration
-	EventsPerDevice int
 
 	// HTTP deadlines (see deadlines.go). ReadTimeout bounds receiving a
 	// request's body (30s; the headers have 10s); WriteTimeout writing a
@@ -107,8 +104,6 @@ type Edge struct {
 
 	keys *keyCache // checked API keys
 
-	runnerPoke chan struct{} // cap 1: a job was created; step the jobs now
-
 	limits *keyLimits       // per API key; nil when both are off
 	guard  *authguard.Guard // failed API key look-ups
 
@@ -130,8 +125,6 @@ func New(cfg Config) (*Edge, error) {
 			*v = d
 		}
 	}
-	def(&cfg.SweepInterval, time.Second)
-	def(&cfg.JobInterval, 250*time.Millisecond)
 	def(&cfg.JobStreamInterval, time.Second)
 	def(&cfg.KeepAlive, 15*time.Second)
 	def(&cfg.MaxWait, 60*time.Second)
@@ -140,10 +133,8 @@ func New(cfg Config) (*Edge, error) {
 	def(&cfg.ReadTimeout, 30*time.Second)
 	def(&cfg.WriteTimeout, 30*time.Second)
 	def(&cfg.IdleTimeout, 120*time.Second)
-	def(&cfg.RetainCommands, DefaultRetainCommands)
-	def(&cfg.RetainEvents, DefaultRetainEvents)
-	if cfg.EventsPerDevice == 0 {
-		cfg.EventsPerDevice = DefaultEventsPerDevice
+	if cfg.JobCreated == nil {
+		cfg.JobCreated = func() {}
 	}
 	if cfg.KeyRate == 0 {
 		cfg.KeyRate = DefaultKeyRate
@@ -168,8 +159,6 @@ func New(cfg Config) (*Edge, error) {
 		limits:  newKeyLimits(cfg.KeyRate, cfg.KeyBurst, cfg.KeyStreams),
 		guard:   authguard.New(cfg.AuthGuard),
 		closing: make(chan struct{}),
-
-		runnerPoke: make(chan struct{}, 1),
 	}
 	e.notices = batch.New("notices", 4096, 1000, log, e.store.Notify, db.IsRefused)
 	e.inserts = newInserter(cfg.Store)
@@ -188,7 +177,7 @@ func (e *Edge) Mount(register func(chi.Router)) { e.pages = append(e.pages, regi
 // Run serves the API on ln until ctx is done, then ends open streams,
 // waits for requests to finish and stops its background actors.
 func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
-	bg, stopBackground := actors.Group(ctx, e.replies.run, e.notices.Run, e.inserts.run, e.sweep, e.events.run, e.retain, e.runJobs)
+	bg, stopBackground := actors.Group(ctx, e.replies.run, e.notices.Run, e.inserts.run, e.events.run)
 	unlisten := e.cfg.Notifier.Listen(db.EdgeChannel(e.cfg.ID), e.replies.onNotify, e.replies.onReady)
 	defer unlisten()
 	unlistenKeys := e.cfg.Notifier.Listen(db.KeysChannel, func(keyID string) {
@@ -229,68 +218,6 @@ func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
 	err := errors.Join(served.Wait(), bg.Wait())
 	e.log.Info("edge stopped")
 	return err
-}
-
-// sweep fails commands whose device did not reply in time, expires those
-// never delivered, and gives back those delivered to a node whose lease
-// lapsed; then wakes their edges and nodes. Every edge sweeps; each row goes
-// to one of them. Leases of long-dead nodes and old idempotency keys are
-// reaped on a slower beat.
-func (e *Edge) sweep(ctx context.Context) error {
-	ticker := time.NewTicker(e.cfg.SweepInterval)
-	defer ticker.Stop()
-	const limit = 1000
-	lastReap := time.Now()
-	failing := false // log an outage once, not every beat
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-ticker.C:
-		}
-		for {
-			swept, err := e.store.SweepCommands(ctx, limit)
-			// Wake for what was swept even if part of the sweep failed.
-			for i := range swept.Changes {
-				_ = e.notices.Push(db.Notice{Change: &swept.Changes[i]})
-			}
-			for _, id := range swept.Devices {
-				_ = e.notices.Push(db.Notice{Wake: id})
-			}
-			if err != nil {
-				if ctx.Err() == nil && !failing {
-					e.log.Warn("sweeping commands; retrying every beat", "err", err)
-				}
-				failing = true
-				break
-			}
-			if failing {
-				e.log.Info("sweeping commands again")
-				failing = false
-			}
-			e.metrics.swept.Add(float64(len(swept.Changes)))
-			for _, ch := range swept.Changes {
-				if ch.Command != nil && ch.Command.Status.Final() {
-					e.metrics.final.WithLabelValues(string(ch.Command.Status)).Inc()
-				}
-			}
-			e.metrics.requeued.Add(float64(len(swept.Devices)))
-			if len(swept.Changes) < limit && len(swept.Devices) < limit {
-				break
-			}
-		}
-		if time.Since(lastReap) > time.Minute {
-			lastReap = time.Now()
-			if n, err := e.store.ReapNodes(ctx, 5*time.Minute); err != nil {
-				e.log.Warn("reaping dead nodes", "err", err)
-			} else if n > 0 {
-				e.log.Info("reaped dead nodes", "nodes", n)
-			}
-			if _, err := e.store.PurgeIdempotencyKeys(ctx, 10000); err != nil {
-				e.log.Warn("purging idempotency keys", "err", err)
-			}
-		}
-	}
 }
 
 // NewID returns an edge id: the machine's id when it has one, and a random

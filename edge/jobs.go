@@ -1,7 +1,6 @@
 package edge
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -144,8 +143,8 @@ func (req *jobRequest) validate() (filter db.DeviceFilter, stored json.RawMessag
 	return filter, stored, rate, abort, nil
 }
 
-// handleCreateJob stores a job and the snapshot of its targets; the
-// runners of the edges create its commands.
+// handleCreateJob stores a job and the snapshot of its targets; the job
+// runners beside the edges (package maintenance) create its commands.
 func (e *Edge) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 	var req jobRequest
 	if !decodeJSONLimit(w, r, &req, maxJobBody) {
@@ -186,7 +185,7 @@ func (e *Edge) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	e.metrics.jobsCreated.Inc()
-	e.pokeRunner()
+	e.cfg.JobCreated()
 	w.Header().Set("Location", "/v1/jobs/"+j.ID.String())
 	writeJSON(w, http.StatusCreated, j)
 }
@@ -364,74 +363,4 @@ func (e *Edge) handleListJobs(w http.ResponseWriter, r *http.Request) {
 		out.Jobs = []db.Job{}
 	}
 	writeJSON(w, http.StatusOK, out)
-}
-
-// pokeRunner has the runner look at once: a new job's first batch need
-// not wait for the next tick.
-func (e *Edge) pokeRunner() {
-	select {
-	case e.runnerPoke <- struct{}{}:
-	default:
-	}
-}
-
-// maxJobBatch bounds the commands one step creates for one job (a
-// second's worth at the highest rate).
-const maxJobBatch = MaxJobRate
-
-// runJobs is the edge's job runner: every JobInterval it steps each
-// running job no runner (of any edge) looked at within the interval:
-// creates its due batch, aborts or finishes it, in one transaction per
-// job, then wakes the nodes of the batch's devices, one notice per node.
-// Jobs live in the database: any edge runs any job, and one that stops
-// leaves its jobs to the others.
-func (e *Edge) runJobs(ctx context.Context) error {
-	tick := time.NewTicker(e.cfg.JobInterval)
-	defer tick.Stop()
-	lastCount := time.Time{}
-	failing := false
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-tick.C:
-		case <-e.runnerPoke:
-		}
-		// A step per due job; a job is due again only after the interval,
-		// so this ends.
-		for range 1000 {
-			step, ok, err := e.store.StepJob(ctx, e.cfg.JobInterval*3/4, maxJobBatch)
-			if err != nil {
-				if ctx.Err() == nil && !failing {
-					e.log.Warn("running jobs; retrying every beat", "err", err)
-				}
-				failing = true
-				break
-			}
-			if failing {
-				e.log.Info("running jobs again")
-				failing = false
-			}
-			if !ok {
-				break
-			}
-			if step.Wake != nil {
-				e.metrics.jobBatches.Inc()
-				e.metrics.jobCommands.Add(float64(step.Created))
-				_ = e.notices.Push(db.Notice{Job: step.Wake})
-			}
-			for i := range step.Changes {
-				_ = e.notices.Push(db.Notice{Change: &step.Changes[i]})
-			}
-			if step.Ended != "" {
-				e.log.Info("job ended", "job", step.Job, "status", step.Ended)
-			}
-		}
-		if time.Since(lastCount) > 5*time.Second {
-			lastCount = time.Now()
-			if n, err := e.store.RunningJobs(ctx); err == nil {
-				e.metrics.jobsRunning.Set(float64(n))
-			}
-		}
-	}
 }

@@ -20,14 +20,17 @@ import (
 	"github.com/switchboard-iot/switchboard/device"
 	"github.com/switchboard-iot/switchboard/edge"
 	"github.com/switchboard-iot/switchboard/internal/secret"
+	"github.com/switchboard-iot/switchboard/maintenance"
 )
 
-// fastJobs makes an edge step its jobs and stream them briskly.
+// fastJobs makes an edge stream its jobs briskly, and fastRunner the job
+// runner beside it step them briskly.
 func fastJobs(cfg *edge.Config) {
-	cfg.JobInterval = 50 * time.Millisecond
 	cfg.JobStreamInterval = 100 * time.Millisecond
 	cfg.KeyRate = -1 // the tests poll
 }
+
+func fastRunner(cfg *maintenance.Config) { cfg.JobInterval = 50 * time.Millisecond }
 
 // provision adds devices prefix-0000 … and returns their secrets by id.
 func provision(t *testing.T, sys *testsys.System, prefix string, n int) (ids []string, secrets map[string]string) {
@@ -167,7 +170,7 @@ func TestJobRollout(t *testing.T) {
 	t.Parallel()
 	sys := testsys.New(t)
 	nodes := []*testsys.Node{sys.StartNode(t, "node-a", nil), sys.StartNode(t, "node-b", nil)}
-	edges := []*testsys.Edge{sys.StartEdge(t, "edge-a", fastJobs), sys.StartEdge(t, "edge-b", fastJobs)}
+	edges := []*testsys.Edge{sys.StartEdge(t, "edge-a", fastJobs, fastRunner), sys.StartEdge(t, "edge-b", fastJobs, fastRunner)}
 	c := newAPI(t, edges[0].URL, sys.APIKey(t))
 	ids, secrets := provision(t, sys, "therm", 2000)
 	// Every other device is online at the start: the others connect
@@ -263,7 +266,7 @@ func TestJobCancel(t *testing.T) {
 	t.Parallel()
 	sys := testsys.New(t)
 	node := sys.StartNode(t, "node-a", nil)
-	e := sys.StartEdge(t, "edge-a", fastJobs)
+	e := sys.StartEdge(t, "edge-a", fastJobs, fastRunner)
 	c := newAPI(t, e.URL, sys.APIKey(t))
 	ids, secrets := provision(t, sys, "dev", 10)
 	connect(t, []*testsys.Node{node}, ids[:5], secrets, ok).waitConnected(t, 20*time.Second)
@@ -324,7 +327,7 @@ func TestJobAbort(t *testing.T) {
 	t.Parallel()
 	sys := testsys.New(t)
 	node := sys.StartNode(t, "node-a", nil)
-	e := sys.StartEdge(t, "edge-a", fastJobs)
+	e := sys.StartEdge(t, "edge-a", fastJobs, fastRunner)
 	c := newAPI(t, e.URL, sys.APIKey(t))
 	ids, secrets := provision(t, sys, "dev", 60)
 	// Every other device fails: 50% > 30%.
@@ -362,7 +365,7 @@ func TestJobStream(t *testing.T) {
 	t.Parallel()
 	sys := testsys.New(t)
 	node := sys.StartNode(t, "node-a", nil)
-	e := sys.StartEdge(t, "edge-a", fastJobs)
+	e := sys.StartEdge(t, "edge-a", fastJobs, fastRunner)
 	c := newAPI(t, e.URL, sys.APIKey(t))
 	ids, secrets := provision(t, sys, "dev", 20)
 	if _, err := sys.Pool.Exec(t.Context(), `UPDATE devices SET labels = '{"room":"kitchen"}' WHERE id < 'dev-0010'`); err != nil {
@@ -410,7 +413,7 @@ func TestJobStream(t *testing.T) {
 func TestJobList(t *testing.T) {
 	t.Parallel()
 	sys := testsys.New(t)
-	e := sys.StartEdge(t, "edge-a", func(cfg *edge.Config) { fastJobs(cfg); cfg.JobInterval = time.Hour })
+	e := sys.StartEdge(t, "edge-a", fastJobs, func(cfg *maintenance.Config) { cfg.JobInterval = time.Hour })
 	c := newAPI(t, e.URL, sys.APIKey(t))
 	sys.AddDevice(t, "dev-1")
 	var made []uuid.UUID
@@ -461,7 +464,7 @@ func TestJobList(t *testing.T) {
 func TestJobBadInput(t *testing.T) {
 	t.Parallel()
 	sys := testsys.New(t)
-	e := sys.StartEdge(t, "edge-a", fastJobs)
+	e := sys.StartEdge(t, "edge-a", fastJobs, fastRunner)
 	c := newAPI(t, e.URL, sys.APIKey(t))
 	sys.AddDevice(t, "dev-1")
 	many := make([]string, edge.MaxJobDevices+1)

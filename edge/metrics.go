@@ -10,7 +10,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/switchboard-iot/switchboard/internal/command"
-	"github.com/switchboard-iot/switchboard/internal/sbmetrics"
 )
 
 // metrics are an edge's Prometheus series, labelled with its id.
@@ -18,21 +17,10 @@ type metrics struct {
 	requests *prometheus.HistogramVec // by route pattern, method and status class
 	limited  *prometheus.CounterVec   // requests refused by a limit, by limit
 	accepted prometheus.Counter
-	swept    prometheus.Counter
-	requeued prometheus.Counter
-	// Fleet operations.
+	// Fleet operations (the edge's background work counts its own: see
+	// package maintenance).
 	eventsStreamed prometheus.Counter
-	purged         *prometheus.CounterVec // rows retention deleted, by table
-
-	jobsCreated prometheus.Counter
-	jobBatches  prometheus.Counter
-	jobCommands prometheus.Counter
-	jobsRunning prometheus.Gauge
-	// final counts the commands this edge's sweeps made final, by status:
-	// expired (never delivered in their ttl) and failed (the backstop for
-	// a node that could not fail them). Nodes count done and failed on
-	// the same series, per process (sbmetrics).
-	final *prometheus.CounterVec
+	jobsCreated    prometheus.Counter
 	// roundTrip times, for the commands this edge accepted and then
 	// streamed or waited on (SSE or ?wait=) to their final status, the
 	// request from its arrival to the final status written to the client:
@@ -66,22 +54,10 @@ func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int, que
 			Help: "Requests answered 429, by limit: key_rate, key_streams, auth_failures."}, []string{"limit"}),
 		accepted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_edge_commands_accepted_total", Help: "Commands stored for delivery."}),
-		swept: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "switchboard_edge_commands_swept_total", Help: "Commands this edge failed (no reply in time) or expired (never delivered)."}),
-		requeued: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "switchboard_edge_devices_requeued_total", Help: "Devices whose deliveries this edge gave back because their node's lease lapsed."}),
 		eventsStreamed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_edge_events_streamed_total", Help: "Device events written to event streams."}),
-		purged: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "switchboard_edge_retention_deleted_total", Help: "Rows retention deleted, by table: jobs, commands, events (by age), events_capped (over a device's cap), sessions (presence history)."}, []string{"table"}),
 		jobsCreated: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_edge_jobs_created_total", Help: "Fleet jobs this edge accepted."}),
-		jobBatches: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "switchboard_edge_job_batches_total", Help: "Batches of fleet job commands this edge's runner created (each wakes each of its nodes once)."}),
-		jobCommands: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "switchboard_edge_job_commands_created_total", Help: "Commands this edge's job runner created."}),
-		jobsRunning: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "switchboard_edge_jobs_running", Help: "Fleet jobs running, in the whole database (read every 5s; the same on every edge)."}),
 		roundTrip: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "switchboard_edge_command_round_trip_seconds",
 			Help:    "Commands this edge accepted and streamed or waited on to the end: from the request's arrival to its final status written to the client, by final status.",
@@ -97,11 +73,6 @@ func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int, que
 	for _, status := range []command.Status{command.Done, command.Failed, command.Expired} {
 		m.roundTrip.WithLabelValues(string(status))
 	}
-	var shared prometheus.Registerer // nil: private
-	if reg != nil {
-		shared = reg
-	}
-	m.final = sbmetrics.CommandsFinal(shared)
 	if reg != nil {
 		m.reg = prometheus.WrapRegistererWith(prometheus.Labels{"edge": edgeID}, reg)
 		for name, depth := range queues {
@@ -112,9 +83,8 @@ func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int, que
 		waitingGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "switchboard_edge_waiting_requests", Help: "Requests and streams waiting on a command."},
 			func() float64 { return float64(waiting()) })
-		m.reg.MustRegister(m.requests, m.limited, m.accepted, m.swept, m.requeued, waitingGauge,
-			m.roundTrip, m.notifyLag, m.eventsStreamed, m.purged,
-			m.jobsCreated, m.jobBatches, m.jobCommands, m.jobsRunning)
+		m.reg.MustRegister(m.requests, m.limited, m.accepted, waitingGauge,
+			m.roundTrip, m.notifyLag, m.eventsStreamed, m.jobsCreated)
 	}
 	return m
 }

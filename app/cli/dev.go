@@ -25,6 +25,7 @@ import (
 	"github.com/switchboard-iot/switchboard/internal/certs"
 	"github.com/switchboard-iot/switchboard/internal/pgcluster"
 	"github.com/switchboard-iot/switchboard/internal/secret"
+	"github.com/switchboard-iot/switchboard/maintenance"
 )
 
 // devRooms label the simulated thermostats (room=kitchen, …).
@@ -157,7 +158,7 @@ func runDev(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(tls.PEM)
 
-	serveEdge, _, err := p.Edge(edge.Config{ID: edge.NewID("dev")}, certs.Config{}, edgeLn)
+	serveEdge, _, err := p.Edge(edge.Config{ID: edge.NewID("dev")}, maintenance.Config{}, certs.Config{}, edgeLn)
 	if err != nil {
 		return err
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/switchboard-iot/switchboard/internal/authguard"
 	"github.com/switchboard-iot/switchboard/internal/certs"
 	"github.com/switchboard-iot/switchboard/internal/clientaddr"
+	"github.com/switchboard-iot/switchboard/maintenance"
 )
 
 func runMigrate(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.Logger) error {
@@ -41,9 +42,9 @@ func runEdge(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	keyRate := f.float("key-rate", edge.DefaultKeyRate, "requests a second per API key (negative: no limit)", "EDGE_KEY_RATE")
 	keyBurst := f.int("key-burst", edge.DefaultKeyBurst, "requests at once per API key", "EDGE_KEY_BURST")
 	keyStreams := f.int("key-streams", edge.DefaultKeyStreams, "event streams open at once per API key (negative: no limit)", "EDGE_KEY_STREAMS")
-	retainCommands := f.duration("retain-commands", edge.DefaultRetainCommands, "delete final commands this long after they ended (at least 25h; negative: keep them)", "EDGE_RETAIN_COMMANDS")
-	retainEvents := f.duration("retain-events", edge.DefaultRetainEvents, "delete device events this long after they arrived (negative: keep them)", "EDGE_RETAIN_EVENTS")
-	eventsPerDevice := f.int("events-per-device", edge.DefaultEventsPerDevice, "keep at most this many events per device, the newest (negative: no cap)", "EDGE_EVENTS_PER_DEVICE")
+	retainCommands := f.duration("retain-commands", maintenance.DefaultRetainCommands, "delete final commands this long after they ended (at least 25h; negative: keep them)", "EDGE_RETAIN_COMMANDS")
+	retainEvents := f.duration("retain-events", maintenance.DefaultRetainEvents, "delete device events this long after they arrived (negative: keep them)", "EDGE_RETAIN_EVENTS")
+	eventsPerDevice := f.int("events-per-device", maintenance.DefaultEventsPerDevice, "keep at most this many events per device, the newest (negative: no cap)", "EDGE_EVENTS_PER_DEVICE")
 	guard := defineGuardFlags(f, "EDGE_", "Fly-Client-IP header")
 	if err := f.parse(args); err != nil {
 		return err
@@ -68,6 +69,7 @@ func runEdge(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	serve, _, err := p.Edge(edge.Config{
 		ID: *id, KeyRate: *keyRate, KeyBurst: *keyBurst, KeyStreams: *keyStreams,
 		AuthGuard: guardCfg, TrustedProxies: trusted,
+	}, maintenance.Config{
 		RetainCommands: *retainCommands, RetainEvents: *retainEvents, EventsPerDevice: *eventsPerDevice,
 	}, certs.Config{CA: *acmeCA}, ln)
 	if err != nil {

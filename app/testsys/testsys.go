@@ -28,6 +28,7 @@ import (
 	"github.com/switchboard-iot/switchboard/internal/actors"
 	"github.com/switchboard-iot/switchboard/internal/certs"
 	"github.com/switchboard-iot/switchboard/internal/secret"
+	"github.com/switchboard-iot/switchboard/maintenance"
 )
 
 // System is one test's database and the pieces started on it.
@@ -225,25 +226,32 @@ type Edge struct {
 // Stop ends the edge's streams and returns Run's error.
 func (e *Edge) Stop() error { return e.proc.stop() }
 
-// StartEdge runs an edge. tweak, if given, adjusts its config.
-func (s *System) StartEdge(t testing.TB, id string, tweak func(*edge.Config)) *Edge {
+// StartEdge runs an edge and its maintenance (package maintenance), as
+// every edge process does. tweak, if given, adjusts the edge's config,
+// and tuneMaintenance its maintenance's.
+func (s *System) StartEdge(t testing.TB, id string, tweak func(*edge.Config), tuneMaintenance ...func(*maintenance.Config)) *Edge {
 	t.Helper()
-	return s.StartEdgeACME(t, id, certs.Config{}, nil, tweak)
+	return s.StartEdgeACME(t, id, certs.Config{}, nil, tweak, tuneMaintenance...)
 }
 
 // StartEdgeACME runs an edge that answers the HTTP-01 challenges of nodes
 // using acme's CA, on ln (nil: a port of its own).
-func (s *System) StartEdgeACME(t testing.TB, id string, acme certs.Config, ln net.Listener, tweak func(*edge.Config)) *Edge {
+func (s *System) StartEdgeACME(t testing.TB, id string, acme certs.Config, ln net.Listener, tweak func(*edge.Config),
+	tuneMaintenance ...func(*maintenance.Config)) *Edge {
 	t.Helper()
-	cfg := edge.Config{ID: id, SweepInterval: 100 * time.Millisecond}
+	cfg := edge.Config{ID: id}
 	if tweak != nil {
 		tweak(&cfg)
+	}
+	maint := maintenance.Config{SweepInterval: 100 * time.Millisecond}
+	for _, tune := range tuneMaintenance {
+		tune(&maint)
 	}
 	if ln == nil {
 		ln = listen(t)
 	}
 	p := s.open(t)
-	serve, ed, err := p.Edge(cfg, acme, ln)
+	serve, ed, err := p.Edge(cfg, maint, acme, ln)
 	if err != nil {
 		ln.Close()
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package edge
+package maintenance
 
 import (
 	"context"
@@ -29,7 +29,7 @@ const (
 
 // retain deletes what retention says is old, every minute, a batch at a
 // time. Every edge runs it; batches skip rows another edge is deleting.
-func (e *Edge) retain(ctx context.Context) error {
+func (m *Maintainer) retain(ctx context.Context) error {
 	ticker := time.NewTicker(retentionEvery)
 	defer ticker.Stop()
 	for {
@@ -38,12 +38,12 @@ func (e *Edge) retain(ctx context.Context) error {
 			return nil
 		case <-ticker.C:
 		}
-		e.retainOnce(ctx)
+		m.retainOnce(ctx)
 	}
 }
 
 // retainOnce runs one round.
-func (e *Edge) retainOnce(ctx context.Context) {
+func (m *Maintainer) retainOnce(ctx context.Context) {
 	// batches calls del, a batch at a time, while it says there is more
 	// (at most retainBatches times), pausing between batches for the hot
 	// path's sake; the metric counts what it deleted under label.
@@ -52,11 +52,11 @@ func (e *Edge) retainOnce(ctx context.Context) {
 			n, more, err := del()
 			if err != nil {
 				if ctx.Err() == nil {
-					e.log.Warn("retention: deleting old rows", "what", label, "err", err)
+					m.log.Warn("retention: deleting old rows", "what", label, "err", err)
 				}
 				return
 			}
-			e.metrics.purged.WithLabelValues(label).Add(float64(n))
+			m.metrics.purged.WithLabelValues(label).Add(float64(n))
 			if !more || !backoff.Sleep(ctx, retentionBreathe) {
 				return
 			}
@@ -72,19 +72,19 @@ func (e *Edge) retainOnce(ctx context.Context) {
 			})
 		}
 	}
-	keepCommands := e.cfg.RetainCommands
+	keepCommands := m.cfg.RetainCommands
 	if keepCommands >= 0 {
 		keepCommands = max(keepCommands, MinRetainCommands)
 	}
-	purge("jobs", keepCommands, e.store.PurgeJobs)
-	purge("commands", keepCommands, e.store.PurgeCommands)
-	purge("events", e.cfg.RetainEvents, e.store.PurgeEvents)
-	purge("sessions", e.cfg.RetainEvents, e.store.PurgeSessions)
-	if e.cfg.EventsPerDevice >= 0 {
+	purge("jobs", keepCommands, m.store.PurgeJobs)
+	purge("commands", keepCommands, m.store.PurgeCommands)
+	purge("events", m.cfg.RetainEvents, m.store.PurgeEvents)
+	purge("sessions", m.cfg.RetainEvents, m.store.PurgeSessions)
+	if m.cfg.EventsPerDevice >= 0 {
 		// A batch trims up to capDevices devices: it was the last when
 		// none was over its cap.
 		batches("events_capped", func() (int64, bool, error) {
-			n, err := e.store.CapDeviceEvents(ctx, e.cfg.EventsPerDevice, capDevices, retainBatch)
+			n, err := m.store.CapDeviceEvents(ctx, m.cfg.EventsPerDevice, capDevices, retainBatch)
 			return n, n > 0, err
 		})
 	}

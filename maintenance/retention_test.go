@@ -1,4 +1,4 @@
-package edge
+package maintenance
 
 import (
 	"context"
@@ -58,34 +58,29 @@ func TestRetainOnce(t *testing.T) {
 		}
 		return n
 	}
-	edge := func(cfg Config) *Edge {
-		t.Helper()
-		cfg.ID, cfg.Store, cfg.Metrics, cfg.Log = "edge-r", store, prometheus.NewRegistry(), slog.New(slog.DiscardHandler)
-		e, err := New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return e
+	maintainer := func(cfg Config) *Maintainer {
+		cfg.EdgeID, cfg.Store, cfg.Metrics, cfg.Log = "edge-r", store, prometheus.NewRegistry(), slog.New(slog.DiscardHandler)
+		return New(cfg)
 	}
 
-	keepAll := edge(Config{RetainCommands: -1, RetainEvents: -1, EventsPerDevice: -1})
+	keepAll := maintainer(Config{RetainCommands: -1, RetainEvents: -1, EventsPerDevice: -1})
 	keepAll.retainOnce(ctx)
 	if events, commands := count("events"), count("commands"); events != 2510 || commands != 2 {
 		t.Fatalf("with negative keeps: %d events and %d commands left, want all 2510 and 2", events, commands)
 	}
 
 	// Commands kept an hour are kept 25 h all the same; events 7 days, 4 a device.
-	e := edge(Config{RetainCommands: time.Hour, EventsPerDevice: 4})
-	e.retainOnce(ctx)
+	m := maintainer(Config{RetainCommands: time.Hour, EventsPerDevice: 4})
+	m.retainOnce(ctx)
 	if events, commands := count("events"), count("commands"); events != 4 || commands != 1 {
 		t.Fatalf("after a round: %d events and %d commands left, want the 4 newest events and the command of 2 h ago", events, commands)
 	}
 	for label, want := range map[string]float64{"events": 2500, "events_capped": 6, "commands": 1, "jobs": 0, "sessions": 0} {
-		var m dto.Metric
-		if err := e.metrics.purged.WithLabelValues(label).Write(&m); err != nil {
+		var sample dto.Metric
+		if err := m.metrics.purged.WithLabelValues(label).Write(&sample); err != nil {
 			t.Fatal(err)
 		}
-		if got := m.GetCounter().GetValue(); got != want {
+		if got := sample.GetCounter().GetValue(); got != want {
 			t.Errorf("%s deleted, by the metric: %v, want %v", label, got, want)
 		}
 	}

@@ -1,0 +1,98 @@
+package maintenance
+
+import (
+	"context"
+	"math"
+	"time"
+
+	"github.com/switchboard-iot/switchboard/db"
+)
+
+// Abort rule: a job is aborted once more than abort_failed_percent of its
+// final commands failed or expired, judged once at least abortMinFinal
+// commands (or all its targets, when fewer) are final.
+const abortMinFinal = 10
+
+// maxJobBatch bounds the commands one step creates for one job: a
+// second's worth at the highest rate the API takes (edge.MaxJobRate).
+const maxJobBatch = 10_000
+
+// maxBehind is how far, in seconds, the rollout's clock may stay behind
+// now: after a pause (no edge ran), at most a second's worth is made up at
+// once.
+const maxBehind = 1.0
+
+// planJob is the runner's policy for a job it claimed: abort it by the
+// abort rule, finish it once every command was created and is final, or
+// create the batch its rate made due since the rollout's clock (at most
+// maxBatch), moving the clock on by what was due, not to now, so that a
+// slow tick does not lose the fraction.
+func planJob(s db.JobState, maxBatch int) db.JobPlan {
+	final := s.Counts.Final()
+	if final >= min(abortMinFinal, s.Total) && float64(s.Counts.Failed+s.Counts.Expired)*100 > s.Abort*float64(final) {
+		return db.JobPlan{End: db.JobAborted}
+	}
+	if s.Created >= s.Total {
+		if s.Counts.Pending+s.Counts.Delivered == 0 {
+			return db.JobPlan{End: db.JobDone}
+		}
+		return db.JobPlan{}
+	}
+	n := min(s.Total-s.Created, maxBatch, int(math.Floor(s.Rate*s.Elapsed)))
+	if n <= 0 {
+		return db.JobPlan{}
+	}
+	return db.JobPlan{Create: n, Behind: min(s.Elapsed-float64(n)/s.Rate, maxBehind)}
+}
+
+// runJobs is the job runner: every JobInterval, and when poked, it steps
+// each running job no runner (of any edge) looked at within the interval:
+// creates its due batch, aborts or finishes it, in one transaction per
+// job, then wakes the nodes of the batch's devices, one notice per node.
+// Jobs live in the database: any edge runs any job, and one that stops
+// leaves its jobs to the others.
+func (m *Maintainer) runJobs(ctx context.Context) error {
+	tick := time.NewTicker(m.cfg.JobInterval)
+	defer tick.Stop()
+	plan := func(s db.JobState) db.JobPlan { return planJob(s, maxJobBatch) }
+	lastCount := time.Time{}
+	outage := outage{log: m.log, doing: "running jobs"}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		case <-m.poke:
+		}
+		// A step per due job; a job is due again only after the interval,
+		// so this ends.
+		for range 1000 {
+			step, ok, err := m.store.StepJob(ctx, m.cfg.JobInterval*3/4, plan)
+			if err != nil {
+				outage.failed(ctx, err)
+				break
+			}
+			outage.worked()
+			if !ok {
+				break
+			}
+			if step.Wake != nil {
+				m.metrics.jobBatches.Inc()
+				m.metrics.jobCommands.Add(float64(step.Created))
+				_ = m.notices.Push(db.Notice{Job: step.Wake})
+			}
+			for i := range step.Changes {
+				_ = m.notices.Push(db.Notice{Change: &step.Changes[i]})
+			}
+			if step.Ended != "" {
+				m.log.Info("job ended", "job", step.Job, "status", step.Ended)
+			}
+		}
+		if time.Since(lastCount) > 5*time.Second {
+			lastCount = time.Now()
+			if n, err := m.store.RunningJobs(ctx); err == nil {
+				m.metrics.jobsRunning.Set(float64(n))
+			}
+		}
+	}
+}

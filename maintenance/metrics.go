@@ -1,0 +1,52 @@
+package maintenance
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/switchboard-iot/switchboard/internal/sbmetrics"
+)
+
+// metrics are the Prometheus series of an edge's background work: they
+// bear the edge's names (switchboard_edge_…) and its label, as they did
+// when the edge ran this work itself.
+type metrics struct {
+	swept    prometheus.Counter
+	requeued prometheus.Counter
+	// final counts the commands this edge's sweeps made final, by status:
+	// expired (never delivered in their ttl) and failed (the backstop for
+	// a node that could not fail them). Nodes count done and failed on
+	// the same series, per process (sbmetrics).
+	final  *prometheus.CounterVec
+	purged *prometheus.CounterVec // rows retention deleted, by table
+
+	jobBatches  prometheus.Counter
+	jobCommands prometheus.Counter
+	jobsRunning prometheus.Gauge
+}
+
+func newMetrics(reg *prometheus.Registry, edgeID string) *metrics {
+	m := &metrics{
+		swept: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_edge_commands_swept_total", Help: "Commands this edge failed (no reply in time) or expired (never delivered)."}),
+		requeued: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_edge_devices_requeued_total", Help: "Devices whose deliveries this edge gave back because their node's lease lapsed."}),
+		purged: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchboard_edge_retention_deleted_total", Help: "Rows retention deleted, by table: jobs, commands, events (by age), events_capped (over a device's cap), sessions (presence history)."}, []string{"table"}),
+		jobBatches: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_edge_job_batches_total", Help: "Batches of fleet job commands this edge's runner created (each wakes each of its nodes once)."}),
+		jobCommands: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_edge_job_commands_created_total", Help: "Commands this edge's job runner created."}),
+		jobsRunning: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "switchboard_edge_jobs_running", Help: "Fleet jobs running, in the whole database (read every 5s; the same on every edge)."}),
+	}
+	var shared prometheus.Registerer // nil: private
+	if reg != nil {
+		shared = reg
+	}
+	m.final = sbmetrics.CommandsFinal(shared)
+	if reg != nil {
+		prometheus.WrapRegistererWith(prometheus.Labels{"edge": edgeID}, reg).MustRegister(
+			m.swept, m.requeued, m.purged, m.jobBatches, m.jobCommands, m.jobsRunning)
+	}
+	return m
+}
