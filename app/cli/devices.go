@@ -26,7 +26,7 @@ const devicesUsage = `usage: switchboard devices add ID
 // (and the list); what was done is told on stderr.
 var devicesCommands = group{usage: devicesUsage, subs: map[string]command{
 	"add":     cmd[storeFlags]{define: defineStoreFlags, nargs: exactly(1), run: addDevice},
-	"import":  cmd[storeFlags]{define: defineStoreFlags, nargs: exactly(0), run: importDevicesCommand},
+	"import":  cmd[storeFlags]{define: defineStoreFlags, nargs: exactly(0), run: importDevices},
 	"rotate":  cmd[rotateFlags]{define: defineRotateFlags, nargs: exactly(1), run: rotateDevice},
 	"disable": cmd[storeFlags]{define: defineStoreFlags, nargs: exactly(1), run: disableDevice},
 	"enable":  cmd[storeFlags]{define: defineStoreFlags, nargs: exactly(1), run: enableDevice},
@@ -75,8 +75,8 @@ func addDevice(ctx context.Context, sf storeFlags, c call) error {
 	})
 }
 
-func importDevicesCommand(ctx context.Context, sf storeFlags, c call) error {
-	return sf.withStore(ctx, func(store *db.Store) error { return importDevices(ctx, store, c.IO, c.log) })
+func importDevices(ctx context.Context, sf storeFlags, c call) error {
+	return sf.withStore(ctx, func(store *db.Store) error { return importLines(ctx, store, c.IO, c.log) })
 }
 
 // rotateFlags are the flags of "devices rotate".
@@ -114,32 +114,27 @@ func rotateDevice(ctx context.Context, rf rotateFlags, c call) error {
 	})
 }
 
-func disableDevice(ctx context.Context, sf storeFlags, c call) error {
-	id := c.args[0]
-	if err := checkDeviceID(id); err != nil {
-		return err
-	}
-	return sf.withStore(ctx, func(store *db.Store) error {
-		if err := store.DisableDevice(ctx, id); err != nil {
-			return deviceError(id, err)
-		}
-		fmt.Fprintf(c.Stderr, "device %s is disabled: its connections are refused, and its session, if any, is closed\n", id)
-		return nil
-	})
-}
+var (
+	disableDevice = switchDevice((*db.Store).DisableDevice, "device %s is disabled: its connections are refused, and its session, if any, is closed")
+	enableDevice  = switchDevice((*db.Store).EnableDevice, "device %s is enabled")
+)
 
-func enableDevice(ctx context.Context, sf storeFlags, c call) error {
-	id := c.args[0]
-	if err := checkDeviceID(id); err != nil {
-		return err
-	}
-	return sf.withStore(ctx, func(store *db.Store) error {
-		if err := store.EnableDevice(ctx, id); err != nil {
-			return deviceError(id, err)
+// switchDevice is "devices disable" or "devices enable": change, then
+// done said on stderr.
+func switchDevice(change func(*db.Store, context.Context, string) error, done string) func(context.Context, storeFlags, call) error {
+	return func(ctx context.Context, sf storeFlags, c call) error {
+		id := c.args[0]
+		if err := checkDeviceID(id); err != nil {
+			return err
 		}
-		fmt.Fprintf(c.Stderr, "device %s is enabled\n", id)
-		return nil
-	})
+		return sf.withStore(ctx, func(store *db.Store) error {
+			if err := change(store, ctx, id); err != nil {
+				return deviceError(id, err)
+			}
+			fmt.Fprintf(c.Stderr, done+"\n", id)
+			return nil
+		})
+	}
 }
 
 // deleteDevice takes any id, the old format's too.
@@ -175,10 +170,10 @@ func labelDevice(ctx context.Context, sf storeFlags, c call) error {
 	})
 }
 
-// importDevices reads "id" or "id,secret" lines and provisions them in
+// importLines reads "id" or "id,secret" lines and provisions them in
 // batches, writing "id,secret" for each device added. Ids that exist are
 // skipped (and reported), so an interrupted import can be run again.
-func importDevices(ctx context.Context, store *db.Store, stdio IO, log *slog.Logger) error {
+func importLines(ctx context.Context, store *db.Store, stdio IO, log *slog.Logger) error {
 	const batchSize = 1000
 	im := &importer{store: store, stdio: stdio}
 	seen := make(map[string]int) // id → line: an id given twice would get two secrets, one of them wrong
