@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,38 +21,38 @@ import (
 
 	"github.com/switchboard-iot/switchboard/app/testsys"
 	"github.com/switchboard-iot/switchboard/db/dbtest"
+	"github.com/switchboard-iot/switchboard/internal/testkit/freeport"
 )
 
-// servingAt waits for a process that listens on port 0 to log where it
-// serves ("… serving … addr=127.0.0.1:port"), and returns that address.
-func servingAt(t *testing.T, p *proc) string {
+// loopback chooses a free address for a process to listen on, passed to it
+// as a flag: the test knows where it serves without reading its log.
+func loopback(t *testing.T) string {
 	t.Helper()
-	var addr string
-	testsys.Eventually(t, p.name+" to log its address", func() bool {
-		if m := servingLine.FindStringSubmatch(p.out.String()); m != nil {
-			addr = m[1]
-		}
-		return addr != ""
-	})
+	addr, err := freeport.Loopback()
+	if err != nil {
+		t.Fatal(err)
+	}
 	return addr
 }
 
-var (
-	servingLine = regexp.MustCompile(`msg="(?:edge|connection node) serving" .*addr=(127\.0\.0\.1:\d+)`)
-	opsLine     = regexp.MustCompile(`msg="ops serving" .*addr=(127\.0\.0\.1:\d+)`)
-)
-
-// opsAt waits for a node to log its ops listener's address.
-func opsAt(t *testing.T, p *proc) string {
+// ready waits for a process to answer GET url (its /readyz) with 200, and
+// fails t if the process exits first.
+func (p *proc) ready(t *testing.T, url string) {
 	t.Helper()
-	var addr string
-	testsys.Eventually(t, p.name+" to log its ops address", func() bool {
-		if m := opsLine.FindStringSubmatch(p.out.String()); m != nil {
-			addr = m[1]
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	testsys.Eventually(t, p.name+" ready at "+url, func() bool {
+		select {
+		case <-p.done:
+			t.Fatalf("%s exited:\n%s", p.name, p.out.String())
+		default:
 		}
-		return addr != ""
+		resp, err := client.Get(url)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
 	})
-	return addr
 }
 
 // binary builds switchboard (with the race detector) once for the tests
@@ -184,17 +183,19 @@ func TestBinary(t *testing.T) {
 
 	var procs []*proc
 	for _, n := range nodes {
-		p := start(t, bin, n.id, append(dbEnv, "CONN_LISTEN=127.0.0.1:0", "NODE_ID="+n.id, "FLY_REGION=ams",
-			"CONN_TLS=self-signed", "CONN_CERT_OUT="+n.cert, "CONN_OPS_LISTEN=127.0.0.1:0"), "conn")
+		n.addr, n.ops = loopback(t), loopback(t)
+		p := start(t, bin, n.id, append(dbEnv, "CONN_LISTEN="+n.addr, "NODE_ID="+n.id, "FLY_REGION=ams",
+			"CONN_TLS=self-signed", "CONN_CERT_OUT="+n.cert, "CONN_OPS_LISTEN="+n.ops), "conn")
 		procs = append(procs, p)
-		n.addr = servingAt(t, p)
-		n.ops = opsAt(t, p)
+		p.ready(t, "http://"+n.ops+"/readyz")
 	}
 	var edgeURLs []string
 	for _, id := range []string{"bin-edge-a", "bin-edge-b"} {
-		p := start(t, bin, id, append(dbEnv, "EDGE_LISTEN=127.0.0.1:0", "EDGE_ID="+id), "edge")
+		addr := loopback(t)
+		p := start(t, bin, id, append(dbEnv, "EDGE_LISTEN="+addr, "EDGE_ID="+id), "edge")
 		procs = append(procs, p)
-		edgeURLs = append(edgeURLs, "http://"+servingAt(t, p))
+		p.ready(t, "http://"+addr+"/readyz")
+		edgeURLs = append(edgeURLs, "http://"+addr)
 	}
 	for _, n := range nodes {
 		testsys.Eventually(t, n.id+"'s certificate", func() bool { _, err := os.Stat(n.cert); return err == nil })

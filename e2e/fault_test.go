@@ -377,8 +377,10 @@ func TestProcessesKilled(t *testing.T) {
 	var nodes []*node
 	for _, id := range []string{"kill-node-a", "kill-node-b"} {
 		cert := filepath.Join(dir, id+".pem")
-		p := start(t, bin, id, append(dbEnv, "CONN_LISTEN=127.0.0.1:0", "NODE_ID="+id, "CONN_TLS=self-signed", "CONN_CERT_OUT="+cert), "conn")
-		n := &node{id: id, addr: servingAt(t, p), proc: p}
+		n := &node{id: id, addr: loopback(t)}
+		ops := loopback(t)
+		n.proc = start(t, bin, id, append(dbEnv, "CONN_LISTEN="+n.addr, "CONN_OPS_LISTEN="+ops, "NODE_ID="+id, "CONN_TLS=self-signed", "CONN_CERT_OUT="+cert), "conn")
+		n.proc.ready(t, "http://"+ops+"/readyz")
 		testsys.Eventually(t, id+"'s certificate", func() bool {
 			pem, err := os.ReadFile(cert)
 			return err == nil && roots.AppendCertsFromPEM(pem)
@@ -388,8 +390,10 @@ func TestProcessesKilled(t *testing.T) {
 	var edges []*proc
 	var edgeURLs []string
 	for _, id := range []string{"kill-edge-a", "kill-edge-b"} {
-		p := start(t, bin, id, append(dbEnv, "EDGE_LISTEN=127.0.0.1:0", "EDGE_ID="+id), "edge")
-		edges, edgeURLs = append(edges, p), append(edgeURLs, "http://"+servingAt(t, p))
+		addr := loopback(t)
+		p := start(t, bin, id, append(dbEnv, "EDGE_LISTEN="+addr, "EDGE_ID="+id), "edge")
+		p.ready(t, "http://"+addr+"/readyz")
+		edges, edgeURLs = append(edges, p), append(edgeURLs, "http://"+addr)
 	}
 	// The load balancer prefers node A while it is alive.
 	lb := testsys.StartProxy(t, nodes[0].addr, nodes[1].addr)

@@ -3,9 +3,7 @@ package cli
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
-	"log/slog"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -19,91 +17,94 @@ const apikeysUsage = `usage: switchboard apikeys add NAME [-scopes commands,read
        switchboard apikeys list
        switchboard apikeys revoke NAME-or-ID`
 
-// runAPIKeys creates, lists and revokes API keys. Only a new key goes to
+// apikeysCommands create, list and revoke API keys. Only a new key goes to
 // stdout (and the list); what was done is told on stderr.
-func runAPIKeys(ctx context.Context, args []string, getenv Env, stdio IO, _ *slog.Logger) error {
-	if len(args) == 0 {
-		fmt.Fprintln(stdio.Stderr, apikeysUsage)
-		return ErrUsage
+var apikeysCommands = group{usage: apikeysUsage, subs: map[string]command{
+	"add":    cmd[keyAddFlags]{define: defineKeyAddFlags, nargs: exactly(1), run: addKey},
+	"list":   cmd[storeFlags]{define: defineStoreFlags, nargs: exactly(0), run: listKeys},
+	"revoke": cmd[storeFlags]{define: defineStoreFlags, nargs: exactly(1), run: revokeKey}, // by name or id
+}}
+
+// keyAddFlags are the flags of "apikeys add".
+type keyAddFlags struct {
+	store       storeFlags
+	scopes      *string
+	scopesGiven func() bool // -scopes "" is an error, not the default
+	expires     *time.Duration
+}
+
+func defineKeyAddFlags(f flags) keyAddFlags {
+	return keyAddFlags{
+		store:       defineStoreFlags(f),
+		scopes:      f.String("scopes", "", "what the key may do, separated by commas: commands (send and read commands), read (devices and presence), admin (provision devices) (default all three)"),
+		scopesGiven: f.given("scopes"),
+		expires:     f.Duration("expires", 0, "how long the key works, e.g. 720h for 30 days (default: until revoked)"),
 	}
-	sub := args[0]
-	f := newFlags("apikeys "+sub, getenv, stdio)
-	dbURL := f.databaseURL()
-	var scopes *string
-	var expires *time.Duration
-	want := 1 // the name or id
-	switch sub {
-	case "add":
-		scopes = f.String("scopes", "", "what the key may do, separated by commas: commands (send and read commands), read (devices and presence), admin (provision devices) (default all three)")
-		expires = f.Duration("expires", 0, "how long the key works, e.g. 720h for 30 days (default: until revoked)")
-	case "list":
-		want = 0
-	case "revoke":
-	default:
-		fmt.Fprintln(stdio.Stderr, apikeysUsage)
-		return ErrUsage
+}
+
+// newKey reads the flags and the name of a key to add.
+func (kf keyAddFlags) newKey(name string) (db.NewAPIKey, error) {
+	nk := db.NewAPIKey{Name: strings.TrimSpace(name)}
+	if err := checkKeyName(nk.Name); err != nil {
+		return nk, err
 	}
-	if err := f.parse(args[1:]); err != nil {
-		return err
-	}
-	if f.NArg() != want {
-		fmt.Fprintln(stdio.Stderr, apikeysUsage)
-		return ErrUsage
-	}
-	nk := db.NewAPIKey{Name: strings.TrimSpace(f.Arg(0))}
-	if sub == "add" {
-		if err := checkKeyName(nk.Name); err != nil {
-			return err
+	if kf.scopesGiven() {
+		var err error
+		if nk.Scopes, err = db.ParseScopes(*kf.scopes); err != nil {
+			return nk, fmt.Errorf("-scopes: %w", err)
 		}
-		scopesGiven := false
-		f.Visit(func(fl *flag.Flag) { scopesGiven = scopesGiven || fl.Name == "scopes" })
-		if scopesGiven {
-			var err error
-			if nk.Scopes, err = db.ParseScopes(*scopes); err != nil {
-				return fmt.Errorf("-scopes: %w", err)
-			}
-		}
-		if *expires < 0 {
-			return fmt.Errorf("-expires %s: want a duration after now, such as 720h", *expires)
-		}
-		nk.TTL = *expires
 	}
-	pool, store, err := openStore(ctx, *dbURL, 2)
+	if *kf.expires < 0 {
+		return nk, fmt.Errorf("-expires %s: want a duration after now, such as 720h", *kf.expires)
+	}
+	nk.TTL = *kf.expires
+	return nk, nil
+}
+
+// addKey creates an API key and prints it alone.
+func addKey(ctx context.Context, kf keyAddFlags, c call) error {
+	nk, err := kf.newKey(c.args[0])
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-
-	switch sub {
-	case "add":
+	return kf.store.withStore(ctx, func(store *db.Store) error {
 		key := secret.New("sbk_")
 		nk.KeyHash = secret.Hash(key)
 		k, err := store.AddAPIKey(ctx, nk)
 		if err != nil {
 			return err
 		}
-		if _, err := fmt.Fprintln(stdio.Stdout, key); err != nil {
+		if _, err := fmt.Fprintln(c.Stdout, key); err != nil {
 			return err
 		}
-		fmt.Fprintf(stdio.Stderr, "API key %d (%s): scopes %s, expires %s\n", k.ID, k.Name, db.FormatScopes(k.Scopes), when(k.ExpiresAt, "never"))
-	case "list":
+		fmt.Fprintf(c.Stderr, "API key %d (%s): scopes %s, expires %s\n", k.ID, k.Name, db.FormatScopes(k.Scopes), when(k.ExpiresAt, "never"))
+		return nil
+	})
+}
+
+func listKeys(ctx context.Context, sf storeFlags, c call) error {
+	return sf.withStore(ctx, func(store *db.Store) error {
 		keys, err := store.APIKeys(ctx)
 		if err != nil {
 			return err
 		}
-		return writeKeys(stdio, keys, time.Now())
-	case "revoke":
-		k, revoked, err := store.RevokeAPIKey(ctx, f.Arg(0))
+		return writeKeys(c.IO, keys, time.Now())
+	})
+}
+
+func revokeKey(ctx context.Context, sf storeFlags, c call) error {
+	return sf.withStore(ctx, func(store *db.Store) error {
+		k, revoked, err := store.RevokeAPIKey(ctx, c.args[0])
 		if err != nil {
 			return err
 		}
 		if !revoked {
-			fmt.Fprintf(stdio.Stderr, "API key %d (%s) was already revoked, at %s\n", k.ID, k.Name, when(k.RevokedAt, ""))
+			fmt.Fprintf(c.Stderr, "API key %d (%s) was already revoked, at %s\n", k.ID, k.Name, when(k.RevokedAt, ""))
 			return nil
 		}
-		fmt.Fprintf(stdio.Stderr, "API key %d (%s) is revoked\n", k.ID, k.Name)
-	}
-	return nil
+		fmt.Fprintf(c.Stderr, "API key %d (%s) is revoked\n", k.ID, k.Name)
+		return nil
+	})
 }
 
 // checkKeyName refuses names that would garble the list or read as an id.

@@ -52,16 +52,18 @@ commands:
 Run "switchboard <command> -h" for a command's flags.
 `
 
-// commands are the subcommands, by name.
-var commands = map[string]func(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.Logger) error{
-	"edge":    runEdge,
-	"conn":    runConn,
-	"migrate": runMigrate,
-	"dev":     runDev,
-	"device":  runDevice,
-	"devices": runDevices,
-	"apikeys": runAPIKeys,
-	"loadgen": runLoadgen,
+// commands are the subcommands, by name. Each defines its flags (a struct
+// of their values, made by a define function), parses them with flags.parse
+// and runs with the struct: one shape for all of them.
+var commands = map[string]command{
+	"edge":    cmd[edgeFlags]{define: defineEdgeFlags, run: runEdge},
+	"conn":    cmd[connFlags]{define: defineConnFlags, run: runConn},
+	"migrate": cmd[storeFlags]{define: defineStoreFlags, run: runMigrate},
+	"dev":     cmd[devFlags]{define: defineDevFlags, run: runDev},
+	"device":  cmd[deviceFlags]{define: defineDeviceFlags, run: runDevice},
+	"devices": devicesCommands,
+	"apikeys": apikeysCommands,
+	"loadgen": cmd[loadgenFlags]{define: defineLoadgenFlags, run: runLoadgen},
 }
 
 // ErrUsage means the command line was wrong; the message went to stderr.
@@ -77,8 +79,8 @@ func Run(ctx context.Context, args []string, getenv Env, stdio IO) error {
 		fmt.Fprint(stdio.Stdout, usage)
 		return nil
 	}
-	if cmd, ok := commands[args[0]]; ok {
-		err := cmd(ctx, args[1:], getenv, stdio, newLogger(getenv, stdio.Stderr))
+	if c, ok := commands[args[0]]; ok {
+		err := c.exec(ctx, args[0], args[1:], call{getenv: getenv, IO: stdio, log: newLogger(getenv, stdio.Stderr)})
 		if errors.Is(err, errHelp) {
 			return nil
 		}
@@ -86,6 +88,67 @@ func Run(ctx context.Context, args []string, getenv Env, stdio IO) error {
 	}
 	fmt.Fprintf(stdio.Stderr, "switchboard: unknown command %q\n\n%s", args[0], usage)
 	return ErrUsage
+}
+
+// call is what a command runs with besides its flags.
+type call struct {
+	args   []string // the positional arguments, once the flags are parsed
+	getenv Env
+	IO
+	log   *slog.Logger
+	usage string // printed when the positional arguments are wrong: the group's
+}
+
+// command is an entry of a command table: it parses args, the command line
+// after its name, and runs.
+type command interface {
+	exec(ctx context.Context, name string, args []string, c call) error
+}
+
+// cmd is a command whose flags are the struct F.
+type cmd[F any] struct {
+	define func(flags) F
+	nargs  func(int) bool // whether it takes that many positional arguments (nil: any, unused)
+	run    func(context.Context, F, call) error
+}
+
+func (c cmd[F]) exec(ctx context.Context, name string, args []string, cl call) error {
+	f := newFlags(name, cl.getenv, cl.IO)
+	values := c.define(f)
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if c.nargs != nil && !c.nargs(f.NArg()) {
+		fmt.Fprintln(cl.Stderr, cl.usage)
+		return ErrUsage
+	}
+	cl.args = f.Args()
+	return c.run(ctx, values, cl)
+}
+
+func exactly(n int) func(int) bool { return func(got int) bool { return got == n } }
+func atLeast(n int) func(int) bool { return func(got int) bool { return got >= n } }
+
+// group is a command of subcommands ("devices add ID"), by name. Its usage
+// is printed when the subcommand is missing or unknown, or its positional
+// arguments are wrong.
+type group struct {
+	usage string
+	subs  map[string]command
+}
+
+func (g group) exec(ctx context.Context, name string, args []string, c call) error {
+	if len(args) == 0 {
+		fmt.Fprintln(c.Stderr, g.usage)
+		return ErrUsage
+	}
+	sub, ok := g.subs[args[0]]
+	if !ok {
+		fmt.Fprintln(c.Stderr, g.usage)
+		return ErrUsage
+	}
+	c.usage = g.usage
+	return sub.exec(ctx, name+" "+args[0], args[1:], c)
 }
 
 func newLogger(getenv Env, w io.Writer) *slog.Logger {
@@ -161,12 +224,27 @@ func envNames(vars []string) string {
 	return " [env " + strings.Join(vars, ", ") + "]"
 }
 
-func (f flags) databaseURL() *string {
+// storeFlags are the flags of a command that uses the database.
+type storeFlags struct {
+	url *string
+}
+
+func defineStoreFlags(f flags) storeFlags {
 	url := f.string("database-url", "", "PostgreSQL URL (direct or session-pooled: LISTEN needs a session)", "DATABASE_URL")
 	// -h must not print the URL taken from the environment: it may hold
 	// a password.
 	f.Lookup("database-url").DefValue = ""
-	return url
+	return storeFlags{url}
+}
+
+// given returns whether the flag name was on the command line, once it is
+// parsed.
+func (f flags) given(name string) func() bool {
+	return func() bool {
+		found := false
+		f.Visit(func(fl *flag.Flag) { found = found || fl.Name == name })
+		return found
+	}
 }
 
 // errHelp ends a command whose flags were asked for (-h): Run returns nil.
@@ -209,4 +287,15 @@ func openStore(ctx context.Context, url string, maxConns int32) (*pgxpool.Pool, 
 		return nil, nil, err
 	}
 	return pool, db.NewStore(pool), nil
+}
+
+// withStore opens the database of -database-url for the work of one
+// command, and closes it after.
+func (s storeFlags) withStore(ctx context.Context, work func(*db.Store) error) error {
+	pool, store, err := openStore(ctx, *s.url, 2)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	return work(store)
 }

@@ -31,151 +31,206 @@ import (
 // devRooms label the simulated thermostats (room=kitchen, …).
 var devRooms = []string{"kitchen", "hall", "bedroom"}
 
+// devFlags are the flags of "dev".
+type devFlags struct {
+	dir, edgeListen, connListen *string
+	pgPort, devices             *int
+}
+
+func defineDevFlags(f flags) devFlags {
+	return devFlags{
+		dir:        f.string("dir", filepath.Join(os.TempDir(), fmt.Sprintf("switchboard-dev-%d", os.Getuid())), "folder for the database, the API key and the node certificate (wiped on start)"),
+		edgeListen: f.string("edge-listen", "localhost:8080", "address of the edge", "EDGE_LISTEN"),
+		connListen: f.string("conn-listen", "localhost:8443,localhost:8444", "addresses of the two connection nodes"),
+		pgPort:     f.Int("pg-port", 54329, "port of the private PostgreSQL (0: any free port)"),
+		devices:    f.Int("devices", 6, "simulated thermostats"),
+	}
+}
+
 // runDev runs the whole system in one process on a private PostgreSQL: one
 // edge, two connection nodes and simulated thermostats. Its database is new
 // on every run.
-func runDev(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.Logger) error {
-	f := newFlags("dev", getenv, stdio)
-	dir := f.string("dir", filepath.Join(os.TempDir(), fmt.Sprintf("switchboard-dev-%d", os.Getuid())), "folder for the database, the API key and the node certificate (wiped on start)")
-	edgeListen := f.string("edge-listen", "localhost:8080", "address of the edge", "EDGE_LISTEN")
-	connListen := f.string("conn-listen", "localhost:8443,localhost:8444", "addresses of the two connection nodes")
-	pgPort := f.Int("pg-port", 54329, "port of the private PostgreSQL (0: any free port)")
-	devices := f.Int("devices", 6, "simulated thermostats")
-	if err := f.parse(args); err != nil {
-		return err
-	}
-	connAddrs := splitList(*connListen)
+func runDev(ctx context.Context, df devFlags, c call) error {
+	connAddrs := splitList(*df.connListen)
 	if len(connAddrs) != 2 {
-		return fmt.Errorf("-conn-listen: want two addresses, got %q", *connListen)
+		return fmt.Errorf("-conn-listen: want two addresses, got %q", *df.connListen)
 	}
-
 	// Claim the ports before touching the database: a second "dev" must not
 	// wipe the first one's.
-	edgeLn, err := net.Listen("tcp", *edgeListen)
+	addrs := append([]string{*df.edgeListen}, connAddrs...)
+	lns, err := listenAll(addrs)
 	if err != nil {
 		return fmt.Errorf("is another switchboard dev running? %w", err)
 	}
-	defer edgeLn.Close()
-	var nodeLns []net.Listener
-	for _, addr := range connAddrs {
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			return fmt.Errorf("is another switchboard dev running? %w", err)
-		}
-		defer ln.Close()
-		nodeLns = append(nodeLns, ln)
-	}
+	defer closeAll(lns)
 
-	// Then the database, in a folder others may enter, since as root the
-	// cluster runs as the postgres user.
-	if err := os.MkdirAll(*dir, 0o711); err != nil {
-		return err
-	}
-	if err := os.Chmod(*dir, 0o711); err != nil {
-		return err
-	}
-	fmt.Fprintln(stdio.Stderr, "starting a private PostgreSQL in", filepath.Join(*dir, "pg"))
-	cluster, err := pgcluster.Start(ctx, filepath.Join(*dir, "pg"), pgcluster.Options{Port: *pgPort})
-	if err != nil && *pgPort != 0 {
-		log.Warn("PostgreSQL port taken; using a free one", "port", *pgPort, "err", err)
-		cluster, err = pgcluster.Start(ctx, filepath.Join(*dir, "pg"), pgcluster.Options{})
-	}
+	dbURL, stopCluster, err := startDevDatabase(ctx, *df.dir, *df.pgPort, c)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if err := cluster.Stop(); err != nil {
-			log.Error("stopping PostgreSQL", "err", err)
-		}
-	}()
-	dbURL, err := createDatabase(ctx, cluster.URL, "switchboard")
-	if err != nil {
-		return err
-	}
+	defer stopCluster()
 	// One process, as in production: one pool and one listener connection
 	// for the edge and both nodes.
-	p, err := app.Open(ctx, dbURL+"&pool_max_conns=32", log)
+	p, err := app.Open(ctx, dbURL+"&pool_max_conns=32", c.log)
 	if err != nil {
 		return err
 	}
 	defer p.Close()
-	store := p.Store
-	if err := db.Migrate(ctx, p.Pool, log); err != nil {
+	if err := db.Migrate(ctx, p.Pool, c.log); err != nil {
 		return err
 	}
-
-	// Credentials: an API key and the simulated devices, plus one spare
-	// device for a client of your own.
-	apiKey := secret.New("sbk_")
-	devKey, err := store.AddAPIKey(ctx, db.NewAPIKey{Name: "dev", KeyHash: secret.Hash(apiKey)})
+	creds, err := provisionDev(ctx, p.Store, *df.dir, *df.devices)
 	if err != nil {
 		return err
 	}
-	// A one-time link signs the browser in to the console as that key
-	// (within 10 minutes; then sign in by pasting the key).
-	signIn, err := console.NewSignInLink(ctx, store, devKey.ID)
-	if err != nil {
-		return err
-	}
-	var creds []secret.Credential
-	var dbCreds []db.Credential
-	for i := 1; i <= *devices+1; i++ {
-		c := secret.Credential{ID: fmt.Sprintf("thermostat-%d", i), Secret: secret.New("")}
-		if i > *devices {
-			c.ID = "my-device"
-		}
-		creds = append(creds, c)
-		dc := db.Credential{ID: c.ID, SecretHash: secret.Hash(c.Secret)}
-		if i <= *devices { // labels to try the listing's filters on
-			dc.Labels = map[string]string{"model": "thermostat", "room": devRooms[(i-1)%len(devRooms)]}
-		}
-		dbCreds = append(dbCreds, dc)
-	}
-	if _, err := store.AddDevices(ctx, dbCreds); err != nil {
-		return err
-	}
-	var csv strings.Builder
-	for _, c := range creds {
-		_ = secret.WriteCredential(&csv, c)
-	}
-	if err := os.WriteFile(filepath.Join(*dir, "devices.csv"), []byte(csv.String()), 0o600); err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(*dir, "api-key"), []byte(apiKey+"\n"), 0o600); err != nil {
-		return err
-	}
-
 	// One certificate for both nodes; the simulated devices trust it.
 	tls, err := p.TLS(ctx, certs.Config{Mode: certs.ModeSelfSigned})
 	if err != nil {
 		return err
 	}
 	defer tls.Stop()
-	certFile := filepath.Join(*dir, "conn.pem")
+	certFile := filepath.Join(*df.dir, "conn.pem")
 	if err := os.WriteFile(certFile, tls.PEM, 0o644); err != nil {
 		return err
 	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(tls.PEM)
-
-	serveEdge, _, err := p.Edge(edge.Config{ID: edge.NewID("dev")}, maintenance.Config{}, certs.Config{}, edgeLn)
+	parts, connURLs, err := devServers(p, tls, addrs, lns, creds.simulated, c.log)
 	if err != nil {
 		return err
 	}
+	err = devBanner.Execute(c.Stdout, map[string]any{
+		"Edge": "http://" + advertised(addrs[0], lns[0]), "SignIn": creds.signIn, "Conn": connURLs, "DB": dbURL, "Key": creds.apiKey, "Dir": *df.dir,
+		"Cert": certFile, "Fingerprint": tls.Fingerprint, "Devices": len(creds.simulated), "Spare": creds.spare.Secret,
+	})
+	if err != nil {
+		return err
+	}
+	return p.Run(ctx, parts...)
+}
+
+// listenAll listens on each address, or on none.
+func listenAll(addrs []string) ([]net.Listener, error) {
+	var lns []net.Listener
+	for _, addr := range addrs {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			closeAll(lns)
+			return nil, err
+		}
+		lns = append(lns, ln)
+	}
+	return lns, nil
+}
+
+func closeAll(lns []net.Listener) {
+	for _, ln := range lns {
+		ln.Close()
+	}
+}
+
+// startDevDatabase starts the private PostgreSQL in dir/pg, on a free port
+// if port is taken, and creates the database whose URL it returns. dir is
+// a folder others may enter, since as root the cluster runs as the
+// postgres user. stop stops the cluster.
+func startDevDatabase(ctx context.Context, dir string, port int, c call) (url string, stop func(), err error) {
+	if err := os.MkdirAll(dir, 0o711); err != nil {
+		return "", nil, err
+	}
+	if err := os.Chmod(dir, 0o711); err != nil {
+		return "", nil, err
+	}
+	fmt.Fprintln(c.Stderr, "starting a private PostgreSQL in", filepath.Join(dir, "pg"))
+	cluster, err := pgcluster.Start(ctx, filepath.Join(dir, "pg"), pgcluster.Options{Port: port})
+	if err != nil && port != 0 {
+		c.log.Warn("PostgreSQL port taken; using a free one", "port", port, "err", err)
+		cluster, err = pgcluster.Start(ctx, filepath.Join(dir, "pg"), pgcluster.Options{})
+	}
+	if err != nil {
+		return "", nil, err
+	}
+	stop = func() {
+		if err := cluster.Stop(); err != nil {
+			c.log.Error("stopping PostgreSQL", "err", err)
+		}
+	}
+	if url, err = createDatabase(ctx, cluster.URL, "switchboard"); err != nil {
+		stop()
+		return "", nil, err
+	}
+	return url, stop, nil
+}
+
+// devCredentials are what "dev" provisions: an API key (and a link that
+// signs the console in as it), the simulated devices, and one spare device
+// for a client of your own.
+type devCredentials struct {
+	apiKey, signIn string
+	simulated      []secret.Credential
+	spare          secret.Credential
+}
+
+// provisionDev provisions the credentials and writes them to dir/api-key
+// and dir/devices.csv.
+func provisionDev(ctx context.Context, store *db.Store, dir string, devices int) (devCredentials, error) {
+	var dc devCredentials
+	dc.apiKey = secret.New("sbk_")
+	devKey, err := store.AddAPIKey(ctx, db.NewAPIKey{Name: "dev", KeyHash: secret.Hash(dc.apiKey)})
+	if err != nil {
+		return dc, err
+	}
+	// A one-time link signs the browser in to the console as that key
+	// (within 10 minutes; then sign in by pasting the key).
+	if dc.signIn, err = console.NewSignInLink(ctx, store, devKey.ID); err != nil {
+		return dc, err
+	}
+	var creds []secret.Credential
+	var dbCreds []db.Credential
+	for i := 1; i <= devices+1; i++ {
+		c := secret.Credential{ID: fmt.Sprintf("thermostat-%d", i), Secret: secret.New("")}
+		if i > devices {
+			c.ID = "my-device"
+		}
+		creds = append(creds, c)
+		dbc := db.Credential{ID: c.ID, SecretHash: secret.Hash(c.Secret)}
+		if i <= devices { // labels to try the listing's filters on
+			dbc.Labels = map[string]string{"model": "thermostat", "room": devRooms[(i-1)%len(devRooms)]}
+		}
+		dbCreds = append(dbCreds, dbc)
+	}
+	if _, err := store.AddDevices(ctx, dbCreds); err != nil {
+		return dc, err
+	}
+	dc.simulated, dc.spare = creds[:devices], creds[devices]
+	var csv strings.Builder
+	for _, c := range creds {
+		_ = secret.WriteCredential(&csv, c)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "devices.csv"), []byte(csv.String()), 0o600); err != nil {
+		return dc, err
+	}
+	return dc, os.WriteFile(filepath.Join(dir, "api-key"), []byte(dc.apiKey+"\n"), 0o600)
+}
+
+// devServers are the edge (on lns[0]), the two nodes (on the others) and
+// the simulated devices, which alternate between the nodes; and the nodes'
+// URLs.
+func devServers(p *app.Process, tls *certs.TLS, addrs []string, lns []net.Listener, simulated []secret.Credential, log *slog.Logger) ([]app.Server, []string, error) {
+	serveEdge, _, err := p.Edge(edge.Config{ID: edge.NewID("dev")}, maintenance.Config{}, certs.Config{}, lns[0])
+	if err != nil {
+		return nil, nil, err
+	}
 	parts := []app.Server{app.UntilSignal, serveEdge}
 	var connURLs []string
-	for i := range connAddrs {
+	for i, ln := range lns[1:] {
 		id := fmt.Sprintf("dev-%c", 'a'+i)
-		serveNode, _, err := p.Node(conntier.Config{Node: db.Node{ID: id, Region: "local"}}, tls, nodeLns[i])
+		serveNode, _, err := p.Node(conntier.Config{Node: db.Node{ID: id, Region: "local"}}, tls, ln)
 		if err != nil {
-			return err
+			return nil, nil, err
 		}
 		parts = append(parts, serveNode)
-		connURLs = append(connURLs, "wss://"+advertised(connAddrs[i], nodeLns[i])+protocol.Path)
+		connURLs = append(connURLs, "wss://"+advertised(addrs[1+i], ln)+protocol.Path)
 	}
-
-	// Simulated devices alternate between the two nodes.
-	simulated := creds[:*devices]
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(tls.PEM)
 	deviceTLS := &cryptotls.Config{RootCAs: roots}
 	for i, url := range connURLs {
 		var mine []secret.Credential
@@ -184,15 +239,7 @@ func runDev(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.
 		}
 		parts = append(parts, func(ctx context.Context) error { return simulate(ctx, mine, url, deviceTLS, 10*time.Second, log) })
 	}
-
-	err = devBanner.Execute(stdio.Stdout, map[string]any{
-		"Edge": "http://" + advertised(*edgeListen, edgeLn), "SignIn": signIn, "Conn": connURLs, "DB": dbURL, "Key": apiKey, "Dir": *dir,
-		"Cert": certFile, "Fingerprint": tls.Fingerprint, "Devices": len(simulated), "Spare": creds[len(creds)-1].Secret,
-	})
-	if err != nil {
-		return err
-	}
-	return p.Run(ctx, parts...)
+	return parts, connURLs, nil
 }
 
 // advertised is the address to print for a listener: the host as given

@@ -21,38 +21,49 @@ import (
 	"github.com/switchboard-iot/switchboard/internal/secret"
 )
 
-func runDevice(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.Logger) error {
-	f := newFlags("device", getenv, stdio)
-	url := f.string("url", "wss://localhost:8443"+protocol.Path, "the connection node's WebSocket URL", "DEVICE_URL")
-	id := f.string("id", "", "device id", "DEVICE_ID")
-	devSecret := f.string("secret", "", "device secret", "DEVICE_SECRET")
-	credsFile := f.string("credentials", "", `file of "id,secret" lines (the output of "devices import"): one simulated device each`, "DEVICE_CREDENTIALS")
-	caFile := f.string("ca", "", "PEM file of the certificate to trust (a node's -cert-out)", "DEVICE_CA")
-	insecure := f.Bool("insecure", false, "do not verify the node's certificate")
-	telemetry := f.Duration("telemetry", 30*time.Second, "how often each device reports its temperature (0: never)")
-	if err := f.parse(args); err != nil {
-		return err
+// deviceFlags are the flags of "device": simulated thermostats.
+type deviceFlags struct {
+	url, id, secret, credentials, ca *string
+	insecure                         *bool
+	telemetry                        *time.Duration
+}
+
+func defineDeviceFlags(f flags) deviceFlags {
+	return deviceFlags{
+		url:         f.string("url", "wss://localhost:8443"+protocol.Path, "the connection node's WebSocket URL", "DEVICE_URL"),
+		id:          f.string("id", "", "device id", "DEVICE_ID"),
+		secret:      f.string("secret", "", "device secret", "DEVICE_SECRET"),
+		credentials: f.string("credentials", "", `file of "id,secret" lines (the output of "devices import"): one simulated device each`, "DEVICE_CREDENTIALS"),
+		ca:          f.string("ca", "", "PEM file of the certificate to trust (a node's -cert-out)", "DEVICE_CA"),
+		insecure:    f.Bool("insecure", false, "do not verify the node's certificate"),
+		telemetry:   f.Duration("telemetry", 30*time.Second, "how often each device reports its temperature (0: never)"),
 	}
-	var creds []secret.Credential
+}
+
+// creds are the simulated devices: a file's, or the one of -id and -secret.
+func (df deviceFlags) creds() ([]secret.Credential, error) {
 	switch {
-	case *credsFile != "":
-		var err error
-		if creds, err = readCredentials(*credsFile); err != nil {
-			return err
-		}
-	case *id != "" && *devSecret != "":
-		creds = []secret.Credential{{ID: *id, Secret: *devSecret}}
-	default:
-		return errors.New(`no device credentials: give -id and -secret, or -credentials FILE of "id,secret" lines`)
+	case *df.credentials != "":
+		return readCredentials(*df.credentials)
+	case *df.id != "" && *df.secret != "":
+		return []secret.Credential{{ID: *df.id, Secret: *df.secret}}, nil
 	}
-	tlsCfg, err := certs.Client(*caFile, *insecure)
+	return nil, errors.New(`no device credentials: give -id and -secret, or -credentials FILE of "id,secret" lines`)
+}
+
+func runDevice(ctx context.Context, df deviceFlags, c call) error {
+	creds, err := df.creds()
 	if err != nil {
 		return err
 	}
-	log.Info("simulating devices", "devices", len(creds), "url", *url)
+	tlsCfg, err := certs.Client(*df.ca, *df.insecure)
+	if err != nil {
+		return err
+	}
+	c.log.Info("simulating devices", "devices", len(creds), "url", *df.url)
 	var g run.Group
 	actors.Add(&g, ctx, app.UntilSignal)
-	actors.Add(&g, ctx, func(ctx context.Context) error { return simulate(ctx, creds, *url, tlsCfg, *telemetry, log) })
+	actors.Add(&g, ctx, func(ctx context.Context) error { return simulate(ctx, creds, *df.url, tlsCfg, *df.telemetry, c.log) })
 	return g.Run()
 }
 

@@ -36,10 +36,22 @@ func (o *optBool) Set(s string) error {
 
 func (o *optBool) IsBoolFlag() bool { return true }
 
-// listFlags are the filters of "devices list", as GET /v1/devices has them.
+// listFlags are the flags of "devices list": filters, as GET /v1/devices
+// has them.
 type listFlags struct {
-	online                 optBool
+	store                  storeFlags
+	online                 *optBool
 	node, region, label, q *string
+}
+
+func defineListFlags(f flags) listFlags {
+	l := listFlags{store: defineStoreFlags(f), online: &optBool{}}
+	f.Var(l.online, "online", "only online devices (-online=false: only offline ones)")
+	l.node = f.String("node", "", "only devices connected to this node")
+	l.region = f.String("region", "", "only devices in this region (their session's, or their last one's)")
+	l.label = f.String("label", "", `only devices whose labels match this selector: "room=kitchen,fw!=2.1,beta,!old"`)
+	l.q = f.String("q", "", "only devices whose id contains this, ignoring case")
+	return l
 }
 
 func (l listFlags) filter() (db.DeviceFilter, error) {
@@ -55,10 +67,18 @@ func (l listFlags) filter() (db.DeviceFilter, error) {
 	return f, nil
 }
 
-// listDevices prints the devices f chooses as a table, a page of the
-// database at a time (keyset pages, as the API reads them), then their
+// listDevices prints the devices the filters choose as a table, a page of
+// the database at a time (keyset pages, as the API reads them), then their
 // counts on stderr.
-func listDevices(ctx context.Context, store *db.Store, f db.DeviceFilter, stdio IO) error {
+func listDevices(ctx context.Context, l listFlags, c call) error {
+	f, err := l.filter()
+	if err != nil {
+		return err
+	}
+	return l.store.withStore(ctx, func(store *db.Store) error { return writeDevices(ctx, store, f, c.IO) })
+}
+
+func writeDevices(ctx context.Context, store *db.Store, f db.DeviceFilter, stdio IO) error {
 	tw := tabwriter.NewWriter(stdio.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tONLINE\tNODE\tREGION\tLABELS")
 	var after string

@@ -32,165 +32,84 @@ import (
 // before the next is used: Linux's ephemeral ports number about 28,000.
 const portsPerSourceAddr = 25000
 
+// loadgenFlags are the flags of "loadgen".
+type loadgenFlags struct {
+	store                            storeFlags
+	nodes, failover, nodeMetrics, ca *string
+	insecure                         *bool
+	credentials                      *string
+	devices                          *int
+	provision                        *bool
+	idPrefix                         *string
+	hold, answer                     *bool
+	ramp                             *string
+	perProcess                       *int
+	sourceAddrs, edges, apiKey, rate *string
+	concurrency, maxInFlight         *int
+	wait, warmup, duration           *time.Duration
+	json, quiet                      *bool
+	cpuProfile                       *string
+	worker                           *bool
+}
+
+func defineLoadgenFlags(f flags) loadgenFlags {
+	return loadgenFlags{
+		store:       defineStoreFlags(f),
+		nodes:       f.string("nodes", "wss://localhost:8443"+protocol.Path, "comma-separated WebSocket URLs of the nodes; devices take turns", "LOADGEN_NODES"),
+		failover:    f.String("failover", "", "comma-separated WebSocket URLs of more nodes (sharing the nodes' certificate) that a device dials once its node failed it, as a load balancer would send it"),
+		nodeMetrics: f.string("node-metrics", "", "comma-separated URLs of the nodes' /metrics, for RSS per session (default: /metrics on each node's port; \"-\": none)", "LOADGEN_NODE_METRICS"),
+		ca:          f.string("ca", "", "PEM file of the certificate to trust (a node's -cert-out)", "LOADGEN_CA"),
+		insecure:    f.Bool("insecure", false, "do not verify the nodes' certificates"),
+		credentials: f.string("credentials", "", `file of "id,secret" lines: the devices (with -provision, created as needed and appended)`, "LOADGEN_CREDENTIALS"),
+		devices:     f.Int("devices", 0, "devices to use, the first of -credentials (0: all of them)"),
+		provision:   f.Bool("provision", false, "create the devices -credentials lacks, in the database, and append them to it"),
+		idPrefix:    f.String("id-prefix", "loadgen-", "with -provision: ids of the devices created, followed by a number"),
+		hold:        f.Bool("hold", true, "hold the devices' connections (false: only send them commands; another loadgen holds them)"),
+		answer:      f.Bool("answer", false, `devices answer the "echo" command the command clients send (else they only keep their sessions)`),
+		ramp:        f.String("ramp", "1000/s", "devices that start connecting a second (0: all at once)"),
+		perProcess:  f.Int("per-process", 15000, "devices a process holds; more go to worker processes (the open-files limit)"),
+		sourceAddrs: f.String("source-addrs", "", "local addresses the devices' sockets take turns binding, e.g. 127.0.0.2-127.0.0.5 (default: one loopback address per 25,000 devices to loopback nodes, else the system's choice)"),
+		edges:       f.string("edges", "", "comma-separated base URLs of the edges to send commands through, taking turns (none: no commands)", "LOADGEN_EDGES"),
+		apiKey:      f.string("api-key", "", "API key of the commands (default: a new one, with -database-url)", "SWITCHBOARD_KEY"),
+		rate:        f.String("rate", "", "commands a second, sent on schedule (open loop), e.g. 2000/s"),
+		concurrency: f.Int("concurrency", 0, "clients each sending a command as soon as their last is answered (closed loop), instead of -rate"),
+		maxInFlight: f.Int("max-inflight", 2000, "with -rate: commands in flight at most (and connections to the edges)"),
+		wait:        f.Duration("wait", 5*time.Second, "?wait= of each command, and its timeout"),
+		warmup:      f.Duration("warmup", 5*time.Second, "how long commands run before they count"),
+		duration:    f.Duration("duration", 30*time.Second, "how long commands count, or without commands how long devices are held (0: until interrupted)"),
+		json:        f.Bool("json", false, "print the summary as JSON on stdout (and the table on stderr)"),
+		quiet:       f.Bool("quiet", false, "no progress bar, and with -json no table"),
+		cpuProfile:  f.String("cpuprofile", "", "write this process's CPU profile here (what the load generator itself costs)"),
+		worker:      f.Bool("worker", false, "(internal) be a worker process: read a fleet on stdin, report on stdout"),
+	}
+}
+
 // runLoadgen holds devices and drives command clients; see README.md,
 // "Load generator".
-func runLoadgen(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.Logger) error {
-	f := newFlags("loadgen", getenv, stdio)
-	dbURL := f.databaseURL()
-	nodes := f.string("nodes", "wss://localhost:8443"+protocol.Path, "comma-separated WebSocket URLs of the nodes; devices take turns", "LOADGEN_NODES")
-	failover := f.String("failover", "", "comma-separated WebSocket URLs of more nodes (sharing the nodes' certificate) that a device dials once its node failed it, as a load balancer would send it")
-	nodeMetrics := f.string("node-metrics", "", "comma-separated URLs of the nodes' /metrics, for RSS per session (default: /metrics on each node's port; \"-\": none)", "LOADGEN_NODE_METRICS")
-	caFile := f.string("ca", "", "PEM file of the certificate to trust (a node's -cert-out)", "LOADGEN_CA")
-	insecure := f.Bool("insecure", false, "do not verify the nodes' certificates")
-	credsFile := f.string("credentials", "", `file of "id,secret" lines: the devices (with -provision, created as needed and appended)`, "LOADGEN_CREDENTIALS")
-	devices := f.Int("devices", 0, "devices to use, the first of -credentials (0: all of them)")
-	provision := f.Bool("provision", false, "create the devices -credentials lacks, in the database, and append them to it")
-	idPrefix := f.String("id-prefix", "loadgen-", "with -provision: ids of the devices created, followed by a number")
-	hold := f.Bool("hold", true, "hold the devices' connections (false: only send them commands; another loadgen holds them)")
-	answer := f.Bool("answer", false, `devices answer the "echo" command the command clients send (else they only keep their sessions)`)
-	rampFlag := f.String("ramp", "1000/s", "devices that start connecting a second (0: all at once)")
-	perProcess := f.Int("per-process", 15000, "devices a process holds; more go to worker processes (the open-files limit)")
-	sourceFlag := f.String("source-addrs", "", "local addresses the devices' sockets take turns binding, e.g. 127.0.0.2-127.0.0.5 (default: one loopback address per 25,000 devices to loopback nodes, else the system's choice)")
-	edges := f.string("edges", "", "comma-separated base URLs of the edges to send commands through, taking turns (none: no commands)", "LOADGEN_EDGES")
-	apiKey := f.string("api-key", "", "API key of the commands (default: a new one, with -database-url)", "SWITCHBOARD_KEY")
-	rateFlag := f.String("rate", "", "commands a second, sent on schedule (open loop), e.g. 2000/s")
-	concurrency := f.Int("concurrency", 0, "clients each sending a command as soon as their last is answered (closed loop), instead of -rate")
-	maxInFlight := f.Int("max-inflight", 2000, "with -rate: commands in flight at most (and connections to the edges)")
-	wait := f.Duration("wait", 5*time.Second, "?wait= of each command, and its timeout")
-	warmup := f.Duration("warmup", 5*time.Second, "how long commands run before they count")
-	duration := f.Duration("duration", 30*time.Second, "how long commands count, or without commands how long devices are held (0: until interrupted)")
-	asJSON := f.Bool("json", false, "print the summary as JSON on stdout (and the table on stderr)")
-	quiet := f.Bool("quiet", false, "no progress bar, and with -json no table")
-	cpuProfile := f.String("cpuprofile", "", "write this process's CPU profile here (what the load generator itself costs)")
-	worker := f.Bool("worker", false, "(internal) be a worker process: read a fleet on stdin, report on stdout")
-	if err := f.parse(args); err != nil {
-		return err
-	}
+func runLoadgen(ctx context.Context, lf loadgenFlags, c call) error {
 	// Devices log their troubles at Warn: thousands of them would bury
 	// the summary unless asked for with LOG_LEVEL.
-	deviceLog := log
-	if getenv("LOG_LEVEL") == "" {
-		deviceLog = slog.New(slog.NewTextHandler(stdio.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	deviceLog := c.log
+	if c.getenv("LOG_LEVEL") == "" {
+		deviceLog = slog.New(slog.NewTextHandler(c.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 	}
-	if *worker {
+	if *lf.worker {
 		// Ctrl-C reaches the whole process group: the parent stops its
 		// workers itself, by closing their stdin, once it has their counts.
 		signal.Ignore(os.Interrupt)
-		return loadgen.RunWorker(ctx, stdio.Stdin, stdio.Stdout, deviceLog)
+		return loadgen.RunWorker(ctx, c.Stdin, c.Stdout, deviceLog)
 	}
-
-	ramp, err := loadgen.ParseRate(*rampFlag)
-	if err != nil {
-		return fmt.Errorf("-ramp: %w", err)
-	}
-	sourceAddrs, err := loadgen.ParseSourceAddrs(*sourceFlag)
-	if err != nil {
-		return fmt.Errorf("-source-addrs: %w", err)
-	}
-	nodeURLs := splitList(*nodes)
-	edgeURLs := splitList(*edges)
-	if len(edgeURLs) == 0 && !*hold {
-		return errors.New("nothing to do: no -edges to send commands through, and -hold=false")
-	}
-	var cmdRate float64
-	if len(edgeURLs) > 0 {
-		if *rateFlag != "" {
-			if cmdRate, err = loadgen.ParseRate(*rateFlag); err != nil {
-				return fmt.Errorf("-rate: %w", err)
-			}
-		}
-		if (cmdRate > 0) == (*concurrency > 0) {
-			return errors.New("with -edges, give either -rate (open loop) or -concurrency (closed loop)")
-		}
-	}
-
-	// The devices.
-	if *credsFile == "" {
-		return errors.New(`no devices: give -credentials FILE of "id,secret" lines (with -provision -devices N, it is created)`)
-	}
-	if *provision {
-		if *devices <= 0 {
-			return errors.New("-provision needs -devices N")
-		}
-		if err := provisionDevices(ctx, *dbURL, *credsFile, *idPrefix, *devices, stdio, log); err != nil {
-			return err
-		}
-	}
-	creds, err := readCredentials(*credsFile)
+	cfg, err := lf.config(ctx, c)
 	if err != nil {
 		return err
 	}
-	if *devices > 0 {
-		if len(creds) < *devices {
-			return fmt.Errorf("%s has %d devices, fewer than -devices %d (add -provision)", *credsFile, len(creds), *devices)
-		}
-		creds = creds[:*devices]
-	}
-
-	cfg := loadgen.Config{
-		Fleet: loadgen.FleetConfig{Nodes: nodeURLs, Failover: splitList(*failover), CAFile: *caFile, Insecure: *insecure, Answer: *answer, Ramp: ramp,
-			SourceAddrs: sourceAddrs},
-		PerProcess: *perProcess,
-		Warmup:     *warmup, Duration: *duration,
-		Stderr: stdio.Stderr, Log: deviceLog,
-	}
-	if *hold {
-		cfg.Devices = creds
-		if len(sourceAddrs) == 0 {
-			cfg.Fleet.SourceAddrs = loopbackSources(nodeURLs, len(creds))
-		}
-		exe, err := os.Executable()
+	cfg.Log = deviceLog
+	if *lf.cpuProfile != "" {
+		stop, err := startCPUProfile(*lf.cpuProfile)
 		if err != nil {
 			return err
 		}
-		cfg.WorkerCommand = []string{exe, "loadgen", "-worker"}
-	}
-	if len(edgeURLs) > 0 {
-		if *apiKey == "" {
-			if *apiKey, err = newLoadgenKey(ctx, *dbURL, stdio); err != nil {
-				return err
-			}
-		}
-		tlsCfg, err := certs.Client(*caFile, *insecure)
-		if err != nil {
-			return err
-		}
-		ids := make([]string, len(creds))
-		for i, c := range creds {
-			ids[i] = c.ID
-		}
-		cfg.Commands = &loadgen.CommandsConfig{Edges: edgeURLs, APIKey: *apiKey, Devices: ids, Rate: cmdRate,
-			Concurrency: *concurrency, MaxInFlight: *maxInFlight, Wait: *wait, TLS: tlsCfg}
-	} else {
-		cfg.Warmup = 0
-	}
-	switch *nodeMetrics {
-	case "-":
-	case "":
-		for _, n := range nodeURLs {
-			u, err := loadgen.NodeMetricsURL(n)
-			if err != nil {
-				return fmt.Errorf("-nodes %q: %w", n, err)
-			}
-			cfg.NodeMetrics = append(cfg.NodeMetrics, u)
-		}
-	default:
-		cfg.NodeMetrics = splitList(*nodeMetrics)
-	}
-	if file, ok := stdio.Stderr.(*os.File); ok && !*quiet && term.IsTerminal(int(file.Fd())) {
-		cfg.Progress = stdio.Stderr
-	}
-
-	if *cpuProfile != "" {
-		out, err := os.Create(*cpuProfile)
-		if err != nil {
-			return err
-		}
-		defer out.Close()
-		if err := pprof.StartCPUProfile(out); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+		defer stop()
 	}
 	var summary loadgen.Summary
 	var g run.Group
@@ -201,11 +120,177 @@ func runLoadgen(ctx context.Context, args []string, getenv Env, stdio IO, log *s
 		return err
 	})
 	runErr := g.Run()
+	if err := lf.writeSummary(summary, c.IO); err != nil {
+		return err
+	}
+	return runErr
+}
 
+// config is the run the flags describe, its devices provisioned if asked.
+func (lf loadgenFlags) config(ctx context.Context, c call) (loadgen.Config, error) {
+	ramp, err := loadgen.ParseRate(*lf.ramp)
+	if err != nil {
+		return loadgen.Config{}, fmt.Errorf("-ramp: %w", err)
+	}
+	sourceAddrs, err := loadgen.ParseSourceAddrs(*lf.sourceAddrs)
+	if err != nil {
+		return loadgen.Config{}, fmt.Errorf("-source-addrs: %w", err)
+	}
+	nodeURLs, edgeURLs := splitList(*lf.nodes), splitList(*lf.edges)
+	if len(edgeURLs) == 0 && !*lf.hold {
+		return loadgen.Config{}, errors.New("nothing to do: no -edges to send commands through, and -hold=false")
+	}
+	cmdRate, err := lf.commandRate(edgeURLs)
+	if err != nil {
+		return loadgen.Config{}, err
+	}
+	creds, err := lf.creds(ctx, c)
+	if err != nil {
+		return loadgen.Config{}, err
+	}
+	cfg := loadgen.Config{
+		Fleet: loadgen.FleetConfig{Nodes: nodeURLs, Failover: splitList(*lf.failover), CAFile: *lf.ca, Insecure: *lf.insecure, Answer: *lf.answer, Ramp: ramp,
+			SourceAddrs: sourceAddrs},
+		PerProcess: *lf.perProcess,
+		Warmup:     *lf.warmup, Duration: *lf.duration,
+		Stderr: c.Stderr,
+	}
+	if *lf.hold {
+		cfg.Devices = creds
+		if len(sourceAddrs) == 0 {
+			cfg.Fleet.SourceAddrs = loopbackSources(nodeURLs, len(creds))
+		}
+		exe, err := os.Executable()
+		if err != nil {
+			return cfg, err
+		}
+		cfg.WorkerCommand = []string{exe, "loadgen", "-worker"}
+	}
+	if len(edgeURLs) > 0 {
+		if cfg.Commands, err = lf.commands(ctx, c, edgeURLs, cmdRate, creds); err != nil {
+			return cfg, err
+		}
+	} else {
+		cfg.Warmup = 0
+	}
+	if cfg.NodeMetrics, err = lf.nodeMetricsURLs(nodeURLs); err != nil {
+		return cfg, err
+	}
+	if file, ok := c.Stderr.(*os.File); ok && !*lf.quiet && term.IsTerminal(int(file.Fd())) {
+		cfg.Progress = c.Stderr
+	}
+	return cfg, nil
+}
+
+// commandRate is -rate, once the flags are known to choose one loop: open
+// (-rate) or closed (-concurrency). Without edges there are no commands.
+func (lf loadgenFlags) commandRate(edgeURLs []string) (float64, error) {
+	if len(edgeURLs) == 0 {
+		return 0, nil
+	}
+	var rate float64
+	if *lf.rate != "" {
+		var err error
+		if rate, err = loadgen.ParseRate(*lf.rate); err != nil {
+			return 0, fmt.Errorf("-rate: %w", err)
+		}
+	}
+	if (rate > 0) == (*lf.concurrency > 0) {
+		return 0, errors.New("with -edges, give either -rate (open loop) or -concurrency (closed loop)")
+	}
+	return rate, nil
+}
+
+// creds are the run's devices: the first -devices of -credentials, which
+// -provision fills up first.
+func (lf loadgenFlags) creds(ctx context.Context, c call) ([]secret.Credential, error) {
+	file, n := *lf.credentials, *lf.devices
+	if file == "" {
+		return nil, errors.New(`no devices: give -credentials FILE of "id,secret" lines (with -provision -devices N, it is created)`)
+	}
+	if *lf.provision {
+		if n <= 0 {
+			return nil, errors.New("-provision needs -devices N")
+		}
+		if err := provisionDevices(ctx, *lf.store.url, file, *lf.idPrefix, n, c.IO, c.log); err != nil {
+			return nil, err
+		}
+	}
+	creds, err := readCredentials(file)
+	if err != nil {
+		return nil, err
+	}
+	if n > 0 {
+		if len(creds) < n {
+			return nil, fmt.Errorf("%s has %d devices, fewer than -devices %d (add -provision)", file, len(creds), n)
+		}
+		creds = creds[:n]
+	}
+	return creds, nil
+}
+
+// commands are the command clients' settings, with an API key of their
+// own unless -api-key gives one.
+func (lf loadgenFlags) commands(ctx context.Context, c call, edgeURLs []string, rate float64, creds []secret.Credential) (*loadgen.CommandsConfig, error) {
+	key := *lf.apiKey
+	if key == "" {
+		var err error
+		if key, err = newLoadgenKey(ctx, *lf.store.url, c.IO); err != nil {
+			return nil, err
+		}
+	}
+	tlsCfg, err := certs.Client(*lf.ca, *lf.insecure)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, len(creds))
+	for i, cred := range creds {
+		ids[i] = cred.ID
+	}
+	return &loadgen.CommandsConfig{Edges: edgeURLs, APIKey: key, Devices: ids, Rate: rate,
+		Concurrency: *lf.concurrency, MaxInFlight: *lf.maxInFlight, Wait: *lf.wait, TLS: tlsCfg}, nil
+}
+
+// nodeMetricsURLs are the /metrics to scrape: -node-metrics, else each
+// node's own port's; "-" for none.
+func (lf loadgenFlags) nodeMetricsURLs(nodeURLs []string) ([]string, error) {
+	switch *lf.nodeMetrics {
+	case "-":
+		return nil, nil
+	case "":
+		var urls []string
+		for _, n := range nodeURLs {
+			u, err := loadgen.NodeMetricsURL(n)
+			if err != nil {
+				return nil, fmt.Errorf("-nodes %q: %w", n, err)
+			}
+			urls = append(urls, u)
+		}
+		return urls, nil
+	}
+	return splitList(*lf.nodeMetrics), nil
+}
+
+// startCPUProfile profiles this process into path until stop.
+func startCPUProfile(path string) (stop func(), err error) {
+	out, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(out); err != nil {
+		out.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); out.Close() }, nil
+}
+
+// writeSummary prints the summary as a table on stdout, or with -json as
+// JSON on stdout and the table on stderr (none with -quiet).
+func (lf loadgenFlags) writeSummary(summary loadgen.Summary, stdio IO) error {
 	table, out := stdio.Stdout, io.Writer(nil)
-	if *asJSON {
+	if *lf.json {
 		table, out = stdio.Stderr, stdio.Stdout
-		if *quiet {
+		if *lf.quiet {
 			table = nil
 		}
 	}
@@ -221,7 +306,7 @@ func runLoadgen(ctx context.Context, args []string, getenv Env, stdio IO, log *s
 			return err
 		}
 	}
-	return runErr
+	return nil
 }
 
 // loopbackSources spreads devices to loopback nodes over 127.0.0.2, .3, …,
@@ -284,7 +369,7 @@ func provisionDevices(ctx context.Context, dbURL, file, prefix string, n int, st
 	if err != nil {
 		return err
 	}
-	if err := importDevices(ctx, store, IO{Stdin: strings.NewReader(ids.String()), Stdout: out, Stderr: stdio.Stderr}, log); err != nil {
+	if err := importLines(ctx, store, IO{Stdin: strings.NewReader(ids.String()), Stdout: out, Stderr: stdio.Stderr}, log); err != nil {
 		out.Close()
 		return fmt.Errorf("provisioning: %w", err)
 	}

@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"strings"
@@ -19,23 +18,28 @@ import (
 	"github.com/switchboard-iot/switchboard/maintenance"
 )
 
-func runMigrate(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.Logger) error {
-	f := newFlags("migrate", getenv, stdio)
-	dbURL := f.databaseURL()
-	if err := f.parse(args); err != nil {
-		return err
-	}
-	pool, _, err := openStore(ctx, *dbURL, 2)
+func runMigrate(ctx context.Context, sf storeFlags, c call) error {
+	pool, _, err := openStore(ctx, *sf.url, 2)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	return db.Migrate(ctx, pool, log)
+	return db.Migrate(ctx, pool, c.log)
 }
 
-func runEdge(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.Logger) error {
-	f := newFlags("edge", getenv, stdio)
-	dbURL := f.databaseURL()
+// edgeFlags are the settings of one edge.
+type edgeFlags struct {
+	store                        storeFlags
+	listen, id, acmeCA           *string
+	keyRate                      *float64
+	keyBurst, keyStreams         *int
+	retainCommands, retainEvents *time.Duration
+	eventsPerDevice              *int
+	guard                        guardFlags
+}
+
+func defineEdgeFlags(f flags) edgeFlags {
+	store := defineStoreFlags(f)
 	listen := f.string("listen", ":8080", "address of the HTTP API", "EDGE_LISTEN")
 	id := f.string("id", "", "edge id, unique among running edges (default: the machine id and a random suffix)", "EDGE_ID")
 	acmeCA := f.string("acme-ca", "", "the nodes' ACME directory, whose HTTP-01 challenges this edge answers (default Let's Encrypt)", "CONN_ACME_CA")
@@ -46,32 +50,35 @@ func runEdge(ctx context.Context, args []string, getenv Env, stdio IO, log *slog
 	retainEvents := f.duration("retain-events", maintenance.DefaultRetainEvents, "delete device events this long after they arrived (negative: keep them)", "EDGE_RETAIN_EVENTS")
 	eventsPerDevice := f.int("events-per-device", maintenance.DefaultEventsPerDevice, "keep at most this many events per device, the newest (negative: no cap)", "EDGE_EVENTS_PER_DEVICE")
 	guard := defineGuardFlags(f, "EDGE_", "Fly-Client-IP header")
-	if err := f.parse(args); err != nil {
-		return err
-	}
-	guardCfg, trusted, err := guard.config()
+	return edgeFlags{store: store, listen: listen, id: id, acmeCA: acmeCA, keyRate: keyRate, keyBurst: keyBurst, keyStreams: keyStreams,
+		retainCommands: retainCommands, retainEvents: retainEvents, eventsPerDevice: eventsPerDevice, guard: guard}
+}
+
+func runEdge(ctx context.Context, ef edgeFlags, c call) error {
+	guardCfg, trusted, err := ef.guard.config()
 	if err != nil {
 		return err
 	}
-	if *id == "" {
-		*id = edge.NewID(getenv("FLY_MACHINE_ID"))
+	id := *ef.id
+	if id == "" {
+		id = edge.NewID(c.getenv("FLY_MACHINE_ID"))
 	}
-	app.TuneMemory(log)
-	p, err := app.Open(ctx, *dbURL, log)
+	app.TuneMemory(c.log)
+	p, err := app.Open(ctx, *ef.store.url, c.log)
 	if err != nil {
 		return err
 	}
 	defer p.Close()
-	ln, err := net.Listen("tcp", *listen)
+	ln, err := net.Listen("tcp", *ef.listen)
 	if err != nil {
 		return err
 	}
 	serve, _, err := p.Edge(edge.Config{
-		ID: *id, KeyRate: *keyRate, KeyBurst: *keyBurst, KeyStreams: *keyStreams,
+		ID: id, KeyRate: *ef.keyRate, KeyBurst: *ef.keyBurst, KeyStreams: *ef.keyStreams,
 		AuthGuard: guardCfg, TrustedProxies: trusted,
 	}, maintenance.Config{
-		RetainCommands: *retainCommands, RetainEvents: *retainEvents, EventsPerDevice: *eventsPerDevice,
-	}, certs.Config{CA: *acmeCA}, ln)
+		RetainCommands: *ef.retainCommands, RetainEvents: *ef.retainEvents, EventsPerDevice: *ef.eventsPerDevice,
+	}, certs.Config{CA: *ef.acmeCA}, ln)
 	if err != nil {
 		ln.Close()
 		return err
@@ -108,6 +115,7 @@ func (g guardFlags) config() (authguard.Config, clientaddr.Trusted, error) {
 
 // connFlags are the settings of one connection node.
 type connFlags struct {
+	store                                      storeFlags
 	listen, opsListen, region, nodeID, certOut *string
 	tls                                        certsFlags
 	deviceRate                                 *float64
@@ -125,6 +133,7 @@ type certsFlags struct {
 func defineConnFlags(f flags) connFlags {
 	hostname, _ := os.Hostname()
 	return connFlags{
+		store:  defineStoreFlags(f),
 		listen: f.string("listen", ":8443", "address for device WebSockets", "CONN_LISTEN"),
 		opsListen: f.string("ops-listen", "", "address of the plain-HTTP ops listener: /healthz, /readyz, /metrics and Go's profiles under /debug/pprof/; keep it private (default: none)",
 			"CONN_OPS_LISTEN"),
@@ -159,19 +168,13 @@ func (cf certsFlags) config() certs.Config {
 		Challenge: *cf.challenge}
 }
 
-func runConn(ctx context.Context, args []string, getenv Env, stdio IO, log *slog.Logger) error {
-	f := newFlags("conn", getenv, stdio)
-	dbURL := f.databaseURL()
-	cf := defineConnFlags(f)
-	if err := f.parse(args); err != nil {
-		return err
-	}
+func runConn(ctx context.Context, cf connFlags, c call) error {
 	guardCfg, trusted, err := cf.guard.config()
 	if err != nil {
 		return err
 	}
-	app.TuneMemory(log)
-	p, err := app.Open(ctx, *dbURL, log)
+	app.TuneMemory(c.log)
+	p, err := app.Open(ctx, *cf.store.url, c.log)
 	if err != nil {
 		return err
 	}

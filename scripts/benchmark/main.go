@@ -18,14 +18,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"slices"
 	"strconv"
@@ -36,7 +33,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/switchboard-iot/switchboard/app/sim/loadgen"
+	"github.com/switchboard-iot/switchboard/internal/certs"
 	"github.com/switchboard-iot/switchboard/internal/pgcluster"
+	"github.com/switchboard-iot/switchboard/internal/testkit/freeport"
 )
 
 func main() {
@@ -208,22 +207,18 @@ func run(ctx context.Context, o options) error {
 
 // ---- processes
 
-// proc is a running edge or node.
+// proc is a running edge or node, on addresses chosen before it started
+// (freeport): its log is for people, not for finding it.
 type proc struct {
-	id, addr, ops string // addr: its device or API port; ops: a node's ops listener
+	id, addr, ops string // addr: its device or API port; ops: a node's ops listener, if it serves one
 	cmd           *exec.Cmd
 	logPath       string
 	done          chan struct{}
 }
 
-var (
-	nodeLine = regexp.MustCompile(`msg="connection node serving" .*addr=(127\.0\.0\.1:\d+)`)
-	edgeLine = regexp.MustCompile(`msg="edge serving" .*addr=(127\.0\.0\.1:\d+)`)
-	opsLine  = regexp.MustCompile(`msg="ops serving" .*addr=(127\.0\.0\.1:\d+)`)
-)
-
-func (b *bench) start(ctx context.Context, id string, line *regexp.Regexp, args []string, env ...string) (*proc, error) {
-	p := &proc{id: id, logPath: filepath.Join(b.dir, id+".log"), done: make(chan struct{})}
+// start runs the binary and waits until it answers readyz with 200.
+func (b *bench) start(ctx context.Context, id, addr, readyz string, args []string, env ...string) (*proc, error) {
+	p := &proc{id: id, addr: addr, logPath: filepath.Join(b.dir, id+".log"), done: make(chan struct{})}
 	logFile, err := os.Create(p.logPath)
 	if err != nil {
 		return nil, err
@@ -236,18 +231,10 @@ func (b *bench) start(ctx context.Context, id string, line *regexp.Regexp, args 
 		return nil, err
 	}
 	go func() { _ = p.cmd.Wait(); logFile.Close(); close(p.done) }()
-	err = poll(ctx, 60*time.Second, func() bool {
-		text, _ := os.ReadFile(p.logPath)
-		if m := line.FindSubmatch(text); m != nil {
-			p.addr = string(m[1])
-		}
-		if m := opsLine.FindSubmatch(text); m != nil {
-			p.ops = string(m[1])
-		}
-		// A node logs its ops listener first (one from before
-		// CONN_OPS_LISTEN logs none, and serves /metrics on its device port).
-		return p.addr != ""
-	})
+	err = poll(ctx, 60*time.Second, func() bool { return p.exited() || b.answers(ctx, readyz) })
+	if err == nil && p.exited() {
+		err = errors.New("it exited")
+	}
 	if err != nil {
 		p.stop()
 		return nil, fmt.Errorf("%s did not start: %w; its log:\n%s", id, err, tail(p.logPath))
@@ -255,20 +242,64 @@ func (b *bench) start(ctx context.Context, id string, line *regexp.Regexp, args 
 	return p, nil
 }
 
+// answers reports whether GET url answers 200 now. An https URL is a
+// node's, whose certificate the nodes write before they listen.
+func (b *bench) answers(ctx context.Context, url string) bool {
+	tr := &http.Transport{DisableKeepAlives: true}
+	if strings.HasPrefix(url, "https:") {
+		var err error
+		if tr.TLSClientConfig, err = certs.Client(b.ca(), false); err != nil {
+			return false
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return false
+	}
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
 // startNode starts a connection node with the self-signed certificate the
 // nodes share (through the database), written to cert.pem.
 func (b *bench) startNode(ctx context.Context, id string) (*proc, error) {
-	return b.startNodeAt(ctx, id, "127.0.0.1:0")
+	addr, err := freeport.Loopback()
+	if err != nil {
+		return nil, err
+	}
+	return b.startNodeAt(ctx, id, addr)
 }
 
+// startNodeAt starts a node on addr. It is ready once its device port's
+// /readyz says so: every version of the binary serves it there.
 func (b *bench) startNodeAt(ctx context.Context, id, addr string) (*proc, error) {
-	return b.start(ctx, id, nodeLine, []string{"conn"}, "NODE_ID="+id, "REGION=bench", "CONN_LISTEN="+addr,
-		"CONN_OPS_LISTEN=127.0.0.1:0", "CONN_TLS=self-signed", "CONN_CERT_OUT="+b.ca())
+	ops, err := freeport.Loopback()
+	if err != nil {
+		return nil, err
+	}
+	p, err := b.start(ctx, id, addr, "https://"+addr+"/readyz", []string{"conn"}, "NODE_ID="+id, "REGION=bench", "CONN_LISTEN="+addr,
+		"CONN_OPS_LISTEN="+ops, "CONN_TLS=self-signed", "CONN_CERT_OUT="+b.ca())
+	// A binary from before CONN_OPS_LISTEN serves none (and /metrics on
+	// its device port).
+	if err == nil && b.answers(ctx, "http://"+ops+"/healthz") {
+		p.ops = ops
+	}
+	return p, err
 }
 
 func (b *bench) startEdge(ctx context.Context, id string) (*proc, error) {
+	addr, err := freeport.Loopback()
+	if err != nil {
+		return nil, err
+	}
 	// The load generator's one API key sends every command: no per-key limit.
-	return b.start(ctx, id, edgeLine, []string{"edge"}, "EDGE_ID="+id, "EDGE_LISTEN=127.0.0.1:0", "EDGE_KEY_RATE=-1")
+	return b.start(ctx, id, addr, "http://"+addr+"/readyz", []string{"edge"}, "EDGE_ID="+id, "EDGE_LISTEN="+addr, "EDGE_KEY_RATE=-1")
 }
 
 func (b *bench) ca() string { return filepath.Join(b.dir, "cert.pem") }
@@ -289,6 +320,15 @@ func (p *proc) stop() {
 	case <-time.After(time.Minute):
 		_ = p.cmd.Process.Kill()
 		<-p.done
+	}
+}
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -845,7 +885,14 @@ func (b *bench) storm(ctx context.Context) error {
 	// The other two start once the fleet is on storm-a, on ports chosen
 	// now, which the devices fail over to (until then they refuse, and the
 	// devices go back to storm-a).
-	spare := []string{freeAddr(), freeAddr()}
+	var spare []string
+	for range 2 {
+		addr, err := freeport.Loopback()
+		if err != nil {
+			return err
+		}
+		spare = append(spare, addr)
+	}
 	n := b.sz.stormDevices
 	lg, err := b.loadgen(ctx, n, "-nodes", a.url(), "-failover", "wss://"+spare[0]+"/v1/connect,wss://"+spare[1]+"/v1/connect",
 		"-node-metrics", "-", "-ramp", "1000/s", "-duration", "10m")
@@ -1000,22 +1047,6 @@ func poll(ctx context.Context, limit time.Duration, cond func() bool) error {
 		}
 	}
 	return nil
-}
-
-// freeAddr is a loopback address with a port free now, for a process that
-// starts later. The port is below Linux's ephemeral range (32768 and up by
-// default): there, one of the fleet's 15,000 client sockets took it before
-// the node could listen on it.
-func freeAddr() string {
-	var err error
-	for range 100 {
-		var ln net.Listener
-		if ln, err = net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", 20000+rand.N(12000))); err == nil {
-			defer ln.Close()
-			return ln.Addr().String()
-		}
-	}
-	panic(err)
 }
 
 func tail(path string) string {
