@@ -10,6 +10,7 @@
 package conntier
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -141,47 +142,38 @@ var writeBuffers sync.Pool
 // sends a few short ones.
 const maxHeaderBytes = 16 << 10
 
-func (c *Config) setDefaults() {
-	def := func(v *time.Duration, d time.Duration) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	def(&c.PingInterval, 20*time.Second)
-	def(&c.ReadTimeout, c.PingInterval*5/2)
-	def(&c.WriteTimeout, 10*time.Second)
-	def(&c.LeaseTTL, 15*time.Second)
-	def(&c.DrainWindow, DefaultDrainWindow)
-	def(&c.RebalanceInterval, DefaultRebalanceInterval)
-	def(&c.RebalanceDelay, 30*time.Second)
+// withDefaults fills what the caller left zero.
+func (c Config) withDefaults() Config {
+	c.PingInterval = cmp.Or(c.PingInterval, 20*time.Second)
+	c.ReadTimeout = cmp.Or(c.ReadTimeout, c.PingInterval*5/2)
+	c.WriteTimeout = cmp.Or(c.WriteTimeout, 10*time.Second)
+	c.LeaseTTL = cmp.Or(c.LeaseTTL, 15*time.Second)
+	c.DrainWindow = cmp.Or(c.DrainWindow, DefaultDrainWindow)
+	c.RebalanceInterval = cmp.Or(c.RebalanceInterval, DefaultRebalanceInterval)
+	c.RebalanceDelay = cmp.Or(c.RebalanceDelay, 30*time.Second)
 	if c.RebalanceShare <= 0 || c.RebalanceShare > 1 {
 		c.RebalanceShare = DefaultRebalanceShare
 	}
-	def(&c.DrainTimeout, 10*time.Second)
-	def(&c.RescanInterval, 30*time.Second)
-	def(&c.MarkDelay, 20*time.Millisecond)
-	def(&c.HTTPTimeout, 30*time.Second)
-	if c.DeviceRate == 0 {
-		c.DeviceRate = DefaultDeviceRate
+	c.DrainTimeout = cmp.Or(c.DrainTimeout, 10*time.Second)
+	c.RescanInterval = cmp.Or(c.RescanInterval, 30*time.Second)
+	c.MarkDelay = cmp.Or(c.MarkDelay, 20*time.Millisecond)
+	c.HTTPTimeout = cmp.Or(c.HTTPTimeout, 30*time.Second)
+	c.DeviceRate = cmp.Or(c.DeviceRate, DefaultDeviceRate)
+	c.DeviceBurst = cmp.Or(c.DeviceBurst, DefaultDeviceBurst)
+	c.MaxFrame = cmp.Or(c.MaxFrame, 64<<10)
+	c.SendQueue = cmp.Or(c.SendQueue, 64)
+	c.WriteQueue = cmp.Or(c.WriteQueue, 4096)
+	c.Log = cmp.Or(c.Log, slog.Default())
+	if c.MaxHandshakes <= 0 {
+		c.MaxHandshakes = DefaultMaxHandshakes
 	}
-	if c.DeviceBurst == 0 {
-		c.DeviceBurst = DefaultDeviceBurst
-	}
-	if c.MaxFrame == 0 {
-		c.MaxFrame = 64 << 10
-	}
-	if c.SendQueue == 0 {
-		c.SendQueue = 64
-	}
-	if c.WriteQueue == 0 {
-		c.WriteQueue = 4096
-	}
-	if c.Log == nil {
-		c.Log = slog.Default()
+	if c.MaxSessions <= 0 {
+		c.MaxSessions = defaultMaxSessions(c.Store.MaxConns(), c.MaxHandshakes)
 	}
 	if c.Clock == nil {
 		c.Clock = time.Now
 	}
+	return c
 }
 
 // Node is one connection node.
@@ -222,7 +214,7 @@ type Node struct {
 
 // New makes a node; Run starts it.
 func New(cfg Config) (*Node, error) {
-	cfg.setDefaults()
+	cfg = cfg.withDefaults()
 	if !db.ValidChannelID(cfg.Node.ID) {
 		return nil, fmt.Errorf("node id %q: want 1-48 letters, digits, '.', '_' or '-'", cfg.Node.ID)
 	}
@@ -245,12 +237,6 @@ func New(cfg Config) (*Node, error) {
 			// Devices are not browsers: there is no page origin to check.
 			CheckOrigin: func(*http.Request) bool { return true },
 		},
-	}
-	if n.cfg.MaxHandshakes <= 0 {
-		n.cfg.MaxHandshakes = DefaultMaxHandshakes
-	}
-	if n.cfg.MaxSessions <= 0 {
-		n.cfg.MaxSessions = defaultMaxSessions(n.store.MaxConns(), n.cfg.MaxHandshakes)
 	}
 	n.hub.sessions = make(map[string]*session)
 	n.revocations = newRevocations()

@@ -8,6 +8,7 @@
 package device
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/base64"
@@ -139,26 +140,20 @@ type Client struct {
 // maxOutbox bounds the replies kept while there is no session.
 const maxOutbox = 1024
 
+// withDefaults fills what the caller left zero.
+func (c Config) withDefaults() Config {
+	c.MinBackoff = cmp.Or(c.MinBackoff, 500*time.Millisecond)
+	c.MaxBackoff = cmp.Or(c.MaxBackoff, 30*time.Second)
+	c.ReplacedDelay = cmp.Or(c.ReplacedDelay, time.Minute)
+	c.ReadTimeout = cmp.Or(c.ReadTimeout, 60*time.Second)
+	c.Dedup = cmp.Or(c.Dedup, 1024)
+	c.Log = cmp.Or(c.Log, slog.Default())
+	return c
+}
+
 // New makes a client.
 func New(cfg Config) *Client {
-	if cfg.MinBackoff == 0 {
-		cfg.MinBackoff = 500 * time.Millisecond
-	}
-	if cfg.MaxBackoff == 0 {
-		cfg.MaxBackoff = 30 * time.Second
-	}
-	if cfg.ReplacedDelay == 0 {
-		cfg.ReplacedDelay = time.Minute
-	}
-	if cfg.ReadTimeout == 0 {
-		cfg.ReadTimeout = 60 * time.Second
-	}
-	if cfg.Dedup == 0 {
-		cfg.Dedup = 1024
-	}
-	if cfg.Log == nil {
-		cfg.Log = slog.Default()
-	}
+	cfg = cfg.withDefaults()
 	return &Client{
 		cfg:      cfg,
 		log:      cfg.Log.With("device", cfg.ID),

@@ -5,6 +5,7 @@
 package edge
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -115,39 +116,32 @@ type Edge struct {
 	closeOnce sync.Once
 }
 
+// withDefaults fills what the caller left zero.
+func (c Config) withDefaults() Config {
+	c.JobStreamInterval = cmp.Or(c.JobStreamInterval, time.Second)
+	c.KeepAlive = cmp.Or(c.KeepAlive, 15*time.Second)
+	c.MaxWait = cmp.Or(c.MaxWait, 60*time.Second)
+	c.APIKeyCache = cmp.Or(c.APIKeyCache, 30*time.Second)
+	c.DrainTimeout = cmp.Or(c.DrainTimeout, 10*time.Second)
+	c.ReadTimeout = cmp.Or(c.ReadTimeout, 30*time.Second)
+	c.WriteTimeout = cmp.Or(c.WriteTimeout, 30*time.Second)
+	c.IdleTimeout = cmp.Or(c.IdleTimeout, 120*time.Second)
+	c.KeyRate = cmp.Or(c.KeyRate, DefaultKeyRate)
+	c.KeyBurst = cmp.Or(c.KeyBurst, DefaultKeyBurst)
+	c.KeyStreams = cmp.Or(c.KeyStreams, DefaultKeyStreams)
+	c.Log = cmp.Or(c.Log, slog.Default())
+	if c.JobCreated == nil {
+		c.JobCreated = func() {}
+	}
+	return c
+}
+
 // New makes an edge; Run starts it.
 func New(cfg Config) (*Edge, error) {
 	if !db.ValidChannelID(cfg.ID) {
 		return nil, fmt.Errorf("edge id %q: want 1-48 letters, digits, '.', '_' or '-'", cfg.ID)
 	}
-	def := func(v *time.Duration, d time.Duration) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	def(&cfg.JobStreamInterval, time.Second)
-	def(&cfg.KeepAlive, 15*time.Second)
-	def(&cfg.MaxWait, 60*time.Second)
-	def(&cfg.APIKeyCache, 30*time.Second)
-	def(&cfg.DrainTimeout, 10*time.Second)
-	def(&cfg.ReadTimeout, 30*time.Second)
-	def(&cfg.WriteTimeout, 30*time.Second)
-	def(&cfg.IdleTimeout, 120*time.Second)
-	if cfg.JobCreated == nil {
-		cfg.JobCreated = func() {}
-	}
-	if cfg.KeyRate == 0 {
-		cfg.KeyRate = DefaultKeyRate
-	}
-	if cfg.KeyBurst == 0 {
-		cfg.KeyBurst = DefaultKeyBurst
-	}
-	if cfg.KeyStreams == 0 {
-		cfg.KeyStreams = DefaultKeyStreams
-	}
-	if cfg.Log == nil {
-		cfg.Log = slog.Default()
-	}
+	cfg = cfg.withDefaults()
 	log := cfg.Log.With("edge", cfg.ID)
 	e := &Edge{
 		cfg:     cfg,

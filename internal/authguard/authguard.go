@@ -14,6 +14,7 @@
 package authguard
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"net/netip"
 	"time"
@@ -53,20 +54,18 @@ type Guard struct {
 	failed   *expiring.Map[[sha256.Size]byte, struct{}]
 }
 
+// withDefaults fills what the caller left zero.
+func (c Config) withDefaults() Config {
+	c.FailureRate = cmp.Or(c.FailureRate, DefaultFailureRate)
+	c.FailureBurst = cmp.Or(c.FailureBurst, DefaultFailureBurst)
+	c.Remember = cmp.Or(c.Remember, DefaultRemember)
+	c.Size = cmp.Or(c.Size, DefaultSize)
+	return c
+}
+
 // New makes a guard.
 func New(cfg Config) *Guard {
-	if cfg.FailureRate == 0 {
-		cfg.FailureRate = DefaultFailureRate
-	}
-	if cfg.FailureBurst == 0 {
-		cfg.FailureBurst = DefaultFailureBurst
-	}
-	if cfg.Remember == 0 {
-		cfg.Remember = DefaultRemember
-	}
-	if cfg.Size == 0 {
-		cfg.Size = DefaultSize
-	}
+	cfg = cfg.withDefaults()
 	g := &Guard{remember: cfg.Remember, failed: expiring.New[[sha256.Size]byte, struct{}](cfg.Size)}
 	if cfg.FailureRate > 0 && cfg.FailureBurst > 0 {
 		g.sources = ratelimit.NewTable(cfg.FailureRate, cfg.FailureBurst, cfg.Size)
