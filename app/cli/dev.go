@@ -309,7 +309,7 @@ Try it:
   # Who is connected where, as an operator sees it:
   psql '{{.DB}}' -c 'select * from presence_live'
 
-  # Connect my-device with any WebSocket client (see the README's device protocol):
+  # Connect my-device with any WebSocket client (the device protocol: docs/protocol.md):
   #   URL {{index .Conn 0}}, subprotocol switchboard.v1,
   #   HTTP Basic auth my-device:{{.Spare}}, trusting {{.Cert}}
 
