@@ -146,10 +146,10 @@ func (n *Node) HTTPClient() *http.Client {
 }
 
 // Metric reads one sample, such as `name{node="a"}`, from the node's
-// /metrics; 0 when the series is absent.
+// /metrics (on its ops listener); 0 when the series is absent.
 func (n *Node) Metric(t testing.TB, series string) float64 {
 	t.Helper()
-	resp, err := n.HTTPClient().Get(n.Base + "/metrics")
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get(n.Ops + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -219,6 +219,7 @@ func (s *System) StartNodeTLS(t testing.TB, id string, tlsCfg certs.Config, ln n
 type Edge struct {
 	ID  string
 	URL string // http://127.0.0.1:port
+	Ops string // http://127.0.0.1:port: the ops listener (health, metrics, profiles)
 	*edge.Edge
 	proc *process
 }
@@ -256,7 +257,10 @@ func (s *System) StartEdgeACME(t testing.TB, id string, acme certs.Config, ln ne
 		ln.Close()
 		t.Fatal(err)
 	}
-	e := &Edge{ID: id, URL: "http://" + ln.Addr().String(), Edge: ed}
+	// The ops listener, as EDGE_OPS_LISTEN gives a production edge.
+	opsLn := listen(t)
+	p.ServeOps(opsLn, ed.OpsHandler())
+	e := &Edge{ID: id, URL: "http://" + ln.Addr().String(), Ops: "http://" + opsLn.Addr().String(), Edge: ed}
 	e.proc = run(t, p, serve)
 	return e
 }
