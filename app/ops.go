@@ -15,20 +15,21 @@ import (
 )
 
 // ServeOps has Run serve the process's operations endpoints on ln, plain
-// HTTP: health and readiness from health (an edge's or a node's
-// OpsHandler, with the reasons), the process's metrics at /metrics, and
-// Go's profiles under /debug/pprof/. They are served until the process's
+// HTTP: /healthz, /readyz with the reason notReady (an edge's or a node's
+// NotReady) gives, the process's metrics at /metrics, and Go's profiles
+// under /debug/pprof/. They are served until the process's
 // parts have stopped, drain included: a node's /readyz says "draining"
 // meanwhile, and its metrics show the drain. It is the one place metrics
 // and profiles are served, for the operator's private network only, never
 // the internet: they show what the process holds. Call it before Run.
-func (p *Process) ServeOps(ln net.Listener, health http.Handler) {
-	p.ops = append(p.ops, p.opsServer(ln, health))
+func (p *Process) ServeOps(ln net.Listener, notReady func(context.Context) string) {
+	p.ops = append(p.ops, p.opsServer(ln, notReady))
 }
 
-func (p *Process) opsServer(ln net.Listener, health http.Handler) Server {
+func (p *Process) opsServer(ln net.Listener, notReady func(context.Context) string) Server {
 	mux := http.NewServeMux()
-	mux.Handle("/", health)
+	mux.HandleFunc("GET /healthz", httpsec.Health)
+	mux.Handle("GET /readyz", httpsec.Readiness(notReady, true))
 	mux.Handle("/metrics", promhttp.HandlerFor(p.Metrics, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/debug/pprof/", pprof.Index) // heap, goroutine, allocs, block, mutex, threadcreate
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)

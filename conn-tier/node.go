@@ -273,22 +273,14 @@ func (n *Node) Handler() http.Handler {
 	})
 	r.Get(protocol.Path, n.handleConnect)
 	r.Get("/healthz", httpsec.Health)
-	r.Get("/readyz", httpsec.Readiness(n.notReady, false))
+	r.Get("/readyz", httpsec.Readiness(n.NotReady, false))
 	return r
 }
 
-// OpsHandler serves the node's health and readiness, with its reasons, for
-// the process's ops listener (CONN_OPS_LISTEN), which adds the metrics and
-// profiles.
-func (n *Node) OpsHandler() http.Handler {
-	r := chi.NewRouter()
-	r.Get("/healthz", httpsec.Health)
-	r.Get("/readyz", httpsec.Readiness(n.notReady, true))
-	return r
-}
-
-// notReady says why the node cannot take devices now; "" when it can.
-func (n *Node) notReady(ctx context.Context) string {
+// NotReady says why the node cannot take devices now; "" when it can.
+// The process's ops listener (app.ServeOps) tells it; the public /readyz
+// does not.
+func (n *Node) NotReady(ctx context.Context) string {
 	switch {
 	case n.draining.Load():
 		return "draining"

@@ -44,7 +44,7 @@ func (e *Edge) Handler() http.Handler {
 	// For the platform's checks and load balancers (fly.toml, Caddyfile):
 	// the status alone. The reasons and the metrics are on the ops listener.
 	r.Get("/healthz", httpsec.Health)
-	r.Get("/readyz", httpsec.Readiness(e.notReady, false))
+	r.Get("/readyz", httpsec.Readiness(e.NotReady, false))
 
 	// Pages mounted by the composition root (the web console, at "/");
 	// the API stays under /v1 and takes the console's session cookie
@@ -96,18 +96,10 @@ func (e *Edge) recoverer(next http.Handler) http.Handler {
 	})
 }
 
-// OpsHandler serves the edge's health and readiness, with its reasons,
-// for the process's ops listener (EDGE_OPS_LISTEN), which adds the
-// metrics and profiles.
-func (e *Edge) OpsHandler() http.Handler {
-	r := chi.NewRouter()
-	r.Get("/healthz", httpsec.Health)
-	r.Get("/readyz", httpsec.Readiness(e.notReady, true))
-	return r
-}
-
-// notReady says why the edge cannot serve now; "" when it can.
-func (e *Edge) notReady(ctx context.Context) string {
+// NotReady says why the edge cannot serve now; "" when it can. The
+// process's ops listener (app.ServeOps) tells it; the public /readyz does
+// not.
+func (e *Edge) NotReady(ctx context.Context) string {
 	select {
 	case <-e.closing:
 		return "draining"

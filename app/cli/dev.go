@@ -227,7 +227,7 @@ func devServers(p *app.Process, tls *certs.TLS, addrs []string, lns []net.Listen
 		return nil, nil, err
 	}
 	if len(lns) > 3 {
-		p.ServeOps(lns[3], e.OpsHandler()) // one process: its metrics are the edge's and both nodes'
+		p.ServeOps(lns[3], e.NotReady) // one process: its metrics are the edge's and both nodes'
 	}
 	parts := []app.Server{app.UntilSignal, serveEdge}
 	var connURLs []string

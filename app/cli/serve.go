@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"strings"
 	"time"
@@ -89,7 +88,7 @@ func runEdge(ctx context.Context, ef edgeFlags, c call) error {
 		RetainCommands: *ef.retainCommands, RetainEvents: *ef.retainEvents, EventsPerDevice: *ef.eventsPerDevice,
 	}, certs.Config{CA: *ef.acmeCA}, ln)
 	if err == nil {
-		err = serveOps(p, *ef.opsListen, e.OpsHandler())
+		err = serveOps(p, *ef.opsListen, e.NotReady)
 	}
 	if err != nil {
 		ln.Close()
@@ -104,9 +103,9 @@ func defineOpsListen(f flags, env string) *string {
 		env)
 }
 
-// serveOps has p serve its ops listener on addr with health (an edge's or
-// a node's OpsHandler); none when addr is empty.
-func serveOps(p *app.Process, addr string, health http.Handler) error {
+// serveOps has p serve its ops listener on addr, with the readiness of
+// notReady (an edge's or a node's NotReady); none when addr is empty.
+func serveOps(p *app.Process, addr string, notReady func(context.Context) string) error {
 	if addr == "" {
 		return nil
 	}
@@ -114,7 +113,7 @@ func serveOps(p *app.Process, addr string, health http.Handler) error {
 	if err != nil {
 		return err
 	}
-	p.ServeOps(ln, health)
+	p.ServeOps(ln, notReady)
 	return nil
 }
 
@@ -230,7 +229,7 @@ func runConn(ctx context.Context, cf connFlags, c call) error {
 		MaxSessions: *cf.maxSessions, MaxHandshakes: *cf.maxHandshakes, DrainWindow: *cf.drain,
 	}, tls, ln)
 	if err == nil {
-		err = serveOps(p, *cf.opsListen, node.OpsHandler())
+		err = serveOps(p, *cf.opsListen, node.NotReady)
 	}
 	if err != nil {
 		ln.Close()

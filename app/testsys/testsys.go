@@ -208,7 +208,7 @@ func (s *System) StartNodeTLS(t testing.TB, id string, tlsCfg certs.Config, ln n
 	}
 	// The ops listener, as CONN_OPS_LISTEN gives a production node.
 	opsLn := listen(t)
-	p.ServeOps(opsLn, node.OpsHandler())
+	p.ServeOps(opsLn, node.NotReady)
 	n := &Node{ID: id, URL: "wss://" + ln.Addr().String() + protocol.Path, Base: "https://" + ln.Addr().String(),
 		Ops: "http://" + opsLn.Addr().String(), Roots: roots, Node: node}
 	n.proc = run(t, p, serve)
@@ -259,7 +259,7 @@ func (s *System) StartEdgeACME(t testing.TB, id string, acme certs.Config, ln ne
 	}
 	// The ops listener, as EDGE_OPS_LISTEN gives a production edge.
 	opsLn := listen(t)
-	p.ServeOps(opsLn, ed.OpsHandler())
+	p.ServeOps(opsLn, ed.NotReady)
 	e := &Edge{ID: id, URL: "http://" + ln.Addr().String(), Ops: "http://" + opsLn.Addr().String(), Edge: ed}
 	e.proc = run(t, p, serve)
 	return e
