@@ -36,7 +36,8 @@ type Process struct {
 	Store    *db.Store
 	Notifier *db.Notifier
 	Certs    *db.CertStorage // certmagic's storage, shared by every process
-	// Metrics is the process's registry, served at /metrics. Every part
+	// Metrics is the process's registry, served at /metrics on its ops
+	// listener (ServeOps) and nowhere else. Every part
 	// registers on it: edge and node series labelled with their id, and an
 	// edge's maintenance with its edge's.
 	Metrics *prometheus.Registry

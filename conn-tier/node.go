@@ -26,7 +26,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/device/protocol"
@@ -35,6 +34,7 @@ import (
 	"github.com/switchboard-iot/switchboard/internal/backoff"
 	"github.com/switchboard-iot/switchboard/internal/batch"
 	"github.com/switchboard-iot/switchboard/internal/clientaddr"
+	"github.com/switchboard-iot/switchboard/internal/httpsec"
 	"github.com/switchboard-iot/switchboard/internal/problem"
 )
 
@@ -50,8 +50,9 @@ type Config struct {
 	// obtains it in the background); nil: always.
 	CertReady func() bool
 
-	// Metrics registers the node's metrics (labelled with its id) and serves
-	// /metrics; nil keeps them private.
+	// Metrics is the registry the node's metrics (labelled with its id)
+	// join; the process serves it on its ops listener, never on the device
+	// port.
 	Metrics *prometheus.Registry
 
 	PingInterval time.Duration // 20s: WebSocket ping to each device
@@ -262,46 +263,35 @@ func New(cfg Config) (*Node, error) {
 	return n, nil
 }
 
-// Handler serves the device endpoint and the node's health and metrics.
+// Handler serves the device endpoint, and health and readiness (the
+// status alone) for the platform's checks.
 func (n *Node) Handler() http.Handler {
 	r := chi.NewRouter()
+	r.Use(httpsec.Headers)
 	r.NotFound(func(w http.ResponseWriter, _ *http.Request) {
 		problem.NotFound.Write(w, "devices connect to "+protocol.Path)
 	})
 	r.Get(protocol.Path, n.handleConnect)
-	n.opsRoutes(r)
+	r.Get("/healthz", httpsec.Health)
+	r.Get("/readyz", httpsec.Readiness(n.NotReady, false))
 	return r
 }
 
-// OpsHandler serves the node's health, readiness and metrics, for its ops
-// listener (CONN_OPS_LISTEN).
-func (n *Node) OpsHandler() http.Handler {
-	r := chi.NewRouter()
-	n.opsRoutes(r)
-	return r
-}
-
-func (n *Node) opsRoutes(r chi.Router) {
-	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	r.Get("/readyz", n.handleReady)
-	if n.cfg.Metrics != nil {
-		r.Handle("/metrics", promhttp.HandlerFor(n.cfg.Metrics, promhttp.HandlerOpts{}))
-	}
-}
-
-func (n *Node) handleReady(w http.ResponseWriter, r *http.Request) {
+// NotReady says why the node cannot take devices now; "" when it can.
+// The process's ops listener (app.ServeOps) tells it; the public /readyz
+// does not.
+func (n *Node) NotReady(ctx context.Context) string {
 	switch {
 	case n.draining.Load():
-		problem.NotReady.Write(w, "draining")
+		return "draining"
 	case !n.leased.Load():
-		problem.NotReady.Write(w, "no lease")
+		return "no lease"
 	case n.cfg.CertReady != nil && !n.cfg.CertReady():
-		problem.NotReady.Write(w, "no certificate yet")
-	case n.store.Ping(r.Context()) != nil:
-		problem.NotReady.Write(w, "database unreachable")
-	default:
-		_, _ = w.Write([]byte("ok\n"))
+		return "no certificate yet"
+	case n.store.Ping(ctx) != nil:
+		return "database unreachable"
 	}
+	return ""
 }
 
 // Sessions reports how many devices are connected to this node.

@@ -163,7 +163,7 @@ func TestACMETLSALPN01(t *testing.T) {
 // requests.
 func (s *acmeSetup) edgeAnsweredChallenges(t *testing.T) bool {
 	t.Helper()
-	resp, err := http.Get(s.edge.URL + "/metrics")
+	resp, err := http.Get(s.edge.Ops + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

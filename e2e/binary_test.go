@@ -190,12 +190,13 @@ func TestBinary(t *testing.T) {
 		p.ready(t, "http://"+n.ops+"/readyz")
 	}
 	var edgeURLs []string
+	opsAddrs := []string{nodes[0].ops, nodes[1].ops}
 	for _, id := range []string{"bin-edge-a", "bin-edge-b"} {
-		addr := loopback(t)
-		p := start(t, bin, id, append(dbEnv, "EDGE_LISTEN="+addr, "EDGE_ID="+id), "edge")
+		addr, ops := loopback(t), loopback(t)
+		p := start(t, bin, id, append(dbEnv, "EDGE_LISTEN="+addr, "EDGE_OPS_LISTEN="+ops, "EDGE_ID="+id), "edge")
 		procs = append(procs, p)
 		p.ready(t, "http://"+addr+"/readyz")
-		edgeURLs = append(edgeURLs, "http://"+addr)
+		edgeURLs, opsAddrs = append(edgeURLs, "http://"+addr), append(opsAddrs, ops)
 	}
 	for _, n := range nodes {
 		testsys.Eventually(t, n.id+"'s certificate", func() bool { _, err := os.Stat(n.cert); return err == nil })
@@ -212,16 +213,16 @@ func TestBinary(t *testing.T) {
 		return n == 6
 	})
 
-	// Each node's ops listener: plain HTTP, health, metrics and profiles.
-	for _, n := range nodes {
+	// Each process's ops listener: plain HTTP, health, metrics and profiles.
+	for _, ops := range opsAddrs {
 		for _, path := range []string{"/healthz", "/readyz", "/metrics", "/debug/pprof/goroutine?debug=1"} {
-			resp, err := http.Get("http://" + n.ops + path)
+			resp, err := http.Get("http://" + ops + path)
 			if err != nil {
-				t.Fatalf("%s ops %s: %v", n.id, path, err)
+				t.Fatalf("ops %s%s: %v", ops, path, err)
 			}
 			resp.Body.Close()
 			if resp.StatusCode != http.StatusOK {
-				t.Fatalf("%s ops %s: %d", n.id, path, resp.StatusCode)
+				t.Fatalf("ops %s%s: %d", ops, path, resp.StatusCode)
 			}
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/switchboard-iot/switchboard/app/cli"
+	"github.com/switchboard-iot/switchboard/app/testsys"
 	"github.com/switchboard-iot/switchboard/db/dbtest"
 )
 
@@ -40,7 +41,7 @@ func TestDev(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- cli.Run(ctx, []string{"dev", "-dir", dir, "-edge-listen", "127.0.0.1:0",
-			"-conn-listen", "127.0.0.1:0,127.0.0.1:0", "-pg-port", "0", "-devices", "4"},
+			"-conn-listen", "127.0.0.1:0,127.0.0.1:0", "-ops-listen", "127.0.0.1:0", "-pg-port", "0", "-devices", "4"},
 			func(string) string { return "" }, cli.IO{Stdin: strings.NewReader(""), Stdout: banner, Stderr: io.Discard})
 		banner.Close()
 	}()
@@ -59,13 +60,17 @@ func TestDev(t *testing.T) {
 		}
 	}()
 
-	// Read the banner up to its commands: the edge's URL and the API key.
-	var edgeURL, key, signIn string
+	// Read the banner up to its commands: the edge's URL, the metrics' and
+	// the API key.
+	var edgeURL, metricsURL, key, signIn string
 	lines := bufio.NewScanner(stdout)
 	for lines.Scan() && (edgeURL == "" || key == "") {
 		line := strings.TrimSpace(lines.Text())
 		if v, ok := strings.CutPrefix(line, "edge (HTTP API)"); ok {
 			edgeURL = strings.TrimSpace(v)
+		}
+		if v, ok := strings.CutPrefix(line, "metrics"); ok {
+			metricsURL, _, _ = strings.Cut(strings.TrimSpace(v), " ")
 		}
 		if _, v, ok := strings.Cut(line, "(sign in: "); ok && strings.HasPrefix(line, "console") {
 			signIn, _, _ = strings.Cut(v, ",")
@@ -75,8 +80,8 @@ func TestDev(t *testing.T) {
 		}
 	}
 	go func() { _, _ = io.Copy(io.Discard, stdout) }() // the rest of the banner
-	if edgeURL == "" || key == "" {
-		t.Fatalf("banner without the edge URL (%q) or the API key (%q)", edgeURL, key)
+	if edgeURL == "" || key == "" || metricsURL == "" {
+		t.Fatalf("banner without the edge URL (%q), the metrics' (%q) or the API key (%q)", edgeURL, metricsURL, key)
 	}
 
 	// The banner's command, to a thermostat on each node; the simulated
@@ -96,6 +101,21 @@ func TestDev(t *testing.T) {
 		if !strings.Contains(string(c.Result), `"celsius"`) {
 			t.Fatalf("%s answered %s, want a thermostat's state", device, c.Result)
 		}
+	}
+
+	// The banner's metrics: the whole process's (edge and both nodes), on
+	// the ops listener and not on the edge's port.
+	testsys.Eventually(t, "the 4 thermostats' sessions in "+metricsURL, func() bool {
+		v, _ := testsys.Scrape(t, nil, metricsURL).Get("switchboard_conn_sessions")
+		return v == 4
+	})
+	if v, _ := testsys.Scrape(t, nil, metricsURL).Get("switchboard_edge_commands_accepted_total"); v < 2 {
+		t.Errorf("%s: %v commands accepted by the edge, want the 2 sent at least", metricsURL, v)
+	}
+	if resp, err := http.Get(edgeURL + "/metrics"); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Errorf("the edge's own port serves /metrics: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
 	}
 
 	// The banner's one-time console link signs a browser in, once.

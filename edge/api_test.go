@@ -736,11 +736,14 @@ func TestShutdownEndsStreams(t *testing.T) {
 	}
 	t.Logf("shutdown with an open stream took %s", time.Since(start))
 	// A stopped edge reports itself not ready, so balancers send clients
-	// elsewhere.
+	// elsewhere; why, only on its ops listener.
 	rec := httptest.NewRecorder()
 	e.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil))
-	if rec.Code != http.StatusServiceUnavailable {
-		t.Errorf("/readyz of a stopped edge: status %d, want 503", rec.Code)
+	if rec.Code != http.StatusServiceUnavailable || strings.Contains(rec.Body.String(), "draining") {
+		t.Errorf("public /readyz of a stopped edge: %d %s, want 503 without the reason", rec.Code, rec.Body)
+	}
+	if why := e.NotReady(t.Context()); why != "draining" {
+		t.Errorf("a stopped edge is not ready because %q, want draining", why)
 	}
 	// The command is not lost: it waits for its device.
 	if status, _ := row(t, sys, id); status != "pending" {
@@ -786,7 +789,7 @@ func TestStreamHousekeeping(t *testing.T) {
 	})
 	t.Run("a closed stream stops waiting", func(t *testing.T) {
 		t.Parallel()
-		scraper := newAPI(t, e.URL, "")
+		scraper := newAPI(t, e.Ops, "")
 		waiting := func() float64 {
 			t.Helper()
 			resp, body := scraper.call(http.MethodGet, "/metrics", "")
@@ -918,20 +921,33 @@ func waitingOn(t *testing.T, sys *testsys.System, id uuid.UUID, edgeID string) b
 }
 
 // Behind a proxy that reports the request came over plain HTTP (Fly's,
-// Caddy's X-Forwarded-Proto: http), the edge redirects to HTTPS, except the
-// connection nodes' ACME HTTP-01 challenges, which it answers on port 80
-// from the shared storage (none pending here: 404).
+// Caddy's X-Forwarded-Proto: http), the edge redirects to HTTPS on the
+// hosts it serves (Config.Hosts), except the connection nodes' ACME
+// HTTP-01 challenges, which it answers on port 80 from the shared storage
+// (none pending here: 404).
 func TestPlainHTTPRedirect(t *testing.T) {
 	t.Parallel()
 	sys := testsys.New(t)
-	e := sys.StartEdge(t, "edge-a", nil)
+	e := sys.StartEdge(t, "edge-a", func(c *edge.Config) { c.Hosts = []string{"api.example.com", "alt.example.com:8443"} })
 	c := newAPI(t, e.URL, sys.APIKey(t))
 	c.hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
-	resp, _ := c.call(http.MethodGet, "/v1/devices/dev-1?x=1", "", "X-Forwarded-Proto", "http")
-	host := strings.TrimPrefix(e.URL, "http://")
-	if resp.StatusCode != http.StatusPermanentRedirect || resp.Header.Get("Location") != "https://"+host+"/v1/devices/dev-1?x=1" {
+	resp, _ := c.call(http.MethodGet, "/v1/devices/dev-1?x=1", "", "X-Forwarded-Proto", "http", "Host", "API.example.com")
+	if resp.StatusCode != http.StatusPermanentRedirect || resp.Header.Get("Location") != "https://api.example.com/v1/devices/dev-1?x=1" {
 		t.Fatalf("plain HTTP: %d, Location %q", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	resp, _ = c.call(http.MethodGet, "/", "", "X-Forwarded-Proto", "http", "Host", "alt.example.com:80")
+	if resp.StatusCode != http.StatusPermanentRedirect || resp.Header.Get("Location") != "https://alt.example.com:8443/" {
+		t.Fatalf("plain HTTP to a host served on another port: %d, Location %q", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	// A host the edge does not serve gets no redirect (the Host header is
+	// the client's to write): 421.
+	for _, host := range []string{"evil.example", "api.example.com.evil.example", strings.TrimPrefix(e.URL, "http://")} {
+		resp, body := c.call(http.MethodGet, "/v1/devices/dev-1", "", "X-Forwarded-Proto", "http", "Host", host)
+		wantProblem(t, resp, body, http.StatusMisdirectedRequest, "misdirected-request")
+		if loc := resp.Header.Get("Location"); loc != "" {
+			t.Errorf("plain HTTP for %s: redirected to %q", host, loc)
+		}
 	}
 	resp, body := c.call(http.MethodGet, "/.well-known/acme-challenge/some-token", "", "X-Forwarded-Proto", "http")
 	wantProblem(t, resp, body, http.StatusNotFound, "not-found")

@@ -26,9 +26,10 @@ func TestMetricLabelsAreBounded(t *testing.T) {
 	e := sys.StartEdge(t, "edge-a", func(c *edge.Config) { c.Metrics = prometheus.NewRegistry() })
 	anon := newAPI(t, e.URL, "")
 	keyed := newAPI(t, e.URL, sys.APIKey(t))
+	scraper := newAPI(t, e.Ops, "")
 	series := func() (n int, other bool) {
 		t.Helper()
-		resp, body := anon.call(http.MethodGet, "/metrics", "")
+		resp, body := scraper.call(http.MethodGet, "/metrics", "")
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("GET /metrics: %d", resp.StatusCode)
 		}

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"sync"
 	"time"
 
@@ -32,9 +33,14 @@ type Config struct {
 	Store    *db.Store
 	Notifier *db.Notifier // the process's listener, shared with other components
 	Log      *slog.Logger
-	// Metrics registers the edge's metrics and serves /metrics; nil keeps
-	// them private.
+	// Metrics is the registry the edge's metrics join; the process serves
+	// it on its ops listener, never on the edge's public port.
 	Metrics *prometheus.Registry
+	// Hosts are the names clients reach the edge by ("api.example.com",
+	// or "host:port" for HTTPS on another port). A request its proxy says
+	// came over plain HTTP is redirected to HTTPS on its host only when
+	// the host is one of these, and answered 421 otherwise.
+	Hosts []string
 
 	// HTTPChallenge answers an ACME HTTP-01 challenge for the connection
 	// nodes, from the shared certificate storage, and reports whether it
@@ -109,6 +115,7 @@ type Edge struct {
 	guard  *authguard.Guard // failed API key look-ups
 
 	pages []func(chi.Router) // routes mounted beside the API (Mount)
+	hosts map[string]string  // Config.Hosts by hostname: where plain HTTP is redirected
 
 	// closing ends open streams when the edge shuts down: their clients
 	// resume on another edge with Last-Event-ID.
@@ -152,7 +159,14 @@ func New(cfg Config) (*Edge, error) {
 		keys:    newKeyCache(cfg.APIKeyCache),
 		limits:  newKeyLimits(cfg.KeyRate, cfg.KeyBurst, cfg.KeyStreams),
 		guard:   authguard.New(cfg.AuthGuard),
+		hosts:   make(map[string]string),
 		closing: make(chan struct{}),
+	}
+	for _, h := range cfg.Hosts {
+		if u, err := url.Parse("https://" + h); err != nil || u.Host != h || h == "" {
+			return nil, fmt.Errorf("edge host %q: want a host name, or host:port", h)
+		}
+		e.hosts[hostname(h)] = h
 	}
 	e.notices = batch.New("notices", 4096, 1000, log, e.store.Notify, db.IsRefused)
 	e.inserts = newInserter(cfg.Store)

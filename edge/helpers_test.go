@@ -42,8 +42,8 @@ func newAPI(t *testing.T, base, key string) *api {
 	return &api{t: t, base: base, key: key, hc: &http.Client{Transport: tr}}
 }
 
-// request builds a request; hdr holds header name/value pairs. An empty key
-// sends no Authorization header.
+// request builds a request; hdr holds header name/value pairs ("Host"
+// among them). An empty key sends no Authorization header.
 func (a *api) request(ctx context.Context, method, path, body string, hdr ...string) *http.Request {
 	a.t.Helper()
 	var rd io.Reader
@@ -61,6 +61,10 @@ func (a *api) request(ctx context.Context, method, path, body string, hdr ...str
 		req.Header.Set("Authorization", "Bearer "+a.key)
 	}
 	for i := 0; i+1 < len(hdr); i += 2 {
+		if hdr[i] == "Host" {
+			req.Host = hdr[i+1]
+			continue
+		}
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
 	return req

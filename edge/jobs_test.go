@@ -145,10 +145,11 @@ func waitJob(t *testing.T, sys *testsys.System, id uuid.UUID, limit time.Duratio
 	return j
 }
 
-// edgeMetric reads one sample from an edge's /metrics; 0 when absent.
-func edgeMetric(t *testing.T, base, series string) float64 {
+// edgeMetric reads one sample from an edge's /metrics (ops is its ops
+// listener); 0 when absent.
+func edgeMetric(t *testing.T, ops, series string) float64 {
 	t.Helper()
-	_, body := newAPI(t, base, "").call(http.MethodGet, "/metrics", "")
+	_, body := newAPI(t, ops, "").call(http.MethodGet, "/metrics", "")
 	for line := range strings.Lines(string(body)) {
 		if v, ok := strings.CutPrefix(strings.TrimSpace(line), series+" "); ok {
 			f, err := strconv.ParseFloat(v, 64)
@@ -226,8 +227,8 @@ func TestJobRollout(t *testing.T) {
 	// One wake-up per node per batch: never one per device.
 	var batches, wakeups float64
 	for _, e := range edges {
-		batches += edgeMetric(t, e.URL, fmt.Sprintf(`switchboard_edge_job_batches_total{edge=%q}`, e.ID))
-		if created := edgeMetric(t, e.URL, fmt.Sprintf(`switchboard_edge_job_commands_created_total{edge=%q}`, e.ID)); created == 0 {
+		batches += edgeMetric(t, e.Ops, fmt.Sprintf(`switchboard_edge_job_batches_total{edge=%q}`, e.ID))
+		if created := edgeMetric(t, e.Ops, fmt.Sprintf(`switchboard_edge_job_commands_created_total{edge=%q}`, e.ID)); created == 0 {
 			t.Logf("edge %s created no commands (the other claimed every step)", e.ID)
 		}
 	}

@@ -1,21 +1,23 @@
 package edge
 
 import (
+	"context"
+	"net"
 	"net/http"
 	"runtime/debug"
 	"strings"
 
 	"github.com/go-chi/chi/v5"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/internal/httpsec"
 	"github.com/switchboard-iot/switchboard/internal/problem"
 )
 
-// Handler is the whole API surface of an edge.
+// Handler is the whole API surface of an edge, on its public port.
 func (e *Edge) Handler() http.Handler {
 	r := chi.NewRouter()
-	r.Use(e.recoverer, e.metrics.instrument, e.deadlines, redirectPlainHTTP)
+	r.Use(httpsec.Headers, e.recoverer, e.metrics.instrument, e.deadlines, e.redirectPlainHTTP)
 	r.NotFound(func(w http.ResponseWriter, _ *http.Request) {
 		problem.NotFound.Write(w, "no such endpoint")
 	})
@@ -39,11 +41,10 @@ func (e *Edge) Handler() http.Handler {
 			problem.NotFound.Write(w, "no ACME challenge is pending for this token")
 		}
 	})
-	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	r.Get("/readyz", e.handleReady)
-	if e.cfg.Metrics != nil {
-		r.Handle("/metrics", promhttp.HandlerFor(e.cfg.Metrics, promhttp.HandlerOpts{}))
-	}
+	// For the platform's checks and load balancers (fly.toml, Caddyfile):
+	// the status alone. The reasons and the metrics are on the ops listener.
+	r.Get("/healthz", httpsec.Health)
+	r.Get("/readyz", httpsec.Readiness(e.NotReady, false))
 
 	// Pages mounted by the composition root (the web console, at "/");
 	// the API stays under /v1 and takes the console's session cookie
@@ -95,18 +96,19 @@ func (e *Edge) recoverer(next http.Handler) http.Handler {
 	})
 }
 
-func (e *Edge) handleReady(w http.ResponseWriter, r *http.Request) {
+// NotReady says why the edge cannot serve now; "" when it can. The
+// process's ops listener (app.ServeOps) tells it; the public /readyz does
+// not.
+func (e *Edge) NotReady(ctx context.Context) string {
 	select {
 	case <-e.closing:
-		problem.NotReady.Write(w, "draining")
-		return
+		return "draining"
 	default:
 	}
-	if err := e.store.Ping(r.Context()); err != nil {
-		problem.NotReady.Write(w, "database unreachable")
-		return
+	if err := e.store.Ping(ctx); err != nil {
+		return "database unreachable"
 	}
-	_, _ = w.Write([]byte("ok\n"))
+	return ""
 }
 
 const acmeChallengePath = "/.well-known/acme-challenge/"
@@ -114,14 +116,30 @@ const acmeChallengePath = "/.well-known/acme-challenge/"
 // redirectPlainHTTP sends a request that reached the proxy in front of the
 // edge over plain HTTP (X-Forwarded-Proto: http, as Fly's and Caddy's
 // proxies set it) to HTTPS, except the ACME challenges, which must be
-// answered on port 80. Fly's own HTTPS redirect is off for that reason.
-func redirectPlainHTTP(next http.Handler) http.Handler {
+// answered on port 80 whatever their host (the nodes' domain). Fly's own
+// HTTPS redirect is off for that reason. It redirects only to the hosts
+// the edge serves (Config.Hosts): the Host header is the client's to
+// write, and a redirect built from it would send a browser anywhere.
+func (e *Edge) redirectPlainHTTP(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("X-Forwarded-Proto") != "http" || strings.HasPrefix(r.URL.Path, acmeChallengePath) {
+		if !httpsec.PlainHTTPProxied(r) || strings.HasPrefix(r.URL.Path, acmeChallengePath) {
 			next.ServeHTTP(w, r)
 			return
 		}
-		target := "https://" + r.Host + r.URL.RequestURI()
-		http.Redirect(w, r, target, http.StatusPermanentRedirect)
+		host, ok := e.hosts[hostname(r.Host)]
+		if !ok {
+			problem.MisdirectedRequest.Write(w, "plain HTTP for a host this edge does not serve")
+			return
+		}
+		http.Redirect(w, r, "https://"+host+r.URL.RequestURI(), http.StatusPermanentRedirect)
 	})
+}
+
+// hostname is a Host header's or a configured host's name, without its
+// port, in lower case.
+func hostname(host string) string {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	return strings.ToLower(strings.TrimSuffix(host, "."))
 }

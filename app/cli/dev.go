@@ -33,8 +33,8 @@ var devRooms = []string{"kitchen", "hall", "bedroom"}
 
 // devFlags are the flags of "dev".
 type devFlags struct {
-	dir, edgeListen, connListen *string
-	pgPort, devices             *int
+	dir, edgeListen, connListen, opsListen *string
+	pgPort, devices                        *int
 }
 
 func defineDevFlags(f flags) devFlags {
@@ -42,6 +42,7 @@ func defineDevFlags(f flags) devFlags {
 		dir:        f.string("dir", filepath.Join(os.TempDir(), fmt.Sprintf("switchboard-dev-%d", os.Getuid())), "folder for the database, the API key and the node certificate (wiped on start)"),
 		edgeListen: f.string("edge-listen", "localhost:8080", "address of the edge", "EDGE_LISTEN"),
 		connListen: f.string("conn-listen", "localhost:8443,localhost:8444", "addresses of the two connection nodes"),
+		opsListen:  f.string("ops-listen", "localhost:9091", "address of the ops listener: the process's /metrics (edge and nodes), profiles under /debug/pprof/, the edge's /readyz with reasons (\"\": none)"),
 		pgPort:     f.Int("pg-port", 54329, "port of the private PostgreSQL (0: any free port)"),
 		devices:    f.Int("devices", 6, "simulated thermostats"),
 	}
@@ -58,11 +59,18 @@ func runDev(ctx context.Context, df devFlags, c call) error {
 	// Claim the ports before touching the database: a second "dev" must not
 	// wipe the first one's.
 	addrs := append([]string{*df.edgeListen}, connAddrs...)
+	if *df.opsListen != "" {
+		addrs = append(addrs, *df.opsListen)
+	}
 	lns, err := listenAll(addrs)
 	if err != nil {
 		return fmt.Errorf("is another switchboard dev running? %w", err)
 	}
 	defer closeAll(lns)
+	ops := ""
+	if *df.opsListen != "" {
+		ops = "http://" + advertised(addrs[3], lns[3])
+	}
 
 	dbURL, stopCluster, err := startDevDatabase(ctx, *df.dir, *df.pgPort, c)
 	if err != nil {
@@ -98,7 +106,7 @@ func runDev(ctx context.Context, df devFlags, c call) error {
 		return err
 	}
 	err = devBanner.Execute(c.Stdout, map[string]any{
-		"Edge": "http://" + advertised(addrs[0], lns[0]), "SignIn": creds.signIn, "Conn": connURLs, "DB": dbURL, "Key": creds.apiKey, "Dir": *df.dir,
+		"Edge": "http://" + advertised(addrs[0], lns[0]), "Ops": ops, "SignIn": creds.signIn, "Conn": connURLs, "DB": dbURL, "Key": creds.apiKey, "Dir": *df.dir,
 		"Cert": certFile, "Fingerprint": tls.Fingerprint, "Devices": len(creds.simulated), "Spare": creds.spare.Secret,
 	})
 	if err != nil {
@@ -210,17 +218,20 @@ func provisionDev(ctx context.Context, store *db.Store, dir string, devices int)
 	return dc, os.WriteFile(filepath.Join(dir, "api-key"), []byte(dc.apiKey+"\n"), 0o600)
 }
 
-// devServers are the edge (on lns[0]), the two nodes (on the others) and
-// the simulated devices, which alternate between the nodes; and the nodes'
-// URLs.
+// devServers are the edge (on lns[0]), the two nodes (on lns[1] and
+// lns[2]), the ops listener (on lns[3], if there) and the simulated
+// devices, which alternate between the nodes; and the nodes' URLs.
 func devServers(p *app.Process, tls *certs.TLS, addrs []string, lns []net.Listener, simulated []secret.Credential, log *slog.Logger) ([]app.Server, []string, error) {
-	serveEdge, _, err := p.Edge(edge.Config{ID: edge.NewID("dev")}, maintenance.Config{}, certs.Config{}, lns[0])
+	serveEdge, e, err := p.Edge(edge.Config{ID: edge.NewID("dev")}, maintenance.Config{}, certs.Config{}, lns[0])
 	if err != nil {
 		return nil, nil, err
 	}
+	if len(lns) > 3 {
+		p.ServeOps(lns[3], e.NotReady) // one process: its metrics are the edge's and both nodes'
+	}
 	parts := []app.Server{app.UntilSignal, serveEdge}
 	var connURLs []string
-	for i, ln := range lns[1:] {
+	for i, ln := range lns[1:3] {
 		id := fmt.Sprintf("dev-%c", 'a'+i)
 		serveNode, _, err := p.Node(conntier.Config{Node: db.Node{ID: id, Region: "local"}}, tls, ln)
 		if err != nil {
@@ -276,6 +287,9 @@ Switchboard is running. Ctrl-C stops everything.
 
   edge (HTTP API)    {{.Edge}}
   console            {{.Edge}}/  (sign in: {{.Edge}}{{.SignIn}}, once)
+{{- if .Ops}}
+  metrics            {{.Ops}}/metrics  (the ops listener: profiles at {{.Ops}}/debug/pprof/)
+{{- end}}
   connection nodes   {{range .Conn}}{{.}}  {{end}}
   PostgreSQL         {{.DB}}
   devices            thermostat-1 … thermostat-{{.Devices}} (simulated), my-device (yours to connect)

@@ -57,7 +57,7 @@ func defineLoadgenFlags(f flags) loadgenFlags {
 		store:       defineStoreFlags(f),
 		nodes:       f.string("nodes", "wss://localhost:8443"+protocol.Path, "comma-separated WebSocket URLs of the nodes; devices take turns", "LOADGEN_NODES"),
 		failover:    f.String("failover", "", "comma-separated WebSocket URLs of more nodes (sharing the nodes' certificate) that a device dials once its node failed it, as a load balancer would send it"),
-		nodeMetrics: f.string("node-metrics", "", "comma-separated URLs of the nodes' /metrics, for RSS per session (default: /metrics on each node's port; \"-\": none)", "LOADGEN_NODE_METRICS"),
+		nodeMetrics: f.string("node-metrics", "", "comma-separated URLs of the nodes' /metrics, on their ops listeners (CONN_OPS_LISTEN), for RSS per session (default, or \"-\": none)", "LOADGEN_NODE_METRICS"),
 		ca:          f.string("ca", "", "PEM file of the certificate to trust (a node's -cert-out)", "LOADGEN_CA"),
 		insecure:    f.Bool("insecure", false, "do not verify the nodes' certificates"),
 		credentials: f.string("credentials", "", `file of "id,secret" lines: the devices (with -provision, created as needed and appended)`, "LOADGEN_CREDENTIALS"),
@@ -173,9 +173,7 @@ func (lf loadgenFlags) config(ctx context.Context, c call) (loadgen.Config, erro
 	} else {
 		cfg.Warmup = 0
 	}
-	if cfg.NodeMetrics, err = lf.nodeMetricsURLs(nodeURLs); err != nil {
-		return cfg, err
-	}
+	cfg.NodeMetrics = lf.nodeMetricsURLs()
 	if file, ok := c.Stderr.(*os.File); ok && !*lf.quiet && term.IsTerminal(int(file.Fd())) {
 		cfg.Progress = c.Stderr
 	}
@@ -251,24 +249,14 @@ func (lf loadgenFlags) commands(ctx context.Context, c call, edgeURLs []string, 
 		Concurrency: *lf.concurrency, MaxInFlight: *lf.maxInFlight, Wait: *lf.wait, TLS: tlsCfg}, nil
 }
 
-// nodeMetricsURLs are the /metrics to scrape: -node-metrics, else each
-// node's own port's; "-" for none.
-func (lf loadgenFlags) nodeMetricsURLs(nodeURLs []string) ([]string, error) {
-	switch *lf.nodeMetrics {
-	case "-":
-		return nil, nil
-	case "":
-		var urls []string
-		for _, n := range nodeURLs {
-			u, err := loadgen.NodeMetricsURL(n)
-			if err != nil {
-				return nil, fmt.Errorf("-nodes %q: %w", n, err)
-			}
-			urls = append(urls, u)
-		}
-		return urls, nil
+// nodeMetricsURLs are the /metrics to scrape: -node-metrics; none when
+// empty or "-" (nodes serve metrics only on their ops listeners, whose
+// addresses the nodes' URLs do not tell).
+func (lf loadgenFlags) nodeMetricsURLs() []string {
+	if *lf.nodeMetrics == "-" {
+		return nil
 	}
-	return splitList(*lf.nodeMetrics), nil
+	return splitList(*lf.nodeMetrics)
 }
 
 // startCPUProfile profiles this process into path until stop.

@@ -39,6 +39,7 @@ func loadgenRun(t *testing.T, args ...string) loadgen.Summary {
 	node := sys.StartNode(t, "node-a", nil)
 	ed := sys.StartEdge(t, "edge-a", func(c *edge.Config) { c.KeyRate = -1 })
 	args = append([]string{"loadgen", "-json", "-database-url", sys.DBURL, "-nodes", node.URL, "-insecure",
+		"-node-metrics", node.Ops + "/metrics",
 		"-credentials", filepath.Join(t.TempDir(), "devices.csv"), "-provision", "-answer", "-edges", ed.URL,
 		"-warmup", "300ms", "-duration", "2s", "-wait", "5s"}, args...)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

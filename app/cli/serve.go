@@ -30,7 +30,8 @@ func runMigrate(ctx context.Context, sf storeFlags, c call) error {
 // edgeFlags are the settings of one edge.
 type edgeFlags struct {
 	store                        storeFlags
-	listen, id, acmeCA           *string
+	listen, opsListen, id, hosts *string
+	acmeCA                       *string
 	keyRate                      *float64
 	keyBurst, keyStreams         *int
 	retainCommands, retainEvents *time.Duration
@@ -41,7 +42,10 @@ type edgeFlags struct {
 func defineEdgeFlags(f flags) edgeFlags {
 	store := defineStoreFlags(f)
 	listen := f.string("listen", ":8080", "address of the HTTP API", "EDGE_LISTEN")
+	opsListen := defineOpsListen(f, "EDGE_OPS_LISTEN")
 	id := f.string("id", "", "edge id, unique among running edges (default: the machine id and a random suffix)", "EDGE_ID")
+	hosts := f.string("hosts", "", "comma-separated names clients reach the API by (host or host:port); plain HTTP is redirected to HTTPS for these only, 421 for others (default: $FLY_APP_NAME.fly.dev on Fly, else none)",
+		"EDGE_HOSTS")
 	acmeCA := f.string("acme-ca", "", "the nodes' ACME directory, whose HTTP-01 challenges this edge answers (default Let's Encrypt)", "CONN_ACME_CA")
 	keyRate := f.float("key-rate", edge.DefaultKeyRate, "requests a second per API key (negative: no limit)", "EDGE_KEY_RATE")
 	keyBurst := f.int("key-burst", edge.DefaultKeyBurst, "requests at once per API key", "EDGE_KEY_BURST")
@@ -50,7 +54,7 @@ func defineEdgeFlags(f flags) edgeFlags {
 	retainEvents := f.duration("retain-events", maintenance.DefaultRetainEvents, "delete device events this long after they arrived (negative: keep them)", "EDGE_RETAIN_EVENTS")
 	eventsPerDevice := f.int("events-per-device", maintenance.DefaultEventsPerDevice, "keep at most this many events per device, the newest (negative: no cap)", "EDGE_EVENTS_PER_DEVICE")
 	guard := defineGuardFlags(f, "EDGE_", "Fly-Client-IP header")
-	return edgeFlags{store: store, listen: listen, id: id, acmeCA: acmeCA, keyRate: keyRate, keyBurst: keyBurst, keyStreams: keyStreams,
+	return edgeFlags{store: store, listen: listen, opsListen: opsListen, id: id, hosts: hosts, acmeCA: acmeCA, keyRate: keyRate, keyBurst: keyBurst, keyStreams: keyStreams,
 		retainCommands: retainCommands, retainEvents: retainEvents, eventsPerDevice: eventsPerDevice, guard: guard}
 }
 
@@ -63,6 +67,10 @@ func runEdge(ctx context.Context, ef edgeFlags, c call) error {
 	if id == "" {
 		id = edge.NewID(c.getenv("FLY_MACHINE_ID"))
 	}
+	hosts := splitList(*ef.hosts)
+	if app := c.getenv("FLY_APP_NAME"); len(hosts) == 0 && app != "" {
+		hosts = []string{app + ".fly.dev"} // the name Fly gives every app
+	}
 	app.TuneMemory(c.log)
 	p, err := app.Open(ctx, *ef.store.url, c.log)
 	if err != nil {
@@ -73,17 +81,40 @@ func runEdge(ctx context.Context, ef edgeFlags, c call) error {
 	if err != nil {
 		return err
 	}
-	serve, _, err := p.Edge(edge.Config{
-		ID: id, KeyRate: *ef.keyRate, KeyBurst: *ef.keyBurst, KeyStreams: *ef.keyStreams,
+	serve, e, err := p.Edge(edge.Config{
+		ID: id, Hosts: hosts, KeyRate: *ef.keyRate, KeyBurst: *ef.keyBurst, KeyStreams: *ef.keyStreams,
 		AuthGuard: guardCfg, TrustedProxies: trusted,
 	}, maintenance.Config{
 		RetainCommands: *ef.retainCommands, RetainEvents: *ef.retainEvents, EventsPerDevice: *ef.eventsPerDevice,
 	}, certs.Config{CA: *ef.acmeCA}, ln)
+	if err == nil {
+		err = serveOps(p, *ef.opsListen, e.NotReady)
+	}
 	if err != nil {
 		ln.Close()
 		return err
 	}
 	return p.Run(ctx, app.UntilSignal, serve)
+}
+
+// defineOpsListen is the -ops-listen flag of a process, read from env.
+func defineOpsListen(f flags, env string) *string {
+	return f.string("ops-listen", "", "address of the plain-HTTP ops listener, the only one with /metrics and Go's profiles under /debug/pprof/ (and /healthz, /readyz with reasons); keep it private (default: none)",
+		env)
+}
+
+// serveOps has p serve its ops listener on addr, with the readiness of
+// notReady (an edge's or a node's NotReady); none when addr is empty.
+func serveOps(p *app.Process, addr string, notReady func(context.Context) string) error {
+	if addr == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	p.ServeOps(ln, notReady)
+	return nil
 }
 
 // guardFlags are the auth guard's settings and the trusted proxies, which
@@ -133,13 +164,12 @@ type certsFlags struct {
 func defineConnFlags(f flags) connFlags {
 	hostname, _ := os.Hostname()
 	return connFlags{
-		store:  defineStoreFlags(f),
-		listen: f.string("listen", ":8443", "address for device WebSockets", "CONN_LISTEN"),
-		opsListen: f.string("ops-listen", "", "address of the plain-HTTP ops listener: /healthz, /readyz, /metrics and Go's profiles under /debug/pprof/; keep it private (default: none)",
-			"CONN_OPS_LISTEN"),
-		region:  f.string("region", "local", "the node's region", "REGION", "FLY_REGION"),
-		nodeID:  f.string("node-id", hostname, "the node's id, stable across restarts (on Fly, the Machine id)", "NODE_ID", "FLY_MACHINE_ID"),
-		certOut: f.string("cert-out", "", "with -tls self-signed: write the certificate (PEM) here for clients to trust", "CONN_CERT_OUT"),
+		store:     defineStoreFlags(f),
+		listen:    f.string("listen", ":8443", "address for device WebSockets", "CONN_LISTEN"),
+		opsListen: defineOpsListen(f, "CONN_OPS_LISTEN"),
+		region:    f.string("region", "local", "the node's region", "REGION", "FLY_REGION"),
+		nodeID:    f.string("node-id", hostname, "the node's id, stable across restarts (on Fly, the Machine id)", "NODE_ID", "FLY_MACHINE_ID"),
+		certOut:   f.string("cert-out", "", "with -tls self-signed: write the certificate (PEM) here for clients to trust", "CONN_CERT_OUT"),
 		tls: certsFlags{
 			mode:   f.string("tls", certs.ModeSelfSigned, "TLS for devices: acme | self-signed (local development) | off (behind a TLS proxy)", "CONN_TLS"),
 			domain: f.string("domain", "", "comma-separated names the certificate covers (required with -tls acme)", "CONN_DOMAIN"),
@@ -198,20 +228,14 @@ func runConn(ctx context.Context, cf connFlags, c call) error {
 		DeviceRate: *cf.deviceRate, DeviceBurst: *cf.deviceBurst, AuthGuard: guardCfg, TrustedProxies: trusted,
 		MaxSessions: *cf.maxSessions, MaxHandshakes: *cf.maxHandshakes, DrainWindow: *cf.drain,
 	}, tls, ln)
+	if err == nil {
+		err = serveOps(p, *cf.opsListen, node.NotReady)
+	}
 	if err != nil {
 		ln.Close()
 		return err
 	}
-	parts := []app.Server{app.UntilSignal, serve, app.GCTuner(app.NodeHeadroom)}
-	if *cf.opsListen != "" {
-		opsLn, err := net.Listen("tcp", *cf.opsListen)
-		if err != nil {
-			ln.Close()
-			return err
-		}
-		p.ServeOps(opsLn, node.OpsHandler())
-	}
-	return p.Run(ctx, parts...)
+	return p.Run(ctx, app.UntilSignal, serve, app.GCTuner(app.NodeHeadroom))
 }
 
 func splitList(s string) []string {

@@ -129,8 +129,8 @@ func (n *Node) ScrapeOps(t testing.TB) Metrics {
 	return Scrape(t, nil, n.Ops+"/metrics")
 }
 
-// Scrape scrapes the edge's /metrics.
+// Scrape scrapes the edge's ops listener.
 func (e *Edge) Scrape(t testing.TB) Metrics {
 	t.Helper()
-	return Scrape(t, nil, e.URL+"/metrics")
+	return Scrape(t, nil, e.Ops+"/metrics")
 }

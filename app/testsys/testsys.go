@@ -146,10 +146,10 @@ func (n *Node) HTTPClient() *http.Client {
 }
 
 // Metric reads one sample, such as `name{node="a"}`, from the node's
-// /metrics; 0 when the series is absent.
+// /metrics (on its ops listener); 0 when the series is absent.
 func (n *Node) Metric(t testing.TB, series string) float64 {
 	t.Helper()
-	resp, err := n.HTTPClient().Get(n.Base + "/metrics")
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get(n.Ops + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +208,7 @@ func (s *System) StartNodeTLS(t testing.TB, id string, tlsCfg certs.Config, ln n
 	}
 	// The ops listener, as CONN_OPS_LISTEN gives a production node.
 	opsLn := listen(t)
-	p.ServeOps(opsLn, node.OpsHandler())
+	p.ServeOps(opsLn, node.NotReady)
 	n := &Node{ID: id, URL: "wss://" + ln.Addr().String() + protocol.Path, Base: "https://" + ln.Addr().String(),
 		Ops: "http://" + opsLn.Addr().String(), Roots: roots, Node: node}
 	n.proc = run(t, p, serve)
@@ -219,6 +219,7 @@ func (s *System) StartNodeTLS(t testing.TB, id string, tlsCfg certs.Config, ln n
 type Edge struct {
 	ID  string
 	URL string // http://127.0.0.1:port
+	Ops string // http://127.0.0.1:port: the ops listener (health, metrics, profiles)
 	*edge.Edge
 	proc *process
 }
@@ -256,7 +257,10 @@ func (s *System) StartEdgeACME(t testing.TB, id string, acme certs.Config, ln ne
 		ln.Close()
 		t.Fatal(err)
 	}
-	e := &Edge{ID: id, URL: "http://" + ln.Addr().String(), Edge: ed}
+	// The ops listener, as EDGE_OPS_LISTEN gives a production edge.
+	opsLn := listen(t)
+	p.ServeOps(opsLn, ed.NotReady)
+	e := &Edge{ID: id, URL: "http://" + ln.Addr().String(), Ops: "http://" + opsLn.Addr().String(), Edge: ed}
 	e.proc = run(t, p, serve)
 	return e
 }

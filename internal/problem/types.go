@@ -16,6 +16,7 @@ var (
 	NotReady            = newType("not-ready", http.StatusServiceUnavailable, "Not ready", "a readiness probe that fails")
 
 	// The edge.
+	MisdirectedRequest    = newType("misdirected-request", http.StatusMisdirectedRequest, "Misdirected request", "plain HTTP (X-Forwarded-Proto: http) for a host not among the edge's EDGE_HOSTS: not redirected")
 	MethodNotAllowed      = newType("method-not-allowed", http.StatusMethodNotAllowed, "Method not allowed", "the resource does not allow this method")
 	Internal              = newType("internal", http.StatusInternalServerError, "Internal error", "a bug of ours")
 	InsufficientScope     = newType("insufficient-scope", http.StatusForbidden, "Insufficient scope", "the API key lacks the route's scope")

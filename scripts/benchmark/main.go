@@ -286,7 +286,7 @@ func (b *bench) startNodeAt(ctx context.Context, id, addr string) (*proc, error)
 	p, err := b.start(ctx, id, addr, "https://"+addr+"/readyz", []string{"conn"}, "NODE_ID="+id, "REGION=bench", "CONN_LISTEN="+addr,
 		"CONN_OPS_LISTEN="+ops, "CONN_TLS=self-signed", "CONN_CERT_OUT="+b.ca())
 	// A binary from before CONN_OPS_LISTEN serves none (and /metrics on
-	// its device port).
+	// its device port); later ones serve /metrics on the ops port only.
 	if err == nil && b.answers(ctx, "http://"+ops+"/healthz") {
 		p.ops = ops
 	}

@@ -23,15 +23,3 @@ func TestOutcome(t *testing.T) {
 		}
 	}
 }
-
-func TestNodeMetricsURL(t *testing.T) {
-	t.Parallel()
-	for in, want := range map[string]string{
-		"wss://127.0.0.1:8443/v1/connect":    "https://127.0.0.1:8443/metrics",
-		"ws://localhost:8443/v1/connect?x=1": "http://localhost:8443/metrics",
-	} {
-		if got, err := NodeMetricsURL(in); err != nil || got != want {
-			t.Errorf("NodeMetricsURL(%q) = %q, %v; want %q", in, got, err, want)
-		}
-	}
-}

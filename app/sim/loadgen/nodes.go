@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net/http"
-	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -19,23 +18,6 @@ const (
 	rssSeries      = "process_resident_memory_bytes"
 	sessionsSeries = "switchboard_conn_sessions"
 )
-
-// NodeMetricsURL is where a node at nodeURL (wss://host:port/v1/connect)
-// serves its metrics when it has no ops listener: on its device port.
-func NodeMetricsURL(nodeURL string) (string, error) {
-	u, err := url.Parse(nodeURL)
-	if err != nil {
-		return "", err
-	}
-	switch u.Scheme {
-	case "wss":
-		u.Scheme = "https"
-	case "ws":
-		u.Scheme = "http"
-	}
-	u.Path, u.RawQuery = "/metrics", ""
-	return u.String(), nil
-}
 
 // NodeProcess is what a node process's metrics say. Nodes sharing a
 // process (switchboard dev) share one.
