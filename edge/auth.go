@@ -61,7 +61,7 @@ func (e *Edge) authenticate(next http.Handler) http.Handler {
 			unauthorized(w, "this API key expired at "+key.ExpiresAt.UTC().Format(time.RFC3339))
 			return
 		}
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), apiKeyCtx{}, key)))
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), credentialCtx{}, credential{key: key, gen: gen})))
 	})
 }
 
@@ -78,7 +78,7 @@ func (e *Edge) authenticateSession(w http.ResponseWriter, r *http.Request, token
 	cacheKey := sessionCacheKey(hash)
 	now := time.Now()
 	entry, hit, gen := e.keys.get(cacheKey, now)
-	key, csrf := entry.key, entry.csrf
+	key, csrf, ends := entry.key, entry.csrf, entry.until
 	if !hit {
 		if !e.GuardAuth(w, r, cacheKey) {
 			return
@@ -96,7 +96,7 @@ func (e *Edge) authenticateSession(w http.ResponseWriter, r *http.Request, token
 			unauthorized(w, "this console session's API key was revoked")
 			return
 		}
-		key, csrf = s.Key, s.CSRF
+		key, csrf, ends = s.Key, s.CSRF, s.ExpiresAt
 		e.keys.put(cacheKey, cached{key: key, csrf: csrf, until: s.ExpiresAt}, gen, now)
 	}
 	if key.Expired(now) {
@@ -111,15 +111,21 @@ func (e *Edge) authenticateSession(w http.ResponseWriter, r *http.Request, token
 			return
 		}
 	}
-	next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), apiKeyCtx{}, key)))
+	cred := credential{key: key, session: string(hash), sessionEnds: ends, gen: gen}
+	next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), credentialCtx{}, cred)))
 }
 
 // sessionCacheKey keeps sessions apart from keys in the key cache.
 func sessionCacheKey(hash []byte) string { return "session:" + hex.EncodeToString(hash) }
 
-// ForgetSession drops a signed-out session from this edge's cache at once
-// (other edges hear of it over sb_keys a moment later).
-func (e *Edge) ForgetSession(token string) { e.keys.forget(sessionCacheKey(secret.Hash(token))) }
+// ForgetSession drops a signed-out session from this edge's cache and ends
+// its streams here at once (other edges hear of it over sb_keys a moment
+// later).
+func (e *Edge) ForgetSession(token string) {
+	hash := secret.Hash(token)
+	e.keys.forget(sessionCacheKey(hash))
+	e.grants.signedOut(string(hash))
+}
 
 // requireScope lets through requests whose API key grants scope, and
 // answers the others 403 (RFC 6750's insufficient_scope).
@@ -138,13 +144,24 @@ func requireScope(scope db.Scope) func(http.Handler) http.Handler {
 	}
 }
 
-type apiKeyCtx struct{}
+// credential is what authenticated a request: an API key, or a console
+// session acting as its key.
+type credential struct {
+	key         db.APIKey
+	session     string    // the session's cookie digest; "" for a key
+	sessionEnds time.Time // when the session expires
+	gen         uint64    // the key cache's generation it was checked in
+}
+
+type credentialCtx struct{}
+
+func credentialOf(r *http.Request) credential {
+	c, _ := r.Context().Value(credentialCtx{}).(credential)
+	return c
+}
 
 // apiKey is the key that authenticated the request.
-func apiKey(r *http.Request) db.APIKey {
-	k, _ := r.Context().Value(apiKeyCtx{}).(db.APIKey)
-	return k
-}
+func apiKey(r *http.Request) db.APIKey { return credentialOf(r).key }
 
 func unauthorized(w http.ResponseWriter, detail string) {
 	w.Header().Set("WWW-Authenticate", `Bearer realm="switchboard"`)

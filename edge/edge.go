@@ -109,7 +109,8 @@ type Edge struct {
 	inserts *inserter                 // group commit of accepted commands
 	metrics *metrics
 
-	keys *keyCache // checked API keys
+	keys   *keyCache // checked API keys
+	grants *grants   // open streams by the credential that opened them
 
 	limits *keyLimits       // per API key; nil when both are off
 	guard  *authguard.Guard // failed API key look-ups
@@ -150,13 +151,15 @@ func New(cfg Config) (*Edge, error) {
 	}
 	cfg = cfg.withDefaults()
 	log := cfg.Log.With("edge", cfg.ID)
+	keys := newKeyCache(cfg.APIKeyCache)
 	e := &Edge{
 		cfg:     cfg,
 		log:     log,
 		store:   cfg.Store,
 		replies: newReplyRouter(cfg.Store, log),
 		events:  newEventHub(cfg.Store, log),
-		keys:    newKeyCache(cfg.APIKeyCache),
+		keys:    keys,
+		grants:  newGrants(cfg.Store, keys, log),
 		limits:  newKeyLimits(cfg.KeyRate, cfg.KeyBurst, cfg.KeyStreams),
 		guard:   authguard.New(cfg.AuthGuard),
 		hosts:   make(map[string]string),
@@ -185,13 +188,19 @@ func (e *Edge) Mount(register func(chi.Router)) { e.pages = append(e.pages, regi
 // Run serves the API on ln until ctx is done, then ends open streams,
 // waits for requests to finish and stops its background actors.
 func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
-	bg, stopBackground := actors.Group(ctx, e.replies.run, e.notices.Run, e.inserts.run, e.events.run)
+	bg, stopBackground := actors.Group(ctx, e.replies.run, e.notices.Run, e.inserts.run, e.events.run, e.grants.run)
 	unlisten := e.cfg.Notifier.Listen(db.EdgeChannel(e.cfg.ID), e.replies.onNotify, e.replies.onReady)
 	defer unlisten()
+	// A revocation or sign-out ends the streams it authorized too; one
+	// missed while the listener was away is found by looking them up.
 	unlistenKeys := e.cfg.Notifier.Listen(db.KeysChannel, func(keyID string) {
-		e.log.Info("an API key was revoked; dropping the cached keys", "key", keyID)
+		e.log.Info("an API key was revoked or a console session signed out; dropping the cached keys", "notice", keyID)
 		e.keys.drop()
-	}, e.keys.drop)
+		e.grants.onKeysNotice(keyID)
+	}, func() {
+		e.keys.drop()
+		e.grants.recheck(lookUpAll)
+	})
 	defer unlistenKeys()
 	// A listener that reconnected may have missed a wake-up: read anyway.
 	unlistenEvents := e.cfg.Notifier.Listen(db.EventsChannel, func(string) { e.events.wake() }, e.events.wake)

@@ -32,7 +32,7 @@ const keyCacheSize = 1 << 16
 type cached struct {
 	key   db.APIKey
 	csrf  string    // a console session's
-	until time.Time // a console session's end: the entry is trusted no longer
+	until time.Time // a console session's end: the entry, and its streams, last no longer
 }
 
 func newKeyCache(ttl time.Duration) *keyCache {
@@ -40,12 +40,21 @@ func newKeyCache(ttl time.Duration) *keyCache {
 }
 
 // get returns the cached entry for hash, if it is still trusted at now,
-// and the generation to hand to put after a lookup.
+// and the generation to hand to put after a lookup: the one the
+// credential is checked in, since a hit survived every drop before it.
 func (c *keyCache) get(hash string, now time.Time) (e cached, ok bool, gen uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok = c.entries.Get(hash, now)
 	return e, ok, c.gen
+}
+
+// generation counts the drops so far: a credential checked in an older
+// one may have been revoked or signed out since.
+func (c *keyCache) generation() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gen
 }
 
 // put caches an entry looked up since get returned gen, unless a drop came
@@ -57,10 +66,11 @@ func (c *keyCache) put(hash string, e cached, gen uint64, now time.Time) {
 	if gen != c.gen {
 		return
 	}
-	if until := now.Add(c.ttl); e.until.IsZero() || until.Before(e.until) {
-		e.until = until
+	until := now.Add(c.ttl)
+	if !e.until.IsZero() && e.until.Before(until) {
+		until = e.until
 	}
-	c.entries.Do(hash, now, func(cached, bool) (cached, time.Time) { return e, e.until })
+	c.entries.Do(hash, now, func(cached, bool) (cached, time.Time) { return e, until })
 }
 
 // drop forgets every key. Revocations are rare, and each key costs one

@@ -59,7 +59,7 @@ func (e *Edge) Handler() http.Handler {
 		r.Get("/openapi.json", serveOpenAPI)
 		// Each route names the scope its API key needs (403 without it).
 		r.Group(func(r chi.Router) {
-			r.Use(e.authenticate, e.limitKeys)
+			r.Use(e.authenticate, e.limitKeys, e.endWithGrant)
 			r.With(requireScope(db.ScopeRead)).Get("/devices", e.handleListDevices)
 			r.With(requireScope(db.ScopeAdmin)).Post("/devices", e.handleAddDevice)
 			r.With(requireScope(db.ScopeRead)).Get("/devices/{id}", e.handleGetDevice)
