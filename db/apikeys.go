@@ -15,8 +15,8 @@ import (
 type Scope string
 
 const (
-	ScopeCommands Scope = "commands" // send commands, read them and their events
-	ScopeRead     Scope = "read"     // read devices and their presence
+	ScopeCommands Scope = "commands" // send commands and jobs, and follow those it sent
+	ScopeRead     Scope = "read"     // see the fleet: devices, presence, events, every key's jobs and commands
 	ScopeAdmin    Scope = "admin"    // provision devices, manage keys
 )
 

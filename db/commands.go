@@ -152,9 +152,17 @@ func (s *Store) CreateCommands(ctx context.Context, ncs []NewCommand) ([]command
 
 // Command returns one command.
 func (s *Store) Command(ctx context.Context, id uuid.UUID) (command.Command, error) {
+	return s.CommandSentBy(ctx, id, 0)
+}
+
+// CommandSentBy returns one command if API key apiKeyID sent it, itself or
+// by a job it created (commands.api_key_id); another key's is ErrNotFound.
+// 0 returns any key's.
+func (s *Store) CommandSentBy(ctx context.Context, id uuid.UUID, apiKeyID int64) (command.Command, error) {
 	ctx, cancel := bound(ctx)
 	defer cancel()
-	c, err := scanCommand(s.db.QueryRow(ctx, `SELECT `+commandColumns+` FROM commands c WHERE id = $1`, id))
+	c, err := scanCommand(s.db.QueryRow(ctx, `SELECT `+commandColumns+` FROM commands c
+		WHERE id = $1 AND ($2::bigint = 0 OR api_key_id = $2)`, id, apiKeyID))
 	return c, translate(err, "command "+id.String())
 }
 

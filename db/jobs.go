@@ -67,6 +67,9 @@ type Job struct {
 	Progress   *float64   `json:"progress,omitempty"`
 	CreatedAt  time.Time  `json:"created_at"`
 	FinishedAt *time.Time `json:"finished_at,omitempty"`
+	// APIKeyID is the key that created the job (0: none), which may see
+	// it without the read scope.
+	APIKeyID int64 `json:"-"`
 }
 
 // NewJob is a job as an edge accepts it.
@@ -99,13 +102,13 @@ func (e *UnknownDevicesError) Error() string { return fmt.Sprintf("unknown devic
 
 // jobColumns reads a job aliased j.
 const jobColumns = `j.id, j.name, j.args, j.timeout, j.ttl, j.target, j.rate, j.abort_failed_percent, j.status,
-	j.total, j.created, j.created_at, j.finished_at`
+	j.total, j.created, j.created_at, j.finished_at, coalesce(j.api_key_id, 0)`
 
 func scanJob(row pgx.Row) (Job, error) {
 	var j Job
 	var timeout, ttl time.Duration
 	err := row.Scan(&j.ID, &j.Name, &j.Args, &timeout, &ttl, &j.Target, &j.Rate, &j.AbortFailedPercent, &j.Status,
-		&j.Total, &j.Created, &j.CreatedAt, &j.FinishedAt)
+		&j.Total, &j.Created, &j.CreatedAt, &j.FinishedAt, &j.APIKeyID)
 	j.Timeout, j.TTL = command.Duration(timeout), command.Duration(ttl)
 	return j, err
 }
@@ -226,6 +229,12 @@ func (s *Store) jobCounts(ctx context.Context, id uuid.UUID, total, created int)
 // most limit, with the given status unless it is empty, after the job
 // before (a cursor; uuid.Nil starts at the newest).
 func (s *Store) Jobs(ctx context.Context, status JobStatus, before uuid.UUID, limit int) ([]Job, error) {
+	return s.JobsCreatedBy(ctx, 0, status, before, limit)
+}
+
+// JobsCreatedBy is Jobs of the jobs API key apiKeyID created; 0 lists
+// every key's.
+func (s *Store) JobsCreatedBy(ctx context.Context, apiKeyID int64, status JobStatus, before uuid.UUID, limit int) ([]Job, error) {
 	ctx, cancel := bound(ctx)
 	defer cancel()
 	var after any
@@ -234,8 +243,8 @@ func (s *Store) Jobs(ctx context.Context, status JobStatus, before uuid.UUID, li
 	}
 	rows, err := s.db.Query(ctx, `
 		SELECT `+jobColumns+` FROM jobs j
-		WHERE ($1 = '' OR j.status = $1) AND ($2::uuid IS NULL OR j.id < $2)
-		ORDER BY j.id DESC LIMIT $3`, string(status), after, limit)
+		WHERE ($1 = '' OR j.status = $1) AND ($2::uuid IS NULL OR j.id < $2) AND ($4::bigint = 0 OR j.api_key_id = $4)
+		ORDER BY j.id DESC LIMIT $3`, string(status), after, limit, apiKeyID)
 	if err != nil {
 		return nil, translate(err, "jobs")
 	}

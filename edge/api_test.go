@@ -90,7 +90,7 @@ func TestBadInput(t *testing.T) {
 		slug              string
 	}{
 		{"malformed JSON", `{"name":`, "", 400, "invalid-json"},
-		{"args PostgreSQL cannot store", `{"name":"x","args":{"s":"a\u0000b"}}`, "", 400, "invalid-command"},
+		{"args PostgreSQL cannot store", `{"name":"x","args":{"s":"a\u0000b"}}`, "", 400, "invalid-json"},
 		{"not an object", `"read"`, "", 400, "invalid-json"},
 		{"unknown field", `{"name":"read","tiemout":"5s"}`, "", 400, "invalid-json"},
 		{"two values", `{"name":"read"}{"name":"read"}`, "", 400, "invalid-json"},
@@ -845,7 +845,7 @@ func TestUnstorableDeviceID(t *testing.T) {
 	e := sys.StartEdge(t, "edge-a", nil)
 	c := newAPI(t, e.URL, sys.APIKey(t))
 	resp, body := c.call(http.MethodPost, "/v1/devices", `{"id":"a\u0000b"}`)
-	wantProblem(t, resp, body, http.StatusBadRequest, "invalid-device-id")
+	wantProblem(t, resp, body, http.StatusBadRequest, "invalid-json")
 }
 
 func TestEdgeIDIsValidated(t *testing.T) {

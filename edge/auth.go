@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -132,11 +133,8 @@ func (e *Edge) ForgetSession(token string) {
 func requireScope(scope db.Scope) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			key := apiKey(r)
-			if !key.Has(scope) {
-				w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="switchboard", error="insufficient_scope", scope=%q`, scope))
-				problem.InsufficientScope.Write(w,
-					fmt.Sprintf("this request needs an API key with the scope %q; this key has %s", scope, db.FormatScopes(key.Scopes)))
+			if key := apiKey(r); !key.Has(scope) {
+				insufficientScope(w, key, scope)
 				return
 			}
 			next.ServeHTTP(w, r)
@@ -158,6 +156,39 @@ type credentialCtx struct{}
 func credentialOf(r *http.Request) credential {
 	c, _ := r.Context().Value(credentialCtx{}).(credential)
 	return c
+}
+
+// insufficientScope answers 403 to a key that lacks some of the scopes a
+// request needs, naming them all (RFC 6750: space-separated).
+func insufficientScope(w http.ResponseWriter, key db.APIKey, needs ...db.Scope) {
+	names, quoted := make([]string, len(needs)), make([]string, len(needs))
+	for i, s := range needs {
+		names[i], quoted[i] = string(s), strconv.Quote(string(s))
+	}
+	what := "the scope " + quoted[0]
+	if len(needs) > 1 {
+		what = "the scopes " + strings.Join(quoted[:len(quoted)-1], ", ") + " and " + quoted[len(quoted)-1]
+	}
+	w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="switchboard", error="insufficient_scope", scope=%q`, strings.Join(names, " ")))
+	problem.InsufficientScope.Write(w,
+		fmt.Sprintf("this request needs an API key with %s; this key has %s", what, db.FormatScopes(key.Scopes)))
+}
+
+// createdBy is the key whose jobs and commands the request may see: 0,
+// every key's, for a key with the read scope (which sees the fleet), or
+// else the key itself (docs/api.md, "What each scope may learn").
+func createdBy(r *http.Request) int64 {
+	if key := apiKey(r); !key.Has(db.ScopeRead) {
+		return key.ID
+	}
+	return 0
+}
+
+// sees reports whether the request may see a job or command that key
+// creator made.
+func sees(r *http.Request, creator int64) bool {
+	by := createdBy(r)
+	return by == 0 || by == creator
 }
 
 // apiKey is the key that authenticated the request.

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -21,7 +22,8 @@ import (
 	"github.com/switchboard-iot/switchboard/internal/problem"
 )
 
-// commandRequest is the body of POST /v1/devices/{id}/commands.
+// commandRequest is the body of POST /v1/devices/{id}/commands, read by
+// decodeJSON (so its args are JSON PostgreSQL can store).
 type commandRequest struct {
 	Name    string           `json:"name"`
 	Args    json.RawMessage  `json:"args"`
@@ -29,30 +31,59 @@ type commandRequest struct {
 	TTL     command.Duration `json:"ttl"`     // to be delivered
 }
 
-func (req *commandRequest) validate() error {
+// MaxArgs bounds a command's args, compacted: with its id and name, the
+// command's frame stays within a node's 64 KiB. A job's command has the
+// same limit (its body may be larger, for a long device list).
+const MaxArgs = 63 << 10
+
+// badRequest is a refused request: the problem type, which says what kind
+// of wrong, and what is wrong.
+type badRequest struct {
+	kind   problem.Type
+	detail string
+}
+
+func (b *badRequest) Error() string { return b.detail }
+
+// write answers the refusal.
+func (b *badRequest) write(w http.ResponseWriter) { b.kind.Write(w, b.detail) }
+
+// validate checks a command request, a single command's or a job's, and
+// fills in its defaults; its args are compacted.
+func (req *commandRequest) validate() *badRequest {
+	invalid := func(format string, a ...any) *badRequest {
+		return &badRequest{problem.InvalidCommand, fmt.Sprintf(format, a...)}
+	}
 	if !protocol.ValidName(req.Name) {
-		return errors.New(`name: want 1-128 characters of letters, digits and "_.:/-", starting with a letter or digit`)
+		return invalid(`name: want 1-128 characters of letters, digits and "_.:/-", starting with a letter or digit`)
 	}
 	switch args := strings.TrimSpace(string(req.Args)); {
 	case args == "" || args == "null":
 		req.Args = json.RawMessage(`{}`)
 	case !strings.HasPrefix(args, "{"):
-		return errors.New("args: want a JSON object")
+		return invalid("args: want a JSON object")
+	default:
+		var compact bytes.Buffer
+		if err := json.Compact(&compact, req.Args); err != nil {
+			return invalid("args: %v", err)
+		}
+		req.Args = compact.Bytes()
 	}
-	if err := protocol.CheckStorable(req.Args); err != nil {
-		return fmt.Errorf("args: %w", err)
+	if len(req.Args) > MaxArgs {
+		return &badRequest{problem.RequestTooLarge, fmt.Sprintf(
+			"args: at most %d KiB, compacted, so that the command fits a device's 64 KiB frame; these are %d bytes", MaxArgs>>10, len(req.Args))}
 	}
-	check := func(field string, d *command.Duration, def, max time.Duration) error {
+	check := func(field string, d *command.Duration, def, max time.Duration) *badRequest {
 		switch v := time.Duration(*d); {
 		case v == 0:
 			*d = command.Duration(def)
 		case v < time.Second || v > max:
-			return fmt.Errorf("%s: want between 1s and %s, got %s", field, max, v)
+			return invalid("%s: want between 1s and %s, got %s", field, max, v)
 		}
 		return nil
 	}
-	if err := check("timeout", &req.Timeout, command.DefaultTimeout, command.MaxTimeout); err != nil {
-		return err
+	if bad := check("timeout", &req.Timeout, command.DefaultTimeout, command.MaxTimeout); bad != nil {
+		return bad
 	}
 	return check("ttl", &req.TTL, command.DefaultTTL, command.MaxTTL)
 }
@@ -101,8 +132,8 @@ func (e *Edge) handleSendCommand(w http.ResponseWriter, r *http.Request) {
 	if !decodeJSON(w, r, &req) {
 		return
 	}
-	if err := req.validate(); err != nil {
-		problem.InvalidCommand.Write(w, err.Error())
+	if bad := req.validate(); bad != nil {
+		bad.write(w)
 		return
 	}
 	stream := acceptsEventStream(r)
@@ -240,7 +271,7 @@ func (e *Edge) handleGetCommand(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	c, err := e.store.Command(r.Context(), id)
+	c, err := e.store.CommandSentBy(r.Context(), id, createdBy(r))
 	switch {
 	case errors.Is(err, db.ErrNotFound):
 		commandNotFound(w, id)
@@ -271,7 +302,7 @@ func (e *Edge) handleCommandEvents(w http.ResponseWriter, r *http.Request) {
 		e.unavailable(w, "watching a command", err)
 		return
 	}
-	c, err := e.store.Command(r.Context(), id)
+	c, err := e.store.CommandSentBy(r.Context(), id, createdBy(r))
 	switch {
 	case errors.Is(err, db.ErrNotFound):
 		commandNotFound(w, id)
@@ -283,14 +314,19 @@ func (e *Edge) handleCommandEvents(w http.ResponseWriter, r *http.Request) {
 	e.stream(w, r, wt, c, lastSeq)
 }
 
-// parseLastEventID reads the Last-Event-ID a resuming client sends: the
-// step it saw last, zero when absent.
+// maxStreamSeq bounds the Last-Event-ID of a command's or a job's stream,
+// whose ids count 1, 2, 3…: none gets near it (a job's stream, at most an
+// event a second, in 68 years), and counting on from it cannot overflow.
+const maxStreamSeq = math.MaxInt32
+
+// parseLastEventID reads the Last-Event-ID a resuming client sends to a
+// command's or a job's stream: the step it saw last, zero when absent.
 func parseLastEventID(v string) (int, bool) {
 	if v == "" {
 		return 0, true
 	}
 	n, err := strconv.Atoi(v)
-	if err != nil || n < 0 {
+	if err != nil || n < 0 || n > maxStreamSeq {
 		return 0, false
 	}
 	return n, true

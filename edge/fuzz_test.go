@@ -77,7 +77,7 @@ func FuzzCommandRequest(f *testing.F) {
 			if len(body) <= maxBody && !json.Valid(body) {
 				t.Fatalf("decodeJSON(%s) accepted a body that is not one JSON value", excerpt(body))
 			}
-			if err := req.validate(); err == nil {
+			if bad := req.validate(); bad == nil {
 				checkValidRequest(t, body, req)
 			}
 		}
@@ -125,6 +125,9 @@ func checkValidRequest(t *testing.T, body []byte, req commandRequest) {
 	if err := protocol.CheckStorable(req.Args); err != nil {
 		fail("args cannot be stored: " + err.Error())
 	}
+	if len(req.Args) > MaxArgs {
+		fail("args over MaxArgs")
+	}
 	if d := time.Duration(req.Timeout); d < time.Second || d > command.MaxTimeout {
 		fail("timeout out of range")
 	}
@@ -132,7 +135,7 @@ func checkValidRequest(t *testing.T, body []byte, req commandRequest) {
 		fail("ttl out of range")
 	}
 	again := req
-	if err := again.validate(); err != nil || !bytes.Equal(again.Args, req.Args) || again.Timeout != req.Timeout || again.TTL != req.TTL {
+	if bad := again.validate(); bad != nil || !bytes.Equal(again.Args, req.Args) || again.Timeout != req.Timeout || again.TTL != req.TTL {
 		fail("validating again changed it")
 	}
 
@@ -158,8 +161,8 @@ func checkValidRequest(t *testing.T, body []byte, req commandRequest) {
 	if !decodeJSON(rec, httptest.NewRequest(http.MethodPost, "/", bytes.NewReader(retry.Bytes())), &req2) {
 		fail("its re-encoding " + excerpt(retry.Bytes()) + " is refused: " + rec.Body.String())
 	}
-	if err := req2.validate(); err != nil {
-		fail("its re-encoding " + excerpt(retry.Bytes()) + " is invalid: " + err.Error())
+	if bad := req2.validate(); bad != nil {
+		fail("its re-encoding " + excerpt(retry.Bytes()) + " is invalid: " + bad.Error())
 	}
 	if !bytes.Equal(req.hash("dev-1"), req2.hash("dev-1")) {
 		fail("its re-encoding " + excerpt(retry.Bytes()) + " hashes differently: a retry would get 422")
@@ -186,8 +189,8 @@ func printableASCII(s string, maxLen int) bool {
 	return true
 }
 
-// FuzzLastEventID feeds the Last-Event-ID of a resumed command stream:
-// what it accepts is a step number a stream could have sent.
+// FuzzLastEventID feeds the Last-Event-ID of a resumed command or job
+// stream: what it accepts is a step number a stream could have sent.
 func FuzzLastEventID(f *testing.F) {
 	for _, s := range []string{"", "0", "1", "3", "+1", "007", "-1", "1.0", " 1", "1 ", "x", "9223372036854775807", "9223372036854775808", "١"} {
 		f.Add(s)
@@ -197,7 +200,7 @@ func FuzzLastEventID(f *testing.F) {
 		if !ok {
 			return
 		}
-		if n < 0 || v == "" && n != 0 {
+		if n < 0 || n > maxStreamSeq || v == "" && n != 0 {
 			t.Fatalf("parseLastEventID(%q) = %d", v, n)
 		}
 		if again, ok := parseLastEventID(strconv.Itoa(n)); !ok || again != n {

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"bytes"
 	"cmp"
 	"encoding/json"
 	"errors"
@@ -11,6 +12,9 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/google/uuid"
+
+	"github.com/switchboard-iot/switchboard/device/protocol"
+	"github.com/switchboard-iot/switchboard/internal/pgtext"
 	"github.com/switchboard-iot/switchboard/internal/problem"
 )
 
@@ -18,9 +22,11 @@ import (
 const maxBody = 64 << 10
 
 // decodeJSON reads a request body into v, strictly: a misspelt field is an
-// error, not a silently ignored one. On failure it has answered. The
-// Content-Type is not checked: the body must be JSON whatever it says, and
-// "curl -d" labels JSON as a form.
+// error, not a silently ignored one, and so is text PostgreSQL cannot store
+// (invalid UTF-8, which encoding/json would quietly replace, or \u0000,
+// which it would keep): no string of an accepted body can fail a query. On
+// failure it has answered. The Content-Type is not checked: the body must
+// be JSON whatever it says, and "curl -d" labels JSON as a form.
 func decodeJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 	return decodeJSONLimit(w, r, v, maxBody)
 }
@@ -28,15 +34,12 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 // decodeJSONLimit is decodeJSON for a body of at most limit bytes (a job's
 // list of device ids outgrows maxBody).
 func decodeJSONLimit(w http.ResponseWriter, r *http.Request, v any, limit int64) bool {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
-	dec.DisallowUnknownFields()
-	err := dec.Decode(v)
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err == nil {
-		// Only spaces may follow the value (dec.More would let a stray
-		// "]" or "}" through).
-		if _, next := dec.Token(); next != io.EOF {
-			err = cmp.Or(next, errors.New("more than one JSON value"))
-		}
+		err = unmarshalStrict(body, v)
+	}
+	if err == nil {
+		err = protocol.CheckStorable(body)
 	}
 	var tooBig *http.MaxBytesError
 	switch {
@@ -56,6 +59,21 @@ func decodeJSONLimit(w http.ResponseWriter, r *http.Request, v any, limit int64)
 	return false
 }
 
+// unmarshalStrict reads one JSON value into v, refusing unknown fields and
+// anything after the value but spaces.
+func unmarshalStrict(body []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	// dec.More would let a stray "]" or "}" through.
+	if _, next := dec.Token(); next != io.EOF {
+		return cmp.Or(next, errors.New("more than one JSON value"))
+	}
+	return nil
+}
+
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
@@ -71,4 +89,20 @@ func uuidParam(w http.ResponseWriter, r *http.Request, invalid problem.Type, det
 		return uuid.Nil, false
 	}
 	return id, true
+}
+
+// refuseUnstorableText answers 400 to a request whose path or query holds
+// text PostgreSQL cannot store (NUL, invalid UTF-8), before any handler
+// reads it: one check for every route's ids, filters and cursors.
+func refuseUnstorableText(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch err := pgtext.CheckRequest(r); {
+		case errors.Is(err, pgtext.ErrPath):
+			problem.InvalidPath.Write(w, err.Error())
+		case err != nil:
+			problem.InvalidQuery.Write(w, err.Error())
+		default:
+			next.ServeHTTP(w, r)
+		}
+	})
 }

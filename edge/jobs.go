@@ -23,8 +23,12 @@ const (
 	MaxJobRate     = 10000  // devices a second
 	MaxJobDevices  = 10000  // ids in a {"devices":[…]} target
 	MaxJobTargets  = 100000 // devices any target may match
-	maxJobBody     = 1 << 20
-	maxRegion      = 64
+	// MaxJobBytes bounds what a job writes: its args times its targets,
+	// one command row (and frame) each. 64 MiB is 1,000 devices of the
+	// largest args, or 100,000 of 671 bytes.
+	MaxJobBytes = 64 << 20
+	maxJobBody  = 1 << 20
+	maxRegion   = 64
 )
 
 // jobTarget is the "target" of a job request: exactly one kind.
@@ -44,18 +48,6 @@ type jobRequest struct {
 	AbortFailedPercent json.RawMessage `json:"abort_failed_percent"`
 }
 
-// badJob is a refused job request: the problem type, which says what kind
-// of wrong, and what is wrong.
-type badJob struct {
-	kind   problem.Type
-	detail string
-}
-
-func (b *badJob) Error() string { return b.detail }
-
-// write answers the refusal.
-func (b *badJob) write(w http.ResponseWriter) { b.kind.Write(w, b.detail) }
-
 // number reads an optional JSON number; absent or null is def.
 func number(raw json.RawMessage, def float64) (float64, bool) {
 	s := strings.TrimSpace(string(raw))
@@ -72,22 +64,22 @@ func number(raw json.RawMessage, def float64) (float64, bool) {
 // validate checks the request and says which devices it targets: the
 // filter, and the target as it is stored (a device list as its count, so
 // that reading the job back stays small).
-func (req *jobRequest) validate() (filter db.DeviceFilter, stored json.RawMessage, rate, abort float64, err error) {
-	if err := req.commandRequest.validate(); err != nil {
-		return filter, nil, 0, 0, &badJob{problem.InvalidCommand, err.Error()}
+func (req *jobRequest) validate() (filter db.DeviceFilter, stored json.RawMessage, rate, abort float64, bad *badRequest) {
+	if bad := req.commandRequest.validate(); bad != nil {
+		return filter, nil, 0, 0, bad
 	}
 	rate, ok := number(req.Rate, DefaultJobRate)
 	if !ok || rate <= 0 || rate > MaxJobRate {
-		return filter, nil, 0, 0, &badJob{problem.InvalidRate, fmt.Sprintf("rate: want a number of devices a second, above 0 and at most %d (default %g)", MaxJobRate, DefaultJobRate)}
+		return filter, nil, 0, 0, &badRequest{problem.InvalidRate, fmt.Sprintf("rate: want a number of devices a second, above 0 and at most %d (default %g)", MaxJobRate, DefaultJobRate)}
 	}
 	abort, ok = number(req.AbortFailedPercent, 100)
 	if !ok || abort < 0 || abort > 100 {
-		return filter, nil, 0, 0, &badJob{problem.InvalidAbortFailedPercent, "abort_failed_percent: want a number from 0 to 100 (default 100: never abort)"}
+		return filter, nil, 0, 0, &badRequest{problem.InvalidAbortFailedPercent, "abort_failed_percent: want a number from 0 to 100 (default 100: never abort)"}
 	}
 	t := req.Target
-	bad := func(detail string) error { return &badJob{problem.InvalidTarget, detail} }
+	invalid := func(detail string) *badRequest { return &badRequest{problem.InvalidTarget, detail} }
 	if t == nil {
-		return filter, nil, 0, 0, bad(`target: want one of {"all":true}, {"label":"k=v"}, {"region":"R"} or {"devices":[ids]}`)
+		return filter, nil, 0, 0, invalid(`target: want one of {"all":true}, {"label":"k=v"}, {"region":"R"} or {"devices":[ids]}`)
 	}
 	kinds := 0
 	for _, set := range []bool{t.All != nil, t.Label != nil, t.Region != nil, t.Devices != nil} {
@@ -96,43 +88,43 @@ func (req *jobRequest) validate() (filter db.DeviceFilter, stored json.RawMessag
 		}
 	}
 	if kinds != 1 {
-		return filter, nil, 0, 0, bad(`target: want exactly one of "all", "label", "region" or "devices"`)
+		return filter, nil, 0, 0, invalid(`target: want exactly one of "all", "label", "region" or "devices"`)
 	}
 	var doc any
 	switch {
 	case t.All != nil:
 		if !*t.All {
-			return filter, nil, 0, 0, bad(`target: "all" must be true`)
+			return filter, nil, 0, 0, invalid(`target: "all" must be true`)
 		}
 		doc = map[string]bool{"all": true}
 	case t.Label != nil:
 		sel, err := db.ParseLabelSelector(*t.Label)
 		if err != nil {
-			return filter, nil, 0, 0, bad(err.Error())
+			return filter, nil, 0, 0, invalid(err.Error())
 		}
 		if len(sel) == 0 {
-			return filter, nil, 0, 0, bad(`target: an empty label selector; use {"all":true} for every device`)
+			return filter, nil, 0, 0, invalid(`target: an empty label selector; use {"all":true} for every device`)
 		}
 		filter.Labels = sel
 		doc = map[string]string{"label": sel.String()}
 	case t.Region != nil:
 		r := *t.Region
 		if r == "" || len(r) > maxRegion || strings.ContainsFunc(r, func(c rune) bool { return c <= ' ' || c > '~' }) {
-			return filter, nil, 0, 0, bad(fmt.Sprintf("target: a region is 1-%d printable ASCII characters", maxRegion))
+			return filter, nil, 0, 0, invalid(fmt.Sprintf("target: a region is 1-%d printable ASCII characters", maxRegion))
 		}
 		filter.Region = r
 		doc = map[string]string{"region": r}
 	default:
 		ids := slices.Clone(*t.Devices)
 		if len(ids) == 0 {
-			return filter, nil, 0, 0, bad("target: an empty device list")
+			return filter, nil, 0, 0, invalid("target: an empty device list")
 		}
 		if len(ids) > MaxJobDevices {
-			return filter, nil, 0, 0, bad(fmt.Sprintf("target: at most %d device ids (a label selector reaches more)", MaxJobDevices))
+			return filter, nil, 0, 0, invalid(fmt.Sprintf("target: at most %d device ids (a label selector reaches more)", MaxJobDevices))
 		}
 		for _, id := range ids {
 			if !db.ValidDeviceID(id) {
-				return filter, nil, 0, 0, &badJob{problem.UnknownDevices, "no device has the id " + strconv.Quote(id)}
+				return filter, nil, 0, 0, &badRequest{problem.UnknownDevices, "no device has the id " + strconv.Quote(id)}
 			}
 		}
 		slices.Sort(ids)
@@ -145,22 +137,34 @@ func (req *jobRequest) validate() (filter db.DeviceFilter, stored json.RawMessag
 
 // handleCreateJob stores a job and the snapshot of its targets; the job
 // runners beside the edges (package maintenance) create its commands.
+// Both limits on its size are checked here, where the snapshot counts its
+// targets, so that a refused job stores nothing: its command's (validate)
+// and its bytes, args × targets (MaxJobBytes).
 func (e *Edge) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 	var req jobRequest
 	if !decodeJSONLimit(w, r, &req, maxJobBody) {
 		return
 	}
-	filter, target, rate, abort, err := req.validate()
-	var bj *badJob
-	if errors.As(err, &bj) {
-		bj.write(w)
+	filter, target, rate, abort, bad := req.validate()
+	if bad != nil {
+		bad.write(w)
 		return
 	}
+	// A selector answers with the devices it matches (how many, or that
+	// none do): seeing the fleet is the read scope's. A device list names
+	// its devices already; which of them do not exist a single command's
+	// 404 would tell as well.
+	key := apiKey(r)
+	if filter.IDs == nil && !key.Has(db.ScopeRead) {
+		insufficientScope(w, key, db.ScopeCommands, db.ScopeRead)
+		return
+	}
+	maxTargets := min(MaxJobTargets, MaxJobBytes/len(req.Args))
 	j, err := e.store.CreateJob(r.Context(), db.NewJob{
 		ID: uuid.Must(uuid.NewV7()), Name: req.Name, Args: req.Args,
 		Timeout: time.Duration(req.Timeout), TTL: time.Duration(req.TTL),
 		Target: target, Filter: filter, Rate: rate, Abort: abort,
-		APIKeyID: apiKey(r).ID, MaxTargets: MaxJobTargets,
+		APIKeyID: key.ID, MaxTargets: maxTargets,
 	})
 	var unknown *db.UnknownDevicesError
 	switch {
@@ -173,6 +177,11 @@ func (e *Edge) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 		return
 	case errors.Is(err, db.ErrNoTargets):
 		problem.NoTargets.Write(w, "the target matches no device")
+		return
+	case errors.Is(err, db.ErrTooManyTargets) && maxTargets < MaxJobTargets:
+		problem.JobTooLarge.Write(w, fmt.Sprintf(
+			"the target matches more than %d devices, and %d bytes of args to each would pass %d MiB, a job's limit (args × targets): send smaller args, or split the job",
+			maxTargets, len(req.Args), MaxJobBytes>>20))
 		return
 	case errors.Is(err, db.ErrTooManyTargets):
 		problem.TooManyTargets.Write(w, fmt.Sprintf("the target matches more than %d devices; split the job", MaxJobTargets))
@@ -211,7 +220,7 @@ func (e *Edge) handleGetJob(w http.ResponseWriter, r *http.Request) {
 	}
 	j, err := e.store.Job(r.Context(), id)
 	switch {
-	case errors.Is(err, db.ErrNotFound):
+	case errors.Is(err, db.ErrNotFound) || err == nil && !sees(r, j.APIKeyID):
 		jobNotFound(w, id)
 	case err != nil:
 		e.unavailable(w, "reading a job", err)
@@ -285,6 +294,17 @@ func (e *Edge) handleCancelJob(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if createdBy(r) != 0 {
+		// Another key's job is not this key's to see, nor to cancel.
+		switch j, err := e.store.Job(r.Context(), id); {
+		case errors.Is(err, db.ErrNotFound) || err == nil && !sees(r, j.APIKeyID):
+			jobNotFound(w, id)
+			return
+		case err != nil:
+			e.unavailable(w, "reading a job", err)
+			return
+		}
+	}
 	j, changes, err := e.store.CancelJob(r.Context(), id)
 	switch {
 	case errors.Is(err, db.ErrNotFound):
@@ -349,7 +369,7 @@ func (e *Edge) handleListJobs(w http.ResponseWriter, r *http.Request) {
 		}
 		before = id
 	}
-	jobs, err := e.store.Jobs(r.Context(), status, before, limit+1)
+	jobs, err := e.store.JobsCreatedBy(r.Context(), createdBy(r), status, before, limit+1)
 	if err != nil {
 		e.unavailable(w, "listing jobs", err)
 		return

@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/internal/pgtext"
 	"github.com/switchboard-iot/switchboard/internal/problem"
 )
 
@@ -176,7 +177,7 @@ func decodeCursor(c string, digest []byte) (string, error) {
 	// Not ValidDeviceID: a page may end at an id of the old format
 	// (with ':'), which listings show so that it can be found and deleted.
 	id := string(body[1+cursorDigest:])
-	if len(id) > 128 {
+	if len(id) > 128 || !pgtext.Valid(id) {
 		return "", errors.New("damaged: use the next value of a listing as it is")
 	}
 	return id, nil

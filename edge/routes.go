@@ -54,6 +54,7 @@ func (e *Edge) Handler() http.Handler {
 	}
 
 	r.Route("/v1", func(r chi.Router) {
+		r.Use(refuseUnstorableText)
 		// The API's description holds no secret, and tools fetch it
 		// before they have a key.
 		r.Get("/openapi.json", serveOpenAPI)
