@@ -29,9 +29,12 @@ type commandRequest struct {
 	Args    json.RawMessage  `json:"args"`
 	Timeout command.Duration `json:"timeout"` // to reply, once delivered
 	TTL     command.Duration `json:"ttl"`     // to be delivered
+
+	argsSize int // the args' bytes as a node sends them; set by validate
 }
 
-// MaxArgs bounds a command's args, compacted: with its id and name, the
+// MaxArgs bounds a command's args, compacted and with their numbers written
+// out as jsonb stores them: with its id and name, the
 // command's frame stays within a node's 64 KiB. A job's command has the
 // same limit (its body may be larger, for a long device list).
 const MaxArgs = 63 << 10
@@ -69,10 +72,16 @@ func (req *commandRequest) validate() *badRequest {
 		}
 		req.Args = compact.Bytes()
 	}
-	if len(req.Args) > MaxArgs {
-		return &badRequest{problem.RequestTooLarge, fmt.Sprintf(
-			"args: at most %d KiB, compacted, so that the command fits a device's 64 KiB frame; these are %d bytes", MaxArgs>>10, len(req.Args))}
+	// Measured as a node will send them: compact, numbers written out.
+	size, err := protocol.StoredSize(req.Args)
+	if err != nil {
+		return invalid("args: %v", err)
 	}
+	if size > MaxArgs {
+		return &badRequest{problem.RequestTooLarge, fmt.Sprintf(
+			"args: at most %d KiB, compacted and with numbers written out, so that the command fits a device's 64 KiB frame; these are %d bytes", MaxArgs>>10, size)}
+	}
+	req.argsSize = size
 	check := func(field string, d *command.Duration, def, max time.Duration) *badRequest {
 		switch v := time.Duration(*d); {
 		case v == 0:

@@ -1,12 +1,14 @@
 package edge_test
 
 import (
+	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/switchboard-iot/switchboard/app/testsys"
+	"github.com/switchboard-iot/switchboard/device/protocol"
 	"github.com/switchboard-iot/switchboard/maintenance"
 )
 
@@ -89,5 +91,45 @@ func TestLastEventIDBounds(t *testing.T) {
 	_, sse := c.stream(http.MethodGet, "/v1/jobs/"+j.ID.String(), "", "Last-Event-ID", "41")
 	if ev := sse.must(t); ev.ID != "42" || ev.Name != "progress" {
 		t.Errorf("resumed after 41: event %q %q, want id 42", ev.ID, ev.Name)
+	}
+}
+
+// Args are measured as a node sends them, after jsonb: 1e70000 is seven
+// bytes in a request and 70,001 digits in a frame, so a command carrying it
+// would outgrow a device's 64 KiB.
+func TestArgsMeasuredAsStored(t *testing.T) {
+	t.Parallel()
+	sys := testsys.New(t)
+	e := sys.StartEdge(t, "edge-a", nil)
+	c := newAPI(t, e.URL, sys.APIKey(t))
+	sys.AddDevice(t, "dev-1")
+	for _, args := range []string{`{"n":1e70000}`, `{"a":[1e40000,2e40000]}`, `{"f":1e-16000,"g":1e-16000,"h":1e-16000,"i":1e-16000,"j":1e-16000}`} {
+		resp, body := c.sendCommand("dev-1", `{"name":"x","args":`+args+`}`)
+		wantProblem(t, resp, body, http.StatusRequestEntityTooLarge, "request-too-large")
+		resp, body = c.call(http.MethodPost, "/v1/jobs", `{"name":"x","args":`+args+`,"target":{"devices":["dev-1"]}}`)
+		wantProblem(t, resp, body, http.StatusRequestEntityTooLarge, "request-too-large")
+	}
+	if n := countCommands(t, sys); n != 0 {
+		t.Fatalf("refused commands stored %d rows", n)
+	}
+
+	// The measure is an upper bound of what PostgreSQL gives back, compacted.
+	for _, args := range []string{
+		`{"a":1e5}`, `{"a":-1.5e-3}`, `{"a":1.50}`, `{"a":0e99}`, `{"a":-0.0}`, `{"a":12.5e1}`,
+		`{"a":1E+2, "b" : [ 1, 2 ]}`, `{"s":"\u00e9\n\/\"<&>"}`, `{"a":123456789e-20}`, `{"a":5e-1}`,
+	} {
+		var stored string
+		if err := sys.Pool.QueryRow(t.Context(), `SELECT $1::jsonb::text`, args).Scan(&stored); err != nil {
+			t.Fatal(err)
+		}
+		frame, err := protocol.Encode(protocol.Message{Type: protocol.TypeCommand, Args: json.RawMessage(stored)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sent := len(frame) - len(`{"type":"command","args":}`)
+		size, err := protocol.StoredSize([]byte(args))
+		if err != nil || size < sent {
+			t.Errorf("%s: measured %d (%v), but a node sends %d bytes (%s)", args, size, err, sent, stored)
+		}
 	}
 }

@@ -159,7 +159,7 @@ func (e *Edge) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 		insufficientScope(w, key, db.ScopeCommands, db.ScopeRead)
 		return
 	}
-	maxTargets := min(MaxJobTargets, MaxJobBytes/len(req.Args))
+	maxTargets := min(MaxJobTargets, MaxJobBytes/req.argsSize)
 	j, err := e.store.CreateJob(r.Context(), db.NewJob{
 		ID: uuid.Must(uuid.NewV7()), Name: req.Name, Args: req.Args,
 		Timeout: time.Duration(req.Timeout), TTL: time.Duration(req.TTL),
@@ -181,7 +181,7 @@ func (e *Edge) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, db.ErrTooManyTargets) && maxTargets < MaxJobTargets:
 		problem.JobTooLarge.Write(w, fmt.Sprintf(
 			"the target matches more than %d devices, and %d bytes of args to each would pass %d MiB, a job's limit (args × targets): send smaller args, or split the job",
-			maxTargets, len(req.Args), MaxJobBytes>>20))
+			maxTargets, req.argsSize, MaxJobBytes>>20))
 		return
 	case errors.Is(err, db.ErrTooManyTargets):
 		problem.TooManyTargets.Write(w, fmt.Sprintf("the target matches more than %d devices; split the job", MaxJobTargets))

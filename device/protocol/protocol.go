@@ -150,26 +150,38 @@ func Decode(frame []byte) (Message, error) {
 // pair, or a number beyond numeric's range. It leaves the syntax to
 // json.Unmarshal: on text that is not JSON its verdict means nothing.
 func CheckStorable(data []byte) error {
+	_, err := StoredSize(data)
+	return err
+}
+
+// StoredSize is CheckStorable that also says how long the JSON can be once
+// stored and sent on in a frame: jsonb writes numbers out (1e5 is 100000, and
+// 1e130000 has 130,001 digits), and a frame is compact. It is an upper bound:
+// escapes are counted as written though jsonb may shorten them.
+func StoredSize(data []byte) (int, error) {
 	if !utf8.Valid(data) {
-		return badf("not valid UTF-8")
+		return 0, badf("not valid UTF-8")
 	}
+	size := 0
 	for i := 0; i < len(data); {
-		var n int
+		n, stored := 1, 1
 		var err error
 		switch c := data[i]; {
 		case c == '"':
 			n, err = storableString(data[i:])
+			stored = n
 		case c == '-' || '0' <= c && c <= '9':
-			n, err = storableNumber(data[i:])
-		default:
-			n = 1
+			n, stored, err = storableNumber(data[i:])
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
+			stored = 0
 		}
 		if err != nil {
-			return err
+			return 0, err
 		}
 		i += n
+		size += stored
 	}
-	return nil
+	return size, nil
 }
 
 // storableString checks the JSON string at the start of s (s[0] is its
@@ -220,8 +232,8 @@ const (
 )
 
 // storableNumber checks the JSON number at the start of s and returns its
-// length.
-func storableNumber(s []byte) (int, error) {
+// length, and its length as jsonb writes it out (no exponent).
+func storableNumber(s []byte) (n, stored int, err error) {
 	i := 0
 	if s[i] == '-' {
 		i++
@@ -274,15 +286,34 @@ func storableNumber(s []byte) (int, error) {
 	if exp > maxExponent || exp < -maxExponent ||
 		fracEnd-fracStart-exp > maxFracDigits ||
 		significant && place+exp > maxIntDigits {
-		return 0, badf("number %.24s cannot be stored: beyond the range of PostgreSQL's numeric", s[:i])
+		return 0, 0, badf("number %.24s cannot be stored: beyond the range of PostgreSQL's numeric", s[:i])
 	}
-	return max(i, 1), nil
+	// Written out: a sign, the integer digits (at least "0"), and the
+	// fraction's digits (its dscale, trailing zeros kept) after a point.
+	stored = intStart + max(1, place+exp)
+	if !significant {
+		stored = intStart + 1
+	}
+	if scale := fracEnd - fracStart - exp; scale > 0 {
+		stored += 1 + scale
+	}
+	return max(i, 1), max(stored, i), nil
 }
 
 func isNull(raw json.RawMessage) bool { return bytes.Equal(bytes.TrimSpace(raw), []byte("null")) }
 
-// Encode renders a message as one frame.
-func Encode(m Message) ([]byte, error) { return json.Marshal(m) }
+// Encode renders a message as one frame. HTML escaping is off: it would
+// write each '<', '>' and '&' of args as six bytes, and a frame within the
+// limit at the edge could then outgrow a device's 64 KiB.
+func Encode(m Message) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(m); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
+}
 
 // Pong is the answer to an application-level ping.
 var Pong = []byte(`{"type":"pong"}`)

@@ -480,3 +480,16 @@ func TestCheckStorable(t *testing.T) {
 		}
 	}
 }
+
+// A frame carries args as they are: HTML escaping would write each '<'
+// as six bytes, and args within the edge's limit could outgrow 64 KiB.
+func TestEncodeKeepsArgs(t *testing.T) {
+	args := `{"s":"` + strings.Repeat("<&>", 20<<10) + `"}`
+	frame, err := protocol.Encode(protocol.Message{Type: protocol.TypeCommand, ID: "0193b7a0-0000-7000-8000-000000000000", Name: "x", Args: json.RawMessage(args)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(frame), args) || len(frame) > len(args)+100 {
+		t.Fatalf("args grew from %d to a %d-byte frame", len(args), len(frame))
+	}
+}
