@@ -14,7 +14,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/gorilla/websocket"
-	"golang.org/x/time/rate"
 
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/device/protocol"
@@ -68,9 +67,9 @@ type session struct {
 	// registered is set once the session's presence row is written.
 	registered atomic.Bool
 
-	// rate is the device's budget of messages (limits.go); nil: no limit.
-	// Only the read pump uses it.
-	rate *rate.Limiter
+	// budget is the device's budget of messages on this node, shared with
+	// its other sessions here (limits.go); nil: no limit.
+	budget *deviceBudget
 
 	// deadlineMu orders read-deadline changes: once the session is closing,
 	// nothing may push the deadline past the close grace.
@@ -179,6 +178,9 @@ func (n *Node) handleConnect(w http.ResponseWriter, r *http.Request) {
 			"this node speaks "+protocol.Subprotocol)
 		return
 	}
+	if !n.admitConnect(w, deviceID) {
+		return
+	}
 	ws, err := n.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		return // the upgrader has answered
@@ -191,7 +193,7 @@ func (n *Node) handleConnect(w http.ResponseWriter, r *http.Request) {
 		id:         newSessionID(n.cfg.Clock()),
 		remoteAddr: r.RemoteAddr,
 		checkedAt:  checkedAt,
-		rate:       n.newDeviceRate(),
+		budget:     n.holdBudget(deviceID),
 	}
 	s.closing, s.cancelClosing = context.WithCancel(context.Background())
 	// The session runs on a goroutine of its own, and this handler returns:
@@ -248,6 +250,7 @@ func (s *session) serve() {
 	s.endWrites()
 	s.ws.Close()
 	s.stopClocks() // what it left unanswered is given back, not failed
+	n.releaseBudget(s.deviceID, s.budget)
 	// The removal gives back what the session left unanswered. Push: one
 	// item per session, and the session's goroutine must not wait here.
 	if err := n.presence.Push(presenceOp{session: s.dbSession()}); err != nil {
