@@ -188,3 +188,43 @@ func TestSDKWaitsOutConnectRetryAfter(t *testing.T) {
 		t.Errorf("%d refused attempts, want 1: the SDK waited out the first", n)
 	}
 }
+
+// A ping flood is a flood like any other: past the rate it closes with
+// 4029, not with 1013 for a full send queue.
+func TestPingFloodIsRateLimited(t *testing.T) {
+	t.Parallel()
+	sys := testsys.New(t)
+	node := sys.StartNode(t, "node-a", nil) // the default rate: 10/s, bursts of 100
+	ws := connect(t, node, "dev-1", sys.AddDevice(t, "dev-1"))
+	waitOnline(t, sys, "dev-1", "node-a", uuid.Nil)
+	// Pings as fast as the socket takes them, not reading the pongs, until
+	// the node closes the session (a write then fails).
+	ping := []byte(`{"type":"ping"}`)
+	_ = ws.SetWriteDeadline(time.Now().Add(wait))
+	for range 2000 {
+		if ws.WriteMessage(websocket.TextMessage, ping) != nil {
+			break
+		}
+	}
+	var ce *websocket.CloseError
+	_ = ws.SetReadDeadline(time.Now().Add(wait))
+	for {
+		_, _, err := ws.ReadMessage()
+		if err == nil {
+			continue // a pong
+		}
+		if !errors.As(err, &ce) {
+			t.Fatalf("the session ended with %v, want a close frame", err)
+		}
+		break
+	}
+	if ce.Code != protocol.CloseRateLimited {
+		t.Fatalf("close %d %q, want %d (rate limited)", ce.Code, ce.Text, protocol.CloseRateLimited)
+	}
+	if n := node.Metric(t, `switchboard_conn_closes_total{node="node-a",reason="slow"}`); n != 0 {
+		t.Errorf("%v slow closes counted, want 0", n)
+	}
+	if n := overRate(t, node, "ping"); n < 100 {
+		t.Errorf("%v pings counted over the rate, want at least another burst (100)", n)
+	}
+}

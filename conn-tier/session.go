@@ -26,10 +26,6 @@ import (
 // the close frame before the socket is cut.
 const closeGrace = time.Second
 
-// pongRoom is how much of the send queue is kept from commands, for pongs:
-// a device with a backlog is paced, never closed for a full queue.
-const pongRoom = 8
-
 // outFrame is a frame queued for the device; command frames carry their id
 // and timeout so the writer can record the delivery once the frame is
 // written, and start the reply clock.
@@ -53,11 +49,15 @@ type session struct {
 	// once the queue is empty (see enqueue). At 15,000 idle devices a node
 	// keeps one goroutine per session, its reader.
 	writeMu sync.Mutex
-	queue   []outFrame     // frames waiting for the writer; nil when empty
-	pingDue bool           // the node's pinger asked for a ping; it goes first
-	writing bool           // a writer goroutine runs
-	ended   bool           // nothing more is written: the session ended or a write failed
-	writer  sync.WaitGroup // the running writer, waited for as the session ends
+	queue   []outFrame // commands waiting for the writer; nil when empty
+	pingDue bool       // the node's pinger asked for a ping; it goes first
+	// pongsDue counts the device's pings not yet answered. Pongs are
+	// counted, not queued: a ping flood is paced by the device's rate
+	// (4029), never closed for a full queue.
+	pongsDue int
+	writing  bool           // a writer goroutine runs
+	ended    bool           // nothing more is written: the session ended or a write failed
+	writer   sync.WaitGroup // the running writer, waited for as the session ends
 
 	// closing is cancelled when the node closes or cuts the session: a read
 	// pump waiting for room to store a reply lets go.
@@ -121,8 +121,10 @@ func newSessionID(now time.Time) uuid.UUID {
 	return id
 }
 
-// commandRoom is how many commands the session may have in flight.
-func (n *Node) commandRoom() int { return max(n.cfg.SendQueue-pongRoom, 1) }
+// commandRoom is how many commands the session may have in flight: its
+// whole send queue, which holds nothing else. A device with a backlog is
+// paced, never closed for a full queue.
+func (n *Node) commandRoom() int { return n.cfg.SendQueue }
 
 func (s *session) dbSession() db.Session {
 	return db.Session{DeviceID: s.deviceID, SessionID: s.id, RemoteAddr: s.remoteAddr}
@@ -324,7 +326,7 @@ func (s *session) readPump() (ended string) {
 			if _, closed := s.charge(msg.Type); closed {
 				return
 			}
-			s.enqueue(outFrame{data: protocol.Pong})
+			s.pong()
 		case protocol.TypePong:
 		case protocol.TypeReply:
 			id := uuid.MustParse(msg.ID) // Decode checked the form
@@ -383,9 +385,10 @@ func (s *session) extendReadDeadline() {
 	}
 }
 
-// enqueue queues a frame for the device and starts a writer if none runs.
-// A device whose queue is full is not reading: it is closed rather than
-// allowed to hold frames forever.
+// enqueue queues a command frame for the device and starts a writer if
+// none runs. A device whose queue is full is not reading: it is closed
+// rather than allowed to hold frames forever (a backstop: the deliverer
+// keeps a session's commands within its queue, see commandRoom).
 func (s *session) enqueue(frame outFrame) bool {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
@@ -399,6 +402,16 @@ func (s *session) enqueue(frame outFrame) bool {
 	s.queue = append(s.queue, frame)
 	s.startWriterLocked()
 	return true
+}
+
+// pong answers a device's ping, ahead of queued commands.
+func (s *session) pong() {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	if !s.ended {
+		s.pongsDue++
+		s.startWriterLocked()
+	}
 }
 
 // ping asks for a WebSocket ping, ahead of any queued frame. A ping already
@@ -432,7 +445,7 @@ func (s *session) write() {
 	n := s.node
 	for {
 		s.writeMu.Lock()
-		if s.ended || (len(s.queue) == 0 && !s.pingDue) {
+		if s.ended || (len(s.queue) == 0 && !s.pingDue && s.pongsDue == 0) {
 			s.writing = false
 			s.queue = nil // an idle session holds no buffer
 			s.writeMu.Unlock()
@@ -440,9 +453,13 @@ func (s *session) write() {
 		}
 		ping := s.pingDue
 		var frame outFrame
-		if ping {
+		switch {
+		case ping:
 			s.pingDue = false
-		} else {
+		case s.pongsDue > 0:
+			s.pongsDue--
+			frame = outFrame{data: protocol.Pong}
+		default:
 			frame = s.queue[0]
 			s.queue[0] = outFrame{}
 			s.queue = s.queue[1:]
@@ -480,7 +497,7 @@ func (s *session) write() {
 // endWrites stops the session's writes and waits for a running writer.
 func (s *session) endWrites() {
 	s.writeMu.Lock()
-	s.ended, s.queue, s.pingDue = true, nil, false
+	s.ended, s.queue, s.pingDue, s.pongsDue = true, nil, false, 0
 	s.writeMu.Unlock()
 	s.writer.Wait()
 }
