@@ -284,6 +284,7 @@ func (s *session) readPump() (ended string) {
 		// A bare return below follows a close of the node's.
 		if s.closing.Err() != nil || ended == "" {
 			ended = "closed_by_node"
+			s.awaitCloseAnswer()
 		}
 	}()
 	n := s.node
@@ -351,6 +352,18 @@ func (s *session) readPump() (ended string) {
 			}
 		default:
 			s.reject("devices may not send " + msg.Type + " frames")
+			return
+		}
+	}
+}
+
+// awaitCloseAnswer reads and drops what the device sent after the node's
+// close frame, until its answer or closeGrace (disconnect set the
+// deadline): a socket closed with unread data is reset, and a device still
+// sending, a flooding one say, would lose the close frame and its code.
+func (s *session) awaitCloseAnswer() {
+	for {
+		if _, _, err := s.ws.NextReader(); err != nil {
 			return
 		}
 	}
@@ -489,7 +502,11 @@ func (s *session) write() {
 			s.writeMu.Lock()
 			s.ended, s.queue = true, nil
 			s.writeMu.Unlock()
-			s.ws.Close()
+			// After the node's close frame, the read pump awaits the
+			// device's answer: closing now would reset the socket under it.
+			if !errors.Is(err, websocket.ErrCloseSent) {
+				s.ws.Close()
+			}
 		}
 	}
 }
