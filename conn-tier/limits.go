@@ -11,16 +11,102 @@ import (
 
 	"github.com/switchboard-iot/switchboard/internal/authguard"
 	"github.com/switchboard-iot/switchboard/internal/clientaddr"
+	"github.com/switchboard-iot/switchboard/internal/expiring"
 	"github.com/switchboard-iot/switchboard/internal/problem"
+	"github.com/switchboard-iot/switchboard/internal/ratelimit"
 )
 
-// newDeviceRate is a session's budget of messages: one small token bucket,
-// no goroutine, whatever the number of sessions.
-func (n *Node) newDeviceRate() *rate.Limiter {
-	if n.cfg.DeviceRate < 0 || n.cfg.DeviceBurst <= 0 {
+// deviceBudget is a device's budget of messages on this node: one small
+// token bucket, no goroutine, shared by the device's sessions here and kept
+// after the last one ends until it has refilled (a new bucket would be the
+// same), so that reconnecting does not refill it.
+type deviceBudget struct {
+	limit *rate.Limiter
+	// sessions counts the device's sessions here that hold the budget;
+	// changed only under the lock of Node.budgets.
+	sessions int
+}
+
+// held is the expiry of a budget that a session holds: it ends with the
+// last session, not with time.
+var held = time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// keepUntil is when the budget may be forgotten.
+func (b *deviceBudget) keepUntil(now time.Time) time.Time {
+	if b.sessions > 0 {
+		return held
+	}
+	missing := float64(b.limit.Burst()) - b.limit.TokensAt(now) // a debt makes it more than a burst
+	return now.Add(time.Duration(missing / float64(b.limit.Limit()) * float64(time.Second)))
+}
+
+// newDeviceLimits makes the node's tables of device budgets and connect
+// rates, nil where the config turns a limit off. Their keys are devices
+// whose credentials were checked; each table holds twice the node's
+// sessions at most: the devices connected, and as many that just left.
+func newDeviceLimits(cfg Config) (*expiring.Map[string, *deviceBudget], *ratelimit.Table) {
+	size := 2 * cfg.MaxSessions
+	var budgets *expiring.Map[string, *deviceBudget]
+	if cfg.DeviceRate > 0 && cfg.DeviceBurst > 0 {
+		budgets = expiring.New[string, *deviceBudget](size)
+	}
+	var connects *ratelimit.Table
+	if cfg.DeviceConnectRate > 0 {
+		connects = ratelimit.NewTable(cfg.DeviceConnectRate, cfg.DeviceConnectBurst, size)
+	}
+	return budgets, connects
+}
+
+// holdBudget gives a new session of the device the budget its earlier
+// sessions on this node left, or a full one; nil when there is no limit.
+func (n *Node) holdBudget(deviceID string) *deviceBudget {
+	if n.budgets == nil {
 		return nil
 	}
-	return rate.NewLimiter(rate.Limit(n.cfg.DeviceRate), n.cfg.DeviceBurst)
+	var got *deviceBudget
+	n.budgets.Do(deviceID, time.Now(), func(b *deviceBudget, found bool) (*deviceBudget, time.Time) {
+		if !found {
+			b = &deviceBudget{limit: rate.NewLimiter(rate.Limit(n.cfg.DeviceRate), n.cfg.DeviceBurst)}
+		}
+		b.sessions++
+		got = b
+		return b, held
+	})
+	return got
+}
+
+// releaseBudget lets go of a session's budget as the session ends. A budget
+// the table dropped meanwhile (it was full) goes back, unless a later
+// session of the device made another.
+func (n *Node) releaseBudget(deviceID string, b *deviceBudget) {
+	if b == nil {
+		return
+	}
+	now := time.Now()
+	n.budgets.Do(deviceID, now, func(cur *deviceBudget, found bool) (*deviceBudget, time.Time) {
+		b.sessions--
+		if found && cur != b {
+			return cur, cur.keepUntil(now)
+		}
+		return b, b.keepUntil(now)
+	})
+}
+
+// admitConnect takes one of the device's connects on this node. Past its
+// connect rate it answers 429 with Retry-After, and a refusal costs no
+// token. It runs after the credentials check, so that no one can spend
+// another device's connects, and before anything is written.
+func (n *Node) admitConnect(w http.ResponseWriter, deviceID string) bool {
+	if n.connectRates == nil {
+		return true
+	}
+	st := n.connectRates.Take(deviceID, time.Now())
+	if st.OK {
+		return true
+	}
+	n.metrics.connects.WithLabelValues("throttled").Inc()
+	problem.TooManyConnects.WriteRetryAfter(w, "this device connects too often; try again later", st.RetryAfter)
+	return false
 }
 
 // charge counts a message of this type against the device's rate. over
@@ -30,17 +116,18 @@ func (n *Node) newDeviceRate() *rate.Limiter {
 // debt makes another burst the device has persisted, and the session is
 // closed with 4029 (closed).
 func (s *session) charge(msgType string) (over, closed bool) {
-	if s.rate == nil {
+	if s.budget == nil {
 		return false, false
 	}
+	limit := s.budget.limit
 	now := time.Now()
-	s.rate.ReserveN(now, 1) // never refused: an unpaid token is a debt
-	tokens := s.rate.TokensAt(now)
+	limit.ReserveN(now, 1) // never refused: an unpaid token is a debt
+	tokens := limit.TokensAt(now)
 	if tokens >= 0 {
 		return false, false
 	}
 	s.node.metrics.overRate.WithLabelValues(msgType).Inc()
-	if tokens >= float64(1-s.rate.Burst()) {
+	if tokens >= float64(1-limit.Burst()) {
 		return true, false
 	}
 	s.disconnect(disconnectRateLimited)

@@ -10,7 +10,7 @@ import (
 // several nodes can share a process (switchboard dev) and a registry.
 type metrics struct {
 	sessions prometheus.Gauge
-	connects *prometheus.CounterVec // by result: ok, unauthorized, error
+	connects *prometheus.CounterVec // by result: ok, unauthorized, throttled, error
 	closes   *prometheus.CounterVec // sessions the node closed, by reason (disconnect.go)
 	frames   *prometheus.CounterVec // frames received, by type
 	// sent counts data frames written to devices, by type (command, pong);
@@ -50,7 +50,7 @@ func newMetrics(reg *prometheus.Registry, nodeID, region string, queues map[stri
 		sessions: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "switchboard_conn_sessions", Help: "Devices connected to this node."}),
 		connects: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "switchboard_conn_connects_total", Help: "Connection attempts, by result: ok, unauthorized, throttled, error."}, []string{"result"}),
+			Name: "switchboard_conn_connects_total", Help: "Connection attempts, by result: ok, unauthorized, throttled (429: too many failed logins from the address, or the device connects too often), error."}, []string{"result"}),
 		closes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchboard_conn_closes_total",
 			Help: "Sessions the node closed, by reason: draining, replaced (a newer session of the device), revoked (disabled or deleted), rebalance, rate_limited, bad_message, too_big, slow, unavailable."},

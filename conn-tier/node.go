@@ -34,8 +34,10 @@ import (
 	"github.com/switchboard-iot/switchboard/internal/backoff"
 	"github.com/switchboard-iot/switchboard/internal/batch"
 	"github.com/switchboard-iot/switchboard/internal/clientaddr"
+	"github.com/switchboard-iot/switchboard/internal/expiring"
 	"github.com/switchboard-iot/switchboard/internal/httpsec"
 	"github.com/switchboard-iot/switchboard/internal/problem"
+	"github.com/switchboard-iot/switchboard/internal/ratelimit"
 )
 
 // Config is what a node needs. Zero durations and sizes take the defaults
@@ -95,8 +97,16 @@ type Config struct {
 	// switchboard_conn_messages_over_rate_total); replies are stored all
 	// the same. Once the messages over the rate make another DeviceBurst,
 	// the session is closed with 4029. A negative DeviceRate turns this off.
+	// The budget is the device's, not the session's: its sessions on this
+	// node share it, and a reconnect finds what the last one left.
 	DeviceRate  float64
 	DeviceBurst int
+	// DeviceConnectRate is how many times a second a device may connect to
+	// this node (1), in bursts of up to DeviceConnectBurst (3). Past it, a
+	// connect is answered 429 with Retry-After once its credentials are
+	// checked, before anything is written for it. Negative: no limit.
+	DeviceConnectRate  float64
+	DeviceConnectBurst int
 	// AuthGuard throttles failed credential look-ups per source address and
 	// remembers failed credentials (see internal/authguard for defaults).
 	AuthGuard authguard.Config
@@ -128,8 +138,10 @@ const DefaultDrainWindow = 10 * time.Second
 
 // Default limits per device.
 const (
-	DefaultDeviceRate  = 10.0 // messages a second
-	DefaultDeviceBurst = 100  // messages at once
+	DefaultDeviceRate         = 10.0 // messages a second
+	DefaultDeviceBurst        = 100  // messages at once
+	DefaultDeviceConnectRate  = 1.0  // connects a second
+	DefaultDeviceConnectBurst = 3    // connects at once
 )
 
 // readBufferSize is a session's read buffer: a pong or a small reply fits.
@@ -161,6 +173,8 @@ func (c Config) withDefaults() Config {
 	c.HTTPTimeout = cmp.Or(c.HTTPTimeout, 30*time.Second)
 	c.DeviceRate = cmp.Or(c.DeviceRate, DefaultDeviceRate)
 	c.DeviceBurst = cmp.Or(c.DeviceBurst, DefaultDeviceBurst)
+	c.DeviceConnectRate = cmp.Or(c.DeviceConnectRate, DefaultDeviceConnectRate)
+	c.DeviceConnectBurst = cmp.Or(c.DeviceConnectBurst, DefaultDeviceConnectBurst)
 	c.MaxFrame = cmp.Or(c.MaxFrame, 64<<10)
 	c.SendQueue = cmp.Or(c.SendQueue, 64)
 	c.WriteQueue = cmp.Or(c.WriteQueue, 4096)
@@ -185,6 +199,10 @@ type Node struct {
 	upgrader websocket.Upgrader
 	metrics  *metrics
 	guard    *authguard.Guard // failed credential look-ups
+	// budgets are the devices' message budgets, kept across their sessions;
+	// connectRates their connects (limits.go). Nil: no limit.
+	budgets      *expiring.Map[string, *deviceBudget]
+	connectRates *ratelimit.Table
 
 	hub       hub
 	deliverer *deliverer
@@ -240,6 +258,7 @@ func New(cfg Config) (*Node, error) {
 		},
 	}
 	n.hub.sessions = make(map[string]*session)
+	n.budgets, n.connectRates = newDeviceLimits(cfg)
 	n.revocations = newRevocations()
 	n.deliverer = newDeliverer(n)
 	// Queue limits bound memory while the database is slow or away: past

@@ -842,8 +842,8 @@ func TestUnstorableFrameDoesNotStallOthers(t *testing.T) {
 func TestBacklogIsPacedNotDropped(t *testing.T) {
 	t.Parallel()
 	sys := testsys.New(t)
-	// A queue of 10 frames (2 left to commands after the room kept for
-	// pongs) and 300 commands: the deliverer reads them all at once.
+	// A queue of 10 commands and 300 of them: the deliverer reads them all
+	// at once.
 	node := sys.StartNode(t, "node-a", func(c *conntier.Config) { c.SendQueue = 10 })
 	devSecret := sys.AddDevice(t, "dev-1")
 	var ids []uuid.UUID

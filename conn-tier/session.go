@@ -14,7 +14,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/gorilla/websocket"
-	"golang.org/x/time/rate"
 
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/device/protocol"
@@ -26,10 +25,6 @@ import (
 // closeGrace is how long a closing session waits for the device to answer
 // the close frame before the socket is cut.
 const closeGrace = time.Second
-
-// pongRoom is how much of the send queue is kept from commands, for pongs:
-// a device with a backlog is paced, never closed for a full queue.
-const pongRoom = 8
 
 // outFrame is a frame queued for the device; command frames carry their id
 // and timeout so the writer can record the delivery once the frame is
@@ -54,11 +49,15 @@ type session struct {
 	// once the queue is empty (see enqueue). At 15,000 idle devices a node
 	// keeps one goroutine per session, its reader.
 	writeMu sync.Mutex
-	queue   []outFrame     // frames waiting for the writer; nil when empty
-	pingDue bool           // the node's pinger asked for a ping; it goes first
-	writing bool           // a writer goroutine runs
-	ended   bool           // nothing more is written: the session ended or a write failed
-	writer  sync.WaitGroup // the running writer, waited for as the session ends
+	queue   []outFrame // commands waiting for the writer; nil when empty
+	pingDue bool       // the node's pinger asked for a ping; it goes first
+	// pongsDue counts the device's pings not yet answered. Pongs are
+	// counted, not queued: a ping flood is paced by the device's rate
+	// (4029), never closed for a full queue.
+	pongsDue int
+	writing  bool           // a writer goroutine runs
+	ended    bool           // nothing more is written: the session ended or a write failed
+	writer   sync.WaitGroup // the running writer, waited for as the session ends
 
 	// closing is cancelled when the node closes or cuts the session: a read
 	// pump waiting for room to store a reply lets go.
@@ -68,9 +67,9 @@ type session struct {
 	// registered is set once the session's presence row is written.
 	registered atomic.Bool
 
-	// rate is the device's budget of messages (limits.go); nil: no limit.
-	// Only the read pump uses it.
-	rate *rate.Limiter
+	// budget is the device's budget of messages on this node, shared with
+	// its other sessions here (limits.go); nil: no limit.
+	budget *deviceBudget
 
 	// deadlineMu orders read-deadline changes: once the session is closing,
 	// nothing may push the deadline past the close grace.
@@ -122,8 +121,10 @@ func newSessionID(now time.Time) uuid.UUID {
 	return id
 }
 
-// commandRoom is how many commands the session may have in flight.
-func (n *Node) commandRoom() int { return max(n.cfg.SendQueue-pongRoom, 1) }
+// commandRoom is how many commands the session may have in flight: its
+// whole send queue, which holds nothing else. A device with a backlog is
+// paced, never closed for a full queue.
+func (n *Node) commandRoom() int { return n.cfg.SendQueue }
 
 func (s *session) dbSession() db.Session {
 	return db.Session{DeviceID: s.deviceID, SessionID: s.id, RemoteAddr: s.remoteAddr}
@@ -179,6 +180,9 @@ func (n *Node) handleConnect(w http.ResponseWriter, r *http.Request) {
 			"this node speaks "+protocol.Subprotocol)
 		return
 	}
+	if !n.admitConnect(w, deviceID) {
+		return
+	}
 	ws, err := n.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		return // the upgrader has answered
@@ -191,7 +195,7 @@ func (n *Node) handleConnect(w http.ResponseWriter, r *http.Request) {
 		id:         newSessionID(n.cfg.Clock()),
 		remoteAddr: r.RemoteAddr,
 		checkedAt:  checkedAt,
-		rate:       n.newDeviceRate(),
+		budget:     n.holdBudget(deviceID),
 	}
 	s.closing, s.cancelClosing = context.WithCancel(context.Background())
 	// The session runs on a goroutine of its own, and this handler returns:
@@ -248,6 +252,7 @@ func (s *session) serve() {
 	s.endWrites()
 	s.ws.Close()
 	s.stopClocks() // what it left unanswered is given back, not failed
+	n.releaseBudget(s.deviceID, s.budget)
 	// The removal gives back what the session left unanswered. Push: one
 	// item per session, and the session's goroutine must not wait here.
 	if err := n.presence.Push(presenceOp{session: s.dbSession()}); err != nil {
@@ -279,6 +284,7 @@ func (s *session) readPump() (ended string) {
 		// A bare return below follows a close of the node's.
 		if s.closing.Err() != nil || ended == "" {
 			ended = "closed_by_node"
+			s.awaitCloseAnswer()
 		}
 	}()
 	n := s.node
@@ -321,7 +327,7 @@ func (s *session) readPump() (ended string) {
 			if _, closed := s.charge(msg.Type); closed {
 				return
 			}
-			s.enqueue(outFrame{data: protocol.Pong})
+			s.pong()
 		case protocol.TypePong:
 		case protocol.TypeReply:
 			id := uuid.MustParse(msg.ID) // Decode checked the form
@@ -346,6 +352,18 @@ func (s *session) readPump() (ended string) {
 			}
 		default:
 			s.reject("devices may not send " + msg.Type + " frames")
+			return
+		}
+	}
+}
+
+// awaitCloseAnswer reads and drops what the device sent after the node's
+// close frame, until its answer or closeGrace (disconnect set the
+// deadline): a socket closed with unread data is reset, and a device still
+// sending, a flooding one say, would lose the close frame and its code.
+func (s *session) awaitCloseAnswer() {
+	for {
+		if _, _, err := s.ws.NextReader(); err != nil {
 			return
 		}
 	}
@@ -380,9 +398,10 @@ func (s *session) extendReadDeadline() {
 	}
 }
 
-// enqueue queues a frame for the device and starts a writer if none runs.
-// A device whose queue is full is not reading: it is closed rather than
-// allowed to hold frames forever.
+// enqueue queues a command frame for the device and starts a writer if
+// none runs. A device whose queue is full is not reading: it is closed
+// rather than allowed to hold frames forever (a backstop: the deliverer
+// keeps a session's commands within its queue, see commandRoom).
 func (s *session) enqueue(frame outFrame) bool {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
@@ -396,6 +415,16 @@ func (s *session) enqueue(frame outFrame) bool {
 	s.queue = append(s.queue, frame)
 	s.startWriterLocked()
 	return true
+}
+
+// pong answers a device's ping, ahead of queued commands.
+func (s *session) pong() {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	if !s.ended {
+		s.pongsDue++
+		s.startWriterLocked()
+	}
 }
 
 // ping asks for a WebSocket ping, ahead of any queued frame. A ping already
@@ -429,7 +458,7 @@ func (s *session) write() {
 	n := s.node
 	for {
 		s.writeMu.Lock()
-		if s.ended || (len(s.queue) == 0 && !s.pingDue) {
+		if s.ended || (len(s.queue) == 0 && !s.pingDue && s.pongsDue == 0) {
 			s.writing = false
 			s.queue = nil // an idle session holds no buffer
 			s.writeMu.Unlock()
@@ -437,9 +466,13 @@ func (s *session) write() {
 		}
 		ping := s.pingDue
 		var frame outFrame
-		if ping {
+		switch {
+		case ping:
 			s.pingDue = false
-		} else {
+		case s.pongsDue > 0:
+			s.pongsDue--
+			frame = outFrame{data: protocol.Pong}
+		default:
 			frame = s.queue[0]
 			s.queue[0] = outFrame{}
 			s.queue = s.queue[1:]
@@ -469,7 +502,11 @@ func (s *session) write() {
 			s.writeMu.Lock()
 			s.ended, s.queue = true, nil
 			s.writeMu.Unlock()
-			s.ws.Close()
+			// After the node's close frame, the read pump awaits the
+			// device's answer: closing now would reset the socket under it.
+			if !errors.Is(err, websocket.ErrCloseSent) {
+				s.ws.Close()
+			}
 		}
 	}
 }
@@ -477,7 +514,7 @@ func (s *session) write() {
 // endWrites stops the session's writes and waits for a running writer.
 func (s *session) endWrites() {
 	s.writeMu.Lock()
-	s.ended, s.queue, s.pingDue = true, nil, false
+	s.ended, s.queue, s.pingDue, s.pongsDue = true, nil, false, 0
 	s.writeMu.Unlock()
 	s.writer.Wait()
 }

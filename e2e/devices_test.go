@@ -15,6 +15,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/switchboard-iot/switchboard/app/testsys"
+	conntier "github.com/switchboard-iot/switchboard/conn-tier"
 	"github.com/switchboard-iot/switchboard/device"
 	"github.com/switchboard-iot/switchboard/device/protocol"
 )
@@ -49,7 +50,8 @@ func TestDevicesCommandLine(t *testing.T) {
 	t.Parallel()
 	sys := testsys.New(t)
 	url := sys.DBURL
-	node := sys.StartNode(t, "node-a", nil)
+	// It dials one device many times in a row: no connect rate.
+	node := sys.StartNode(t, "node-a", func(c *conntier.Config) { c.DeviceConnectRate = -1 })
 	old := alone(t, "devices add", first(mustRun(t, url, "", "devices", "add", "dev-1")))
 
 	// Rotate: the new secret alone; the old one works for the grace (24h by

@@ -151,6 +151,8 @@ type connFlags struct {
 	tls                                        certsFlags
 	deviceRate                                 *float64
 	deviceBurst                                *int
+	deviceConnectRate                          *float64
+	deviceConnectBurst                         *int
 	maxSessions, maxHandshakes                 *int
 	drain                                      *time.Duration
 	guard                                      guardFlags
@@ -183,6 +185,10 @@ func defineConnFlags(f flags) connFlags {
 			"messages a second a device may send; past it events are dropped (negative: no limit)", "CONN_DEVICE_RATE"),
 		deviceBurst: f.int("device-burst", conntier.DefaultDeviceBurst,
 			"messages a device may send at once; another burst over the rate closes it with 4029", "CONN_DEVICE_BURST"),
+		deviceConnectRate: f.float("device-connect-rate", conntier.DefaultDeviceConnectRate,
+			"connects a second a device may make to a node; past it connects get 429 and Retry-After (negative: no limit)", "CONN_DEVICE_CONNECT_RATE"),
+		deviceConnectBurst: f.int("device-connect-burst", conntier.DefaultDeviceConnectBurst,
+			"connects a device may make to a node at once, before the connect rate applies", "CONN_DEVICE_CONNECT_BURST"),
 		maxSessions: f.int("max-sessions", 0,
 			"devices this node holds at most; past it connects get 503 and Retry-After (default: the open-files limit less the pool, handshakes and listeners)", "CONN_MAX_SESSIONS"),
 		maxHandshakes: f.int("max-handshakes", conntier.DefaultMaxHandshakes,
@@ -226,6 +232,7 @@ func runConn(ctx context.Context, cf connFlags, c call) error {
 	serve, node, err := p.Node(conntier.Config{
 		Node:       db.Node{ID: *cf.nodeID, Region: *cf.region},
 		DeviceRate: *cf.deviceRate, DeviceBurst: *cf.deviceBurst, AuthGuard: guardCfg, TrustedProxies: trusted,
+		DeviceConnectRate: *cf.deviceConnectRate, DeviceConnectBurst: *cf.deviceConnectBurst,
 		MaxSessions: *cf.maxSessions, MaxHandshakes: *cf.maxHandshakes, DrainWindow: *cf.drain,
 	}, tls, ln)
 	if err == nil {

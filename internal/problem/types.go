@@ -57,6 +57,7 @@ var (
 	// The connection nodes' device endpoint.
 	NodeDraining           = newType("node-draining", http.StatusServiceUnavailable, "Node is draining", "the node is stopping: connect to another")
 	NodeFull               = newType("node-full", http.StatusServiceUnavailable, "Node is full", "the node holds all the sessions it can")
+	TooManyConnects        = newType("too-many-connects", http.StatusTooManyRequests, "Too many connects", "a device connecting faster than its connect rate")
 	WebSocketRequired      = newType("websocket-required", http.StatusBadRequest, "WebSocket upgrade required", "a connect request without a WebSocket upgrade")
 	UnsupportedSubprotocol = newType("unsupported-subprotocol", http.StatusBadRequest, "Unsupported subprotocol", "a connect request without the switchboard.v1 subprotocol")
 )
