@@ -104,10 +104,11 @@ func (p *Process) Edge(cfg edge.Config, maint maintenance.Config, acme certs.Con
 		stopAnswering()
 		return nil, nil, err
 	}
-	// The web console, at "/": its sign-in is throttled and its sign-out
+	// The web console, at "/": its credentials go through the edge's auth
+	// guard, its requests take the key's tokens, and its sign-out is
 	// forgotten by the edge that serves it.
 	e.Mount(console.New(console.Config{Store: p.Store, Log: p.Log.With("edge", cfg.ID), ForgetSession: e.ForgetSession,
-		Guard: e.GuardAuth, Failed: e.AuthFailed}).Register)
+		Guard: e.AdmitAuth, Failed: e.AuthFailed, LimitKey: e.LimitKey}).Register)
 	return func(ctx context.Context) error {
 		defer stopAnswering()
 		// Maintenance works through the edge's drain and stops after it,

@@ -10,6 +10,9 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/internal/authguard"
+	"github.com/switchboard-iot/switchboard/internal/origin"
+	"github.com/switchboard-iot/switchboard/internal/problem"
 	"github.com/switchboard-iot/switchboard/internal/secret"
 )
 
@@ -24,15 +27,28 @@ func NewSignInLink(ctx context.Context, store *db.Store, apiKeyID int64) (path s
 	return "/sign-in/" + token, nil
 }
 
+// What a sign-in with a credential the database does not know is told
+// (also when the auth guard refuses it without a look-up).
+const (
+	unknownKey  = "Unknown API key: check that it was pasted whole."
+	unknownLink = "This sign-in link was used already, has expired or is unknown: paste an API key instead."
+)
+
 func (c *Console) handleSignInPage(w http.ResponseWriter, r *http.Request) {
 	c.render(w, http.StatusOK, "sign-in", view{Title: "Sign in"})
 }
 
 // handleSignIn checks a pasted API key as the API does, and turns it into
 // a session. No session exists yet, so no CSRF token: the form's worst
-// misuse is signing a browser in with the attacker's own key, which
-// SameSite=Strict and this page's frame-ancestors 'none' make hard.
+// misuse is another site's page posting the attacker's own key, signing
+// the victim's browser in as the attacker (login CSRF). A browser says
+// where a form came from (Sec-Fetch-Site, Origin): one from another site
+// is refused before anything is looked up.
 func (c *Console) handleSignIn(w http.ResponseWriter, r *http.Request) {
+	if why := origin.CrossSite(r); why != "" {
+		problem.CrossSiteRequest.Write(w, "a sign-in must come from this site's own form: "+why)
+		return
+	}
 	r.Body = http.MaxBytesReader(w, r.Body, 4096)
 	key := strings.TrimSpace(r.PostFormValue("key"))
 	if key == "" {
@@ -40,14 +56,18 @@ func (c *Console) handleSignIn(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	digest := secret.Hash(key)
-	if !c.guard(w, r, digest) {
+	switch c.guard(w, r, digest) {
+	case authguard.Throttle:
+		return
+	case authguard.Refuse:
+		c.signInError(w, http.StatusUnauthorized, unknownKey)
 		return
 	}
 	k, err := c.store.APIKeyByHash(r.Context(), digest)
 	switch {
 	case errors.Is(err, db.ErrNotFound):
 		c.failed(r, digest)
-		c.signInError(w, http.StatusUnauthorized, "Unknown API key: check that it was pasted whole.")
+		c.signInError(w, http.StatusUnauthorized, unknownKey)
 		return
 	case err != nil:
 		c.unavailable(w, r, &view{Title: "Sign in"}, err)
@@ -62,14 +82,18 @@ func (c *Console) handleSignIn(w http.ResponseWriter, r *http.Request) {
 // handleSignInLink consumes a one-time link and signs in as its key.
 func (c *Console) handleSignInLink(w http.ResponseWriter, r *http.Request) {
 	digest := secret.Hash(chi.URLParam(r, "token"))
-	if !c.guard(w, r, digest) {
+	switch c.guard(w, r, digest) {
+	case authguard.Throttle:
+		return
+	case authguard.Refuse:
+		c.signInError(w, http.StatusUnauthorized, unknownLink)
 		return
 	}
 	id, err := c.store.ConsumeConsoleLink(r.Context(), digest)
 	switch {
 	case errors.Is(err, db.ErrNotFound):
 		c.failed(r, digest)
-		c.signInError(w, http.StatusUnauthorized, "This sign-in link was used already, has expired or is unknown: paste an API key instead.")
+		c.signInError(w, http.StatusUnauthorized, unknownLink)
 		return
 	case err != nil:
 		c.unavailable(w, r, &view{Title: "Sign in"}, err)
@@ -113,45 +137,40 @@ func (c *Console) startSession(w http.ResponseWriter, r *http.Request, k db.APIK
 		Name: Cookie, Value: token, Path: "/",
 		MaxAge:   int(SessionTTL.Seconds()),
 		HttpOnly: true, SameSite: http.SameSiteStrictMode,
-		Secure: overHTTPS(r),
+		// A forged X-Forwarded-Proto only makes the cookie stricter.
+		Secure: origin.HTTPS(r),
 	})
 	http.Redirect(w, r, "/", http.StatusSeeOther)
 }
 
-// overHTTPS says whether the browser reached us over HTTPS: directly, or
-// through the TLS-terminating proxy in front (Fly's, Caddy), which says so
-// in X-Forwarded-Proto. That header is believed from anyone: a forged one
-// only makes the cookie stricter (Secure), never looser.
-func overHTTPS(r *http.Request) bool {
-	return r.TLS != nil || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https")
-}
-
 // handleSignOut ends the session: its row, the edge's cached copy and the
-// cookie. The form carries the CSRF token, so another site cannot sign an
-// operator out.
+// cookie. The form carries the CSRF token, and a browser says it came from
+// this site, so another site cannot sign an operator out.
 func (c *Console) handleSignOut(w http.ResponseWriter, r *http.Request) {
+	if why := origin.CrossSite(r); why != "" {
+		problem.CrossSiteRequest.Write(w, why)
+		return
+	}
 	r.Body = http.MaxBytesReader(w, r.Body, 4096)
 	ck, err := r.Cookie(Cookie)
 	if err != nil || ck.Value == "" {
 		http.Redirect(w, r, "/sign-in", http.StatusSeeOther)
 		return
 	}
-	hash := secret.Hash(ck.Value)
-	s, err := c.store.ConsoleSessionByHash(r.Context(), hash)
+	s, found, answered := c.sessionOf(w, r, ck.Value)
 	switch {
-	case errors.Is(err, db.ErrNotFound):
+	case answered:
+		return
+	case !found:
 		clearCookie(w, r)
 		http.Redirect(w, r, "/sign-in", http.StatusSeeOther)
-		return
-	case err != nil:
-		c.unavailable(w, r, nil, err)
 		return
 	}
 	if !checkCSRF(r, s.CSRF) {
 		forbidden(w)
 		return
 	}
-	if err := c.store.DeleteConsoleSession(r.Context(), hash); err != nil {
+	if err := c.store.DeleteConsoleSession(r.Context(), secret.Hash(ck.Value)); err != nil {
 		c.unavailable(w, r, nil, err)
 		return
 	}
@@ -162,9 +181,33 @@ func (c *Console) handleSignOut(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, "/sign-in", http.StatusSeeOther)
 }
 
+// sessionOf reads the session a cookie names, behind the auth guard, as
+// the API reads a key. answered: it has answered the request (429 from the
+// guard, or the database failing); otherwise found says whether the
+// session exists (not when the cookie failed moments ago).
+func (c *Console) sessionOf(w http.ResponseWriter, r *http.Request, token string) (s db.ConsoleSession, found, answered bool) {
+	digest := secret.Hash(token)
+	switch c.guard(w, r, digest) {
+	case authguard.Throttle:
+		return s, false, true
+	case authguard.Refuse:
+		return s, false, false
+	}
+	s, err := c.store.ConsoleSessionByHash(r.Context(), digest)
+	switch {
+	case errors.Is(err, db.ErrNotFound):
+		c.failed(r, digest)
+		return s, false, false
+	case err != nil:
+		c.unavailable(w, r, nil, err)
+		return s, false, true
+	}
+	return s, true, false
+}
+
 func clearCookie(w http.ResponseWriter, r *http.Request) {
 	http.SetCookie(w, &http.Cookie{Name: Cookie, Value: "", Path: "/", MaxAge: -1,
-		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: overHTTPS(r)})
+		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: origin.HTTPS(r)})
 }
 
 // forbidden is a form's CSRF refusal: a plain page.

@@ -23,12 +23,15 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/switchboard-iot/switchboard/db"
-	"github.com/switchboard-iot/switchboard/internal/secret"
+	"github.com/switchboard-iot/switchboard/internal/authguard"
+	"github.com/switchboard-iot/switchboard/internal/problem"
 )
 
 //go:embed templates/*.html static/*
@@ -50,13 +53,19 @@ type Config struct {
 	// ForgetSession drops a signed-out session (its cookie's value) from
 	// the edge's cache of checked keys and sessions; nil: nothing cached.
 	ForgetSession func(token string)
-	// Guard, when set, throttles sign-in attempts as the API throttles
-	// failed keys (per source address; a key known to fail is refused
-	// before the database): it answers the request itself and returns
-	// false to stop. Failed records a key, or link, the database did not
-	// know. The edge passes its auth guard.
-	Guard  func(w http.ResponseWriter, r *http.Request, digest string) bool
-	Failed func(r *http.Request, digest string)
+	// Guard, when set, is asked before a credential is looked up (a
+	// pasted key, a sign-in link, a session cookie; named by its digest in
+	// hex): Throttle when the source address failed too often (it has
+	// answered 429), Refuse when the credential failed moments ago (the
+	// console answers as for an unknown one, without a look-up). Failed
+	// records one the database did not know. The edge passes its auth
+	// guard, so the API and the console share one budget per address.
+	Guard  func(w http.ResponseWriter, r *http.Request, credential string) authguard.Verdict
+	Failed func(r *http.Request, credential string)
+	// LimitKey, when set, takes one of the key's request tokens for each
+	// request of a session, as every /v1 request does; false: it has
+	// answered 429. The edge passes its per-key limit.
+	LimitKey func(w http.ResponseWriter, keyID int64) bool
 }
 
 // Console serves the pages.
@@ -97,7 +106,7 @@ func (c *Console) Register(r chi.Router) {
 		fileServer.ServeHTTP(w, r)
 	})
 	r.Group(func(r chi.Router) {
-		r.Use(securityHeaders)
+		r.Use(securityHeaders, c.refuseNonText)
 		r.Get("/sign-in", c.handleSignInPage)
 		r.Post("/sign-in", c.handleSignIn)
 		r.Get("/sign-in/{token}", c.handleSignInLink)
@@ -109,8 +118,8 @@ func (c *Console) Register(r chi.Router) {
 			r.Get("/devices/{id}", c.handleDevice)
 			r.Get("/jobs", c.handleJobs)
 			r.Get("/jobs/{id}", c.handleJob)
-			r.Get("/console/api/overview", c.handleOverviewJSON)
-			r.Get("/console/api/stats", c.handleStatsJSON)
+			r.With(needScope(db.ScopeRead)).Get("/console/api/overview", c.handleOverviewJSON)
+			r.With(needScope(db.ScopeRead)).Get("/console/api/stats", c.handleStatsJSON)
 		})
 	})
 }
@@ -149,36 +158,94 @@ func session(r *http.Request) *db.ConsoleSession {
 
 // requireSession lets through requests with a live session whose key is
 // neither revoked nor expired; pages send the others to /sign-in (303),
-// the JSON endpoints answer 401.
+// the JSON endpoints answer 401, and both drop the dead cookie. A cookie
+// is looked up behind the auth guard, as the API's keys are, and each
+// request takes one of the key's request tokens.
 func (c *Console) requireSession(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		api := strings.HasPrefix(r.URL.Path, "/console/api/")
+		ck, err := r.Cookie(Cookie)
 		refuse := func() {
-			if api {
+			if ck != nil {
+				clearCookie(w, r) // so that the browser stops sending it
+			}
+			if isAPI(r) {
 				writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "sign in again"})
 				return
 			}
 			http.Redirect(w, r, "/sign-in", http.StatusSeeOther)
 		}
-		ck, err := r.Cookie(Cookie)
 		if err != nil || ck.Value == "" {
 			refuse()
 			return
 		}
-		s, err := c.store.ConsoleSessionByHash(r.Context(), secret.Hash(ck.Value))
+		s, found, answered := c.sessionOf(w, r, ck.Value)
 		switch {
-		case errors.Is(err, db.ErrNotFound):
+		case answered:
+			return
+		case !found || s.Key.RevokedAt != nil || s.Key.Expired(time.Now()):
 			refuse()
 			return
-		case err != nil:
-			c.unavailable(w, r, nil, err)
-			return
-		case s.Key.RevokedAt != nil || s.Key.Expired(time.Now()):
-			refuse()
+		}
+		if c.cfg.LimitKey != nil && !c.cfg.LimitKey(w, s.Key.ID) {
 			return
 		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), sessionCtx{}, &s)))
 	})
+}
+
+// isAPI says whether r is for one of the console's JSON endpoints, which
+// answer in JSON where a page answers in HTML.
+func isAPI(r *http.Request) bool { return strings.HasPrefix(r.URL.Path, "/console/api/") }
+
+// needScope refuses a JSON endpoint to a session whose key lacks scope, as
+// the API refuses a route (403 insufficient-scope).
+func needScope(scope db.Scope) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if s := session(r); s == nil || !s.Key.Has(scope) {
+				problem.InsufficientScope.Write(w, fmt.Sprintf("this needs an API key with the scope %q; the session's key lacks it", scope))
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
+// refuseNonText answers 400 to an address whose path or query holds bytes
+// that are not text (invalid UTF-8, NUL), before any handler or the
+// database sees them: PostgreSQL refuses them in a text parameter.
+func (c *Console) refuseNonText(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if textAddress(r.URL) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		const msg = "This address holds bytes that are not text (invalid UTF-8 or NUL): check the link."
+		if isAPI(r) {
+			problem.InvalidQuery.Write(w, msg)
+			return
+		}
+		c.render(w, http.StatusBadRequest, "error", view{Title: "Bad request", Error: msg})
+	})
+}
+
+// textAddress says whether u's path and query (decoded) are text.
+func textAddress(u *url.URL) bool {
+	isText := func(s string) bool { return utf8.ValidString(s) && !strings.ContainsRune(s, 0) }
+	if !isText(u.Path) {
+		return false
+	}
+	for k, vs := range u.Query() {
+		if !isText(k) {
+			return false
+		}
+		for _, v := range vs {
+			if !isText(v) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // newView starts a page's view for the signed-in session.
@@ -273,8 +340,11 @@ func checkCSRF(r *http.Request, want string) bool {
 }
 
 // guard runs Config.Guard on a credential's digest.
-func (c *Console) guard(w http.ResponseWriter, r *http.Request, digest []byte) bool {
-	return c.cfg.Guard == nil || c.cfg.Guard(w, r, hex.EncodeToString(digest))
+func (c *Console) guard(w http.ResponseWriter, r *http.Request, digest []byte) authguard.Verdict {
+	if c.cfg.Guard == nil {
+		return authguard.Check
+	}
+	return c.cfg.Guard(w, r, hex.EncodeToString(digest))
 }
 
 // failed runs Config.Failed on a credential's digest.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/internal/origin"
 	"github.com/switchboard-iot/switchboard/internal/problem"
 	"github.com/switchboard-iot/switchboard/internal/secret"
 )
@@ -73,21 +74,30 @@ func (e *Edge) authenticate(next http.Handler) http.Handler {
 // key: a revocation or a sign-out drops the cache on every edge. A request
 // that may change something must also carry the session's CSRF token in
 // X-CSRF-Token: SameSite=Strict keeps other sites' requests from carrying
-// the cookie, and the token covers browsers or proxies that do not.
+// the cookie, and the token covers browsers or proxies that do not. Behind
+// both, such a request that a browser says another site's page sent is
+// refused before the session is looked up (package origin).
 func (e *Edge) authenticateSession(w http.ResponseWriter, r *http.Request, token string, next http.Handler) {
+	write := r.Method != http.MethodGet && r.Method != http.MethodHead
+	if why := origin.CrossSite(r); write && why != "" {
+		problem.CrossSiteRequest.Write(w, why)
+		return
+	}
 	hash := secret.Hash(token)
 	cacheKey := sessionCacheKey(hash)
 	now := time.Now()
 	entry, hit, gen := e.keys.get(cacheKey, now)
 	key, csrf, ends := entry.key, entry.csrf, entry.until
 	if !hit {
-		if !e.GuardAuth(w, r, cacheKey) {
+		// The guard knows a credential by its digest alone, as the
+		// console's pages name the same cookie.
+		if !e.GuardAuth(w, r, hex.EncodeToString(hash)) {
 			return
 		}
 		s, err := e.store.ConsoleSessionByHash(r.Context(), hash)
 		switch {
 		case errors.Is(err, db.ErrNotFound):
-			e.AuthFailed(r, cacheKey)
+			e.AuthFailed(r, hex.EncodeToString(hash))
 			unauthorized(w, "the console session is unknown, expired or signed out: sign in again")
 			return
 		case err != nil:
@@ -104,7 +114,7 @@ func (e *Edge) authenticateSession(w http.ResponseWriter, r *http.Request, token
 		unauthorized(w, "this console session's API key expired at "+key.ExpiresAt.UTC().Format(time.RFC3339))
 		return
 	}
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+	if write {
 		got := r.Header.Get("X-CSRF-Token")
 		if got == "" || subtle.ConstantTimeCompare([]byte(got), []byte(csrf)) != 1 {
 			problem.CSRFTokenInvalid.Write(w,

@@ -8,16 +8,13 @@ import (
 	"github.com/switchboard-iot/switchboard/internal/problem"
 )
 
-// GuardAuth asks the auth guard about an API key about to be looked up
-// (keyHash, hex). False means it has answered without a look-up: 429 for a
-// source address that failed too often, 401 for a key that failed moments
-// ago.
-func (e *Edge) GuardAuth(w http.ResponseWriter, r *http.Request, keyHash string) bool {
-	switch v, retryAfter := e.guard.Admit(clientaddr.FromRequest(r, e.cfg.TrustedProxies), "apikey:"+keyHash); v {
+// GuardAuth asks the auth guard about a credential about to be looked up
+// (see AdmitAuth). False means it has answered without a look-up: 429 for
+// a source address that failed too often, 401 for a credential that
+// failed moments ago.
+func (e *Edge) GuardAuth(w http.ResponseWriter, r *http.Request, credential string) bool {
+	switch e.AdmitAuth(w, r, credential) {
 	case authguard.Throttle:
-		e.metrics.limited.WithLabelValues("auth_failures").Inc()
-		problem.TooManyAuthFailures.WriteRetryAfter(w,
-			"this address presented too many unknown API keys; try again later", retryAfter)
 		return false
 	case authguard.Refuse:
 		unauthorized(w, "unknown or revoked API key")
@@ -26,7 +23,24 @@ func (e *Edge) GuardAuth(w http.ResponseWriter, r *http.Request, keyHash string)
 	return true
 }
 
-// AuthFailed records an API key the database did not know.
-func (e *Edge) AuthFailed(r *http.Request, keyHash string) {
-	e.guard.Failed(clientaddr.FromRequest(r, e.cfg.TrustedProxies), "apikey:"+keyHash)
+// AdmitAuth is GuardAuth for callers that answer a refused credential in
+// their own way (the console's pages send the browser to sign in): it
+// answers only a throttled address (429), and returns the guard's verdict.
+// credential is the hex SHA-256 digest of the secret about to be looked
+// up: an API key, a console session's cookie or a sign-in link (random
+// tokens all, so one table of failures serves them).
+func (e *Edge) AdmitAuth(w http.ResponseWriter, r *http.Request, credential string) authguard.Verdict {
+	v, retryAfter := e.guard.Admit(clientaddr.FromRequest(r, e.cfg.TrustedProxies), "apikey:"+credential)
+	if v == authguard.Throttle {
+		e.metrics.limited.WithLabelValues("auth_failures").Inc()
+		problem.TooManyAuthFailures.WriteRetryAfter(w,
+			"this address presented too many unknown API keys or console sessions; try again later", retryAfter)
+	}
+	return v
+}
+
+// AuthFailed records a credential (named as for AdmitAuth) the database
+// did not know.
+func (e *Edge) AuthFailed(r *http.Request, credential string) {
+	e.guard.Failed(clientaddr.FromRequest(r, e.cfg.TrustedProxies), "apikey:"+credential)
 }

@@ -66,15 +66,8 @@ func (l *keyLimits) closeStream(key int64) {
 func (e *Edge) limitKeys(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		key := apiKey(r).ID
-		if t := e.limits.requests; t != nil {
-			s := t.Take(strconv.FormatInt(key, 10), time.Now())
-			setRateLimitFields(w.Header(), t, s)
-			if !s.OK {
-				e.metrics.limited.WithLabelValues("key_rate").Inc()
-				problem.RateLimited.WriteRetryAfter(w, fmt.Sprintf(
-					"this API key may make %g requests a second, %d at once; see the RateLimit fields", e.cfg.KeyRate, t.Burst()), s.RetryAfter)
-				return
-			}
+		if !e.LimitKey(w, key) {
+			return
 		}
 		if acceptsEventStream(r) {
 			if !e.limits.openStream(key) {
@@ -87,6 +80,25 @@ func (e *Edge) limitKeys(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// LimitKey takes one of the key's request tokens and says what is left in
+// the RateLimit fields; with none left it answers 429 and returns false.
+// The console's session-authenticated requests take them here too.
+func (e *Edge) LimitKey(w http.ResponseWriter, keyID int64) bool {
+	t := e.limits.requests
+	if t == nil {
+		return true
+	}
+	s := t.Take(strconv.FormatInt(keyID, 10), time.Now())
+	setRateLimitFields(w.Header(), t, s)
+	if !s.OK {
+		e.metrics.limited.WithLabelValues("key_rate").Inc()
+		problem.RateLimited.WriteRetryAfter(w, fmt.Sprintf(
+			"this API key may make %g requests a second, %d at once; see the RateLimit fields", e.cfg.KeyRate, t.Burst()), s.RetryAfter)
+		return false
+	}
+	return true
 }
 
 // setRateLimitFields writes the RateLimit-Policy and RateLimit fields of

@@ -70,6 +70,7 @@
 
   // ---- Overview ----
   function overview() {
+    if (!$("#online-count")) return; // a key without the read scope: no fleet to show
     async function refresh() {
       try {
         const resp = await fetch("/console/api/overview", { credentials: "same-origin" });

@@ -21,6 +21,7 @@ var (
 	Internal              = newType("internal", http.StatusInternalServerError, "Internal error", "a bug of ours")
 	InsufficientScope     = newType("insufficient-scope", http.StatusForbidden, "Insufficient scope", "the API key lacks the route's scope")
 	CSRFTokenInvalid      = newType("csrf-token-invalid", http.StatusForbidden, "CSRF token invalid", "a request authenticated by the console's session cookie without its X-CSRF-Token")
+	CrossSiteRequest      = newType("cross-site-request", http.StatusForbidden, "Cross-site request", "a sign-in, or a write authenticated by the console's session cookie, sent by another site's page")
 	RateLimited           = newType("rate-limited", http.StatusTooManyRequests, "Rate limited", "past the API key's request rate")
 	TooManyStreams        = newType("too-many-streams", http.StatusTooManyRequests, "Too many streams", "past the API key's open event streams")
 	RequestTimeout        = newType("request-timeout", http.StatusRequestTimeout, "Request timeout", "the request body did not arrive within 30 s")
