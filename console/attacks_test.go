@@ -6,6 +6,7 @@ package console_test
 // read scope may learn.
 
 import (
+	"encoding/json"
 	"net/http"
 	"net/url"
 	"strings"
@@ -249,5 +250,48 @@ func TestOverviewScopes(t *testing.T) {
 		if resp, body := b.get(p); resp.StatusCode != http.StatusOK {
 			t.Errorf("%s for a read key: %d %s, want 200", p, resp.StatusCode, body)
 		}
+	}
+}
+
+// A key without read sees its own jobs only, on the console as on the API
+// (docs/api.md, "What each scope may learn"): another key's job is not
+// listed and its page is a 404.
+func TestJobPagesScopes(t *testing.T) {
+	t.Parallel()
+	sys := testsys.New(t)
+	e := sys.StartEdge(t, "edge-a", nil)
+	sys.AddDevice(t, "dev-1")
+	startJob := func(key, name string) string {
+		req, _ := http.NewRequest(http.MethodPost, e.URL+"/v1/jobs", strings.NewReader(`{"name":"`+name+`","target":{"devices":["dev-1"]}}`))
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var j struct{ ID string }
+		if err := json.NewDecoder(resp.Body).Decode(&j); err != nil || resp.StatusCode != http.StatusCreated {
+			t.Fatalf("POST /v1/jobs: %d %v", resp.StatusCode, err)
+		}
+		return j.ID
+	}
+	own, other := sys.APIKey(t, db.ScopeCommands), sys.APIKey(t, db.ScopeCommands, db.ScopeRead)
+	ownJob, otherJob := startJob(own, "own_job"), startJob(other, "other_job")
+
+	b := newBrowser(t, e.URL)
+	b.signIn(own)
+	if _, body := b.get("/jobs"); !strings.Contains(body, ownJob) || strings.Contains(body, otherJob) {
+		t.Errorf("/jobs for a commands key: want its job %s and not %s; got %s", ownJob, otherJob, body)
+	}
+	if resp, _ := b.get("/jobs/" + otherJob); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("another key's job page for a commands key: %d, want 404", resp.StatusCode)
+	}
+	if resp, _ := b.get("/jobs/" + ownJob); resp.StatusCode != http.StatusOK {
+		t.Errorf("its own job page for a commands key: %d, want 200", resp.StatusCode)
+	}
+	b = newBrowser(t, e.URL)
+	b.signIn(other)
+	if _, body := b.get("/jobs"); !strings.Contains(body, ownJob) || !strings.Contains(body, otherJob) {
+		t.Errorf("/jobs for a read key: want both jobs")
 	}
 }

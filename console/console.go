@@ -23,14 +23,13 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/internal/authguard"
+	"github.com/switchboard-iot/switchboard/internal/pgtext"
 	"github.com/switchboard-iot/switchboard/internal/problem"
 )
 
@@ -216,7 +215,7 @@ func needScope(scope db.Scope) func(http.Handler) http.Handler {
 // database sees them: PostgreSQL refuses them in a text parameter.
 func (c *Console) refuseNonText(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if textAddress(r.URL) {
+		if pgtext.CheckRequest(r) == nil {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -227,25 +226,6 @@ func (c *Console) refuseNonText(next http.Handler) http.Handler {
 		}
 		c.render(w, http.StatusBadRequest, "error", view{Title: "Bad request", Error: msg})
 	})
-}
-
-// textAddress says whether u's path and query (decoded) are text.
-func textAddress(u *url.URL) bool {
-	isText := func(s string) bool { return utf8.ValidString(s) && !strings.ContainsRune(s, 0) }
-	if !isText(u.Path) {
-		return false
-	}
-	for k, vs := range u.Query() {
-		if !isText(k) {
-			return false
-		}
-		for _, v := range vs {
-			if !isText(v) {
-				return false
-			}
-		}
-	}
-	return true
 }
 
 // newView starts a page's view for the signed-in session.

@@ -242,7 +242,7 @@ func (c *Console) handleJobs(w http.ResponseWriter, r *http.Request) {
 		c.lacksScope(w, v, "run jobs", "commands")
 		return
 	}
-	jobs, err := c.store.Jobs(r.Context(), "", uuid.Nil, 20)
+	jobs, err := c.store.JobsCreatedBy(r.Context(), session(r).Key.Creator(), "", uuid.Nil, 20)
 	if err != nil {
 		c.unavailable(w, r, &v, err)
 		return
@@ -264,7 +264,7 @@ func (c *Console) handleJob(w http.ResponseWriter, r *http.Request) {
 	}
 	job, err := c.store.Job(r.Context(), id)
 	switch {
-	case errors.Is(err, db.ErrNotFound):
+	case errors.Is(err, db.ErrNotFound) || err == nil && !session(r).Key.Sees(job.APIKeyID):
 		c.notFound(w, v, "No job has the id "+id.String()+". See the list of jobs.")
 		return
 	case err != nil:

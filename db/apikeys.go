@@ -66,6 +66,20 @@ type APIKey struct {
 // Has reports whether the key grants scope.
 func (k APIKey) Has(scope Scope) bool { return slices.Contains(k.Scopes, scope) }
 
+// Creator is the key whose jobs and commands this key may see: 0, every
+// key's, with the read scope (which sees the fleet), else the key itself
+// (docs/api.md, "What each scope may learn").
+func (k APIKey) Creator() int64 {
+	if k.Has(ScopeRead) {
+		return 0
+	}
+	return k.ID
+}
+
+// Sees reports whether the key may see a job or command that key creator
+// made.
+func (k APIKey) Sees(creator int64) bool { return k.Has(ScopeRead) || k.ID == creator }
+
 // Expired reports whether the key has expired at now.
 func (k APIKey) Expired(now time.Time) bool { return k.ExpiresAt != nil && !now.Before(*k.ExpiresAt) }
 

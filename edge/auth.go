@@ -184,23 +184,6 @@ func insufficientScope(w http.ResponseWriter, key db.APIKey, needs ...db.Scope) 
 		fmt.Sprintf("this request needs an API key with %s; this key has %s", what, db.FormatScopes(key.Scopes)))
 }
 
-// createdBy is the key whose jobs and commands the request may see: 0,
-// every key's, for a key with the read scope (which sees the fleet), or
-// else the key itself (docs/api.md, "What each scope may learn").
-func createdBy(r *http.Request) int64 {
-	if key := apiKey(r); !key.Has(db.ScopeRead) {
-		return key.ID
-	}
-	return 0
-}
-
-// sees reports whether the request may see a job or command that key
-// creator made.
-func sees(r *http.Request, creator int64) bool {
-	by := createdBy(r)
-	return by == 0 || by == creator
-}
-
 // apiKey is the key that authenticated the request.
 func apiKey(r *http.Request) db.APIKey { return credentialOf(r).key }
 

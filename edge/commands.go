@@ -280,7 +280,7 @@ func (e *Edge) handleGetCommand(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	c, err := e.store.CommandSentBy(r.Context(), id, createdBy(r))
+	c, err := e.store.CommandSentBy(r.Context(), id, apiKey(r).Creator())
 	switch {
 	case errors.Is(err, db.ErrNotFound):
 		commandNotFound(w, id)
@@ -311,7 +311,7 @@ func (e *Edge) handleCommandEvents(w http.ResponseWriter, r *http.Request) {
 		e.unavailable(w, "watching a command", err)
 		return
 	}
-	c, err := e.store.CommandSentBy(r.Context(), id, createdBy(r))
+	c, err := e.store.CommandSentBy(r.Context(), id, apiKey(r).Creator())
 	switch {
 	case errors.Is(err, db.ErrNotFound):
 		commandNotFound(w, id)

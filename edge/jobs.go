@@ -220,7 +220,7 @@ func (e *Edge) handleGetJob(w http.ResponseWriter, r *http.Request) {
 	}
 	j, err := e.store.Job(r.Context(), id)
 	switch {
-	case errors.Is(err, db.ErrNotFound) || err == nil && !sees(r, j.APIKeyID):
+	case errors.Is(err, db.ErrNotFound) || err == nil && !apiKey(r).Sees(j.APIKeyID):
 		jobNotFound(w, id)
 	case err != nil:
 		e.unavailable(w, "reading a job", err)
@@ -294,10 +294,10 @@ func (e *Edge) handleCancelJob(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if createdBy(r) != 0 {
+	if apiKey(r).Creator() != 0 {
 		// Another key's job is not this key's to see, nor to cancel.
 		switch j, err := e.store.Job(r.Context(), id); {
-		case errors.Is(err, db.ErrNotFound) || err == nil && !sees(r, j.APIKeyID):
+		case errors.Is(err, db.ErrNotFound) || err == nil && !apiKey(r).Sees(j.APIKeyID):
 			jobNotFound(w, id)
 			return
 		case err != nil:
@@ -369,7 +369,7 @@ func (e *Edge) handleListJobs(w http.ResponseWriter, r *http.Request) {
 		}
 		before = id
 	}
-	jobs, err := e.store.JobsCreatedBy(r.Context(), createdBy(r), status, before, limit+1)
+	jobs, err := e.store.JobsCreatedBy(r.Context(), apiKey(r).Creator(), status, before, limit+1)
 	if err != nil {
 		e.unavailable(w, "listing jobs", err)
 		return

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/switchboard-iot/switchboard/internal/origin"
 	"github.com/switchboard-iot/switchboard/internal/problem"
 )
 
@@ -25,20 +26,11 @@ func Headers(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
 		h.Set("X-Content-Type-Options", "nosniff")
-		if OverHTTPS(r) {
+		if origin.HTTPS(r) {
 			h.Set("Strict-Transport-Security", HSTS)
 		}
 		next.ServeHTTP(w, r)
 	})
-}
-
-// OverHTTPS reports whether the client reached us over HTTPS: our own TLS
-// (a node), or the TLS-terminating proxy in front (Fly's, Caddy), which
-// says so in X-Forwarded-Proto. The header is believed from anyone: a
-// forged one earns its sender an HSTS header over plain HTTP, which
-// browsers ignore, or withholds it from the sender alone.
-func OverHTTPS(r *http.Request) bool {
-	return r.TLS != nil || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https")
 }
 
 // PlainHTTPProxied reports whether the proxy in front says the client came
