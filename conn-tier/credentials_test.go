@@ -35,7 +35,7 @@ func TestRotatedSecret(t *testing.T) {
 	node := sys.StartNode(t, "node-a", nil)
 	old := sys.AddDevice(t, "dev-1")
 	fresh := secret.New("")
-	if err := sys.Store.RotateDeviceSecret(context.Background(), "dev-1", secret.Hash(fresh), time.Hour); err != nil {
+	if _, err := sys.Store.RotateDeviceSecret(context.Background(), "dev-1", secret.Hash(fresh), time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	closeNormally(t, connect(t, node, "dev-1", old))
@@ -119,8 +119,8 @@ func TestDeletedDevice(t *testing.T) {
 	if ce := expectClose(t, ws, protocol.CloseBadMessage); ce.Text != "device deleted" {
 		t.Fatalf("close reason %q, want %q", ce.Text, "device deleted")
 	}
-	if n != 1 || count(t, sys, `SELECT count(*) FROM commands`) != 0 {
-		t.Fatalf("deleted %d commands; %d remain", n, count(t, sys, `SELECT count(*) FROM commands`))
+	if n.Commands != 1 || count(t, sys, `SELECT count(*) FROM commands`) != 0 {
+		t.Fatalf("deleted %d commands; %d remain", n.Commands, count(t, sys, `SELECT count(*) FROM commands`))
 	}
 	waitOffline(t, sys, "dev-1")
 	testsys.Eventually(t, "the node to drop the session", func() bool { return node.Sessions() == 0 })

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -53,14 +54,14 @@ func FormatScopes(scopes []Scope) string {
 	return strings.Join(parts, ",")
 }
 
-// APIKey is a stored API key, without its secret.
+// APIKey is a stored API key, without its secret (which is not stored).
 type APIKey struct {
-	ID        int64
-	Name      string
-	Scopes    []Scope
-	CreatedAt time.Time
-	ExpiresAt *time.Time // nil: never
-	RevokedAt *time.Time // nil: not revoked
+	ID        int64      `json:"id"`
+	Name      string     `json:"name"`
+	Scopes    []Scope    `json:"scopes"`
+	CreatedAt time.Time  `json:"created_at"`
+	ExpiresAt *time.Time `json:"expires_at,omitempty"` // nil: never
+	RevokedAt *time.Time `json:"revoked_at,omitempty"` // nil: not revoked
 }
 
 // Has reports whether the key grants scope.
@@ -82,6 +83,22 @@ func (k APIKey) Sees(creator int64) bool { return k.Has(ScopeRead) || k.ID == cr
 
 // Expired reports whether the key has expired at now.
 func (k APIKey) Expired(now time.Time) bool { return k.ExpiresAt != nil && !now.Before(*k.ExpiresAt) }
+
+// CheckAPIKeyName refuses names that would garble a list or read as an
+// id ("apikeys revoke" takes either).
+func CheckAPIKeyName(name string) error {
+	switch {
+	case name == "":
+		return errors.New("an API key needs a name")
+	case len(name) > 128:
+		return fmt.Errorf("API key name of %d bytes: at most 128", len(name))
+	case strings.IndexFunc(name, unicode.IsControl) >= 0:
+		return fmt.Errorf("API key name %q: no control characters", name)
+	case strings.IndexFunc(name, func(r rune) bool { return !unicode.IsDigit(r) }) < 0:
+		return fmt.Errorf("API key name %q: digits alone would read as a key id", name)
+	}
+	return nil
+}
 
 // NewAPIKey is an API key to store.
 type NewAPIKey struct {
@@ -130,17 +147,38 @@ func (s *Store) APIKeyByHash(ctx context.Context, keyHash []byte) (APIKey, error
 	return k, translate(err, "api key")
 }
 
-// APIKeys returns every key, oldest first.
-func (s *Store) APIKeys(ctx context.Context) ([]APIKey, error) {
+// APIKeys returns up to limit keys (0: all) whose id is above after,
+// oldest first: a listing, or a page of one.
+func (s *Store) APIKeys(ctx context.Context, after int64, limit int) ([]APIKey, error) {
 	ctx, cancel := bound(ctx)
 	defer cancel()
-	rows, err := s.db.Query(ctx, `SELECT `+apiKeyColumns+` FROM api_keys ORDER BY id`)
+	var max *int // NULL: LIMIT ALL
+	if limit > 0 {
+		max = &limit
+	}
+	rows, err := s.db.Query(ctx, `SELECT `+apiKeyColumns+` FROM api_keys WHERE id > $1 ORDER BY id LIMIT $2`, after, max)
 	if err != nil {
 		return nil, translate(err, "api keys")
 	}
 	keys, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (APIKey, error) { return scanAPIKey(row) })
 	return keys, translate(err, "api keys")
 }
+
+// AddBootstrapKey stores the key whose hash the deployment was given
+// (SWITCHBOARD_BOOTSTRAP_KEY_SHA256), with every scope, unless a key has
+// that hash already: revoked, it stays revoked. created says whether this
+// call stored it; every edge makes it at start, and one of them wins.
+func (s *Store) AddBootstrapKey(ctx context.Context, keyHash []byte) (k APIKey, created bool, err error) {
+	k, err = s.AddAPIKey(ctx, NewAPIKey{Name: BootstrapKeyName, KeyHash: keyHash})
+	if errors.Is(err, ErrExists) {
+		k, err = s.APIKeyByHash(ctx, keyHash)
+		return k, false, err
+	}
+	return k, err == nil, err
+}
+
+// BootstrapKeyName names the key AddBootstrapKey stores.
+const BootstrapKeyName = "bootstrap"
 
 // ErrAmbiguous says a name is shared by several keys.
 var ErrAmbiguous = errors.New("names several API keys")

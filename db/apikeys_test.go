@@ -90,9 +90,12 @@ func TestAPIKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	list, err := store.APIKeys(ctx)
+	list, err := store.APIKeys(ctx, 0, 0)
 	if err != nil || len(list) != 3 || list[0].ID != all.ID || list[1].ID != ro.ID || list[2].ID != dup.ID {
 		t.Fatalf("list %+v, %v; want the three keys oldest first", list, err)
+	}
+	if page, err := store.APIKeys(ctx, all.ID, 1); err != nil || len(page) != 1 || page[0].ID != ro.ID {
+		t.Fatalf("a page of 1 after key %d: %+v, %v; want key %d", all.ID, page, err, ro.ID)
 	}
 
 	// A shared name is ambiguous; the id is not.
@@ -127,5 +130,32 @@ func TestAPIKeys(t *testing.T) {
 	}
 	if _, err := store.APIKeyByHash(ctx, secret.Hash("nope")); !errors.Is(err, db.ErrNotFound) {
 		t.Fatalf("unknown hash: %v, want ErrNotFound", err)
+	}
+}
+
+// The bootstrap key is stored once, whatever edges start, with every
+// scope; revoked, it stays revoked.
+func TestBootstrapKey(t *testing.T) {
+	t.Parallel()
+	store, _ := setup(t)
+	ctx := context.Background()
+	hash := secret.Hash("sbk_first")
+	k, created, err := store.AddBootstrapKey(ctx, hash)
+	if err != nil || !created || k.Name != db.BootstrapKeyName || !slices.Equal(k.Scopes, db.AllScopes) || k.ExpiresAt != nil {
+		t.Fatalf("first start: %+v created=%v %v; want a new key with every scope", k, created, err)
+	}
+	again, created, err := store.AddBootstrapKey(ctx, hash)
+	if err != nil || created || again.ID != k.ID {
+		t.Fatalf("second start: %+v created=%v %v; want key %d as it was", again, created, err, k.ID)
+	}
+	if _, _, err := store.RevokeAPIKey(ctx, strconv.FormatInt(k.ID, 10)); err != nil {
+		t.Fatal(err)
+	}
+	again, created, err = store.AddBootstrapKey(ctx, hash)
+	if err != nil || created || again.RevokedAt == nil {
+		t.Fatalf("start after the revocation: %+v created=%v %v; want the key still revoked", again, created, err)
+	}
+	if list, _ := store.APIKeys(ctx, 0, 0); len(list) != 1 {
+		t.Fatalf("%d keys, want the one bootstrap key", len(list))
 	}
 }

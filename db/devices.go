@@ -126,17 +126,21 @@ func (s *Store) ManyDeviceCredentials(ctx context.Context, ids []string) (map[st
 // RotateDeviceSecret gives a device a new secret. The one it replaces is
 // accepted for grace more (not at all when grace is 0), so that a fleet can
 // roll over; a secret replaced by an earlier rotation stops working now.
-// A session open with the old secret stays open.
-func (s *Store) RotateDeviceSecret(ctx context.Context, id string, secretHash []byte, grace time.Duration) error {
+// A session open with the old secret stays open. Rotating to the secret
+// the device has already changes nothing, so a rotation to a secret the
+// caller chose can be retried. It returns when the replaced secret stops
+// working.
+func (s *Store) RotateDeviceSecret(ctx context.Context, id string, secretHash []byte, grace time.Duration) (previousUntil time.Time, err error) {
 	ctx, cancel := bound(ctx)
 	defer cancel()
-	tag, err := s.db.Exec(ctx, `
-		UPDATE devices SET previous_secret_hash = secret_hash, previous_secret_until = now() + $3::interval, secret_hash = $2
-		WHERE id = $1`, id, secretHash, grace)
-	if err == nil && tag.RowsAffected() == 0 {
-		err = pgx.ErrNoRows
-	}
-	return translate(err, "device "+id)
+	// SET reads the row as it was: the CASEs see the old secret_hash.
+	err = s.db.QueryRow(ctx, `
+		UPDATE devices SET
+			previous_secret_hash = CASE WHEN secret_hash = $2 THEN previous_secret_hash ELSE secret_hash END,
+			previous_secret_until = CASE WHEN secret_hash = $2 THEN previous_secret_until ELSE now() + $3::interval END,
+			secret_hash = $2
+		WHERE id = $1 RETURNING coalesce(previous_secret_until, now())`, id, secretHash, grace).Scan(&previousUntil)
+	return previousUntil, translate(err, "device "+id)
 }
 
 // DisableDevice makes the device's connections be refused, then closes its
@@ -167,12 +171,20 @@ func (s *Store) updateDevice(ctx context.Context, id, sql string) error {
 	return translate(err, "device "+id)
 }
 
-// DeleteDevice deletes a device, its presence row, its latest event values
-// and its commands (in the
-// order a disconnect locks them), then closes its session, on whichever
-// node it is. It returns how many commands went. Commands are found by a
-// scan: no index covers a device's finished commands.
-func (s *Store) DeleteDevice(ctx context.Context, id string) (commands int64, err error) {
+// DeletedDevice counts what went with a device.
+type DeletedDevice struct {
+	Commands int64 `json:"commands"`
+	Events   int64 `json:"events"`
+	Sessions int64 `json:"sessions"` // its presence history
+}
+
+// DeleteDevice deletes a device with everything stored about it: its
+// presence row, its commands (in the order a disconnect locks them), its
+// events and latest values, and its presence history; then it closes its
+// session, on whichever node it is. Commands are found by a scan: no
+// index covers a device's finished commands. Events are at most the
+// per-device cap that retention keeps (10,000 by default).
+func (s *Store) DeleteDevice(ctx context.Context, id string) (gone DeletedDevice, err error) {
 	err = s.InTx(ctx, func(tx *Store) error {
 		if _, err := tx.db.Exec(ctx, `DELETE FROM presence WHERE device_id = $1`, id); err != nil {
 			return err
@@ -187,17 +199,25 @@ func (s *Store) DeleteDevice(ctx context.Context, id string) (commands int64, er
 		if _, err := tx.db.Exec(ctx, `DELETE FROM event_latest WHERE device_id = $1`, id); err != nil {
 			return err
 		}
-		tag, err = tx.db.Exec(ctx, `DELETE FROM commands WHERE device_id = $1`, id)
-		commands = tag.RowsAffected()
+		if tag, err = tx.db.Exec(ctx, `DELETE FROM commands WHERE device_id = $1`, id); err != nil {
+			return err
+		}
+		gone.Commands = tag.RowsAffected()
+		if tag, err = tx.db.Exec(ctx, `DELETE FROM events WHERE device_id = $1`, id); err != nil {
+			return err
+		}
+		gone.Events = tag.RowsAffected()
+		tag, err = tx.db.Exec(ctx, `DELETE FROM device_sessions WHERE device_id = $1`, id)
+		gone.Sessions = tag.RowsAffected()
 		return err
 	})
 	if err != nil {
-		return 0, translate(err, "device "+id)
+		return DeletedDevice{}, translate(err, "device "+id)
 	}
 	if err := s.Notify(ctx, []Notice{{Close: &Closing{DeviceID: id, Reason: DeviceDeleted}}}); err != nil {
-		return commands, fmt.Errorf("device %s is deleted, but its session could not be closed (it ends at its next reconnect): %w", id, err)
+		return gone, fmt.Errorf("device %s is deleted, but its session could not be closed (it ends at its next reconnect): %w", id, err)
 	}
-	return commands, nil
+	return gone, nil
 }
 
 // DeviceExists says whether a device has the id: one index probe, for

@@ -4,8 +4,10 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"maps"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -36,7 +38,7 @@ func TestRotateDeviceSecret(t *testing.T) {
 		return c.Accepts(s)
 	}
 	const first, second, third = "secret-of-dev-1", "second-secret", "third-secret"
-	if err := store.RotateDeviceSecret(ctx, "dev-1", secret.Hash(second), time.Hour); err != nil {
+	if _, err := store.RotateDeviceSecret(ctx, "dev-1", secret.Hash(second), time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	if !accepts(first) || !accepts(second) || accepts("other") {
@@ -50,20 +52,26 @@ func TestRotateDeviceSecret(t *testing.T) {
 		t.Fatal("after the grace: want the new secret alone")
 	}
 	// A second rotation within a grace ends the first secret's at once.
-	if err := store.RotateDeviceSecret(ctx, "dev-1", secret.Hash(third), time.Hour); err != nil {
-		t.Fatal(err)
+	until, err := store.RotateDeviceSecret(ctx, "dev-1", secret.Hash(third), time.Hour)
+	if err != nil || time.Until(until) < 59*time.Minute || time.Until(until) > time.Hour {
+		t.Fatalf("rotate with an hour's grace: the old secret works until %v (%v)", until, err)
 	}
 	if accepts(first) || !accepts(second) || !accepts(third) {
 		t.Fatal("after a second rotation: want the two latest secrets")
 	}
+	// Rotating to the secret the device has (a retry) changes nothing.
+	again, err := store.RotateDeviceSecret(ctx, "dev-1", secret.Hash(third), 0)
+	if err != nil || !again.Equal(until) || !accepts(second) || !accepts(third) {
+		t.Fatalf("rotating again to the same secret: until %v, was %v (%v); want nothing changed", again, until, err)
+	}
 	// No grace: the old secret stops at once.
-	if err := store.RotateDeviceSecret(ctx, "dev-1", secret.Hash(first), 0); err != nil {
+	if _, err := store.RotateDeviceSecret(ctx, "dev-1", secret.Hash(first), 0); err != nil {
 		t.Fatal(err)
 	}
 	if !accepts(first) || accepts(third) {
 		t.Fatal("rotation without grace: want the new secret alone")
 	}
-	if err := store.RotateDeviceSecret(ctx, "nope", secret.Hash(first), 0); !errors.Is(err, db.ErrNotFound) {
+	if _, err := store.RotateDeviceSecret(ctx, "nope", secret.Hash(first), 0); !errors.Is(err, db.ErrNotFound) {
 		t.Fatalf("rotate an unknown device: %v, want ErrNotFound", err)
 	}
 }
@@ -113,9 +121,13 @@ func TestDisableAndDeleteDevice(t *testing.T) {
 	mine := []uuid.UUID{create(t, store, newCommand("dev-1", time.Hour)).ID, create(t, store, newCommand("dev-1", time.Hour)).ID}
 	deliver(t, store, s, mine[0])
 	other := create(t, store, newCommand("dev-2", time.Hour)).ID
-	n, err := store.DeleteDevice(ctx, "dev-1")
-	if err != nil || n != 2 {
-		t.Fatalf("delete: %d commands, %v; want 2", n, err)
+	if _, err := pool.Exec(ctx, `INSERT INTO events (device_id, name) VALUES ('dev-1', 'a'), ('dev-2', 'a');
+		INSERT INTO device_sessions (session_id, device_id, node_id, region, connected_at) VALUES (gen_random_uuid(), 'dev-1', 'n1', 'ams', now())`); err != nil {
+		t.Fatal(err)
+	}
+	gone, err := store.DeleteDevice(ctx, "dev-1")
+	if err != nil || gone != (db.DeletedDevice{Commands: 2, Events: 1, Sessions: 1}) {
+		t.Fatalf("delete: %+v, %v; want 2 commands, 1 event, 1 session", gone, err)
 	}
 	for _, r := range recs {
 		r.waitFor(t, "the close", func(p []string, _ int) bool { return slices.Contains(p, "close dev-1 deleted") })
@@ -124,9 +136,10 @@ func TestDisableAndDeleteDevice(t *testing.T) {
 		t.Fatalf("deleted device: %v, want ErrNotFound", err)
 	}
 	var rows int
-	_ = pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM presence WHERE device_id = 'dev-1') + (SELECT count(*) FROM commands WHERE device_id = 'dev-1')`).Scan(&rows)
+	_ = pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM presence WHERE device_id = 'dev-1') + (SELECT count(*) FROM commands WHERE device_id = 'dev-1')
+		+ (SELECT count(*) FROM events WHERE device_id = 'dev-1') + (SELECT count(*) FROM device_sessions WHERE device_id = 'dev-1')`).Scan(&rows)
 	if rows != 0 {
-		t.Fatalf("%d presence and command rows of the deleted device remain", rows)
+		t.Fatalf("%d presence, command, event and session rows of the deleted device remain", rows)
 	}
 	if _, err := store.Command(ctx, other); err != nil {
 		t.Fatalf("another device's command: %v", err)
@@ -134,9 +147,13 @@ func TestDisableAndDeleteDevice(t *testing.T) {
 	if _, err := store.DeleteDevice(ctx, "dev-1"); !errors.Is(err, db.ErrNotFound) {
 		t.Fatalf("delete again: %v, want ErrNotFound", err)
 	}
-	// The session's end, reported late by its node, harms nothing.
+	// The session's end, reported late by its node, harms nothing, and
+	// adds nothing to the deleted device's history.
 	if err := store.Disconnect(ctx, db.Node{ID: "node-1", Region: "test"}, []db.Session{s}); err != nil {
 		t.Fatal(err)
+	}
+	if _ = pool.QueryRow(ctx, `SELECT count(*) FROM device_sessions WHERE device_id = 'dev-1'`).Scan(&rows); rows != 0 {
+		t.Fatalf("the deleted device's session joined its history after the delete")
 	}
 }
 
@@ -165,8 +182,8 @@ func TestColonDeviceIDs(t *testing.T) {
 	if db.ValidDeviceID("new:1") || !db.ValidDeviceID("new-1.a_b") {
 		t.Fatal("ValidDeviceID disagrees with the constraint")
 	}
-	if n, err := store.DeleteDevice(ctx, "old:1"); err != nil || n != 0 {
-		t.Fatalf("deleting the old id: %d, %v", n, err)
+	if gone, err := store.DeleteDevice(ctx, "old:1"); err != nil || gone.Commands != 0 {
+		t.Fatalf("deleting the old id: %+v, %v", gone, err)
 	}
 }
 
@@ -180,5 +197,54 @@ func upTo(t *testing.T, sqlDB *sql.DB, version int64) {
 	}
 	if _, err := provider.UpTo(context.Background(), version); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// An import checks each line as "devices import" and POST
+// /v1/devices:import need, and tells which ids existed and whether with
+// the secret the line gave.
+func TestImportDevices(t *testing.T) {
+	t.Parallel()
+	store, _ := setup(t, "old-1", "old-2")
+	ctx := context.Background()
+	strong := secret.New("")
+	im := db.NewImport()
+	var lines []db.ImportLine
+	for n, c := range []secret.Credential{{ID: "new-1"}, {ID: "new-2", Secret: strong}, {ID: "old-1", Secret: "secret-of-old-1-0123456789"}, {ID: "old-2"}} {
+		l, err := im.Add(n+1, c, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines = append(lines, l)
+	}
+	if lines[0].Given || lines[0].Secret == "" || !lines[1].Given || lines[1].Secret != strong {
+		t.Fatalf("lines %+v: want a secret made for new-1, new-2's kept", lines)
+	}
+	for _, bad := range []struct {
+		c    secret.Credential
+		says string
+	}{
+		{secret.Credential{ID: "new-1"}, `line 9: device id "new-1" is also on line 1`},
+		{secret.Credential{ID: "x:1"}, `line 9: device id "x:1": want`},
+		{secret.Credential{ID: "x-1", Secret: "short"}, "line 9 (x-1): secret is 5 characters"},
+	} {
+		if _, err := im.Add(9, bad.c, nil); err == nil || !strings.HasPrefix(err.Error(), bad.says) {
+			t.Errorf("Add(%+v): %v, want %q", bad.c, err, bad.says)
+		}
+	}
+	existing, err := store.ImportDevices(ctx, lines)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]bool{"old-1": false, "old-2": false}; !maps.Equal(existing, want) {
+		t.Fatalf("existing %v, want %v", existing, want)
+	}
+	// Again, as a retry would: all exist, new-2 with the secret given.
+	existing, err = store.ImportDevices(ctx, lines)
+	if want := map[string]bool{"new-1": false, "new-2": true, "old-1": false, "old-2": false}; err != nil || !maps.Equal(existing, want) {
+		t.Fatalf("a retry: existing %v, %v; want %v", existing, err, want)
+	}
+	if c, ok := credentials(t, store, "new-1"); !ok || !c.Accepts(lines[0].Secret) {
+		t.Fatal("new-1 does not accept the secret made for it")
 	}
 }

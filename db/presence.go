@@ -248,12 +248,14 @@ func (s *Store) Disconnect(ctx context.Context, node Node, sessions []Session) e
 			return err
 		}
 		// The history takes every session that ended, its row replaced by
-		// a newer session's or not. One recorded already was taken for
-		// lost while its node was cut off (ReapNodes): it ended now.
+		// a newer session's or not, but a deleted device's (whose close
+		// comes after its history went). One recorded already was taken
+		// for lost while its node was cut off (ReapNodes): it ended now.
 		_, err = tx.db.Exec(ctx, `
 			INSERT INTO device_sessions (session_id, device_id, node_id, region, remote_addr, connected_at)
 			SELECT session_id, device_id, $4, $5, remote_addr, `+sessionStart+`
 			FROM unnest($1::text[], $2::uuid[], $3::text[]) AS t(device_id, session_id, remote_addr)
+			WHERE EXISTS (SELECT FROM devices d WHERE d.id = t.device_id)
 			ON CONFLICT (session_id) DO UPDATE SET disconnected_at = greatest(device_sessions.disconnected_at, EXCLUDED.disconnected_at)`,
 			devices, sids, addrs, node.ID, node.Region)
 		if err != nil {

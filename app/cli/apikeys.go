@@ -2,12 +2,10 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"text/tabwriter"
 	"time"
-	"unicode"
 
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/internal/secret"
@@ -45,7 +43,7 @@ func defineKeyAddFlags(f flags) keyAddFlags {
 // newKey reads the flags and the name of a key to add.
 func (kf keyAddFlags) newKey(name string) (db.NewAPIKey, error) {
 	nk := db.NewAPIKey{Name: strings.TrimSpace(name)}
-	if err := checkKeyName(nk.Name); err != nil {
+	if err := db.CheckAPIKeyName(nk.Name); err != nil {
 		return nk, err
 	}
 	if kf.scopesGiven() {
@@ -84,7 +82,7 @@ func addKey(ctx context.Context, kf keyAddFlags, c call) error {
 
 func listKeys(ctx context.Context, sf storeFlags, c call) error {
 	return sf.withStore(ctx, func(store *db.Store) error {
-		keys, err := store.APIKeys(ctx)
+		keys, err := store.APIKeys(ctx, 0, 0)
 		if err != nil {
 			return err
 		}
@@ -105,21 +103,6 @@ func revokeKey(ctx context.Context, sf storeFlags, c call) error {
 		fmt.Fprintf(c.Stderr, "API key %d (%s) is revoked\n", k.ID, k.Name)
 		return nil
 	})
-}
-
-// checkKeyName refuses names that would garble the list or read as an id.
-func checkKeyName(name string) error {
-	switch {
-	case name == "":
-		return errors.New("an API key needs a name")
-	case len(name) > 128:
-		return fmt.Errorf("API key name of %d bytes: at most 128", len(name))
-	case strings.IndexFunc(name, unicode.IsControl) >= 0:
-		return fmt.Errorf("API key name %q: no control characters", name)
-	case strings.IndexFunc(name, func(r rune) bool { return !unicode.IsDigit(r) }) < 0:
-		return fmt.Errorf("API key name %q: digits alone would read as a key id", name)
-	}
-	return nil
 }
 
 // writeKeys prints the keys as a table, never with their secrets (which

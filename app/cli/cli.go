@@ -41,7 +41,7 @@ commands:
   devices rotate ID     give a device a new secret (the old one works for -grace, 24h); prints it
   devices disable ID    refuse the device's connections and close its session
   devices enable ID     let a disabled device connect again
-  devices delete ID     delete a device, its presence and its commands; close its session
+  devices delete ID     delete a device and its commands, events and history; close its session
   devices list          list devices as a table (-online, -node, -region, -label SEL, -q PART)
   devices label ID k=v  set labels (key=value) and delete them (key-)
   apikeys add NAME      create an API key (-scopes commands,read,admin; -expires 720h); prints it

@@ -103,7 +103,7 @@ func rotateDevice(ctx context.Context, rf rotateFlags, c call) error {
 	}
 	return rf.store.withStore(ctx, func(store *db.Store) error {
 		devSecret := secret.New("")
-		if err := store.RotateDeviceSecret(ctx, id, secret.Hash(devSecret), *rf.grace); err != nil {
+		if _, err := store.RotateDeviceSecret(ctx, id, secret.Hash(devSecret), *rf.grace); err != nil {
 			return deviceError(id, err)
 		}
 		if _, err := fmt.Fprintln(c.Stdout, devSecret); err != nil {
@@ -141,11 +141,12 @@ func switchDevice(change func(*db.Store, context.Context, string) error, done st
 func deleteDevice(ctx context.Context, sf storeFlags, c call) error {
 	id := c.args[0]
 	return sf.withStore(ctx, func(store *db.Store) error {
-		commands, err := store.DeleteDevice(ctx, id)
+		gone, err := store.DeleteDevice(ctx, id)
 		if err != nil {
 			return deviceError(id, err)
 		}
-		fmt.Fprintf(c.Stderr, "device %s is deleted, with its %d commands; its session, if any, is closed\n", id, commands)
+		fmt.Fprintf(c.Stderr, "device %s is deleted, with its %d commands, %d events and %d past sessions; its session, if any, is closed\n",
+			id, gone.Commands, gone.Events, gone.Sessions)
 		return nil
 	})
 }
@@ -172,29 +173,19 @@ func labelDevice(ctx context.Context, sf storeFlags, c call) error {
 
 // importLines reads "id" or "id,secret" lines and provisions them in
 // batches, writing "id,secret" for each device added. Ids that exist are
-// skipped (and reported), so an interrupted import can be run again.
+// skipped (and reported), so an interrupted import can be run again. The
+// lines are checked by db.Import, as POST /v1/devices:import checks them.
 func importLines(ctx context.Context, store *db.Store, stdio IO, log *slog.Logger) error {
 	const batchSize = 1000
 	im := &importer{store: store, stdio: stdio}
-	seen := make(map[string]int) // id → line: an id given twice would get two secrets, one of them wrong
+	check := db.NewImport()
 	err := secret.ScanCredentials(stdio.Stdin, func(n int, c secret.Credential) error {
-		if !db.ValidDeviceID(c.ID) {
-			return fmt.Errorf("line %d: device id %q: want %s", n, c.ID, db.DeviceIDFormat)
+		l, err := check.Add(n, c, nil)
+		if err != nil {
+			return err
 		}
-		if first, dup := seen[c.ID]; dup {
-			return fmt.Errorf("line %d: device id %q is also on line %d", n, c.ID, first)
-		}
-		seen[c.ID] = n
-		if c.Secret != "" {
-			if err := secret.CheckImported(c.Secret); err != nil {
-				return fmt.Errorf("line %d (%s): %w", n, c.ID, err)
-			}
-		} else {
-			c.Secret = secret.New("")
-		}
-		im.creds = append(im.creds, db.Credential{ID: c.ID, SecretHash: secret.Hash(c.Secret)})
-		im.lines = append(im.lines, c)
-		if len(im.creds) == batchSize {
+		im.lines = append(im.lines, l)
+		if len(im.lines) == batchSize {
 			if err := im.flush(ctx); err != nil {
 				return fmt.Errorf("near line %d: %w", n, err)
 			}
@@ -215,33 +206,29 @@ func importLines(ctx context.Context, store *db.Store, stdio IO, log *slog.Logge
 type importer struct {
 	store          *db.Store
 	stdio          IO
-	creds          []db.Credential
-	lines          []secret.Credential // creds with their secrets, printed once they are stored
+	lines          []db.ImportLine // with their secrets, printed once they are stored
 	added, skipped int
 }
 
 // flush adds the batch and prints the lines of the devices it added.
 func (im *importer) flush(ctx context.Context) error {
-	if len(im.creds) == 0 {
+	if len(im.lines) == 0 {
 		return nil
 	}
-	existing, err := im.store.AddDevices(ctx, im.creds)
+	existing, err := im.store.ImportDevices(ctx, im.lines)
 	if err != nil {
 		return err
 	}
-	exists := make(map[string]bool, len(existing))
-	for _, id := range existing {
-		exists[id] = true
-		fmt.Fprintf(im.stdio.Stderr, "skipped %s: it exists\n", id)
-	}
-	for i, c := range im.creds {
-		if !exists[c.ID] {
-			if err := secret.WriteCredential(im.stdio.Stdout, im.lines[i]); err != nil {
-				return err
-			}
+	for _, l := range im.lines {
+		if _, exists := existing[l.ID]; exists {
+			fmt.Fprintf(im.stdio.Stderr, "skipped %s: it exists\n", l.ID)
+			continue
+		}
+		if err := secret.WriteCredential(im.stdio.Stdout, secret.Credential{ID: l.ID, Secret: l.Secret}); err != nil {
+			return err
 		}
 	}
-	im.added, im.skipped = im.added+len(im.creds)-len(existing), im.skipped+len(existing)
-	im.creds, im.lines = im.creds[:0], im.lines[:0]
+	im.added, im.skipped = im.added+len(im.lines)-len(existing), im.skipped+len(existing)
+	im.lines = im.lines[:0]
 	return nil
 }
