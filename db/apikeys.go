@@ -30,19 +30,25 @@ var AllScopes = []Scope{ScopeCommands, ScopeRead, ScopeAdmin}
 func ParseScopes(list string) ([]Scope, error) {
 	var out []Scope
 	for part := range strings.SplitSeq(list, ",") {
-		sc := Scope(strings.TrimSpace(part))
-		if sc == "" {
-			continue
+		if sc := Scope(strings.TrimSpace(part)); sc != "" {
+			out = append(out, sc)
 		}
+	}
+	return CheckScopes(out)
+}
+
+// CheckScopes refuses an empty list and unknown scopes, and returns the
+// scopes in AllScopes' order, each once.
+func CheckScopes(list []Scope) ([]Scope, error) {
+	for _, sc := range list {
 		if !slices.Contains(AllScopes, sc) {
-			return nil, fmt.Errorf("unknown scope %q: want commands, read or admin, separated by commas", sc)
+			return nil, fmt.Errorf("unknown scope %q: want commands, read or admin", sc)
 		}
-		out = append(out, sc)
 	}
-	if len(out) == 0 {
-		return nil, errors.New("no scope given: want commands, read or admin, separated by commas")
+	if len(list) == 0 {
+		return nil, errors.New("no scope given: want commands, read or admin")
 	}
-	return slices.DeleteFunc(slices.Clone(AllScopes), func(sc Scope) bool { return !slices.Contains(out, sc) }), nil
+	return slices.DeleteFunc(slices.Clone(AllScopes), func(sc Scope) bool { return !slices.Contains(list, sc) }), nil
 }
 
 // FormatScopes writes scopes the way ParseScopes reads them.
@@ -106,6 +112,9 @@ type NewAPIKey struct {
 	KeyHash []byte
 	Scopes  []Scope       // none: all of them
 	TTL     time.Duration // how long it works; 0: until revoked
+	// NotAfter, when set, is when it expires at the latest, whatever
+	// TTL says: the expiry of the key that made it.
+	NotAfter *time.Time
 }
 
 const apiKeyColumns = `id, name, scopes, created_at, expires_at, revoked_at`
@@ -133,8 +142,8 @@ func (s *Store) AddAPIKey(ctx context.Context, nk NewAPIKey) (APIKey, error) {
 		ttl = &nk.TTL
 	}
 	k, err := scanAPIKey(s.db.QueryRow(ctx, `
-		INSERT INTO api_keys (name, key_hash, scopes, expires_at) VALUES ($1, $2, $3, now() + $4::interval)
-		RETURNING `+apiKeyColumns, nk.Name, nk.KeyHash, scopes, ttl))
+		INSERT INTO api_keys (name, key_hash, scopes, expires_at) VALUES ($1, $2, $3, least(now() + $4::interval, $5))
+		RETURNING `+apiKeyColumns, nk.Name, nk.KeyHash, scopes, ttl, nk.NotAfter))
 	return k, translate(err, "add api key")
 }
 

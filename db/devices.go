@@ -3,6 +3,7 @@ package db
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"regexp"
 	"time"
@@ -123,6 +124,11 @@ func (s *Store) ManyDeviceCredentials(ctx context.Context, ids []string) (map[st
 	return out, translate(err, "device credentials")
 }
 
+// DefaultRotationGrace is how long a rotated device secret keeps working,
+// unless the rotation says otherwise: a day for a fleet to pick up the new
+// one.
+const DefaultRotationGrace = 24 * time.Hour
+
 // RotateDeviceSecret gives a device a new secret. The one it replaces is
 // accepted for grace more (not at all when grace is 0), so that a fleet can
 // roll over; a secret replaced by an earlier rotation stops working now.
@@ -211,10 +217,16 @@ func (s *Store) DeleteDevice(ctx context.Context, id string) (gone DeletedDevice
 		gone.Sessions = tag.RowsAffected()
 		return err
 	})
+	closing := []Notice{{Close: &Closing{DeviceID: id, Reason: DeviceDeleted}}}
 	if err != nil {
+		if errors.Is(err, pgx.ErrNoRows) {
+			// Deleted before: a retry after a close that failed closes
+			// the session now (best effort: it also ends at its reconnect).
+			_ = s.Notify(ctx, closing)
+		}
 		return DeletedDevice{}, translate(err, "device "+id)
 	}
-	if err := s.Notify(ctx, []Notice{{Close: &Closing{DeviceID: id, Reason: DeviceDeleted}}}); err != nil {
+	if err := s.Notify(ctx, closing); err != nil {
 		return gone, fmt.Errorf("device %s is deleted, but its session could not be closed (it ends at its next reconnect): %w", id, err)
 	}
 	return gone, nil

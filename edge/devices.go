@@ -30,15 +30,8 @@ func (e *Edge) handleAddDevice(w http.ResponseWriter, r *http.Request) {
 		problem.InvalidDeviceID.Write(w, "id: want "+db.DeviceIDFormat)
 		return
 	}
-	labels := make(map[string]string, len(req.Labels))
-	for k, v := range req.Labels {
-		if v == nil {
-			problem.InvalidLabels.Write(w, fmt.Sprintf("label %q: want a string (null deletes a label in a PATCH)", k))
-			return
-		}
-		labels[k] = *v
-	}
-	if err := checkLabels(labels, len(labels)); err != nil {
+	labels, err := newLabels(req.Labels)
+	if err != nil {
 		problem.InvalidLabels.Write(w, err.Error())
 		return
 	}
@@ -170,6 +163,19 @@ const (
 	labelKeyFormat   = `a key is 1-63 letters, digits and "._-/", starting and ending with a letter or digit`
 	labelValueFormat = `a value is at most 63 letters, digits and "._-", starting and ending with a letter or digit`
 )
+
+// newLabels reads a new device's labels, refusing a null (which deletes a
+// label in a PATCH) and labels that break the rules.
+func newLabels(given map[string]*string) (map[string]string, error) {
+	labels := make(map[string]string, len(given))
+	for k, v := range given {
+		if v == nil {
+			return nil, fmt.Errorf("label %q: want a string (null deletes a label in a PATCH)", k)
+		}
+		labels[k] = *v
+	}
+	return labels, checkLabels(labels, len(labels))
+}
 
 // checkLabels checks labels to store: keys, values, and n (the count the
 // device would have) against db.MaxLabels.

@@ -89,6 +89,10 @@ type Config struct {
 	// TrustedProxies are the peers whose Fly-Client-IP header names the
 	// client (for the auth guard); none by default: the client is the peer.
 	TrustedProxies clientaddr.Trusted
+	// BootstrapKeySHA256 is the hex SHA-256 of a key to store with every
+	// scope when the edge starts, unless a key has that hash already: the
+	// deployment's first admin key (bootstrap.go). "": none.
+	BootstrapKeySHA256 string
 }
 
 // Default limits per API key.
@@ -114,6 +118,8 @@ type Edge struct {
 
 	limits *keyLimits       // per API key; nil when both are off
 	guard  *authguard.Guard // failed API key look-ups
+
+	bootstrap *bootstrap // the first admin key, stored at start
 
 	pages []func(chi.Router) // routes mounted beside the API (Mount)
 	hosts map[string]string  // Config.Hosts by hostname: where plain HTTP is redirected
@@ -165,6 +171,10 @@ func New(cfg Config) (*Edge, error) {
 		hosts:   make(map[string]string),
 		closing: make(chan struct{}),
 	}
+	var err error
+	if e.bootstrap, err = newBootstrap(cfg.BootstrapKeySHA256); err != nil {
+		return nil, err
+	}
 	for _, h := range cfg.Hosts {
 		if u, err := url.Parse("https://" + h); err != nil || u.Host != h || h == "" {
 			return nil, fmt.Errorf("edge host %q: want a host name, or host:port", h)
@@ -188,7 +198,7 @@ func (e *Edge) Mount(register func(chi.Router)) { e.pages = append(e.pages, regi
 // Run serves the API on ln until ctx is done, then ends open streams,
 // waits for requests to finish and stops its background actors.
 func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
-	bg, stopBackground := actors.Group(ctx, e.replies.run, e.notices.Run, e.inserts.run, e.events.run, e.grants.run)
+	bg, stopBackground := actors.Group(ctx, e.replies.run, e.notices.Run, e.inserts.run, e.events.run, e.grants.run, e.storeBootstrapKey)
 	unlisten := e.cfg.Notifier.Listen(db.EdgeChannel(e.cfg.ID), e.replies.onNotify, e.replies.onReady)
 	defer unlisten()
 	// A revocation or sign-out ends the streams it authorized too; one

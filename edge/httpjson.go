@@ -34,23 +34,40 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 // decodeJSONLimit is decodeJSON for a body of at most limit bytes (a job's
 // list of device ids outgrows maxBody).
 func decodeJSONLimit(w http.ResponseWriter, r *http.Request, v any, limit int64) bool {
+	body, ok := readBody(w, r, limit, problem.RequestTooLarge)
+	return ok && parseJSON(w, body, v)
+}
+
+// readBody reads a body of at most limit bytes (the problem tooLarge
+// beyond). On failure it has answered.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64, tooLarge problem.Type) ([]byte, bool) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
-	if err == nil {
-		err = unmarshalStrict(body, v)
-	}
-	if err == nil {
-		err = protocol.CheckStorable(body)
-	}
 	var tooBig *http.MaxBytesError
 	switch {
 	case err == nil:
 		bodyRead(w)
-		return true
+		return body, true
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		w.Header().Set("Connection", "close")
 		problem.RequestTimeout.Write(w, "the request body did not arrive in time")
 	case errors.As(err, &tooBig):
-		problem.RequestTooLarge.Write(w, fmt.Sprintf("this body is limited to %d KiB", limit>>10))
+		tooLarge.Write(w, fmt.Sprintf("this body is limited to %d KiB", limit>>10))
+	default:
+		problem.InvalidJSON.Write(w, err.Error())
+	}
+	return nil, false
+}
+
+// parseJSON reads a body into v as decodeJSON says. On failure it has
+// answered.
+func parseJSON(w http.ResponseWriter, body []byte, v any) bool {
+	err := unmarshalStrict(body, v)
+	if err == nil {
+		err = protocol.CheckStorable(body)
+	}
+	switch {
+	case err == nil:
+		return true
 	case errors.Is(err, io.EOF):
 		problem.InvalidJSON.Write(w, "the request body is empty")
 	default:

@@ -75,6 +75,19 @@ func (e *Edge) Handler() http.Handler {
 			r.With(requireScope(db.ScopeCommands)).Get("/jobs", e.handleListJobs)
 			r.With(requireScope(db.ScopeCommands)).Get("/jobs/{id}", e.handleGetJob)
 			r.With(requireScope(db.ScopeCommands)).Post("/jobs/{id}/cancel", e.handleCancelJob)
+
+			// Managing devices and API keys (manage.go, apikeys.go).
+			r.Group(func(r chi.Router) {
+				r.Use(requireScope(db.ScopeAdmin))
+				r.Delete("/devices/{id}", e.handleDeleteDevice)
+				r.Post("/devices/{id}/disable", e.handleDisableDevice)
+				r.Post("/devices/{id}/enable", e.handleEnableDevice)
+				r.Post("/devices/{id}/rotate", e.handleRotateDevice)
+				r.Post("/devices:import", e.handleImportDevices)
+				r.Post("/apikeys", e.handleAddAPIKey)
+				r.Get("/apikeys", e.handleListAPIKeys)
+				r.Delete("/apikeys/{id}", e.handleRevokeAPIKey)
+			})
 		})
 	})
 	return r
@@ -108,6 +121,9 @@ func (e *Edge) NotReady(ctx context.Context) string {
 	}
 	if err := e.store.Ping(ctx); err != nil {
 		return "database unreachable"
+	}
+	if !e.bootstrap.stored.Load() {
+		return "bootstrap API key not stored yet"
 	}
 	return ""
 }

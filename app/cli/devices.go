@@ -11,10 +11,6 @@ import (
 	"github.com/switchboard-iot/switchboard/internal/secret"
 )
 
-// defaultGrace is how long a rotated device secret keeps working, unless
-// -grace says otherwise: a day for a fleet to pick up the new one.
-const defaultGrace = 24 * time.Hour
-
 const devicesUsage = `usage: switchboard devices add ID
        switchboard devices import < lines
        switchboard devices rotate ID [-grace 24h]
@@ -88,7 +84,7 @@ type rotateFlags struct {
 func defineRotateFlags(f flags) rotateFlags {
 	return rotateFlags{
 		store: defineStoreFlags(f),
-		grace: f.Duration("grace", defaultGrace, "how long the old secret keeps working, for the device to pick up the new one (0: not at all)"),
+		grace: f.Duration("grace", db.DefaultRotationGrace, "how long the old secret keeps working, for the device to pick up the new one (0: not at all)"),
 	}
 }
 

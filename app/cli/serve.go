@@ -37,6 +37,7 @@ type edgeFlags struct {
 	retainCommands, retainEvents *time.Duration
 	eventsPerDevice              *int
 	guard                        guardFlags
+	bootstrapKey                 *string
 }
 
 func defineEdgeFlags(f flags) edgeFlags {
@@ -54,8 +55,10 @@ func defineEdgeFlags(f flags) edgeFlags {
 	retainEvents := f.duration("retain-events", maintenance.DefaultRetainEvents, "delete device events this long after they arrived (negative: keep them)", "EDGE_RETAIN_EVENTS")
 	eventsPerDevice := f.int("events-per-device", maintenance.DefaultEventsPerDevice, "keep at most this many events per device, the newest (negative: no cap)", "EDGE_EVENTS_PER_DEVICE")
 	guard := defineGuardFlags(f, "EDGE_", "Fly-Client-IP header")
+	bootstrapKey := f.string("bootstrap-key-sha256", "", "hex SHA-256 of the deployment's first admin key, stored with every scope at start unless a key has that hash (revoked, it stays revoked)",
+		"SWITCHBOARD_BOOTSTRAP_KEY_SHA256")
 	return edgeFlags{store: store, listen: listen, opsListen: opsListen, id: id, hosts: hosts, acmeCA: acmeCA, keyRate: keyRate, keyBurst: keyBurst, keyStreams: keyStreams,
-		retainCommands: retainCommands, retainEvents: retainEvents, eventsPerDevice: eventsPerDevice, guard: guard}
+		retainCommands: retainCommands, retainEvents: retainEvents, eventsPerDevice: eventsPerDevice, guard: guard, bootstrapKey: bootstrapKey}
 }
 
 func runEdge(ctx context.Context, ef edgeFlags, c call) error {
@@ -83,7 +86,7 @@ func runEdge(ctx context.Context, ef edgeFlags, c call) error {
 	}
 	serve, e, err := p.Edge(edge.Config{
 		ID: id, Hosts: hosts, KeyRate: *ef.keyRate, KeyBurst: *ef.keyBurst, KeyStreams: *ef.keyStreams,
-		AuthGuard: guardCfg, TrustedProxies: trusted,
+		AuthGuard: guardCfg, TrustedProxies: trusted, BootstrapKeySHA256: *ef.bootstrapKey,
 	}, maintenance.Config{
 		RetainCommands: *ef.retainCommands, RetainEvents: *ef.retainEvents, EventsPerDevice: *ef.eventsPerDevice,
 	}, certs.Config{CA: *ef.acmeCA}, ln)

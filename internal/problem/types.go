@@ -55,6 +55,15 @@ var (
 	InvalidJobID              = newType("invalid-job-id", http.StatusBadRequest, "Bad request", "a job id that is not a UUID")
 	JobNotFound               = newType("job-not-found", http.StatusNotFound, "Job not found", "no such job")
 
+	// Managing devices and API keys (scope admin).
+	InvalidDuration     = newType("invalid-duration", http.StatusBadRequest, "Bad request", "a duration that is not a Go duration such as \"24h\", or out of its range")
+	InvalidSecret       = newType("invalid-secret", http.StatusBadRequest, "Bad request", "a device secret the client chose that is too weak to be random")
+	InvalidImport       = newType("invalid-import", http.StatusBadRequest, "Bad request", "a device import line that breaks a rule (the detail names the line)")
+	ImportTooLarge      = newType("import-too-large", http.StatusRequestEntityTooLarge, "Import too large", "a device import of more than 10,000 lines or 2 MiB")
+	InvalidAPIKey       = newType("invalid-api-key", http.StatusBadRequest, "Bad request", "an API key's name or scopes that break the rules")
+	APIKeyNotFound      = newType("api-key-not-found", http.StatusNotFound, "API key not found", "no such API key")
+	PrivilegeEscalation = newType("privilege-escalation", http.StatusForbidden, "Privilege escalation", "a key asked for a key with a scope it lacks, or that outlives it")
+
 	// The connection nodes' device endpoint.
 	NodeDraining           = newType("node-draining", http.StatusServiceUnavailable, "Node is draining", "the node is stopping: connect to another")
 	NodeFull               = newType("node-full", http.StatusServiceUnavailable, "Node is full", "the node holds all the sessions it can")
