@@ -178,6 +178,8 @@ func (e *Edge) handleRevokeAPIKey(w http.ResponseWriter, r *http.Request) {
 		if revoked {
 			e.log.Info("API key revoked", "key", k.ID, "name", k.Name, "by", apiKey(r).ID)
 		}
+		// Refused here from the answer on; other edges within a second.
+		e.onKeysNotice(strconv.FormatInt(k.ID, 10))
 		writeJSON(w, http.StatusOK, k)
 	}
 }

@@ -203,11 +203,7 @@ func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
 	defer unlisten()
 	// A revocation or sign-out ends the streams it authorized too; one
 	// missed while the listener was away is found by looking them up.
-	unlistenKeys := e.cfg.Notifier.Listen(db.KeysChannel, func(keyID string) {
-		e.log.Info("an API key was revoked or a console session signed out; dropping the cached keys", "notice", keyID)
-		e.keys.drop()
-		e.grants.onKeysNotice(keyID)
-	}, func() {
+	unlistenKeys := e.cfg.Notifier.Listen(db.KeysChannel, e.onKeysNotice, func() {
 		e.keys.drop()
 		e.grants.recheck(lookUpAll)
 	})
@@ -245,6 +241,14 @@ func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
 	err := errors.Join(served.Wait(), bg.Wait())
 	e.log.Info("edge stopped")
 	return err
+}
+
+// onKeysNotice handles an sb_keys notice (a revoked key's id, or a
+// sign-out), and a revocation this edge made, at once.
+func (e *Edge) onKeysNotice(keyID string) {
+	e.log.Info("an API key was revoked or a console session signed out; dropping the cached keys", "notice", keyID)
+	e.keys.drop()
+	e.grants.onKeysNotice(keyID)
 }
 
 // NewID returns an edge id: the machine's id when it has one, and a random
