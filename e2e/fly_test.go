@@ -1,0 +1,235 @@
+package e2e
+
+// The README's Fly steps, run as printed by bash against a local stand-in:
+// a "fly" that records secrets, and a deploy that runs fly.toml's
+// release_command and process commands with the built binary (the
+// production image's entrypoint), with fly.toml's [env] and the secrets.
+// So a first command reaches a device with no psql and no shell on a
+// Machine, and the bootstrap key is tested as operators will use it.
+
+import (
+	"bufio"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/switchboard-iot/switchboard/app/testsys"
+	"github.com/switchboard-iot/switchboard/db/dbtest"
+)
+
+// flyStandIn is what the README's "fly" commands do here: they print what
+// they stand for, and "secrets set" and "secrets unset" keep the app's
+// secrets in a file, one NAME=VALUE a line, for the deploy to read.
+const flyStandIn = `#!/usr/bin/env bash
+set -euo pipefail
+echo "fly $* (stand-in)"
+case "$1 ${2:-}" in
+"secrets set")
+	shift 2
+	for kv in "$@"; do [[ $kv == --* ]] || printf '%s\n' "$kv" >>"$FLY_STANDIN/secrets"; done ;;
+"secrets unset")
+	shift 2
+	for name in "$@"; do grep -v "^$name=" "$FLY_STANDIN/secrets" >"$FLY_STANDIN/secrets.new" || true; mv "$FLY_STANDIN/secrets.new" "$FLY_STANDIN/secrets"; done ;;
+esac
+`
+
+// flyToml is the part of fly.toml a deploy reads: each section's
+// key = "value" lines.
+func flyToml(t *testing.T) map[string]map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repoRoot, "fly.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair := regexp.MustCompile(`^([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"([^"]*)"\s*(#.*)?$`)
+	out := map[string]map[string]string{}
+	section := ""
+	for line := range strings.Lines(string(b)) {
+		line = strings.TrimSpace(line)
+		if strings.HasPrefix(line, "[") {
+			section = strings.Trim(line, "[]")
+			continue
+		}
+		if m := pair.FindStringSubmatch(line); m != nil {
+			if out[section] == nil {
+				out[section] = map[string]string{}
+			}
+			out[section][m[1]] = m[2]
+		}
+	}
+	return out
+}
+
+// deploy does what "fly deploy" does with fly.toml: the release command,
+// then one Machine of each process group, with [env] and the secrets.
+// Local stand-ins replace what only Fly has: loopback ports for Fly's
+// proxy, the test's database for Managed Postgres, a self-signed node
+// certificate (written to cert) for Let's Encrypt's.
+func deploy(t *testing.T, bin, secretsFile, databaseURL, cert string) (api, conn string) {
+	t.Helper()
+	toml := flyToml(t)
+	env := []string{"FLY_APP_NAME=my-switchboard", "FLY_REGION=ams"}
+	for k, v := range toml["env"] {
+		env = append(env, k+"="+v)
+	}
+	b, err := os.ReadFile(secretsFile)
+	if err != nil {
+		t.Fatalf("fly deploy without secrets: %v", err)
+	}
+	for _, kv := range strings.Fields(string(b)) {
+		env = append(env, kv)
+	}
+	api, conn, connOps := loopback(t), loopback(t), loopback(t)
+	env = append(env, "DATABASE_URL="+databaseURL, // the stand-in's, whatever the secret says
+		"EDGE_LISTEN="+api, "EDGE_OPS_LISTEN="+loopback(t), "EDGE_ID=fly-edge",
+		"CONN_LISTEN="+conn, "CONN_OPS_LISTEN="+connOps, "NODE_ID=fly-conn", "CONN_TLS=self-signed", "CONN_CERT_OUT="+cert)
+
+	run := func(command string) []string {
+		args := strings.Fields(command)
+		if len(args) < 2 || args[0] != "switchboard" {
+			t.Fatalf("fly.toml command %q: want switchboard and a subcommand", command)
+		}
+		return args[1:]
+	}
+	release := toml["deploy"]["release_command"]
+	output(t, bin, env, "", run(release)...)
+	edgeProc := start(t, bin, "fly edge", env, run(toml["processes"]["edge"])...)
+	connProc := start(t, bin, "fly conn", env, run(toml["processes"]["conn"])...)
+	edgeProc.ready(t, "http://"+api+"/readyz")
+	connProc.ready(t, "http://"+connOps+"/readyz")
+	return "http://" + api, "wss://" + conn + "/v1/connect"
+}
+
+func TestFlySteps(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	for _, tool := range []string{"bash", "curl", "jq", "openssl", "sha256sum"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("the README's Fly steps use %s, which is not installed", tool)
+		}
+	}
+	t.Parallel()
+	bin := binary(t)
+	dir := t.TempDir()
+	standIn := filepath.Join(dir, "bin")
+	if err := os.Mkdir(standIn, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(standIn, "fly"), []byte(flyStandIn), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(bin, filepath.Join(standIn, "switchboard")); err != nil {
+		t.Fatal(err)
+	}
+
+	// The README's block, split where it deploys.
+	block := docSection(t, "README.md", "## Deploying on Fly")
+	_, block, ok := strings.Cut(block, "```sh\n")
+	block, _, ok2 := strings.Cut(block, "```")
+	if !ok || !ok2 {
+		t.Fatal("README.md's Deploying on Fly has no ```sh block")
+	}
+	before, after, ok := strings.Cut(block, "\nfly deploy")
+	if !ok {
+		t.Fatal("README.md's Fly steps never run fly deploy")
+	}
+	_, after, _ = strings.Cut(after, "\n") // the rest of the deploy's line
+
+	// Bash reads the steps from a pipe, so that it waits, with its
+	// variables, while the stand-in deploys.
+	cert := filepath.Join(dir, "conn.pem")
+	sh := exec.Command("bash")
+	sh.Env = []string{"PATH=" + standIn + ":" + os.Getenv("PATH"), "HOME=" + dir, "FLY_STANDIN=" + dir, "DEVICE_CA=" + cert, "LOG_LEVEL=warn"}
+	sh.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // its background device goes with it
+	stdin, err := sh.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := sh.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr := &testsys.Output{} // bash's, and its background device's
+	sh.Stderr = stderr
+	if err := sh.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	lines := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+		exited <- sh.Wait()
+	}()
+	t.Cleanup(func() {
+		_ = syscall.Kill(-sh.Process.Pid, syscall.SIGKILL)
+		stdin.Close()
+		for range lines {
+		}
+		<-exited
+	})
+	var said []string // what the steps printed
+	readUntil := func(marker string) {
+		t.Helper()
+		timeout := time.After(2 * time.Minute)
+		for {
+			select {
+			case l, open := <-lines:
+				if !open {
+					t.Fatalf("the steps ended before %q:\n%s\n%s", marker, strings.Join(said, "\n"), stderr.String())
+				}
+				if l == marker {
+					return
+				}
+				said = append(said, l)
+			case <-timeout:
+				t.Fatalf("no %q within 2 minutes:\n%s\n%s", marker, strings.Join(said, "\n"), stderr.String())
+			}
+		}
+	}
+	write := func(script string) {
+		t.Helper()
+		if _, err := io.WriteString(stdin, script); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	write("set -euo pipefail\n" + before + "\necho __deploy__\n")
+	readUntil("__deploy__")
+	api, conn := deploy(t, bin, filepath.Join(dir, "secrets"), dbtest.NewEmptyDatabase(t), cert)
+	for placeholder, local := range map[string]string{"https://my-switchboard.fly.dev": api, "wss://conn.example.com:8443/v1/connect": conn} {
+		if !strings.Contains(after, placeholder) {
+			t.Fatalf("the README's steps after the deploy do not use %s", placeholder)
+		}
+		after = strings.ReplaceAll(after, placeholder, local)
+	}
+	write(after + "\necho __done__\n")
+	readUntil("__done__")
+
+	// The first command's answer, from the thermostat; the bootstrap key
+	// retired; the secrets left as a deployment's should be.
+	out := strings.Join(said, "\n")
+	if !regexp.MustCompile(`"device_id":"kitchen-1","name":"get_state",.*"status":"done","ok":true,"result":\{"mode"`).MatchString(out) {
+		t.Fatalf("the steps printed no answer from kitchen-1:\n%s\n%s", out, stderr.String())
+	}
+	if !regexp.MustCompile(`"name":"bootstrap".*"revoked_at":"`).MatchString(out) {
+		t.Errorf("the bootstrap key was not revoked:\n%s", out)
+	}
+	secrets, err := os.ReadFile(filepath.Join(dir, "secrets"))
+	if err != nil || !strings.HasPrefix(string(secrets), "DATABASE_URL=") || strings.Contains(string(secrets), "BOOTSTRAP") {
+		t.Errorf("secrets left: %q %v; want DATABASE_URL alone", secrets, err)
+	}
+	if strings.Contains(out+stderr.String(), "sbk_") {
+		t.Errorf("a key was printed:\n%s\n%s", out, stderr.String())
+	}
+}
