@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -107,15 +106,8 @@ var apiKeyCursorDigest = func() []byte { sum := sha256.Sum256([]byte("apikeys"))
 // which is not stored.
 func (e *Edge) handleListAPIKeys(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	for name, vals := range q {
-		if !slices.Contains(apiKeyListParams, name) {
-			problem.InvalidQuery.Write(w, fmt.Sprintf("unknown query parameter %q: want %s", name, strings.Join(apiKeyListParams, ", ")))
-			return
-		}
-		if len(vals) > 1 {
-			problem.InvalidQuery.Write(w, fmt.Sprintf("query parameter %q given %d times: give it once", name, len(vals)))
-			return
-		}
+	if !allowQuery(w, q, apiKeyListParams) {
+		return
 	}
 	limit := defaultPage
 	if v := q.Get("limit"); q.Has("limit") {

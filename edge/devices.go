@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -53,17 +54,30 @@ func (e *Edge) handleAddDevice(w http.ResponseWriter, r *http.Request) {
 }
 
 func (e *Edge) handleGetDevice(w http.ResponseWriter, r *http.Request) {
+	e.answerDevice(w, r, nil)
+}
+
+// answerDevice answers the route's device, once change (if not nil) has
+// been made to it: 404 for an id no device has (or none could have), 503
+// when the database cannot say (or change failed: a retry makes it again).
+func (e *Edge) answerDevice(w http.ResponseWriter, r *http.Request, change func(context.Context, string) error) {
 	id := chi.URLParam(r, "id")
 	var d db.Device
 	err := db.ErrNotFound // unless the id could name a device
 	if db.ValidDeviceID(id) {
-		d, err = e.store.Device(r.Context(), id)
+		err = nil
+		if change != nil {
+			err = change(r.Context(), id)
+		}
+		if err == nil {
+			d, err = e.store.Device(r.Context(), id)
+		}
 	}
 	switch {
 	case errors.Is(err, db.ErrNotFound):
 		deviceNotFound(w, id)
 	case err != nil:
-		e.unavailable(w, "reading a device", err)
+		e.unavailable(w, "reading or changing a device", err)
 	default:
 		writeJSON(w, http.StatusOK, d)
 	}

@@ -62,15 +62,8 @@ var listParams = []string{"online", "node", "region", "label", "q", "limit", "cu
 // parseListQuery reads GET /v1/devices's query. On failure it has
 // answered 400.
 func parseListQuery(w http.ResponseWriter, q url.Values) (f db.DeviceFilter, limit int, after string, ok bool) {
-	for name, vals := range q {
-		if !slices.Contains(listParams, name) {
-			problem.InvalidQuery.Write(w, fmt.Sprintf("unknown query parameter %q: want %s", name, strings.Join(listParams, ", ")))
-			return f, 0, "", false
-		}
-		if len(vals) > 1 && name != "label" {
-			problem.InvalidQuery.Write(w, fmt.Sprintf("query parameter %q given %d times: give it once (only label repeats)", name, len(vals)))
-			return f, 0, "", false
-		}
+	if !allowQuery(w, q, listParams, "label") {
+		return f, 0, "", false
 	}
 	// An empty node, region, q, label or cursor is not given (a form's
 	// empty field); online and limit have a grammar, and "" is not in it.
@@ -181,4 +174,22 @@ func decodeCursor(c string, digest []byte) (string, error) {
 		return "", errors.New("damaged: use the next value of a listing as it is")
 	}
 	return id, nil
+}
+
+// allowQuery refuses (400 invalid-query) a query parameter not in allowed,
+// and one given twice unless it is in repeatable: a misspelt filter
+// (?staus=) must not list everything instead. It reports whether the
+// query passed.
+func allowQuery(w http.ResponseWriter, q url.Values, allowed []string, repeatable ...string) bool {
+	for name, vals := range q {
+		if !slices.Contains(allowed, name) {
+			problem.InvalidQuery.Write(w, fmt.Sprintf("unknown query parameter %q: want %s", name, strings.Join(allowed, ", ")))
+			return false
+		}
+		if len(vals) > 1 && !slices.Contains(repeatable, name) {
+			problem.InvalidQuery.Write(w, fmt.Sprintf("query parameter %q given %d times: give it once", name, len(vals)))
+			return false
+		}
+	}
+	return true
 }

@@ -58,26 +58,8 @@ func (e *Edge) handleEnableDevice(w http.ResponseWriter, r *http.Request) {
 }
 
 func (e *Edge) switchDevice(w http.ResponseWriter, r *http.Request, change func(context.Context, string) error) {
-	id := chi.URLParam(r, "id")
-	if !readNoBody(w, r) {
-		return
-	}
-	err := db.ErrNotFound // unless the id could name a device
-	if db.ValidDeviceID(id) {
-		err = change(r.Context(), id)
-	}
-	var d db.Device
-	if err == nil {
-		d, err = e.store.Device(r.Context(), id)
-	}
-	switch {
-	case errors.Is(err, db.ErrNotFound):
-		deviceNotFound(w, id)
-	case err != nil:
-		// A disable whose close failed closes again when retried.
-		e.unavailable(w, "switching a device", err)
-	default:
-		writeJSON(w, http.StatusOK, d)
+	if readNoBody(w, r) {
+		e.answerDevice(w, r, change) // a disable whose close failed closes again when retried
 	}
 }
 

@@ -87,12 +87,20 @@ func decode[T any](t *testing.T, resp *http.Response, b []byte, status int) T {
 	return v
 }
 
-func TestDeleteDevice(t *testing.T) {
-	t.Parallel()
+// manageFixture is an edge, a node and a client with an admin (and read)
+// key. The node takes any number of connects: the tests dial one device
+// many times in a row.
+func manageFixture(t *testing.T) (*testsys.System, *testsys.Edge, *testsys.Node, *api) {
+	t.Helper()
 	sys := testsys.New(t)
 	e := sys.StartEdge(t, "edge-a", nil)
-	node := sys.StartNode(t, "node-a", nil)
-	admin := newAPI(t, e.URL, sys.APIKey(t, db.ScopeAdmin, db.ScopeRead))
+	node := sys.StartNode(t, "node-a", func(c *conntier.Config) { c.DeviceConnectRate = -1 })
+	return sys, e, node, newAPI(t, e.URL, sys.APIKey(t, db.ScopeAdmin, db.ScopeRead))
+}
+
+func TestDeleteDevice(t *testing.T) {
+	t.Parallel()
+	sys, e, node, admin := manageFixture(t)
 	devSecret := sys.AddDevice(t, "dev-1")
 	sys.AddDevice(t, "dev-2")
 	ws, _ := session(t, node, "dev-1", devSecret)
@@ -140,11 +148,7 @@ func TestDeleteDevice(t *testing.T) {
 
 func TestDisableAndEnableDevice(t *testing.T) {
 	t.Parallel()
-	sys := testsys.New(t)
-	e := sys.StartEdge(t, "edge-a", nil)
-	// It dials one device many times in a row: no connect rate.
-	node := sys.StartNode(t, "node-a", func(c *conntier.Config) { c.DeviceConnectRate = -1 })
-	admin := newAPI(t, e.URL, sys.APIKey(t, db.ScopeAdmin, db.ScopeRead))
+	sys, _, node, admin := manageFixture(t)
 	devSecret := sys.AddDevice(t, "dev-1")
 	ws, _ := session(t, node, "dev-1", devSecret)
 	waitOnline(t, admin, "dev-1")
@@ -193,10 +197,7 @@ type rotationAnswer struct {
 
 func TestRotateDevice(t *testing.T) {
 	t.Parallel()
-	sys := testsys.New(t)
-	e := sys.StartEdge(t, "edge-a", nil)
-	node := sys.StartNode(t, "node-a", func(c *conntier.Config) { c.DeviceConnectRate = -1 })
-	admin := newAPI(t, e.URL, sys.APIKey(t, db.ScopeAdmin))
+	sys, _, node, admin := manageFixture(t)
 	old := sys.AddDevice(t, "dev-1")
 
 	// No body: a random secret, the old one working for a day.
@@ -268,10 +269,7 @@ type importAnswer struct {
 
 func TestImportDevices(t *testing.T) {
 	t.Parallel()
-	sys := testsys.New(t)
-	e := sys.StartEdge(t, "edge-a", nil)
-	node := sys.StartNode(t, "node-a", nil)
-	admin := newAPI(t, e.URL, sys.APIKey(t, db.ScopeAdmin, db.ScopeRead))
+	sys, _, node, admin := manageFixture(t)
 	sys.AddDevice(t, "old-1")
 	given := secret.New("")
 	importCSV := func(body string) (*http.Response, []byte) {
