@@ -122,11 +122,11 @@ const (
 	maxImportBody  = 2 << 20
 )
 
-// importTypes are the media types of an import, by what they hold.
+// The media types of an import, by what they hold.
 var (
 	importCSV        = []string{"text/csv"}
 	importJSONLines  = []string{"application/jsonl", "application/x-ndjson", "application/json-lines"}
-	importMediaTypes = strings.Join(append(append([]string{}, importCSV...), importJSONLines...), ", ")
+	importMediaTypes = strings.Join(slices.Concat(importCSV, importJSONLines), ", ")
 )
 
 // importedDevice is what became of one line of an import.
