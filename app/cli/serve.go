@@ -121,7 +121,8 @@ type connFlags struct {
 	deviceRate                                 *float64
 	deviceBurst                                *int
 	maxSessions, maxHandshakes                 *int
-	drain                                      *time.Duration
+	maxSilent, maxSilentPerAddress             *int
+	drain, firstByteTimeout                    *time.Duration
 	guard                                      guardFlags
 }
 
@@ -154,9 +155,15 @@ func defineConnFlags(f flags) connFlags {
 		deviceBurst: f.int("device-burst", conntier.DefaultDeviceBurst,
 			"messages a device may send at once; another burst over the rate closes it with 4029", "CONN_DEVICE_BURST"),
 		maxSessions: f.int("max-sessions", 0,
-			"devices this node holds at most; past it connects get 503 and Retry-After (default: the open-files limit less the pool, handshakes and listeners)", "CONN_MAX_SESSIONS"),
+			"devices this node holds at most; past it connects get 503 and Retry-After (default: the open-files limit less the pool, handshakes, silent connections and listeners)", "CONN_MAX_SESSIONS"),
 		maxHandshakes: f.int("max-handshakes", conntier.DefaultMaxHandshakes,
-			"connections accepted and not yet upgraded (TLS handshake, credentials check); more wait in the accept queue", "CONN_MAX_HANDSHAKES"),
+			"connections that have sent their first byte and are not yet upgraded (TLS handshake, credentials check); more wait in the accept queue", "CONN_MAX_HANDSHAKES"),
+		firstByteTimeout: f.duration("first-byte-timeout", conntier.DefaultFirstByteTimeout,
+			"how long a connection may stay silent (no TLS byte yet); silent ones take no handshake slot", "CONN_FIRST_BYTE_TIMEOUT"),
+		maxSilent: f.int("max-silent", conntier.DefaultMaxSilent,
+			"silent connections a node keeps; past it the oldest is closed", "CONN_MAX_SILENT"),
+		maxSilentPerAddress: f.int("max-silent-per-address", conntier.DefaultMaxSilentPerAddress,
+			"silent connections kept from one source address (a carrier NAT's fleet shares one); past it its oldest is closed", "CONN_MAX_SILENT_PER_ADDRESS"),
 		drain: f.duration("drain", conntier.DefaultDrainWindow,
 			"on SIGTERM, close the sessions (1001) in paced batches over this long, so other nodes take the devices in steps", "CONN_DRAIN"),
 		guard: defineGuardFlags(f, "CONN_", "PROXY protocol header (required from them)"),
@@ -197,6 +204,7 @@ func runConn(ctx context.Context, cf connFlags, c call) error {
 		Node:       db.Node{ID: *cf.nodeID, Region: *cf.region},
 		DeviceRate: *cf.deviceRate, DeviceBurst: *cf.deviceBurst, AuthGuard: guardCfg, TrustedProxies: trusted,
 		MaxSessions: *cf.maxSessions, MaxHandshakes: *cf.maxHandshakes, DrainWindow: *cf.drain,
+		FirstByteTimeout: *cf.firstByteTimeout, MaxSilent: *cf.maxSilent, MaxSilentPerAddress: *cf.maxSilentPerAddress,
 	}, tls, ln)
 	if err != nil {
 		ln.Close()
