@@ -2,6 +2,8 @@ package conntier
 
 import (
 	"container/list"
+	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"math/rand/v2"
@@ -10,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -79,45 +82,57 @@ func (n *Node) refuse(w http.ResponseWriter, refusal string) {
 		"this node holds as many devices as it may; connect to another node or retry later", wait)
 }
 
-// Silent connections: accepted, and nothing read from them yet. A device
-// sends its TLS ClientHello one round trip after its connect, so a silent
-// connection is either a moment old or not a device.
+// Silent connections are those the node waits on: accepted and nothing
+// read yet, or halfway through a TLS handshake or a connect request and
+// waiting for the client's next bytes. A device sends each flight a round
+// trip after the node's (plus its own computation), so a connection that
+// has been silent for seconds is most likely not a device.
 const (
-	// DefaultFirstByteTimeout is how long a silent connection is kept: the
-	// TLS handshake's own deadline, since a microcontroller may take
-	// seconds to make the key share its ClientHello carries. The caps,
-	// not this, are what keep silent connections from costing devices.
+	// DefaultFirstByteTimeout is how long a connection may stay silent
+	// before its first byte: the TLS handshake's own deadline, since a
+	// microcontroller may take seconds to make the key share its
+	// ClientHello carries. After the first byte, the HTTP server's
+	// deadlines apply.
 	DefaultFirstByteTimeout = 10 * time.Second
-	// DefaultMaxSilent bounds a node's silent connections; past it, the
-	// oldest is closed to make room.
+	// DefaultMaxSilent bounds a node's idle silent connections; past it,
+	// the one silent longest is closed.
 	DefaultMaxSilent = 2048
-	// DefaultMaxSilentPerAddress bounds the silent connections of one
-	// source address; past it, that address's oldest is closed. A carrier
-	// NAT puts thousands of devices on one address, so it is generous: a
-	// device is closed only if this many newer connections come from its
-	// address before its first byte does.
+	// DefaultMaxSilentPerAddress bounds the idle silent connections of one
+	// source address; past it, that address's silent longest is closed.
 	DefaultMaxSilentPerAddress = 1024
+	// defaultIdleAfter is how long a connection must have been silent
+	// before it may be closed to make room. Younger ones are never closed
+	// for room, caps or not: a reconnect storm from a carrier NAT puts
+	// thousands of devices on one address, all in their first round trips
+	// at once.
+	defaultIdleAfter = 5 * time.Second
 )
 
 // gateLimits are a handshake gate's bounds.
 type gateLimits struct {
-	handshakes       int           // connections past their first byte and not yet upgraded
-	silent           int           // silent connections, node-wide
-	silentPerAddress int           // silent connections of one source address
-	firstByte        time.Duration // how long a connection may stay silent
+	handshakes       int           // connections the node works on at once
+	silent           int           // idle silent connections, node-wide
+	silentPerAddress int           // idle silent connections of one source address
+	firstByte        time.Duration // how long a connection may stay silent before its first byte
+	idleAfter        time.Duration // how long a silent connection is spared (defaultIdleAfter)
 }
 
 // handshakeGate is the node's listener. It accepts every connection at
 // once and waits for its first byte (a goroutine each, blocked in a read)
-// before handing it to the HTTP server, so silent connections take no
-// handshake slot and cannot hold back devices that speak: they are closed
-// after firstByte, or, oldest first, when there are too many of them, on
-// the node or from one address. Connections that have spoken take one of
-// the handshake slots until their upgrade (or close); while the slots are
-// spoken for, the gate stops accepting, so a reconnect storm waits in the
-// kernel's accept queue instead of flattening the node with handshakes it
-// cannot finish in time. The HTTP server's ConnState hook reports each
-// connection's end (connState).
+// before handing it to the HTTP server. From then until its upgrade (or
+// close) a connection holds one of the handshake slots while the node
+// works on it, and gives it back whenever the node waits on its client
+// (gateConn.Read). So connections that stop sending, before their first
+// byte or halfway through their handshake or request, hold no slot and
+// cannot hold back devices that keep talking. Silent connections are
+// closed at their deadlines (firstByte, then the HTTP server's), or, once
+// idle, silent longest first, when there are too many on the node or from
+// one address.
+//
+// While the slots and the connections that spoke and wait for one make up
+// the handshake limit, the gate stops accepting, so a reconnect storm
+// waits in the kernel's accept queue instead of flattening the node with
+// handshakes it cannot finish in time.
 type handshakeGate struct {
 	ln     net.Listener
 	limits gateLimits
@@ -125,33 +140,51 @@ type handshakeGate struct {
 	// timeout, address or node (the cap it made room under).
 	closedSilent func(reason string)
 
-	ready   chan net.Conn // connections that have spoken, for Accept
-	slots   chan struct{} // one per connection handed out and not yet upgraded or closed
-	wake    chan struct{} // a slot came free: the accept loop may go on
-	closing chan struct{} // closed by Close
-	done    chan struct{} // closed when the accept loop has returned
-	err     error         // why it returned; read once done is closed
+	ready   chan *gateConn // connections that have spoken, for Accept
+	slots   chan struct{}  // one per connection the node works on
+	wake    chan struct{}  // a slot came free: the accept loop may go on
+	closing chan struct{}  // closed by Close
+	done    chan struct{}  // closed when the accept loop has returned
+	err     error          // why it returned; read once done is closed
 	tasks   sync.WaitGroup
 	once    sync.Once
 
-	mu        sync.Mutex // guards the following
-	shut      bool       // Close has begun: no more connections are tracked
-	silent    list.List  // *silentConn, oldest first
+	mu     sync.Mutex // guards the following, and the gateConn fields marked so
+	shut   bool       // Close has begun: no more connections are tracked
+	queued int        // spoke, and wait for a slot
+	// The silent connections, each in the order its silence began: all of
+	// them, and those of each source address.
+	silent    list.List
 	byAddress map[netip.Addr]*list.List
-	queued    int // spoken, not yet handed out by Accept
 }
 
-// silentConn is a connection in the gate's lists until its first byte.
-type silentConn struct {
+// connection phases, for gateConn.Read.
+const (
+	talking  = iota // handshake and request: reads are waits on the client
+	working         // the handler runs: it holds its slot until the upgrade
+	finished        // upgraded or closed
+)
+
+// gateConn is a connection from its accept to its upgrade (or close).
+type gateConn struct {
 	net.Conn
-	addr         netip.Addr
-	elem, inAddr *list.Element // nil once it left the lists
+	gate   *handshakeGate
+	first  byte // read by the gate, returned by the first Read
+	unread bool
+	phase  atomic.Int32 // talking, working, finished; set under gate.mu
+
+	// guarded by gate.mu
+	addr     netip.Addr    // known once its first read began
+	holds    bool          // a handshake slot
+	since    time.Time     // when its silence began
+	elem     *list.Element // in silent, while silent
+	addrElem *list.Element // in byAddress[addr], while silent and once addr is known
 }
 
 func newHandshakeGate(ln net.Listener, limits gateLimits, closedSilent func(reason string)) *handshakeGate {
 	g := &handshakeGate{
 		ln: ln, limits: limits, closedSilent: closedSilent,
-		ready: make(chan net.Conn), slots: make(chan struct{}, limits.handshakes), wake: make(chan struct{}, 1),
+		ready: make(chan *gateConn), slots: make(chan struct{}, limits.handshakes), wake: make(chan struct{}, 1),
 		closing: make(chan struct{}), done: make(chan struct{}),
 		byAddress: make(map[netip.Addr]*list.List),
 	}
@@ -164,30 +197,22 @@ func (g *handshakeGate) Addr() net.Addr { return g.ln.Addr() }
 // Accept hands out the next connection that has spoken once a handshake
 // slot is free for it.
 func (g *handshakeGate) Accept() (net.Conn, error) {
-	var c net.Conn
+	var c *gateConn
 	select {
 	case c = <-g.ready:
 	case <-g.done:
 		return nil, g.err
 	}
-	taken := true
-	select {
-	case g.slots <- struct{}{}:
-	case <-g.done:
-		taken = false
+	if !g.takeSlot(c) {
 		c.Close()
-	}
-	g.mu.Lock()
-	g.queued--
-	g.mu.Unlock()
-	if !taken {
+		<-g.done // the accept loop ends with the gate
 		return nil, g.err
 	}
 	return c, nil
 }
 
-// Close stops accepting, closes the silent connections and those that
-// spoke but were not handed out, and waits for the gate's goroutines.
+// Close stops accepting, closes the connections not handed out yet and
+// the silent ones, and waits for the gate's goroutines.
 func (g *handshakeGate) Close() error {
 	var err error
 	g.once.Do(func() {
@@ -197,7 +222,7 @@ func (g *handshakeGate) Close() error {
 		g.shut = true
 		var silent []net.Conn
 		for e := g.silent.Front(); e != nil; e = e.Next() {
-			silent = append(silent, e.Value.(*silentConn).Conn)
+			silent = append(silent, e.Value.(*gateConn).Conn)
 		}
 		g.mu.Unlock()
 		for _, c := range silent {
@@ -208,16 +233,53 @@ func (g *handshakeGate) Close() error {
 	return err
 }
 
-// connState frees a connection's slot once it is upgraded or closed: every
-// connection the server accepted ends in one of the two.
-func (g *handshakeGate) connState(_ net.Conn, state http.ConnState) {
-	if state == http.StateHijacked || state == http.StateClosed {
-		<-g.slots
-		select { // wake the accept loop
-		case g.wake <- struct{}{}:
-		default:
-		}
+// connState follows a connection handed out: a kept-alive one waits for
+// its next request as for its handshake, and an upgraded or closed one
+// gives back its slot.
+func (g *handshakeGate) connState(nc net.Conn, state http.ConnState) {
+	c := asGateConn(nc)
+	if c == nil {
+		return
 	}
+	g.mu.Lock()
+	switch state {
+	case http.StateIdle:
+		c.phase.Store(talking)
+	case http.StateHijacked, http.StateClosed:
+		c.phase.Store(finished)
+		g.releaseSlot(c)
+	}
+	g.mu.Unlock()
+}
+
+// connContext notes the connection in its requests' context, for
+// handling.
+func (g *handshakeGate) connContext(ctx context.Context, nc net.Conn) context.Context {
+	return context.WithValue(ctx, gateConnKey{}, asGateConn(nc))
+}
+
+type gateConnKey struct{}
+
+// handling marks a connection as worked on once its request is read: its
+// handler (credentials, upgrade) keeps the slot, and the HTTP server's
+// background read of it, which begins with the handler, is no wait.
+func (g *handshakeGate) handling(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if c, _ := r.Context().Value(gateConnKey{}).(*gateConn); c != nil {
+			g.mu.Lock()
+			c.phase.CompareAndSwap(talking, working)
+			g.mu.Unlock()
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func asGateConn(nc net.Conn) *gateConn {
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	c, _ := nc.(*gateConn)
+	return c
 }
 
 // load is how many connections hold a handshake slot, and how many are
@@ -228,18 +290,51 @@ func (g *handshakeGate) load() (handshakes, silent int) {
 	return len(g.slots), g.silent.Len()
 }
 
-// acceptLoop accepts while the handshake slots are not all spoken for
-// (taken, or claimed by connections that spoke), whatever the silent
-// connections: they claim none.
+// takeSlot waits for a handshake slot for c, counted meanwhile as having
+// spoken; false if the gate closed first.
+func (g *handshakeGate) takeSlot(c *gateConn) bool {
+	g.mu.Lock()
+	g.queued++
+	g.mu.Unlock()
+	var took bool
+	select {
+	case g.slots <- struct{}{}:
+		took = true
+	case <-g.closing:
+	}
+	g.mu.Lock()
+	g.queued--
+	c.holds = took
+	g.mu.Unlock()
+	return took
+}
+
+// releaseSlot gives back c's slot, if it holds one, and wakes the accept
+// loop. g.mu must be held.
+func (g *handshakeGate) releaseSlot(c *gateConn) {
+	if !c.holds {
+		return
+	}
+	c.holds = false
+	<-g.slots
+	select {
+	case g.wake <- struct{}{}:
+	default:
+	}
+}
+
+// acceptLoop accepts while the connections the node works on, or will as
+// soon as a slot is free, are fewer than the handshake limit, whatever the
+// silent ones: they claim none.
 func (g *handshakeGate) acceptLoop() {
 	defer close(g.done)
 	pause := time.Duration(0)
 	for {
-		if !g.waitForSlot() {
+		if !g.waitForRoom() {
 			g.err = net.ErrClosed
 			return
 		}
-		c, err := g.ln.Accept()
+		nc, err := g.ln.Accept()
 		if err != nil {
 			// Out of file descriptors, as net/http handles it: back off,
 			// the connections that end will free some.
@@ -255,13 +350,14 @@ func (g *handshakeGate) acceptLoop() {
 			return
 		}
 		pause = 0
-		if w := g.track(c); w != nil {
-			g.tasks.Go(func() { g.awaitFirstByte(w) })
+		c := &gateConn{Conn: nc, gate: g, unread: true}
+		if g.beginSilence(c, false) {
+			g.tasks.Go(func() { g.awaitFirstByte(c) })
 		}
 	}
 }
 
-func (g *handshakeGate) waitForSlot() bool {
+func (g *handshakeGate) waitForRoom() bool {
 	for {
 		g.mu.Lock()
 		busy := g.queued + len(g.slots)
@@ -277,117 +373,167 @@ func (g *handshakeGate) waitForSlot() bool {
 	}
 }
 
-// track lists a connection just accepted as silent, closing the node's
-// oldest silent connection if there are too many.
-func (g *handshakeGate) track(c net.Conn) *silentConn {
-	w := &silentConn{Conn: c}
-	var evicted *silentConn
-	g.mu.Lock()
-	if g.shut {
-		g.mu.Unlock()
-		c.Close()
-		return nil
-	}
-	if g.silent.Len() >= g.limits.silent {
-		evicted = g.silent.Front().Value.(*silentConn)
-		g.untrack(evicted)
-	}
-	w.elem = g.silent.PushBack(w)
-	g.mu.Unlock()
-	if evicted != nil {
-		evicted.Close()
-		g.closedSilent("node")
-	}
-	return w
-}
-
-// placeAddress lists a silent connection under its source address, closing
-// that address's oldest silent connection if it has too many. False: the
-// connection was closed meanwhile.
-func (g *handshakeGate) placeAddress(w *silentConn, addr netip.Addr) bool {
-	var evicted *silentConn
-	g.mu.Lock()
-	if w.elem == nil {
-		g.mu.Unlock()
-		return false
-	}
-	if q := g.byAddress[addr]; q != nil && q.Len() >= g.limits.silentPerAddress {
-		evicted = q.Front().Value.(*silentConn)
-		g.untrack(evicted) // may delete q from the map
-	}
-	q := g.byAddress[addr]
-	if q == nil {
-		q = new(list.List)
-		g.byAddress[addr] = q
-	}
-	w.addr, w.inAddr = addr, q.PushBack(w)
-	g.mu.Unlock()
-	if evicted != nil {
-		evicted.Close()
-		g.closedSilent("address")
-	}
-	return true
-}
-
-// untrack takes w out of the lists; it reports whether w was in them.
-// g.mu must be held.
-func (g *handshakeGate) untrack(w *silentConn) bool {
-	if w.elem == nil {
-		return false
-	}
-	g.silent.Remove(w.elem)
-	w.elem = nil
-	if w.inAddr != nil {
-		q := g.byAddress[w.addr]
-		q.Remove(w.inAddr)
-		if q.Len() == 0 {
-			delete(g.byAddress, w.addr)
-		}
-		w.inAddr = nil
-	}
-	return true
-}
-
 // awaitFirstByte reads a connection's first byte, then queues it for
-// Accept with the byte put back. Behind a trusted proxy, the PROXY header
-// that names the client is read first, under the same deadline.
-func (g *handshakeGate) awaitFirstByte(w *silentConn) {
-	_ = w.SetReadDeadline(time.Now().Add(g.limits.firstByte))
-	if !g.placeAddress(w, sourceAddress(w.RemoteAddr())) {
-		return // closed to make room
+// Accept. Behind a trusted proxy, the PROXY header that names the client
+// is read first, under the same deadline.
+func (g *handshakeGate) awaitFirstByte(c *gateConn) {
+	_ = c.SetReadDeadline(time.Now().Add(g.limits.firstByte))
+	addr := sourceAddress(c.RemoteAddr())
+	g.mu.Lock()
+	var evicted []eviction
+	silent := c.elem != nil
+	if silent {
+		c.addr = addr
+		evicted = g.placeAddress(c, evicted)
+	}
+	g.mu.Unlock()
+	g.evict(evicted)
+	if !silent {
+		return // closed to make room, or by Close
 	}
 	var first [1]byte
-	_, err := io.ReadFull(w.Conn, first[:])
-	g.mu.Lock()
-	tracked := g.untrack(w)
-	if tracked && err == nil {
-		g.queued++
-	}
-	g.mu.Unlock()
-	switch {
-	case !tracked:
+	_, err := io.ReadFull(c.Conn, first[:])
+	if !g.endSilence(c) {
 		return // closed to make room, or by Close
-	case err != nil:
-		w.Close()
+	}
+	if err != nil {
+		c.Close()
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			g.closedSilent("timeout")
 		}
 		return
 	}
-	_ = w.SetReadDeadline(time.Time{}) // the HTTP server sets the handshake's
+	_ = c.SetReadDeadline(time.Time{}) // the HTTP server sets the handshake's
+	c.first = first[0]
 	select {
-	case g.ready <- &spokenConn{Conn: w.Conn, first: first[0], unread: true}:
+	case g.ready <- c:
 	case <-g.closing:
-		w.Close()
-		g.mu.Lock()
-		g.queued--
-		g.mu.Unlock()
+		c.Close()
 	}
 }
 
-// sourceAddress is the address a connection's silent-connection cap
-// counts it under: its client, or for IPv6 the client's /64, which one
-// subscriber usually holds whole.
+// Read returns the byte the gate read first, then reads the connection.
+// Before its handler runs, a read is a wait on the client: the connection
+// gives back its slot and is silent until the client's bytes come, then
+// takes a slot again.
+func (c *gateConn) Read(p []byte) (int, error) {
+	if c.unread && len(p) > 0 {
+		p[0], c.unread = c.first, false
+		return 1, nil
+	}
+	if c.phase.Load() != talking {
+		return c.Conn.Read(p) // a session's reads, after the upgrade
+	}
+	g := c.gate
+	g.mu.Lock()
+	g.releaseSlot(c)
+	g.mu.Unlock()
+	if !g.beginSilence(c, true) {
+		return 0, net.ErrClosed
+	}
+	n, err := c.Conn.Read(p)
+	if !g.endSilence(c) {
+		return 0, net.ErrClosed // closed to make room
+	}
+	switch {
+	case err != nil || c.phase.Load() != talking:
+		// A failed read ends the connection; a read that began before the
+		// handler (the HTTP server's background read) takes no slot.
+		return n, err
+	case !g.takeSlot(c):
+		return 0, net.ErrClosed
+	}
+	return n, nil
+}
+
+// eviction is a silent connection closed to make room under a cap: node or
+// address.
+type eviction struct {
+	c   *gateConn
+	cap string
+}
+
+// beginSilence lists c as silent, under its address too if it is known,
+// making room under the caps. False, with c closed, if the gate is
+// closing.
+func (g *handshakeGate) beginSilence(c *gateConn, addrKnown bool) bool {
+	var evicted []eviction
+	now := time.Now()
+	g.mu.Lock()
+	if g.shut {
+		g.mu.Unlock()
+		c.Close()
+		return false
+	}
+	if g.silent.Len() >= g.limits.silent {
+		if oldest := g.silent.Front().Value.(*gateConn); now.Sub(oldest.since) >= g.limits.idleAfter {
+			g.endSilenceLocked(oldest)
+			evicted = append(evicted, eviction{oldest, "node"})
+		}
+	}
+	c.since, c.elem = now, g.silent.PushBack(c)
+	if addrKnown {
+		evicted = g.placeAddress(c, evicted)
+	}
+	g.mu.Unlock()
+	g.evict(evicted)
+	return true
+}
+
+// placeAddress lists silent c under its address, making room there.
+// g.mu must be held.
+func (g *handshakeGate) placeAddress(c *gateConn, evicted []eviction) []eviction {
+	if q := g.byAddress[c.addr]; q != nil && q.Len() >= g.limits.silentPerAddress {
+		if oldest := q.Front().Value.(*gateConn); time.Since(oldest.since) >= g.limits.idleAfter {
+			g.endSilenceLocked(oldest) // may delete q from the map
+			evicted = append(evicted, eviction{oldest, "address"})
+		}
+	}
+	q := g.byAddress[c.addr]
+	if q == nil {
+		q = new(list.List)
+		g.byAddress[c.addr] = q
+	}
+	c.addrElem = q.PushBack(c)
+	return evicted
+}
+
+// evict closes the connections closed to make room.
+func (g *handshakeGate) evict(evicted []eviction) {
+	for _, e := range evicted {
+		e.c.Close()
+		g.closedSilent(e.cap)
+	}
+}
+
+// endSilence takes c out of the silent lists; false if it was closed to
+// make room (or by Close) meanwhile.
+func (g *handshakeGate) endSilence(c *gateConn) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.endSilenceLocked(c)
+}
+
+func (g *handshakeGate) endSilenceLocked(c *gateConn) bool {
+	if c.elem == nil {
+		return false
+	}
+	g.silent.Remove(c.elem)
+	c.elem = nil
+	if c.addrElem != nil {
+		q := g.byAddress[c.addr]
+		q.Remove(c.addrElem)
+		if q.Len() == 0 {
+			delete(g.byAddress, c.addr)
+		}
+		c.addrElem = nil
+	}
+	return true
+}
+
+// sourceAddress is the address a connection's per-address cap counts it
+// under: its client, or for IPv6 the client's /64, which one subscriber
+// usually holds whole.
 func sourceAddress(a net.Addr) netip.Addr {
 	ap, err := netip.ParseAddrPort(a.String())
 	if err != nil {
@@ -399,20 +545,4 @@ func sourceAddress(a net.Addr) netip.Addr {
 		return p.Addr()
 	}
 	return addr
-}
-
-// spokenConn is a connection whose first byte the gate read: its first Read
-// returns that byte.
-type spokenConn struct {
-	net.Conn
-	first  byte
-	unread bool
-}
-
-func (c *spokenConn) Read(p []byte) (int, error) {
-	if c.unread && len(p) > 0 {
-		p[0], c.unread = c.first, false
-		return 1, nil
-	}
-	return c.Conn.Read(p)
 }

@@ -116,8 +116,37 @@ func TestHandshakeGateHandsOutSpokenConnections(t *testing.T) {
 	}
 }
 
+// A connection that stops sending halfway through its handshake gives back
+// its slot while the node waits on it, and is listed as silent.
+func TestHandshakeGateFreesTheSlotsOfStalledConnections(t *testing.T) {
+	g, _ := gateForTest(t, gateLimits{handshakes: 1, silent: 10, silentPerAddress: 10, firstByte: time.Minute})
+	stalledClient := dialGate(t, g, "127.0.0.1", "\x16")
+	stalled, err := g.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	readErr := make(chan error, 1)
+	go func() {
+		_, err := io.ReadFull(stalled, make([]byte, 2)) // the first byte, then a wait
+		readErr <- err
+	}()
+	until(t, "the stalled connection's wait", func() bool { h, silent := g.load(); return h == 0 && silent == 1 })
+	dialGate(t, g, "127.0.0.1", "\x16")
+	if _, err := g.Accept(); err != nil {
+		t.Fatal(err)
+	}
+	stalledClient.Close()
+	if err := <-readErr; err == nil {
+		t.Fatal("the stalled connection read past its client's close")
+	}
+	if h, silent := g.load(); h != 1 || silent != 0 {
+		t.Fatalf("load: %d handshakes, %d silent; want 1 and 0", h, silent)
+	}
+}
+
 // Silent connections are closed after the first-byte timeout, and, oldest
-// first, past the cap of their address and the node's.
+// first, past the cap of their address and the node's, once idle (here at
+// once: idleAfter is zero).
 func TestHandshakeGateClosesSilentConnections(t *testing.T) {
 	g, reasons := gateForTest(t, gateLimits{handshakes: 1, silent: 3, silentPerAddress: 2, firstByte: time.Minute})
 	a1 := dialGate(t, g, "127.0.0.2", "")
@@ -142,6 +171,17 @@ func TestHandshakeGateClosesSilentConnections(t *testing.T) {
 	closedByGate(t, dialGate(t, quick, "127.0.0.1", ""))
 	if r := <-reasons; r != "timeout" {
 		t.Fatalf("closed for %q, want timeout", r)
+	}
+
+	// Connections silent for less than idleAfter stay, past the caps.
+	spared, reasons := gateForTest(t, gateLimits{handshakes: 1, silent: 1, silentPerAddress: 1, firstByte: time.Minute, idleAfter: time.Minute})
+	dialGate(t, spared, "127.0.0.2", "")
+	dialGate(t, spared, "127.0.0.2", "")
+	until(t, "both placed", func() bool { return silentAt(spared, "127.0.0.2") == 2 })
+	select {
+	case r := <-reasons:
+		t.Fatalf("a young silent connection was closed (%s)", r)
+	default:
 	}
 }
 

@@ -1,7 +1,9 @@
 package conntier_test
 
 import (
+	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -57,9 +59,10 @@ func TestAdmissionRefusesPastMaxSessions(t *testing.T) {
 	connect(t, node, "dev-3", thirdSecret)
 }
 
-// silentFlood holds TCP connections to a node that never send a byte, the
-// way an attacker ties up a TLS port without doing any TLS, and reopens
-// each one the node closes after a pause, to keep its count up.
+// silentFlood holds TCP connections to a node that send nothing, or only
+// the start of a handshake, the way an attacker ties up a TLS port at no
+// cost, and reopens each one the node closes after a pause, to keep its
+// count up.
 type silentFlood struct {
 	stop    chan struct{}
 	wg      sync.WaitGroup
@@ -68,16 +71,16 @@ type silentFlood struct {
 	reopens atomic.Int64 // connections opened again after the node closed one
 }
 
-// holdSilent opens n silent connections to addr, spread over the loopback
-// source addresses from, and returns once all are open; they close when the
-// test ends.
-func holdSilent(t *testing.T, addr string, n int, from []string, reopenAfter time.Duration) *silentFlood {
+// holdSilent opens n connections to addr that send hello and then
+// nothing, spread over the loopback source addresses from, and returns once
+// all are open; they close when the test ends.
+func holdSilent(t *testing.T, addr string, n int, from []string, hello []byte, reopenAfter time.Duration) *silentFlood {
 	t.Helper()
 	f := &silentFlood{stop: make(chan struct{}), conns: make(map[net.Conn]struct{})}
 	opened := make(chan error, n)
 	for i := range n {
 		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from[i%len(from)])}, Timeout: wait}
-		f.wg.Go(func() { f.hold(d, addr, opened, reopenAfter) })
+		f.wg.Go(func() { f.hold(d, addr, hello, opened, reopenAfter) })
 	}
 	t.Cleanup(f.close)
 	for range n {
@@ -88,7 +91,7 @@ func holdSilent(t *testing.T, addr string, n int, from []string, reopenAfter tim
 	return f
 }
 
-func (f *silentFlood) hold(d net.Dialer, addr string, opened chan<- error, reopenAfter time.Duration) {
+func (f *silentFlood) hold(d net.Dialer, addr string, hello []byte, opened chan<- error, reopenAfter time.Duration) {
 	for first := true; ; first = false {
 		c, err := d.Dial("tcp", addr)
 		if first {
@@ -107,7 +110,8 @@ func (f *silentFlood) hold(d net.Dialer, addr string, opened chan<- error, reope
 			}
 			f.conns[c] = struct{}{}
 			f.mu.Unlock()
-			_, _ = c.Read(make([]byte, 1)) // until the node (or close) ends it
+			_, _ = c.Write(hello)
+			_, _ = io.Copy(io.Discard, c) // until the node (or close) ends it
 			f.mu.Lock()
 			delete(f.conns, c)
 			f.mu.Unlock()
@@ -146,25 +150,55 @@ func timeConnect(t *testing.T, node *testsys.Node, id, devSecret string) time.Du
 	return took
 }
 
-// Silent connections (TCP, then nothing: not a byte of TLS) do not hold
-// back devices: a device connects in under a second while 1,000 of them
-// are held open against the node, from other addresses or from its own,
-// and while an attacker reopens the ones the node closes past its caps.
+// clientHello is the first flight of a TLS client: what an attacker
+// replays to get a node to work on a connection it then abandons.
+func clientHello(t *testing.T) []byte {
+	t.Helper()
+	client, server := net.Pipe()
+	defer server.Close()
+	go func() {
+		_ = tls.Client(client, &tls.Config{ServerName: "localhost"}).Handshake()
+		client.Close()
+	}()
+	header := make([]byte, 5) // a record: type, version, length
+	if _, err := io.ReadFull(server, header); err != nil {
+		t.Fatal(err)
+	}
+	body := make([]byte, int(header[3])<<8|int(header[4]))
+	if _, err := io.ReadFull(server, body); err != nil {
+		t.Fatal(err)
+	}
+	return append(header, body...)
+}
+
+// Silent connections (TCP, then nothing, or only the start of a TLS
+// handshake) do not hold back devices: a device connects in under a second
+// while 1,000 of them are held open against the node, from other addresses
+// or from its own, and while an attacker reopens the ones the node closes
+// past its caps.
 func TestSilentConnectionsDoNotDelayDevices(t *testing.T) {
 	sys := testsys.New(t)
 	devSecret := sys.AddDevice(t, "dev-1")
+	others := []string{"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"}
 	for i, tc := range []struct {
 		name  string
 		from  []string
+		hello []byte
 		tweak func(*conntier.Config)
 	}{
-		{"from other addresses", []string{"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"}, nil},
-		{"from the device's address", []string{"127.0.0.1"}, nil},
-		// 750 from the device's address, 250 from another.
-		{"past the caps, from the device's address and another", []string{"127.0.0.1", "127.0.0.1", "127.0.0.1", "127.0.0.2"}, func(c *conntier.Config) {
+		{"from other addresses", others, nil, nil},
+		{"from the device's address", []string{"127.0.0.1"}, nil, nil},
+		// 750 from the device's address, 250 from another: as the attacker
+		// reopens those the node closed, the node closes the ones silent
+		// for over idleAfter (5s, here 500ms) to keep 400, at most 300 from
+		// one address.
+		{"past the caps, from the device's address and another", []string{"127.0.0.1", "127.0.0.1", "127.0.0.1", "127.0.0.2"}, nil, func(c *conntier.Config) {
 			c.MaxSilentPerAddress = 300
 			c.MaxSilent = 400
+			conntier.SetIdleAfter(c, 500*time.Millisecond)
 		}},
+		{"one byte of TLS each", others, []byte{0x16}, nil},
+		{"a whole ClientHello each, from the device's address", []string{"127.0.0.1"}, clientHello(t), nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			reg := prometheus.NewRegistry()
@@ -176,7 +210,14 @@ func TestSilentConnectionsDoNotDelayDevices(t *testing.T) {
 				}
 			})
 			timeConnect(t, node, "dev-1", devSecret) // warm: the first session's setup
-			flood := holdSilent(t, strings.TrimPrefix(node.Base, "https://"), 1000, tc.from, time.Second)
+			flood := holdSilent(t, strings.TrimPrefix(node.Base, "https://"), 1000, tc.from, tc.hello, time.Second)
+			held := 1000
+			if tc.tweak != nil {
+				held = 400 // MaxSilent
+			}
+			testsys.Eventually(t, "the node to hold the flood", func() bool {
+				return node.Metric(t, `switchboard_conn_silent{node="`+id+`"}`) >= float64(held)
+			})
 			if tc.tweak != nil {
 				// Connect while the attacker reopens what the node closes.
 				testsys.Eventually(t, "the attacker to reopen 200 connections", func() bool { return flood.reopens.Load() >= 200 })

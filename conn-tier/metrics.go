@@ -40,8 +40,8 @@ type metrics struct {
 	// refused counts connect requests turned away before their
 	// credentials were looked at, by reason: full, draining.
 	refused *prometheus.CounterVec
-	// silentClosed counts connections closed before they sent a byte, by
-	// reason (admission.go).
+	// silentClosed counts silent connections the gate closed, by reason
+	// (admission.go).
 	silentClosed *prometheus.CounterVec
 	// jobWakeups counts "job" notices handled: one per batch of a job
 	// that holds devices of this node.
@@ -82,7 +82,7 @@ func newMetrics(reg *prometheus.Registry, nodeID, region string, queues map[stri
 			Help: "Connect requests answered 503 before their credentials were looked at, by reason: full (MaxSessions), draining."}, []string{"reason"}),
 		silentClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchboard_conn_silent_closed_total",
-			Help: "Connections closed before they sent a byte, by reason: timeout (none within the first-byte timeout), address (MaxSilentPerAddress newer ones from its address), node (MaxSilent newer ones)."},
+			Help: "Silent connections (waited on before their upgrade) the node closed, by reason: timeout (no first byte within the first-byte timeout), address (idle past MaxSilentPerAddress from its address), node (idle past MaxSilent)."},
 			[]string{"reason"}),
 		jobWakeups: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_conn_job_wakeups_total", Help: "Wake-ups for a batch of a fleet job's commands (one per batch and node)."}),
@@ -114,10 +114,10 @@ func newMetrics(reg *prometheus.Registry, nodeID, region string, queues map[stri
 				Name: "switchboard_conn_max_sessions", Help: "The most devices this node holds (MaxSessions)."},
 				func() float64 { return float64(maxSessions) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-				Name: "switchboard_conn_handshakes", Help: "Connections past their first byte and not yet upgraded or closed (at most MaxHandshakes)."},
+				Name: "switchboard_conn_handshakes", Help: "Connections the node works on before their upgrade (at most MaxHandshakes); silent ones hold none."},
 				func() float64 { h, _ := admission(); return float64(h) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-				Name: "switchboard_conn_silent", Help: "Connections accepted that have sent nothing yet (at most MaxSilent)."},
+				Name: "switchboard_conn_silent", Help: "Connections the node waits on before their upgrade: nothing sent yet, or half a handshake or request."},
 				func() float64 { _, s := admission(); return float64(s) }))
 		for name, depth := range queues {
 			r.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -112,18 +112,22 @@ type Config struct {
 	RebalanceInterval time.Duration
 	RebalanceShare    float64
 	RebalanceDelay    time.Duration
-	// MaxHandshakes bounds the connections that have sent their first byte
-	// and are not yet upgraded (DefaultMaxHandshakes); more wait in the
-	// kernel's accept queue.
+	// MaxHandshakes bounds the connections the node works on at once
+	// before their upgrade: TLS handshakes and connect requests whose
+	// client has sent what the node needs next (DefaultMaxHandshakes);
+	// past it, new connections wait in the kernel's accept queue.
 	MaxHandshakes int
-	// A connection that has sent nothing yet is silent: it takes no
-	// handshake slot, and is closed after FirstByteTimeout
-	// (DefaultFirstByteTimeout), or when newer ones make more than
-	// MaxSilent on the node (DefaultMaxSilent) or MaxSilentPerAddress from
-	// its source address (DefaultMaxSilentPerAddress), oldest first.
+	// A connection the node waits on (nothing sent yet, or half a
+	// handshake or request) is silent and holds no handshake slot. It is
+	// closed after FirstByteTimeout before its first byte
+	// (DefaultFirstByteTimeout), and, once silent for 5s, silent longest
+	// first when there are more than MaxSilent on the node
+	// (DefaultMaxSilent) or MaxSilentPerAddress from its source address
+	// (DefaultMaxSilentPerAddress).
 	FirstByteTimeout    time.Duration
 	MaxSilent           int
 	MaxSilentPerAddress int
+	idleAfter           time.Duration // defaultIdleAfter; tests shorten it
 	// TrustedProxies are the peers that must open each connection with a
 	// PROXY protocol header naming the client (Fly's proxy_proto_options);
 	// none by default: the client is the TCP peer.
@@ -177,6 +181,7 @@ func (c Config) withDefaults() Config {
 		c.MaxHandshakes = DefaultMaxHandshakes
 	}
 	c.FirstByteTimeout = cmp.Or(c.FirstByteTimeout, DefaultFirstByteTimeout)
+	c.idleAfter = cmp.Or(c.idleAfter, defaultIdleAfter)
 	if c.MaxSilent <= 0 {
 		c.MaxSilent = DefaultMaxSilent
 	}
@@ -335,12 +340,13 @@ func (n *Node) Run(ctx context.Context, ln net.Listener) error {
 	unlisten := n.cfg.Notifier.Listen(db.NodeChannel(n.cfg.Node.ID), n.onNotify, n.deliverer.wakeAll)
 	gate := newHandshakeGate(clientaddr.Listener(ln, n.cfg.TrustedProxies), gateLimits{
 		handshakes: n.cfg.MaxHandshakes, silent: n.cfg.MaxSilent, silentPerAddress: n.cfg.MaxSilentPerAddress,
-		firstByte: n.cfg.FirstByteTimeout,
+		firstByte: n.cfg.FirstByteTimeout, idleAfter: n.cfg.idleAfter,
 	}, func(reason string) { n.metrics.silentClosed.WithLabelValues(reason).Inc() })
 	n.gate.Store(gate)
 	srv := &http.Server{
 		ConnState:         gate.connState,
-		Handler:           n.Handler(),
+		ConnContext:       gate.connContext,
+		Handler:           gate.handling(n.Handler()),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       n.cfg.HTTPTimeout,
 		WriteTimeout:      n.cfg.HTTPTimeout,
