@@ -1,5 +1,7 @@
 package conntier
 
+import "time"
+
 // OnDrainBatch has the node report each batch of its drain: how many
 // sessions it closed, and how many are left. Set it before the node stops.
 func (n *Node) OnDrainBatch(fn func(closed, left int)) { n.onDrainBatch = fn }
@@ -7,3 +9,7 @@ func (n *Node) OnDrainBatch(fn func(closed, left int)) { n.onDrainBatch = fn }
 // OnRebalance has the node report each rebalancing round: its sessions and
 // how many it decided to shed.
 func (n *Node) OnRebalance(fn func(sessions, shed int)) { n.onRebalance.Store(&fn) }
+
+// SetIdleAfter shortens how long a node spares a silent connection before
+// it may close it to make room (5s).
+func SetIdleAfter(c *Config, d time.Duration) { c.idleAfter = d }

@@ -40,12 +40,15 @@ type metrics struct {
 	// refused counts connect requests turned away before their
 	// credentials were looked at, by reason: full, draining.
 	refused *prometheus.CounterVec
+	// silentClosed counts silent connections the gate closed, by reason
+	// (admission.go).
+	silentClosed *prometheus.CounterVec
 	// jobWakeups counts "job" notices handled: one per batch of a job
 	// that holds devices of this node.
 	jobWakeups prometheus.Counter
 }
 
-func newMetrics(reg *prometheus.Registry, nodeID, region string, queues map[string]func() int, maxSessions int, handshakes func() int) *metrics {
+func newMetrics(reg *prometheus.Registry, nodeID, region string, queues map[string]func() int, maxSessions int, admission func() (handshakes, silent int)) *metrics {
 	m := &metrics{
 		sessions: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "switchboard_conn_sessions", Help: "Devices connected to this node."}),
@@ -77,6 +80,10 @@ func newMetrics(reg *prometheus.Registry, nodeID, region string, queues map[stri
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchboard_conn_refused_total",
 			Help: "Connect requests answered 503 before their credentials were looked at, by reason: full (MaxSessions), draining."}, []string{"reason"}),
+		silentClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchboard_conn_silent_closed_total",
+			Help: "Silent connections (waited on before their upgrade) the node closed, by reason: timeout (no first byte within the first-byte timeout), address (idle past MaxSilentPerAddress from its address), node (idle past MaxSilent)."},
+			[]string{"reason"}),
 		jobWakeups: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_conn_job_wakeups_total", Help: "Wake-ups for a batch of a fleet job's commands (one per batch and node)."}),
 	}
@@ -85,6 +92,9 @@ func newMetrics(reg *prometheus.Registry, nodeID, region string, queues map[stri
 	m.sentCommand, m.sentPong = sent.WithLabelValues("command"), sent.WithLabelValues("pong")
 	for _, reason := range []string{"closed_by_node", "closed_by_device", "timeout", "lost"} {
 		m.disconnects.WithLabelValues(reason)
+	}
+	for _, reason := range []string{"timeout", "address", "node"} {
+		m.silentClosed.WithLabelValues(reason)
 	}
 	var shared prometheus.Registerer // nil: private
 	if reg != nil {
@@ -99,13 +109,16 @@ func newMetrics(reg *prometheus.Registry, nodeID, region string, queues map[stri
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "switchboard_conn_node_info", Help: "Always 1; its region label names the node's region.",
 				ConstLabels: prometheus.Labels{"region": region}}, func() float64 { return 1 }))
-		r.MustRegister(m.sessions, m.connects, m.closes, m.frames, m.delivered, m.replies, m.timedOut, m.eventsShed, m.replyWaits, m.overRate, m.refused, m.jobWakeups,
+		r.MustRegister(m.sessions, m.connects, m.closes, m.frames, m.delivered, m.replies, m.timedOut, m.eventsShed, m.replyWaits, m.overRate, m.refused, m.silentClosed, m.jobWakeups,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "switchboard_conn_max_sessions", Help: "The most devices this node holds (MaxSessions)."},
 				func() float64 { return float64(maxSessions) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-				Name: "switchboard_conn_handshakes", Help: "Connections accepted and not yet upgraded or closed (at most MaxHandshakes)."},
-				func() float64 { return float64(handshakes()) }))
+				Name: "switchboard_conn_handshakes", Help: "Connections the node works on before their upgrade (at most MaxHandshakes); silent ones hold none."},
+				func() float64 { h, _ := admission(); return float64(h) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "switchboard_conn_silent", Help: "Connections the node waits on before their upgrade: nothing sent yet, or half a handshake or request."},
+				func() float64 { _, s := admission(); return float64(s) }))
 		for name, depth := range queues {
 			r.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "switchboard_conn_queue_depth", Help: "Writes waiting for the database, by queue.",

@@ -123,9 +123,22 @@ type Config struct {
 	RebalanceInterval time.Duration
 	RebalanceShare    float64
 	RebalanceDelay    time.Duration
-	// MaxHandshakes bounds the connections accepted and not yet upgraded
-	// (DefaultMaxHandshakes); more wait in the kernel's accept queue.
+	// MaxHandshakes bounds the connections the node works on at once
+	// before their upgrade: TLS handshakes and connect requests whose
+	// client has sent what the node needs next (DefaultMaxHandshakes);
+	// past it, new connections wait in the kernel's accept queue.
 	MaxHandshakes int
+	// A connection the node waits on (nothing sent yet, or half a
+	// handshake or request) is silent and holds no handshake slot. It is
+	// closed after FirstByteTimeout before its first byte
+	// (DefaultFirstByteTimeout), and, once silent for 5s, silent longest
+	// first when there are more than MaxSilent on the node
+	// (DefaultMaxSilent) or MaxSilentPerAddress from its source address
+	// (DefaultMaxSilentPerAddress).
+	FirstByteTimeout    time.Duration
+	MaxSilent           int
+	MaxSilentPerAddress int
+	idleAfter           time.Duration // defaultIdleAfter; tests shorten it
 	// TrustedProxies are the peers that must open each connection with a
 	// PROXY protocol header naming the client (Fly's proxy_proto_options);
 	// none by default: the client is the TCP peer.
@@ -182,8 +195,16 @@ func (c Config) withDefaults() Config {
 	if c.MaxHandshakes <= 0 {
 		c.MaxHandshakes = DefaultMaxHandshakes
 	}
+	c.FirstByteTimeout = cmp.Or(c.FirstByteTimeout, DefaultFirstByteTimeout)
+	c.idleAfter = cmp.Or(c.idleAfter, defaultIdleAfter)
+	if c.MaxSilent <= 0 {
+		c.MaxSilent = DefaultMaxSilent
+	}
+	if c.MaxSilentPerAddress <= 0 {
+		c.MaxSilentPerAddress = DefaultMaxSilentPerAddress
+	}
 	if c.MaxSessions <= 0 {
-		c.MaxSessions = defaultMaxSessions(c.Store.MaxConns(), c.MaxHandshakes)
+		c.MaxSessions = defaultMaxSessions(c.Store.MaxConns(), c.MaxHandshakes, c.MaxSilent)
 	}
 	if c.Clock == nil {
 		c.Clock = time.Now
@@ -273,11 +294,11 @@ func New(cfg Config) (*Node, error) {
 	n.credentials = batch.NewCalls(1000, n.readCredentials, nil)
 	n.metrics = newMetrics(cfg.Metrics, cfg.Node.ID, cfg.Node.Region, map[string]func() int{
 		"presence": n.presence.Len, "commands": n.commands.Len, "events": n.events.Len, "notices": n.notices.Len,
-	}, n.cfg.MaxSessions, func() int {
+	}, n.cfg.MaxSessions, func() (handshakes, silent int) {
 		if g := n.gate.Load(); g != nil {
-			return g.inProgress()
+			return g.load()
 		}
-		return 0
+		return 0, 0
 	})
 	return n, nil
 }
@@ -326,11 +347,15 @@ func (n *Node) Run(ctx context.Context, ln net.Listener) error {
 	// sessions leave behind, and stop only after the sessions have.
 	bg, stopBackground := actors.Group(ctx, n.presence.Run, n.commands.Run, n.events.Run, n.notices.Run, n.credentials.Run, n.deliverer.run, n.renewLease, n.pinger, n.rebalance)
 	unlisten := n.cfg.Notifier.Listen(db.NodeChannel(n.cfg.Node.ID), n.onNotify, n.deliverer.wakeAll)
-	gate := newHandshakeGate(clientaddr.Listener(ln, n.cfg.TrustedProxies), n.cfg.MaxHandshakes)
+	gate := newHandshakeGate(clientaddr.Listener(ln, n.cfg.TrustedProxies), gateLimits{
+		handshakes: n.cfg.MaxHandshakes, silent: n.cfg.MaxSilent, silentPerAddress: n.cfg.MaxSilentPerAddress,
+		firstByte: n.cfg.FirstByteTimeout, idleAfter: n.cfg.idleAfter,
+	}, func(reason string) { n.metrics.silentClosed.WithLabelValues(reason).Inc() })
 	n.gate.Store(gate)
 	srv := &http.Server{
 		ConnState:         gate.connState,
-		Handler:           n.Handler(),
+		ConnContext:       gate.connContext,
+		Handler:           gate.handling(n.Handler()),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       n.cfg.HTTPTimeout,
 		WriteTimeout:      n.cfg.HTTPTimeout,

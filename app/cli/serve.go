@@ -157,7 +157,8 @@ type connFlags struct {
 	deviceConnectRate                          *float64
 	deviceConnectBurst                         *int
 	maxSessions, maxHandshakes                 *int
-	drain                                      *time.Duration
+	maxSilent, maxSilentPerAddress             *int
+	drain, firstByteTimeout                    *time.Duration
 	guard                                      guardFlags
 }
 
@@ -193,9 +194,15 @@ func defineConnFlags(f flags) connFlags {
 		deviceConnectBurst: f.int("device-connect-burst", conntier.DefaultDeviceConnectBurst,
 			"connects a device may make to a node at once, before the connect rate applies", "CONN_DEVICE_CONNECT_BURST"),
 		maxSessions: f.int("max-sessions", 0,
-			"devices this node holds at most; past it connects get 503 and Retry-After (default: the open-files limit less the pool, handshakes and listeners)", "CONN_MAX_SESSIONS"),
+			"devices this node holds at most; past it connects get 503 and Retry-After (default: the open-files limit less the pool, handshakes, silent connections and listeners)", "CONN_MAX_SESSIONS"),
 		maxHandshakes: f.int("max-handshakes", conntier.DefaultMaxHandshakes,
-			"connections accepted and not yet upgraded (TLS handshake, credentials check); more wait in the accept queue", "CONN_MAX_HANDSHAKES"),
+			"connections the node works on at once before their upgrade (TLS handshake, credentials check); silent ones do not count; more wait in the accept queue", "CONN_MAX_HANDSHAKES"),
+		firstByteTimeout: f.duration("first-byte-timeout", conntier.DefaultFirstByteTimeout,
+			"how long a connection may stay silent before its first byte (of TLS); silent connections take no handshake slot", "CONN_FIRST_BYTE_TIMEOUT"),
+		maxSilent: f.int("max-silent", conntier.DefaultMaxSilent,
+			"silent connections (waited on before their upgrade) a node keeps once idle 5s; past it the one silent longest is closed", "CONN_MAX_SILENT"),
+		maxSilentPerAddress: f.int("max-silent-per-address", conntier.DefaultMaxSilentPerAddress,
+			"idle silent connections kept from one source address (a carrier NAT's fleet shares one); past it its silent longest is closed", "CONN_MAX_SILENT_PER_ADDRESS"),
 		drain: f.duration("drain", conntier.DefaultDrainWindow,
 			"on SIGTERM, close the sessions (1001) in paced batches over this long, so other nodes take the devices in steps", "CONN_DRAIN"),
 		guard: defineGuardFlags(f, "CONN_", "PROXY protocol header (required from them)"),
@@ -237,6 +244,7 @@ func runConn(ctx context.Context, cf connFlags, c call) error {
 		DeviceRate: *cf.deviceRate, DeviceBurst: *cf.deviceBurst, AuthGuard: guardCfg, TrustedProxies: trusted,
 		DeviceConnectRate: *cf.deviceConnectRate, DeviceConnectBurst: *cf.deviceConnectBurst,
 		MaxSessions: *cf.maxSessions, MaxHandshakes: *cf.maxHandshakes, DrainWindow: *cf.drain,
+		FirstByteTimeout: *cf.firstByteTimeout, MaxSilent: *cf.maxSilent, MaxSilentPerAddress: *cf.maxSilentPerAddress,
 	}, tls, ln)
 	if err == nil {
 		err = serveOps(p, *cf.opsListen, node.NotReady)
