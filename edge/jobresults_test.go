@@ -1,6 +1,7 @@
 package edge_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/santhosh-tekuri/jsonschema/v6"
 
 	"github.com/switchboard-iot/switchboard/app/testsys"
 	"github.com/switchboard-iot/switchboard/db"
@@ -36,6 +38,7 @@ func jobCommands(t *testing.T, c *api, id uuid.UUID, query string) jobCommandPag
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET commands%s: %d %s", query, resp.StatusCode, b)
 	}
+	wantSchema(t, "JobCommandList", b)
 	var page jobCommandPage
 	if err := json.Unmarshal(b, &page); err != nil {
 		t.Fatalf("decoding %s: %v", b, err)
@@ -50,6 +53,28 @@ func summary(cmds []db.JobCommand) string {
 		parts = append(parts, fmt.Sprintf("%s/%d:%s", c.DeviceID, c.JobAttempt, c.Status))
 	}
 	return strings.Join(parts, " ")
+}
+
+// wantSchema checks a JSON answer against a schema of edge/openapi.json:
+// the description says what the edge answers.
+func wantSchema(t *testing.T, schema string, body []byte) {
+	t.Helper()
+	_, raw := readOpenAPI(t)
+	c := jsonschema.NewCompiler()
+	if err := c.AddResource("openapi.json", raw); err != nil {
+		t.Fatal(err)
+	}
+	sch, err := c.Compile("openapi.json#/components/schemas/" + schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sch.Validate(inst); err != nil {
+		t.Errorf("%s is not a %s of edge/openapi.json: %v", body, schema, err)
+	}
 }
 
 // devicesTarget is a job target naming ids.
@@ -85,6 +110,7 @@ func TestJobFinalStates(t *testing.T) {
 	if err := json.Unmarshal([]byte(last.Data), &ended); err != nil {
 		t.Fatal(err)
 	}
+	wantSchema(t, "Job", []byte(last.Data))
 	wantErrors := []db.JobError{{Error: "unknown command reboot", Count: 4}}
 	if ended.Status != db.JobDoneWithFailures || *ended.Counts != (db.JobCounts{Failed: 4}) || !slices.Equal(ended.Errors, wantErrors) {
 		t.Errorf("the ended job %s, want done_with_failures, 4 failed, errors %+v", last.Data, wantErrors)
