@@ -132,8 +132,9 @@ const jobErrorsQuery = `
 	WHERE job_id = $1 AND status = ANY($4) AND NOT retried
 	GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT $2`
 
-// unsuccessful are the final statuses of a command that did not succeed.
-var unsuccessful = []command.Status{command.Failed, command.Expired, commandCancelled}
+// UnsuccessfulStatuses are the final statuses of a command that did not
+// succeed.
+var UnsuccessfulStatuses = []command.Status{command.Failed, command.Expired, commandCancelled}
 
 // JobRetry is how a job retries a target whose command failed or expired:
 // with a new command, after a backoff (the runner's policy grows it).
@@ -305,7 +306,7 @@ func (s *Store) Job(ctx context.Context, id uuid.UUID) (Job, error) {
 		return err
 	})
 	b.Queue(jobCountsQuery, id).Query(counts.scan)
-	b.Queue(jobErrorsQuery, id, maxJobErrors, JobErrorText, unsuccessful).Query(func(rows pgx.Rows) (err error) {
+	b.Queue(jobErrorsQuery, id, maxJobErrors, JobErrorText, UnsuccessfulStatuses).Query(func(rows pgx.Rows) (err error) {
 		j.Errors, err = pgx.CollectRows(rows, pgx.RowToStructByPos[JobError])
 		return err
 	})
