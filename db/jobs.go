@@ -76,7 +76,8 @@ func (c JobCounts) Unsuccessful() int { return c.Failed + c.Expired + c.Cancelle
 
 // jobCountsQuery counts a job's commands ($1) by status, whether a later
 // attempt replaced them, and whether they may be retried (an attempt left,
-// and the job running): one pass over the index on (job_id, status).
+// and the job running): one pass over the job's commands, found by the
+// index on (job_id, status).
 const jobCountsQuery = `
 	SELECT c.status, c.retried, c.job_attempt < j.max_attempts AND j.status = 'running', count(*)
 	FROM commands c JOIN jobs j ON j.id = c.job_id
@@ -294,7 +295,8 @@ func (s *Store) CreateJob(ctx context.Context, nj NewJob) (Job, error) {
 }
 
 // Job returns one job with its counts and its commonest errors, in one
-// round trip: each count reads the index on (job_id, status).
+// round trip; both find the job's commands by the index on (job_id,
+// status).
 func (s *Store) Job(ctx context.Context, id uuid.UUID) (Job, error) {
 	ctx, cancel := bound(ctx)
 	defer cancel()
