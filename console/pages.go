@@ -1,6 +1,7 @@
 package console
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -271,10 +272,56 @@ func (c *Console) handleJob(w http.ResponseWriter, r *http.Request) {
 		c.unavailable(w, r, &v, err)
 		return
 	}
-	v.Title = "Job " + job.Name
-	v.Data = &job
+	d := jobPage{Job: job}
+	for _, e := range job.Errors {
+		g := failureGroup{JobError: e, Link: "/v1/jobs/" + id.String() + "/commands?" + url.Values{
+			"status": {"failed,expired,cancelled"}, "error": {e.Error}}.Encode()}
+		// An empty error text filters nothing: such a group is counted,
+		// not listed.
+		if e.Error != "" {
+			g.Commands, _, err = c.store.JobCommands(r.Context(), id, 0,
+				db.JobCommandFilter{Statuses: db.UnsuccessfulStatuses, Error: e.Error}, 0, failuresPerError)
+			if err != nil {
+				c.unavailable(w, r, &v, err)
+				return
+			}
+		}
+		g.More = e.Count - len(g.Commands)
+		d.Failures = append(d.Failures, g)
+	}
+	errs := job.Errors
+	if errs == nil {
+		errs = []db.JobError{}
+	}
+	d.ErrorsJSON, _ = json.Marshal(errs)
+	d.Backoff = time.Duration(job.Retry.Backoff).String()
+	v.Title = "Job " + cmp.Or(job.Title, job.Name)
+	v.Data = &d
 	c.render(w, http.StatusOK, "job", v)
 }
+
+// jobPage is a job page's data: the job, and its failed commands grouped
+// by error text, the commonest first (the job's Errors).
+type jobPage struct {
+	db.Job
+	Failures []failureGroup
+	// ErrorsJSON is the Errors the page was rendered with: app.js says
+	// when the live ones differ, so that a reload lists them.
+	ErrorsJSON []byte
+	Backoff    string // the retry's, as a person reads it
+}
+
+// failureGroup is the targets whose latest command did not succeed with
+// one error: the first failuresPerError of them, how many more, and where
+// the API lists them all.
+type failureGroup struct {
+	db.JobError
+	Commands []db.JobCommand
+	More     int
+	Link     string
+}
+
+const failuresPerError = 20
 
 // sessionRow is one session of a device's presence history.
 type sessionRow struct {

@@ -1,19 +1,24 @@
 package edge
 
 import (
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 
 	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/internal/command"
 	"github.com/switchboard-iot/switchboard/internal/problem"
 )
 
@@ -29,6 +34,17 @@ const (
 	MaxJobBytes = 64 << 20
 	maxJobBody  = 1 << 20
 	maxRegion   = 64
+
+	// A retry: at most MaxJobAttempts commands a target, the first retry
+	// DefaultJobBackoff (at most MaxJobBackoff) after the failure.
+	MaxJobAttempts    = 10
+	DefaultJobBackoff = 10 * time.Second
+	MaxJobBackoff     = time.Hour
+	// MaxJobStartDelay is how far ahead a job may be scheduled.
+	MaxJobStartDelay = 30 * 24 * time.Hour
+	// A title is one line; a description may hold several (characters).
+	MaxJobTitle       = 128
+	MaxJobDescription = 2000
 )
 
 // jobTarget is the "target" of a job request: exactly one kind.
@@ -39,13 +55,24 @@ type jobTarget struct {
 	Devices *[]string `json:"devices,omitempty"`
 }
 
+// jobRetry is the "retry" of a job request.
+type jobRetry struct {
+	MaxAttempts json.RawMessage   `json:"max_attempts"`
+	Backoff     *command.Duration `json:"backoff"`
+}
+
 // jobRequest is the body of POST /v1/jobs: a command request (the same
-// fields, defaults and limits), a target and the rollout's pace.
+// fields, defaults and limits), a target, the rollout's pace, and the
+// job's own: its title and description, when it starts, how it retries.
 type jobRequest struct {
 	commandRequest
+	Title              string          `json:"title"`
+	Description        string          `json:"description"`
 	Target             *jobTarget      `json:"target"`
 	Rate               json.RawMessage `json:"rate"`
 	AbortFailedPercent json.RawMessage `json:"abort_failed_percent"`
+	Retry              *jobRetry       `json:"retry"`
+	StartAt            json.RawMessage `json:"start_at"`
 }
 
 // number reads an optional JSON number; absent or null is def.
@@ -61,25 +88,104 @@ func number(raw json.RawMessage, def float64) (float64, bool) {
 	return v, true
 }
 
-// validate checks the request and says which devices it targets: the
-// filter, and the target as it is stored (a device list as its count, so
-// that reading the job back stays small).
-func (req *jobRequest) validate() (filter db.DeviceFilter, stored json.RawMessage, rate, abort float64, bad *badRequest) {
+// validate checks the request and makes it the job to store, but for its
+// id, key and size limit: the filter that chooses its devices, and the
+// target as it is stored (a device list as its count, so that reading the
+// job back stays small). now is the edge's clock, for start_at's bound.
+func (req *jobRequest) validate(now time.Time) (nj db.NewJob, bad *badRequest) {
 	if bad := req.commandRequest.validate(); bad != nil {
-		return filter, nil, 0, 0, bad
+		return nj, bad
 	}
-	rate, ok := number(req.Rate, DefaultJobRate)
-	if !ok || rate <= 0 || rate > MaxJobRate {
-		return filter, nil, 0, 0, &badRequest{problem.InvalidRate, fmt.Sprintf("rate: want a number of devices a second, above 0 and at most %d (default %g)", MaxJobRate, DefaultJobRate)}
+	nj = db.NewJob{Name: req.Name, Args: req.Args, Timeout: time.Duration(req.Timeout), TTL: time.Duration(req.TTL)}
+	if bad := validJobText("title", req.Title, MaxJobTitle, ""); bad != nil {
+		return nj, bad
 	}
-	abort, ok = number(req.AbortFailedPercent, 100)
-	if !ok || abort < 0 || abort > 100 {
-		return filter, nil, 0, 0, &badRequest{problem.InvalidAbortFailedPercent, "abort_failed_percent: want a number from 0 to 100 (default 100: never abort)"}
+	if bad := validJobText("description", req.Description, MaxJobDescription, "\n\t"); bad != nil {
+		return nj, bad
 	}
-	t := req.Target
+	nj.Title, nj.Description = req.Title, req.Description
+	var ok bool
+	nj.Rate, ok = number(req.Rate, DefaultJobRate)
+	if !ok || nj.Rate <= 0 || nj.Rate > MaxJobRate {
+		return nj, &badRequest{problem.InvalidRate, fmt.Sprintf("rate: want a number of devices a second, above 0 and at most %d (default %g)", MaxJobRate, DefaultJobRate)}
+	}
+	nj.Abort, ok = number(req.AbortFailedPercent, 100)
+	if !ok || nj.Abort < 0 || nj.Abort > 100 {
+		return nj, &badRequest{problem.InvalidAbortFailedPercent, "abort_failed_percent: want a number from 0 to 100 (default 100: never abort)"}
+	}
+	if nj.MaxAttempts, nj.Backoff, bad = req.Retry.validate(); bad != nil {
+		return nj, bad
+	}
+	if nj.StartAt, bad = validStartAt(req.StartAt, now); bad != nil {
+		return nj, bad
+	}
+	nj.Filter, nj.Target, bad = req.Target.validate()
+	return nj, bad
+}
+
+// validJobText checks a title or description: at most limit characters,
+// none a control character but those in allowed.
+func validJobText(field, s string, limit int, allowed string) *badRequest {
+	if utf8.RuneCountInString(s) > limit || strings.ContainsFunc(s, func(r rune) bool {
+		return unicode.IsControl(r) && !strings.ContainsRune(allowed, r)
+	}) {
+		what := "one line"
+		if allowed != "" {
+			what = "lines of text"
+		}
+		return &badRequest{problem.InvalidJobText, fmt.Sprintf("%s: want %s of at most %d characters, without control characters", field, what, limit)}
+	}
+	return nil
+}
+
+// validate checks a job's retry; none (nil) never retries.
+func (r *jobRetry) validate() (maxAttempts int, backoff time.Duration, bad *badRequest) {
+	if r == nil {
+		return 1, 0, nil
+	}
+	n, ok := number(r.MaxAttempts, 0)
+	if !ok || n != math.Trunc(n) || n < 1 || n > MaxJobAttempts {
+		return 0, 0, &badRequest{problem.InvalidRetry, fmt.Sprintf("retry.max_attempts: want the commands a target may get, a whole number from 1 to %d (1: no retry)", MaxJobAttempts)}
+	}
+	backoff = DefaultJobBackoff
+	if r.Backoff != nil {
+		backoff = time.Duration(*r.Backoff)
+	}
+	if backoff < 0 || backoff > MaxJobBackoff {
+		return 0, 0, &badRequest{problem.InvalidRetry, fmt.Sprintf("retry.backoff: want the wait before a first retry, from 0s to %s (default %s)", MaxJobBackoff, DefaultJobBackoff)}
+	}
+	if n == 1 {
+		backoff = 0
+	}
+	return int(n), backoff, nil
+}
+
+// validStartAt reads an optional start_at: an RFC 3339 time at most
+// MaxJobStartDelay after now; nil (absent, null) starts the job at once,
+// as does a time already past.
+func validStartAt(raw json.RawMessage, now time.Time) (*time.Time, *badRequest) {
+	s := strings.TrimSpace(string(raw))
+	if s == "" || s == "null" {
+		return nil, nil
+	}
+	bad := &badRequest{problem.InvalidStartAt, fmt.Sprintf(`start_at: want an RFC 3339 time, such as "2030-01-02T03:04:05Z", at most %s ahead`, MaxJobStartDelay)}
+	var text string
+	if json.Unmarshal(raw, &text) != nil {
+		return nil, bad
+	}
+	t, err := time.Parse(time.RFC3339Nano, text)
+	if err != nil || t.After(now.Add(MaxJobStartDelay)) {
+		return nil, bad
+	}
+	return &t, nil
+}
+
+// validate checks the target and says which devices it chooses: the
+// filter, and the target as it is stored.
+func (t *jobTarget) validate() (filter db.DeviceFilter, stored json.RawMessage, bad *badRequest) {
 	invalid := func(detail string) *badRequest { return &badRequest{problem.InvalidTarget, detail} }
 	if t == nil {
-		return filter, nil, 0, 0, invalid(`target: want one of {"all":true}, {"label":"k=v"}, {"region":"R"} or {"devices":[ids]}`)
+		return filter, nil, invalid(`target: want one of {"all":true}, {"label":"k=v"}, {"region":"R"} or {"devices":[ids]}`)
 	}
 	kinds := 0
 	for _, set := range []bool{t.All != nil, t.Label != nil, t.Region != nil, t.Devices != nil} {
@@ -88,43 +194,43 @@ func (req *jobRequest) validate() (filter db.DeviceFilter, stored json.RawMessag
 		}
 	}
 	if kinds != 1 {
-		return filter, nil, 0, 0, invalid(`target: want exactly one of "all", "label", "region" or "devices"`)
+		return filter, nil, invalid(`target: want exactly one of "all", "label", "region" or "devices"`)
 	}
 	var doc any
 	switch {
 	case t.All != nil:
 		if !*t.All {
-			return filter, nil, 0, 0, invalid(`target: "all" must be true`)
+			return filter, nil, invalid(`target: "all" must be true`)
 		}
 		doc = map[string]bool{"all": true}
 	case t.Label != nil:
 		sel, err := db.ParseLabelSelector(*t.Label)
 		if err != nil {
-			return filter, nil, 0, 0, invalid(err.Error())
+			return filter, nil, invalid(err.Error())
 		}
 		if len(sel) == 0 {
-			return filter, nil, 0, 0, invalid(`target: an empty label selector; use {"all":true} for every device`)
+			return filter, nil, invalid(`target: an empty label selector; use {"all":true} for every device`)
 		}
 		filter.Labels = sel
 		doc = map[string]string{"label": sel.String()}
 	case t.Region != nil:
 		r := *t.Region
 		if r == "" || len(r) > maxRegion || strings.ContainsFunc(r, func(c rune) bool { return c <= ' ' || c > '~' }) {
-			return filter, nil, 0, 0, invalid(fmt.Sprintf("target: a region is 1-%d printable ASCII characters", maxRegion))
+			return filter, nil, invalid(fmt.Sprintf("target: a region is 1-%d printable ASCII characters", maxRegion))
 		}
 		filter.Region = r
 		doc = map[string]string{"region": r}
 	default:
 		ids := slices.Clone(*t.Devices)
 		if len(ids) == 0 {
-			return filter, nil, 0, 0, invalid("target: an empty device list")
+			return filter, nil, invalid("target: an empty device list")
 		}
 		if len(ids) > MaxJobDevices {
-			return filter, nil, 0, 0, invalid(fmt.Sprintf("target: at most %d device ids (a label selector reaches more)", MaxJobDevices))
+			return filter, nil, invalid(fmt.Sprintf("target: at most %d device ids (a label selector reaches more)", MaxJobDevices))
 		}
 		for _, id := range ids {
 			if !db.ValidDeviceID(id) {
-				return filter, nil, 0, 0, &badRequest{problem.UnknownDevices, "no device has the id " + strconv.Quote(id)}
+				return filter, nil, &badRequest{problem.UnknownDevices, "no device has the id " + strconv.Quote(id)}
 			}
 		}
 		slices.Sort(ids)
@@ -132,7 +238,7 @@ func (req *jobRequest) validate() (filter db.DeviceFilter, stored json.RawMessag
 		doc = map[string]int{"device_count": len(filter.IDs)}
 	}
 	stored, _ = json.Marshal(doc)
-	return filter, stored, rate, abort, nil
+	return filter, stored, nil
 }
 
 // handleCreateJob stores a job and the snapshot of its targets; the job
@@ -145,7 +251,7 @@ func (e *Edge) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 	if !decodeJSONLimit(w, r, &req, maxJobBody) {
 		return
 	}
-	filter, target, rate, abort, bad := req.validate()
+	nj, bad := req.validate(time.Now())
 	if bad != nil {
 		bad.write(w)
 		return
@@ -155,17 +261,13 @@ func (e *Edge) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 	// its devices already; which of them do not exist a single command's
 	// 404 would tell as well.
 	key := apiKey(r)
-	if filter.IDs == nil && !key.Has(db.ScopeRead) {
+	if nj.Filter.IDs == nil && !key.Has(db.ScopeRead) {
 		insufficientScope(w, key, db.ScopeCommands, db.ScopeRead)
 		return
 	}
 	maxTargets := min(MaxJobTargets, MaxJobBytes/req.argsSize)
-	j, err := e.store.CreateJob(r.Context(), db.NewJob{
-		ID: uuid.Must(uuid.NewV7()), Name: req.Name, Args: req.Args,
-		Timeout: time.Duration(req.Timeout), TTL: time.Duration(req.TTL),
-		Target: target, Filter: filter, Rate: rate, Abort: abort,
-		APIKeyID: key.ID, MaxTargets: maxTargets,
-	})
+	nj.ID, nj.APIKeyID, nj.MaxTargets = uuid.Must(uuid.NewV7()), key.ID, maxTargets
+	j, err := e.store.CreateJob(r.Context(), nj)
 	var unknown *db.UnknownDevicesError
 	switch {
 	case errors.As(err, &unknown):
@@ -194,7 +296,9 @@ func (e *Edge) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	e.metrics.jobsCreated.Inc()
-	e.cfg.JobCreated()
+	if j.Status == db.JobRunning {
+		e.cfg.JobCreated()
+	}
 	w.Header().Set("Location", "/v1/jobs/"+j.ID.String())
 	writeJSON(w, http.StatusCreated, j)
 }
@@ -331,34 +435,52 @@ type jobList struct {
 // misspelt filter (?staus=) does not list every job instead.
 var jobListParams = []string{"status", "limit", "cursor"}
 
-// handleListJobs lists jobs newest first, without their counts:
-// ?status=running|done|cancelled|aborted, ?limit=N (1-100, 20), ?cursor=C.
-// An unknown, repeated or malformed parameter is invalid-query.
-func (e *Edge) handleListJobs(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
+// onlyParams answers invalid-query, and reports false, when q holds a
+// parameter not among known, or one given twice.
+func onlyParams(w http.ResponseWriter, q url.Values, known []string) bool {
 	for name, vals := range q {
-		if !slices.Contains(jobListParams, name) {
-			problem.InvalidQuery.Write(w, fmt.Sprintf("unknown query parameter %q: want %s", name, strings.Join(jobListParams, ", ")))
-			return
+		if !slices.Contains(known, name) {
+			problem.InvalidQuery.Write(w, fmt.Sprintf("unknown query parameter %q: want %s", name, strings.Join(known, ", ")))
+			return false
 		}
 		if len(vals) > 1 {
 			problem.InvalidQuery.Write(w, fmt.Sprintf("query parameter %q given %d times: give it once", name, len(vals)))
-			return
+			return false
 		}
 	}
-	status := db.JobStatus(q.Get("status"))
-	if status != "" && status != db.JobRunning && !status.Final() {
-		problem.InvalidQuery.Write(w, fmt.Sprintf("status=%q: want running, done, cancelled or aborted", string(status)))
+	return true
+}
+
+// pageLimit reads ?limit=: 1 to most, def when absent or empty.
+func pageLimit(w http.ResponseWriter, q url.Values, def, most int) (int, bool) {
+	v := q.Get("limit")
+	if v == "" {
+		return def, true
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > most {
+		problem.InvalidQuery.Write(w, fmt.Sprintf("limit=%q: want a whole number from 1 to %d", v, most))
+		return 0, false
+	}
+	return n, true
+}
+
+// handleListJobs lists jobs newest first, without their counts:
+// ?status= one of db.JobStatuses, ?limit=N (1-100, 20), ?cursor=C.
+// An unknown, repeated or malformed parameter is invalid-query.
+func (e *Edge) handleListJobs(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	if !onlyParams(w, q, jobListParams) {
 		return
 	}
-	limit := 20
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 100 {
-			problem.InvalidQuery.Write(w, fmt.Sprintf("limit=%q: want a whole number from 1 to 100", v))
-			return
-		}
-		limit = n
+	status := db.JobStatus(q.Get("status"))
+	if status != "" && !slices.Contains(db.JobStatuses, status) {
+		problem.InvalidQuery.Write(w, fmt.Sprintf("status=%q: want one of %s", string(status), joinStrings(db.JobStatuses)))
+		return
+	}
+	limit, ok := pageLimit(w, q, 20, 100)
+	if !ok {
+		return
 	}
 	var before uuid.UUID
 	if v := q.Get("cursor"); v != "" {
@@ -383,4 +505,113 @@ func (e *Edge) handleListJobs(w http.ResponseWriter, r *http.Request) {
 		out.Jobs = []db.Job{}
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// joinStrings lists values for a problem's detail: "a, b or c".
+func joinStrings[S ~string](values []S) string {
+	parts := make([]string, len(values))
+	for i, v := range values {
+		parts[i] = string(v)
+	}
+	if len(parts) < 2 {
+		return strings.Join(parts, "")
+	}
+	return strings.Join(parts[:len(parts)-1], ", ") + " or " + parts[len(parts)-1]
+}
+
+// jobCommandList is the answer to GET /v1/jobs/{id}/commands.
+type jobCommandList struct {
+	Commands []db.JobCommand `json:"commands"`
+	Next     string          `json:"next,omitempty"` // the cursor of the next page; absent on the last
+}
+
+// jobCommandParams are the query parameters GET /v1/jobs/{id}/commands reads.
+var jobCommandParams = []string{"status", "device", "error", "attempts", "limit", "cursor"}
+
+// handleJobCommands answers a job's per-device results: its commands, in
+// the order the job created them, a page at a time: ?status= (statuses,
+// comma-separated), ?device=, ?error= (an error text as the job's errors
+// show it), ?attempts=latest (each target's latest command, the default)
+// or all (the attempts a retry replaced too), ?limit= (1-1000, 100),
+// ?cursor=. Whose job it may see is as for GET /v1/jobs/{id}.
+func (e *Edge) handleJobCommands(w http.ResponseWriter, r *http.Request) {
+	id, ok := uuidParam(w, r, problem.InvalidJobID, "job ids are UUIDs")
+	if !ok {
+		return
+	}
+	q := r.URL.Query()
+	if !onlyParams(w, q, jobCommandParams) {
+		return
+	}
+	var f db.JobCommandFilter
+	if v := q.Get("status"); v != "" {
+		for part := range strings.SplitSeq(v, ",") {
+			st := command.Status(strings.TrimSpace(part))
+			if !slices.Contains(db.JobCommandStatuses, st) {
+				problem.InvalidQuery.Write(w, fmt.Sprintf("status=%q: want statuses among %s, separated by commas", v, joinStrings(db.JobCommandStatuses)))
+				return
+			}
+			if !slices.Contains(f.Statuses, st) {
+				f.Statuses = append(f.Statuses, st)
+			}
+		}
+		slices.Sort(f.Statuses)
+	}
+	if f.Device = q.Get("device"); len(f.Device) > maxFilterValue {
+		problem.InvalidQuery.Write(w, fmt.Sprintf("device: want a device id of at most %d bytes", maxFilterValue))
+		return
+	}
+	if f.Error = q.Get("error"); utf8.RuneCountInString(f.Error) > db.JobErrorText {
+		problem.InvalidQuery.Write(w, fmt.Sprintf("error: want an error text as the job's errors show it, at most %d characters", db.JobErrorText))
+		return
+	}
+	switch v := q.Get("attempts"); v {
+	case "", "latest":
+	case "all":
+		f.AllAttempts = true
+	default:
+		problem.InvalidQuery.Write(w, fmt.Sprintf("attempts=%q: want latest (each target's latest command) or all", v))
+		return
+	}
+	limit, ok := pageLimit(w, q, defaultPage, db.MaxPage)
+	if !ok {
+		return
+	}
+	digest := jobCommandsDigest(id, f)
+	var after int64
+	if c := q.Get("cursor"); c != "" {
+		last, err := decodeCursor(c, digest)
+		if err == nil {
+			after, err = strconv.ParseInt(last, 10, 64)
+		}
+		if err != nil {
+			problem.InvalidCursor.Write(w, "cursor: "+err.Error()+"; start again without one")
+			return
+		}
+	}
+	cmds, more, err := e.store.JobCommands(r.Context(), id, apiKey(r).Creator(), f, after, limit)
+	switch {
+	case errors.Is(err, db.ErrNotFound):
+		jobNotFound(w, id)
+		return
+	case err != nil:
+		e.unavailable(w, "listing a job's commands", err)
+		return
+	}
+	out := jobCommandList{Commands: cmds}
+	if out.Commands == nil {
+		out.Commands = []db.JobCommand{}
+	}
+	if more {
+		out.Next = encodeCursor(digest, strconv.FormatInt(cmds[len(cmds)-1].Seq, 10))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// jobCommandsDigest names a job and a filter in a cursor, as filterDigest
+// does a device listing's.
+func jobCommandsDigest(id uuid.UUID, f db.JobCommandFilter) []byte {
+	sum := sha256.Sum256([]byte(strings.Join([]string{"job-commands", id.String(), joinStrings(f.Statuses),
+		f.Device, f.Error, strconv.FormatBool(f.AllAttempts)}, "\x00")))
+	return sum[:cursorDigest]
 }

@@ -209,7 +209,7 @@ func TestJobRollout(t *testing.T) {
 	if *j.Counts != want || j.Counts.Final() != j.Total || *j.Progress != 1 {
 		t.Errorf("counts %+v progress %v, want %+v and 1", *j.Counts, *j.Progress, want)
 	}
-	for _, f := range []string{"id", "status", "total", "counts", "name", "args", "target", "rate", "abort_failed_percent", "created", "progress", "created_at", "finished_at"} {
+	for _, f := range []string{"id", "status", "total", "counts", "name", "args", "target", "rate", "abort_failed_percent", "retry", "created", "progress", "created_at", "finished_at"} {
 		if _, ok := fields[f]; !ok {
 			t.Errorf("the job has no %q", f)
 		}
@@ -244,20 +244,24 @@ func TestJobRollout(t *testing.T) {
 	}
 }
 
-// Two runners can never create a device's command twice: the schema
-// refuses it, whatever the runners do.
+// Two runners can never create a device's command twice for one attempt:
+// the schema refuses it, whatever the runners do. A retry is the next
+// attempt.
 func TestJobCommandsUnique(t *testing.T) {
 	t.Parallel()
 	sys := testsys.New(t)
 	sys.AddDevice(t, "dev-1")
 	job := uuid.New()
-	insert := `INSERT INTO commands (id, device_id, name, timeout, expires_at, job_id) VALUES ($1, 'dev-1', 'x', '10s', now() + interval '1h', $2)`
-	if _, err := sys.Pool.Exec(t.Context(), insert, uuid.New(), job); err != nil {
+	insert := `INSERT INTO commands (id, device_id, name, timeout, expires_at, job_id, job_attempt) VALUES ($1, 'dev-1', 'x', '10s', now() + interval '1h', $2, $3)`
+	if _, err := sys.Pool.Exec(t.Context(), insert, uuid.New(), job, 1); err != nil {
 		t.Fatal(err)
 	}
-	_, err := sys.Pool.Exec(t.Context(), insert, uuid.New(), job)
-	if err == nil || !strings.Contains(err.Error(), "commands_job_device") {
+	_, err := sys.Pool.Exec(t.Context(), insert, uuid.New(), job, 1)
+	if err == nil || !strings.Contains(err.Error(), "commands_job_attempt") {
 		t.Fatalf("a second command of one job for one device: %v, want a unique violation", err)
+	}
+	if _, err := sys.Pool.Exec(t.Context(), insert, uuid.New(), job, 2); err != nil {
+		t.Errorf("the device's second attempt: %v", err)
 	}
 }
 
@@ -503,6 +507,22 @@ func TestJobBadInput(t *testing.T) {
 		{"abort over 100", `{"name":"x","target":{"all":true},"abort_failed_percent":101}`, "invalid-abort-failed-percent"},
 		{"negative abort", `{"name":"x","target":{"all":true},"abort_failed_percent":-1}`, "invalid-abort-failed-percent"},
 		{"abort a string", `{"name":"x","target":{"all":true},"abort_failed_percent":"half"}`, "invalid-abort-failed-percent"},
+		{"title over 128 characters", `{"name":"x","target":{"all":true},"title":"` + strings.Repeat("é", 129) + `"}`, "invalid-job-text"},
+		{"title of two lines", `{"name":"x","target":{"all":true},"title":"a\nb"}`, "invalid-job-text"},
+		{"description with a control character", `{"name":"x","target":{"all":true},"description":"a\u0007b"}`, "invalid-job-text"},
+		{"description over 2000 characters", `{"name":"x","target":{"all":true},"description":"` + strings.Repeat("a", 2001) + `"}`, "invalid-job-text"},
+		{"retry without max_attempts", `{"name":"x","target":{"all":true},"retry":{"backoff":"1s"}}`, "invalid-retry"},
+		{"retry of 0 attempts", `{"name":"x","target":{"all":true},"retry":{"max_attempts":0}}`, "invalid-retry"},
+		{"retry of 11 attempts", `{"name":"x","target":{"all":true},"retry":{"max_attempts":11}}`, "invalid-retry"},
+		{"retry of 2.5 attempts", `{"name":"x","target":{"all":true},"retry":{"max_attempts":2.5}}`, "invalid-retry"},
+		{"retry attempts a string", `{"name":"x","target":{"all":true},"retry":{"max_attempts":"3"}}`, "invalid-retry"},
+		{"negative backoff", `{"name":"x","target":{"all":true},"retry":{"max_attempts":3,"backoff":"-1s"}}`, "invalid-retry"},
+		{"backoff over 1h", `{"name":"x","target":{"all":true},"retry":{"max_attempts":3,"backoff":"2h"}}`, "invalid-retry"},
+		{"unknown retry field", `{"name":"x","target":{"all":true},"retry":{"max_attempts":3,"on":"failed"}}`, "invalid-json"},
+		{"start_at not a time", `{"name":"x","target":{"all":true},"start_at":"tomorrow"}`, "invalid-start-at"},
+		{"start_at a number", `{"name":"x","target":{"all":true},"start_at":1767225600}`, "invalid-start-at"},
+		{"start_at without a zone", `{"name":"x","target":{"all":true},"start_at":"2030-01-02T03:04:05"}`, "invalid-start-at"},
+		{"start_at past 30 days", `{"name":"x","target":{"all":true},"start_at":"2999-01-01T00:00:00Z"}`, "invalid-start-at"},
 	}
 	for _, tc := range bad {
 		t.Run(tc.name, func(t *testing.T) {

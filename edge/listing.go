@@ -165,7 +165,7 @@ func decodeCursor(c string, digest []byte) (string, error) {
 		return "", errors.New("damaged: use the next value of a listing as it is")
 	}
 	if !bytes.Equal(body[1:1+cursorDigest], digest) {
-		return "", errors.New("it belongs to a listing with other filters: give the same online, node, region, label and q as the page it came from")
+		return "", errors.New("it belongs to a listing with other filters: give the same filters as the page it came from")
 	}
 	// Not ValidDeviceID: a page may end at an id of the old format
 	// (with ':'), which listings show so that it can be found and deleted.

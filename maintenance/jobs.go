@@ -9,8 +9,9 @@ import (
 )
 
 // Abort rule: a job is aborted once more than abort_failed_percent of its
-// final commands failed or expired, judged once at least abortMinFinal
-// commands (or all its targets, when fewer) are final.
+// targets whose command is final failed or expired, judged once at least
+// abortMinFinal of them (or all its targets, when fewer) are final. A
+// target awaiting a retry is not final: only its last attempt counts.
 const abortMinFinal = 10
 
 // maxJobBatch bounds the commands one step creates for one job: a
@@ -22,27 +23,49 @@ const maxJobBatch = 10_000
 // once.
 const maxBehind = 1.0
 
+// maxRetryWait bounds the backoff before a retry, however many attempts
+// doubled it: the API's largest backoff (edge.MaxJobBackoff).
+const maxRetryWait = time.Hour
+
 // planJob is the runner's policy for a job it claimed: abort it by the
-// abort rule, finish it once every command was created and is final, or
-// create the batch its rate made due since the rollout's clock (at most
-// maxBatch), moving the clock on by what was due, not to now, so that a
-// slow tick does not lose the fraction.
+// abort rule; finish it once every target's command was created and is
+// final with no retry left to make (done when all succeeded, else
+// done_with_failures); or create the commands its rate made due since the
+// rollout's clock (at most maxBatch): the due retries first, then the next
+// targets, moving the clock on by what was due, not to now, so that a slow
+// tick does not lose the fraction.
 func planJob(s db.JobState, maxBatch int) db.JobPlan {
-	final := s.Counts.Final()
-	if final >= min(abortMinFinal, s.Total) && float64(s.Counts.Failed+s.Counts.Expired)*100 > s.Abort*float64(final) {
+	c := s.Counts
+	final := c.Final()
+	if final >= min(abortMinFinal, s.Total) && float64(c.Failed+c.Expired)*100 > s.Abort*float64(final) {
 		return db.JobPlan{End: db.JobAborted}
 	}
-	if s.Created >= s.Total {
-		if s.Counts.Pending+s.Counts.Delivered == 0 {
+	left := s.Total - s.Created
+	if left == 0 && c.Pending+c.Delivered+c.Retrying == 0 {
+		if c.Unsuccessful() == 0 {
 			return db.JobPlan{End: db.JobDone}
 		}
-		return db.JobPlan{}
+		return db.JobPlan{End: db.JobDoneWithFailures}
 	}
-	n := min(s.Total-s.Created, maxBatch, int(math.Floor(s.Rate*s.Elapsed)))
+	n := min(left+c.Retrying, maxBatch, int(math.Floor(s.Rate*s.Elapsed)))
 	if n <= 0 {
 		return db.JobPlan{}
 	}
-	return db.JobPlan{Create: n, Behind: min(s.Elapsed-float64(n)/s.Rate, maxBehind)}
+	p := db.JobPlan{Create: n, Behind: min(s.Elapsed-float64(n)/s.Rate, maxBehind)}
+	if c.Retrying > 0 {
+		p.RetryWaits = retryWaits(s.MaxAttempts, s.Backoff)
+	}
+	return p
+}
+
+// retryWaits is the retry policy: after a target's attempt k failed or
+// expired, its attempt k+1 waits backoff × 2^(k-1), at most maxRetryWait.
+func retryWaits(maxAttempts int, backoff time.Duration) []time.Duration {
+	waits := make([]time.Duration, max(maxAttempts-1, 0))
+	for k := range waits {
+		waits[k] = min(backoff<<k, maxRetryWait)
+	}
+	return waits
 }
 
 // runJobs is the job runner: every JobInterval, and when poked, it steps
@@ -64,6 +87,14 @@ func (m *Maintainer) runJobs(ctx context.Context) error {
 		case <-tick.C:
 		case <-m.poke:
 		}
+		started, err := m.store.StartDueJobs(ctx)
+		if err != nil {
+			outage.failed(ctx, err)
+			continue
+		}
+		for _, id := range started {
+			m.log.Info("scheduled job started", "job", id)
+		}
 		// A step per due job; a job is due again only after the interval,
 		// so this ends.
 		for range 1000 {
@@ -79,6 +110,7 @@ func (m *Maintainer) runJobs(ctx context.Context) error {
 			if step.Wake != nil {
 				m.metrics.jobBatches.Inc()
 				m.metrics.jobCommands.Add(float64(step.Created))
+				m.metrics.jobRetries.Add(float64(step.Retried))
 				_ = m.notices.Push(db.Notice{Job: step.Wake})
 			}
 			for i := range step.Changes {

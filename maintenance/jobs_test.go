@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"math"
+	"slices"
 	"testing"
 	"time"
 
@@ -14,12 +15,16 @@ import (
 	"github.com/switchboard-iot/switchboard/edge"
 )
 
-// The runner's policy: the abort rule, the end of a job, and the batch
-// its rate made due, with the clock moved on by what was due.
+// The runner's policy: the abort rule, the end of a job (done only when
+// every target succeeded), retries before new targets, and the batch its
+// rate made due, with the clock moved on by what was due.
 func TestPlanJob(t *testing.T) {
 	t.Parallel()
 	if maxJobBatch != edge.MaxJobRate {
 		t.Errorf("maxJobBatch %d, want a second's worth at the API's highest rate (%d)", maxJobBatch, edge.MaxJobRate)
+	}
+	if maxRetryWait != edge.MaxJobBackoff {
+		t.Errorf("maxRetryWait %v, want the API's largest backoff (%v)", maxRetryWait, edge.MaxJobBackoff)
 	}
 	for _, tc := range []struct {
 		name string
@@ -32,10 +37,14 @@ func TestPlanJob(t *testing.T) {
 			Counts: db.JobCounts{Failed: 9, Pending: 11}}, db.JobPlan{Create: 2, Behind: 0.05}},
 		{"a small job judged when all are final", db.JobState{Total: 3, Created: 3, Rate: 10, Abort: 50,
 			Counts: db.JobCounts{Done: 1, Failed: 2}}, db.JobPlan{End: db.JobAborted}},
-		{"100 percent never aborts", db.JobState{Total: 10, Created: 10, Rate: 10, Abort: 100,
-			Counts: db.JobCounts{Failed: 10}}, db.JobPlan{End: db.JobDone}},
+		{"every target succeeded", db.JobState{Total: 10, Created: 10, Rate: 10, Abort: 0,
+			Counts: db.JobCounts{Done: 10}}, db.JobPlan{End: db.JobDone}},
+		{"100 percent never aborts, and all failed is not done", db.JobState{Total: 10, Created: 10, Rate: 10, Abort: 100,
+			Counts: db.JobCounts{Failed: 10}}, db.JobPlan{End: db.JobDoneWithFailures}},
 		{"as many failed as allowed", db.JobState{Total: 10, Created: 10, Rate: 10, Abort: 50,
-			Counts: db.JobCounts{Done: 5, Failed: 5}}, db.JobPlan{End: db.JobDone}},
+			Counts: db.JobCounts{Done: 5, Failed: 5}}, db.JobPlan{End: db.JobDoneWithFailures}},
+		{"one cancelled is not done", db.JobState{Total: 10, Created: 10, Rate: 10, Abort: 100,
+			Counts: db.JobCounts{Done: 9, Cancelled: 1}}, db.JobPlan{End: db.JobDoneWithFailures}},
 		{"all created, some not final", db.JobState{Total: 10, Created: 10, Rate: 10, Abort: 100, Elapsed: 5,
 			Counts: db.JobCounts{Done: 9, Delivered: 1}}, db.JobPlan{}},
 		{"the rate's due, the fraction kept", db.JobState{Total: 1000, Created: 10, Rate: 400, Abort: 100, Elapsed: 0.0126},
@@ -45,13 +54,39 @@ func TestPlanJob(t *testing.T) {
 			db.JobPlan{Create: 2, Behind: 0.498}},
 		{"after a pause: a batch at most, a second made up at most", db.JobState{Total: 100_000, Rate: 10_000, Abort: 100, Elapsed: 3600},
 			db.JobPlan{Create: maxJobBatch, Behind: 1}},
+		// Retries: a target awaiting one is neither final nor judged.
+		{"retrying keeps the job running, and is due with its waits", db.JobState{Total: 10, Created: 10, Rate: 10, Abort: 0, Elapsed: 1,
+			MaxAttempts: 3, Backoff: time.Second, Counts: db.JobCounts{Done: 2, Retrying: 8, Retried: 8}},
+			db.JobPlan{Create: 8, Behind: 0.2, RetryWaits: []time.Duration{time.Second, 2 * time.Second}}},
+		{"retries share the rate with the targets left", db.JobState{Total: 100, Created: 50, Rate: 10, Abort: 100, Elapsed: 0.5,
+			MaxAttempts: 2, Backoff: time.Minute, Counts: db.JobCounts{Done: 40, Retrying: 10}},
+			db.JobPlan{Create: 5, Behind: 0, RetryWaits: []time.Duration{time.Minute}}},
+		{"the last attempt failed: judged", db.JobState{Total: 10, Created: 10, Rate: 10, Abort: 50,
+			MaxAttempts: 3, Backoff: time.Second, Counts: db.JobCounts{Done: 4, Failed: 6, Retried: 12}}, db.JobPlan{End: db.JobAborted}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := planJob(tc.s, maxJobBatch)
-			if got.End != tc.want.End || got.Create != tc.want.Create || math.Abs(got.Behind-tc.want.Behind) > 1e-9 {
+			if got.End != tc.want.End || got.Create != tc.want.Create || math.Abs(got.Behind-tc.want.Behind) > 1e-9 ||
+				!slices.Equal(got.RetryWaits, tc.want.RetryWaits) {
 				t.Errorf("planJob(%+v) = %+v, want %+v", tc.s, got, tc.want)
 			}
 		})
+	}
+}
+
+// The backoff doubles with each attempt, up to maxRetryWait.
+func TestRetryWaits(t *testing.T) {
+	t.Parallel()
+	got := retryWaits(10, 10*time.Minute)
+	want := []time.Duration{10 * time.Minute, 20 * time.Minute, 40 * time.Minute, time.Hour, time.Hour, time.Hour, time.Hour, time.Hour, time.Hour}
+	if !slices.Equal(got, want) {
+		t.Errorf("retryWaits(10, 10m) = %v, want %v", got, want)
+	}
+	if got := retryWaits(1, time.Second); len(got) != 0 {
+		t.Errorf("one attempt: waits %v, want none", got)
+	}
+	if got := retryWaits(3, 0); !slices.Equal(got, []time.Duration{0, 0}) {
+		t.Errorf("no backoff: waits %v, want 0s each", got)
 	}
 }
 

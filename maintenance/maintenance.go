@@ -9,15 +9,16 @@
 //     events and presence history older than their keep, and trims each
 //     device to its newest EventsPerDevice events;
 //   - the job runner (every JobInterval, 250ms, and at once when Poke says a
-//     job was created): steps each running job: creates its due batch,
-//     aborts or finishes it.
+//     job was created): starts the scheduled jobs whose start_at came, and
+//     steps each running job: creates its due batch (retries first), aborts
+//     or finishes it.
 //
 // Every edge process runs it, next to its edge (the composition root starts
 // both). That is safe because each piece of work claims its rows with FOR
 // UPDATE SKIP LOCKED, or with statements whose effect is the same whoever
 // runs them: each row goes to one edge, and an edge that stops leaves its
 // share to the others. The SQL is in package db; the decisions (the job
-// abort rule, the rollout's pace) are here.
+// abort rule, the rollout's pace, the retries' backoff) are here.
 package maintenance
 
 import (

@@ -21,6 +21,7 @@ type metrics struct {
 
 	jobBatches  prometheus.Counter
 	jobCommands prometheus.Counter
+	jobRetries  prometheus.Counter
 	jobsRunning prometheus.Gauge
 }
 
@@ -35,7 +36,9 @@ func newMetrics(reg *prometheus.Registry, edgeID string) *metrics {
 		jobBatches: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_edge_job_batches_total", Help: "Batches of fleet job commands this edge's runner created (each wakes each of its nodes once)."}),
 		jobCommands: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "switchboard_edge_job_commands_created_total", Help: "Commands this edge's job runner created."}),
+			Name: "switchboard_edge_job_commands_created_total", Help: "Commands this edge's job runner created, retries included."}),
+		jobRetries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_edge_job_retries_total", Help: "Commands this edge's job runner created to retry a target's failed or expired command."}),
 		jobsRunning: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "switchboard_edge_jobs_running", Help: "Fleet jobs running, in the whole database (read every 5s; the same on every edge)."}),
 	}
@@ -46,7 +49,7 @@ func newMetrics(reg *prometheus.Registry, edgeID string) *metrics {
 	m.final = sbmetrics.CommandsFinal(shared)
 	if reg != nil {
 		prometheus.WrapRegistererWith(prometheus.Labels{"edge": edgeID}, reg).MustRegister(
-			m.swept, m.requeued, m.purged, m.jobBatches, m.jobCommands, m.jobsRunning)
+			m.swept, m.requeued, m.purged, m.jobBatches, m.jobCommands, m.jobRetries, m.jobsRunning)
 	}
 	return m
 }

@@ -323,7 +323,16 @@
       }
       $("#start-job").disabled = true;
       try {
-        const job = await api("POST", "/v1/jobs", { name: $("#job-name").value.trim(), args, target, rate: Number($("#job-rate").value || 10) });
+        const body = { name: $("#job-name").value.trim(), args, target, rate: Number($("#job-rate").value || 10) };
+        const title = $("#job-title").value.trim(), description = $("#job-description").value.trim();
+        if (title) body.title = title;
+        if (description) body.description = description;
+        const attempts = Number($("#job-attempts").value || 1);
+        if (attempts > 1) body.retry = { max_attempts: attempts };
+        // datetime-local is the browser's local time; the API wants RFC 3339.
+        const startAt = $("#job-start-at").value;
+        if (startAt) body.start_at = new Date(startAt).toISOString();
+        const job = await api("POST", "/v1/jobs", body);
         location.href = "/jobs/" + job.id;
       } catch (err) {
         errBox.textContent = "The job was not started: " + err.message;
@@ -339,23 +348,41 @@
     const id = root.dataset.job;
     const cancel = $("#cancel-job");
     const liveNote = $("#job-live");
+    const active = (status) => status === "running" || status === "scheduled";
+    const rendered = JSON.stringify(JSON.parse(root.dataset.errors || "[]"));
+    function showErrors(errors) {
+      const tbody = $("#job-errors tbody");
+      tbody.replaceChildren();
+      for (const e of errors) {
+        const tr = el("tr");
+        tr.append(el("td", { "class": "error-text" }, e.error), el("td", {}, e.count));
+        tbody.append(tr);
+      }
+      if (!errors.length) {
+        const tr = el("tr", { "class": "none" }); tr.append(el("td", { colspan: "2" }, "No failure yet.")); tbody.append(tr);
+      }
+      // The grouped commands are the page's: say when a reload would change them.
+      $("#failures-stale").hidden = JSON.stringify(errors) === rendered;
+    }
     function show(j) {
       $("#job-status").textContent = j.status;
       const c = j.counts || {};
-      for (const k of ["unsent", "pending", "delivered", "done", "failed", "expired"]) {
+      for (const k of ["unsent", "pending", "delivered", "done", "failed", "expired", "cancelled", "retrying"]) {
         const td = root.querySelector('td[data-count="' + k + '"]');
         if (td && c[k] !== undefined) td.textContent = c[k];
       }
+      if (c.retried !== undefined) $("#job-retried").textContent = c.retried;
       const p = $("#job-progress");
       p.max = j.total;
-      p.value = (c.done || 0) + (c.failed || 0) + (c.expired || 0);
-      cancel.hidden = j.status !== "running";
-      liveNote.textContent = j.status === "running" ? "live" : "";
+      p.value = (c.done || 0) + (c.failed || 0) + (c.expired || 0) + (c.cancelled || 0);
+      cancel.hidden = !active(j.status);
+      liveNote.textContent = active(j.status) ? "live" : "";
+      showErrors(j.errors || []);
     }
-    if ($("#job-status").textContent === "running") {
+    if (active($("#job-status").textContent)) {
       const es = live("/v1/jobs/" + id, {
         "*": (j, name) => { show(j); if (name !== "progress") es.close(); },
-      }, ["progress", "done", "cancelled", "aborted"]);
+      }, ["progress", "done", "done_with_failures", "cancelled", "aborted"]);
     }
     cancel.addEventListener("click", async () => {
       cancel.disabled = true;

@@ -52,6 +52,9 @@ var (
 	JobTooLarge               = newType("job-too-large", http.StatusRequestEntityTooLarge, "Job too large", "a job whose args, times its targets, pass 64 MiB")
 	InvalidRate               = newType("invalid-rate", http.StatusBadRequest, "Bad request", "a job rate that is not above 0 and at most 10,000")
 	InvalidAbortFailedPercent = newType("invalid-abort-failed-percent", http.StatusBadRequest, "Bad request", "a job abort_failed_percent that is not 0 to 100")
+	InvalidRetry              = newType("invalid-retry", http.StatusBadRequest, "Bad request", "a job retry whose max_attempts is not 1 to 10, or whose backoff is not 0s to 1h")
+	InvalidStartAt            = newType("invalid-start-at", http.StatusBadRequest, "Bad request", "a job start_at that is not an RFC 3339 time within 30 days")
+	InvalidJobText            = newType("invalid-job-text", http.StatusBadRequest, "Bad request", "a job title or description that is too long or holds control characters")
 	InvalidJobID              = newType("invalid-job-id", http.StatusBadRequest, "Bad request", "a job id that is not a UUID")
 	JobNotFound               = newType("job-not-found", http.StatusNotFound, "Job not found", "no such job")
 
