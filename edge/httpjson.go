@@ -14,6 +14,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/switchboard-iot/switchboard/device/protocol"
+	"github.com/switchboard-iot/switchboard/internal/command"
 	"github.com/switchboard-iot/switchboard/internal/pgtext"
 	"github.com/switchboard-iot/switchboard/internal/problem"
 )
@@ -65,15 +66,23 @@ func parseJSON(w http.ResponseWriter, body []byte, v any) bool {
 	if err == nil {
 		err = protocol.CheckStorable(body)
 	}
+	field, value, badDuration := command.DurationError(err)
 	switch {
 	case err == nil:
 		return true
 	case errors.Is(err, io.EOF):
 		problem.InvalidJSON.Write(w, "the request body is empty")
+	case badDuration:
+		problem.InvalidDuration.Write(w, durationDetail(field, value))
 	default:
 		problem.InvalidJSON.Write(w, err.Error())
 	}
 	return false
+}
+
+// durationDetail says what is wrong with a duration of a request.
+func durationDetail(field, value string) string {
+	return fmt.Sprintf(`%s: %s is not a duration: want a Go duration such as "10s", "1m30s" or "500ms", or a number of seconds`, field, value)
 }
 
 // unmarshalStrict reads one JSON value into v, refusing unknown fields and
