@@ -18,7 +18,10 @@ import (
 	"github.com/switchboard-iot/switchboard/internal/problem"
 )
 
-// defaultPage is a listing's page size when ?limit= is not given.
+// Every listing pages alike (readPage): ?limit= is the page size,
+// 1-db.MaxPage, defaultPage when absent or empty; ?cursor= is the "next"
+// of the page before, given with the same filters, and empty is the first
+// page; the answer's "next" is absent on the last page.
 const defaultPage = 100
 
 // maxFilterValue bounds ?node= and ?region=: longer cannot name one.
@@ -65,8 +68,8 @@ func parseListQuery(w http.ResponseWriter, q url.Values) (f db.DeviceFilter, lim
 	if !allowQuery(w, q, listParams, "label") {
 		return f, 0, "", false
 	}
-	// An empty node, region, q, label or cursor is not given (a form's
-	// empty field); online and limit have a grammar, and "" is not in it.
+	// An empty node, region, q, label, limit or cursor is not given (a
+	// form's empty field); online has a grammar, and "" is not in it.
 	switch v := q.Get("online"); {
 	case !q.Has("online"):
 	case v == "true" || v == "false":
@@ -92,43 +95,77 @@ func parseListQuery(w http.ResponseWriter, q url.Values) (f db.DeviceFilter, lim
 		}
 		f.Labels = sel
 	}
+	limit, after, ok = readPage(w, q, filterDigest(f))
+	return f, limit, after, ok
+}
+
+// filterDigest names a filter in a cursor, so that a cursor is refused
+// with another filter (its last id would skip devices of that one); label
+// terms are sorted, so that their order does not matter.
+func filterDigest(f db.DeviceFilter) []byte {
+	online := ""
+	if f.Online != nil {
+		online = strconv.FormatBool(*f.Online)
+	}
+	return listDigest("devices", online, f.Node, f.Region, labelTerms(f.Labels), strings.ToLower(f.IDContains))
+}
+
+// labelTerms writes a selector for a digest: its terms sorted.
+func labelTerms(sel db.LabelSelector) string {
+	terms := make([]string, len(sel))
+	for i, r := range sel {
+		terms[i] = db.LabelSelector{r}.String()
+	}
+	slices.Sort(terms)
+	return strings.Join(terms, ",")
+}
+
+// listDigest names a listing and its filters in its cursors: the first
+// cursorDigest bytes of the SHA-256 of its parts, the listing's name
+// first, in a canonical form (the page size is not one of them and may
+// change between pages). NUL separates the parts: none can hold one.
+func listDigest(parts ...string) []byte {
+	sum := sha256.Sum256([]byte(strings.Join(parts, "\x00")))
+	return sum[:cursorDigest]
+}
+
+// readPage reads a listing's ?limit= and ?cursor=, the cursor checked
+// against digest (listDigest of the listing and the filters given): the
+// key of the last row of the page before ("" for the first page). On
+// failure it has answered 400 (invalid-query, invalid-cursor).
+func readPage(w http.ResponseWriter, q url.Values, digest []byte) (limit int, after string, ok bool) {
 	limit = defaultPage
-	if v := q.Get("limit"); q.Has("limit") {
+	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > db.MaxPage {
 			problem.InvalidQuery.Write(w, fmt.Sprintf("limit=%q: want a whole number from 1 to %d", v, db.MaxPage))
-			return f, 0, "", false
+			return 0, "", false
 		}
 		limit = n
 	}
 	if c := q.Get("cursor"); c != "" {
 		var err error
-		if after, err = decodeCursor(c, filterDigest(f)); err != nil {
+		if after, err = decodeCursor(c, digest); err != nil {
 			problem.InvalidCursor.Write(w, "cursor: "+err.Error()+"; start again without one")
-			return f, 0, "", false
+			return 0, "", false
 		}
 	}
-	return f, limit, after, true
+	return limit, after, true
 }
 
-// filterDigest names a filter in a cursor, so that a cursor is refused
-// with another filter (its last id would skip devices of that one): the
-// first 8 bytes of the SHA-256 of the filter in a canonical form (label
-// terms sorted; the page size is not part of it and may change).
-func filterDigest(f db.DeviceFilter) []byte {
-	terms := make([]string, len(f.Labels))
-	for i, r := range f.Labels {
-		terms[i] = db.LabelSelector{r}.String()
+// readPageInt is readPage for a listing keyed on a positive whole number
+// (an id, a sequence): 0 for the first page.
+func readPageInt(w http.ResponseWriter, q url.Values, digest []byte) (limit int, after int64, ok bool) {
+	limit, last, ok := readPage(w, q, digest)
+	if !ok || last == "" {
+		return limit, 0, ok
 	}
-	slices.Sort(terms)
-	online := ""
-	if f.Online != nil {
-		online = strconv.FormatBool(*f.Online)
+	if after, err := strconv.ParseInt(last, 10, 64); err == nil && after > 0 {
+		return limit, after, true
 	}
-	// NUL separates the fields: none of them can hold one.
-	sum := sha256.Sum256([]byte(strings.Join([]string{"devices", online, f.Node, f.Region,
-		strings.Join(terms, ","), strings.ToLower(f.IDContains)}, "\x00")))
-	return sum[:8]
+	// A cursor this edge made holds a number: this one was forged.
+	problem.InvalidCursor.Write(w, "cursor: damaged: use the next value of a listing as it is; start again without one")
+	return 0, 0, false
 }
 
 // A cursor is base64url (unpadded) of: version byte 1, the 8-byte filter
