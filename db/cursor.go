@@ -64,23 +64,33 @@ func DecodeCursor(c string, digest []byte) (string, error) {
 	return last, nil
 }
 
-// Digest names a device listing's filter in its cursors, so that a cursor
-// is refused with another filter (its last id would skip devices of that
-// one): the first CursorDigest bytes of the SHA-256 of the filter in a
-// canonical form (label terms sorted; the page size is not part of it and
-// may change).
-func (f DeviceFilter) Digest() []byte {
-	terms := make([]string, len(f.Labels))
-	for i, r := range f.Labels {
+// ListDigest names a listing and its filters in its cursors, so that a
+// cursor is refused with other filters (its last key would skip rows of
+// those): the first CursorDigest bytes of the SHA-256 of its parts, the
+// listing's name first, in a canonical form (the page size is not one of
+// them and may change between pages). NUL separates the parts: none can
+// hold one.
+func ListDigest(parts ...string) []byte {
+	sum := sha256.Sum256([]byte(strings.Join(parts, "\x00")))
+	return sum[:CursorDigest]
+}
+
+// Canonical writes a selector for a digest: its terms sorted, so that
+// their order does not matter.
+func (sel LabelSelector) Canonical() string {
+	terms := make([]string, len(sel))
+	for i, r := range sel {
 		terms[i] = LabelSelector{r}.String()
 	}
 	slices.Sort(terms)
+	return strings.Join(terms, ",")
+}
+
+// Digest names a device listing's filter in its cursors.
+func (f DeviceFilter) Digest() []byte {
 	online := ""
 	if f.Online != nil {
 		online = strconv.FormatBool(*f.Online)
 	}
-	// NUL separates the fields: none of them can hold one.
-	sum := sha256.Sum256([]byte(strings.Join([]string{"devices", online, f.Node, f.Region,
-		strings.Join(terms, ","), strings.ToLower(f.IDContains)}, "\x00")))
-	return sum[:CursorDigest]
+	return ListDigest("devices", online, f.Node, f.Region, f.Labels.Canonical(), strings.ToLower(f.IDContains))
 }

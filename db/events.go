@@ -3,6 +3,7 @@ package db
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"math"
 	"time"
 
@@ -167,13 +168,25 @@ type EventPage struct {
 const Span = 50_000
 
 // EventHistory returns a page of stored events, newest first, and where
-// the next page starts (0: there is none). A device's history walks its
-// index; the fleet's looks through at most Span ids per page.
+// the next page starts (0: there is none, so a page that ends the history
+// says so). A device's history walks its index; the fleet's looks through
+// at most Span ids per page.
 func (s *Store) EventHistory(ctx context.Context, p EventPage) (events []Event, next int64, err error) {
+	if p.Limit < 1 || p.Limit > MaxPage {
+		return nil, 0, fmt.Errorf("event history: limit %d: %w", p.Limit, ErrInvalid)
+	}
 	ctx, cancel := bound(ctx)
 	defer cancel()
 	if p.Names == nil {
 		p.Names = []string{} // an empty array, not NULL, for cardinality()
+	}
+	// One more than the page tells whether another page follows.
+	more := func() bool {
+		if len(events) > p.Limit {
+			events, next = events[:p.Limit], events[p.Limit-1].ID
+			return true
+		}
+		return false
 	}
 	before := p.Before
 	if p.Device != "" {
@@ -183,13 +196,11 @@ func (s *Store) EventHistory(ctx context.Context, p EventPage) (events []Event, 
 		events, err = collectEvents(s.db.Query(ctx, `
 			SELECT `+eventColumns+` FROM events e
 			WHERE e.device_id = $1 AND e.id < $2 AND (cardinality($3::text[]) = 0 OR e.name = ANY($3))
-			ORDER BY e.id DESC LIMIT $4`, p.Device, before, p.Names, p.Limit))
+			ORDER BY e.id DESC LIMIT $4`, p.Device, before, p.Names, p.Limit+1))
 		if err != nil {
 			return nil, 0, translate(err, "event history")
 		}
-		if len(events) == p.Limit {
-			next = events[len(events)-1].ID
-		}
+		more()
 		return events, next, nil
 	}
 	if before <= 0 {
@@ -198,8 +209,9 @@ func (s *Store) EventHistory(ctx context.Context, p EventPage) (events []Event, 
 			return nil, 0, translate(err, "event history")
 		}
 	}
+	low := max(before-Span, 0)
 	filter := DeviceFilter{Labels: p.Labels, Region: p.Region}
-	where, args := filter.where([]any{before, max(before-Span, 0), p.Names, p.Limit})
+	where, args := filter.where([]any{before, low, p.Names, p.Limit + 1})
 	events, err = collectEvents(s.db.Query(ctx, `
 		SELECT `+eventColumns+`
 		FROM events e LEFT JOIN (`+filteredDevices+`) ON d.id = e.device_id
@@ -208,11 +220,17 @@ func (s *Store) EventHistory(ctx context.Context, p EventPage) (events []Event, 
 	if err != nil {
 		return nil, 0, translate(err, "event history")
 	}
-	switch {
-	case len(events) == p.Limit:
-		next = events[len(events)-1].ID
-	case before-Span > 1:
-		next = before - Span // nothing more in this span: the next page looks further back
+	if more() || low == 0 {
+		return events, next, nil
+	}
+	// Nothing more in this span: the next page looks through the span
+	// below, from the newest event there (none: this was the last page).
+	var below *int64
+	if err := s.db.QueryRow(ctx, `SELECT max(id) FROM events WHERE id < $1`, low).Scan(&below); err != nil {
+		return nil, 0, translate(err, "event history")
+	}
+	if below != nil {
+		next = *below + 1
 	}
 	return events, next, nil
 }

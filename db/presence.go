@@ -2,6 +2,7 @@ package db
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/google/uuid"
@@ -301,18 +302,47 @@ type SessionRecord struct {
 
 // DeviceSessions returns a device's last ended sessions, newest first.
 func (s *Store) DeviceSessions(ctx context.Context, deviceID string, limit int) ([]SessionRecord, error) {
+	sessions, _, err := s.DeviceSessionPage(ctx, deviceID, nil, limit)
+	return sessions, err
+}
+
+// SessionKey is where a page of a device's sessions ends: its last
+// session's start and id, the order of the listing.
+type SessionKey struct {
+	ConnectedAt time.Time
+	SessionID   uuid.UUID
+}
+
+// DeviceSessionPage returns up to limit of a device's ended sessions,
+// newest first, after the session after (nil: from the newest), and
+// whether more follow: keyset pagination on (connected_at, session_id),
+// which the device's index serves.
+func (s *Store) DeviceSessionPage(ctx context.Context, deviceID string, after *SessionKey, limit int) (sessions []SessionRecord, more bool, err error) {
+	if limit < 1 || limit > MaxPage {
+		return nil, false, fmt.Errorf("device sessions: limit %d: %w", limit, ErrInvalid)
+	}
 	ctx, cancel := bound(ctx)
 	defer cancel()
+	var at *time.Time
+	var id *uuid.UUID
+	if after != nil {
+		at, id = &after.ConnectedAt, &after.SessionID
+	}
 	rows, err := s.db.Query(ctx, `
 		SELECT session_id, node_id, region, remote_addr, connected_at, disconnected_at
-		FROM device_sessions WHERE device_id = $1 ORDER BY connected_at DESC LIMIT $2`, deviceID, limit)
+		FROM device_sessions
+		WHERE device_id = $1 AND ($2::timestamptz IS NULL OR (connected_at, session_id) < ($2, $3::uuid))
+		ORDER BY connected_at DESC, session_id DESC LIMIT $4`, deviceID, at, id, limit+1)
 	if err != nil {
-		return nil, translate(err, "device sessions")
+		return nil, false, translate(err, "device sessions")
 	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (SessionRecord, error) {
+	sessions, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (SessionRecord, error) {
 		var r SessionRecord
 		err := row.Scan(&r.SessionID, &r.NodeID, &r.Region, &r.RemoteAddr, &r.ConnectedAt, &r.DisconnectedAt)
 		return r, err
 	})
-	return out, translate(err, "device sessions")
+	if len(sessions) > limit {
+		sessions, more = sessions[:limit], true
+	}
+	return sessions, more, translate(err, "device sessions")
 }

@@ -104,7 +104,7 @@ func TestBadInput(t *testing.T) {
 		{"timeout under 1s as a number", `{"name":"read","timeout":0.5}`, "", 400, "invalid-command"},
 		{"timeout over 10m", `{"name":"read","timeout":"11m"}`, "", 400, "invalid-command"},
 		{"negative timeout", `{"name":"read","timeout":"-5s"}`, "", 400, "invalid-command"},
-		{"timeout not a duration", `{"name":"read","timeout":"soon"}`, "", 400, "invalid-json"},
+		{"timeout not a duration", `{"name":"read","timeout":"soon"}`, "", 400, "invalid-duration"},
 		{"ttl over 7d", `{"name":"read","ttl":"200h"}`, "", 400, "invalid-command"},
 		{"wait not a duration", `{"name":"read"}`, "?wait=banana", 400, "invalid-wait"},
 		{"negative wait", `{"name":"read"}`, "?wait=-1s", 400, "invalid-wait"},

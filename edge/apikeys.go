@@ -1,7 +1,6 @@
 package edge
 
 import (
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +12,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/internal/command"
 	"github.com/switchboard-iot/switchboard/internal/problem"
 	"github.com/switchboard-iot/switchboard/internal/secret"
 )
@@ -58,7 +58,7 @@ func (e *Edge) handleAddAPIKey(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if ttl < 0 {
-		problem.InvalidDuration.Write(w, fmt.Sprintf("expires_in %s: want a duration after now, such as \"720h\" (0, or none: until revoked)", ttl))
+		problem.InvalidDuration.Write(w, fmt.Sprintf("expires_in %s: want a duration after now, such as \"720h\" (0, or none: until revoked)", command.Duration(ttl)))
 		return
 	}
 	nk.TTL = ttl
@@ -97,37 +97,20 @@ func (e *Edge) handleAddAPIKey(w http.ResponseWriter, r *http.Request) {
 // apiKeyListParams are the query parameters GET /v1/apikeys reads.
 var apiKeyListParams = []string{"limit", "cursor"}
 
-// apiKeyCursorDigest names the key listing in its cursors (encodeCursor),
-// which have no filters: a device listing's cursor is refused here.
-var apiKeyCursorDigest = func() []byte { sum := sha256.Sum256([]byte("apikeys")); return sum[:cursorDigest] }()
+// apiKeyCursorDigest names the key listing in its cursors, which have no
+// filters: another listing's cursor is refused here.
+var apiKeyCursorDigest = listDigest("apikeys")
 
 // handleListAPIKeys lists every key, revoked and expired ones too, oldest
-// first, a page at a time (?limit=1-1000, 100; ?cursor=): never a secret,
-// which is not stored.
+// first, a page at a time (readPage): never a secret, which is not stored.
 func (e *Edge) handleListAPIKeys(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	if !allowQuery(w, q, apiKeyListParams) {
 		return
 	}
-	limit := defaultPage
-	if v := q.Get("limit"); q.Has("limit") {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > db.MaxPage {
-			problem.InvalidQuery.Write(w, fmt.Sprintf("limit=%q: want a whole number from 1 to %d", v, db.MaxPage))
-			return
-		}
-		limit = n
-	}
-	var after int64
-	if c := q.Get("cursor"); c != "" {
-		last, err := decodeCursor(c, apiKeyCursorDigest)
-		if err == nil {
-			after, err = strconv.ParseInt(last, 10, 64)
-		}
-		if err != nil || after < 1 {
-			problem.InvalidCursor.Write(w, "cursor: use the next of a GET /v1/apikeys page as it is, or start again without one")
-			return
-		}
+	limit, after, ok := readPageInt(w, q, apiKeyCursorDigest)
+	if !ok {
+		return
 	}
 	keys, err := e.store.APIKeys(r.Context(), after, limit+1) // one more tells whether a page follows
 	if err != nil {

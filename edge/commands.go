@@ -87,7 +87,7 @@ func (req *commandRequest) validate() *badRequest {
 		case v == 0:
 			*d = command.Duration(def)
 		case v < time.Second || v > max:
-			return invalid("%s: want between 1s and %s, got %s", field, max, v)
+			return invalid("%s: want between 1s and %s, got %s", field, command.Duration(max), command.Duration(v))
 		}
 		return nil
 	}

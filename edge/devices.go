@@ -9,8 +9,11 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
+	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/google/uuid"
 
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/internal/problem"
@@ -191,33 +194,64 @@ func newLabels(given map[string]*string) (map[string]string, error) {
 // checkLabels is db.CheckLabels, which the console's label form uses too.
 func checkLabels(labels map[string]string, n int) error { return db.CheckLabels(labels, n) }
 
-// handleDeviceSessions answers a device's presence history: its last ended
-// sessions, newest first (its current one is in GET /v1/devices/{id}).
+// sessionListParams are the query parameters GET /v1/devices/{id}/sessions reads.
+var sessionListParams = []string{"limit", "cursor"}
+
+// handleDeviceSessions answers a device's presence history: its ended
+// sessions, newest first, a page at a time (readPage); its current one is
+// in GET /v1/devices/{id}.
 func (e *Edge) handleDeviceSessions(w http.ResponseWriter, r *http.Request) {
 	id := chi.URLParam(r, "id")
-	limit := 20
-	for k, v := range r.URL.Query() {
-		if k != "limit" || len(v) != 1 {
-			problem.InvalidQuery.Write(w, "this route takes one parameter, limit (1-100)")
+	q := r.URL.Query()
+	if !allowQuery(w, q, sessionListParams) {
+		return
+	}
+	digest := listDigest("sessions", id)
+	limit, last, ok := readPage(w, q, digest)
+	if !ok {
+		return
+	}
+	var after *db.SessionKey
+	if last != "" {
+		if after = parseSessionKey(last); after == nil {
+			// A cursor this edge made holds a key: this one was forged.
+			problem.InvalidCursor.Write(w, "cursor: damaged: use the next value of a listing as it is; start again without one")
 			return
 		}
-		n, err := strconv.Atoi(v[0])
-		if err != nil || n < 1 || n > 100 {
-			problem.InvalidQuery.Write(w, "limit: want a number from 1 to 100")
-			return
-		}
-		limit = n
 	}
 	if !e.deviceFound(w, r, id) {
 		return
 	}
-	sessions, err := e.store.DeviceSessions(r.Context(), id, limit)
+	sessions, more, err := e.store.DeviceSessionPage(r.Context(), id, after, limit)
 	if err != nil {
 		e.unavailable(w, "reading a device's sessions", err)
 		return
 	}
-	if sessions == nil {
-		sessions = []db.SessionRecord{}
+	out := struct {
+		Sessions []db.SessionRecord `json:"sessions"`
+		Next     string             `json:"next,omitempty"` // absent on the last page
+	}{Sessions: sessions}
+	if out.Sessions == nil {
+		out.Sessions = []db.SessionRecord{}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"sessions": sessions})
+	if more {
+		last := sessions[len(sessions)-1]
+		out.Next = encodeCursor(digest, last.ConnectedAt.UTC().Format(time.RFC3339Nano)+" "+last.SessionID.String())
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// parseSessionKey reads the key a sessions cursor holds: "<connected_at>
+// <session id>"; nil if it is not one.
+func parseSessionKey(s string) *db.SessionKey {
+	at, id, _ := strings.Cut(s, " ")
+	t, err := time.Parse(time.RFC3339Nano, at)
+	if err != nil {
+		return nil
+	}
+	u, err := uuid.Parse(id)
+	if err != nil {
+		return nil
+	}
+	return &db.SessionKey{ConnectedAt: t, SessionID: u}
 }

@@ -33,14 +33,11 @@ import (
 // and a client that reconnects with Last-Event-ID (or ?after=ID) gets what
 // it missed from the stored history, then the live events, on any edge.
 // Without it, the stream starts with the next event. Otherwise the answer
-// is a page of history, newest first: {"events":[…],"next":"…"}, and
-// ?cursor=<next> reads the page after it.
+// is a page of history, newest first: {"events":[…],"next":"…"}, paged as
+// every listing is (readPage).
 
-const (
-	defaultEventPage = 100
-	maxEventPage     = 1000
-	replayPage       = 500
-)
+// replayPage is how many stored events a resuming stream reads at a time.
+const replayPage = 500
 
 // validRegion bounds a region filter (Fly's are three letters; REGION is
 // free-form but short).
@@ -52,20 +49,27 @@ type eventQuery struct {
 	labels db.LabelSelector
 	region string
 	after  int64 // resume after this id (streams); -1: start now
-	cursor int64 // history: events below this id (0: from the newest)
+	before int64 // history: events below this id (0: from the newest)
 	limit  int
 }
 
-// parseEventQuery reads the query (and Last-Event-ID), allowing the
-// parameters in allowed; on a bad one it has answered 400.
-func parseEventQuery(w http.ResponseWriter, r *http.Request, allowed ...string) (eventQuery, bool) {
-	q := eventQuery{after: -1, limit: defaultEventPage}
+// parseEventQuery reads the query (and Last-Event-ID) of a device's events
+// (device) or the fleet's (""), as a stream or as history; on a bad one it
+// has answered 400. A filter may repeat; another parameter may not.
+func parseEventQuery(w http.ResponseWriter, r *http.Request, device string, stream bool) (eventQuery, bool) {
+	q := eventQuery{after: -1}
+	allowed := []string{"name"}
+	if device == "" {
+		allowed = append(allowed, "label", "region")
+	}
+	if stream {
+		allowed = append(allowed, "after")
+	} else {
+		allowed = append(allowed, "limit", "cursor")
+	}
 	values := r.URL.Query()
-	for k := range values {
-		if !slices.Contains(allowed, k) {
-			problem.InvalidQuery.Write(w, fmt.Sprintf("unknown query parameter %q: this route takes %s", k, strings.Join(allowed, ", ")))
-			return q, false
-		}
+	if !allowQuery(w, values, allowed, "name", "label") {
+		return q, false
 	}
 	for _, n := range values["name"] {
 		for n := range strings.SplitSeq(n, ",") {
@@ -90,21 +94,10 @@ func parseEventQuery(w http.ResponseWriter, r *http.Request, allowed ...string) 
 		}
 		q.region = region
 	}
-	if v := values.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > maxEventPage {
-			problem.InvalidQuery.Write(w, fmt.Sprintf("limit: want a number from 1 to %d", maxEventPage))
-			return q, false
-		}
-		q.limit = n
-	}
-	if v := values.Get("cursor"); v != "" {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n <= 0 {
-			problem.InvalidCursor.Write(w, "cursor: pass the \"next\" of the previous page as it was")
-			return q, false
-		}
-		q.cursor = n
+	if !stream {
+		var ok bool
+		q.limit, q.before, ok = readPageInt(w, values, eventsDigest(device, q))
+		return q, ok
 	}
 	// A reconnecting EventSource sends Last-Event-ID with its original
 	// URL: the header is the newer position.
@@ -120,6 +113,14 @@ func parseEventQuery(w http.ResponseWriter, r *http.Request, allowed ...string) 
 	return q, true
 }
 
+// eventsDigest names an event history and its filters in its cursors:
+// names and label terms in a canonical order, so that theirs does not
+// matter.
+func eventsDigest(device string, q eventQuery) []byte {
+	names := slices.Compact(slices.Sorted(slices.Values(q.names)))
+	return listDigest("events", device, strings.Join(names, ","), q.labels.Canonical(), q.region)
+}
+
 func cmpOr(a, b string) string {
 	if a != "" {
 		return a
@@ -131,11 +132,7 @@ func cmpOr(a, b string) string {
 func (e *Edge) handleDeviceEvents(w http.ResponseWriter, r *http.Request) {
 	id := chi.URLParam(r, "id")
 	stream := acceptsEventStream(r)
-	allowed := []string{"name", "limit", "cursor"}
-	if stream {
-		allowed = []string{"name", "after"}
-	}
-	q, ok := parseEventQuery(w, r, allowed...)
+	q, ok := parseEventQuery(w, r, id, stream)
 	if !ok {
 		return
 	}
@@ -143,7 +140,7 @@ func (e *Edge) handleDeviceEvents(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !stream {
-		e.eventHistory(w, r, db.EventPage{Before: q.cursor, Limit: q.limit, Device: id, Names: q.names})
+		e.eventHistory(w, r, eventsDigest(id, q), db.EventPage{Before: q.before, Limit: q.limit, Device: id, Names: q.names})
 		return
 	}
 	if q.after > 0 {
@@ -179,16 +176,12 @@ func (e *Edge) handleDeviceEvents(w http.ResponseWriter, r *http.Request) {
 // filtered by event name, device label selector and region.
 func (e *Edge) handleFleetEvents(w http.ResponseWriter, r *http.Request) {
 	stream := acceptsEventStream(r)
-	allowed := []string{"name", "label", "region", "limit", "cursor"}
-	if stream {
-		allowed = []string{"name", "label", "region", "after"}
-	}
-	q, ok := parseEventQuery(w, r, allowed...)
+	q, ok := parseEventQuery(w, r, "", stream)
 	if !ok {
 		return
 	}
 	if !stream {
-		e.eventHistory(w, r, db.EventPage{Before: q.cursor, Limit: q.limit, Names: q.names, Labels: q.labels, Region: q.region})
+		e.eventHistory(w, r, eventsDigest("", q), db.EventPage{Before: q.before, Limit: q.limit, Names: q.names, Labels: q.labels, Region: q.region})
 		return
 	}
 	if q.after > 0 {
@@ -235,8 +228,9 @@ func (e *Edge) resumable(w http.ResponseWriter, r *http.Request, after int64) bo
 	return true
 }
 
-// eventHistory answers a page of stored events, newest first.
-func (e *Edge) eventHistory(w http.ResponseWriter, r *http.Request, p db.EventPage) {
+// eventHistory answers a page of stored events, newest first; digest
+// names the history and its filters in the page's next.
+func (e *Edge) eventHistory(w http.ResponseWriter, r *http.Request, digest []byte, p db.EventPage) {
 	events, next, err := e.store.EventHistory(r.Context(), p)
 	if err != nil {
 		e.unavailable(w, "reading events", err)
@@ -244,13 +238,13 @@ func (e *Edge) eventHistory(w http.ResponseWriter, r *http.Request, p db.EventPa
 	}
 	page := struct {
 		Events []db.Event `json:"events"`
-		Next   string     `json:"next,omitempty"`
+		Next   string     `json:"next,omitempty"` // absent on the last page
 	}{Events: events}
 	if page.Events == nil {
 		page.Events = []db.Event{}
 	}
 	if next > 0 {
-		page.Next = strconv.FormatInt(next, 10)
+		page.Next = encodeCursor(digest, strconv.FormatInt(next, 10))
 	}
 	writeJSON(w, http.StatusOK, page)
 }

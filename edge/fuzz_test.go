@@ -101,8 +101,11 @@ func checkBodyRefused(t *testing.T, body []byte, rec *httptest.ResponseRecorder)
 		t.Fatalf("decodeJSON(%s) refused the body without a problem: %d %s", excerpt(body), rec.Code, rec.Body)
 	}
 	want, slug := http.StatusBadRequest, "invalid-json"
-	if rec.Code == http.StatusRequestEntityTooLarge {
+	switch {
+	case rec.Code == http.StatusRequestEntityTooLarge:
 		want, slug = http.StatusRequestEntityTooLarge, "request-too-large"
+	case p.Type == problem.Base+"invalid-duration":
+		slug = "invalid-duration" // a timeout or ttl that is not a duration
 	}
 	if rec.Code != want || p.Status != want || p.Type != problem.Base+slug || p.Detail == "" ||
 		want == http.StatusRequestEntityTooLarge && len(body) <= maxBody {

@@ -9,11 +9,14 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"reflect"
+	"strings"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/google/uuid"
 
 	"github.com/switchboard-iot/switchboard/device/protocol"
+	"github.com/switchboard-iot/switchboard/internal/command"
 	"github.com/switchboard-iot/switchboard/internal/pgtext"
 	"github.com/switchboard-iot/switchboard/internal/problem"
 )
@@ -65,15 +68,58 @@ func parseJSON(w http.ResponseWriter, body []byte, v any) bool {
 	if err == nil {
 		err = protocol.CheckStorable(body)
 	}
+	field, value, badDuration := command.DurationError(err)
+	field = jsonPath(reflect.TypeOf(v), field)
 	switch {
 	case err == nil:
 		return true
 	case errors.Is(err, io.EOF):
 		problem.InvalidJSON.Write(w, "the request body is empty")
+	case badDuration:
+		problem.InvalidDuration.Write(w, durationDetail(field, value))
 	default:
 		problem.InvalidJSON.Write(w, err.Error())
 	}
 	return false
+}
+
+// durationDetail says what is wrong with a duration of a request.
+func durationDetail(field, value string) string {
+	return fmt.Sprintf(`%s: %s is not a duration: want a Go duration such as "10s", "1m30s" or "500ms", or a number of seconds`, field, value)
+}
+
+// jsonPath turns encoding/json's path to a field of a t, which names an
+// embedded struct by its Go name ("commandRequest.timeout"), into the
+// path the client wrote ("timeout").
+func jsonPath(t reflect.Type, path string) string {
+	var out []string
+	for seg := range strings.SplitSeq(path, ".") {
+		for t != nil && t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
+		switch {
+		case t == nil:
+		case t.Kind() == reflect.Map:
+			t = t.Elem()
+		case t.Kind() == reflect.Struct:
+			if f, ok := t.FieldByName(seg); ok && f.Anonymous {
+				t = f.Type
+				continue // flattened into its parent: not in the JSON
+			}
+			next := t
+			t = nil
+			for _, f := range reflect.VisibleFields(next) {
+				if name, _, _ := strings.Cut(f.Tag.Get("json"), ","); name == seg {
+					t = f.Type
+					break
+				}
+			}
+		default:
+			t = nil
+		}
+		out = append(out, seg)
+	}
+	return strings.Join(out, ".")
 }
 
 // unmarshalStrict reads one JSON value into v, refusing unknown fields and

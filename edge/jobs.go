@@ -1,13 +1,11 @@
 package edge
 
 import (
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"net/http"
-	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -152,7 +150,7 @@ func (r *jobRetry) validate() (maxAttempts int, backoff time.Duration, bad *badR
 		backoff = time.Duration(*r.Backoff)
 	}
 	if backoff < 0 || backoff > MaxJobBackoff {
-		return 0, 0, &badRequest{problem.InvalidRetry, fmt.Sprintf("retry.backoff: want the wait before a first retry, from 0s to %s (default %s)", MaxJobBackoff, DefaultJobBackoff)}
+		return 0, 0, &badRequest{problem.InvalidRetry, fmt.Sprintf("retry.backoff: want the wait before a first retry, from 0s to %s (default %s)", command.Duration(MaxJobBackoff), command.Duration(DefaultJobBackoff))}
 	}
 	if n == 1 {
 		backoff = 0
@@ -168,7 +166,7 @@ func validStartAt(raw json.RawMessage, now time.Time) (*time.Time, *badRequest) 
 	if s == "" || s == "null" {
 		return nil, nil
 	}
-	bad := &badRequest{problem.InvalidStartAt, fmt.Sprintf(`start_at: want an RFC 3339 time, such as "2030-01-02T03:04:05Z", at most %s ahead`, MaxJobStartDelay)}
+	bad := &badRequest{problem.InvalidStartAt, fmt.Sprintf(`start_at: want an RFC 3339 time, such as "2030-01-02T03:04:05Z", at most %s ahead`, command.Duration(MaxJobStartDelay))}
 	var text string
 	if json.Unmarshal(raw, &text) != nil {
 		return nil, bad
@@ -431,46 +429,15 @@ type jobList struct {
 }
 
 // jobListParams are the query parameters GET /v1/jobs reads; any other is
-// refused, as GET /v1/devices and the events routes do, so that a
-// misspelt filter (?staus=) does not list every job instead.
+// refused, as every listing does, so that a misspelt filter (?staus=)
+// does not list every job instead.
 var jobListParams = []string{"status", "limit", "cursor"}
 
-// onlyParams answers invalid-query, and reports false, when q holds a
-// parameter not among known, or one given twice.
-func onlyParams(w http.ResponseWriter, q url.Values, known []string) bool {
-	for name, vals := range q {
-		if !slices.Contains(known, name) {
-			problem.InvalidQuery.Write(w, fmt.Sprintf("unknown query parameter %q: want %s", name, strings.Join(known, ", ")))
-			return false
-		}
-		if len(vals) > 1 {
-			problem.InvalidQuery.Write(w, fmt.Sprintf("query parameter %q given %d times: give it once", name, len(vals)))
-			return false
-		}
-	}
-	return true
-}
-
-// pageLimit reads ?limit=: 1 to most, def when absent or empty.
-func pageLimit(w http.ResponseWriter, q url.Values, def, most int) (int, bool) {
-	v := q.Get("limit")
-	if v == "" {
-		return def, true
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 || n > most {
-		problem.InvalidQuery.Write(w, fmt.Sprintf("limit=%q: want a whole number from 1 to %d", v, most))
-		return 0, false
-	}
-	return n, true
-}
-
 // handleListJobs lists jobs newest first, without their counts:
-// ?status= one of db.JobStatuses, ?limit=N (1-100, 20), ?cursor=C.
-// An unknown, repeated or malformed parameter is invalid-query.
+// ?status= one of db.JobStatuses, and the page (readPage).
 func (e *Edge) handleListJobs(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	if !onlyParams(w, q, jobListParams) {
+	if !allowQuery(w, q, jobListParams) {
 		return
 	}
 	status := db.JobStatus(q.Get("status"))
@@ -478,20 +445,21 @@ func (e *Edge) handleListJobs(w http.ResponseWriter, r *http.Request) {
 		problem.InvalidQuery.Write(w, fmt.Sprintf("status=%q: want one of %s", string(status), joinStrings(db.JobStatuses)))
 		return
 	}
-	limit, ok := pageLimit(w, q, 20, 100)
+	digest := listDigest("jobs", string(status))
+	limit, last, ok := readPage(w, q, digest)
 	if !ok {
 		return
 	}
 	var before uuid.UUID
-	if v := q.Get("cursor"); v != "" {
-		id, err := uuid.Parse(v)
-		if err != nil || id == uuid.Nil {
-			problem.InvalidCursor.Write(w, "cursor: want the next of an earlier page")
+	if last != "" {
+		var err error
+		if before, err = uuid.Parse(last); err != nil {
+			// A cursor this edge made holds a job id: this one was forged.
+			problem.InvalidCursor.Write(w, "cursor: damaged: use the next value of a listing as it is; start again without one")
 			return
 		}
-		before = id
 	}
-	jobs, err := e.store.JobsCreatedBy(r.Context(), apiKey(r).Creator(), status, before, limit+1)
+	jobs, err := e.store.JobsCreatedBy(r.Context(), apiKey(r).Creator(), status, before, limit+1) // one more tells whether a page follows
 	if err != nil {
 		e.unavailable(w, "listing jobs", err)
 		return
@@ -499,7 +467,7 @@ func (e *Edge) handleListJobs(w http.ResponseWriter, r *http.Request) {
 	out := jobList{Jobs: jobs}
 	if len(jobs) > limit {
 		out.Jobs = jobs[:limit]
-		out.Next = jobs[limit-1].ID.String()
+		out.Next = encodeCursor(digest, jobs[limit-1].ID.String())
 	}
 	if out.Jobs == nil {
 		out.Jobs = []db.Job{}
@@ -540,7 +508,7 @@ func (e *Edge) handleJobCommands(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	if !onlyParams(w, q, jobCommandParams) {
+	if !allowQuery(w, q, jobCommandParams) {
 		return
 	}
 	var f db.JobCommandFilter
@@ -573,21 +541,10 @@ func (e *Edge) handleJobCommands(w http.ResponseWriter, r *http.Request) {
 		problem.InvalidQuery.Write(w, fmt.Sprintf("attempts=%q: want latest (each target's latest command) or all", v))
 		return
 	}
-	limit, ok := pageLimit(w, q, defaultPage, db.MaxPage)
+	digest := jobCommandsDigest(id, f)
+	limit, after, ok := readPageInt(w, q, digest)
 	if !ok {
 		return
-	}
-	digest := jobCommandsDigest(id, f)
-	var after int64
-	if c := q.Get("cursor"); c != "" {
-		last, err := decodeCursor(c, digest)
-		if err == nil {
-			after, err = strconv.ParseInt(last, 10, 64)
-		}
-		if err != nil {
-			problem.InvalidCursor.Write(w, "cursor: "+err.Error()+"; start again without one")
-			return
-		}
 	}
 	cmds, more, err := e.store.JobCommands(r.Context(), id, apiKey(r).Creator(), f, after, limit)
 	switch {
@@ -611,7 +568,5 @@ func (e *Edge) handleJobCommands(w http.ResponseWriter, r *http.Request) {
 // jobCommandsDigest names a job and a filter in a cursor, as filterDigest
 // does a device listing's.
 func jobCommandsDigest(id uuid.UUID, f db.JobCommandFilter) []byte {
-	sum := sha256.Sum256([]byte(strings.Join([]string{"job-commands", id.String(), joinStrings(f.Statuses),
-		f.Device, f.Error, strconv.FormatBool(f.AllAttempts)}, "\x00")))
-	return sum[:cursorDigest]
+	return listDigest("job-commands", id.String(), joinStrings(f.Statuses), f.Device, f.Error, strconv.FormatBool(f.AllAttempts))
 }

@@ -548,7 +548,7 @@ func TestJobBadInput(t *testing.T) {
 		{http.MethodPost, "/v1/jobs/not-a-uuid/cancel", "invalid-job-id", ""},
 		{http.MethodGet, "/v1/jobs?status=sleeping", "invalid-query", "status"},
 		{http.MethodGet, "/v1/jobs?limit=0", "invalid-query", "limit"},
-		{http.MethodGet, "/v1/jobs?limit=101", "invalid-query", "limit"},
+		{http.MethodGet, "/v1/jobs?limit=1001", "invalid-query", "limit"},
 		{http.MethodGet, "/v1/jobs?limit=x", "invalid-query", "limit"},
 		{http.MethodGet, "/v1/jobs?staus=done", "invalid-query", "staus"},
 		{http.MethodGet, "/v1/jobs?status=done&status=running", "invalid-query", "status"},

@@ -12,7 +12,10 @@ import (
 	"github.com/switchboard-iot/switchboard/internal/problem"
 )
 
-// defaultPage is a listing's page size when ?limit= is not given.
+// Every listing pages alike (readPage): ?limit= is the page size,
+// 1-db.MaxPage, defaultPage when absent or empty; ?cursor= is the "next"
+// of the page before, given with the same filters, and empty is the first
+// page; the answer's "next" is absent on the last page.
 const defaultPage = 100
 
 // maxFilterValue bounds ?node= and ?region=: longer cannot name one.
@@ -59,8 +62,8 @@ func parseListQuery(w http.ResponseWriter, q url.Values) (f db.DeviceFilter, lim
 	if !allowQuery(w, q, listParams, "label") {
 		return f, 0, "", false
 	}
-	// An empty node, region, q, label or cursor is not given (a form's
-	// empty field); online and limit have a grammar, and "" is not in it.
+	// An empty node, region, q, label, limit or cursor is not given (a
+	// form's empty field); online has a grammar, and "" is not in it.
 	switch v := q.Get("online"); {
 	case !q.Has("online"):
 	case v == "true" || v == "false":
@@ -86,31 +89,57 @@ func parseListQuery(w http.ResponseWriter, q url.Values) (f db.DeviceFilter, lim
 		}
 		f.Labels = sel
 	}
+	limit, after, ok = readPage(w, q, filterDigest(f))
+	return f, limit, after, ok
+}
+
+// filterDigest names a device filter in a cursor (db.DeviceFilter.Digest).
+func filterDigest(f db.DeviceFilter) []byte { return f.Digest() }
+
+// listDigest names a listing and its filters in its cursors.
+func listDigest(parts ...string) []byte { return db.ListDigest(parts...) }
+
+// readPage reads a listing's ?limit= and ?cursor=, the cursor checked
+// against digest (listDigest of the listing and the filters given): the
+// key of the last row of the page before ("" for the first page). On
+// failure it has answered 400 (invalid-query, invalid-cursor).
+func readPage(w http.ResponseWriter, q url.Values, digest []byte) (limit int, after string, ok bool) {
 	limit = defaultPage
-	if v := q.Get("limit"); q.Has("limit") {
+	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > db.MaxPage {
 			problem.InvalidQuery.Write(w, fmt.Sprintf("limit=%q: want a whole number from 1 to %d", v, db.MaxPage))
-			return f, 0, "", false
+			return 0, "", false
 		}
 		limit = n
 	}
 	if c := q.Get("cursor"); c != "" {
 		var err error
-		if after, err = decodeCursor(c, filterDigest(f)); err != nil {
+		if after, err = decodeCursor(c, digest); err != nil {
 			problem.InvalidCursor.Write(w, "cursor: "+err.Error()+"; start again without one")
-			return f, 0, "", false
+			return 0, "", false
 		}
 	}
-	return f, limit, after, true
+	return limit, after, true
+}
+
+// readPageInt is readPage for a listing keyed on a positive whole number
+// (an id, a sequence): 0 for the first page.
+func readPageInt(w http.ResponseWriter, q url.Values, digest []byte) (limit int, after int64, ok bool) {
+	limit, last, ok := readPage(w, q, digest)
+	if !ok || last == "" {
+		return limit, 0, ok
+	}
+	if after, err := strconv.ParseInt(last, 10, 64); err == nil && after > 0 {
+		return limit, after, true
+	}
+	// A cursor this edge made holds a number: this one was forged.
+	problem.InvalidCursor.Write(w, "cursor: damaged: use the next value of a listing as it is; start again without one")
+	return 0, 0, false
 }
 
 // The cursor codec is db's (db/cursor.go), which the console's lists use
 // too: a cursor of the API pages them as well.
-const cursorDigest = db.CursorDigest
-
-func filterDigest(f db.DeviceFilter) []byte { return f.Digest() }
-
 func encodeCursor(digest []byte, lastID string) string { return db.EncodeCursor(digest, lastID) }
 
 func decodeCursor(c string, digest []byte) (string, error) { return db.DecodeCursor(c, digest) }

@@ -90,7 +90,7 @@ func (e *Edge) handleRotateDevice(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if grace < 0 {
-		problem.InvalidDuration.Write(w, fmt.Sprintf("grace %s: want 0s or more", grace))
+		problem.InvalidDuration.Write(w, fmt.Sprintf("grace %s: want 0s or more", command.Duration(grace)))
 		return
 	}
 	devSecret := req.Secret
@@ -279,7 +279,8 @@ func durationField(w http.ResponseWriter, field string, raw json.RawMessage, def
 	}
 	var d command.Duration
 	if err := json.Unmarshal(raw, &d); err != nil {
-		problem.InvalidDuration.Write(w, field+": "+err.Error())
+		_, value, _ := command.DurationError(err)
+		problem.InvalidDuration.Write(w, durationDetail(field, value))
 		return 0, false
 	}
 	return time.Duration(d), true

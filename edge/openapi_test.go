@@ -198,10 +198,135 @@ func TestOpenAPI(t *testing.T) {
 			}
 		}
 
+		// Every route answers 400 (invalid-path or invalid-query, as the
+		// document says of every route) to a query PostgreSQL cannot store,
+		// before it reads anything else, with any key or none.
+		admin := newAPI(t, e.URL, sys.APIKey(t))
+		for _, r := range slices.Sorted(maps.Keys(documented)) {
+			method, path, _ := strings.Cut(r, " ")
+			path = strings.ReplaceAll(path, "{id}", "dev-1")
+			resp, body := admin.call(method, path+"?x=%00", "")
+			wantProblem(t, resp, body, http.StatusBadRequest, "invalid-query")
+		}
+
 		// Served as it is embedded, to anyone.
 		resp, body := newAPI(t, e.URL, "").call(http.MethodGet, "/v1/openapi.json", "")
 		if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "application/json" || !bytes.Equal(body, edge.OpenAPI) {
 			t.Errorf("GET /v1/openapi.json: %d %q, want 200 application/json and the embedded document", resp.StatusCode, resp.Header.Get("Content-Type"))
+		}
+	})
+
+	t.Run("license", func(t *testing.T) {
+		// Generators and linters want to know where the terms are.
+		if u, _ := resolvePointer(raw, "#/info/license/url").(string); !strings.HasPrefix(u, "https://") {
+			t.Errorf("info.license.url is %q, want an https URL", u)
+		}
+	})
+
+	t.Run("problem answers", func(t *testing.T) {
+		// Each operation declares the problems it can answer, each as
+		// problem+json of the Problem schema: 400 for every route (a path
+		// or query PostgreSQL cannot store), 401, 403, 429 and 503 for
+		// every route behind a key, 404 for a route with an {id}, 408 and
+		// 413 for one that reads a body.
+		for path, item := range doc.Paths {
+			for method, opRaw := range item {
+				if !slices.Contains(openAPIMethods, method) {
+					continue
+				}
+				var op struct {
+					openAPIOperation
+					RequestBody any                        `json:"requestBody"`
+					Responses   map[string]json.RawMessage `json:"responses"`
+				}
+				if err := json.Unmarshal(opRaw, &op); err != nil {
+					t.Fatal(err)
+				}
+				want := []string{"400"}
+				if op.Scope != "" {
+					want = append(want, "401", "403", "429", "503")
+				}
+				if strings.Contains(path, "{") {
+					want = append(want, "404")
+				}
+				if op.RequestBody != nil {
+					want = append(want, "408", "413")
+				}
+				at := "#/paths/" + strings.ReplaceAll(path, "/", "~1") + "/" + method + "/responses/"
+				for _, status := range want {
+					if op.Responses[status] == nil {
+						t.Errorf("%s %s declares no %s answer", strings.ToUpper(method), path, status)
+					}
+				}
+				for status := range op.Responses {
+					if status[0] != '4' && status[0] != '5' {
+						continue
+					}
+					resp, _ := resolvePointer(raw, at+status).(map[string]any)
+					if ref, ok := resp["$ref"].(string); ok {
+						resp, _ = resolvePointer(raw, ref).(map[string]any)
+					}
+					ref, _ := resolvePointer(resp, "#/content/application~1problem+json/schema/$ref").(string)
+					if ref != "#/components/schemas/Problem" {
+						t.Errorf("%s %s: the %s answer is not application/problem+json of the Problem schema", strings.ToUpper(method), path, status)
+					}
+				}
+			}
+		}
+	})
+
+	t.Run("free JSON", func(t *testing.T) {
+		// An object schema without properties is free JSON (args): it says
+		// so (additionalProperties), or generated clients close it
+		// (openapi-typescript makes it Record<string, never>).
+		walkJSON(raw, "#", func(at string, v map[string]any) {
+			if v["type"] != "object" || strings.Contains(at, "/x-") {
+				return
+			}
+			for _, k := range []string{"properties", "additionalProperties", "patternProperties", "oneOf", "anyOf", "allOf"} {
+				if v[k] != nil {
+					return
+				}
+			}
+			t.Errorf("%s: an object schema with no properties: say additionalProperties: true (free JSON) or list them", at)
+		})
+	})
+
+	t.Run("lists page alike", func(t *testing.T) {
+		// An answer with a "next" is a listing: it takes the shared
+		// limit and cursor, and every route that takes them answers one.
+		for path, item := range doc.Paths {
+			for method, opRaw := range item {
+				if !slices.Contains(openAPIMethods, method) {
+					continue
+				}
+				var op struct {
+					Parameters []struct {
+						Ref  string `json:"$ref"`
+						Name string `json:"name"`
+					} `json:"parameters"`
+				}
+				if err := json.Unmarshal(opRaw, &op); err != nil {
+					t.Fatal(err)
+				}
+				at := "#/paths/" + strings.ReplaceAll(path, "/", "~1") + "/" + method + "/responses/200/content/application~1json/schema"
+				schema, _ := resolvePointer(raw, at).(map[string]any)
+				if ref, ok := schema["$ref"].(string); ok {
+					schema, _ = resolvePointer(raw, ref).(map[string]any)
+				}
+				lists := resolvePointer(schema, "#/properties/next") != nil
+				var refs []string
+				for _, p := range op.Parameters {
+					refs = append(refs, p.Ref)
+					if p.Name == "limit" || p.Name == "cursor" {
+						t.Errorf("%s %s: its own %s parameter; use #/components/parameters/Limit and Cursor", strings.ToUpper(method), path, p.Name)
+					}
+				}
+				takes := slices.Contains(refs, "#/components/parameters/Limit") && slices.Contains(refs, "#/components/parameters/Cursor")
+				if lists != takes {
+					t.Errorf("%s %s: answers a next: %v, takes Limit and Cursor: %v; a listing does both", strings.ToUpper(method), path, lists, takes)
+				}
+			}
 		}
 	})
 

@@ -127,6 +127,28 @@ MSG
 	exit 1
 }
 
+# ensure_node finds npx (Node.js and npm) for TestOpenAPITools, which runs
+# the pinned OpenAPI linter and client generator on the API's description:
+# npx on PATH, else Debian's nodejs and npm packages (as root). Without it
+# the test is skipped, and says so: the rest of the suite does not need it.
+# The tools want Node.js 20.19 or newer (Debian 12's package is 18; see
+# https://nodejs.org/en/download for a newer one).
+ensure_node() {
+	if ! command -v npx >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+		echo "installing Node.js and npm (Debian's nodejs and npm packages)..." >&2
+		apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >&2 || true
+	fi
+	if ! command -v npx >/dev/null 2>&1; then
+		echo "npx not found: TestOpenAPITools will be skipped (install Node.js 20.19+ and npm to run it)" >&2
+		return
+	fi
+	local major
+	major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+	if [ "$major" -lt 20 ]; then
+		echo "Node.js $(node --version 2>/dev/null) is too old for TestOpenAPITools' tools: it wants 20.19 or newer" >&2
+	fi
+}
+
 # fuzz_targets prints "package-dir FuzzName" for each fuzz target.
 fuzz_targets() {
 	grep -rEo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*\(' . |

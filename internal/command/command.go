@@ -14,9 +14,11 @@ package command
 
 import (
 	"encoding/json"
-	"fmt"
+	"errors"
 	"math"
+	"reflect"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -117,37 +119,93 @@ func Events(c Command) []Event {
 	return events
 }
 
-// Duration is a time.Duration that reads and writes JSON as "10s"; it also
-// reads a bare number as seconds.
+// Duration is a time.Duration as the API reads and writes it: one format
+// in every answer (String: "10s", "1h", "1m30s", "500ms"), and any Go
+// duration, or a bare number of seconds, in a request.
 type Duration time.Duration
 
-func (d Duration) MarshalJSON() ([]byte, error) {
-	return json.Marshal(time.Duration(d).String())
+// String writes d as a Go duration without its zero units: "1h" and
+// "1m30s" where time.Duration writes "1h0m0s" and "1m30s". ParseDuration
+// reads it back as it was.
+func (d Duration) String() string {
+	v := time.Duration(d)
+	switch {
+	case v == math.MinInt64: // its negation overflows
+		return v.String()
+	case v < 0:
+		return "-" + Duration(-v).String()
+	case v < time.Minute:
+		return v.String() // "0s", "10s", "1.5s", "500ms"
+	}
+	var b []byte
+	if h := v / time.Hour; h > 0 {
+		b = append(strconv.AppendInt(b, int64(h), 10), 'h')
+	}
+	if m := v % time.Hour / time.Minute; m > 0 {
+		b = append(strconv.AppendInt(b, int64(m), 10), 'm')
+	}
+	if rest := v % time.Minute; rest > 0 {
+		b = append(b, rest.String()...)
+	}
+	return string(b)
 }
 
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(d.String())
+}
+
+// UnmarshalJSON reads a Go duration ("10s", "1h0m0s") or a number of
+// seconds. What it refuses is a *json.UnmarshalTypeError of this type, to
+// which encoding/json adds the field's path ("retry.backoff"): the edge
+// answers it as invalid-duration naming the field (IsDurationError).
 func (d *Duration) UnmarshalJSON(b []byte) error {
 	if string(b) == "null" {
 		return nil // as encoding/json does for absent values: keep the default
 	}
+	v, ok := parseDuration(b)
+	if !ok {
+		return &json.UnmarshalTypeError{Value: excerpt(b), Type: durationType}
+	}
+	*d = Duration(v)
+	return nil
+}
+
+var durationType = reflect.TypeFor[Duration]()
+
+// DurationError says whether err is a duration UnmarshalJSON refused, and
+// if so the field's path in the document ("" at its root) and the value.
+func DurationError(err error) (field, value string, ok bool) {
+	var te *json.UnmarshalTypeError
+	if !errors.As(err, &te) || te.Type != durationType {
+		return "", "", false
+	}
+	return te.Field, te.Value, true
+}
+
+func parseDuration(b []byte) (time.Duration, bool) {
 	var s string
 	if err := json.Unmarshal(b, &s); err == nil {
 		v, err := time.ParseDuration(s)
-		if err != nil {
-			return fmt.Errorf("duration %q: want a Go duration such as \"10s\"", s)
-		}
-		*d = Duration(v)
-		return nil
+		return v, err == nil
 	}
-	secs, err := strconv.ParseFloat(string(b), 64)
+	secs, err := strconv.ParseFloat(strings.TrimSpace(string(b)), 64)
 	if err != nil {
-		return fmt.Errorf("duration %s: want a string such as \"10s\" or a number of seconds", b)
+		return 0, false
 	}
 	// Converting a float beyond int64 gives an arbitrary value (on amd64,
 	// the most negative duration): refuse it instead.
 	ns := secs * float64(time.Second)
 	if !(ns >= math.MinInt64 && ns < math.MaxInt64) {
-		return fmt.Errorf("duration %s: out of range", b)
+		return 0, false
 	}
-	*d = Duration(ns)
-	return nil
+	return time.Duration(ns), true
+}
+
+// excerpt is a refused value for an error's detail: at most 40 bytes of it.
+func excerpt(b []byte) string {
+	s := strings.TrimSpace(string(b))
+	if len(s) > 40 {
+		s = strings.ToValidUTF8(s[:40], "") + "…"
+	}
+	return s
 }

@@ -2,6 +2,7 @@ package command_test
 
 import (
 	"encoding/json"
+	"math"
 	"reflect"
 	"slices"
 	"testing"
@@ -157,6 +158,16 @@ func TestDurationMarshal(t *testing.T) {
 		{90 * time.Second, `"1m30s"`},
 		{1500 * time.Millisecond, `"1.5s"`},
 		{0, `"0s"`},
+		// No zero units: time.Duration writes "1h0m0s", "10m0s", "168h0m0s".
+		{time.Hour, `"1h"`},
+		{10 * time.Minute, `"10m"`},
+		{command.MaxTTL, `"168h"`},
+		{90 * time.Minute, `"1h30m"`},
+		{time.Hour + 5*time.Second, `"1h5s"`},
+		{time.Hour + 500*time.Millisecond, `"1h500ms"`},
+		{500 * time.Millisecond, `"500ms"`},
+		{-time.Hour, `"-1h"`},
+		{math.MinInt64, `"-2562047h47m16.854775808s"`},
 	}
 	for _, tt := range tests {
 		b, err := json.Marshal(command.Duration(tt.d))
@@ -232,8 +243,26 @@ func TestDurationUnmarshalRejects(t *testing.T) {
 	}
 }
 
+// A refused duration names its field, however deep, for the edge's
+// invalid-duration answer.
+func TestDurationError(t *testing.T) {
+	var body struct {
+		Retry struct {
+			Backoff command.Duration `json:"backoff"`
+		} `json:"retry"`
+	}
+	err := json.Unmarshal([]byte(`{"retry":{"backoff":"soon"}}`), &body)
+	if field, value, ok := command.DurationError(err); !ok || field != "retry.backoff" || value != `"soon"` {
+		t.Errorf("DurationError(%v) = %q, %q, %v; want retry.backoff, \"soon\"", err, field, value, ok)
+	}
+	if _, _, ok := command.DurationError(json.Unmarshal([]byte(`{"retry":1}`), &body)); ok {
+		t.Error("a type error of another field is taken for a duration's")
+	}
+}
+
 func TestDurationRoundTrip(t *testing.T) {
-	for _, d := range []time.Duration{0, time.Nanosecond, 10 * time.Second, command.MaxTimeout, command.MaxTTL} {
+	for _, d := range []time.Duration{0, time.Nanosecond, 10 * time.Second, command.MaxTimeout, command.MaxTTL,
+		time.Hour + time.Nanosecond, 25*time.Hour + 30*time.Second + time.Millisecond, -90 * time.Minute, math.MaxInt64, math.MinInt64} {
 		b, err := json.Marshal(command.Duration(d))
 		if err != nil {
 			t.Fatal(err)
