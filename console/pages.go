@@ -302,7 +302,7 @@ const (
 )
 
 // handleJobs lists the jobs the key may see, newest first, paged in the
-// API's words: ?limit=, and ?cursor= the API's cursor (the last job's id).
+// API's words: ?limit=, and ?cursor= the API's cursor.
 func (c *Console) handleJobs(w http.ResponseWriter, r *http.Request) {
 	v := newView(r, "Jobs", "jobs")
 	if !v.CanCommands {
@@ -324,8 +324,9 @@ func (c *Console) handleJobs(w http.ResponseWriter, r *http.Request) {
 	}
 	var before uuid.UUID
 	if s := q.Get("cursor"); s != "" {
-		id, err := uuid.Parse(s)
-		if err != nil || id == uuid.Nil {
+		last, err := db.DecodeCursor(s, db.JobsDigest(""))
+		id, perr := uuid.Parse(last)
+		if err != nil || perr != nil || id == uuid.Nil {
 			v.Error = "The page link is damaged: start again from the first page."
 			c.render(w, http.StatusBadRequest, "jobs", v)
 			return
@@ -339,7 +340,7 @@ func (c *Console) handleJobs(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(jobs) > limit {
 		jobs = jobs[:limit]
-		next := url.Values{"cursor": {jobs[limit-1].ID.String()}}
+		next := url.Values{"cursor": {db.EncodeCursor(db.JobsDigest(""), jobs[limit-1].ID.String())}}
 		if q.Get("limit") != "" {
 			next.Set("limit", strconv.Itoa(limit))
 		}

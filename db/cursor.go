@@ -94,3 +94,7 @@ func (f DeviceFilter) Digest() []byte {
 	}
 	return ListDigest("devices", online, f.Node, f.Region, f.Labels.Canonical(), strings.ToLower(f.IDContains))
 }
+
+// JobsDigest names the jobs listing (newest first, of one status or all)
+// in its cursors, which hold the last job's id.
+func JobsDigest(status JobStatus) []byte { return ListDigest("jobs", string(status)) }

@@ -445,7 +445,7 @@ func (e *Edge) handleListJobs(w http.ResponseWriter, r *http.Request) {
 		problem.InvalidQuery.Write(w, fmt.Sprintf("status=%q: want one of %s", string(status), joinStrings(db.JobStatuses)))
 		return
 	}
-	digest := listDigest("jobs", string(status))
+	digest := db.JobsDigest(status)
 	limit, last, ok := readPage(w, q, digest)
 	if !ok {
 		return
