@@ -251,6 +251,10 @@ func TestDevicesOverHTTP(t *testing.T) {
 	if _, _, err := sb.run("", "devices", "add", "cli-x", "-database-url", sys.DBURL, "-edge", ed.URL); !errors.Is(err, cli.ErrUsage) {
 		t.Fatalf("-edge and -database-url: %v, want a usage error", err)
 	}
+	// Neither: the error says both ways.
+	if _, _, err := (cliEdge{t, "", ""}).run("", "devices", "list"); err == nil || !strings.Contains(err.Error(), "DATABASE_URL") || !strings.Contains(err.Error(), "SWITCHBOARD_EDGE") {
+		t.Fatalf("no database, no edge: %v", err)
+	}
 }
 
 func TestAPIKeysOverHTTP(t *testing.T) {

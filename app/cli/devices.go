@@ -62,6 +62,8 @@ func (mf manageFlags) onEdge(ctx context.Context, c call, edge func(*client) err
 			return err
 		}
 		return edge(cl)
+	case *mf.store.url == "":
+		return errors.New("a database or an edge is required: set DATABASE_URL (-database-url), or SWITCHBOARD_EDGE (-edge) with the API key in SWITCHBOARD_KEY")
 	}
 	return mf.store.withStore(ctx, store)
 }
