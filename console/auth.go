@@ -31,7 +31,7 @@ func NewSignInLink(ctx context.Context, store *db.Store, apiKeyID int64) (path s
 // (also when the auth guard refuses it without a look-up).
 const (
 	unknownKey  = "Unknown API key: check that it was pasted whole."
-	unknownLink = "This sign-in link was used already, has expired or is unknown: paste an API key instead."
+	unknownLink = "This sign-in link was used already, has expired or is unknown."
 )
 
 func (c *Console) handleSignInPage(w http.ResponseWriter, r *http.Request) {
@@ -86,14 +86,14 @@ func (c *Console) handleSignInLink(w http.ResponseWriter, r *http.Request) {
 	case authguard.Throttle:
 		return
 	case authguard.Refuse:
-		c.signInError(w, http.StatusUnauthorized, unknownLink)
+		c.linkSpent(w)
 		return
 	}
 	id, err := c.store.ConsumeConsoleLink(r.Context(), digest)
 	switch {
 	case errors.Is(err, db.ErrNotFound):
 		c.failed(r, digest)
-		c.signInError(w, http.StatusUnauthorized, unknownLink)
+		c.linkSpent(w)
 		return
 	case err != nil:
 		c.unavailable(w, r, &view{Title: "Sign in"}, err)
@@ -108,6 +108,13 @@ func (c *Console) handleSignInLink(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.startSession(w, r, k)
+}
+
+// linkSpent answers a sign-in link opened again, expired or unknown: a
+// page that says so and links to the sign-in form (401, as for a key the
+// database does not know).
+func (c *Console) linkSpent(w http.ResponseWriter) {
+	c.render(w, http.StatusUnauthorized, "link", view{Title: "Sign-in link used", Error: unknownLink})
 }
 
 // usable refuses revoked and expired keys, saying which.

@@ -89,7 +89,7 @@ func New(cfg Config) *Console {
 		"json":    prettyJSON,
 		"seconds": func(f float64) string { return fmt.Sprintf("%.0f", f) },
 	}
-	for _, name := range []string{"sign-in", "overview", "devices", "device", "jobs", "job", "error"} {
+	for _, name := range []string{"sign-in", "link", "overview", "devices", "device", "delete", "rotated", "jobs", "job", "error"} {
 		c.pages[name] = template.Must(template.New("").Funcs(funcs).ParseFS(files, "templates/layout.html", "templates/"+name+".html"))
 	}
 	return c
@@ -115,6 +115,13 @@ func (c *Console) Register(r chi.Router) {
 			r.Get("/", c.handleOverview)
 			r.Get("/devices", c.handleDevices)
 			r.Get("/devices/{id}", c.handleDevice)
+			// Managing a device (scope admin; manage.go).
+			r.Post("/devices/{id}/disable", c.handleDisable)
+			r.Post("/devices/{id}/enable", c.handleEnable)
+			r.Post("/devices/{id}/rotate", c.handleRotate)
+			r.Post("/devices/{id}/labels", c.handleLabels)
+			r.Get("/devices/{id}/delete", c.handleDeleteConfirm)
+			r.Post("/devices/{id}/delete", c.handleDelete)
 			r.Get("/jobs", c.handleJobs)
 			r.Get("/jobs/{id}", c.handleJob)
 			r.With(needScope(db.ScopeRead)).Get("/console/api/overview", c.handleOverviewJSON)

@@ -211,11 +211,20 @@ func TestSignInLink(t *testing.T) {
 	if resp, body := b.get("/"); resp.StatusCode != http.StatusOK || !strings.Contains(body, `id="online-count"`) {
 		t.Fatalf("overview after the link: %d %s", resp.StatusCode, body)
 	}
-	// Once only, in any browser; an unknown link neither.
-	for _, p := range []string{path, "/sign-in/0123"} {
+	// Once only, in any browser; an expired or unknown link neither. Each
+	// is a page (not JSON) that says so and links to the sign-in form.
+	expired := secret.RandomHex(32)
+	if err := sys.Store.CreateConsoleLink(context.Background(), secret.Hash(expired), keyID, -time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{path, "/sign-in/" + expired, "/sign-in/0123"} {
 		resp, body := newBrowser(t, e.URL).get(p)
 		if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(body, `id="error"`) || len(resp.Cookies()) != 0 {
 			t.Errorf("GET %s again: %d, cookies %v; want 401 with #error and no cookie", p, resp.StatusCode, resp.Cookies())
+		}
+		if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/html") || !strings.Contains(body, `id="link-spent"`) ||
+			!strings.Contains(body, `<a id="sign-in-again" href="/sign-in">`) || !strings.Contains(body, "used already, has expired") {
+			t.Errorf("GET %s again: %s, want a page saying the link was used or expired, with a link to sign in; %s", p, ct, body)
 		}
 	}
 }

@@ -82,6 +82,12 @@ func TestJobPageFailures(t *testing.T) {
 		t.Errorf("/jobs/%s: data-errors not the job's errors", id)
 	}
 
+	// The device's page shows each recent command's error too.
+	_, body = b.get("/devices/dev-2")
+	if !strings.Contains(body, `<td class="cmd-status">failed</td><td class="cmd-error">relay &lt;stuck&gt;</td>`) {
+		t.Errorf("/devices/dev-2: its failed commands' rows lack their error")
+	}
+
 	// A scheduled job, and a job of the same command: told apart by title.
 	later := start(`{"name":"reboot","title":"Tonight","target":{"devices":["dev-1"]},"start_at":"` + time.Now().Add(time.Hour).UTC().Format(time.RFC3339) + `"}`)
 	_, body = b.get("/jobs/" + later)

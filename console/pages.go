@@ -4,9 +4,11 @@ import (
 	"cmp"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -70,13 +72,15 @@ type devicesPage struct {
 	Page                     db.DevicePage
 	Next                     string // the next page's URL; "" on the last
 	Filtered                 bool
+	Deleted                  string // the device a delete just removed, said above the list
 }
 
 const devicesPerPage = 50
 
 // handleDevices lists devices with db's listing: its filters and keyset
-// pagination (?after=<last id>, carried with the filters in the next
-// link). A bad filter is said on the page, not a 500.
+// pagination in the API's words (?limit=, and ?cursor= the API's cursor,
+// carried with the filters in the next link). A bad filter is said on the
+// page, not a 500.
 func (c *Console) handleDevices(w http.ResponseWriter, r *http.Request) {
 	v := newView(r, "Devices", "devices")
 	if !v.CanRead {
@@ -111,8 +115,23 @@ func (c *Console) handleDevices(w http.ResponseWriter, r *http.Request) {
 		}
 		f.Labels = sel
 	}
+	limit := devicesPerPage
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > db.MaxPage {
+			problems = append(problems, fmt.Sprintf("Limit: a page holds 1 to %d devices.", db.MaxPage))
+		}
+		limit = n
+	}
+	// The page to show: ?cursor= as the API's next (the console's next
+	// link is one); ?after=, an id, is the form of older links.
 	after := q.Get("after")
-	if after != "" && !db.ValidDeviceIDPart(after) {
+	if cur := q.Get("cursor"); cur != "" {
+		var err error
+		if after, err = db.DecodeCursor(cur, f.Digest()); err != nil {
+			problems = append(problems, "The page link ("+err.Error()+"): start again from the first page.")
+		}
+	} else if after != "" && !db.ValidDeviceIDPart(after) {
 		problems = append(problems, "The page link is damaged: start again from the first page.")
 	}
 	d.Filtered = d.Q != "" || f.Online != nil || d.Region != "" || d.Label != ""
@@ -122,7 +141,7 @@ func (c *Console) handleDevices(w http.ResponseWriter, r *http.Request) {
 		c.render(w, http.StatusBadRequest, "devices", v)
 		return
 	}
-	page, err := c.store.ListDevices(r.Context(), f, after, devicesPerPage)
+	page, err := c.store.ListDevices(r.Context(), f, after, limit)
 	if err != nil {
 		c.unavailable(w, r, &v, err)
 		return
@@ -130,7 +149,7 @@ func (c *Console) handleDevices(w http.ResponseWriter, r *http.Request) {
 	d.Page = page
 	if page.More && len(page.Devices) > 0 {
 		next := url.Values{}
-		for k, val := range map[string]string{"q": d.Q, "region": d.Region, "label": d.Label} {
+		for k, val := range map[string]string{"q": d.Q, "region": d.Region, "label": d.Label, "limit": q.Get("limit")} {
 			if val != "" {
 				next.Set(k, val)
 			}
@@ -138,8 +157,20 @@ func (c *Console) handleDevices(w http.ResponseWriter, r *http.Request) {
 		if f.Online != nil {
 			next.Set("online", d.Online)
 		}
-		next.Set("after", page.Devices[len(page.Devices)-1].ID)
+		next.Set("cursor", db.EncodeCursor(f.Digest(), page.Devices[len(page.Devices)-1].ID))
 		d.Next = "/devices?" + next.Encode()
+	}
+	// After a delete (handleDelete's redirect): say it is gone, unless a
+	// made-up link names a device that is there.
+	if id := q.Get("deleted"); id != "" {
+		exists, err := c.store.DeviceExists(r.Context(), id)
+		if err != nil {
+			c.unavailable(w, r, &v, err)
+			return
+		}
+		if !exists {
+			d.Deleted = id
+		}
 	}
 	c.render(w, http.StatusOK, "devices", v)
 }
@@ -154,6 +185,12 @@ type devicePage struct {
 	CommandNames []string
 	EventNames   string // comma-separated, for app.js's EventSource listeners
 	Sessions     []sessionRow
+	// For a key with the admin scope: the labels form's lines (as the
+	// device has them, or as typed when refused), the labels the page
+	// showed, why the form was refused, and the rotate form's
+	// fingerprint of the current secret.
+	LabelsText, LabelsBefore, LabelsError string
+	Fingerprint                           string
 }
 
 type kv struct{ Key, Value string }
@@ -164,21 +201,28 @@ type latest struct {
 }
 
 func (c *Console) handleDevice(w http.ResponseWriter, r *http.Request) {
-	v := newView(r, "Device", "devices")
 	id := chi.URLParam(r, "id")
-	v.Title = id
+	v := newView(r, id, "devices")
+	if _, ok := c.loadDevice(w, r, &v, id); ok {
+		c.render(w, http.StatusOK, "device", v)
+	}
+}
+
+// loadDevice reads device id's page into v.Data; otherwise it has answered
+// (403 without the read scope, 404, 503).
+func (c *Console) loadDevice(w http.ResponseWriter, r *http.Request, v *view, id string) (*devicePage, bool) {
 	if !v.CanRead {
-		c.lacksScope(w, v, "read devices", "read")
-		return
+		c.lacksScope(w, *v, "read devices", "read")
+		return nil, false
 	}
 	dev, err := c.store.Device(r.Context(), id)
 	switch {
 	case errors.Is(err, db.ErrNotFound):
-		c.notFound(w, v, "No device has the id "+id+". See the list of devices.")
-		return
+		c.notFound(w, *v, "No device has the id "+id+". See the list of devices.")
+		return nil, false
 	case err != nil:
-		c.unavailable(w, r, &v, err)
-		return
+		c.unavailable(w, r, v, err)
+		return nil, false
 	}
 	d := devicePage{Device: dev}
 	var labels map[string]string
@@ -195,8 +239,8 @@ func (c *Console) handleDevice(w http.ResponseWriter, r *http.Request) {
 	sort.Slice(d.Latest, func(i, j int) bool { return d.Latest[i].Name < d.Latest[j].Name })
 	d.Events, _, err = c.store.EventHistory(r.Context(), db.EventPage{Device: id, Limit: 20})
 	if err != nil {
-		c.unavailable(w, r, &v, err)
-		return
+		c.unavailable(w, r, v, err)
+		return nil, false
 	}
 	for _, e := range d.Events {
 		names[e.Name] = true
@@ -205,8 +249,8 @@ func (c *Console) handleDevice(w http.ResponseWriter, r *http.Request) {
 	if v.CanCommands {
 		d.Commands, err = c.store.DeviceCommands(r.Context(), id, 20)
 		if err != nil {
-			c.unavailable(w, r, &v, err)
-			return
+			c.unavailable(w, r, v, err)
+			return nil, false
 		}
 		seen := map[string]bool{}
 		for _, cmd := range d.Commands {
@@ -214,13 +258,26 @@ func (c *Console) handleDevice(w http.ResponseWriter, r *http.Request) {
 		}
 		d.CommandNames = sortedKeys(seen)
 	}
+	if v.CanAdmin {
+		// The labels form shows the labels as lines, and sends them back
+		// as they were (comma-separated: a hidden field is one line), so
+		// that only what the operator changed is changed.
+		d.LabelsText = labelLines(labels, "\n")
+		d.LabelsBefore = labelLines(labels, ",")
+		// The rotate form names the secret it replaces: sent twice, it
+		// rotates once.
+		if d.Fingerprint, err = c.store.DeviceSecretFingerprint(r.Context(), id); err != nil {
+			c.unavailable(w, r, v, err)
+			return nil, false
+		}
+	}
 	d.Sessions, err = c.deviceSessions(r, dev)
 	if err != nil {
-		c.unavailable(w, r, &v, err)
-		return
+		c.unavailable(w, r, v, err)
+		return nil, false
 	}
 	v.Data = &d
-	c.render(w, http.StatusOK, "device", v)
+	return &d, true
 }
 
 func sortedKeys(m map[string]bool) []string {
@@ -235,20 +292,60 @@ func sortedKeys(m map[string]bool) []string {
 // jobsPage is the jobs page's data.
 type jobsPage struct {
 	Jobs []db.Job
+	Next string // the next page's URL; "" on the last
 }
 
+// Jobs a page: as GET /v1/jobs, 20 unless ?limit= says (at most 100).
+const (
+	jobsPerPage    = 20
+	maxJobsPerPage = 100
+)
+
+// handleJobs lists the jobs the key may see, newest first, paged in the
+// API's words: ?limit=, and ?cursor= the API's cursor (the last job's id).
 func (c *Console) handleJobs(w http.ResponseWriter, r *http.Request) {
 	v := newView(r, "Jobs", "jobs")
 	if !v.CanCommands {
 		c.lacksScope(w, v, "run jobs", "commands")
 		return
 	}
-	jobs, err := c.store.JobsCreatedBy(r.Context(), session(r).Key.Creator(), "", uuid.Nil, 20)
+	q := r.URL.Query()
+	d := &jobsPage{}
+	v.Data = d
+	limit := jobsPerPage
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > maxJobsPerPage {
+			v.Error = fmt.Sprintf("Limit: a page holds 1 to %d jobs.", maxJobsPerPage)
+			c.render(w, http.StatusBadRequest, "jobs", v)
+			return
+		}
+		limit = n
+	}
+	var before uuid.UUID
+	if s := q.Get("cursor"); s != "" {
+		id, err := uuid.Parse(s)
+		if err != nil || id == uuid.Nil {
+			v.Error = "The page link is damaged: start again from the first page."
+			c.render(w, http.StatusBadRequest, "jobs", v)
+			return
+		}
+		before = id
+	}
+	jobs, err := c.store.JobsCreatedBy(r.Context(), session(r).Key.Creator(), "", before, limit+1)
 	if err != nil {
 		c.unavailable(w, r, &v, err)
 		return
 	}
-	v.Data = &jobsPage{Jobs: jobs}
+	if len(jobs) > limit {
+		jobs = jobs[:limit]
+		next := url.Values{"cursor": {jobs[limit-1].ID.String()}}
+		if q.Get("limit") != "" {
+			next.Set("limit", strconv.Itoa(limit))
+		}
+		d.Next = "/jobs?" + next.Encode()
+	}
+	d.Jobs = jobs
 	c.render(w, http.StatusOK, "jobs", v)
 }
 

@@ -2,6 +2,7 @@ package db
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -217,4 +218,47 @@ func (s *Store) DeviceCommands(ctx context.Context, deviceID string, limit int) 
 	cmds, err := collectCommands(s.db.Query(ctx, `SELECT `+commandColumns+` FROM commands c
 		WHERE c.device_id = $1 ORDER BY c.created_at DESC LIMIT $2`, deviceID, limit))
 	return cmds, translate(err, "device commands")
+}
+
+// secretFingerprint is SQL naming a device's current secret without
+// showing it or its digest: 8 bytes of the SHA-256 of secret_hash, in hex.
+const secretFingerprint = `encode(substring(sha256(secret_hash) from 1 for 8), 'hex')`
+
+// DeviceSecretFingerprint names a device's current secret for the
+// console's rotate form, which RotateDeviceSecretFrom checks.
+func (s *Store) DeviceSecretFingerprint(ctx context.Context, id string) (string, error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	var fp string
+	err := s.db.QueryRow(ctx, `SELECT `+secretFingerprint+` FROM devices WHERE id = $1`, id).Scan(&fp)
+	return fp, translate(err, "device "+id)
+}
+
+// ErrSecretChanged is a rotation from a secret the device no longer has.
+var ErrSecretChanged = errors.New("the device's secret changed since the form was loaded")
+
+// RotateDeviceSecretFrom is RotateDeviceSecret to a new secret, made only
+// while the device's secret is still the one fingerprint names
+// (DeviceSecretFingerprint); else ErrSecretChanged, and nothing changes.
+// A rotate form sent twice (a double click, a reload) thus rotates once:
+// a second rotation would stop at once the secret the fleet still uses.
+func (s *Store) RotateDeviceSecretFrom(ctx context.Context, id, fingerprint string, secretHash []byte, grace time.Duration) (previousUntil time.Time, err error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	// The row lock makes a concurrent second rotation re-check the
+	// fingerprint against the first one's new secret, and fail it.
+	err = s.db.QueryRow(ctx, `
+		UPDATE devices SET previous_secret_hash = secret_hash, previous_secret_until = now() + $4::interval, secret_hash = $3
+		WHERE id = $1 AND `+secretFingerprint+` = $2 AND secret_hash <> $3
+		RETURNING previous_secret_until`, id, fingerprint, secretHash, grace).Scan(&previousUntil)
+	if errors.Is(err, pgx.ErrNoRows) {
+		exists, err := s.DeviceExists(ctx, id)
+		switch {
+		case err != nil:
+			return time.Time{}, err
+		case exists:
+			return time.Time{}, fmt.Errorf("device %s: %w", id, ErrSecretChanged)
+		}
+	}
+	return previousUntil, translate(err, "device "+id)
 }

@@ -23,6 +23,29 @@ var (
 // selector.
 const MaxLabels = 64
 
+// The label rules, as an error message says them.
+const (
+	LabelKeyFormat   = `a key is 1-63 letters, digits and "._-/", starting and ending with a letter or digit`
+	LabelValueFormat = `a value is at most 63 letters, digits and "._-", starting and ending with a letter or digit`
+)
+
+// CheckLabels checks labels to store (the API's and the console's): keys,
+// values, and n (the count the device would have) against MaxLabels.
+func CheckLabels(labels map[string]string, n int) error {
+	if n > MaxLabels {
+		return fmt.Errorf("labels: at most %d", MaxLabels)
+	}
+	for k, v := range labels {
+		if !ValidLabelKey(k) {
+			return fmt.Errorf("label %q: %s", k, LabelKeyFormat)
+		}
+		if !ValidLabelValue(v) {
+			return fmt.Errorf("label %s=%q: %s", k, v, LabelValueFormat)
+		}
+	}
+	return nil
+}
+
 // LabelOp is how a requirement tests a label.
 type LabelOp string
 

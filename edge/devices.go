@@ -173,10 +173,7 @@ func (e *Edge) handlePatchDevice(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-const (
-	labelKeyFormat   = `a key is 1-63 letters, digits and "._-/", starting and ending with a letter or digit`
-	labelValueFormat = `a value is at most 63 letters, digits and "._-", starting and ending with a letter or digit`
-)
+const labelKeyFormat = db.LabelKeyFormat
 
 // newLabels reads a new device's labels, refusing a null (which deletes a
 // label in a PATCH) and labels that break the rules.
@@ -191,22 +188,8 @@ func newLabels(given map[string]*string) (map[string]string, error) {
 	return labels, checkLabels(labels, len(labels))
 }
 
-// checkLabels checks labels to store: keys, values, and n (the count the
-// device would have) against db.MaxLabels.
-func checkLabels(labels map[string]string, n int) error {
-	if n > db.MaxLabels {
-		return fmt.Errorf("labels: at most %d", db.MaxLabels)
-	}
-	for k, v := range labels {
-		if !db.ValidLabelKey(k) {
-			return fmt.Errorf("label %q: %s", k, labelKeyFormat)
-		}
-		if !db.ValidLabelValue(v) {
-			return fmt.Errorf("label %s=%q: %s", k, v, labelValueFormat)
-		}
-	}
-	return nil
-}
+// checkLabels is db.CheckLabels, which the console's label form uses too.
+func checkLabels(labels map[string]string, n int) error { return db.CheckLabels(labels, n) }
 
 // handleDeviceSessions answers a device's presence history: its last ended
 // sessions, newest first (its current one is in GET /v1/devices/{id}).

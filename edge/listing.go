@@ -1,11 +1,6 @@
 package edge
 
 import (
-	"bytes"
-	"crypto/sha256"
-	"crypto/subtle"
-	"encoding/base64"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -14,7 +9,6 @@ import (
 	"strings"
 
 	"github.com/switchboard-iot/switchboard/db"
-	"github.com/switchboard-iot/switchboard/internal/pgtext"
 	"github.com/switchboard-iot/switchboard/internal/problem"
 )
 
@@ -111,70 +105,15 @@ func parseListQuery(w http.ResponseWriter, q url.Values) (f db.DeviceFilter, lim
 	return f, limit, after, true
 }
 
-// filterDigest names a filter in a cursor, so that a cursor is refused
-// with another filter (its last id would skip devices of that one): the
-// first 8 bytes of the SHA-256 of the filter in a canonical form (label
-// terms sorted; the page size is not part of it and may change).
-func filterDigest(f db.DeviceFilter) []byte {
-	terms := make([]string, len(f.Labels))
-	for i, r := range f.Labels {
-		terms[i] = db.LabelSelector{r}.String()
-	}
-	slices.Sort(terms)
-	online := ""
-	if f.Online != nil {
-		online = strconv.FormatBool(*f.Online)
-	}
-	// NUL separates the fields: none of them can hold one.
-	sum := sha256.Sum256([]byte(strings.Join([]string{"devices", online, f.Node, f.Region,
-		strings.Join(terms, ","), strings.ToLower(f.IDContains)}, "\x00")))
-	return sum[:8]
-}
+// The cursor codec is db's (db/cursor.go), which the console's lists use
+// too: a cursor of the API pages them as well.
+const cursorDigest = db.CursorDigest
 
-// A cursor is base64url (unpadded) of: version byte 1, the 8-byte filter
-// digest, the last id of the page, then an 8-byte checksum (SHA-256) of
-// all that. The checksum is not a secret MAC: an HMAC would need a key
-// every edge shares (state to provision and rotate) and buys nothing here,
-// since the cursor grants nothing: whoever can list can start anywhere
-// with a forged one. The checksum only catches a cursor that was cut,
-// edited or mixed up, so that it is refused with a 400 instead of quietly
-// listing from somewhere else.
-const (
-	cursorVersion  = 1
-	cursorDigest   = 8
-	cursorChecksum = 8
-)
+func filterDigest(f db.DeviceFilter) []byte { return f.Digest() }
 
-func encodeCursor(digest []byte, lastID string) string {
-	b := append([]byte{cursorVersion}, digest...)
-	b = append(b, lastID...)
-	sum := sha256.Sum256(b)
-	return base64.RawURLEncoding.EncodeToString(append(b, sum[:cursorChecksum]...))
-}
+func encodeCursor(digest []byte, lastID string) string { return db.EncodeCursor(digest, lastID) }
 
-// decodeCursor checks a cursor against the filter's digest and returns
-// the id it continues after.
-func decodeCursor(c string, digest []byte) (string, error) {
-	b, err := base64.RawURLEncoding.DecodeString(c)
-	if err != nil || len(b) < 1+cursorDigest+1+cursorChecksum {
-		return "", errors.New("malformed: use the next value of a listing as it is")
-	}
-	body, sum := b[:len(b)-cursorChecksum], b[len(b)-cursorChecksum:]
-	want := sha256.Sum256(body)
-	if subtle.ConstantTimeCompare(sum, want[:cursorChecksum]) != 1 || body[0] != cursorVersion {
-		return "", errors.New("damaged: use the next value of a listing as it is")
-	}
-	if !bytes.Equal(body[1:1+cursorDigest], digest) {
-		return "", errors.New("it belongs to a listing with other filters: give the same filters as the page it came from")
-	}
-	// Not ValidDeviceID: a page may end at an id of the old format
-	// (with ':'), which listings show so that it can be found and deleted.
-	id := string(body[1+cursorDigest:])
-	if len(id) > 128 || !pgtext.Valid(id) {
-		return "", errors.New("damaged: use the next value of a listing as it is")
-	}
-	return id, nil
-}
+func decodeCursor(c string, digest []byte) (string, error) { return db.DecodeCursor(c, digest) }
 
 // allowQuery refuses (400 invalid-query) a query parameter not in allowed,
 // and one given twice unless it is in repeatable: a misspelt filter

@@ -276,6 +276,7 @@
           const row = document.querySelector('tr[data-command="' + c.id + '"]');
           if (row) {
             row.querySelector(".cmd-status").textContent = c.status;
+            row.querySelector(".cmd-error").textContent = c.error || "";
             row.querySelector(".cmd-attempts").textContent = c.attempts;
           }
           if (final[step]) stream.close();
@@ -293,7 +294,7 @@
     const st = el("td", { "class": "cmd-status" }, c.status);
     const id = el("td"); id.append(el("code", {}, c.id));
     const t = el("td"); t.append(el("time", { datetime: c.created_at }, fmtTime(c.created_at)));
-    tr.append(el("td", {}, c.name), st, el("td", { "class": "cmd-attempts" }, c.attempts), t, id);
+    tr.append(el("td", {}, c.name), st, el("td", { "class": "cmd-error" }, c.error || ""), el("td", { "class": "cmd-attempts" }, c.attempts), t, id);
     tbody.prepend(tr);
   }
 
