@@ -14,11 +14,10 @@ import (
 
 func main() {
 	err := cli.Run(context.Background(), os.Args[1:], os.Getenv, cli.IO{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr})
-	switch {
-	case errors.Is(err, cli.ErrUsage):
-		os.Exit(2)
-	case err != nil:
+	if err != nil && !errors.Is(err, cli.ErrUsage) { // a usage error was printed with the usage
 		fmt.Fprintln(os.Stderr, "switchboard:", err)
-		os.Exit(1)
 	}
+	// 1 for an error, 2 for a usage error, and more for the API's answers:
+	// cli.ExitCode and docs/cli.md list them.
+	os.Exit(cli.ExitCode(err))
 }

@@ -42,12 +42,26 @@ commands:
   devices disable ID    refuse the device's connections and close its session
   devices enable ID     let a disabled device connect again
   devices delete ID     delete a device and its commands, events and history; close its session
-  devices list          list devices as a table (-online, -node, -region, -label SEL, -q PART)
+  devices list          list devices as a table (-online, -node, -region, -label SEL, -q PART, -limit N)
   devices label ID k=v  set labels (key=value) and delete them (key-)
   apikeys add NAME      create an API key (-scopes commands,read,admin; -expires 720h); prints it
   apikeys list          list API keys (never their secrets)
   apikeys revoke KEY    revoke an API key, by name or id
+  commands send DEVICE NAME  send a command (-args JSON); prints its id, or with -wait 10s or -follow its end
+  commands get ID       a command: its status, result or error
+  commands list         commands, newest first (-device, -status, -name, -job, -since, -until, -limit)
+  commands cancel ID    cancel a command its device has not been given yet
+  jobs start NAME       send a command to many devices (-all, -label, -region or -devices; -rate, -retry, -follow)
+  jobs list             jobs, newest first (-status, -limit)
+  jobs get ID           a job and its progress (-follow: until it ends)
+  jobs cancel ID        cancel a scheduled or running job
+  jobs results ID       a job's commands, a device each (-status, -device, -error, -attempts all)
   loadgen               hold many devices and/or send commands at a rate; prints a summary
+  version               the build: version, commit, Go version
+
+"devices" and "apikeys" work on the database (DATABASE_URL), or on an edge's
+API like "commands" and "jobs": -edge URL (SWITCHBOARD_EDGE) with the API key
+in SWITCHBOARD_KEY (or -key-file FILE). -json prints JSON instead of tables.
 
 Run "switchboard <command> -h" for a command's flags.
 `
@@ -56,14 +70,17 @@ Run "switchboard <command> -h" for a command's flags.
 // of their values, made by a define function), parses them with flags.parse
 // and runs with the struct: one shape for all of them.
 var commands = map[string]command{
-	"edge":    cmd[edgeFlags]{define: defineEdgeFlags, run: runEdge},
-	"conn":    cmd[connFlags]{define: defineConnFlags, run: runConn},
-	"migrate": cmd[storeFlags]{define: defineStoreFlags, run: runMigrate},
-	"dev":     cmd[devFlags]{define: defineDevFlags, run: runDev},
-	"device":  cmd[deviceFlags]{define: defineDeviceFlags, run: runDevice},
-	"devices": devicesCommands,
-	"apikeys": apikeysCommands,
-	"loadgen": cmd[loadgenFlags]{define: defineLoadgenFlags, run: runLoadgen},
+	"edge":     cmd[edgeFlags]{define: defineEdgeFlags, run: runEdge},
+	"conn":     cmd[connFlags]{define: defineConnFlags, run: runConn},
+	"migrate":  cmd[storeFlags]{define: defineStoreFlags, run: runMigrate},
+	"dev":      cmd[devFlags]{define: defineDevFlags, run: runDev},
+	"device":   cmd[deviceFlags]{define: defineDeviceFlags, run: runDevice},
+	"devices":  devicesCommands,
+	"apikeys":  apikeysCommands,
+	"commands": commandsCommands,
+	"jobs":     jobsCommands,
+	"version":  cmd[versionFlags]{define: defineVersionFlags, run: runVersion, nargs: exactly(0)},
+	"loadgen":  cmd[loadgenFlags]{define: defineLoadgenFlags, run: runLoadgen},
 }
 
 // ErrUsage means the command line was wrong; the message went to stderr.

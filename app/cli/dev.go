@@ -105,8 +105,14 @@ func runDev(ctx context.Context, df devFlags, c call) error {
 	if err != nil {
 		return err
 	}
+	// The command line is this binary, which scripts/dev builds outside
+	// the PATH: the banner names it by its path.
+	bin, err := os.Executable()
+	if err != nil {
+		bin = "switchboard"
+	}
 	err = devBanner.Execute(c.Stdout, map[string]any{
-		"Edge": "http://" + advertised(addrs[0], lns[0]), "Ops": ops, "SignIn": creds.signIn, "Conn": connURLs, "DB": dbURL, "Key": creds.apiKey, "Dir": *df.dir,
+		"Bin": bin, "Edge": "http://" + advertised(addrs[0], lns[0]), "Ops": ops, "SignIn": creds.signIn, "Conn": connURLs, "DB": dbURL, "Key": creds.apiKey, "Dir": *df.dir,
 		"Cert": certFile, "Fingerprint": tls.Fingerprint, "Devices": len(creds.simulated), "Spare": creds.spare.Secret,
 	})
 	if err != nil {
@@ -299,6 +305,7 @@ Switchboard is running. Ctrl-C stops everything.
 Try it:
 
   export SWITCHBOARD_KEY={{.Key}}
+  export SWITCHBOARD_EDGE={{.Edge}}   # for the command line (below)
 
   # Send a command and follow it over Server-Sent Events:
   curl -N -H "Authorization: Bearer $SWITCHBOARD_KEY" -H 'Accept: text/event-stream' \
@@ -307,6 +314,9 @@ Try it:
   # Or wait for the reply as plain JSON:
   curl -H "Authorization: Bearer $SWITCHBOARD_KEY" -d '{"name":"get_state"}' \
     '{{.Edge}}/v1/devices/thermostat-2/commands?wait=10s'
+
+  # The same with the command line, through the edge (docs/cli.md):
+  {{.Bin}} commands send thermostat-2 get_state -wait 10s
 
   # A device, where it is connected and its latest telemetry; the devices online in the kitchen:
   curl -H "Authorization: Bearer $SWITCHBOARD_KEY" {{.Edge}}/v1/devices/thermostat-3

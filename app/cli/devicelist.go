@@ -5,11 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"maps"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/switchboard-iot/switchboard/db"
 )
@@ -39,18 +40,20 @@ func (o *optBool) IsBoolFlag() bool { return true }
 // listFlags are the flags of "devices list": filters, as GET /v1/devices
 // has them.
 type listFlags struct {
-	store                  storeFlags
+	manage                 manageFlags
 	online                 *optBool
 	node, region, label, q *string
+	limit                  *int
 }
 
 func defineListFlags(f flags) listFlags {
-	l := listFlags{store: defineStoreFlags(f), online: &optBool{}}
+	l := listFlags{manage: defineManageFlags(f), online: &optBool{}}
 	f.Var(l.online, "online", "only online devices (-online=false: only offline ones)")
 	l.node = f.String("node", "", "only devices connected to this node")
 	l.region = f.String("region", "", "only devices in this region (their session's, or their last one's)")
 	l.label = f.String("label", "", `only devices whose labels match this selector: "room=kitchen,fw!=2.1,beta,!old"`)
 	l.q = f.String("q", "", "only devices whose id contains this, ignoring case")
+	l.limit = f.Int("limit", 0, "list at most this many devices (0: all of them)")
 	return l
 }
 
@@ -64,47 +67,92 @@ func (l listFlags) filter() (db.DeviceFilter, error) {
 		return f, fmt.Errorf("-label: %w", err)
 	}
 	f.Labels = sel
+	if *l.limit < 0 {
+		return f, fmt.Errorf("-limit %d: want 0 (all) or more", *l.limit)
+	}
 	return f, nil
 }
 
+// query is the filter as GET /v1/devices reads it.
+func (l listFlags) query() url.Values {
+	q := url.Values{"node": {*l.node}, "region": {*l.region}, "label": {*l.label}, "q": {*l.q}}
+	if l.online.v != nil {
+		q.Set("online", strconv.FormatBool(*l.online.v))
+	}
+	return q
+}
+
 // listDevices prints the devices the filters choose as a table, a page of
-// the database at a time (keyset pages, as the API reads them), then their
-// counts on stderr.
+// the database (or of the API) at a time, then their counts on stderr.
 func listDevices(ctx context.Context, l listFlags, c call) error {
 	f, err := l.filter()
 	if err != nil {
 		return err
 	}
-	return l.store.withStore(ctx, func(store *db.Store) error { return writeDevices(ctx, store, f, c.IO) })
-}
-
-func writeDevices(ctx context.Context, store *db.Store, f db.DeviceFilter, stdio IO) error {
-	tw := tabwriter.NewWriter(stdio.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tONLINE\tNODE\tREGION\tLABELS")
-	var after string
-	var page db.DevicePage
-	for {
-		var err error
-		if page, err = store.ListDevices(ctx, f, after, db.MaxPage); err != nil {
+	t := newDeviceTable(c.Stdout, *l.manage.api.json)
+	var total, online int
+	var more bool
+	err = l.manage.onEdge(ctx, c, func(cl *client) error {
+		last, left, err := cl.list(ctx, "/v1/devices", l.query(), "devices", db.MaxPage, *l.limit, t.addRaw)
+		if err != nil {
 			return err
 		}
-		for _, d := range page.Devices {
-			node := "-"
-			if d.Presence != nil {
-				node = d.Presence.NodeID
-			}
-			fmt.Fprintf(tw, "%s\t%t\t%s\t%s\t%s\n", d.ID, d.Online, node, cmp.Or(d.Region, "-"), formatLabels(d.Labels))
+		_ = json.Unmarshal(last["total"], &total)
+		_ = json.Unmarshal(last["online"], &online)
+		more = left
+		return nil
+	}, func(store *db.Store) (err error) {
+		total, online, more, err = storeDevices(ctx, store, f, *l.limit, t)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if err := t.close(); err != nil {
+		return err
+	}
+	if more {
+		moreFollow(c.Stderr, *l.limit)
+	}
+	fmt.Fprintf(c.Stderr, "%d devices, %d online\n", total, online)
+	return nil
+}
+
+func newDeviceTable(w io.Writer, asJSON bool) *table[db.Device] {
+	return newTable(w, asJSON, []string{"ID", "ONLINE", "NODE", "REGION", "LABELS"}, func(d db.Device) []string {
+		node := "-"
+		if d.Presence != nil {
+			node = d.Presence.NodeID
 		}
-		if !page.More {
-			break
+		return []string{d.ID, strconv.FormatBool(d.Online), node, cmp.Or(d.Region, "-"), formatLabels(d.Labels)}
+	})
+}
+
+// storeDevices adds the devices f chooses to t, at most limit (0: all),
+// in keyset pages as the API reads them.
+func storeDevices(ctx context.Context, store *db.Store, f db.DeviceFilter, limit int, t *table[db.Device]) (total, online int, more bool, err error) {
+	var after string
+	seen := 0
+	for {
+		n := db.MaxPage
+		if limit > 0 {
+			n = min(n, limit-seen)
+		}
+		page, err := store.ListDevices(ctx, f, after, n)
+		if err != nil {
+			return 0, 0, false, err
+		}
+		for _, d := range page.Devices {
+			if err := t.add(d, nil); err != nil {
+				return 0, 0, false, err
+			}
+		}
+		seen += len(page.Devices)
+		if !page.More || limit > 0 && seen >= limit {
+			return page.Total, page.Online, page.More, nil
 		}
 		after = page.Devices[len(page.Devices)-1].ID
 	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdio.Stderr, "%d devices, %d online\n", page.Total, page.Online)
-	return nil
 }
 
 // formatLabels writes labels as a selector would: "fw=2.1,room=kitchen",

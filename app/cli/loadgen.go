@@ -357,7 +357,7 @@ func provisionDevices(ctx context.Context, dbURL, file, prefix string, n int, st
 	if err != nil {
 		return err
 	}
-	if err := importLines(ctx, store, IO{Stdin: strings.NewReader(ids.String()), Stdout: out, Stderr: stdio.Stderr}, log); err != nil {
+	if err := importLines(ctx, storeImport(ctx, store), IO{Stdin: strings.NewReader(ids.String()), Stdout: out, Stderr: stdio.Stderr}, log, false); err != nil {
 		out.Close()
 		return fmt.Errorf("provisioning: %w", err)
 	}
