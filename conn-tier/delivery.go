@@ -2,6 +2,7 @@ package conntier
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -24,6 +25,11 @@ type deliverer struct {
 	node   *Node
 	signal chan struct{} // cap 1: there is work
 
+	// unsure are sessions whose claim failed: it may have committed, its
+	// answer lost with the connection. Before they claim again, what it
+	// left delivered and unwritten goes back (settle). Only run uses it.
+	unsure map[*session]bool
+
 	mu    sync.Mutex // guards the following
 	dirty map[string]struct{}
 	all   bool         // every local device: after the listener (re)connects
@@ -34,7 +40,7 @@ type deliverer struct {
 const roundDevices = 1000
 
 func newDeliverer(n *Node) *deliverer {
-	return &deliverer{node: n, signal: make(chan struct{}, 1), dirty: make(map[string]struct{})}
+	return &deliverer{node: n, signal: make(chan struct{}, 1), dirty: make(map[string]struct{}), unsure: make(map[*session]bool)}
 }
 
 func (d *deliverer) wake(deviceID string) {
@@ -160,6 +166,9 @@ func (d *deliverer) run(ctx context.Context) error {
 					return nil
 				}
 				d.node.log.Warn("claiming pending commands; retrying", "devices", len(sessions), "err", err)
+				for _, s := range chunk {
+					d.unsure[s] = true
+				}
 				for _, s := range sessions {
 					d.wake(s.deviceID)
 				}
@@ -180,6 +189,9 @@ func (d *deliverer) run(ctx context.Context) error {
 // whose session is still open is given back by that session's end, which
 // comes after.
 func (d *deliverer) deliver(ctx context.Context, sessions []*session) error {
+	if err := d.settle(ctx, sessions); err != nil {
+		return err
+	}
 	bySession := make(map[string]*session, len(sessions))
 	rooms := make(map[string]int, len(sessions))
 	claims := make([]db.Claim, 0, len(sessions))
@@ -196,6 +208,9 @@ func (d *deliverer) deliver(ctx context.Context, sessions []*session) error {
 		return nil
 	}
 	changes, err := d.node.store.ClaimDeliveries(ctx, d.node.cfg.Node.ID, claims)
+	if err == nil && len(changes) > 0 && d.node.loseClaim.CompareAndSwap(true, false) {
+		err = errLostClaim
+	}
 	if err != nil {
 		return err
 	}
@@ -220,6 +235,47 @@ func (d *deliverer) deliver(ctx context.Context, sessions []*session) error {
 		if claimed[id] == rooms[id] && !ended[s] {
 			d.waitForRoom(s) // possibly more
 		}
+	}
+	return nil
+}
+
+// errLostClaim is a test's fault (Node.loseClaim): a claim that committed
+// as its connection failed.
+var errLostClaim = errors.New("the claim's answer was lost")
+
+// settle gives back what a failed claim of these sessions may have left
+// delivered and unwritten (GiveBackUnwritten), before they claim again: a
+// claim that committed as its connection failed would leave its commands
+// delivered to a session that never writes them, to fail at their reply
+// deadline, and claiming newer ones first would break the device's order.
+func (d *deliverer) settle(ctx context.Context, sessions []*session) error {
+	if len(d.unsure) == 0 {
+		return nil
+	}
+	for s := range d.unsure {
+		if s.closing.Err() != nil {
+			delete(d.unsure, s) // its end gives back whatever it held
+		}
+	}
+	var settled []db.Session
+	var holding []uuid.UUID
+	for _, s := range sessions {
+		if d.unsure[s] {
+			settled, holding = append(settled, s.dbSession()), append(holding, s.holding()...)
+		}
+	}
+	if len(settled) == 0 {
+		return nil
+	}
+	n, err := d.node.store.GiveBackUnwritten(ctx, d.node.cfg.Node.ID, settled, holding)
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		d.node.log.Warn("gave back commands a failed claim left unwritten", "commands", n)
+	}
+	for _, s := range sessions {
+		delete(d.unsure, s)
 	}
 	return nil
 }

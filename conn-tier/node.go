@@ -251,6 +251,7 @@ type Node struct {
 	gate atomic.Pointer[handshakeGate] // set by Run
 
 	onDrainBatch func(closed, left int)                   // a test's signal: a drain batch was closed
+	loseClaim    atomic.Bool                              // a test's fault: the next claim that takes commands commits, and its answer is lost
 	onRebalance  atomic.Pointer[func(sessions, shed int)] // a test's signal: a rebalancing round decided
 }
 

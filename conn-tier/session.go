@@ -463,6 +463,10 @@ func (s *session) write() {
 			frame = s.queue[0]
 			s.queue[0] = outFrame{}
 			s.queue = s.queue[1:]
+			// Before the write (a reply can beat the write's return), and
+			// while the queue is locked: holding finds the command in the
+			// one place or the other.
+			s.setWritten(frame.command, frame.timeout, frame.change)
 		}
 		drained := len(s.queue) <= lowWater(n)
 		s.writeMu.Unlock()
@@ -474,10 +478,6 @@ func (s *session) write() {
 		if ping {
 			err = s.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(n.cfg.WriteTimeout))
 		} else {
-			if frame.command != uuid.Nil {
-				// Before the write: a reply can beat the write's return.
-				s.setWritten(frame.command, frame.timeout, frame.change)
-			}
 			_ = s.ws.SetWriteDeadline(time.Now().Add(n.cfg.WriteTimeout))
 			err = s.ws.WriteMessage(websocket.TextMessage, frame.data)
 			switch {
@@ -520,6 +520,24 @@ func (s *session) room() int {
 		return 0
 	}
 	return s.node.commandRoom() - len(s.queue)
+}
+
+// holding returns the commands the session holds: queued, or written and
+// awaiting their reply. Locks in the writer's order: writeMu, then
+// inflightMu.
+func (s *session) holding() []uuid.UUID {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	s.inflightMu.Lock()
+	defer s.inflightMu.Unlock()
+	ids := make([]uuid.UUID, 0, len(s.queue)+len(s.awaiting))
+	for _, f := range s.queue {
+		ids = append(ids, f.command)
+	}
+	for id := range s.awaiting {
+		ids = append(ids, id)
+	}
+	return ids
 }
 
 // lowWater is how far a backlogged device's queue drains before the

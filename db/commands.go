@@ -444,6 +444,28 @@ func (s *Store) ClaimDeliveries(ctx context.Context, nodeID string, claims []Cla
 	return changes, translate(err, "claim deliveries")
 }
 
+// GiveBackUnwritten gives back the commands delivered to these sessions
+// (of nodeID) but for those in written, the ones the node queued or wrote:
+// what is left is a claim whose answer was lost (the statement committed,
+// then its connection failed), which the node never wrote. They go back to
+// pending, their attempt uncounted, to be claimed again in their order. It
+// returns how many.
+func (s *Store) GiveBackUnwritten(ctx context.Context, nodeID string, sessions []Session, written []uuid.UUID) (int64, error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	devices, sids, _ := sessionColumns(sessions)
+	if written == nil {
+		written = []uuid.UUID{}
+	}
+	tag, err := s.db.Exec(ctx, `
+		UPDATE commands c SET status = 'pending', reply_deadline = NULL, attempts = c.attempts - 1
+		FROM unnest($1::text[], $2::uuid[]) AS t(device_id, session_id)
+		WHERE c.device_id = t.device_id AND c.status = 'delivered' AND c.session_id = t.session_id
+		  AND c.node_id = $3 AND NOT (c.id = ANY($4))`,
+		devices, sids, nodeID, written)
+	return tag.RowsAffected(), translate(err, "give back unwritten")
+}
+
 // GiveBackEnded gives back the delivered commands of these devices whose
 // session is no longer current, as a session's end does: for a claim that
 // landed after that end.

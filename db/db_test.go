@@ -322,6 +322,48 @@ func TestClaimDeliveries(t *testing.T) {
 	}
 }
 
+// A claim whose answer was lost is given back by its node: the commands
+// delivered to its sessions that it does not hold go back to pending, their
+// attempt uncounted; those it holds, and other sessions' and nodes', stay.
+func TestGiveBackUnwritten(t *testing.T) {
+	t.Parallel()
+	store, pool := setup(t, "dev-1", "dev-2")
+	ctx := context.Background()
+	var ids []uuid.UUID
+	for range 3 {
+		ids = append(ids, create(t, store, newCommand("dev-1", time.Hour)).ID)
+	}
+	other := create(t, store, newCommand("dev-2", time.Hour)).ID
+	s1 := online(t, store, "node-1", "dev-1")
+	s2 := online(t, store, "node-2", "dev-2")
+	claim(t, store, s1, 10)
+	claim(t, store, s2, 10)
+	n, err := store.GiveBackUnwritten(ctx, "node-1", []db.Session{s1}, []uuid.UUID{ids[0]})
+	if err != nil || n != 2 {
+		t.Fatalf("gave back %d, %v; want the 2 node-1 does not hold", n, err)
+	}
+	if got := pendingIDs(t, pool, "dev-1", "dev-2"); !slices.Equal(got, ids[1:]) {
+		t.Fatalf("pending %v, want %v", got, ids[1:])
+	}
+	for id, want := range map[uuid.UUID]command.Status{ids[0]: command.Delivered, ids[1]: command.Pending, other: command.Delivered} {
+		got, _ := store.Command(ctx, id)
+		wantAttempts := 1
+		if want == command.Pending {
+			wantAttempts = 0
+		}
+		if got.Status != want || got.Attempts != wantAttempts {
+			t.Errorf("command %s: %s after %d attempts, want %s after %d", id, got.Status, got.Attempts, want, wantAttempts)
+		}
+	}
+	// Another node's give-back touches nothing of node-1's.
+	if n, err := store.GiveBackUnwritten(ctx, "node-2", []db.Session{s1}, nil); err != nil || n != 0 {
+		t.Fatalf("node-2 gave back %d of node-1's, %v", n, err)
+	}
+	if got := claimIDs(t, store, s1, 10); !slices.Equal(got, ids[1:]) {
+		t.Fatalf("claimed again %v, want %v in order", got, ids[1:])
+	}
+}
+
 // Redelivery: a session that ends without answering gives its commands
 // back, in their order; the next session gets them again and counts a
 // second attempt. A claim for a session that is no longer current misses.
