@@ -2,6 +2,7 @@ package conntier
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -12,15 +13,22 @@ import (
 )
 
 // deliverer sends devices their pending commands. Wake-ups only mark devices
-// dirty; one goroutine reads the pending commands of all dirty devices in a
-// query per round, so a burst of wake-ups costs a few queries, not one each,
-// and a device's commands go out in order. Each round reads at most a
-// queue's worth per device, so a device with a deep backlog shares the
-// node fairly with the others; it is read again when its deliveries are
-// recorded, not in a busy loop.
+// dirty; one goroutine claims the pending commands of all dirty devices in
+// one statement per round (ClaimDeliveries: pending to delivered, before a
+// frame is written), so a burst of wake-ups costs a few statements, not one
+// each, a device's commands go out in order, and a command cancelled
+// before its claim is never written. Each round claims at most the room
+// left in a device's queue, so a device with a deep backlog shares the
+// node fairly with the others; it is claimed for again as its queue
+// drains, not in a busy loop.
 type deliverer struct {
 	node   *Node
 	signal chan struct{} // cap 1: there is work
+
+	// unsure are sessions whose claim failed: it may have committed, its
+	// answer lost with the connection. Before they claim again, what it
+	// left delivered and unwritten goes back (settle). Only run uses it.
+	unsure map[*session]bool
 
 	mu    sync.Mutex // guards the following
 	dirty map[string]struct{}
@@ -32,7 +40,7 @@ type deliverer struct {
 const roundDevices = 1000
 
 func newDeliverer(n *Node) *deliverer {
-	return &deliverer{node: n, signal: make(chan struct{}, 1), dirty: make(map[string]struct{})}
+	return &deliverer{node: n, signal: make(chan struct{}, 1), dirty: make(map[string]struct{}), unsure: make(map[*session]bool)}
 }
 
 func (d *deliverer) wake(deviceID string) {
@@ -157,7 +165,10 @@ func (d *deliverer) run(ctx context.Context) error {
 				if ctx.Err() != nil {
 					return nil
 				}
-				d.node.log.Warn("reading pending commands; retrying", "devices", len(sessions), "err", err)
+				d.node.log.Warn("claiming pending commands; retrying", "devices", len(sessions), "err", err)
+				for _, s := range chunk {
+					d.unsure[s] = true
+				}
 				for _, s := range sessions {
 					d.wake(s.deviceID)
 				}
@@ -172,54 +183,109 @@ func (d *deliverer) run(ctx context.Context) error {
 	}
 }
 
-// deliver reads and sends the pending commands of these sessions' devices.
+// deliver claims and sends the pending commands of these sessions' devices.
+// A claim that returns after its session closed is given back (the
+// session's end may have read the table before the claim committed); one
+// whose session is still open is given back by that session's end, which
+// comes after.
 func (d *deliverer) deliver(ctx context.Context, sessions []*session) error {
-	limit := d.node.commandRoom()
+	if err := d.settle(ctx, sessions); err != nil {
+		return err
+	}
 	bySession := make(map[string]*session, len(sessions))
-	gens := make(map[string]uint64, len(sessions))
-	devices := make([]string, 0, len(sessions))
-	limits := make([]int32, 0, len(sessions))
+	rooms := make(map[string]int, len(sessions))
+	claims := make([]db.Claim, 0, len(sessions))
 	for _, s := range sessions {
-		gen := s.recordedGen.Load()
-		if s.retireRecorded() <= 0 {
-			d.waitForRecords(s, gen) // out of room: read again once deliveries are recorded
+		room := s.room()
+		if room <= 0 {
+			d.waitForRoom(s) // its queue is full: claim again once it drains
 			continue
 		}
-		bySession[s.deviceID], gens[s.deviceID] = s, gen
-		// A queue's worth: those in flight come back too, and are skipped.
-		devices, limits = append(devices, s.deviceID), append(limits, int32(limit))
+		bySession[s.deviceID], rooms[s.deviceID] = s, room
+		claims = append(claims, db.Claim{DeviceID: s.deviceID, SessionID: s.id, Room: room})
 	}
-	if len(devices) == 0 {
+	if len(claims) == 0 {
 		return nil
 	}
-	cmds, err := d.node.store.PendingCommands(ctx, devices, limits)
+	changes, err := d.node.store.ClaimDeliveries(ctx, d.node.cfg.Node.ID, claims)
+	if err == nil && len(changes) > 0 && d.node.loseClaim.CompareAndSwap(true, false) {
+		err = errLostClaim
+	}
 	if err != nil {
 		return err
 	}
-	read := make(map[string]int, len(devices))
-	held := make(map[string]bool) // devices out of room: keep their order
-	for _, cmd := range cmds {
-		read[cmd.DeviceID]++
-		if s := bySession[cmd.DeviceID]; s != nil && !held[cmd.DeviceID] {
-			held[cmd.DeviceID] = !s.deliver(cmd)
+	d.node.metrics.delivered.Add(float64(len(changes)))
+	claimed := make(map[string]int, len(claims))
+	ended := make(map[*session]bool)
+	for i := range changes {
+		ch := &changes[i]
+		s := bySession[ch.Command.DeviceID]
+		claimed[s.deviceID]++
+		// Once one is not queued, none after it is: the device's order.
+		if ended[s] || s.closing.Err() != nil || !s.deliver(ch) {
+			ended[s] = true
+		}
+	}
+	for s := range ended {
+		if s.closing.Err() != nil {
+			_ = d.node.commands.Push(commandOp{kind: opEnded, session: s})
 		}
 	}
 	for id, s := range bySession {
-		if read[id] == limit || held[id] {
-			d.waitForRecords(s, gens[id]) // possibly more
+		if claimed[id] == rooms[id] && !ended[s] {
+			d.waitForRoom(s) // possibly more
 		}
 	}
 	return nil
 }
 
-// waitForRecords has the device read again once one of its deliveries is
-// recorded. gen is its count of recorded deliveries when the round looked:
-// one recorded since may have found the flag down, so it wakes the device
-// now. (The writer counts, then checks the flag; this raises the flag,
-// then checks the count: one of the two sees the other.)
-func (d *deliverer) waitForRecords(s *session, gen uint64) {
+// errLostClaim is a test's fault (Node.loseClaim): a claim that committed
+// as its connection failed.
+var errLostClaim = errors.New("the claim's answer was lost")
+
+// settle gives back what a failed claim of these sessions may have left
+// delivered and unwritten (GiveBackUnwritten), before they claim again: a
+// claim that committed as its connection failed would leave its commands
+// delivered to a session that never writes them, to fail at their reply
+// deadline, and claiming newer ones first would break the device's order.
+func (d *deliverer) settle(ctx context.Context, sessions []*session) error {
+	if len(d.unsure) == 0 {
+		return nil
+	}
+	for s := range d.unsure {
+		if s.closing.Err() != nil {
+			delete(d.unsure, s) // its end gives back whatever it held
+		}
+	}
+	var settled []db.Session
+	var holding []uuid.UUID
+	for _, s := range sessions {
+		if d.unsure[s] {
+			settled, holding = append(settled, s.dbSession()), append(holding, s.holding()...)
+		}
+	}
+	if len(settled) == 0 {
+		return nil
+	}
+	n, err := d.node.store.GiveBackUnwritten(ctx, d.node.cfg.Node.ID, settled, holding)
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		d.node.log.Warn("gave back commands a failed claim left unwritten", "commands", n)
+	}
+	for _, s := range sessions {
+		delete(d.unsure, s)
+	}
+	return nil
+}
+
+// waitForRoom has the device claimed for again once its queue has drained
+// to half (lowWater). The writer drains, then checks the flag; this raises
+// the flag, then checks the queue: one of the two sees the other.
+func (d *deliverer) waitForRoom(s *session) {
 	s.backlogged.Store(true)
-	if s.recordedGen.Load() != gen && s.backlogged.CompareAndSwap(true, false) {
+	if s.room() >= s.node.commandRoom()-lowWater(s.node) && s.backlogged.CompareAndSwap(true, false) {
 		d.wake(s.deviceID)
 	}
 }
@@ -255,33 +321,30 @@ func (n *Node) closeReplaced(ctx context.Context) {
 type commandOp struct {
 	kind    opKind
 	id      uuid.UUID
-	session *session  // for a delivery or a time-out: the session it concerns
+	session *session  // the session it concerns
 	reply   *db.Reply // for a reply
 }
 
 type opKind uint8
 
 const (
-	opDelivered opKind = iota // the command's frame was written to the session
-	opReply                   // the device answered
-	opTimedOut                // the session's reply clock ran out
-	opEnded                   // a mark landed after its session ended: give back
+	opReply    opKind = iota // the device answered
+	opTimedOut               // the session's reply clock ran out
+	opEnded                  // a claim landed after its session ended: give back
 )
 
-// writeCommands records deliveries, replies and time-outs atomically, then
-// queues the wake-ups of the edges that wait on them. Deliveries go first.
-// Of a command's reply and time-out, the one queued first wins: the queue is
-// in the order the node saw them, so a reply received in time beats the
-// time-out, however long the database took to come back.
+// writeCommands records replies, time-outs and give-backs atomically, then
+// queues the wake-ups of the edges that wait on them. Of a command's reply
+// and time-out, the one queued first wins: the queue is in the order the
+// node saw them, so a reply received in time beats the time-out, however
+// long the database took to come back.
 func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
-	var deliveries, timeouts []db.Delivery
+	var timeouts []db.Delivery
 	var replies []db.Reply
 	var ended []string
 	settled := make(map[uuid.UUID]bool) // a reply or time-out of the batch came first
 	for _, op := range ops {
 		switch {
-		case op.kind == opDelivered:
-			deliveries = append(deliveries, db.Delivery{ID: op.id, DeviceID: op.session.deviceID, SessionID: op.session.id})
 		case op.kind == opEnded:
 			ended = append(ended, op.session.deviceID)
 		case settled[op.id]:
@@ -297,7 +360,7 @@ func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
 	// round trips to the hot path.
 	inTx := n.store.InTx
 	kinds := 0
-	for _, n := range []int{len(deliveries), len(replies), len(timeouts), len(ended)} {
+	for _, n := range []int{len(replies), len(timeouts), len(ended)} {
 		if n > 0 {
 			kinds++
 		}
@@ -306,24 +369,16 @@ func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
 		inTx = func(_ context.Context, fn func(*db.Store) error) error { return fn(n.store) }
 	}
 	var changes []db.Change
-	var stale []uuid.UUID
-	var nDelivered, nReplies, nTimedOut int
+	var nReplies, nTimedOut int
 	err := inTx(ctx, func(tx *db.Store) error {
-		changes, stale, nDelivered, nReplies, nTimedOut = changes[:0], nil, 0, 0, 0
-		if len(deliveries) > 0 {
-			ch, st, err := tx.MarkDelivered(ctx, n.cfg.Node.ID, deliveries)
-			if err != nil {
-				return err
-			}
-			changes, stale, nDelivered = append(changes, ch...), st, len(ch)
-		}
+		changes, nReplies, nTimedOut = changes[:0], 0, 0
 		if len(ended) > 0 {
 			if err := tx.GiveBackEnded(ctx, ended); err != nil {
 				return err
 			}
 		}
 		if len(replies) > 0 {
-			ch, err := tx.StoreReplies(ctx, n.cfg.Node.ID, replies)
+			ch, err := tx.StoreReplies(ctx, replies)
 			if err != nil {
 				return err
 			}
@@ -341,36 +396,6 @@ func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
 	if err != nil {
 		return err
 	}
-	// A delivery to a session that is no longer current stays in its
-	// in-flight set: that session must not get the command again.
-	isStale := make(map[uuid.UUID]bool, len(stale))
-	for _, id := range stale {
-		isStale[id] = true
-	}
-	for _, op := range ops {
-		if op.kind == opReply && op.reply.Unrecorded {
-			op.session.recordedMark(op.id) // the reply recorded the delivery
-		}
-		if op.kind != opDelivered {
-			if op.kind == opReply && op.session.backlogged.CompareAndSwap(true, false) {
-				n.deliverer.wake(op.session.deviceID)
-			}
-			continue
-		}
-		if !isStale[op.id] {
-			op.session.recordedMark(op.id)
-			// Marked for a session that has meanwhile ended: its end may
-			// have given back before the mark landed. (If it ends later,
-			// its end sees the mark.)
-			if op.session.closing.Err() != nil {
-				_ = n.commands.Push(commandOp{kind: opEnded, session: op.session})
-			}
-		}
-		if op.session.backlogged.CompareAndSwap(true, false) {
-			n.deliverer.wake(op.session.deviceID)
-		}
-	}
-	n.metrics.delivered.Add(float64(nDelivered))
 	n.metrics.replies.Add(float64(nReplies))
 	n.metrics.timedOut.Add(float64(nTimedOut))
 	for i := range changes {

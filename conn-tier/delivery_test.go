@@ -256,3 +256,40 @@ func TestBackpressure(t *testing.T) {
 		t.Fatalf("chatty's presence: %+v", rows)
 	}
 }
+
+// A claim that commits as its connection fails (its answer lost) leaves
+// its commands delivered to the session, never written. The node gives
+// them back before it claims again: the device gets each once, in order,
+// and each counts one attempt.
+func TestLostClaimIsGivenBack(t *testing.T) {
+	t.Parallel()
+	sys := testsys.New(t)
+	node := sys.StartNode(t, "node-a", nil)
+	ws := connect(t, node, "dev-1", sys.AddDevice(t, "dev-1"))
+	waitOnline(t, sys, "dev-1", "node-a", uuid.Nil)
+	node.LoseNextClaim()
+	var ids []uuid.UUID
+	for i := range 3 {
+		ids = append(ids, newCommand(t, sys, "dev-1", "step", fmt.Sprintf(`{"n":%d}`, i)).ID)
+	}
+	wake(t, sys, "dev-1")
+	for i, id := range ids {
+		if m := readMessage(t, ws); m.Type != protocol.TypeCommand || m.ID != id.String() {
+			t.Fatalf("frame %d is %+v, want command %s", i, m, id)
+		}
+	}
+	if node.ClaimLossPending() {
+		t.Fatal("no claim was lost: the fault did not fire")
+	}
+	for _, id := range ids {
+		if row := waitStatus(t, sys, id, "delivered"); row.Attempts != 1 || *row.NodeID != "node-a" {
+			t.Errorf("command %s: %+v, want delivered by node-a, one attempt", id, row)
+		}
+	}
+	// Nothing was sent twice: the next frame answers a ping.
+	send(t, ws, `{"type":"ping"}`)
+	if m := readMessage(t, ws); m.Type != protocol.TypePong {
+		t.Fatalf("got %+v, want a pong", m)
+	}
+	closeNormally(t, ws)
+}

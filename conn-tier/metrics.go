@@ -21,9 +21,10 @@ type metrics struct {
 	// lost (the connection broke).
 	disconnects *prometheus.CounterVec
 	// final counts commands this node made final, by status: done or
-	// failed on a reply, failed when no reply came in time. The edges'
-	// sweeps count the rest (expired, and failed as a backstop) on the
-	// same series, per process (sbmetrics).
+	// failed on a reply, failed when no reply came in time. The edges
+	// count the rest on the same series, per process (sbmetrics): their
+	// sweeps expired, and failed as a backstop; cancelled, by a client or
+	// a job.
 	final     *prometheus.CounterVec
 	delivered prometheus.Counter
 	replies   prometheus.Counter
@@ -65,7 +66,7 @@ func newMetrics(reg *prometheus.Registry, nodeID, region string, queues map[stri
 			Help: "Sessions that ended, by reason: closed_by_node (why: switchboard_conn_closes_total), closed_by_device, timeout (heartbeats missed), lost (the connection broke)."},
 			[]string{"reason"}),
 		delivered: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "switchboard_conn_commands_delivered_total", Help: "Commands written to devices and recorded."}),
+			Name: "switchboard_conn_commands_delivered_total", Help: "Commands this node claimed for delivery (pending to delivered, recorded before their frames are written)."}),
 		replies: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_conn_replies_stored_total", Help: "Device replies that completed a command."}),
 		timedOut: prometheus.NewCounter(prometheus.CounterOpts{

@@ -77,9 +77,11 @@ type Config struct {
 	// commands and checks its sessions were not taken over, whatever
 	// wake-ups it got: the backstop for a lost NOTIFY. 30s.
 	RescanInterval time.Duration
-	// MarkDelay holds back a delivery's mark (20ms): a reply that comes
-	// sooner records the delivery itself, saving a write and a wake-up; a
-	// slower device's "delivered" shows this much later. 0 marks at once.
+	// MarkDelay holds back the edges' wake-up for a written command's
+	// delivery (20ms): a reply that comes sooner tells them of both, saving
+	// a wake-up; a slower device's "delivered" shows this much later. 0
+	// wakes them at once. (The delivery itself is recorded before the
+	// frame is written.)
 	MarkDelay time.Duration
 	// Clock is the node's clock (time.Now), read for session ids only:
 	// which session of a device is the newest is PostgreSQL's to say.
@@ -249,6 +251,7 @@ type Node struct {
 	gate atomic.Pointer[handshakeGate] // set by Run
 
 	onDrainBatch func(closed, left int)                   // a test's signal: a drain batch was closed
+	loseClaim    atomic.Bool                              // a test's fault: the next claim that takes commands commits, and its answer is lost
 	onRebalance  atomic.Pointer[func(sessions, shed int)] // a test's signal: a rebalancing round decided
 }
 

@@ -17,7 +17,6 @@ import (
 
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/device/protocol"
-	"github.com/switchboard-iot/switchboard/internal/command"
 	"github.com/switchboard-iot/switchboard/internal/problem"
 	"github.com/switchboard-iot/switchboard/internal/secret"
 )
@@ -27,12 +26,13 @@ import (
 const closeGrace = time.Second
 
 // outFrame is a frame queued for the device; command frames carry their id
-// and timeout so the writer can record the delivery once the frame is
-// written, and start the reply clock.
+// and timeout so the writer can start the reply clock as the frame goes out,
+// and their delivery's change, for the edges once it is written.
 type outFrame struct {
 	data    []byte
 	command uuid.UUID
 	timeout time.Duration
+	change  *db.Change
 }
 
 // session is one device connection on this node.
@@ -75,13 +75,13 @@ type session struct {
 	// nothing may push the deadline past the close grace.
 	deadlineMu sync.Mutex
 
-	inflightMu sync.Mutex // guards inflight and awaiting
-	// inflight holds the commands this session was sent whose delivery the
-	// deliverer has not yet seen recorded: they are not sent twice, and a
-	// reply to a written one records the delivery itself. A mark the
-	// database refused (the session was replaced) keeps its entry. Made on
-	// the first command.
-	inflight map[uuid.UUID]flight
+	inflightMu sync.Mutex // guards held and awaiting
+	// held holds the "delivered" wake-ups of commands written on this
+	// session, each sent to the edges MarkDelay after its write unless the
+	// device's reply comes first: the reply's wake-up then tells both
+	// steps, and a fast device costs its edge one wake-up, not two. Made
+	// on the first command.
+	held map[uuid.UUID]*db.Change
 	// awaiting holds the reply clocks of commands written on this session:
 	// one that runs out queues the command's failure behind every reply
 	// this node received before, so a reply that came in time wins however
@@ -89,23 +89,10 @@ type session struct {
 	awaiting map[uuid.UUID]*time.Timer
 
 	// backlogged is set when the device may have more pending commands than
-	// its queue took: recording deliveries wakes the deliverer again.
-	// recordedGen counts recorded deliveries, so that the deliverer can tell
-	// whether one landed while it was deciding to wait for the next.
-	backlogged  atomic.Bool
-	recordedGen atomic.Uint64
+	// its queue took: the writer wakes the deliverer again once the queue
+	// has drained to half (see waitForRoom).
+	backlogged atomic.Bool
 }
-
-// flight is where a command sent on a session stands.
-type flight uint8
-
-const (
-	queued   flight = iota // in the send queue
-	written                // on the wire; its delivery mark held back (MarkDelay)
-	marking                // its mark is queued for the database
-	answered               // the reply came first: it records the delivery, and the mark is dropped
-	recorded               // the delivery is stored; the deliverer drops the entry before its next read
-)
 
 // newSessionID is a UUIDv7 from the node's clock: sessions sort by when
 // their node saw them, which helps a reader of the logs; which session of a
@@ -121,9 +108,9 @@ func newSessionID(now time.Time) uuid.UUID {
 	return id
 }
 
-// commandRoom is how many commands the session may have in flight: its
-// whole send queue, which holds nothing else. A device with a backlog is
-// paced, never closed for a full queue.
+// commandRoom is how many claimed commands a session may hold unwritten:
+// its whole send queue, which holds nothing else. A device with a backlog
+// is paced, never closed for a full queue.
 func (n *Node) commandRoom() int { return n.cfg.SendQueue }
 
 func (s *session) dbSession() db.Session {
@@ -332,9 +319,9 @@ func (s *session) readPump() (ended string) {
 		case protocol.TypeReply:
 			id := uuid.MustParse(msg.ID) // Decode checked the form
 			awaited := s.awaits(id)
+			s.answer(id)
 			// A reply read is stored, over the rate or not.
-			s.storeReply(db.Reply{ID: id, DeviceID: s.deviceID, OK: *msg.OK, Result: msg.Result, Error: msg.Error,
-				SessionID: s.id, Unrecorded: s.answer(id)})
+			s.storeReply(db.Reply{ID: id, DeviceID: s.deviceID, OK: *msg.OK, Result: msg.Result, Error: msg.Error})
 			if !awaited {
 				if _, closed := s.charge(msg.Type); closed {
 					return
@@ -401,7 +388,7 @@ func (s *session) extendReadDeadline() {
 // enqueue queues a command frame for the device and starts a writer if
 // none runs. A device whose queue is full is not reading: it is closed
 // rather than allowed to hold frames forever (a backstop: the deliverer
-// keeps a session's commands within its queue, see commandRoom).
+// claims no more than the queue's room).
 func (s *session) enqueue(frame outFrame) bool {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
@@ -448,11 +435,11 @@ func (s *session) startWriterLocked() {
 }
 
 // write owns the socket's data writes while frames are queued, and ends
-// when the queue is empty. A command counts as delivered once its frame is
-// written; the mark goes to the batcher without waiting (Push: a session
-// has at most commandRoom commands in flight), so a slow database never
-// holds up pings. A failed write closes the socket: the reader fails and
-// ends the session.
+// when the queue is empty. A command's delivery was recorded before it was
+// queued (ClaimDeliveries); once its frame is written, the edges hear of
+// it (holdChange), and a device with more pending is read again as its
+// queue drains. A failed write closes the socket: the reader fails and
+// ends the session, which gives back what it did not answer.
 func (s *session) write() {
 	defer s.writer.Done()
 	n := s.node
@@ -476,24 +463,28 @@ func (s *session) write() {
 			frame = s.queue[0]
 			s.queue[0] = outFrame{}
 			s.queue = s.queue[1:]
+			// Before the write (a reply can beat the write's return), and
+			// while the queue is locked: holding finds the command in the
+			// one place or the other.
+			s.setWritten(frame.command, frame.timeout, frame.change)
 		}
+		drained := len(s.queue) <= lowWater(n)
 		s.writeMu.Unlock()
+		if frame.command != uuid.Nil && drained && s.backlogged.CompareAndSwap(true, false) {
+			n.deliverer.wake(s.deviceID) // claim the next ones while these go out
+		}
 
 		var err error
 		if ping {
 			err = s.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(n.cfg.WriteTimeout))
 		} else {
-			if frame.command != uuid.Nil {
-				// Before the write: a reply can beat the write's return.
-				s.setWritten(frame.command, frame.timeout)
-			}
 			_ = s.ws.SetWriteDeadline(time.Now().Add(n.cfg.WriteTimeout))
 			err = s.ws.WriteMessage(websocket.TextMessage, frame.data)
 			switch {
 			case err != nil:
 			case frame.command != uuid.Nil:
 				n.metrics.sentCommand.Inc()
-				s.holdMark(frame.command)
+				s.holdChange(frame.command)
 			default:
 				n.metrics.sentPong.Inc()
 			}
@@ -519,39 +510,68 @@ func (s *session) endWrites() {
 	s.writer.Wait()
 }
 
-// deliver queues a pending command for the device, once per session, if
-// it has room. The delivery is recorded after the frame is written; a
-// session that ends before its reply gives the command back for the next.
-func (s *session) deliver(cmd command.Command) bool {
-	s.inflightMu.Lock()
-	if _, sent := s.inflight[cmd.ID]; sent {
-		s.inflightMu.Unlock()
-		return true
+// room is how many more claimed commands the session's queue takes; none
+// once its writes ended. Only the deliverer queues commands, so the room
+// it reads can only grow until it queues them.
+func (s *session) room() int {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	if s.ended {
+		return 0
 	}
-	if len(s.inflight) >= s.node.commandRoom() {
-		s.inflightMu.Unlock()
-		return false // the deliverer keeps the device backlogged
-	}
-	if s.inflight == nil {
-		s.inflight = make(map[uuid.UUID]flight)
-	}
-	s.inflight[cmd.ID] = queued
-	s.inflightMu.Unlock()
-	frame, err := protocol.Encode(protocol.Message{Type: protocol.TypeCommand, ID: cmd.ID.String(), Name: cmd.Name, Args: cmd.Args})
-	if err != nil || !s.enqueue(outFrame{data: frame, command: cmd.ID, timeout: time.Duration(cmd.Timeout)}) {
-		s.forget(cmd.ID) // still pending: delivered on the next session
-		return false
-	}
-	return true
+	return s.node.commandRoom() - len(s.queue)
 }
 
-// setWritten notes that the command's frame went out, and starts its
-// reply clock.
-func (s *session) setWritten(id uuid.UUID, timeout time.Duration) {
+// holding returns the commands the session holds: queued, or written and
+// awaiting their reply. Locks in the writer's order: writeMu, then
+// inflightMu.
+func (s *session) holding() []uuid.UUID {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
 	s.inflightMu.Lock()
 	defer s.inflightMu.Unlock()
-	if _, ok := s.inflight[id]; ok {
-		s.inflight[id] = written
+	ids := make([]uuid.UUID, 0, len(s.queue)+len(s.awaiting))
+	for _, f := range s.queue {
+		ids = append(ids, f.command)
+	}
+	for id := range s.awaiting {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// lowWater is how far a backlogged device's queue drains before the
+// deliverer claims its next commands: half of it, so that a deep backlog is
+// claimed in batches of half a queue, not a statement per command.
+func lowWater(n *Node) int { return n.commandRoom() / 2 }
+
+// deliver queues a command claimed for this session (ch is the claim's
+// change). It reports false when the session's writes have ended or its
+// queue is full: the command was then claimed by a session that is
+// ending, whose end gives it back.
+func (s *session) deliver(ch *db.Change) bool {
+	cmd := ch.Command
+	frame, err := protocol.Encode(protocol.Message{Type: protocol.TypeCommand, ID: cmd.ID.String(), Name: cmd.Name, Args: cmd.Args})
+	if err != nil {
+		// The edge checked the args as this encoding writes them: a bug.
+		// The session ends, and its end gives the command back.
+		s.log(slog.LevelError, "encoding a command", "command", cmd.ID, "err", err)
+		s.disconnect(disconnectUnavailable)
+		return false
+	}
+	return s.enqueue(outFrame{data: frame, command: cmd.ID, timeout: time.Duration(cmd.Timeout), change: ch})
+}
+
+// setWritten notes that the command's frame is going out: it holds the
+// delivery's change for the edges, and starts the reply clock.
+func (s *session) setWritten(id uuid.UUID, timeout time.Duration, change *db.Change) {
+	s.inflightMu.Lock()
+	defer s.inflightMu.Unlock()
+	if change != nil {
+		if s.held == nil {
+			s.held = make(map[uuid.UUID]*db.Change)
+		}
+		s.held[id] = change
 	}
 	if s.awaiting == nil {
 		s.awaiting = make(map[uuid.UUID]*time.Timer)
@@ -570,50 +590,41 @@ func (s *session) setWritten(id uuid.UUID, timeout time.Duration) {
 	})
 }
 
-// holdMark queues the delivery mark of a written command after MarkDelay,
-// unless the reply comes first and records the delivery itself: a fast
-// device then costs one write instead of two, and its edge one wake-up.
-func (s *session) holdMark(id uuid.UUID) {
+// holdChange tells the edges of a written command's delivery after
+// MarkDelay, unless the reply comes first and tells them of both.
+func (s *session) holdChange(id uuid.UUID) {
 	if d := s.node.cfg.MarkDelay; d > 0 {
-		time.AfterFunc(d, func() { s.sendMark(id) })
+		time.AfterFunc(d, func() { s.sendChange(id) })
 	} else {
-		s.sendMark(id)
+		s.sendChange(id)
 	}
 }
 
-func (s *session) sendMark(id uuid.UUID) {
+func (s *session) sendChange(id uuid.UUID) {
 	s.inflightMu.Lock()
-	send := s.inflight[id] == written
-	if send {
-		s.inflight[id] = marking
-	}
+	ch := s.held[id]
+	delete(s.held, id)
 	s.inflightMu.Unlock()
-	if send {
-		_ = s.node.commands.Push(commandOp{kind: opDelivered, id: id, session: s})
+	if ch != nil {
+		_ = s.node.notices.Push(db.Notice{Change: ch})
 	}
 }
 
-// answer stops the command's reply clock, and reports whether the reply
-// must record the delivery (the session wrote the command and its mark is
-// not stored): then a held mark is dropped.
-func (s *session) answer(id uuid.UUID) (unrecorded bool) {
+// answer stops the command's reply clock and drops its held change: the
+// reply's own change tells the edges the outcome, and their streams fill
+// in the delivery.
+func (s *session) answer(id uuid.UUID) {
 	s.inflightMu.Lock()
 	defer s.inflightMu.Unlock()
 	if t := s.awaiting[id]; t != nil {
 		t.Stop()
 		delete(s.awaiting, id)
 	}
-	switch s.inflight[id] {
-	case written:
-		s.inflight[id] = answered
-		return true
-	case marking:
-		return true
-	}
-	return false
+	delete(s.held, id)
 }
 
-// stopClocks stops every reply clock of a session that ended.
+// stopClocks stops every reply clock of a session that ended: what it
+// left unanswered is given back, not failed.
 func (s *session) stopClocks() {
 	s.inflightMu.Lock()
 	defer s.inflightMu.Unlock()
@@ -621,39 +632,6 @@ func (s *session) stopClocks() {
 		t.Stop()
 		delete(s.awaiting, id)
 	}
-}
-
-// forget drops a command that never went out: it is still pending.
-func (s *session) forget(id uuid.UUID) {
-	s.inflightMu.Lock()
-	delete(s.inflight, id)
-	s.inflightMu.Unlock()
-}
-
-// recordedMark notes that the command's delivery is stored, by its mark
-// or by its reply.
-func (s *session) recordedMark(id uuid.UUID) {
-	s.inflightMu.Lock()
-	if _, ok := s.inflight[id]; ok {
-		s.inflight[id] = recorded
-	}
-	s.inflightMu.Unlock()
-	s.recordedGen.Add(1)
-}
-
-// retireRecorded drops the entries whose marks are stored and reports the
-// room left. The deliverer calls it before it reads pending commands: a
-// read that began before a mark was stored may still see the command
-// pending, and must find it in flight.
-func (s *session) retireRecorded() (room int) {
-	s.inflightMu.Lock()
-	defer s.inflightMu.Unlock()
-	for id, f := range s.inflight {
-		if f == recorded {
-			delete(s.inflight, id)
-		}
-	}
-	return s.node.commandRoom() - len(s.inflight)
 }
 
 // disconnect counts why the node closes the session, sends the close frame

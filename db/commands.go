@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -174,21 +176,160 @@ func (s *Store) Commands(ctx context.Context, ids []uuid.UUID) ([]command.Comman
 	return cmds, translate(err, "commands")
 }
 
-// PendingCommands returns the undelivered, unexpired commands of these
-// devices in the order they were accepted, at most limits[i] of
-// deviceIDs[i]: a device with a deep backlog cannot crowd out the others.
-func (s *Store) PendingCommands(ctx context.Context, deviceIDs []string, limits []int32) ([]command.Command, error) {
+// Why a cancel refused a command: it is out with its device, or it ended.
+var (
+	ErrInFlight = errors.New("the command was delivered: its device has it")
+	ErrFinal    = errors.New("the command is final")
+)
+
+// CancelledError is the error of a command a client cancelled.
+const CancelledError = "cancelled before delivery"
+
+// CancelCommand cancels a pending command that API key sentBy sent (0: any
+// key's; another key's is ErrNotFound): it ends cancelled, and is never
+// delivered, since a node claims a command (ClaimDeliveries) before it
+// writes it, and the two UPDATEs take the row in turn. It returns the
+// command and, when this call cancelled it, its change for the edges that
+// wait on it. A command cancelled before is returned as it is (a retry);
+// one delivered is ErrInFlight, one done, failed or expired ErrFinal, each
+// with the command.
+func (s *Store) CancelCommand(ctx context.Context, id uuid.UUID, sentBy int64) (command.Command, *Change, error) {
+	var c command.Command
+	var change *Change
+	err := s.InTx(ctx, func(tx *Store) error {
+		change = nil
+		// The row lock makes the status read the one the UPDATE acts on:
+		// a command given back to pending meanwhile is cancelled, not
+		// answered as in flight.
+		var err error
+		c, err = scanCommand(tx.db.QueryRow(ctx, `SELECT `+commandColumns+` FROM commands c
+			WHERE id = $1 AND ($2::bigint = 0 OR api_key_id = $2) FOR UPDATE`, id, sentBy))
+		if err != nil || c.Status != command.Pending {
+			return err
+		}
+		changes, err := collectChanges(tx.db.Query(ctx, `
+			UPDATE commands c SET status = 'cancelled', completed_at = now(), error = $2
+			WHERE id = $1 AND status = ANY($3)
+			RETURNING `+changeColumns, id, CancelledError, command.From(command.Cancelled)))
+		if err != nil {
+			return err
+		}
+		if len(changes) == 1 {
+			change, c = &changes[0], *changes[0].Command
+		}
+		return nil
+	})
+	switch {
+	case err != nil:
+		return c, nil, translate(err, "command "+id.String())
+	case c.Status == command.Delivered:
+		return c, nil, ErrInFlight
+	case c.Status != command.Cancelled:
+		return c, nil, ErrFinal
+	}
+	return c, change, nil
+}
+
+// CommandFilter chooses among commands; its zero value chooses every one.
+type CommandFilter struct {
+	DeviceID string           // "": every device
+	Statuses []command.Status // none: every status
+	Name     string           // "": every name
+	JobID    uuid.UUID        // uuid.Nil: with or without a job
+	// Since and Until bound created_at: since included, until not; nil
+	// leaves that side open.
+	Since, Until *time.Time
+	// SentBy is the key whose commands, sent itself or by its jobs, are
+	// listed (commands.api_key_id); 0 lists every key's.
+	SentBy int64
+}
+
+// CommandCursor is where a page of commands ended: its last command's
+// created_at and id. The next page starts after it.
+type CommandCursor struct {
+	CreatedAt time.Time
+	ID        uuid.UUID
+}
+
+// CommandPage is one page of commands, newest first.
+type CommandPage struct {
+	Commands []command.Command
+	More     bool // commands after the last one match too
+	// DeviceExists says, when the filter names a device, whether it
+	// exists (read in the same round trip): a device's listing answers 404
+	// for an unknown one.
+	DeviceExists bool
+}
+
+// ListCommands returns up to limit commands that f chooses, newest first
+// (created_at, then id, both descending), after the cursor (nil: from the
+// newest). Pages are keyed on the last command, so commands created
+// meanwhile neither repeat nor hide another. The page reads
+// commands_device_created for a device, commands_api_key_created for a
+// key without the read scope, commands_created otherwise.
+func (s *Store) ListCommands(ctx context.Context, f CommandFilter, after *CommandCursor, limit int) (CommandPage, error) {
+	if limit < 1 || limit > MaxPage {
+		return CommandPage{}, fmt.Errorf("list commands: limit %d: %w", limit, ErrInvalid)
+	}
 	ctx, cancel := bound(ctx)
 	defer cancel()
-	cmds, err := collectCommands(s.db.Query(ctx, `
-		SELECT `+commandColumns+`
-		FROM unnest($1::text[], $2::int[]) AS d(device_id, room)
-		CROSS JOIN LATERAL (
-			SELECT * FROM commands
-			WHERE device_id = d.device_id AND status = 'pending' AND expires_at > now()
-			ORDER BY seq LIMIT d.room) c
-		ORDER BY c.seq`, deviceIDs, limits))
-	return cmds, translate(err, "pending commands")
+	var where []string
+	var args []any
+	arg := func(v any) string {
+		args = append(args, v)
+		return "$" + strconv.Itoa(len(args))
+	}
+	if f.DeviceID != "" {
+		where = append(where, "c.device_id = "+arg(f.DeviceID))
+	}
+	if len(f.Statuses) > 0 {
+		where = append(where, "c.status = ANY("+arg(f.Statuses)+")")
+	}
+	if f.Name != "" {
+		where = append(where, "c.name = "+arg(f.Name))
+	}
+	if f.JobID != uuid.Nil {
+		where = append(where, "c.job_id = "+arg(f.JobID))
+	}
+	if f.Since != nil {
+		where = append(where, "c.created_at >= "+arg(*f.Since))
+	}
+	if f.Until != nil {
+		where = append(where, "c.created_at < "+arg(*f.Until))
+	}
+	if f.SentBy != 0 {
+		where = append(where, "c.api_key_id = "+arg(f.SentBy))
+	}
+	if after != nil {
+		// The plain bound is one an index on created_at alone (a
+		// device's) can start its scan at; the row comparison then breaks
+		// ties by id.
+		at, id := arg(after.CreatedAt), arg(after.ID)
+		where = append(where, "c.created_at <= "+at, "(c.created_at, c.id) < ("+at+", "+id+")")
+	}
+	cond := "true"
+	if len(where) > 0 {
+		cond = strings.Join(where, " AND ")
+	}
+	var page CommandPage
+	var b pgx.Batch
+	b.Queue(`SELECT `+commandColumns+` FROM commands c WHERE `+cond+`
+		ORDER BY c.created_at DESC, c.id DESC LIMIT `+arg(limit+1), args...).
+		Query(func(rows pgx.Rows) (err error) {
+			page.Commands, err = collectCommands(rows, nil)
+			return err
+		})
+	if f.DeviceID != "" {
+		b.Queue(`SELECT EXISTS (SELECT FROM devices WHERE id = $1)`, f.DeviceID).
+			QueryRow(func(row pgx.Row) error { return row.Scan(&page.DeviceExists) })
+	}
+	if err := s.db.SendBatch(ctx, &b).Close(); err != nil {
+		return CommandPage{}, translate(err, "list commands")
+	}
+	if len(page.Commands) > limit {
+		page.Commands, page.More = page.Commands[:limit], true
+	}
+	return page, nil
 }
 
 // Watch adds edgeID to the edges woken when command id changes, for a stream
@@ -237,76 +378,97 @@ type prefixed struct {
 
 func (p prefixed) Scan(dest ...any) error { return p.Row.Scan(append([]any{p.first}, dest...)...) }
 
-// Delivery is a command written to one session of its device.
+// Delivery is a command delivered to one session of its device.
 type Delivery struct {
 	ID        uuid.UUID
 	DeviceID  string
 	SessionID uuid.UUID
 }
 
-// MarkDelivered records that a node wrote these commands to their devices.
-// Every written frame counts one attempt, exactly once. A delivery to the
-// device's current session of a pending command also marks it delivered,
-// names the session and starts the reply deadline. A delivery to a session
-// that is no longer current (replaced, or ended) only counts: the command
-// stays pending for the device's next session; those are returned as
-// stale. A command already answered on the delivering session was counted
-// by the reply (Reply.Unrecorded).
+// Claim asks for up to Room pending commands of a device, for its session
+// SessionID on the claiming node.
+type Claim struct {
+	DeviceID  string
+	SessionID uuid.UUID
+	Room      int
+}
+
+// ClaimDeliveries moves pending, unexpired commands to delivered for the
+// sessions that claim them, in one statement, before the node writes a
+// single frame: the node writes only what this returns, so a command that a
+// cancel or an expiry took first is never written. Each claim takes the
+// device's oldest commands (commands.seq), at most its Room, and only while
+// the claiming session is the device's current one (its presence row): a
+// session replaced meanwhile gets nothing. A claim counts one attempt,
+// names the session and the node, and starts the reply deadline. The
+// changes come back in seq order, each with the edges to wake.
 //
-// A session may end while its marks are on their way: a mark that commits
+// A row another statement holds (a cancel, a reply, an edge that watches
+// it) is waited for, not skipped, so a device's order holds; PostgreSQL
+// then checks the row again, and one that is no longer pending is left
+// out.
+//
+// A session may end while its claim is on its way: a claim that commits
 // just after the end's give-back read the table leaves the command
 // delivered to an ended session. The node gives such commands back itself
-// (GiveBackEnded) when it sees the mark land for a session that ended.
-func (s *Store) MarkDelivered(ctx context.Context, nodeID string, deliveries []Delivery) (changes []Change, stale []uuid.UUID, err error) {
+// (GiveBackEnded) when it finds the session closed as the claim returns.
+func (s *Store) ClaimDeliveries(ctx context.Context, nodeID string, claims []Claim) ([]Change, error) {
 	ctx, cancel := bound(ctx)
 	defer cancel()
-	ids := make([]uuid.UUID, len(deliveries))
-	devices := make([]string, len(deliveries))
-	sessions := make([]uuid.UUID, len(deliveries))
-	for i, d := range deliveries {
-		ids[i], devices[i], sessions[i] = d.ID, d.DeviceID, d.SessionID
+	devices := make([]string, len(claims))
+	sessions := make([]uuid.UUID, len(claims))
+	rooms := make([]int32, len(claims))
+	for i, c := range claims {
+		devices[i], sessions[i], rooms[i] = c.DeviceID, c.SessionID, int32(c.Room)
 	}
-	// The common case, kept to one plain statement: the hot path pays for
-	// planning on every call.
-	changes, err = collectChanges(s.db.Query(ctx, `
-		UPDATE commands c SET status = 'delivered', attempts = c.attempts + 1, session_id = d.session_id, node_id = $3,
-			delivered_at = now(), reply_deadline = now() + c.timeout
-		FROM unnest($1::uuid[], $2::uuid[]) AS d(id, session_id), presence p
-		WHERE c.id = d.id AND p.device_id = c.device_id AND p.session_id = d.session_id AND c.status = ANY($4)
-		RETURNING `+changeColumns, ids, sessions, nodeID, command.From(command.Delivered)))
-	if err != nil || len(changes) == len(deliveries) {
-		return changes, nil, translate(err, "mark delivered")
+	// The pending read is the one commands_pending serves, a device at a
+	// time (LATERAL), so a deep backlog costs its Room and no more. The
+	// status test on the updated row is what PostgreSQL checks again on a
+	// row that changed under it.
+	changes, err := collectChanges(s.db.Query(ctx, `
+		WITH claimed AS (
+			UPDATE commands c SET status = 'delivered', attempts = c.attempts + 1, session_id = t.session_id,
+				node_id = $4, delivered_at = now(), reply_deadline = now() + c.timeout
+			FROM (
+				SELECT d.session_id, q.id
+				FROM unnest($1::text[], $2::uuid[], $3::int[]) AS d(device_id, session_id, room)
+				JOIN presence p ON p.device_id = d.device_id AND p.session_id = d.session_id
+				CROSS JOIN LATERAL (
+					SELECT id FROM commands
+					WHERE device_id = d.device_id AND status = 'pending' AND expires_at > now()
+					ORDER BY seq LIMIT d.room) q) t
+			WHERE c.id = t.id AND c.status = ANY($5)
+			RETURNING c.*)
+		SELECT `+changeColumns+` FROM claimed c ORDER BY c.seq`,
+		devices, sessions, rooms, nodeID, command.From(command.Delivered)))
+	return changes, translate(err, "claim deliveries")
+}
+
+// GiveBackUnwritten gives back the commands delivered to these sessions
+// (of nodeID) but for those in written, the ones the node queued or wrote:
+// what is left is a claim whose answer was lost (the statement committed,
+// then its connection failed), which the node never wrote. They go back to
+// pending, their attempt uncounted, to be claimed again in their order. It
+// returns how many.
+func (s *Store) GiveBackUnwritten(ctx context.Context, nodeID string, sessions []Session, written []uuid.UUID) (int64, error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	devices, sids, _ := sessionColumns(sessions)
+	if written == nil {
+		written = []uuid.UUID{}
 	}
-	// The rest count, unless this very delivery was already counted: by a
-	// reply on its session, or by an earlier try of this batch.
-	marked := make(map[uuid.UUID]bool, len(changes))
-	for _, c := range changes {
-		marked[c.ID] = true
-	}
-	ids, devices, sessions = ids[:0], devices[:0], sessions[:0]
-	for _, d := range deliveries {
-		if !marked[d.ID] {
-			ids, devices, sessions = append(ids, d.ID), append(devices, d.DeviceID), append(sessions, d.SessionID)
-		}
-	}
-	rows, err := s.db.Query(ctx, `
-		WITH d AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[]) AS t(id, device_id, session_id)),
-		counted AS (
-			UPDATE commands c SET attempts = c.attempts + 1 FROM d
-			WHERE c.id = d.id AND c.device_id = d.device_id
-			  AND (c.status = 'pending' OR c.session_id IS DISTINCT FROM d.session_id))
-		SELECT d.id FROM d
-		WHERE NOT EXISTS (SELECT FROM presence p WHERE p.device_id = d.device_id AND p.session_id = d.session_id)`,
-		ids, devices, sessions)
-	if err == nil {
-		stale, err = pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
-	}
-	return changes, stale, translate(err, "count deliveries")
+	tag, err := s.db.Exec(ctx, `
+		UPDATE commands c SET status = 'pending', reply_deadline = NULL, attempts = c.attempts - 1
+		FROM unnest($1::text[], $2::uuid[]) AS t(device_id, session_id)
+		WHERE c.device_id = t.device_id AND c.status = 'delivered' AND c.session_id = t.session_id
+		  AND c.node_id = $3 AND NOT (c.id = ANY($4))`,
+		devices, sids, nodeID, written)
+	return tag.RowsAffected(), translate(err, "give back unwritten")
 }
 
 // GiveBackEnded gives back the delivered commands of these devices whose
-// session is no longer current, as a session's end does: for a delivery
-// mark that landed after that end.
+// session is no longer current, as a session's end does: for a claim that
+// landed after that end.
 func (s *Store) GiveBackEnded(ctx context.Context, deviceIDs []string) error {
 	ctx, cancel := bound(ctx)
 	defer cancel()
@@ -320,18 +482,13 @@ type Reply struct {
 	OK       bool
 	Result   json.RawMessage
 	Error    string
-	// Unrecorded says the answering session wrote the command and its
-	// delivery mark has not been stored yet: the reply records the delivery
-	// itself, since the mark will find the command final.
-	Unrecorded bool
-	SessionID  uuid.UUID
 }
 
 // StoreReplies completes the commands these replies answer, at most one
 // reply per command (the caller keeps the first). Replies to commands
 // already final, or of other devices, change nothing; a reply to a command
 // given back for redelivery (pending) still completes it.
-func (s *Store) StoreReplies(ctx context.Context, nodeID string, replies []Reply) ([]Change, error) {
+func (s *Store) StoreReplies(ctx context.Context, replies []Reply) ([]Change, error) {
 	ctx, cancel := bound(ctx)
 	defer cancel()
 	ids := make([]uuid.UUID, len(replies))
@@ -339,10 +496,8 @@ func (s *Store) StoreReplies(ctx context.Context, nodeID string, replies []Reply
 	oks := make([]bool, len(replies))
 	results := make([][]byte, len(replies))
 	errs := make([]*string, len(replies))
-	unrecorded := make([]bool, len(replies))
-	sessions := make([]uuid.UUID, len(replies))
 	for i, r := range replies {
-		ids[i], devices[i], oks[i], results[i], unrecorded[i], sessions[i] = r.ID, r.DeviceID, r.OK, r.Result, r.Unrecorded, r.SessionID
+		ids[i], devices[i], oks[i], results[i] = r.ID, r.DeviceID, r.OK, r.Result
 		if !r.OK {
 			errs[i] = &r.Error
 		}
@@ -350,26 +505,13 @@ func (s *Store) StoreReplies(ctx context.Context, nodeID string, replies []Reply
 	changes, err := collectChanges(s.db.Query(ctx, `
 		UPDATE commands c SET status = CASE WHEN r.ok THEN 'done' ELSE 'failed' END,
 			ok = r.ok, result = r.result, error = r.error, completed_at = now(),
-			-- "Folding" the delivery mark into the reply: see Reply.Unrecorded.
-			attempts = CASE WHEN `+foldMark+` THEN c.attempts + 1 ELSE c.attempts END,
-			delivered_at = CASE WHEN `+foldMark+` THEN now() ELSE coalesce(c.delivered_at, now()) END,
-			session_id = CASE WHEN `+foldMark+` THEN r.session_id ELSE c.session_id END,
-			node_id = CASE WHEN `+foldMark+` THEN $8 ELSE c.node_id END
-		FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::jsonb[], $5::text[], $6::bool[], $7::uuid[])
-			AS r(id, device_id, ok, result, error, unrecorded, session_id)
-		WHERE c.id = r.id AND c.device_id = r.device_id AND c.status = ANY($9)
-		RETURNING `+changeColumns, ids, devices, oks, results, errs, unrecorded, sessions, nodeID, command.From(command.Done)))
+			delivered_at = coalesce(c.delivered_at, now())
+		FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::jsonb[], $5::text[])
+			AS r(id, device_id, ok, result, error)
+		WHERE c.id = r.id AND c.device_id = r.device_id AND c.status = ANY($6)
+		RETURNING `+changeColumns, ids, devices, oks, results, errs, command.From(command.Done)))
 	return changes, translate(err, "store replies")
 }
-
-// foldMark says a reply records its session's delivery: the session's
-// mark is not stored (r.unrecorded), and the command is not recorded as
-// delivered to that session. It may be recorded as delivered to an older
-// one: a mark of a replaced session, which read the presence table before
-// the replacement committed, can land after the new session read the
-// command as pending. The new session's delivery then still counts, and
-// the command names it, as in MarkDelivered's count.
-const foldMark = `r.unrecorded AND (c.status = 'pending' OR c.session_id IS DISTINCT FROM r.session_id)`
 
 // FailUnanswered fails commands whose device did not reply within timeout
 // of these deliveries, as the delivering node judged by its own clock:

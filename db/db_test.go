@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/switchboard-iot/switchboard/db"
@@ -158,40 +159,51 @@ func online(t *testing.T, store *db.Store, node, device string) db.Session {
 // nodeOf says which node online put each session on.
 var nodeOf sync.Map // session id → node id
 
-func deliver(t *testing.T, store *db.Store, s db.Session, ids ...uuid.UUID) ([]db.Change, []uuid.UUID) {
+// claim claims up to room of the device's pending commands for session s,
+// as its node's deliverer does, and returns the changes, oldest first.
+func claim(t *testing.T, store *db.Store, s db.Session, room int) []db.Change {
 	t.Helper()
-	var ds []db.Delivery
-	for _, id := range ids {
-		ds = append(ds, db.Delivery{ID: id, DeviceID: s.DeviceID, SessionID: s.SessionID})
-	}
 	node, _ := nodeOf.Load(s.SessionID)
-	changes, stale, err := store.MarkDelivered(context.Background(), node.(string), ds)
+	changes, err := store.ClaimDeliveries(context.Background(), node.(string), []db.Claim{{DeviceID: s.DeviceID, SessionID: s.SessionID, Room: room}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return changes, stale
+	return changes
 }
 
-func pendingIDs(t *testing.T, store *db.Store, devices []string, limit int32) []uuid.UUID {
+// claimIDs is claim's commands' ids.
+func claimIDs(t *testing.T, store *db.Store, s db.Session, room int) []uuid.UUID {
 	t.Helper()
-	limits := make([]int32, len(devices))
-	for i := range limits {
-		limits[i] = limit
+	return changeIDs(claim(t, store, s, room))
+}
+
+func changeIDs(changes []db.Change) []uuid.UUID {
+	var ids []uuid.UUID
+	for _, c := range changes {
+		ids = append(ids, c.ID)
 	}
-	cmds, err := store.PendingCommands(context.Background(), devices, limits)
+	return ids
+}
+
+// pendingIDs reads the pending commands of these devices, in the order a
+// node claims them.
+func pendingIDs(t *testing.T, pool *pgxpool.Pool, devices ...string) []uuid.UUID {
+	t.Helper()
+	rows, err := pool.Query(context.Background(),
+		`SELECT id FROM commands WHERE device_id = ANY($1) AND status = 'pending' ORDER BY seq`, devices)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ids []uuid.UUID
-	for _, c := range cmds {
-		ids = append(ids, c.ID)
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	if err != nil {
+		t.Fatal(err)
 	}
 	return ids
 }
 
 func TestCommandLifecycle(t *testing.T) {
 	t.Parallel()
-	store, _ := setup(t, "dev-1", "dev-2")
+	store, pool := setup(t, "dev-1", "dev-2")
 	ctx := context.Background()
 
 	if _, _, err := store.CreateCommand(ctx, newCommand("ghost", time.Hour)); !errors.Is(err, db.ErrNotFound) {
@@ -201,25 +213,26 @@ func TestCommandLifecycle(t *testing.T) {
 	if c.Status != command.Pending || string(c.Args) != `{"a": 1}` || time.Duration(c.Timeout) != 10*time.Second || c.Attempts != 0 {
 		t.Fatalf("created = %+v", c)
 	}
-	if got := pendingIDs(t, store, []string{"dev-1", "dev-2"}, 10); !slices.Equal(got, []uuid.UUID{c.ID}) {
+	if got := pendingIDs(t, pool, "dev-1", "dev-2"); !slices.Equal(got, []uuid.UUID{c.ID}) {
 		t.Fatalf("pending = %v", got)
 	}
 
 	s := online(t, store, "node-1", "dev-1")
-	changes, stale := deliver(t, store, s, c.ID)
-	if len(stale) != 0 || len(changes) != 1 || !slices.Equal(changes[0].Edges, []string{"edge-a"}) {
-		t.Fatalf("mark delivered: %v, stale %v", changes, stale)
+	changes := claim(t, store, s, 10)
+	if len(changes) != 1 || changes[0].ID != c.ID || !slices.Equal(changes[0].Edges, []string{"edge-a"}) ||
+		changes[0].Command.Status != command.Delivered || changes[0].Command.Attempts != 1 {
+		t.Fatalf("claimed: %+v", changes)
 	}
-	if got := pendingIDs(t, store, []string{"dev-1"}, 10); len(got) != 0 {
+	if got := pendingIDs(t, pool, "dev-1"); len(got) != 0 {
 		t.Fatalf("delivered command still pending")
 	}
 
 	// Another device cannot answer dev-1's command.
-	changes, err := store.StoreReplies(ctx, "node-1", []db.Reply{{ID: c.ID, DeviceID: "dev-2", OK: true}})
+	changes, err := store.StoreReplies(ctx, []db.Reply{{ID: c.ID, DeviceID: "dev-2", OK: true}})
 	if err != nil || len(changes) != 0 {
 		t.Fatalf("foreign reply changed %v (err %v)", changes, err)
 	}
-	changes, err = store.StoreReplies(ctx, "node-1", []db.Reply{{ID: c.ID, DeviceID: "dev-1", OK: true, Result: json.RawMessage(`{"t":21}`)}})
+	changes, err = store.StoreReplies(ctx, []db.Reply{{ID: c.ID, DeviceID: "dev-1", OK: true, Result: json.RawMessage(`{"t":21}`)}})
 	if err != nil || len(changes) != 1 {
 		t.Fatalf("reply: %v, %v", changes, err)
 	}
@@ -231,7 +244,7 @@ func TestCommandLifecycle(t *testing.T) {
 		t.Fatalf("after reply: %+v", got)
 	}
 	// A later duplicate reply changes nothing: the first answer stands.
-	changes, err = store.StoreReplies(ctx, "node-1", []db.Reply{{ID: c.ID, DeviceID: "dev-1", OK: false, Error: "late"}})
+	changes, err = store.StoreReplies(ctx, []db.Reply{{ID: c.ID, DeviceID: "dev-1", OK: false, Error: "late"}})
 	if err != nil || len(changes) != 0 {
 		t.Fatalf("late reply changed %v (err %v)", changes, err)
 	}
@@ -241,68 +254,119 @@ func TestCommandLifecycle(t *testing.T) {
 	}
 }
 
-// A reply that races ahead of its delivery mark records the delivery
-// itself (attempts 1); the late mark then changes nothing.
-func TestReplyBeforeDeliveryMark(t *testing.T) {
+// A claim takes only what is pending, unexpired and its session's to
+// take: the device's current session, within its room, oldest first. A
+// command cancelled or expired first is never claimed, and a claim for a
+// session that ended or was replaced gets nothing.
+func TestClaimDeliveries(t *testing.T) {
 	t.Parallel()
-	store, _ := setup(t, "dev-1")
+	store, pool := setup(t, "dev-1", "dev-2")
 	ctx := context.Background()
-	s := online(t, store, "node-1", "dev-1")
-	c := create(t, store, newCommand("dev-1", time.Hour))
-	if _, err := store.StoreReplies(ctx, "node-1", []db.Reply{{ID: c.ID, DeviceID: "dev-1", OK: false, Error: "too hot",
-		Unrecorded: true, SessionID: s.SessionID}}); err != nil {
+	old := online(t, store, "node-a", "dev-1")
+	var ids []uuid.UUID
+	for range 4 {
+		ids = append(ids, create(t, store, newCommand("dev-1", time.Hour)).ID)
+	}
+	current := online(t, store, "node-b", "dev-1")
+	if got := claim(t, store, old, 10); len(got) != 0 {
+		t.Fatalf("a replaced session claimed %v", changeIDs(got))
+	}
+	// The second is cancelled, the third expired: neither is claimed.
+	if _, ch, err := store.CancelCommand(ctx, ids[1], 0); err != nil || ch == nil {
+		t.Fatalf("cancel: %v, %v", ch, err)
+	}
+	if _, err := pool.Exec(ctx, `UPDATE commands SET expires_at = now() - interval '1s' WHERE id = $1`, ids[2]); err != nil {
 		t.Fatal(err)
 	}
-	if changes, stale := deliver(t, store, s, c.ID); len(changes) != 0 || len(stale) != 0 {
-		t.Fatalf("late delivery mark changed %v (stale %v)", changes, stale)
+	changes := claim(t, store, current, 1)
+	if got := changeIDs(changes); !slices.Equal(got, ids[:1]) {
+		t.Fatalf("room 1 claimed %v, want the oldest %v", got, ids[0])
 	}
-	got, _ := store.Command(ctx, c.ID)
-	if got.Status != command.Failed || got.Error != "too hot" || got.OK == nil || *got.OK || got.Attempts != 1 || got.DeliveredAt == nil {
-		t.Fatalf("got %+v", got)
+	c := changes[0].Command
+	if c.Status != command.Delivered || c.Attempts != 1 || c.DeliveredAt == nil {
+		t.Fatalf("claimed %+v", c)
 	}
-	if ev := command.Events(got); ev[len(ev)-1].Name != command.EventReply {
-		t.Fatalf("events %v should end with a reply", ev)
+	var node string
+	var session uuid.UUID
+	var deadline time.Time
+	if err := pool.QueryRow(ctx, `SELECT node_id, session_id, reply_deadline FROM commands WHERE id = $1`, ids[0]).
+		Scan(&node, &session, &deadline); err != nil {
+		t.Fatal(err)
+	}
+	if node != "node-b" || session != current.SessionID || !deadline.Equal(c.DeliveredAt.Add(time.Duration(c.Timeout))) {
+		t.Fatalf("claimed by %s session %s with deadline %v, want node-b session %s, deadline its timeout after delivery",
+			node, session, deadline, current.SessionID)
+	}
+	if got := claimIDs(t, store, current, 10); !slices.Equal(got, ids[3:]) {
+		t.Fatalf("claimed %v, want only %v", got, ids[3])
+	}
+	for id, want := range map[uuid.UUID]command.Status{ids[1]: command.Cancelled, ids[2]: command.Pending} {
+		if got, _ := store.Command(ctx, id); got.Status != want || got.Attempts != 0 {
+			t.Errorf("command %s: %s after %d attempts, want %s after none", id, got.Status, got.Attempts, want)
+		}
+	}
+	// A session that ended claims nothing; another device's commands are
+	// not its to take.
+	other := create(t, store, newCommand("dev-2", time.Hour))
+	if err := store.Disconnect(ctx, db.Node{ID: "node-b", Region: "ams"}, []db.Session{current}); err != nil {
+		t.Fatal(err)
+	}
+	if got := claim(t, store, current, 10); len(got) != 0 {
+		t.Fatalf("an ended session claimed %v", changeIDs(got))
+	}
+	if got := claimIDs(t, store, online(t, store, "node-a", "dev-1"), 10); !slices.Equal(got, []uuid.UUID{ids[0], ids[3]}) {
+		t.Fatalf("the next session claimed %v, want the two given back", got)
+	}
+	if got, _ := store.Command(ctx, other.ID); got.Status != command.Pending {
+		t.Fatalf("dev-2's command is %s", got.Status)
 	}
 }
 
-// A replaced session's late delivery mark can land after the new session
-// read the command as pending and wrote it: the new session's reply, with
-// its own mark not stored, still counts its delivery and names its node.
-func TestReplyAfterAnOlderSessionsMark(t *testing.T) {
+// A claim whose answer was lost is given back by its node: the commands
+// delivered to its sessions that it does not hold go back to pending, their
+// attempt uncounted; those it holds, and other sessions' and nodes', stay.
+func TestGiveBackUnwritten(t *testing.T) {
 	t.Parallel()
-	store, pool := setup(t, "dev-1")
+	store, pool := setup(t, "dev-1", "dev-2")
 	ctx := context.Background()
-	old := online(t, store, "node-a", "dev-1")
-	c := create(t, store, newCommand("dev-1", time.Hour))
-	current := online(t, store, "node-b", "dev-1")
-	// Node-a's mark of its write to the old session ran its statement on
-	// a snapshot from before node-b's session replaced the presence row,
-	// and committed after node-b read the command as pending: it leaves
-	// what this update does.
-	if _, err := pool.Exec(ctx, `UPDATE commands SET status = 'delivered', attempts = 1, session_id = $2, node_id = 'node-a',
-		delivered_at = now(), reply_deadline = now() + timeout WHERE id = $1`, c.ID, old.SessionID); err != nil {
-		t.Fatal(err)
+	var ids []uuid.UUID
+	for range 3 {
+		ids = append(ids, create(t, store, newCommand("dev-1", time.Hour)).ID)
 	}
-	if _, err := store.StoreReplies(ctx, "node-b", []db.Reply{{ID: c.ID, DeviceID: "dev-1", OK: true, Result: []byte(`{}`),
-		Unrecorded: true, SessionID: current.SessionID}}); err != nil {
-		t.Fatal(err)
+	other := create(t, store, newCommand("dev-2", time.Hour)).ID
+	s1 := online(t, store, "node-1", "dev-1")
+	s2 := online(t, store, "node-2", "dev-2")
+	claim(t, store, s1, 10)
+	claim(t, store, s2, 10)
+	n, err := store.GiveBackUnwritten(ctx, "node-1", []db.Session{s1}, []uuid.UUID{ids[0]})
+	if err != nil || n != 2 {
+		t.Fatalf("gave back %d, %v; want the 2 node-1 does not hold", n, err)
 	}
-	var status, node string
-	var attempts int
-	var session uuid.UUID
-	if err := pool.QueryRow(ctx, `SELECT status, attempts, node_id, session_id FROM commands WHERE id = $1`, c.ID).
-		Scan(&status, &attempts, &node, &session); err != nil {
-		t.Fatal(err)
+	if got := pendingIDs(t, pool, "dev-1", "dev-2"); !slices.Equal(got, ids[1:]) {
+		t.Fatalf("pending %v, want %v", got, ids[1:])
 	}
-	if status != "done" || attempts != 2 || node != "node-b" || session != current.SessionID {
-		t.Fatalf("%s after %d attempts, the last on %s's session %s: want done after 2, the last on node-b's %s",
-			status, attempts, node, session, current.SessionID)
+	for id, want := range map[uuid.UUID]command.Status{ids[0]: command.Delivered, ids[1]: command.Pending, other: command.Delivered} {
+		got, _ := store.Command(ctx, id)
+		wantAttempts := 1
+		if want == command.Pending {
+			wantAttempts = 0
+		}
+		if got.Status != want || got.Attempts != wantAttempts {
+			t.Errorf("command %s: %s after %d attempts, want %s after %d", id, got.Status, got.Attempts, want, wantAttempts)
+		}
+	}
+	// Another node's give-back touches nothing of node-1's.
+	if n, err := store.GiveBackUnwritten(ctx, "node-2", []db.Session{s1}, nil); err != nil || n != 0 {
+		t.Fatalf("node-2 gave back %d of node-1's, %v", n, err)
+	}
+	if got := claimIDs(t, store, s1, 10); !slices.Equal(got, ids[1:]) {
+		t.Fatalf("claimed again %v, want %v in order", got, ids[1:])
 	}
 }
 
 // Redelivery: a session that ends without answering gives its commands
 // back, in their order; the next session gets them again and counts a
-// second attempt. A mark for a session that is no longer current misses.
+// second attempt. A claim for a session that is no longer current misses.
 func TestRedelivery(t *testing.T) {
 	t.Parallel()
 	store, pool := setup(t, "dev-1")
@@ -313,48 +377,49 @@ func TestRedelivery(t *testing.T) {
 
 	// Session 1 gets the first two; it closes without a reply.
 	s1 := online(t, store, "node-1", "dev-1")
-	deliver(t, store, s1, first.ID, second.ID)
-	if got := pendingIDs(t, store, []string{"dev-1"}, 10); !slices.Equal(got, []uuid.UUID{third.ID}) {
+	if got := claimIDs(t, store, s1, 2); !slices.Equal(got, []uuid.UUID{first.ID, second.ID}) {
+		t.Fatalf("claimed %v", got)
+	}
+	if got := pendingIDs(t, pool, "dev-1"); !slices.Equal(got, []uuid.UUID{third.ID}) {
 		t.Fatalf("pending while delivered = %v", got)
 	}
 	if err := store.Disconnect(ctx, db.Node{ID: "node-1", Region: "test"}, []db.Session{s1}); err != nil {
 		t.Fatal(err)
 	}
-	if got := pendingIDs(t, store, []string{"dev-1"}, 10); !slices.Equal(got, []uuid.UUID{first.ID, second.ID, third.ID}) {
+	if got := pendingIDs(t, pool, "dev-1"); !slices.Equal(got, []uuid.UUID{first.ID, second.ID, third.ID}) {
 		t.Fatalf("pending after the session ended = %v, want all three in their first order", got)
 	}
-	// A mark from the ended session lands late: it misses.
-	if changes, stale := deliver(t, store, s1, third.ID); len(changes) != 0 || !slices.Equal(stale, []uuid.UUID{third.ID}) {
-		t.Fatalf("mark for an ended session: changes %v, stale %v", changes, stale)
+	// A claim of the ended session comes late: it misses, and counts nothing.
+	if got := claim(t, store, s1, 10); len(got) != 0 {
+		t.Fatalf("claim for an ended session: %v", changeIDs(got))
 	}
-
-	if got, _ := store.Command(ctx, third.ID); got.Attempts != 1 || got.Status != command.Pending {
-		t.Fatalf("a late mark's frame went out: it counts, and the command stays pending: %+v", got)
+	if got, _ := store.Command(ctx, third.ID); got.Attempts != 0 || got.Status != command.Pending {
+		t.Fatalf("a missed claim changed the command: %+v", got)
 	}
 
 	// Session 2 (on another node) gets them; session 3 replaces it on a
 	// third node before it answers: Connect gives them back at once.
 	s2 := online(t, store, "node-2", "dev-1")
-	deliver(t, store, s2, first.ID, second.ID, third.ID)
+	claim(t, store, s2, 10)
 	s3 := online(t, store, "node-3", "dev-1")
-	if got := pendingIDs(t, store, []string{"dev-1"}, 10); !slices.Equal(got, []uuid.UUID{first.ID, second.ID, third.ID}) {
+	if got := pendingIDs(t, pool, "dev-1"); !slices.Equal(got, []uuid.UUID{first.ID, second.ID, third.ID}) {
 		t.Fatalf("pending after a newer session replaced the old = %v", got)
 	}
-	if changes, stale := deliver(t, store, s2, first.ID); len(changes) != 0 || len(stale) != 1 {
-		t.Fatalf("mark for a replaced session: changes %v, stale %v", changes, stale)
+	if got := claim(t, store, s2, 10); len(got) != 0 {
+		t.Fatalf("claim for a replaced session: %v", changeIDs(got))
 	}
-	deliver(t, store, s3, first.ID)
+	claim(t, store, s3, 1)
 	got, _ := store.Command(ctx, first.ID)
-	if got.Status != command.Delivered || got.Attempts != 4 { // sessions 1, 2 (twice: one late mark) and 3
+	if got.Status != command.Delivered || got.Attempts != 3 { // sessions 1, 2 and 3
 		t.Fatalf("third delivery: %+v", got)
 	}
 
 	// A reply from an old session to a command given back still counts.
-	if _, err := store.StoreReplies(ctx, "node-1", []db.Reply{{ID: second.ID, DeviceID: "dev-1", OK: true}}); err != nil {
+	if _, err := store.StoreReplies(ctx, []db.Reply{{ID: second.ID, DeviceID: "dev-1", OK: true}}); err != nil {
 		t.Fatal(err)
 	}
 	got, _ = store.Command(ctx, second.ID)
-	if got.Status != command.Done || got.Attempts != 2 {
+	if got.Status != command.Done || got.Attempts != 2 || got.DeliveredAt == nil {
 		t.Fatalf("late reply to a given-back command: %+v", got)
 	}
 
@@ -368,7 +433,7 @@ func TestRedelivery(t *testing.T) {
 		t.Fatalf("sweep after a lapsed lease: %+v, %v", swept, err)
 	}
 	got, _ = store.Command(ctx, first.ID)
-	if got.Status != command.Pending || got.Attempts != 4 {
+	if got.Status != command.Pending || got.Attempts != 3 {
 		t.Fatalf("after the lease lapsed: %+v", got)
 	}
 }
@@ -378,7 +443,7 @@ func TestRedelivery(t *testing.T) {
 // the database refuses.
 func TestCreateCommands(t *testing.T) {
 	t.Parallel()
-	store, _ := setup(t, "dev-1", "dev-2")
+	store, pool := setup(t, "dev-1", "dev-2")
 	ctx := context.Background()
 	a, b, c := newCommand("dev-1", time.Hour), newCommand("dev-2", time.Hour), newCommand("dev-1", time.Hour)
 	ghost := newCommand("ghost", time.Hour)
@@ -396,7 +461,7 @@ func TestCreateCommands(t *testing.T) {
 	if slices.SortFunc(ids, func(x, y uuid.UUID) int { return bytes.Compare(x[:], y[:]) }); !slices.Equal(ids, []uuid.UUID{a.ID, b.ID, c.ID}) {
 		t.Fatalf("stored %v, want %v", ids, []uuid.UUID{a.ID, b.ID, c.ID})
 	}
-	if got := pendingIDs(t, store, []string{"dev-1", "dev-2"}, 10); !slices.Equal(got, []uuid.UUID{c.ID, b.ID, a.ID}) {
+	if got := pendingIDs(t, pool, "dev-1", "dev-2"); !slices.Equal(got, []uuid.UUID{c.ID, b.ID, a.ID}) {
 		t.Fatalf("pending = %v, want the batch's order %v", got, []uuid.UUID{c.ID, b.ID, a.ID})
 	}
 
@@ -405,14 +470,14 @@ func TestCreateCommands(t *testing.T) {
 	if _, err := store.CreateCommands(ctx, []db.NewCommand{newCommand("dev-1", time.Hour), bad}); !errors.Is(err, db.ErrInvalid) {
 		t.Fatalf("a refused row: err = %v, want ErrInvalid", err)
 	}
-	if got := pendingIDs(t, store, []string{"dev-1", "dev-2"}, 10); len(got) != 3 {
+	if got := pendingIDs(t, pool, "dev-1", "dev-2"); len(got) != 3 {
 		t.Fatalf("a refused batch stored rows: pending = %v", got)
 	}
 }
 
-// Each device's read is bounded, so one deep backlog cannot crowd out the
-// others; rows come oldest first.
-func TestPendingCommandsAreFair(t *testing.T) {
+// Each device's claim is bounded by its room, so one deep backlog cannot
+// crowd out the others; rows come oldest first, in one statement.
+func TestClaimsAreFair(t *testing.T) {
 	t.Parallel()
 	store, _ := setup(t, "big", "small-1", "small-2")
 	var big []uuid.UUID
@@ -421,9 +486,17 @@ func TestPendingCommandsAreFair(t *testing.T) {
 	}
 	small1 := create(t, store, newCommand("small-1", time.Hour)).ID
 	small2 := create(t, store, newCommand("small-2", time.Hour)).ID
-	got := pendingIDs(t, store, []string{"big", "small-1", "small-2"}, 5)
-	if want := append(slices.Clone(big[:5]), small1, small2); !slices.Equal(got, want) {
-		t.Fatalf("pending = %v, want big's five oldest and one of each small", got)
+	var claims []db.Claim
+	for _, id := range []string{"big", "small-1", "small-2"} {
+		s := online(t, store, "node-1", id)
+		claims = append(claims, db.Claim{DeviceID: id, SessionID: s.SessionID, Room: 5})
+	}
+	changes, err := store.ClaimDeliveries(context.Background(), "node-1", claims)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := changeIDs(changes), append(slices.Clone(big[:5]), small1, small2); !slices.Equal(got, want) {
+		t.Fatalf("claimed %v, want big's five oldest and one of each small", got)
 	}
 }
 
@@ -483,10 +556,10 @@ func TestSweepFailsAndExpires(t *testing.T) {
 	store, pool := setup(t, "dev-1")
 	ctx := context.Background()
 	late := create(t, store, newCommand("dev-1", time.Hour))
+	recent := create(t, store, newCommand("dev-1", time.Hour))
+	claim(t, store, online(t, store, "node-1", "dev-1"), 2)
 	stale := create(t, store, newCommand("dev-1", time.Hour))
 	fresh := create(t, store, newCommand("dev-1", time.Hour))
-	recent := create(t, store, newCommand("dev-1", time.Hour))
-	deliver(t, store, online(t, store, "node-1", "dev-1"), late.ID, recent.ID)
 	// Past its deadline, but within the grace: the node's to fail.
 	if _, err := pool.Exec(ctx, `UPDATE commands SET reply_deadline = now() - interval '1s' WHERE id = $1`, recent.ID); err != nil {
 		t.Fatal(err)
@@ -799,8 +872,8 @@ func TestFailUnanswered(t *testing.T) {
 	s1 := online(t, store, "node-1", "dev-1")
 	silent := create(t, store, newCommand("dev-1", time.Hour))
 	answered := create(t, store, newCommand("dev-1", time.Hour))
-	deliver(t, store, s1, silent.ID, answered.ID)
-	if _, err := store.StoreReplies(ctx, "node-1", []db.Reply{{ID: answered.ID, DeviceID: "dev-1", OK: true}}); err != nil {
+	claim(t, store, s1, 2)
+	if _, err := store.StoreReplies(ctx, []db.Reply{{ID: answered.ID, DeviceID: "dev-1", OK: true}}); err != nil {
 		t.Fatal(err)
 	}
 	changes, err := store.FailUnanswered(ctx, []db.Delivery{
@@ -817,9 +890,11 @@ func TestFailUnanswered(t *testing.T) {
 
 	// A clock of an earlier delivery runs out after a redelivery: no change.
 	again := create(t, store, newCommand("dev-1", time.Hour))
-	deliver(t, store, s1, again.ID)
+	claim(t, store, s1, 1)
 	s2 := online(t, store, "node-2", "dev-1")
-	deliver(t, store, s2, again.ID)
+	if got := claimIDs(t, store, s2, 1); !slices.Equal(got, []uuid.UUID{again.ID}) {
+		t.Fatalf("the newer session claimed %v, want %v given back to it", got, again.ID)
+	}
 	if changes, err := store.FailUnanswered(ctx, []db.Delivery{{ID: again.ID, DeviceID: "dev-1", SessionID: s1.SessionID}}); err != nil || len(changes) != 0 {
 		t.Fatalf("an old session's clock failed the redelivered command: %v, %v", changes, err)
 	}

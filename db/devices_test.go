@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 
@@ -118,8 +117,9 @@ func TestDisableAndDeleteDevice(t *testing.T) {
 	}
 
 	// Delete: the device, its presence and its commands go; others stay.
-	mine := []uuid.UUID{create(t, store, newCommand("dev-1", time.Hour)).ID, create(t, store, newCommand("dev-1", time.Hour)).ID}
-	deliver(t, store, s, mine[0])
+	create(t, store, newCommand("dev-1", time.Hour))
+	create(t, store, newCommand("dev-1", time.Hour))
+	claim(t, store, s, 1) // one delivered, one pending
 	other := create(t, store, newCommand("dev-2", time.Hour)).ID
 	if _, err := pool.Exec(ctx, `INSERT INTO events (device_id, name) VALUES ('dev-1', 'a'), ('dev-2', 'a');
 		INSERT INTO device_sessions (session_id, device_id, node_id, region, connected_at) VALUES (gen_random_uuid(), 'dev-1', 'n1', 'ams', now())`); err != nil {

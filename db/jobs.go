@@ -23,7 +23,7 @@ const (
 	JobRunning          JobStatus = "running"            // commands are still being created or retried, or are not all final
 	JobDone             JobStatus = "done"               // every target's command succeeded
 	JobDoneWithFailures JobStatus = "done_with_failures" // every target's command is final, and some did not succeed
-	JobCancelled        JobStatus = "cancelled"          // cancelled: no more commands, the undelivered ones ended
+	JobCancelled        JobStatus = "cancelled"          // cancelled: no more commands, the undelivered ones cancelled
 	JobAborted          JobStatus = "aborted"            // too many failed: as cancelled, by the abort rule
 )
 
@@ -35,7 +35,7 @@ func (s JobStatus) Final() bool {
 	return s == JobDone || s == JobDoneWithFailures || s == JobCancelled || s == JobAborted
 }
 
-// Why a job's undelivered commands expired.
+// Why a job's undelivered commands were cancelled (their error).
 const (
 	JobCancelledError = "job cancelled"
 	JobAbortedError   = "job aborted"
@@ -61,12 +61,8 @@ type JobCounts struct {
 	Retried int `json:"retried"`
 }
 
-// commandCancelled is the status of a command cancelled before delivery
-// (command.Cancelled, which the commands' cancel adds).
-const commandCancelled command.Status = "cancelled"
-
-// JobCommandStatuses are the statuses a job's command can have.
-var JobCommandStatuses = []command.Status{command.Pending, command.Delivered, command.Done, command.Failed, command.Expired, commandCancelled}
+// JobCommandStatuses are the statuses a job's command can have: any.
+var JobCommandStatuses = command.Statuses
 
 // Final is how many targets' commands are final.
 func (c JobCounts) Final() int { return c.Done + c.Failed + c.Expired + c.Cancelled }
@@ -104,7 +100,7 @@ func (c *JobCounts) scan(rows pgx.Rows) error {
 			c.Failed += n
 		case status == command.Expired:
 			c.Expired += n
-		case status == commandCancelled:
+		case status == command.Cancelled:
 			c.Cancelled += n
 		}
 		return nil
@@ -135,7 +131,7 @@ const jobErrorsQuery = `
 
 // UnsuccessfulStatuses are the final statuses of a command that did not
 // succeed.
-var UnsuccessfulStatuses = []command.Status{command.Failed, command.Expired, commandCancelled}
+var UnsuccessfulStatuses = []command.Status{command.Failed, command.Expired, command.Cancelled}
 
 // JobRetry is how a job retries a target whose command failed or expired:
 // with a new command, after a backoff (the runner's policy grows it).
@@ -443,7 +439,7 @@ func (s *Store) JobCommands(ctx context.Context, id uuid.UUID, createdBy int64, 
 }
 
 // CancelJob stops a scheduled or running job: no more commands are
-// created, and its undelivered ones end ("job cancelled"). A job already
+// created, and its undelivered ones are cancelled ("job cancelled"). A job already
 // finished is left as it is. It returns the job and the commands that
 // changed, whose watching edges must hear of it. The job's row lock orders
 // it with a runner creating a batch: the batch commits first and is ended
@@ -487,16 +483,18 @@ func (s *Store) StartDueJobs(ctx context.Context) ([]uuid.UUID, error) {
 	return ids, translate(err, "start jobs")
 }
 
-// endJob gives a locked running job its final status and expires its
-// pending commands with why.
+// endJob gives a locked running job its final status and cancels its
+// pending commands with why, as a client's cancel of each would: a node
+// claims a command before it writes it, so none of these is delivered
+// after. Those already delivered end as their devices answer.
 func (s *Store) endJob(ctx context.Context, id uuid.UUID, status JobStatus, why string) ([]Change, error) {
 	if _, err := s.db.Exec(ctx, `UPDATE jobs SET status = $2, finished_at = now(), checked_at = now() WHERE id = $1`, id, status); err != nil {
 		return nil, err
 	}
 	return collectChanges(s.db.Query(ctx, `
-		UPDATE commands c SET status = 'expired', completed_at = now(), error = $2
-		WHERE c.job_id = $1 AND c.status = 'pending'
-		RETURNING `+changeColumns, id, why))
+		UPDATE commands c SET status = 'cancelled', completed_at = now(), error = $2
+		WHERE c.job_id = $1 AND c.status = ANY($3)
+		RETURNING `+changeColumns, id, why, command.From(command.Cancelled)))
 }
 
 // JobWake says a batch of a job's commands was created: the nodes holding

@@ -217,10 +217,10 @@ func (s *Store) Replaced(ctx context.Context, sessions []Session) ([]uuid.UUID, 
 // newer session already replaced them, records when each device was last
 // seen, and gives back for redelivery the commands those sessions left
 // unanswered, and adds each session to the presence history
-// (device_sessions). The row goes first, in its own statement: a delivery
-// mark racing with it either committed before (and is given back here), or
+// (device_sessions). The row goes first, in its own statement: a claim
+// racing with it either committed before (and is given back here), or
 // misses the row, or read it before it went and lands after the give-back,
-// when its node gives the command back itself (see MarkDelivered).
+// when its node gives the command back itself (see ClaimDeliveries).
 func (s *Store) Disconnect(ctx context.Context, node Node, sessions []Session) error {
 	devices, sids, addrs := sessionColumns(sessions)
 	err := s.InTx(ctx, func(tx *Store) error {

@@ -168,8 +168,8 @@ func TestMethodNotAllowed(t *testing.T) {
 	}
 	resp, body = c.call(http.MethodPut, "/v1/devices/dev-1/commands", "")
 	wantProblem(t, resp, body, http.StatusMethodNotAllowed, "method-not-allowed")
-	if allow := resp.Header.Get("Allow"); allow != http.MethodPost {
-		t.Errorf("405 Allow header = %q, want %q", allow, http.MethodPost)
+	if allow := resp.Header.Get("Allow"); allow != "GET, POST" {
+		t.Errorf("405 Allow header = %q, want %q", allow, "GET, POST")
 	}
 }
 

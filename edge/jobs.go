@@ -389,7 +389,7 @@ func (e *Edge) streamJob(w http.ResponseWriter, r *http.Request, j db.Job, seq i
 	}
 }
 
-// handleCancelJob cancels a running job: its undelivered commands expire
+// handleCancelJob cancels a running job: its undelivered commands are cancelled
 // and no more are created. A finished job is answered as it is.
 func (e *Edge) handleCancelJob(w http.ResponseWriter, r *http.Request) {
 	id, ok := uuidParam(w, r, problem.InvalidJobID, "job ids are UUIDs")
@@ -417,6 +417,7 @@ func (e *Edge) handleCancelJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	for i := range changes {
+		e.metrics.final.WithLabelValues(string(changes[i].Command.Status)).Inc() // cancelled
 		_ = e.notices.Push(db.Notice{Change: &changes[i]})
 	}
 	writeJSON(w, http.StatusOK, j)

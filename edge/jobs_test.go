@@ -265,7 +265,7 @@ func TestJobCommandsUnique(t *testing.T) {
 	}
 }
 
-// Cancel expires what was not delivered, creates nothing more, and leaves
+// Cancel cancels what was not delivered, creates nothing more, and leaves
 // the final commands as they were.
 func TestJobCancel(t *testing.T) {
 	t.Parallel()
@@ -288,12 +288,12 @@ func TestJobCancel(t *testing.T) {
 	if err := json.Unmarshal(b, &got); err != nil {
 		t.Fatal(err)
 	}
-	want := db.JobCounts{Done: 5, Expired: 5}
+	want := db.JobCounts{Done: 5, Cancelled: 5}
 	if got.Status != db.JobCancelled || got.FinishedAt == nil || *got.Counts != want {
 		t.Fatalf("cancelled job %s, want cancelled with counts %+v", b, want)
 	}
-	if n := count(t, sys, fmt.Sprintf(`SELECT count(*) FROM commands WHERE job_id = '%s' AND status = 'expired' AND error = 'job cancelled'`, j.ID)); n != 5 {
-		t.Errorf("%d commands expired with 'job cancelled', want 5", n)
+	if n := count(t, sys, fmt.Sprintf(`SELECT count(*) FROM commands WHERE job_id = '%s' AND status = 'cancelled' AND error = 'job cancelled'`, j.ID)); n != 5 {
+		t.Errorf("%d commands cancelled with 'job cancelled', want 5", n)
 	}
 	// Again: a finished job is answered as it is.
 	resp, b = c.call(http.MethodPost, "/v1/jobs/"+j.ID.String()+"/cancel", "")

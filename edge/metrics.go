@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/switchboard-iot/switchboard/internal/command"
+	"github.com/switchboard-iot/switchboard/internal/sbmetrics"
 )
 
 // metrics are an edge's Prometheus series, labelled with its id.
@@ -33,6 +34,10 @@ type metrics struct {
 	// batch and the delivery; clock skew between the database and this
 	// host shifts it (a negative lag counts as 0).
 	notifyLag prometheus.Histogram
+	// final counts the commands this edge made final: cancelled, by a
+	// client's cancel or its job's (switchboard_commands_final_total,
+	// shared with the process's nodes and sweeps).
+	final *prometheus.CounterVec
 
 	// reg registers the edge's series under its label.
 	reg prometheus.Registerer
@@ -73,6 +78,11 @@ func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int, que
 	for _, status := range []command.Status{command.Done, command.Failed, command.Expired} {
 		m.roundTrip.WithLabelValues(string(status))
 	}
+	var shared prometheus.Registerer // nil: private
+	if reg != nil {
+		shared = reg
+	}
+	m.final = sbmetrics.CommandsFinal(shared)
 	if reg != nil {
 		m.reg = prometheus.WrapRegistererWith(prometheus.Labels{"edge": edgeID}, reg)
 		for name, depth := range queues {

@@ -114,6 +114,7 @@ func (m *Maintainer) runJobs(ctx context.Context) error {
 				_ = m.notices.Push(db.Notice{Job: step.Wake})
 			}
 			for i := range step.Changes {
+				m.metrics.final.WithLabelValues(string(step.Changes[i].Command.Status)).Inc() // cancelled by an abort
 				_ = m.notices.Push(db.Notice{Change: &step.Changes[i]})
 			}
 			if step.Ended != "" {

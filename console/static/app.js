@@ -260,7 +260,7 @@
       $("#send").disabled = false;
       summary.textContent = "Accepted; waiting for the device…";
       addRecent(cmd);
-      const final = { reply: true, failed: true, expired: true };
+      const final = { reply: true, failed: true, expired: true, cancelled: true };
       stream = live("/v1/commands/" + cmd.id + "/events", {
         "*": (c, step) => {
           if (!steps.querySelector('[data-step="' + step + '"]')) {
@@ -281,7 +281,7 @@
           }
           if (final[step]) stream.close();
         },
-      }, ["accepted", "delivered", "reply", "failed", "expired"]);
+      }, ["accepted", "delivered", "reply", "failed", "expired", "cancelled"]);
     });
   }
 

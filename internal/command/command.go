@@ -1,15 +1,17 @@
 // Package command is the life of a device command: its statuses, the moves
 // between them, and the events a client sees while it waits.
 //
-//	pending ──delivered──▶ delivered ──reply ok──▶ done
-//	 ▲  │                    │  │──reply !ok / no reply in timeout──▶ failed
-//	 │  │                    │
-//	 │  └──not delivered within ttl──▶ expired
+//	pending ──claimed by a session──▶ delivered ──reply ok──▶ done
+//	 ▲  │ │                            │  │──reply !ok / no reply in timeout──▶ failed
+//	 │  │ │                            │
+//	 │  │ └──not delivered within ttl──┼──▶ expired
+//	 │  └──cancelled (a client, or its job ended)──▶ cancelled
 //	 └──session ended without a reply (given back, delivered again)
 //
-// A reply may be stored before the delivery mark (both race on the node), or
-// come after the command was given back, so pending may also move straight
-// to done or failed.
+// A node claims a command (pending → delivered) before it writes the frame,
+// and writes only what it claimed: a cancel that wins the claim's race is
+// never delivered. A reply may come after the command was given back, so
+// pending may also move straight to done or failed.
 package command
 
 import (
@@ -34,10 +36,14 @@ const (
 	Done      Status = "done"      // the device replied ok
 	Failed    Status = "failed"    // the device replied !ok, or did not reply within timeout
 	Expired   Status = "expired"   // not delivered within ttl
+	Cancelled Status = "cancelled" // withdrawn before delivery: by a client, or as its job ended
 )
 
+// Statuses are every status, in the order of a command's life.
+var Statuses = []Status{Pending, Delivered, Done, Failed, Expired, Cancelled}
+
 // Final reports whether the command will not change status again.
-func (s Status) Final() bool { return s == Done || s == Failed || s == Expired }
+func (s Status) Final() bool { return s == Done || s == Failed || s == Expired || s == Cancelled }
 
 // From lists the statuses a command may leave to reach to. The stores use it
 // in their WHERE clauses, so this table is the state machine.
@@ -47,7 +53,7 @@ func From(to Status) []Status {
 		return []Status{Pending}
 	case Done, Failed:
 		return []Status{Pending, Delivered}
-	case Expired:
+	case Expired, Cancelled:
 		return []Status{Pending}
 	}
 	return nil
@@ -86,9 +92,10 @@ type Command struct {
 const (
 	EventAccepted  = "accepted"
 	EventDelivered = "delivered"
-	EventReply     = "reply"   // the device answered (ok or not)
-	EventFailed    = "failed"  // no answer within timeout
-	EventExpired   = "expired" // never delivered within ttl
+	EventReply     = "reply"     // the device answered (ok or not)
+	EventFailed    = "failed"    // no answer within timeout
+	EventExpired   = "expired"   // never delivered within ttl
+	EventCancelled = "cancelled" // withdrawn before delivery
 )
 
 // Event is one step of a command's stream. Seq is its SSE id: a client that
@@ -107,6 +114,8 @@ func Events(c Command) []Event {
 	case Pending:
 	case Expired:
 		events = append(events, Event{3, EventExpired})
+	case Cancelled:
+		events = append(events, Event{3, EventCancelled})
 	case Delivered:
 		events = append(events, Event{2, EventDelivered})
 	case Done, Failed:

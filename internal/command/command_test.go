@@ -14,12 +14,15 @@ import (
 func boolp(b bool) *bool { return &b }
 
 var allStatuses = []command.Status{
-	command.Pending, command.Delivered, command.Done, command.Failed, command.Expired,
+	command.Pending, command.Delivered, command.Done, command.Failed, command.Expired, command.Cancelled,
 }
 
 func TestStatusValues(t *testing.T) {
 	// These strings are the psql contract (commands.status).
-	want := []string{"pending", "delivered", "done", "failed", "expired"}
+	want := []string{"pending", "delivered", "done", "failed", "expired", "cancelled"}
+	if !slices.Equal(command.Statuses, allStatuses) {
+		t.Errorf("Statuses = %v, want %v", command.Statuses, allStatuses)
+	}
 	for i, s := range allStatuses {
 		if string(s) != want[i] {
 			t.Errorf("status %d is %q, want %q", i, s, want[i])
@@ -65,6 +68,11 @@ func TestEvents(t *testing.T) {
 			cmd:  command.Command{Status: command.Expired},
 			want: []command.Event{accepted, {Seq: 3, Name: "expired"}},
 		},
+		{
+			name: "cancelled",
+			cmd:  command.Command{Status: command.Cancelled, Error: "cancelled"},
+			want: []command.Event{accepted, {Seq: 3, Name: "cancelled"}},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -90,8 +98,8 @@ func TestEvents(t *testing.T) {
 }
 
 func TestEventNames(t *testing.T) {
-	got := []string{command.EventAccepted, command.EventDelivered, command.EventReply, command.EventFailed, command.EventExpired}
-	want := []string{"accepted", "delivered", "reply", "failed", "expired"}
+	got := []string{command.EventAccepted, command.EventDelivered, command.EventReply, command.EventFailed, command.EventExpired, command.EventCancelled}
+	want := []string{"accepted", "delivered", "reply", "failed", "expired", "cancelled"}
 	if !slices.Equal(got, want) {
 		t.Errorf("event names %v, want %v (the SSE contract)", got, want)
 	}
@@ -105,6 +113,7 @@ func TestFromIsTheStateMachine(t *testing.T) {
 		command.Done:      {command.Pending, command.Delivered},
 		command.Failed:    {command.Pending, command.Delivered},
 		command.Expired:   {command.Pending},
+		command.Cancelled: {command.Pending},
 	}
 	for _, to := range allStatuses {
 		got := command.From(to)
@@ -138,6 +147,7 @@ func TestFinal(t *testing.T) {
 		command.Done:      true,
 		command.Failed:    true,
 		command.Expired:   true,
+		command.Cancelled: true,
 		"":                false,
 		"bogus":           false,
 		"DONE":            false,

@@ -35,6 +35,8 @@ var (
 	InvalidLastEventID    = newType("invalid-last-event-id", http.StatusBadRequest, "Bad request", "a Last-Event-ID (or ?after=) this stream did not send")
 	InvalidCommandID      = newType("invalid-command-id", http.StatusBadRequest, "Bad request", "a command id that is not a UUID")
 	CommandNotFound       = newType("command-not-found", http.StatusNotFound, "Command not found", "no such command")
+	CommandInFlight       = newType("command-in-flight", http.StatusConflict, "Command in flight", "a cancel of a command already delivered: its device has it")
+	CommandFinal          = newType("command-final", http.StatusConflict, "Command final", "a cancel of a command that is done, failed or expired")
 	InvalidDeviceID       = newType("invalid-device-id", http.StatusBadRequest, "Bad request", "a device id that breaks the id rules")
 	DeviceNotFound        = newType("device-not-found", http.StatusNotFound, "Device not found", "no such device")
 	DeviceExists          = newType("device-exists", http.StatusConflict, "Device exists", "a device with this id exists")

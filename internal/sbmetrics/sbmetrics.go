@@ -17,9 +17,9 @@ import (
 func CommandsFinal(reg prometheus.Registerer) *prometheus.CounterVec {
 	c := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "switchboard_commands_final_total",
-		Help: "Commands made final, by status, where the final status was written: nodes write done and failed (a reply, or no reply in time), edges' sweeps expired and failed."},
+		Help: "Commands made final, by status, where the final status was written: nodes write done and failed (a reply, or no reply in time), edges' sweeps expired and failed, edges cancelled (a client's cancel, or its job's cancel or abort)."},
 		[]string{"status"})
-	for _, status := range []string{"done", "failed", "expired"} {
+	for _, status := range []string{"done", "failed", "expired", "cancelled"} {
 		c.WithLabelValues(status) // present at 0 from the start: rate() sees the first one
 	}
 	if reg == nil {
