@@ -12,7 +12,7 @@ import (
 // purge at once without doing the same work.
 
 // PurgeCommands deletes up to limit commands that became final (done,
-// failed, expired) more than keep ago, and returns how many it deleted. A
+// failed, expired, cancelled) more than keep ago, and returns how many it deleted. A
 // job's commands stay as long as the job does: they are its counts.
 func (s *Store) PurgeCommands(ctx context.Context, keep time.Duration, limit int) (int64, error) {
 	ctx, cancel := bound(ctx)
