@@ -163,9 +163,8 @@ func TestDeviceDropsBeforeReplying(t *testing.T) {
 	}
 	wg.Wait()
 	waitAllDone(t, ctx, sys.Pool, ids)
-	// Each session claimed the command before writing it (attempts 2);
-	// node-b's claim and the reply it stored may show a moment after the
-	// reply's wake-up.
+	// Each session claimed the command before writing it: two attempts,
+	// the last one node-b's.
 	settled := func(o outcome) bool { return o.Attempts == 2 && o.NodeID != nil && *o.NodeID == "node-b" }
 	var unsettled []outcome // at the last look, for the failure's message
 	defer func() {
