@@ -1,7 +1,6 @@
 package console_test
 
 import (
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,8 +11,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/gorilla/websocket"
 
 	"github.com/switchboard-iot/switchboard/app/testsys"
 	conntier "github.com/switchboard-iot/switchboard/conn-tier"
@@ -38,49 +35,6 @@ func manageFixture(t *testing.T) (*testsys.System, *testsys.Edge, *testsys.Node,
 	b := newBrowser(t, e.URL)
 	b.signIn(sys.APIKey(t, db.ScopeRead, db.ScopeAdmin))
 	return sys, e, node, devSecret, b
-}
-
-// dial connects to node as device id; the handshake's status is 101 when
-// it upgraded (the session is then closed when the test ends).
-func dial(t *testing.T, node *testsys.Node, id, devSecret string) (*websocket.Conn, int) {
-	t.Helper()
-	d := websocket.Dialer{TLSClientConfig: node.TLS(), Subprotocols: []string{protocol.Subprotocol}, HandshakeTimeout: 10 * time.Second}
-	header := http.Header{"Authorization": {"Basic " + base64.StdEncoding.EncodeToString([]byte(id+":"+devSecret))}}
-	ws, resp, err := d.DialContext(t.Context(), node.URL, header)
-	if resp == nil {
-		t.Fatalf("dial as %s: %v", id, err)
-	}
-	if ws != nil {
-		t.Cleanup(func() { ws.Close() })
-	}
-	return ws, resp.StatusCode
-}
-
-// connects reports whether node lets device id in with this secret.
-func connects(t *testing.T, node *testsys.Node, id, devSecret string) bool {
-	t.Helper()
-	ws, status := dial(t, node, id, devSecret)
-	if ws != nil {
-		ws.Close()
-	}
-	return status == http.StatusSwitchingProtocols
-}
-
-// wantClosed reads the session until the node closes it, and checks how.
-func wantClosed(t *testing.T, ws *websocket.Conn, reason string) {
-	t.Helper()
-	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
-	for {
-		_, _, err := ws.ReadMessage()
-		if err == nil {
-			continue // a state frame, say
-		}
-		var ce *websocket.CloseError
-		if !errors.As(err, &ce) || ce.Code != protocol.CloseBadMessage || ce.Text != reason {
-			t.Fatalf("session ended with %v, want close %d %q", err, protocol.CloseBadMessage, reason)
-		}
-		return
-	}
 }
 
 // online waits for the store to say the device is online.
@@ -240,7 +194,7 @@ func TestManageRefusals(t *testing.T) {
 func TestManageDisableEnable(t *testing.T) {
 	t.Parallel()
 	sys, _, node, devSecret, b := manageFixture(t)
-	ws, status := dial(t, node, "dev-1", devSecret)
+	ws, status := node.Dial(t, "dev-1", devSecret)
 	if status != http.StatusSwitchingProtocols {
 		t.Fatalf("dev-1 connects: %d", status)
 	}
@@ -252,8 +206,8 @@ func TestManageDisableEnable(t *testing.T) {
 			t.Fatalf("disable: %d to %q, want 303 to the device's page; %s", resp.StatusCode, resp.Header.Get("Location"), body)
 		}
 	}
-	wantClosed(t, ws, "device disabled")
-	if connects(t, node, "dev-1", devSecret) {
+	testsys.WantClosed(t, ws, protocol.CloseBadMessage, "device disabled")
+	if node.Accepts(t, "dev-1", devSecret) {
 		t.Fatal("a disabled device connected")
 	}
 	if !stateOf(t, sys, "dev-1").Disabled {
@@ -270,7 +224,7 @@ func TestManageDisableEnable(t *testing.T) {
 			t.Fatalf("enable: %d, want 303", resp.StatusCode)
 		}
 	}
-	if !connects(t, node, "dev-1", devSecret) {
+	if !node.Accepts(t, "dev-1", devSecret) {
 		t.Fatal("an enabled device is refused")
 	}
 	if _, page := b.get("/devices/dev-1"); !strings.Contains(page, `id="disable"`) {
@@ -323,7 +277,7 @@ func TestManageRotate(t *testing.T) {
 		t.Errorf("the old secret works until %v, %v from the rotation; want 24h", until, d)
 	}
 	for _, s := range []string{oldSecret, fresh} {
-		if !connects(t, node, "dev-1", s) {
+		if !node.Accepts(t, "dev-1", s) {
 			t.Errorf("dev-1 is refused with the %s secret within the grace", map[bool]string{true: "old", false: "new"}[s == oldSecret])
 		}
 	}
@@ -339,7 +293,7 @@ func TestManageRotate(t *testing.T) {
 	if resp.StatusCode != http.StatusConflict || !strings.Contains(body, "sent twice") || newSecret.MatchString(body) {
 		t.Errorf("the rotate form again: %d, want 409 saying it was sent twice, with no secret", resp.StatusCode)
 	}
-	if stateOf(t, sys, "dev-1").Fingerprint != fp || !connects(t, node, "dev-1", oldSecret) || !connects(t, node, "dev-1", fresh) {
+	if stateOf(t, sys, "dev-1").Fingerprint != fp || !node.Accepts(t, "dev-1", oldSecret) || !node.Accepts(t, "dev-1", fresh) {
 		t.Error("the rotate form sent again changed the secrets")
 	}
 }
@@ -350,7 +304,7 @@ func TestManageDelete(t *testing.T) {
 	t.Parallel()
 	sys, _, node, devSecret, b := manageFixture(t)
 	sys.AddDevice(t, "dev-2")
-	ws, _ := dial(t, node, "dev-1", devSecret)
+	ws, _ := node.Dial(t, "dev-1", devSecret)
 	online(t, sys, "dev-1")
 	if _, err := sys.Pool.Exec(t.Context(), `INSERT INTO events (device_id, name) VALUES ('dev-1', 'a')`); err != nil {
 		t.Fatal(err)
@@ -379,8 +333,8 @@ func TestManageDelete(t *testing.T) {
 	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/devices?deleted=dev-1" {
 		t.Fatalf("delete: %d to %q, want 303 to the list; %s", resp.StatusCode, resp.Header.Get("Location"), body)
 	}
-	wantClosed(t, ws, "device deleted")
-	if stateOf(t, sys, "dev-1").Exists || connects(t, node, "dev-1", devSecret) {
+	testsys.WantClosed(t, ws, protocol.CloseBadMessage, "device deleted")
+	if stateOf(t, sys, "dev-1").Exists || node.Accepts(t, "dev-1", devSecret) {
 		t.Fatal("dev-1 is still there after its delete")
 	}
 	var rows int

@@ -1,16 +1,12 @@
 package edge_test
 
 import (
-	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/gorilla/websocket"
 
 	"github.com/switchboard-iot/switchboard/app/testsys"
 	conntier "github.com/switchboard-iot/switchboard/conn-tier"
@@ -21,49 +17,6 @@ import (
 
 // Managing devices over HTTP: delete, disable, enable, rotate, import,
 // each against a real edge and node, as an operator without psql would.
-
-// session dials node as a device; the handshake's status is 101 when it
-// upgraded (then the session is returned, closed when the test ends).
-func session(t *testing.T, node *testsys.Node, id, devSecret string) (*websocket.Conn, int) {
-	t.Helper()
-	d := websocket.Dialer{TLSClientConfig: node.TLS(), Subprotocols: []string{protocol.Subprotocol}, HandshakeTimeout: 10 * time.Second}
-	header := http.Header{"Authorization": {"Basic " + base64.StdEncoding.EncodeToString([]byte(id+":"+devSecret))}}
-	ws, resp, err := d.DialContext(t.Context(), node.URL, header)
-	if resp == nil {
-		t.Fatalf("dial as %s: %v", id, err)
-	}
-	if ws != nil {
-		t.Cleanup(func() { ws.Close() })
-	}
-	return ws, resp.StatusCode
-}
-
-// accepts reports whether node lets the device in with this secret.
-func accepts(t *testing.T, node *testsys.Node, id, devSecret string) bool {
-	t.Helper()
-	ws, status := session(t, node, id, devSecret)
-	if ws != nil {
-		ws.Close()
-	}
-	return status == http.StatusSwitchingProtocols
-}
-
-// wantClosed reads the session until the node closes it, and checks how.
-func wantClosed(t *testing.T, ws *websocket.Conn, code int, reason string) {
-	t.Helper()
-	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
-	for {
-		_, _, err := ws.ReadMessage()
-		if err == nil {
-			continue // a state frame, say
-		}
-		var ce *websocket.CloseError
-		if !errors.As(err, &ce) || ce.Code != code || ce.Text != reason {
-			t.Fatalf("session ended with %v, want close %d %q", err, code, reason)
-		}
-		return
-	}
-}
 
 // waitOnline waits for a device to be online, as the API says.
 func waitOnline(t *testing.T, c *api, id string) {
@@ -103,7 +56,7 @@ func TestDeleteDevice(t *testing.T) {
 	sys, e, node, admin := manageFixture(t)
 	devSecret := sys.AddDevice(t, "dev-1")
 	sys.AddDevice(t, "dev-2")
-	ws, _ := session(t, node, "dev-1", devSecret)
+	ws, _ := node.Dial(t, "dev-1", devSecret)
 	waitOnline(t, admin, "dev-1")
 	c := newAPI(t, e.URL, sys.APIKey(t, db.ScopeCommands))
 	for _, id := range []string{"dev-1", "dev-1", "dev-2"} {
@@ -124,7 +77,7 @@ func TestDeleteDevice(t *testing.T) {
 	if got.ID != "dev-1" || got.Deleted.Commands < 2 || got.Deleted.Events != 2 || got.Deleted.Sessions != 1 {
 		t.Fatalf("delete answered %s; want dev-1 with its 2 commands, 2 events and 1 session", b)
 	}
-	wantClosed(t, ws, protocol.CloseBadMessage, "device deleted")
+	testsys.WantClosed(t, ws, protocol.CloseBadMessage, "device deleted")
 	resp, b = admin.call(http.MethodGet, "/v1/devices/dev-1", "")
 	wantProblem(t, resp, b, http.StatusNotFound, "device-not-found")
 	if n := count(t, sys, `SELECT (SELECT count(*) FROM commands WHERE device_id = 'dev-1') + (SELECT count(*) FROM events WHERE device_id = 'dev-1')
@@ -134,7 +87,7 @@ func TestDeleteDevice(t *testing.T) {
 	if n := count(t, sys, `SELECT (SELECT count(*) FROM commands WHERE device_id = 'dev-2') + (SELECT count(*) FROM events WHERE device_id = 'dev-2')`); n != 2 {
 		t.Fatalf("dev-2 has %d commands and events, want its 2 untouched", n)
 	}
-	if accepts(t, node, "dev-1", devSecret) {
+	if node.Accepts(t, "dev-1", devSecret) {
 		t.Fatal("a deleted device connected")
 	}
 
@@ -150,7 +103,7 @@ func TestDisableAndEnableDevice(t *testing.T) {
 	t.Parallel()
 	sys, _, node, admin := manageFixture(t)
 	devSecret := sys.AddDevice(t, "dev-1")
-	ws, _ := session(t, node, "dev-1", devSecret)
+	ws, _ := node.Dial(t, "dev-1", devSecret)
 	waitOnline(t, admin, "dev-1")
 
 	resp, b := admin.call(http.MethodPost, "/v1/devices/dev-1/disable", "")
@@ -158,8 +111,8 @@ func TestDisableAndEnableDevice(t *testing.T) {
 	if first.ID != "dev-1" || first.DisabledAt == nil {
 		t.Fatalf("disable answered %s, want the device with disabled_at", b)
 	}
-	wantClosed(t, ws, protocol.CloseBadMessage, "device disabled")
-	if accepts(t, node, "dev-1", devSecret) {
+	testsys.WantClosed(t, ws, protocol.CloseBadMessage, "device disabled")
+	if node.Accepts(t, "dev-1", devSecret) {
 		t.Fatal("a disabled device connected")
 	}
 	// Twice: the same answer, the first disable's time.
@@ -174,7 +127,7 @@ func TestDisableAndEnableDevice(t *testing.T) {
 			t.Fatalf("enable answered %s, want no disabled_at", b)
 		}
 	}
-	if !accepts(t, node, "dev-1", devSecret) {
+	if !node.Accepts(t, "dev-1", devSecret) {
 		t.Fatal("an enabled device was refused")
 	}
 
@@ -206,7 +159,7 @@ func TestRotateDevice(t *testing.T) {
 	if left := time.Until(r.PreviousSecretUntil); r.ID != "dev-1" || r.Secret == "" || r.Secret == old || left < 23*time.Hour+59*time.Minute || left > 24*time.Hour {
 		t.Fatalf("rotate answered %s; want a new secret and the old one for 24h", b)
 	}
-	if !accepts(t, node, "dev-1", old) || !accepts(t, node, "dev-1", r.Secret) {
+	if !node.Accepts(t, "dev-1", old) || !node.Accepts(t, "dev-1", r.Secret) {
 		t.Fatal("within the grace: want the old and the new secret accepted")
 	}
 
@@ -223,14 +176,14 @@ func TestRotateDevice(t *testing.T) {
 	if again := decode[rotationAnswer](t, resp, b, http.StatusOK); again != given {
 		t.Fatalf("a retry answered %s, want %+v", b, given)
 	}
-	if accepts(t, node, "dev-1", old) || !accepts(t, node, "dev-1", r.Secret) || !accepts(t, node, "dev-1", mine) {
+	if node.Accepts(t, "dev-1", old) || !node.Accepts(t, "dev-1", r.Secret) || !node.Accepts(t, "dev-1", mine) {
 		t.Fatal("after the retry: want the two latest secrets accepted, the first refused")
 	}
 
 	// No grace: the replaced secret stops at once.
 	resp, b = admin.call(http.MethodPost, "/v1/devices/dev-1/rotate", `{"grace":"0s"}`)
 	latest := decode[rotationAnswer](t, resp, b, http.StatusOK)
-	if accepts(t, node, "dev-1", mine) || !accepts(t, node, "dev-1", latest.Secret) {
+	if node.Accepts(t, "dev-1", mine) || !node.Accepts(t, "dev-1", latest.Secret) {
 		t.Fatal("grace 0s: want the replaced secret refused, the new one accepted")
 	}
 
@@ -250,7 +203,7 @@ func TestRotateDevice(t *testing.T) {
 		resp, b = admin.call(http.MethodPost, tc.path, tc.body)
 		wantProblem(t, resp, b, tc.status, tc.problem)
 	}
-	if !accepts(t, node, "dev-1", latest.Secret) {
+	if !node.Accepts(t, "dev-1", latest.Secret) {
 		t.Fatal("a refused rotation changed the secret")
 	}
 }
@@ -292,7 +245,7 @@ func TestImportDevices(t *testing.T) {
 			t.Errorf("line %d: %+v, want %+v", i, d, want)
 		}
 	}
-	if got.Devices[1].Secret != given || !accepts(t, node, "csv-1", got.Devices[0].Secret) {
+	if got.Devices[1].Secret != given || !node.Accepts(t, "csv-1", got.Devices[0].Secret) {
 		t.Fatalf("the secrets answered do not work: %s", b)
 	}
 

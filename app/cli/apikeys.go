@@ -152,13 +152,7 @@ func listKeys(ctx context.Context, kf keyListFlags, c call) error {
 	if err != nil {
 		return err
 	}
-	if err := t.close(); err != nil {
-		return err
-	}
-	if more {
-		moreFollow(c.Stderr, *kf.limit)
-	}
-	return nil
+	return t.finish(c.Stderr, more, *kf.limit)
 }
 
 func revokeKey(ctx context.Context, mf manageFlags, c call) error {

@@ -436,13 +436,7 @@ func listCommands(ctx context.Context, lf commandListFlags, c call) error {
 	if err != nil {
 		return err
 	}
-	if err := t.close(); err != nil {
-		return err
-	}
-	if more {
-		moreFollow(c.Stderr, *lf.limit)
-	}
-	return nil
+	return t.finish(c.Stderr, more, *lf.limit)
 }
 
 // timeFlag reads a time flag: RFC 3339, or a duration, which sign (-1:

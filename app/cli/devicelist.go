@@ -108,11 +108,8 @@ func listDevices(ctx context.Context, l listFlags, c call) error {
 	if err != nil {
 		return err
 	}
-	if err := t.close(); err != nil {
+	if err := t.finish(c.Stderr, more, *l.limit); err != nil {
 		return err
-	}
-	if more {
-		moreFollow(c.Stderr, *l.limit)
 	}
 	fmt.Fprintf(c.Stderr, "%d devices, %d online\n", total, online)
 	return nil

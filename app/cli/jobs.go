@@ -345,13 +345,7 @@ func listJobs(ctx context.Context, lf jobListFlags, c call) error {
 	if err != nil {
 		return err
 	}
-	if err := t.close(); err != nil {
-		return err
-	}
-	if more {
-		moreFollow(c.Stderr, *lf.limit)
-	}
-	return nil
+	return t.finish(c.Stderr, more, *lf.limit)
 }
 
 // jobGetFlags are the flags of "jobs get".
@@ -446,11 +440,5 @@ func jobResults(ctx context.Context, rf jobResultsFlags, c call) error {
 	if err != nil {
 		return err
 	}
-	if err := t.close(); err != nil {
-		return err
-	}
-	if more {
-		moreFollow(c.Stderr, *rf.limit)
-	}
-	return nil
+	return t.finish(c.Stderr, more, *rf.limit)
 }

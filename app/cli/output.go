@@ -153,7 +153,14 @@ func compactJSON(raw json.RawMessage) string {
 	return b.String()
 }
 
-// moreFollow tells, on stderr, that -limit left items out.
-func moreFollow(w io.Writer, limit int) {
-	fmt.Fprintf(w, "more follow: this is the first %d (-limit)\n", limit)
+// finish closes a list, and says on stderr when -limit left items out
+// (more).
+func (t *table[T]) finish(stderr io.Writer, more bool, limit int) error {
+	if err := t.close(); err != nil {
+		return err
+	}
+	if more {
+		fmt.Fprintf(stderr, "more follow: this is the first %d (-limit)\n", limit)
+	}
+	return nil
 }
