@@ -70,7 +70,7 @@ func TestDeviceQueueFull(t *testing.T) {
 	resp, b = send(`{"name":"b"}`)
 	accepted(resp, b)
 	cancelMe := commandIDFrom(t, resp)
-	resp, b = send(`{"name":"c","ttl":"3s"}`)
+	resp, b = send(`{"name":"c"}`)
 	accepted(resp, b)
 	short := commandIDFrom(t, resp)
 
@@ -96,8 +96,12 @@ func TestDeviceQueueFull(t *testing.T) {
 		t.Errorf("switchboard_edge_requests_limited_total{limit=device_queue} = %v (%v), want 2", v, ok)
 	}
 
-	// The short-lived command expires: there is room for one.
-	testsys.Eventually(t, "the short command to expire", func() bool {
+	// A command's ttl runs out (moved to now, not waited for): the sweeper
+	// expires it, and there is room for one.
+	if _, err := sys.Pool.Exec(t.Context(), `UPDATE commands SET expires_at = now() WHERE id = $1`, short); err != nil {
+		t.Fatal(err)
+	}
+	testsys.Eventually(t, "the command to expire", func() bool {
 		cmd, err := sys.Store.Command(t.Context(), short)
 		if err != nil {
 			t.Fatal(err)
@@ -220,12 +224,13 @@ func TestJobDeviceQueueFull(t *testing.T) {
 		}
 	}
 
-	j := postJob(t, c, `{"name":"get_state","ttl":"2s","abort_failed_percent":100,"target":`+devicesTarget(ids)+`}`)
+	j := postJob(t, c, `{"name":"get_state","ttl":"3s","abort_failed_percent":100,"target":`+devicesTarget(ids)+`}`)
 	mid := waitJob(t, sys, j.ID, 20*time.Second, "the job's commands", func(j db.Job) bool { return j.Counts.Unsent == 0 })
-	if mid.Status != db.JobRunning || mid.Counts.Failed != 2 || mid.Counts.Pending != 2 {
-		t.Errorf("the job once its commands were created: %s %+v, want running, 2 failed, 2 pending", mid.Status, *mid.Counts)
+	// (The queued ones may have expired already on a slow machine.)
+	if mid.Counts.Failed != 2 || mid.Counts.Pending+mid.Counts.Expired != 2 {
+		t.Errorf("the job once its commands were created: %s %+v, want 2 failed, 2 pending (or expired)", mid.Status, *mid.Counts)
 	}
-	if !slices.Equal(mid.Errors, []db.JobError{{Error: db.QueueFullError, Count: 2}}) {
+	if !slices.Contains(mid.Errors, db.JobError{Error: db.QueueFullError, Count: 2}) {
 		t.Errorf("the job's errors %+v, want 2 of %q", mid.Errors, db.QueueFullError)
 	}
 	page := jobCommands(t, c, j.ID, "?status=failed")
