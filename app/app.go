@@ -90,6 +90,7 @@ type Server func(ctx context.Context) error
 func (p *Process) Edge(cfg edge.Config, maint maintenance.Config, acme certs.Config, ln net.Listener) (Server, *edge.Edge, error) {
 	cfg.Store, cfg.Notifier, cfg.Log, cfg.Metrics = p.Store, p.Notifier, p.Log, p.Metrics
 	maint.Store, maint.Log, maint.Metrics, maint.EdgeID = p.Store, p.Log, p.Metrics, cfg.ID
+	maint.DeviceQueue = cfg.DeviceQueue // a job's commands meet the cap a client's meet
 	m := maintenance.New(maint)
 	cfg.SweepInterval, cfg.JobCreated = m.SweepInterval(), m.Poke
 	acme.Storage, acme.Log = p.Certs, p.Log

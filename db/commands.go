@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -18,6 +19,28 @@ import (
 // ErrKeyReused says an idempotency key already named a different request.
 var ErrKeyReused = errors.New("idempotency key used for another request")
 
+// ErrQueueFull says a command was refused because its device already has
+// its cap of pending commands (NewCommand.QueueCap).
+var ErrQueueFull = errors.New("the device's queue of pending commands is full")
+
+// DefaultQueueCap is the cap of a device's pending commands that the edge
+// and the job runner take by default.
+const DefaultQueueCap = 100
+
+// QueueFullError is the error of a job's command refused because its
+// device's queue was full: stored failed, never delivered.
+const QueueFullError = "device-queue-full: the device already had its cap of pending commands"
+
+// pendingCount is the SQL count of the pending, unexpired commands of
+// device (an SQL expression), read by commands_pending and counted no
+// further than limit (the cap: a backlog older than the cap costs no more
+// to count than the cap). An expired command the sweeper has not reached
+// yet no longer counts: it will never be delivered.
+func pendingCount(device, limit string) string {
+	return `(SELECT count(*) FROM (SELECT FROM commands q WHERE q.device_id = ` + device +
+		` AND q.status = 'pending' AND q.expires_at > now() LIMIT ` + limit + `) q)`
+}
+
 // NewCommand is a command as an edge accepts it.
 type NewCommand struct {
 	ID       uuid.UUID
@@ -28,6 +51,13 @@ type NewCommand struct {
 	TTL      time.Duration
 	ReplyTo  string // the accepting edge's id
 	APIKeyID int64  // the key that sent it; 0 for none
+
+	// QueueCap, when above 0, refuses the command (ErrQueueFull) if its
+	// device already has this many pending commands. The count and the
+	// insert are one statement: two statements that insert for the same
+	// device at once each count without the other's rows, so the queue
+	// holds at most QueueCap plus the rows of such concurrent statements.
+	QueueCap int
 
 	// IdempotencyKey, when set, makes the accept idempotent for APIKeyID:
 	// a repeat with the same RequestHash within IdempotencyWindow returns
@@ -59,17 +89,20 @@ func collectCommands(rows pgx.Rows, err error) ([]command.Command, error) {
 	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (command.Command, error) { return scanCommand(row) })
 }
 
-// CreateCommand stores a pending command. An unknown device is ErrNotFound.
-// created is false when an idempotency key named an earlier command, which
-// is returned instead.
+// CreateCommand stores a pending command. An unknown device is ErrNotFound,
+// a device whose queue is full ErrQueueFull. created is false when an
+// idempotency key named an earlier command, which is returned instead (even
+// when the queue is full now: the retry was accepted before).
 func (s *Store) CreateCommand(ctx context.Context, nc NewCommand) (c command.Command, created bool, err error) {
 	if nc.IdempotencyKey == "" {
-		cs, err := s.CreateCommands(ctx, []NewCommand{nc})
-		if err == nil && len(cs) == 0 {
-			err = fmt.Errorf("device %s: %w", nc.DeviceID, ErrNotFound)
-		}
-		if err != nil {
+		cs, full, err := s.CreateCommands(ctx, []NewCommand{nc})
+		switch {
+		case err != nil:
 			return c, false, err
+		case len(full) > 0:
+			return c, false, fmt.Errorf("device %s: %w", nc.DeviceID, ErrQueueFull)
+		case len(cs) == 0:
+			return c, false, fmt.Errorf("device %s: %w", nc.DeviceID, ErrNotFound)
 		}
 		return cs[0], true, nil
 	}
@@ -80,7 +113,7 @@ func (s *Store) CreateCommand(ctx context.Context, nc NewCommand) (c command.Com
 		apiKey = &nc.APIKeyID
 	}
 	// The device must exist: read, not locked (a foreign key would lock
-	// its row for every command).
+	// its row for every command). Its queue must have room ($12).
 	const insert = `
 		INSERT INTO commands AS c (id, device_id, name, args, timeout, expires_at, reply_to, api_key_id)
 		SELECT $1, $2, $3, $4, $5, now() + $6::interval, $7, $8
@@ -88,26 +121,39 @@ func (s *Store) CreateCommand(ctx context.Context, nc NewCommand) (c command.Com
 	args := []any{nc.ID, nc.DeviceID, nc.Name, nc.Args, nc.Timeout, nc.TTL, nc.ReplyTo, apiKey}
 	// The key row and the command commit together. A concurrent repeat
 	// waits on the key row, then finds it taken; a key past its window is
-	// taken over.
+	// taken over. The key is taken only when the command can be stored (its
+	// device exists, its queue has room): a key never names a command that
+	// was refused.
 	c, err = scanCommand(s.db.QueryRow(ctx, `
 		WITH key AS (
 			INSERT INTO idempotency_keys (api_key_id, key, request_hash, command_id)
 			SELECT $8, $9, $10, $1 WHERE EXISTS (SELECT FROM devices WHERE id = $2)
+				AND ($12::int <= 0 OR `+pendingCount("$2", "$12::int")+` < $12::int)
 			ON CONFLICT (api_key_id, key) DO UPDATE
 				SET request_hash = EXCLUDED.request_hash, command_id = EXCLUDED.command_id, created_at = now()
 				WHERE idempotency_keys.created_at < now() - $11::interval
 			RETURNING 1)
 		`+insert+` AND EXISTS (SELECT FROM key)
-		RETURNING `+commandColumns, append(args, nc.IdempotencyKey, nc.RequestHash, IdempotencyWindow)...))
+		RETURNING `+commandColumns, append(args, nc.IdempotencyKey, nc.RequestHash, IdempotencyWindow, nc.QueueCap)...))
 	if err == nil || !errors.Is(err, pgx.ErrNoRows) {
 		return c, err == nil, translate(err, "device "+nc.DeviceID)
 	}
+	// Nothing was stored: a key within its window names an earlier
+	// command, or the device is unknown, or its queue is full.
 	var hash []byte
 	var cmdID uuid.UUID
-	err = s.db.QueryRow(ctx, `SELECT request_hash, command_id FROM idempotency_keys WHERE api_key_id = $1 AND key = $2`,
-		apiKey, nc.IdempotencyKey).Scan(&hash, &cmdID)
+	err = s.db.QueryRow(ctx, `SELECT request_hash, command_id FROM idempotency_keys
+		WHERE api_key_id = $1 AND key = $2 AND created_at >= now() - $3::interval`,
+		apiKey, nc.IdempotencyKey, IdempotencyWindow).Scan(&hash, &cmdID)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return c, false, translate(err, "device "+nc.DeviceID) // no key was taken: no such device
+		full, err := s.refused(ctx, []NewCommand{nc})
+		if err != nil {
+			return c, false, err
+		}
+		if len(full) > 0 {
+			return c, false, fmt.Errorf("device %s: %w", nc.DeviceID, ErrQueueFull)
+		}
+		return c, false, fmt.Errorf("device %s: %w", nc.DeviceID, ErrNotFound)
 	}
 	if err != nil {
 		return c, false, translate(err, "idempotency key")
@@ -121,35 +167,88 @@ func (s *Store) CreateCommand(ctx context.Context, nc NewCommand) (c command.Com
 
 // CreateCommands stores many pending commands, without idempotency keys,
 // in one statement and one commit: the edge's group commit. It returns the
-// stored commands, in no particular order; a command whose device does not
-// exist is left out. One refused row fails the whole statement (ErrInvalid):
-// the caller then stores the rows one by one to find it.
-func (s *Store) CreateCommands(ctx context.Context, ncs []NewCommand) ([]command.Command, error) {
+// stored commands, in no particular order, and the ids of those refused
+// because their device's queue was full (NewCommand.QueueCap); a command
+// whose device does not exist is in neither. One refused row fails the
+// whole statement (ErrInvalid): the caller then stores the rows one by one
+// to find it.
+//
+// A batch may hold several commands to one device: each counts the
+// device's pending commands plus those before it in the batch, so a batch
+// alone never passes a cap.
+func (s *Store) CreateCommands(ctx context.Context, ncs []NewCommand) (stored []command.Command, full []uuid.UUID, err error) {
 	ctx, cancel := bound(ctx)
 	defer cancel()
 	n := len(ncs)
 	ids, devices, names, args := make([]uuid.UUID, n), make([]string, n), make([]string, n), make([]string, n)
 	timeouts, ttls, replyTo, keys := make([]time.Duration, n), make([]time.Duration, n), make([]string, n), make([]*int64, n)
+	caps := make([]int32, n)
 	for i := range ncs {
 		nc := &ncs[i]
 		ids[i], devices[i], names[i], args[i] = nc.ID, nc.DeviceID, nc.Name, string(nc.Args)
 		timeouts[i], ttls[i], replyTo[i] = nc.Timeout, nc.TTL, nc.ReplyTo
+		caps[i] = int32(min(max(nc.QueueCap, 0), 1<<30))
 		if nc.APIKeyID != 0 {
 			keys[i] = &nc.APIKeyID
 		}
 	}
 	// Rows go in the order given, so seq keeps the order they were
 	// accepted in. The device must exist: read, not locked (see
-	// CreateCommand).
-	cs, err := collectCommands(s.db.Query(ctx, `
+	// CreateCommand). A row's rank among the batch's rows to its device
+	// (t.n, 1 for the first) adds to the device's count.
+	stored, err = collectCommands(s.db.Query(ctx, `
+		WITH t AS (
+			SELECT t.*, row_number() OVER (PARTITION BY t.device_id ORDER BY t.i) AS n
+			FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::interval[], $6::interval[], $7::text[], $8::bigint[], $9::int[])
+				WITH ORDINALITY AS t(id, device_id, name, args, timeout, ttl, reply_to, api_key_id, queue_cap, i))
 		INSERT INTO commands AS c (id, device_id, name, args, timeout, expires_at, reply_to, api_key_id)
 		SELECT t.id, t.device_id, t.name, t.args::jsonb, t.timeout, now() + t.ttl, t.reply_to, t.api_key_id
-		FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::interval[], $6::interval[], $7::text[], $8::bigint[])
-			WITH ORDINALITY AS t(id, device_id, name, args, timeout, ttl, reply_to, api_key_id, i)
+		FROM t
 		WHERE EXISTS (SELECT FROM devices d WHERE d.id = t.device_id)
+		  AND (t.queue_cap <= 0 OR t.n + `+pendingCount("t.device_id", "t.queue_cap")+` <= t.queue_cap)
 		ORDER BY t.i
-		RETURNING `+commandColumns, ids, devices, names, args, timeouts, ttls, replyTo, keys))
-	return cs, translate(err, "commands")
+		RETURNING `+commandColumns, ids, devices, names, args, timeouts, ttls, replyTo, keys, caps))
+	if err != nil || len(stored) == n {
+		return stored, nil, translate(err, "commands")
+	}
+	in := make(map[uuid.UUID]bool, len(stored))
+	for i := range stored {
+		in[stored[i].ID] = true
+	}
+	var left []NewCommand
+	for i := range ncs {
+		if !in[ncs[i].ID] {
+			left = append(left, ncs[i])
+		}
+	}
+	full, err = s.refused(ctx, left)
+	return stored, full, err
+}
+
+// refused tells apart, among commands that were not stored, those refused
+// for a full queue (returned) from those to unknown devices: a device that
+// exists had no room. (A device deleted or created between the insert and
+// this read is judged by what it is now.)
+func (s *Store) refused(ctx context.Context, ncs []NewCommand) ([]uuid.UUID, error) {
+	devices := make([]string, len(ncs))
+	for i := range ncs {
+		devices[i] = ncs[i].DeviceID
+	}
+	rows, err := s.db.Query(ctx, `SELECT id FROM devices WHERE id = ANY($1)`, devices)
+	if err != nil {
+		return nil, translate(err, "commands")
+	}
+	exist, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, translate(err, "commands")
+	}
+	var full []uuid.UUID
+	for i := range ncs {
+		if slices.Contains(exist, ncs[i].DeviceID) {
+			full = append(full, ncs[i].ID)
+		}
+	}
+	return full, nil
 }
 
 // Command returns one command.

@@ -447,7 +447,7 @@ func TestCreateCommands(t *testing.T) {
 	ctx := context.Background()
 	a, b, c := newCommand("dev-1", time.Hour), newCommand("dev-2", time.Hour), newCommand("dev-1", time.Hour)
 	ghost := newCommand("ghost", time.Hour)
-	stored, err := store.CreateCommands(ctx, []db.NewCommand{c, ghost, b, a})
+	stored, _, err := store.CreateCommands(ctx, []db.NewCommand{c, ghost, b, a})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -467,7 +467,7 @@ func TestCreateCommands(t *testing.T) {
 
 	bad := newCommand("dev-2", time.Hour)
 	bad.Args = json.RawMessage(`{"a":`) // the edge checks JSON; the database does too
-	if _, err := store.CreateCommands(ctx, []db.NewCommand{newCommand("dev-1", time.Hour), bad}); !errors.Is(err, db.ErrInvalid) {
+	if _, _, err := store.CreateCommands(ctx, []db.NewCommand{newCommand("dev-1", time.Hour), bad}); !errors.Is(err, db.ErrInvalid) {
 		t.Fatalf("a refused row: err = %v, want ErrInvalid", err)
 	}
 	if got := pendingIDs(t, pool, "dev-1", "dev-2"); len(got) != 3 {

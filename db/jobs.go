@@ -508,11 +508,14 @@ type JobWake struct {
 // JobStep is what one runner step did to one job.
 type JobStep struct {
 	Job     uuid.UUID
-	Created int       // commands created in this step, retries included
-	Retried int       // of those, retries of a target's failed or expired command
-	Wake    *JobWake  // the batch to announce, when commands were created
-	Changes []Change  // commands ended by an abort
-	Ended   JobStatus // the status the job ended with in this step, or ""
+	Created int // commands created in this step, retries included
+	Retried int // of those, retries of a target's failed or expired command
+	// QueueFull counts, of those, the commands stored failed because their
+	// device's queue was full (JobPlan.QueueCap).
+	QueueFull int
+	Wake      *JobWake  // the batch to announce, when commands were created
+	Changes   []Change  // commands ended by an abort
+	Ended     JobStatus // the status the job ended with in this step, or ""
 }
 
 // JobState is what a runner step sees of the job it claimed: its pace,
@@ -549,6 +552,11 @@ type JobPlan struct {
 	// Behind is where the rollout's clock is set once Create commands
 	// were created: this many seconds behind now.
 	Behind float64
+	// QueueCap, above 0, is the cap of a device's pending commands: a
+	// target whose device has that many gets its command stored failed,
+	// with QueueFullError, never delivered (it counts failed, and is
+	// retried as any failed command is).
+	QueueCap int
 }
 
 // StepJob advances one running job that no runner looked at within
@@ -608,7 +616,7 @@ func (s *Store) StepJob(ctx context.Context, interval time.Duration, plan func(J
 		}
 		var retries batchSeqs
 		if st.MaxAttempts > 1 && len(p.RetryWaits) > 0 {
-			if retries, err = tx.retryJobCommands(ctx, st, p.RetryWaits, ids); err != nil {
+			if retries, err = tx.retryJobCommands(ctx, st, p.RetryWaits, p.QueueCap, ids); err != nil {
 				return err
 			}
 		}
@@ -616,11 +624,12 @@ func (s *Store) StepJob(ctx context.Context, interval time.Duration, plan func(J
 		n := min(p.Create-retries.n, st.Total-st.Created)
 		var targets batchSeqs
 		if n > 0 {
-			if targets, err = tx.createJobCommands(ctx, st, ids[retries.n:retries.n+n]); err != nil {
+			if targets, err = tx.createJobCommands(ctx, st, p.QueueCap, ids[retries.n:retries.n+n]); err != nil {
 				return err
 			}
 		}
 		step.Retried, step.Created = retries.n, retries.n+targets.n
+		step.QueueFull = retries.full + targets.full
 		if step.Created > 0 {
 			// One range for both (the retries were numbered first):
 			// between them are only other jobs' commands.
@@ -642,30 +651,49 @@ func (s *Store) StepJob(ctx context.Context, interval time.Duration, plan func(J
 }
 
 // batchSeqs is what one INSERT of a step created: n commands, numbered
-// first to last (commands.seq).
+// first to last (commands.seq), full of them failed for a full queue.
 type batchSeqs struct {
-	n           int
+	n, full     int
 	first, last int64
+}
+
+// queueFullColumns are the status, completed_at and error of a job's new
+// command, aliased f.full when its device's queue is full: failed at once,
+// never delivered.
+const queueFullColumns = `CASE WHEN f.full THEN 'failed' ELSE 'pending' END,
+	CASE WHEN f.full THEN now() END, CASE WHEN f.full THEN '` + QueueFullError + `' END`
+
+// queueFullJoin computes f.full for the device of a job's new command
+// (device, an SQL expression) under the cap capArg.
+func queueFullJoin(device, capArg string) string {
+	return `CROSS JOIN LATERAL (SELECT ` + capArg + `::int > 0 AND ` +
+		pendingCount(device, capArg+"::int") + ` >= ` + capArg + `::int AS full) f`
 }
 
 // createJobCommands creates the commands of the job's next targets, one
 // per id, in rollout order. Targets whose device was deleted since the
 // snapshot get no command. A conflict cannot happen under the row lock;
-// the unique index is the schema's guarantee all the same.
-func (s *Store) createJobCommands(ctx context.Context, st JobState, ids []uuid.UUID) (b batchSeqs, err error) {
+// the unique index is the schema's guarantee all the same. A target whose
+// device has queueCap pending commands (above 0) gets its command failed
+// (QueueFullError): a job has one command per device in a batch, so each
+// row's count is its device's.
+func (s *Store) createJobCommands(ctx context.Context, st JobState, queueCap int, ids []uuid.UUID) (b batchSeqs, err error) {
 	err = s.db.QueryRow(ctx, `
 		WITH ins AS (
-			INSERT INTO commands AS c (id, device_id, name, args, timeout, expires_at, api_key_id, job_id)
-			SELECT u.id, t.device_id, j.name, j.args, j.timeout, now() + j.ttl, j.api_key_id, j.id
+			INSERT INTO commands AS c (id, device_id, name, args, timeout, expires_at, api_key_id, job_id,
+				status, completed_at, error)
+			SELECT u.id, t.device_id, j.name, j.args, j.timeout, now() + j.ttl, j.api_key_id, j.id,
+				`+queueFullColumns+`
 			FROM unnest($2::uuid[]) WITH ORDINALITY AS u(id, i)
 			JOIN job_targets t ON t.job_id = $1 AND t.position = $3 + u.i - 1
 			JOIN jobs j ON j.id = $1
+			`+queueFullJoin("t.device_id", "$4")+`
 			WHERE EXISTS (SELECT FROM devices d WHERE d.id = t.device_id)
 			ORDER BY u.i
 			ON CONFLICT (job_id, device_id, job_attempt) WHERE job_id IS NOT NULL DO NOTHING
-			RETURNING c.seq)
-		SELECT count(*), coalesce(min(seq), 0), coalesce(max(seq), 0) FROM ins`,
-		st.Job, ids, st.Created).Scan(&b.n, &b.first, &b.last)
+			RETURNING c.seq, c.status)
+		SELECT count(*), count(*) FILTER (WHERE status = 'failed'), coalesce(min(seq), 0), coalesce(max(seq), 0) FROM ins`,
+		st.Job, ids, st.Created, queueCap).Scan(&b.n, &b.full, &b.first, &b.last)
 	return b, err
 }
 
@@ -673,8 +701,9 @@ func (s *Store) createJobCommands(ctx context.Context, st JobState, ids []uuid.U
 // latest command failed or expired with an attempt left, once its wait
 // (waits[attempt-1]) passed since it ended, oldest first: each gets a new
 // command, the next attempt, and the old one is marked retried, in one
-// statement.
-func (s *Store) retryJobCommands(ctx context.Context, st JobState, waits []time.Duration, ids []uuid.UUID) (b batchSeqs, err error) {
+// statement. A retry to a device whose queue is full fails at once, as in
+// createJobCommands.
+func (s *Store) retryJobCommands(ctx context.Context, st JobState, waits []time.Duration, queueCap int, ids []uuid.UUID) (b batchSeqs, err error) {
 	err = s.db.QueryRow(ctx, `
 		WITH due AS (
 			SELECT c.id, c.device_id, c.job_attempt, row_number() OVER (ORDER BY c.seq) AS i
@@ -684,14 +713,17 @@ func (s *Store) retryJobCommands(ctx context.Context, st JobState, waits []time.
 			ORDER BY c.seq LIMIT cardinality($2::uuid[])),
 		marked AS (UPDATE commands c SET retried = true FROM due WHERE c.id = due.id),
 		ins AS (
-			INSERT INTO commands AS c (id, device_id, name, args, timeout, expires_at, api_key_id, job_id, job_attempt)
-			SELECT u.id, due.device_id, j.name, j.args, j.timeout, now() + j.ttl, j.api_key_id, j.id, due.job_attempt + 1
+			INSERT INTO commands AS c (id, device_id, name, args, timeout, expires_at, api_key_id, job_id, job_attempt,
+				status, completed_at, error)
+			SELECT u.id, due.device_id, j.name, j.args, j.timeout, now() + j.ttl, j.api_key_id, j.id, due.job_attempt + 1,
+				`+queueFullColumns+`
 			FROM due JOIN unnest($2::uuid[]) WITH ORDINALITY AS u(id, i) ON u.i = due.i
 			JOIN jobs j ON j.id = $1
+			`+queueFullJoin("due.device_id", "$6")+`
 			ORDER BY due.i
-			RETURNING c.seq)
-		SELECT count(*), coalesce(min(seq), 0), coalesce(max(seq), 0) FROM ins`,
-		st.Job, ids, waits, st.MaxAttempts, []command.Status{command.Failed, command.Expired}).Scan(&b.n, &b.first, &b.last)
+			RETURNING c.seq, c.status)
+		SELECT count(*), count(*) FILTER (WHERE status = 'failed'), coalesce(min(seq), 0), coalesce(max(seq), 0) FROM ins`,
+		st.Job, ids, waits, st.MaxAttempts, []command.Status{command.Failed, command.Expired}, queueCap).Scan(&b.n, &b.full, &b.first, &b.last)
 	return b, err
 }
 

@@ -173,7 +173,7 @@ func (e *Edge) handleSendCommand(w http.ResponseWriter, r *http.Request) {
 		nc := db.NewCommand{
 			ID: id, DeviceID: deviceID, Name: req.Name, Args: req.Args,
 			Timeout: time.Duration(req.Timeout), TTL: time.Duration(req.TTL), ReplyTo: e.cfg.ID,
-			APIKeyID: apiKey(r).ID,
+			APIKeyID: apiKey(r).ID, QueueCap: e.cfg.DeviceQueue,
 		}
 		if idemKey == "" {
 			c, err = e.inserts.create(nc)
@@ -186,6 +186,12 @@ func (e *Edge) handleSendCommand(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.Is(err, db.ErrNotFound):
 		problem.DeviceNotFound.Write(w, "no device has the id "+strconv.Quote(deviceID))
+		return
+	case errors.Is(err, db.ErrQueueFull):
+		e.metrics.limited.WithLabelValues("device_queue").Inc()
+		problem.DeviceQueueFull.WriteRetryAfter(w, fmt.Sprintf(
+			"device %q already has %d pending commands, its cap: nothing was stored; send again once it took some (or they expired, or were cancelled)",
+			deviceID, e.cfg.DeviceQueue), queueFullRetryAfter)
 		return
 	case errors.Is(err, db.ErrKeyReused):
 		problem.IdempotencyKeyReused.Write(w,

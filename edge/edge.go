@@ -83,6 +83,11 @@ type Config struct {
 	KeyRate    float64
 	KeyBurst   int
 	KeyStreams int
+	// DeviceQueue caps a device's pending commands (100): past it a
+	// command to the device is refused, 429 device-queue-full, and nothing
+	// is stored. A negative value turns the cap off. The job runner beside
+	// the edge takes the same cap (maintenance.Config.DeviceQueue).
+	DeviceQueue int
 	// AuthGuard throttles failed API key look-ups per source address and
 	// remembers failed keys (see internal/authguard for its defaults).
 	AuthGuard authguard.Config
@@ -101,6 +106,17 @@ const (
 	DefaultKeyBurst   = 200   // requests at once
 	DefaultKeyStreams = 100   // event streams open at once
 )
+
+// DefaultDeviceQueue is a device's cap of pending commands: an offline
+// device's backlog is bounded in count, as each command's ttl bounds it in
+// time.
+const DefaultDeviceQueue = db.DefaultQueueCap
+
+// queueFullRetryAfter is the Retry-After of a command refused for a full
+// queue: room comes back as the device takes its commands once it
+// connects, or as they expire or are cancelled, none of which the edge can
+// foresee; 30 s is a polite pace for a client to try again.
+const queueFullRetryAfter = 30 * time.Second
 
 // Edge is one edge instance.
 type Edge struct {
@@ -143,6 +159,7 @@ func (c Config) withDefaults() Config {
 	c.KeyRate = cmp.Or(c.KeyRate, DefaultKeyRate)
 	c.KeyBurst = cmp.Or(c.KeyBurst, DefaultKeyBurst)
 	c.KeyStreams = cmp.Or(c.KeyStreams, DefaultKeyStreams)
+	c.DeviceQueue = cmp.Or(c.DeviceQueue, DefaultDeviceQueue)
 	c.Log = cmp.Or(c.Log, slog.Default())
 	if c.JobCreated == nil {
 		c.JobCreated = func() {}

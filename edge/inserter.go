@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/google/uuid"
 
@@ -55,9 +56,10 @@ func (ins *inserter) create(nc db.NewCommand) (command.Command, error) {
 }
 
 // insert stores a batch of commands in one statement: each its stored
-// command, or db.ErrNotFound for an unknown device.
+// command, db.ErrQueueFull for a device whose queue is full, or
+// db.ErrNotFound for an unknown device.
 func (ins *inserter) insert(ctx context.Context, ncs []db.NewCommand) ([]batch.Outcome[command.Command], error) {
-	stored, err := ins.store.CreateCommands(ctx, ncs)
+	stored, full, err := ins.store.CreateCommands(ctx, ncs)
 	if err != nil {
 		return nil, err
 	}
@@ -69,6 +71,8 @@ func (ins *inserter) insert(ctx context.Context, ncs []db.NewCommand) ([]batch.O
 	for i, nc := range ncs {
 		if c, ok := byID[nc.ID]; ok {
 			out[i].Result = *c
+		} else if slices.Contains(full, nc.ID) {
+			out[i].Err = fmt.Errorf("device %s: %w", nc.DeviceID, db.ErrQueueFull)
 		} else {
 			out[i].Err = fmt.Errorf("device %s: %w", nc.DeviceID, db.ErrNotFound)
 		}

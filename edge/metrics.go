@@ -56,7 +56,7 @@ func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int, que
 		}, []string{"route", "method", "code"}),
 		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchboard_edge_requests_limited_total",
-			Help: "Requests answered 429, by limit: key_rate, key_streams, auth_failures."}, []string{"limit"}),
+			Help: "Requests answered 429, by limit: key_rate, key_streams, auth_failures, device_queue (a command to a device whose queue of pending commands is full)."}, []string{"limit"}),
 		accepted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_edge_commands_accepted_total", Help: "Commands stored for delivery."}),
 		eventsStreamed: prometheus.NewCounter(prometheus.CounterOpts{

@@ -77,7 +77,11 @@ func retryWaits(maxAttempts int, backoff time.Duration) []time.Duration {
 func (m *Maintainer) runJobs(ctx context.Context) error {
 	tick := time.NewTicker(m.cfg.JobInterval)
 	defer tick.Stop()
-	plan := func(s db.JobState) db.JobPlan { return planJob(s, maxJobBatch) }
+	plan := func(s db.JobState) db.JobPlan {
+		p := planJob(s, maxJobBatch)
+		p.QueueCap = m.cfg.DeviceQueue
+		return p
+	}
 	lastCount := time.Time{}
 	outage := outage{log: m.log, doing: "running jobs"}
 	for {
@@ -111,6 +115,7 @@ func (m *Maintainer) runJobs(ctx context.Context) error {
 				m.metrics.jobBatches.Inc()
 				m.metrics.jobCommands.Add(float64(step.Created))
 				m.metrics.jobRetries.Add(float64(step.Retried))
+				m.metrics.jobFull.Add(float64(step.QueueFull))
 				_ = m.notices.Push(db.Notice{Job: step.Wake})
 			}
 			for i := range step.Changes {

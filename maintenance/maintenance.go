@@ -48,6 +48,11 @@ type Config struct {
 	// JobInterval is how often the job runner steps the running jobs
 	// (250ms): a job's batches are its rate times this.
 	JobInterval time.Duration
+	// DeviceQueue is the cap of a device's pending commands (100; negative:
+	// none): a job's target whose device has that many gets its command
+	// failed with db.QueueFullError, not queued. The composition root sets
+	// it from the edge's (edge.Config.DeviceQueue).
+	DeviceQueue int
 
 	// Retention (retention.go): final commands are deleted RetainCommands
 	// after they ended (30 days), events RetainEvents after they arrived
@@ -61,6 +66,7 @@ type Config struct {
 func (c Config) withDefaults() Config {
 	c.SweepInterval = cmp.Or(c.SweepInterval, time.Second)
 	c.JobInterval = cmp.Or(c.JobInterval, 250*time.Millisecond)
+	c.DeviceQueue = cmp.Or(c.DeviceQueue, db.DefaultQueueCap)
 	c.RetainCommands = cmp.Or(c.RetainCommands, DefaultRetainCommands)
 	c.RetainEvents = cmp.Or(c.RetainEvents, DefaultRetainEvents)
 	c.EventsPerDevice = cmp.Or(c.EventsPerDevice, DefaultEventsPerDevice)

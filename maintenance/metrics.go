@@ -22,6 +22,7 @@ type metrics struct {
 	jobBatches  prometheus.Counter
 	jobCommands prometheus.Counter
 	jobRetries  prometheus.Counter
+	jobFull     prometheus.Counter // job commands failed at once: their device's queue was full
 	jobsRunning prometheus.Gauge
 }
 
@@ -39,6 +40,8 @@ func newMetrics(reg *prometheus.Registry, edgeID string) *metrics {
 			Name: "switchboard_edge_job_commands_created_total", Help: "Commands this edge's job runner created, retries included."}),
 		jobRetries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_edge_job_retries_total", Help: "Commands this edge's job runner created to retry a target's failed or expired command."}),
+		jobFull: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_edge_job_commands_queue_full_total", Help: "Commands this edge's job runner stored failed, not queued, because their device already had its cap of pending commands."}),
 		jobsRunning: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "switchboard_edge_jobs_running", Help: "Fleet jobs running, in the whole database (read every 5s; the same on every edge)."}),
 	}
@@ -49,7 +52,7 @@ func newMetrics(reg *prometheus.Registry, edgeID string) *metrics {
 	m.final = sbmetrics.CommandsFinal(shared)
 	if reg != nil {
 		prometheus.WrapRegistererWith(prometheus.Labels{"edge": edgeID}, reg).MustRegister(
-			m.swept, m.requeued, m.purged, m.jobBatches, m.jobCommands, m.jobRetries, m.jobsRunning)
+			m.swept, m.requeued, m.purged, m.jobBatches, m.jobCommands, m.jobRetries, m.jobFull, m.jobsRunning)
 	}
 	return m
 }

@@ -34,6 +34,7 @@ type edgeFlags struct {
 	acmeCA                       *string
 	keyRate                      *float64
 	keyBurst, keyStreams         *int
+	deviceQueue                  *int
 	retainCommands, retainEvents *time.Duration
 	eventsPerDevice              *int
 	guard                        guardFlags
@@ -51,6 +52,7 @@ func defineEdgeFlags(f flags) edgeFlags {
 	keyRate := f.float("key-rate", edge.DefaultKeyRate, "requests a second per API key (negative: no limit)", "EDGE_KEY_RATE")
 	keyBurst := f.int("key-burst", edge.DefaultKeyBurst, "requests at once per API key", "EDGE_KEY_BURST")
 	keyStreams := f.int("key-streams", edge.DefaultKeyStreams, "event streams open at once per API key (negative: no limit)", "EDGE_KEY_STREAMS")
+	deviceQueue := f.int("device-queue", edge.DefaultDeviceQueue, "pending commands a device may hold; past it a command to it is refused, 429 (negative: no cap)", "EDGE_DEVICE_QUEUE")
 	retainCommands := f.duration("retain-commands", maintenance.DefaultRetainCommands, "delete final commands this long after they ended (at least 25h; negative: keep them)", "EDGE_RETAIN_COMMANDS")
 	retainEvents := f.duration("retain-events", maintenance.DefaultRetainEvents, "delete device events this long after they arrived (negative: keep them)", "EDGE_RETAIN_EVENTS")
 	eventsPerDevice := f.int("events-per-device", maintenance.DefaultEventsPerDevice, "keep at most this many events per device, the newest (negative: no cap)", "EDGE_EVENTS_PER_DEVICE")
@@ -58,6 +60,7 @@ func defineEdgeFlags(f flags) edgeFlags {
 	bootstrapKey := f.string("bootstrap-key-sha256", "", "hex SHA-256 of the deployment's first admin key, stored with every scope at start unless a key has that hash (revoked, it stays revoked)",
 		"SWITCHBOARD_BOOTSTRAP_KEY_SHA256")
 	return edgeFlags{store: store, listen: listen, opsListen: opsListen, id: id, hosts: hosts, acmeCA: acmeCA, keyRate: keyRate, keyBurst: keyBurst, keyStreams: keyStreams,
+		deviceQueue:    deviceQueue,
 		retainCommands: retainCommands, retainEvents: retainEvents, eventsPerDevice: eventsPerDevice, guard: guard, bootstrapKey: bootstrapKey}
 }
 
@@ -86,7 +89,8 @@ func runEdge(ctx context.Context, ef edgeFlags, c call) error {
 	}
 	serve, e, err := p.Edge(edge.Config{
 		ID: id, Hosts: hosts, KeyRate: *ef.keyRate, KeyBurst: *ef.keyBurst, KeyStreams: *ef.keyStreams,
-		AuthGuard: guardCfg, TrustedProxies: trusted, BootstrapKeySHA256: *ef.bootstrapKey,
+		DeviceQueue: *ef.deviceQueue,
+		AuthGuard:   guardCfg, TrustedProxies: trusted, BootstrapKeySHA256: *ef.bootstrapKey,
 	}, maintenance.Config{
 		RetainCommands: *ef.retainCommands, RetainEvents: *ef.retainEvents, EventsPerDevice: *ef.eventsPerDevice,
 	}, certs.Config{CA: *ef.acmeCA}, ln)

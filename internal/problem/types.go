@@ -39,6 +39,7 @@ var (
 	CommandFinal          = newType("command-final", http.StatusConflict, "Command final", "a cancel of a command that is done, failed or expired")
 	InvalidDeviceID       = newType("invalid-device-id", http.StatusBadRequest, "Bad request", "a device id that breaks the id rules")
 	DeviceNotFound        = newType("device-not-found", http.StatusNotFound, "Device not found", "no such device")
+	DeviceQueueFull       = newType("device-queue-full", http.StatusTooManyRequests, "Device queue full", "a command to a device that already has its cap of pending commands (100 by default)")
 	DeviceExists          = newType("device-exists", http.StatusConflict, "Device exists", "a device with this id exists")
 	InvalidLabels         = newType("invalid-labels", http.StatusBadRequest, "Bad request", "labels that break the label rules, or too many")
 	InvalidPath           = newType("invalid-path", http.StatusBadRequest, "Bad request", "a path that holds NUL or invalid UTF-8")
