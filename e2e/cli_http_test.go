@@ -352,7 +352,8 @@ func TestCommandsOverHTTP(t *testing.T) {
 	t.Parallel()
 	sys := testsys.New(t)
 	node := sys.StartNode(t, "node-a", nil)
-	ed := sys.StartEdge(t, "edge-a", nil)
+	// 120 commands at one offline device: past its queue cap (100).
+	ed := sys.StartEdge(t, "edge-a", func(c *edge.Config) { c.DeviceQueue = 200 })
 	testsys.StartDevice(t, node, "therm-1", sys.AddDevice(t, "therm-1"), echoAndFail())
 	sys.AddDevice(t, "offline-1")
 	sb := cliEdge{t, ed.URL, sys.APIKey(t, db.ScopeCommands)}
@@ -439,7 +440,8 @@ func TestCommandsListCancelOverHTTP(t *testing.T) {
 	t.Parallel()
 	sys := testsys.New(t)
 	node := sys.StartNode(t, "node-a", nil)
-	ed := sys.StartEdge(t, "edge-a", nil)
+	// 120 commands at one offline device: past its queue cap (100).
+	ed := sys.StartEdge(t, "edge-a", func(c *edge.Config) { c.DeviceQueue = 200 })
 	testsys.StartDevice(t, node, "therm-1", sys.AddDevice(t, "therm-1"), echoAndFail())
 	sys.AddDevice(t, "offline-1")
 	key := sys.APIKey(t, db.ScopeCommands, db.ScopeRead)

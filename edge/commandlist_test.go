@@ -20,6 +20,7 @@ import (
 	"github.com/switchboard-iot/switchboard/conn-tier"
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/device"
+	"github.com/switchboard-iot/switchboard/edge"
 	"github.com/switchboard-iot/switchboard/internal/command"
 )
 
@@ -534,7 +535,8 @@ func TestCancelRace(t *testing.T) {
 	t.Parallel()
 	sys := testsys.New(t)
 	node := sys.StartNode(t, "node-a", func(c *conntier.Config) { c.SendQueue = 4 })
-	e := sys.StartEdge(t, "edge-a", fastJobs)
+	// 300 commands at one device: past its queue cap, which is not tested here.
+	e := sys.StartEdge(t, "edge-a", func(cfg *edge.Config) { fastJobs(cfg); cfg.DeviceQueue = -1 })
 	c := newAPI(t, e.URL, sys.APIKey(t))
 	devSecret := sys.AddDevice(t, "racer")
 	const n = 300
