@@ -1,0 +1,179 @@
+package edge_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/switchboard-iot/switchboard/app/testsys"
+	"github.com/switchboard-iot/switchboard/db"
+)
+
+// deviceState is GET /v1/devices/{id}/state's answer.
+type deviceState struct {
+	Desired           map[string]any `json:"desired"`
+	Reported          map[string]any `json:"reported"`
+	Delta             map[string]any `json:"delta"`
+	DesiredVersion    int64          `json:"desired_version"`
+	ReportedVersion   int64          `json:"reported_version"`
+	DesiredUpdatedAt  *string        `json:"desired_updated_at"`
+	ReportedUpdatedAt *string        `json:"reported_updated_at"`
+}
+
+func decodeState(t *testing.T, resp *http.Response, body []byte) deviceState {
+	t.Helper()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d, want 200; body %s", resp.StatusCode, body)
+	}
+	var st deviceState
+	if err := json.Unmarshal(body, &st); err != nil {
+		t.Fatalf("%s: %v", body, err)
+	}
+	if want := `"` + jsonInt(st.DesiredVersion) + `"`; resp.Header.Get("ETag") != want {
+		t.Fatalf("ETag %q, want %s", resp.Header.Get("ETag"), want)
+	}
+	return st
+}
+
+func jsonInt(v int64) string { b, _ := json.Marshal(v); return string(b) }
+
+func wantJSON(t *testing.T, what string, got map[string]any, want string) {
+	t.Helper()
+	var w map[string]any
+	if err := json.Unmarshal([]byte(want), &w); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, w) {
+		g, _ := json.Marshal(got)
+		t.Fatalf("%s: %s, want %s", what, g, want)
+	}
+}
+
+func (a *api) getState(id string) deviceState {
+	a.t.Helper()
+	resp, body := a.call(http.MethodGet, "/v1/devices/"+id+"/state", "")
+	return decodeState(a.t, resp, body)
+}
+
+func (a *api) patchOK(id, body string, hdr ...string) deviceState {
+	a.t.Helper()
+	resp, b := a.patchDesired(id, body, hdr...)
+	return decodeState(a.t, resp, b)
+}
+
+const mergePatch = "application/merge-patch+json"
+
+func (a *api) patchDesired(id, body string, hdr ...string) (*http.Response, []byte) {
+	a.t.Helper()
+	return a.call(http.MethodPatch, "/v1/devices/"+id+"/state/desired", body, append([]string{"Content-Type", mergePatch}, hdr...)...)
+}
+
+func TestDeviceStateHTTP(t *testing.T) {
+	t.Parallel()
+	sys := testsys.New(t)
+	sys.AddDevice(t, "dev-1")
+	e := sys.StartEdge(t, "edge-1", nil)
+	c := newAPI(t, e.URL, sys.APIKey(t))
+
+	// No state yet: empty documents at version 0.
+	st := c.getState("dev-1")
+	wantJSON(t, "desired", st.Desired, `{}`)
+	wantJSON(t, "delta", st.Delta, `{}`)
+	if st.DesiredVersion != 0 || st.ReportedVersion != 0 || st.DesiredUpdatedAt != nil || st.ReportedUpdatedAt != nil {
+		t.Fatalf("no state yet: %+v", st)
+	}
+
+	st = c.patchOK("dev-1", `{"target_celsius":21,"schedule":{"night":17,"day":21},"old":1}`)
+	if st.DesiredVersion != 1 || st.DesiredUpdatedAt == nil {
+		t.Fatalf("after a patch: %+v", st)
+	}
+	wantJSON(t, "delta", st.Delta, `{"target_celsius":21,"schedule":{"night":17,"day":21},"old":1}`)
+	// Merge-patch semantics: null deletes a key, nested objects merge.
+	st = c.patchOK("dev-1", `{"schedule":{"night":null,"eco":true},"old":null}`, "If-Match", `"1"`)
+	wantJSON(t, "desired", st.Desired, `{"target_celsius":21,"schedule":{"day":21,"eco":true}}`)
+	if st.DesiredVersion != 2 {
+		t.Fatalf("version %d, want 2", st.DesiredVersion)
+	}
+	// A stale If-Match.
+	resp, body := c.patchDesired("dev-1", `{"target_celsius":22}`, "If-Match", `"1"`)
+	wantProblem(t, resp, body, http.StatusPreconditionFailed, "state-version-mismatch")
+	// If-Match: * is any version.
+	if st = c.patchOK("dev-1", `{"target_celsius":22}`, "If-Match", `*`); st.DesiredVersion != 3 {
+		t.Fatalf("version %d, want 3", st.DesiredVersion)
+	}
+	got := c.getState("dev-1")
+	wantJSON(t, "desired read back", got.Desired, `{"target_celsius":22,"schedule":{"day":21,"eco":true}}`)
+
+	// Bad input.
+	for _, tc := range []struct {
+		body, ct, ifMatch string
+		status            int
+		slug              string
+	}{
+		{`[1]`, mergePatch, "", http.StatusBadRequest, "invalid-json"},
+		{`null`, mergePatch, "", http.StatusBadRequest, "invalid-json"},
+		{`"x"`, mergePatch, "", http.StatusBadRequest, "invalid-json"},
+		{`{"a":`, mergePatch, "", http.StatusBadRequest, "invalid-json"},
+		{`{"a":"\u0000"}`, mergePatch, "", http.StatusBadRequest, "invalid-json"},
+		{`[{"op":"add"}]`, "application/json-patch+json", "", http.StatusUnsupportedMediaType, "unsupported-media-type"},
+		{`{"a":1}`, mergePatch, `W/"3"`, http.StatusBadRequest, "invalid-if-match"},
+		{`{"a":1}`, mergePatch, `3`, http.StatusBadRequest, "invalid-if-match"},
+		{`{"big":"` + strings.Repeat("x", db.MaxStateBytes) + `"}`, mergePatch, "", http.StatusRequestEntityTooLarge, "state-too-large"},
+		{`{"big":"` + strings.Repeat("x", 64<<10) + `"}`, mergePatch, "", http.StatusRequestEntityTooLarge, "request-too-large"},
+	} {
+		hdr := []string{"Content-Type", tc.ct}
+		if tc.ifMatch != "" {
+			hdr = append(hdr, "If-Match", tc.ifMatch)
+		}
+		resp, body := c.call(http.MethodPatch, "/v1/devices/dev-1/state/desired", tc.body, hdr...)
+		wantProblem(t, resp, body, tc.status, tc.slug)
+	}
+	// Nothing of the refused patches was stored.
+	if st = c.getState("dev-1"); st.DesiredVersion != 3 {
+		t.Fatalf("after refused patches: version %d, want 3", st.DesiredVersion)
+	}
+
+	// Unknown devices.
+	resp, body = c.call(http.MethodGet, "/v1/devices/nope/state", "")
+	wantProblem(t, resp, body, http.StatusNotFound, "device-not-found")
+	resp, body = c.patchDesired("nope", `{"a":1}`)
+	wantProblem(t, resp, body, http.StatusNotFound, "device-not-found")
+
+	// Scopes: read for GET, commands for PATCH.
+	reader := newAPI(t, e.URL, sys.APIKey(t, db.ScopeRead))
+	reader.getState("dev-1")
+	resp, body = reader.patchDesired("dev-1", `{"a":1}`)
+	wantProblem(t, resp, body, http.StatusForbidden, "insufficient-scope")
+	commander := newAPI(t, e.URL, sys.APIKey(t, db.ScopeCommands))
+	resp, body = commander.call(http.MethodGet, "/v1/devices/dev-1/state", "")
+	wantProblem(t, resp, body, http.StatusForbidden, "insufficient-scope")
+	commander.patchOK("dev-1", `{"a":1}`)
+}
+
+// Two PATCHes naming the same version at once: one 200, one 412.
+func TestPatchDesiredConcurrentHTTP(t *testing.T) {
+	t.Parallel()
+	sys := testsys.New(t)
+	sys.AddDevice(t, "dev-1")
+	e := sys.StartEdge(t, "edge-1", nil)
+	c := newAPI(t, e.URL, sys.APIKey(t))
+	c.patchOK("dev-1", `{"n":0}`)
+	var wg sync.WaitGroup
+	statuses := make([]int, 2)
+	for i := range 2 {
+		wg.Go(func() {
+			resp, _ := c.patchDesired("dev-1", `{"n":`+jsonInt(int64(i+1))+`}`, "If-Match", `"1"`)
+			statuses[i] = resp.StatusCode
+		})
+	}
+	wg.Wait()
+	if !(statuses[0] == 200 && statuses[1] == 412 || statuses[0] == 412 && statuses[1] == 200) {
+		t.Fatalf("statuses %v, want one 200 and one 412", statuses)
+	}
+	if st := c.getState("dev-1"); st.DesiredVersion != 2 {
+		t.Fatalf("version %d, want 2", st.DesiredVersion)
+	}
+}
