@@ -1,15 +1,20 @@
 package edge_test
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"reflect"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/switchboard-iot/switchboard/app/sim/thermostat"
 	"github.com/switchboard-iot/switchboard/app/testsys"
 	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/db/dbtest"
+	"github.com/switchboard-iot/switchboard/device"
 )
 
 // deviceState is GET /v1/devices/{id}/state's answer.
@@ -176,4 +181,46 @@ func TestPatchDesiredConcurrentHTTP(t *testing.T) {
 	if st := c.getState("dev-1"); st.DesiredVersion != 2 {
 		t.Fatalf("version %d, want 2", st.DesiredVersion)
 	}
+}
+
+// The whole path with real processes: a client PATCHes desired at the
+// edge; the node sends it to a simulated thermostat (the Go SDK), which
+// applies the target and reports; the edge then shows an empty delta.
+func TestDesiredStateReachesThermostat(t *testing.T) {
+	t.Parallel()
+	sys := testsys.New(t)
+	node := sys.StartNode(t, "node-a", nil)
+	e := sys.StartEdge(t, "edge-1", nil)
+	c := newAPI(t, e.URL, sys.APIKey(t))
+	devSecret := sys.AddDevice(t, "thermo-1")
+	// Set while the device is offline: it gets the latest on connect.
+	c.patchOK("thermo-1", `{"target_celsius":18}`)
+	c.patchOK("thermo-1", `{"target_celsius":23,"mode":"cool"}`)
+
+	th := thermostat.New(device.Config{URL: node.URL, ID: "thermo-1", Secret: devSecret, TLS: node.TLS(), Log: dbtest.Logger(),
+		MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = th.Run(ctx, 0) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	applied := func(target float64, mode string) func() bool {
+		return func() bool {
+			st := c.getState("thermo-1")
+			return st.Reported["target_celsius"] == target && st.Reported["mode"] == mode && len(st.Delta) == 0
+		}
+	}
+	testsys.Eventually(t, "the thermostat to report the desired target", applied(23, "cool"))
+	if st := c.getState("thermo-1"); st.ReportedVersion < 1 || st.Reported["celsius"] == nil {
+		t.Fatalf("reported %v at version %d", st.Reported, st.ReportedVersion)
+	}
+	// A change while it is connected.
+	c.patchOK("thermo-1", `{"target_celsius":25}`)
+	testsys.Eventually(t, "the thermostat to report the new target", applied(25, "cool"))
+	// A value it cannot apply stays in the delta.
+	c.patchOK("thermo-1", `{"target_celsius":99}`)
+	testsys.Eventually(t, "the delta to show the target not applied", func() bool {
+		st := c.getState("thermo-1")
+		return st.Delta["target_celsius"] == float64(99) && st.Reported["target_celsius"] == float64(25)
+	})
 }
