@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 
@@ -41,6 +42,13 @@ func (e *Edge) handleGetState(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("ETag", stateETag(st))
 		writeJSON(w, http.StatusOK, st)
 	}
+}
+
+// desiredOnly is a patch's answer to a key without the scope read.
+type desiredOnly struct {
+	Desired          json.RawMessage `json:"desired"`
+	DesiredVersion   int64           `json:"desired_version"`
+	DesiredUpdatedAt *time.Time      `json:"desired_updated_at"`
 }
 
 // parseIfMatch reads If-Match: absent or "*" (nil: any version), or one
@@ -106,6 +114,11 @@ func (e *Edge) handlePatchDesired(w http.ResponseWriter, r *http.Request) {
 		problem.StateTooLarge.Write(w, fmt.Sprintf("%v; the limit is %d KiB", err, db.MaxStateBytes>>10))
 	case err != nil:
 		e.unavailable(w, "patching a device's desired state", err)
+	case !apiKey(r).Has(db.ScopeRead):
+		// What the device reported is the fleet's to see ("read"): a key
+		// that only acts learns what it wrote.
+		w.Header().Set("ETag", stateETag(st))
+		writeJSON(w, http.StatusOK, desiredOnly{st.Desired, st.DesiredVersion, st.DesiredUpdatedAt})
 	default:
 		w.Header().Set("ETag", stateETag(st))
 		writeJSON(w, http.StatusOK, st)

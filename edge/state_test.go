@@ -155,7 +155,15 @@ func TestDeviceStateHTTP(t *testing.T) {
 	commander := newAPI(t, e.URL, sys.APIKey(t, db.ScopeCommands))
 	resp, body = commander.call(http.MethodGet, "/v1/devices/dev-1/state", "")
 	wantProblem(t, resp, body, http.StatusForbidden, "insufficient-scope")
-	commander.patchOK("dev-1", `{"a":1}`)
+	// A key without read learns only the desired state it wrote.
+	resp, body = commander.patchDesired("dev-1", `{"a":1}`)
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(body, &fields); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("PATCH with commands alone: %d %s", resp.StatusCode, body)
+	}
+	if _, ok := fields["reported"]; ok || fields["desired"] == nil || fields["delta"] != nil || resp.Header.Get("ETag") == "" {
+		t.Fatalf("PATCH with commands alone answered %s; want desired, its version and time alone", body)
+	}
 }
 
 // Two PATCHes naming the same version at once: one 200, one 412.
