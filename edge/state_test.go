@@ -166,6 +166,58 @@ func TestDeviceStateHTTP(t *testing.T) {
 	}
 }
 
+// GET /v1/devices?delta=nonempty lists the devices whose desired state
+// differs from their reported state, and pages with its own cursors.
+func TestListDevicesDeltaNonEmpty(t *testing.T) {
+	t.Parallel()
+	sys := testsys.New(t)
+	for _, id := range []string{"dev-1", "dev-2", "dev-3", "dev-4"} {
+		sys.AddDevice(t, id)
+	}
+	e := sys.StartEdge(t, "edge-1", nil)
+	c := newAPI(t, e.URL, sys.APIKey(t))
+	c.patchOK("dev-1", `{"t":1}`) // not reported
+	c.patchOK("dev-2", `{"t":2}`) // reported as desired below
+	c.patchOK("dev-3", `{"t":3}`) // reported otherwise below
+	if _, err := sys.Store.StoreReports(t.Context(), []db.Report{
+		{DeviceID: "dev-2", Patch: json.RawMessage(`{"t":2.0,"extra":true}`)},
+		{DeviceID: "dev-3", Patch: json.RawMessage(`{"t":4}`)},
+		{DeviceID: "dev-4", Patch: json.RawMessage(`{"t":4}`)}, // nothing desired
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	cursor := ""
+	for range 3 {
+		resp, body := c.call(http.MethodGet, "/v1/devices?delta=nonempty&limit=1&cursor="+cursor, "")
+		var page struct {
+			Devices []struct{ ID string } `json:"devices"`
+			Next    string                `json:"next"`
+			Total   int                   `json:"total"`
+		}
+		if err := json.Unmarshal(body, &page); err != nil || resp.StatusCode != http.StatusOK || page.Total != 2 {
+			t.Fatalf("%d %s", resp.StatusCode, body)
+		}
+		for _, d := range page.Devices {
+			ids = append(ids, d.ID)
+		}
+		if cursor = page.Next; cursor == "" {
+			break
+		}
+	}
+	if !reflect.DeepEqual(ids, []string{"dev-1", "dev-3"}) {
+		t.Fatalf("delta=nonempty listed %v, want dev-1 and dev-3", ids)
+	}
+	resp, body := c.call(http.MethodGet, "/v1/devices?delta=empty", "")
+	wantProblem(t, resp, body, http.StatusBadRequest, "invalid-query")
+	// A cursor of the unfiltered listing is not this one's.
+	_, body = c.call(http.MethodGet, "/v1/devices?limit=1", "")
+	var first struct{ Next string }
+	_ = json.Unmarshal(body, &first)
+	resp, body = c.call(http.MethodGet, "/v1/devices?delta=nonempty&cursor="+first.Next, "")
+	wantProblem(t, resp, body, http.StatusBadRequest, "invalid-cursor")
+}
+
 // Two PATCHes naming the same version at once: one 200, one 412.
 func TestPatchDesiredConcurrentHTTP(t *testing.T) {
 	t.Parallel()
