@@ -3,14 +3,19 @@ package conntier_test
 import (
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 
 	"github.com/switchboard-iot/switchboard/app/testsys"
 	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/db/dbtest"
 	"github.com/switchboard-iot/switchboard/device/protocol"
+	"github.com/switchboard-iot/switchboard/internal/pgcluster"
 )
 
 func patchDesired(t *testing.T, sys *testsys.System, deviceID, patch string) db.DeviceState {
@@ -107,4 +112,56 @@ func TestNoStateNoFrame(t *testing.T) {
 	if m := readMessage(t, ws); m.Type != protocol.TypeCommand || m.ID != cmd.ID.String() {
 		t.Fatalf("got %+v, want command %s", m, cmd.ID)
 	}
+}
+
+// A report read while PostgreSQL is down waits in the node, like a reply,
+// and is stored once the database is back.
+func TestReportDuringDatabaseOutage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("stops a PostgreSQL cluster of its own")
+	}
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dir, err := os.MkdirTemp("", "switchboard-report-outage-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o711); err != nil { // the postgres user must enter it when we are root
+		t.Fatal(err)
+	}
+	cluster, err := pgcluster.Start(ctx, filepath.Join(dir, "pg"), pgcluster.Options{Fast: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cluster.Stop() })
+	url := strings.Replace(cluster.URL, "/postgres?", "/switchboard?", 1)
+	if err := dbtest.Exec(ctx, cluster.URL, "CREATE DATABASE switchboard"); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Migrate(ctx, dbtest.Pool(t, url), dbtest.Logger()); err != nil {
+		t.Fatal(err)
+	}
+	sys := testsys.Attach(t, url)
+	node := sys.StartNode(t, "node-a", nil)
+	devSecret := sys.AddDevice(t, "dev-1")
+	ws := connect(t, node, "dev-1", devSecret)
+	waitOnline(t, sys, "dev-1", "node-a", uuid.Nil)
+
+	if err := cluster.Crash(); err != nil {
+		t.Fatal(err)
+	}
+	send(t, ws, `{"type":"report","reported":{"celsius":19.5}}`)
+	send(t, ws, `{"type":"report","reported":{"mode":"heat"}}`)
+	testsys.Eventually(t, "the node to read both reports", func() bool {
+		return node.Metric(t, `switchboard_conn_frames_received_total{node="node-a",type="report"}`) >= 2
+	})
+	if err := cluster.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testsys.Eventually(t, "both reports stored", func() bool {
+		st, err := sys.Store.State(ctx, "dev-1")
+		return err == nil && st.ReportedVersion == 2 && jsonEqual(t, st.Reported, `{"celsius":19.5,"mode":"heat"}`)
+	})
 }
