@@ -38,9 +38,69 @@ func (e *Edge) handleGetState(w http.ResponseWriter, r *http.Request) {
 		deviceNotFound(w, id)
 	case err != nil:
 		e.unavailable(w, "reading a device's state", err)
+	case acceptsEventStream(r):
+		e.streamState(w, r, id, st)
 	default:
 		w.Header().Set("ETag", stateETag(st))
 		writeJSON(w, http.StatusOK, st)
+	}
+}
+
+// statePoll is how often a state stream reads the state again. Changes
+// come from any edge (desired) and any node (reported), and no wake-up
+// tells an edge of them: a stream polls, one primary-key read a second.
+const statePoll = time.Second
+
+// streamState follows a device's state as Server-Sent Events named
+// "state": the state now, then the state each time either version moved
+// (seen within statePoll), until the client leaves, the edge drains or the
+// device is deleted. An event's id is "DESIRED.REPORTED", its versions.
+func (e *Edge) streamState(w http.ResponseWriter, r *http.Request, id string, st db.DeviceState) {
+	rc := e.startStream(w)
+	lastDesired, lastReported := int64(-1), int64(-1)
+	emit := func(st db.DeviceState) error {
+		if st.DesiredVersion == lastDesired && st.ReportedVersion == lastReported {
+			return nil
+		}
+		data, err := json.Marshal(st)
+		if err != nil {
+			return err
+		}
+		if err := e.writeEvent(w, rc, fmt.Sprintf("%d.%d", st.DesiredVersion, st.ReportedVersion), "state", data); err != nil {
+			return err
+		}
+		lastDesired, lastReported = st.DesiredVersion, st.ReportedVersion
+		return rc.Flush()
+	}
+	if emit(st) != nil {
+		return
+	}
+	poll := time.NewTicker(statePoll)
+	defer poll.Stop()
+	keepAlive := time.NewTicker(e.cfg.KeepAlive)
+	defer keepAlive.Stop()
+	for {
+		select {
+		case <-poll.C:
+			st, err := e.store.State(r.Context(), id)
+			switch {
+			case errors.Is(err, db.ErrNotFound):
+				return // deleted: nothing more will change
+			case err != nil:
+				continue // the database is away: try again at the next tick
+			}
+			if emit(st) != nil {
+				return
+			}
+		case <-keepAlive.C:
+			if !e.keepAlive(w, rc) {
+				return
+			}
+		case <-r.Context().Done():
+			return
+		case <-e.closing:
+			return
+		}
 	}
 }
 

@@ -218,6 +218,38 @@ func TestListDevicesDeltaNonEmpty(t *testing.T) {
 	wantProblem(t, resp, body, http.StatusBadRequest, "invalid-cursor")
 }
 
+// GET /v1/devices/{id}/state as an event stream: the state now, then each change.
+func TestStateStream(t *testing.T) {
+	t.Parallel()
+	sys := testsys.New(t)
+	sys.AddDevice(t, "dev-1")
+	e := sys.StartEdge(t, "edge-1", nil)
+	c := newAPI(t, e.URL, sys.APIKey(t))
+	_, events := c.stream(http.MethodGet, "/v1/devices/dev-1/state", "")
+	want := func(id string) deviceState {
+		t.Helper()
+		ev := events.must(t)
+		var st deviceState
+		if err := json.Unmarshal([]byte(ev.Data), &st); err != nil || ev.Name != "state" || ev.ID != id {
+			t.Fatalf("event %+v, want state %s", ev, id)
+		}
+		return st
+	}
+	want("0.0")
+	c.patchOK("dev-1", `{"target_celsius":21}`)
+	if st := want("1.0"); st.Desired["target_celsius"] != float64(21) || st.Delta["target_celsius"] != float64(21) {
+		t.Fatalf("state %+v", st)
+	}
+	if _, err := sys.Store.StoreReports(t.Context(), []db.Report{{DeviceID: "dev-1", Patch: json.RawMessage(`{"target_celsius":21}`)}}); err != nil {
+		t.Fatal(err)
+	}
+	if st := want("1.1"); len(st.Delta) != 0 {
+		t.Fatalf("delta %v after the report, want none", st.Delta)
+	}
+	resp, body := c.call(http.MethodGet, "/v1/devices/nope/state", "", "Accept", "text/event-stream")
+	wantProblem(t, resp, body, http.StatusNotFound, "device-not-found")
+}
+
 // Two PATCHes naming the same version at once: one 200, one 412.
 func TestPatchDesiredConcurrentHTTP(t *testing.T) {
 	t.Parallel()
