@@ -139,10 +139,10 @@ type Client struct {
 	mu      sync.Mutex      // guards the following
 	out     chan<- []byte   // the current session's events, nil between sessions
 	outDone <-chan struct{} // closed when that session ends
-	outbox  [][]byte        // replies not yet written, whichever session ran them
+	outbox  [][]byte        // replies and reports not yet written, whichever session ran them
 }
 
-// maxOutbox bounds the replies kept while there is no session.
+// maxOutbox bounds the replies and reports kept while there is no session.
 const maxOutbox = 1024
 
 // withDefaults fills what the caller left zero.
@@ -234,7 +234,7 @@ func (c *Client) reply(frame []byte) {
 	c.mu.Lock()
 	if len(c.outbox) == maxOutbox {
 		c.outbox = c.outbox[1:]
-		c.log.Warn("outbox full: dropping the oldest reply")
+		c.log.Warn("outbox full: dropping the oldest reply or report")
 	}
 	c.outbox = append(c.outbox, frame)
 	c.mu.Unlock()
