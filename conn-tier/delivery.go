@@ -34,13 +34,17 @@ type deliverer struct {
 	dirty map[string]struct{}
 	all   bool         // every local device: after the listener (re)connects
 	jobs  []db.JobWake // batches of jobs whose devices here are to be found
+	// stateDirty are devices whose desired document is to be read and
+	// sent; stateAll: every local device's (state.go).
+	stateDirty map[string]struct{}
+	stateAll   bool
 }
 
 // roundDevices bounds the devices one query reads.
 const roundDevices = 1000
 
 func newDeliverer(n *Node) *deliverer {
-	return &deliverer{node: n, signal: make(chan struct{}, 1), dirty: make(map[string]struct{}), unsure: make(map[*session]bool)}
+	return &deliverer{node: n, signal: make(chan struct{}, 1), dirty: make(map[string]struct{}), stateDirty: make(map[string]struct{}), unsure: make(map[*session]bool)}
 }
 
 func (d *deliverer) wake(deviceID string) {
@@ -87,7 +91,7 @@ func (d *deliverer) resolveJobs(ctx context.Context) error {
 // was away, so wake-ups sent meanwhile are found in the table instead.
 func (d *deliverer) wakeAll() {
 	d.mu.Lock()
-	d.all = true
+	d.all, d.stateAll = true, true
 	d.mu.Unlock()
 	d.poke()
 }
@@ -149,6 +153,17 @@ func (d *deliverer) run(ctx context.Context) error {
 				return nil
 			}
 			d.node.log.Warn("finding a job's devices; retrying", "err", err)
+			d.poke()
+			if !retry.Wait(ctx) {
+				return nil
+			}
+			continue
+		}
+		if err := d.sendStates(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			d.node.log.Warn("reading desired state; retrying", "err", err)
 			d.poke()
 			if !retry.Wait(ctx) {
 				return nil
@@ -323,6 +338,7 @@ type commandOp struct {
 	id      uuid.UUID
 	session *session  // the session it concerns
 	reply   *db.Reply // for a reply
+	report  *db.Report
 }
 
 type opKind uint8
@@ -331,6 +347,7 @@ const (
 	opReply    opKind = iota // the device answered
 	opTimedOut               // the session's reply clock ran out
 	opEnded                  // a claim landed after its session ended: give back
+	opReport                 // the device reported state (state.go)
 )
 
 // writeCommands records replies, time-outs and give-backs atomically, then
@@ -342,11 +359,14 @@ func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
 	var timeouts []db.Delivery
 	var replies []db.Reply
 	var ended []string
+	var reports []db.Report
 	settled := make(map[uuid.UUID]bool) // a reply or time-out of the batch came first
 	for _, op := range ops {
 		switch {
 		case op.kind == opEnded:
 			ended = append(ended, op.session.deviceID)
+		case op.kind == opReport:
+			reports = append(reports, *op.report)
 		case settled[op.id]:
 		case op.kind == opReply:
 			settled[op.id] = true
@@ -360,7 +380,7 @@ func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
 	// round trips to the hot path.
 	inTx := n.store.InTx
 	kinds := 0
-	for _, n := range []int{len(replies), len(timeouts), len(ended)} {
+	for _, n := range []int{len(replies), len(timeouts), len(ended), len(reports)} {
 		if n > 0 {
 			kinds++
 		}
@@ -369,6 +389,7 @@ func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
 		inTx = func(_ context.Context, fn func(*db.Store) error) error { return fn(n.store) }
 	}
 	var changes []db.Change
+	var tooLarge []string
 	var nReplies, nTimedOut int
 	err := inTx(ctx, func(tx *db.Store) error {
 		changes, nReplies, nTimedOut = changes[:0], 0, 0
@@ -384,6 +405,12 @@ func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
 			}
 			changes, nReplies = append(changes, ch...), len(ch)
 		}
+		if len(reports) > 0 {
+			var err error
+			if tooLarge, err = tx.StoreReports(ctx, reports); err != nil {
+				return err
+			}
+		}
 		if len(timeouts) > 0 {
 			ch, err := tx.FailUnanswered(ctx, timeouts)
 			if err != nil {
@@ -395,6 +422,9 @@ func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
 	})
 	if err != nil {
 		return err
+	}
+	for _, id := range tooLarge {
+		n.log.Warn("a report would leave the device's reported state over 32 KiB: not stored", "device", id)
 	}
 	n.metrics.replies.Add(float64(nReplies))
 	n.metrics.timedOut.Add(float64(nTimedOut))

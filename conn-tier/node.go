@@ -499,6 +499,10 @@ func (n *Node) onNotify(payload string) {
 			n.deliverer.wakeJob(m.Job)
 			continue
 		}
+		if m.State {
+			n.deliverer.wakeState(m.DeviceID)
+			continue
+		}
 		if m.Close != "" {
 			n.closeDevice(m.DeviceID, m.Close)
 			continue

@@ -55,9 +55,14 @@ type session struct {
 	// counted, not queued: a ping flood is paced by the device's rate
 	// (4029), never closed for a full queue.
 	pongsDue int
-	writing  bool           // a writer goroutine runs
-	ended    bool           // nothing more is written: the session ended or a write failed
-	writer   sync.WaitGroup // the running writer, waited for as the session ends
+	// stateDue is the device's desired document waiting to be written
+	// (state.go), the latest only; stateSent its version, or the version
+	// last written: a version not above it is not sent again.
+	stateDue  []byte
+	stateSent int64
+	writing   bool           // a writer goroutine runs
+	ended     bool           // nothing more is written: the session ended or a write failed
+	writer    sync.WaitGroup // the running writer, waited for as the session ends
 
 	// closing is cancelled when the node closes or cuts the session: a read
 	// pump waiting for room to store a reply lets go.
@@ -230,6 +235,7 @@ func (s *session) serve() {
 		s.registered.Store(true)
 		s.log(slog.LevelDebug, "device connected", "remote", s.remoteAddr)
 		n.deliverer.wake(s.deviceID)
+		n.deliverer.wakeState(s.deviceID)
 	}
 
 	n.metrics.disconnects.WithLabelValues(s.readPump()).Inc()
@@ -326,6 +332,14 @@ func (s *session) readPump() (ended string) {
 				if _, closed := s.charge(msg.Type); closed {
 					return
 				}
+			}
+		case protocol.TypeReport:
+			// Counted against the rate like an event, but stored all the
+			// same: a report, like a reply, is never shed.
+			_, closed := s.charge(msg.Type)
+			s.storeReport(db.Report{DeviceID: s.deviceID, Patch: msg.Reported})
+			if closed {
+				return
 			}
 		case protocol.TypeEvent:
 			// Telemetry may be shed under overload or over the device's
@@ -445,7 +459,7 @@ func (s *session) write() {
 	n := s.node
 	for {
 		s.writeMu.Lock()
-		if s.ended || (len(s.queue) == 0 && !s.pingDue && s.pongsDue == 0) {
+		if s.ended || (len(s.queue) == 0 && !s.pingDue && s.pongsDue == 0 && s.stateDue == nil) {
 			s.writing = false
 			s.queue = nil // an idle session holds no buffer
 			s.writeMu.Unlock()
@@ -453,12 +467,16 @@ func (s *session) write() {
 		}
 		ping := s.pingDue
 		var frame outFrame
+		var state bool
 		switch {
 		case ping:
 			s.pingDue = false
 		case s.pongsDue > 0:
 			s.pongsDue--
 			frame = outFrame{data: protocol.Pong}
+		case s.stateDue != nil:
+			frame, state = outFrame{data: s.stateDue}, true
+			s.stateDue = nil
 		default:
 			frame = s.queue[0]
 			s.queue[0] = outFrame{}
@@ -485,6 +503,7 @@ func (s *session) write() {
 			case frame.command != uuid.Nil:
 				n.metrics.sentCommand.Inc()
 				s.holdChange(frame.command)
+			case state:
 			default:
 				n.metrics.sentPong.Inc()
 			}
@@ -505,7 +524,7 @@ func (s *session) write() {
 // endWrites stops the session's writes and waits for a running writer.
 func (s *session) endWrites() {
 	s.writeMu.Lock()
-	s.ended, s.queue, s.pingDue, s.pongsDue = true, nil, false, 0
+	s.ended, s.queue, s.pingDue, s.pongsDue, s.stateDue = true, nil, false, 0, nil
 	s.writeMu.Unlock()
 	s.writer.Wait()
 }

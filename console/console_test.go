@@ -366,6 +366,9 @@ func TestPages(t *testing.T) {
 	n := sys.StartNode(t, "node-a", nil)
 	devSecret := sys.AddDevice(t, "dev-1")
 	sys.AddDevice(t, "dev-2")
+	if _, err := sys.Store.PatchDesired(context.Background(), "dev-1", json.RawMessage(`{"target_celsius":21}`), nil); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := sys.Store.PatchLabels(context.Background(), "dev-1", false, map[string]string{"room": "kitchen"}, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -423,7 +426,11 @@ func TestPages(t *testing.T) {
 	wantIDs(t, "/devices/dev-1", body, "presence", "sessions", "labels", "latest", "events", "commands", "command", "command-name",
 		"command-args", "send", "args-error", "command-status", "command-steps", "command-result", `data-event="telemetry"`,
 		`data-event-id="`, `data-command="`, `data-label="room"`, `<option value="echo">`,
-		`data-connected="yes"`, `data-page="device"`) // not data-online: html/template reads on* attributes as script
+		`data-connected="yes"`, `data-page="device"`, // not data-online: html/template reads on* attributes as script
+		"state", `data-state="desired"`, `data-state="delta"`)
+	if !strings.Contains(body, `{&#34;target_celsius&#34;: 21}`) {
+		t.Errorf("/devices/dev-1: the desired state is not shown")
+	}
 
 	if resp, _ := b.get("/devices/nope"); resp.StatusCode != http.StatusNotFound {
 		t.Errorf("/devices/nope: %d, want 404", resp.StatusCode)

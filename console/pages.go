@@ -180,6 +180,7 @@ type devicePage struct {
 	Device       db.Device
 	Labels       []kv
 	Latest       []latest
+	State        db.DeviceState // desired, reported and their delta (read only)
 	Events       []db.Event
 	Commands     []command.Command
 	CommandNames []string
@@ -237,6 +238,10 @@ func (c *Console) loadDevice(w http.ResponseWriter, r *http.Request, v *view, id
 		names[name] = true
 	}
 	sort.Slice(d.Latest, func(i, j int) bool { return d.Latest[i].Name < d.Latest[j].Name })
+	if d.State, err = c.store.State(r.Context(), id); err != nil && !errors.Is(err, db.ErrNotFound) {
+		c.unavailable(w, r, v, err)
+		return nil, false
+	}
 	d.Events, _, err = c.store.EventHistory(r.Context(), db.EventPage{Device: id, Limit: 20})
 	if err != nil {
 		c.unavailable(w, r, v, err)

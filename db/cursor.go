@@ -92,7 +92,11 @@ func (f DeviceFilter) Digest() []byte {
 	if f.Online != nil {
 		online = strconv.FormatBool(*f.Online)
 	}
-	return ListDigest("devices", online, f.Node, f.Region, f.Labels.Canonical(), strings.ToLower(f.IDContains))
+	parts := []string{"devices", online, f.Node, f.Region, f.Labels.Canonical(), strings.ToLower(f.IDContains)}
+	if f.DeltaNonEmpty { // only then: the cursors of other filters stay as they were
+		parts = append(parts, "delta=nonempty")
+	}
+	return ListDigest(parts...)
 }
 
 // JobsDigest names the jobs listing (newest first, of one status or all)

@@ -131,6 +131,9 @@ type DeviceFilter struct {
 	// IDContains keeps ids that contain it, ignoring case (a console's
 	// search box; the devices_id_trgm index serves it).
 	IDContains string
+	// DeltaNonEmpty keeps devices whose desired state differs from their
+	// reported state (a desired key not reported as desired).
+	DeltaNonEmpty bool
 }
 
 // where is the filter as SQL over `devices d LEFT JOIN presence_live p ON
@@ -175,6 +178,9 @@ func (f DeviceFilter) where(args []any) (string, []any) {
 	}
 	if f.IDContains != "" {
 		conds = append(conds, "d.id ILIKE "+arg("%"+likeEscaper.Replace(f.IDContains)+"%"))
+	}
+	if f.DeltaNonEmpty {
+		conds = append(conds, `EXISTS (SELECT FROM device_state s WHERE s.device_id = d.id AND sb_state_delta(s.desired, s.reported) <> '{}')`)
 	}
 	return strings.Join(conds, " AND "), args
 }

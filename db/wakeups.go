@@ -22,6 +22,7 @@ import (
 //	                    "kick DEVICE SESSION"  close that session: a newer one replaced it
 //	                    "close DEVICE REASON"  close the device's session, if it has one here:
 //	                                           it was "disabled" or "deleted" (sent to every node)
+//	                    "state DEVICE"         the device's desired state changed: send it
 //	                    "job JOB FIRST LAST"   a batch of the job's commands was created: deliver
 //	                                           its pending ones (seq FIRST to LAST) to this node's
 //	                                           devices; one line per node per batch, not per device
@@ -52,6 +53,7 @@ const (
 	kickVerb  = "kick"
 	closeVerb = "close"
 	jobVerb   = "job"
+	stateVerb = "state"
 )
 
 // Why a device's session is closed by a "close" notice.
@@ -67,6 +69,7 @@ type NodeMessage struct {
 	SessionID uuid.UUID // for a kick
 	Close     string    // for a close: why (DeviceDisabled, DeviceDeleted)
 	Job       JobWake   // a job's batch (Job.Job set): DeviceID is empty
+	State     bool      // the device's desired state changed
 }
 
 // ParseNodeMessages reads a node channel payload, skipping lines it does not know.
@@ -77,6 +80,8 @@ func ParseNodeMessages(payload string) []NodeMessage {
 		switch {
 		case len(fields) == 2 && fields[0] == wakeVerb:
 			out = append(out, NodeMessage{DeviceID: fields[1]})
+		case len(fields) == 2 && fields[0] == stateVerb:
+			out = append(out, NodeMessage{DeviceID: fields[1], State: true})
 		case len(fields) == 3 && fields[0] == kickVerb:
 			if sid, err := uuid.Parse(fields[2]); err == nil {
 				out = append(out, NodeMessage{Kick: true, DeviceID: fields[1], SessionID: sid})
@@ -145,6 +150,7 @@ type Notice struct {
 	RevokedKey int64      // an API key no edge may trust any longer
 	Events     int64      // device events were stored, up to this id
 	Job        *JobWake   // a job's batch, whose devices' nodes must deliver it
+	State      string     // a device whose node must send its desired state
 }
 
 // Closing is a device whose session must end wherever it is, and why
@@ -161,7 +167,7 @@ type Closing struct {
 // presence, not presence_live, since a node whose lease lapsed is most
 // often still alive, and a wake-up sent to a dead one costs nothing.
 func (s *Store) Notify(ctx context.Context, notices []Notice) error {
-	var wake, closing []string
+	var wake, state, closing []string
 	var events int64
 	var jobs []*JobWake
 	byChannel := make(map[string][]string)
@@ -185,6 +191,8 @@ func (s *Store) Notify(ctx context.Context, notices []Notice) error {
 			events = max(events, n.Events) // the highest id says it all
 		case n.Job != nil:
 			jobs = append(jobs, n.Job)
+		case n.State != "":
+			state = append(state, n.State)
 		}
 	}
 	if events != 0 {
@@ -196,7 +204,7 @@ func (s *Store) Notify(ctx context.Context, notices []Notice) error {
 			channels, payloads = append(channels, ch), append(payloads, p)
 		}
 	}
-	if len(wake) == 0 && len(channels) == 0 && len(closing) == 0 && len(jobs) == 0 {
+	if len(wake) == 0 && len(state) == 0 && len(channels) == 0 && len(closing) == 0 && len(jobs) == 0 {
 		return nil
 	}
 	ctx, cancel := bound(ctx)
@@ -232,16 +240,24 @@ func (s *Store) Notify(ctx context.Context, notices []Notice) error {
 			return translate(err, "wake a job's nodes")
 		}
 	}
-	if len(wake) > 0 {
-		wake = slices.Compact(slices.Sorted(slices.Values(wake)))
-		_, err := s.db.Exec(ctx, `
-			SELECT pg_notify($2 || node_id, string_agg($3 || device_id, E'\n'))
-			FROM (SELECT node_id, device_id, row_number() OVER (PARTITION BY node_id) / 50 AS chunk
-			      FROM presence WHERE device_id = ANY($1)) t
-			GROUP BY node_id, chunk`, wake, NodeChannel(""), wakeVerb+" ")
+	if err := s.wakeNodes(ctx, wakeVerb, wake); err != nil {
 		return translate(err, "wake devices")
 	}
-	return nil
+	return translate(s.wakeNodes(ctx, stateVerb, state), "wake devices for their state")
+}
+
+// wakeNodes sends "VERB DEVICE" lines to the nodes presence names for the devices.
+func (s *Store) wakeNodes(ctx context.Context, verb string, devices []string) error {
+	if len(devices) == 0 {
+		return nil
+	}
+	devices = slices.Compact(slices.Sorted(slices.Values(devices)))
+	_, err := s.db.Exec(ctx, `
+		SELECT pg_notify($2 || node_id, string_agg($3 || device_id, E'\n'))
+		FROM (SELECT node_id, device_id, row_number() OVER (PARTITION BY node_id) / 50 AS chunk
+		      FROM presence WHERE device_id = ANY($1)) t
+		GROUP BY node_id, chunk`, devices, NodeChannel(""), verb+" ")
+	return err
 }
 
 // maxPayload keeps payloads under PostgreSQL's 8000-byte limit.

@@ -124,6 +124,11 @@ type Client struct {
 	log      *slog.Logger
 	handlers map[string]HandlerFunc
 	dedup    *dedup
+	// onDesired is called with each newer desired document (OnDesired);
+	// desiredVersion is the last one it was given. Only the read loop
+	// touches them once Run has started.
+	onDesired      func(desired json.RawMessage, version int64)
+	desiredVersion int64
 
 	// running counts command handlers. A handler outlives the session that
 	// started it (its reply still counts on the next); Run waits for them.
@@ -134,10 +139,10 @@ type Client struct {
 	mu      sync.Mutex      // guards the following
 	out     chan<- []byte   // the current session's events, nil between sessions
 	outDone <-chan struct{} // closed when that session ends
-	outbox  [][]byte        // replies not yet written, whichever session ran them
+	outbox  [][]byte        // replies and reports not yet written, whichever session ran them
 }
 
-// maxOutbox bounds the replies kept while there is no session.
+// maxOutbox bounds the replies and reports kept while there is no session.
 const maxOutbox = 1024
 
 // withDefaults fills what the caller left zero.
@@ -165,6 +170,34 @@ func New(cfg Config) *Client {
 
 // Handle registers the handler for commands called name.
 func (c *Client) Handle(name string, h HandlerFunc) { c.handlers[name] = h }
+
+// OnDesired registers the function called with the device's desired
+// state: the whole document and its version, on connect and on each
+// change. It runs on the read loop (a slow one delays commands), with
+// versions in increasing order; a version not newer than the last is not
+// passed again, so the function may treat each call as "apply this". Call
+// it before Run.
+func (c *Client) OnDesired(f func(desired json.RawMessage, version int64)) { c.onDesired = f }
+
+// Report sends a JSON merge patch (RFC 7396) of the device's reported
+// state: {"celsius":20.5,"old_key":null}. Like a reply it is kept until a
+// session writes it, whichever session that is, and the node stores it
+// however busy the database is. patch must encode as a JSON object.
+func (c *Client) Report(patch any) error {
+	raw, err := json.Marshal(patch)
+	if err != nil {
+		return err
+	}
+	frame, err := protocol.Encode(protocol.Message{Type: protocol.TypeReport, Reported: raw})
+	if err != nil {
+		return err
+	}
+	if _, err := protocol.Decode(frame); err != nil {
+		return err // not an object, or too large: the node would close the session
+	}
+	c.reply(frame)
+	return nil
+}
 
 // Event queues a telemetry or alert event on the current session. Events
 // are at most once: one queued as the session ends is lost (late telemetry
@@ -201,7 +234,7 @@ func (c *Client) reply(frame []byte) {
 	c.mu.Lock()
 	if len(c.outbox) == maxOutbox {
 		c.outbox = c.outbox[1:]
-		c.log.Warn("outbox full: dropping the oldest reply")
+		c.log.Warn("outbox full: dropping the oldest reply or report")
 	}
 	c.outbox = append(c.outbox, frame)
 	c.mu.Unlock()
@@ -418,6 +451,13 @@ func (c *Client) readLoop(ctx context.Context, ws *websocket.Conn) (time.Duratio
 		msg, err := protocol.Decode(frame)
 		if err != nil {
 			c.log.Warn("ignoring a frame the node sent", "err", err)
+			continue
+		}
+		if msg.Type == protocol.TypeState {
+			if c.onDesired != nil && msg.Version > c.desiredVersion {
+				c.desiredVersion = msg.Version
+				c.onDesired(msg.Desired, msg.Version)
+			}
 			continue
 		}
 		if msg.Type != protocol.TypeCommand {

@@ -860,3 +860,55 @@ func TestRetryAfter(t *testing.T) {
 		t.Fatalf("%d attempts, want 3", got)
 	}
 }
+
+// The SDK passes newer desired documents to OnDesired, in order, and
+// skips versions not newer than the last; Report writes a report frame.
+func TestDesiredStateAndReport(t *testing.T) {
+	t.Parallel()
+	n := newFakeNode(t)
+	type desired struct {
+		doc     string
+		version int64
+	}
+	got := make(chan desired, 16)
+	r := start(t, n, nil, func(c *device.Client) {
+		c.OnDesired(func(doc json.RawMessage, version int64) { got <- desired{string(doc), version} })
+		c.Handle("ping", func(context.Context, json.RawMessage) (any, error) { return "pong", nil })
+	})
+	a := n.accept(t)
+	r.waitConnected(t)
+	writeText(t, a.ws, `{"type":"state","desired":{"target_celsius":20},"version":2}`)
+	writeText(t, a.ws, `{"type":"state","desired":{"target_celsius":19},"version":1}`) // older: skipped
+	writeText(t, a.ws, `{"type":"state","desired":{"target_celsius":20},"version":2}`) // the same: skipped
+	writeText(t, a.ws, `{"type":"state","desired":{"target_celsius":21},"version":3}`)
+	for _, want := range []desired{{`{"target_celsius":20}`, 2}, {`{"target_celsius":21}`, 3}} {
+		select {
+		case d := <-got:
+			if d != want {
+				t.Fatalf("OnDesired(%s, %d), want (%s, %d)", d.doc, d.version, want.doc, want.version)
+			}
+		case <-time.After(waitFor):
+			t.Fatalf("OnDesired was not called with version %d", want.version)
+		}
+	}
+	// Commands still work after state frames, and nothing more was passed.
+	sendCommand(t, a.ws, "0b6e7c1a-4c2d-4f3e-9a1b-2c3d4e5f6a7b", "ping", `{}`)
+	readReply(t, a.ws, "0b6e7c1a-4c2d-4f3e-9a1b-2c3d4e5f6a7b")
+	select {
+	case d := <-got:
+		t.Fatalf("OnDesired called again with version %d", d.version)
+	default:
+	}
+
+	if err := r.c.Report(map[string]any{"celsius": 20.5, "old": nil}); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := readFrame(t, a.ws)
+	want := map[string]any{"type": "report", "reported": map[string]any{"celsius": 20.5, "old": nil}}
+	if !reflect.DeepEqual(raw, want) {
+		t.Errorf("report frame %v, want %v", raw, want)
+	}
+	if err := r.c.Report([]int{1}); err == nil {
+		t.Error("Report of an array: no error, want one (a report is an object)")
+	}
+}

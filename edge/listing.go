@@ -54,7 +54,7 @@ func (e *Edge) handleListDevices(w http.ResponseWriter, r *http.Request) {
 // listParams are the query parameters GET /v1/devices reads; any other is
 // refused, so that a misspelt filter (?regoin=) is not silently ignored
 // and the whole fleet listed instead.
-var listParams = []string{"online", "node", "region", "label", "q", "limit", "cursor"}
+var listParams = []string{"online", "node", "region", "label", "q", "delta", "limit", "cursor"}
 
 // parseListQuery reads GET /v1/devices's query. On failure it has
 // answered 400.
@@ -70,6 +70,14 @@ func parseListQuery(w http.ResponseWriter, q url.Values) (f db.DeviceFilter, lim
 		f.Online = new(v == "true")
 	default:
 		problem.InvalidQuery.Write(w, fmt.Sprintf("online=%q: want true or false", v))
+		return f, 0, "", false
+	}
+	switch v := q.Get("delta"); v {
+	case "":
+	case "nonempty":
+		f.DeltaNonEmpty = true
+	default:
+		problem.InvalidQuery.Write(w, fmt.Sprintf("delta=%q: want nonempty (the devices whose desired state differs from their reported state)", v))
 		return f, 0, "", false
 	}
 	f.Node, f.Region = q.Get("node"), q.Get("region")

@@ -66,6 +66,8 @@ func (e *Edge) Handler() http.Handler {
 			r.With(requireScope(db.ScopeRead)).Get("/devices/{id}", e.handleGetDevice)
 			r.With(requireScope(db.ScopeRead)).Get("/devices/{id}/events", e.handleDeviceEvents)
 			r.With(requireScope(db.ScopeRead)).Get("/devices/{id}/sessions", e.handleDeviceSessions)
+			r.With(requireScope(db.ScopeRead)).Get("/devices/{id}/state", e.handleGetState)
+			r.With(requireScope(db.ScopeCommands)).Patch("/devices/{id}/state/desired", e.handlePatchDesired)
 			r.With(requireScope(db.ScopeRead)).Get("/events", e.handleFleetEvents)
 			r.With(requireScope(db.ScopeAdmin)).Patch("/devices/{id}", e.handlePatchDevice)
 			r.With(requireScope(db.ScopeCommands)).Post("/devices/{id}/commands", e.handleSendCommand)

@@ -26,6 +26,8 @@ const (
 	TypeCommand = "command" // server → device
 	TypeReply   = "reply"   // device → server
 	TypeEvent   = "event"   // device → server
+	TypeState   = "state"   // server → device: the whole desired document
+	TypeReport  = "report"  // device → server: a merge patch of the reported document
 	TypePing    = "ping"    // either way, for clients without control frames
 	TypePong    = "pong"
 )
@@ -62,7 +64,18 @@ type Message struct {
 
 	// event
 	Data json.RawMessage `json:"data,omitempty"`
+
+	// state: the whole desired document and its version
+	Desired json.RawMessage `json:"desired,omitempty"`
+	Version int64           `json:"version,omitempty"`
+
+	// report: a JSON merge patch (RFC 7396) of the reported document
+	Reported json.RawMessage `json:"reported,omitempty"`
 }
+
+// MaxState bounds a desired or reported document (and so a report's
+// patch), as PostgreSQL writes it out.
+const MaxState = 32 << 10
 
 // DecodeError says why a frame was rejected. Its text is short enough to be
 // a WebSocket close reason (at most 123 bytes).
@@ -135,6 +148,19 @@ func Decode(frame []byte) (Message, error) {
 		}
 		if len(m.Args) == 0 || isNull(m.Args) {
 			m.Args = json.RawMessage(`{}`)
+		}
+	case TypeState:
+		m.Desired, m.Version = in.Desired, in.Version
+		if !isObject(m.Desired) || m.Version < 1 {
+			return Message{}, badf("state: needs a desired object and a version of at least 1")
+		}
+	case TypeReport:
+		m.Reported = in.Reported
+		if !isObject(m.Reported) {
+			return Message{}, badf("report: reported must be a JSON object (a merge patch)")
+		}
+		if size, _ := StoredSize(m.Reported); size > MaxState {
+			return Message{}, badf("report: reported is over %d KiB", MaxState>>10)
 		}
 	case TypePing, TypePong:
 	case "":
@@ -298,6 +324,11 @@ func storableNumber(s []byte) (n, stored int, err error) {
 		stored += 1 + scale
 	}
 	return max(i, 1), max(stored, i), nil
+}
+
+func isObject(raw json.RawMessage) bool {
+	raw = bytes.TrimSpace(raw)
+	return len(raw) > 0 && raw[0] == '{'
 }
 
 func isNull(raw json.RawMessage) bool { return bytes.Equal(bytes.TrimSpace(raw), []byte("null")) }

@@ -30,6 +30,16 @@ func TestDecodeAccepts(t *testing.T) {
 			want:  protocol.Message{Type: "reply", ID: uuid1, OK: boolp(true), Result: json.RawMessage(`{"temp":21.5}`)},
 		},
 		{
+			name:  "state",
+			frame: `{"type":"state","desired":{"target_celsius":21},"version":3,"id":"x"}`,
+			want:  protocol.Message{Type: "state", Desired: json.RawMessage(`{"target_celsius":21}`), Version: 3},
+		},
+		{
+			name:  "report",
+			frame: `{"type":"report","reported":{"celsius":20.5,"old":null},"name":"x"}`,
+			want:  protocol.Message{Type: "report", Reported: json.RawMessage(`{"celsius":20.5,"old":null}`)},
+		},
+		{
 			name:  "reply ok with upper-case uuid",
 			frame: `{"type":"reply","id":"` + uuid2 + `","ok":true,"result":[1,2]}`,
 			want:  protocol.Message{Type: "reply", ID: uuid2, OK: boolp(true), Result: json.RawMessage(`[1,2]`)},
@@ -166,6 +176,12 @@ func TestDecodeRejects(t *testing.T) {
 		{"type is case sensitive", `{"type":"Reply","id":"` + uuid1 + `","ok":true}`, `unknown type "Reply"`},
 		{"type with spaces", `{"type":" ping"}`, "unknown type"},
 
+		{"report without reported", `{"type":"report"}`, "report: reported must be"},
+		{"report of null", `{"type":"report","reported":null}`, "report: reported must be"},
+		{"report of an array", `{"type":"report","reported":[1]}`, "report: reported must be"},
+		{"report over 32 KiB", `{"type":"report","reported":{"a":"` + strings.Repeat("x", protocol.MaxState) + `"}}`, "report: reported is over"},
+		{"state without version", `{"type":"state","desired":{}}`, "state: needs"},
+		{"state of a string", `{"type":"state","desired":"x","version":1}`, "state: needs"},
 		{"reply without id", `{"type":"reply","ok":true}`, "reply: id must be"},
 		{"reply with non-uuid id", `{"type":"reply","id":"42","ok":true}`, "reply: id must be"},
 		{"reply with braced uuid", `{"type":"reply","id":"{` + uuid1 + `}","ok":true}`, "reply: id must be"},

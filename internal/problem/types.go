@@ -47,6 +47,11 @@ var (
 	InvalidLabelSelector  = newType("invalid-label-selector", http.StatusBadRequest, "Bad request", "a label selector that cannot be read")
 	InvalidCursor         = newType("invalid-cursor", http.StatusBadRequest, "Bad request", "a cursor that was damaged, or belongs to other filters")
 
+	// Device state (desired and reported).
+	StateVersionMismatch = newType("state-version-mismatch", http.StatusPreconditionFailed, "State version mismatch", "an If-Match that names a desired state version other than the current one")
+	StateTooLarge        = newType("state-too-large", http.StatusRequestEntityTooLarge, "State too large", "a desired state patch that would leave the document over 32 KiB")
+	InvalidIfMatch       = newType("invalid-if-match", http.StatusBadRequest, "Bad request", "an If-Match that is not one quoted version number, or *")
+
 	// Fleet jobs.
 	InvalidTarget             = newType("invalid-target", http.StatusBadRequest, "Bad request", "a job target that is missing, of two kinds or malformed")
 	UnknownDevices            = newType("unknown-devices", http.StatusBadRequest, "Bad request", "a job's device list names devices that do not exist")

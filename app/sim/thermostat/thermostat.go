@@ -1,6 +1,8 @@
 // Package thermostat is the simulated device behind `switchboard device` and
 // `switchboard dev`: a thermostat that reports its temperature and answers
-// get_state, set_target and set_mode the way firmware would.
+// get_state, set_target and set_mode the way firmware would. It takes its
+// target from the desired state's target_celsius (and mode, when given),
+// and reports celsius, mode and target_celsius as its reported state.
 package thermostat
 
 import (
@@ -8,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -39,7 +42,34 @@ func New(cfg device.Config) *Thermostat {
 	t.client.Handle("get_state", func(context.Context, json.RawMessage) (any, error) { return t.snapshot(), nil })
 	t.client.Handle("set_target", t.setTarget)
 	t.client.Handle("set_mode", t.setMode)
+	t.client.OnDesired(t.applyDesired)
 	return t
+}
+
+// applyDesired takes the target (5-30°C) and mode of the desired state,
+// and reports what it applied. A value out of range or of the wrong kind
+// is left out: the delta then shows it was not applied.
+func (t *Thermostat) applyDesired(desired json.RawMessage, _ int64) {
+	var d struct {
+		Target *float64 `json:"target_celsius"`
+		Mode   *string  `json:"mode"`
+	}
+	_ = json.Unmarshal(desired, &d) // a field of another kind stays nil
+	t.mu.Lock()
+	if d.Target != nil && *d.Target >= 5 && *d.Target <= 30 {
+		t.state.Target = *d.Target
+	}
+	if d.Mode != nil && (*d.Mode == "heat" || *d.Mode == "cool" || *d.Mode == "off") {
+		t.state.Mode = *d.Mode
+	}
+	state := t.state
+	t.mu.Unlock()
+	_ = t.client.Report(reported(state))
+}
+
+// reported is the reported-state patch of a state.
+func reported(s State) map[string]any {
+	return map[string]any{"celsius": math.Round(s.Celsius*10) / 10, "mode": s.Mode, "target_celsius": s.Target}
 }
 
 func (t *Thermostat) snapshot() State {
@@ -61,6 +91,7 @@ func (t *Thermostat) setTarget(_ context.Context, args json.RawMessage) (any, er
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.state.Target = *a.Celsius
+	_ = t.client.Report(reported(t.state))
 	return t.state, nil
 }
 
@@ -77,6 +108,7 @@ func (t *Thermostat) setMode(_ context.Context, args json.RawMessage) (any, erro
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.state.Mode = a.Mode
+	_ = t.client.Report(reported(t.state))
 	return t.state, nil
 }
 
@@ -109,6 +141,10 @@ func (t *Thermostat) report(ctx context.Context, every time.Duration) {
 		t.state.Celsius += (rand.Float64() - 0.5) * 0.1
 		state := t.state
 		t.mu.Unlock()
-		_ = t.client.Event(ctx, "telemetry", state) // not connected: skip this reading
+		// Not connected: skip this reading, and its report (reports are
+		// kept for the next session, and a stale temperature is not worth it).
+		if t.client.Event(ctx, "telemetry", state) == nil {
+			_ = t.client.Report(reported(state))
+		}
 	}
 }
