@@ -264,6 +264,8 @@ func (s *Store) FinishWebhookDelivery(ctx context.Context, id int64, attempt int
 	}
 	return translate(s.InTx(ctx, func(tx *Store) error {
 		var webhook int64
+		var gaveUp bool
+		var created time.Time
 		err := tx.db.QueryRow(ctx, `
 			UPDATE webhook_deliveries SET
 				status = CASE WHEN $3 THEN 'delivered' WHEN created_at < now() - $6::interval THEN 'failed' ELSE 'pending' END,
@@ -271,7 +273,7 @@ func (s *Store) FinishWebhookDelivery(ctx context.Context, id int64, attempt int
 				next_attempt_at = CASE WHEN $3 THEN next_attempt_at ELSE now() + $7::interval END,
 				lease_until = NULL, leased_by = NULL, last_status_code = $4, last_error = $5
 			WHERE id = $1 AND attempts = $2 AND status = 'pending'
-			RETURNING webhook_id`, id, attempt, o.OK, code, errText, o.GiveUp, o.RetryIn).Scan(&webhook)
+			RETURNING webhook_id, status = 'failed', created_at`, id, attempt, o.OK, code, errText, o.GiveUp, o.RetryIn).Scan(&webhook, &gaveUp, &created)
 		if err == pgx.ErrNoRows {
 			return nil // deleted, or retaken
 		}
@@ -279,15 +281,22 @@ func (s *Store) FinishWebhookDelivery(ctx context.Context, id int64, attempt int
 			return err
 		}
 		if o.OK {
-			_, err = tx.db.Exec(ctx, `UPDATE webhooks SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL`, webhook)
+			_, err = tx.db.Exec(ctx, `UPDATE webhooks SET failing_since = NULL, last_success_at = now() WHERE id = $1`, webhook)
 			return err
 		}
+		// Disabled once it has failed for GiveUp: its first failure since
+		// a success is that old, or a delivery was given up with no
+		// success since its event (every attempt of the window failed).
 		_, err = tx.db.Exec(ctx, `
-			UPDATE webhooks SET failing_since = coalesce(failing_since, now()),
-				disabled_at = CASE WHEN failing_since < now() - $2::interval THEN now() END,
-				disabled_reason = CASE WHEN failing_since < now() - $2::interval
-					THEN 'every delivery failed for ' || $3 || '; last: ' || $4 END
-			WHERE id = $1 AND disabled_at IS NULL`, webhook, o.GiveUp, o.GiveUp.String(), o.Error)
+			WITH w AS (
+				SELECT id, coalesce(failing_since, now()) AS since,
+				       coalesce(failing_since, now()) < now() - $2::interval
+				       OR ($5 AND (last_success_at IS NULL OR last_success_at < $6)) AS disable
+				FROM webhooks WHERE id = $1 AND disabled_at IS NULL FOR NO KEY UPDATE)
+			UPDATE webhooks SET failing_since = w.since,
+				disabled_at = CASE WHEN w.disable THEN now() END,
+				disabled_reason = CASE WHEN w.disable THEN 'every delivery failed for ' || $3 || '; last: ' || $4 END
+			FROM w WHERE webhooks.id = w.id`, webhook, o.GiveUp, o.GiveUp.String(), o.Error, gaveUp, created)
 		return err
 	}), "finish webhook delivery")
 }

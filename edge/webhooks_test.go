@@ -404,3 +404,42 @@ func TestWebhookDeleted(t *testing.T) {
 		t.Errorf("%d deliveries left of the deleted endpoint (%v)", left, err)
 	}
 }
+
+// TestWebhookDisabled: an endpoint that fails every delivery for the
+// give-up window (shortened here from 24h) is disabled and shown so; its
+// delivery is given up; resuming enables it.
+func TestWebhookDisabled(t *testing.T) {
+	t.Parallel()
+	sys := testsys.New(t)
+	e := sys.StartEdge(t, "edge-a", func(c *edge.Config) {
+		c.WebhooksAllowHTTP, c.WebhooksAllowPrivate = true, true
+	}, func(m *maintenance.Config) {
+		m.WebhooksAllowHTTP, m.WebhooksAllowPrivate = true, true
+		m.WebhookInterval, m.WebhookBackoff, m.WebhookGiveUp = 20*time.Millisecond, 20*time.Millisecond, 700*time.Millisecond
+	})
+	c := newAPI(t, e.URL, sys.APIKey(t))
+	rc := newReceiver(t, func(int) (int, time.Duration) { return http.StatusBadGateway, 0 })
+	id := createWebhook(t, c, rc, `{"url":"`+rc.srv.URL+`","events":["device.event"]}`)
+	sys.AddDevice(t, "dev-1")
+	if _, err := sys.Store.InsertEvents(t.Context(), []db.DeviceEvent{{DeviceID: "dev-1", Name: "alarm"}}); err != nil {
+		t.Fatal(err)
+	}
+	var wh db.Webhook
+	testsys.Eventually(t, "the endpoint disabled", func() bool {
+		_, b := c.call(http.MethodGet, fmt.Sprintf("/v1/webhooks/%d", id), "")
+		return json.Unmarshal(b, &wh) == nil && wh.DisabledAt != nil
+	})
+	if wh.DisabledReason == nil || !strings.Contains(*wh.DisabledReason, "502") || wh.FailingSince == nil {
+		t.Errorf("disabled webhook: %+v", wh)
+	}
+	_, b := c.call(http.MethodGet, fmt.Sprintf("/v1/webhooks/%d/deliveries", id), "")
+	var list struct{ Deliveries []db.WebhookDelivery }
+	if json.Unmarshal(b, &list) != nil || len(list.Deliveries) != 1 || list.Deliveries[0].Status != "failed" || list.Deliveries[0].Attempts < 2 {
+		t.Errorf("deliveries of a disabled webhook: %s", b)
+	}
+	resp, b := c.call(http.MethodPatch, fmt.Sprintf("/v1/webhooks/%d", id), `{"paused":false}`)
+	wh = db.Webhook{}
+	if resp.StatusCode != 200 || json.Unmarshal(b, &wh) != nil || wh.DisabledAt != nil || wh.DisabledReason != nil {
+		t.Errorf("resumed: %d %s", resp.StatusCode, b)
+	}
+}

@@ -21,6 +21,7 @@ CREATE TABLE webhooks (
     paused          boolean NOT NULL DEFAULT false,
     created_at      timestamptz NOT NULL DEFAULT now(),
     failing_since   timestamptz,                   -- first failure since its last success
+    last_success_at timestamptz,
     disabled_at     timestamptz,                   -- failing for the whole give-up window
     disabled_reason text
 );
