@@ -93,7 +93,7 @@ func (m *Maintainer) deliverWebhooks(ctx context.Context) error {
 				m.deliver(ctx, client, d)
 			})
 		}
-		if time.Since(lastPurge) > time.Minute {
+		if time.Since(lastPurge) > 10*time.Minute { // a scan of the table: not often
 			lastPurge = time.Now()
 			if _, err := m.store.PurgeWebhookDeliveries(ctx, keepWebhookDeliveries); err != nil && ctx.Err() == nil {
 				m.log.Warn("purging webhook deliveries", "err", err)

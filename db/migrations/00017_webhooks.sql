@@ -44,7 +44,9 @@ CREATE TABLE webhook_deliveries (
     created_at       timestamptz NOT NULL DEFAULT now(),
     delivered_at     timestamptz
 );
--- The claim: an endpoint's due deliveries, and a device's earlier ones.
+-- The claim: an endpoint's pending deliveries, oldest first (the
+-- delivered ones, kept 7 days, are not scanned), and a device's earlier ones.
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (webhook_id, id) WHERE status = 'pending';
 CREATE INDEX webhook_deliveries_pending ON webhook_deliveries (webhook_id, device_id, id) WHERE status = 'pending';
 -- The listing, newest first.
 CREATE INDEX webhook_deliveries_webhook ON webhook_deliveries (webhook_id, id);
