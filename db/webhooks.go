@@ -266,7 +266,19 @@ func (s *Store) FinishWebhookDelivery(ctx context.Context, id int64, attempt int
 		var webhook int64
 		var gaveUp bool
 		var created time.Time
+		// The endpoint's row first, as a claim and a delete lock them
+		// (endpoint, then its deliveries): in the other order, a delete
+		// racing with this deadlocks.
 		err := tx.db.QueryRow(ctx, `
+			SELECT w.id FROM webhooks w JOIN webhook_deliveries d ON d.webhook_id = w.id
+			WHERE d.id = $1 FOR NO KEY UPDATE OF w`, id).Scan(&webhook)
+		if err == pgx.ErrNoRows {
+			return nil // deleted
+		}
+		if err != nil {
+			return err
+		}
+		err = tx.db.QueryRow(ctx, `
 			UPDATE webhook_deliveries SET
 				status = CASE WHEN $3 THEN 'delivered' WHEN created_at < now() - $6::interval THEN 'failed' ELSE 'pending' END,
 				delivered_at = CASE WHEN $3 THEN now() END,
