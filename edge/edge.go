@@ -98,6 +98,11 @@ type Config struct {
 	// scope when the edge starts, unless a key has that hash already: the
 	// deployment's first admin key (bootstrap.go). "": none.
 	BootstrapKeySHA256 string
+	// WebhooksAllowHTTP and WebhooksAllowPrivate let a webhook's url be
+	// plain http, or name a loopback, link-local or private address
+	// (development and tests; maintenance's delivery client takes the
+	// same flags).
+	WebhooksAllowHTTP, WebhooksAllowPrivate bool
 }
 
 // Default limits per API key.

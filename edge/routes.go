@@ -93,6 +93,13 @@ func (e *Edge) Handler() http.Handler {
 				r.Post("/apikeys", e.handleAddAPIKey)
 				r.Get("/apikeys", e.handleListAPIKeys)
 				r.Delete("/apikeys/{id}", e.handleRevokeAPIKey)
+				// Webhooks (webhooks.go).
+				r.Post("/webhooks", e.handleCreateWebhook)
+				r.Get("/webhooks", e.handleListWebhooks)
+				r.Get("/webhooks/{id}", e.handleGetWebhook)
+				r.Patch("/webhooks/{id}", e.handlePatchWebhook)
+				r.Delete("/webhooks/{id}", e.handleDeleteWebhook)
+				r.Get("/webhooks/{id}/deliveries", e.handleWebhookDeliveries)
 			})
 		})
 	})

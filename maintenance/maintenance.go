@@ -11,7 +11,9 @@
 //   - the job runner (every JobInterval, 250ms, and at once when Poke says a
 //     job was created): starts the scheduled jobs whose start_at came, and
 //     steps each running job: creates its due batch (retries first), aborts
-//     or finishes it.
+//     or finishes it;
+//   - the webhook deliverer (webhooks.go): sends the outbox's due
+//     deliveries, signed, retrying failures with backoff.
 //
 // Every edge process runs it, next to its edge (the composition root starts
 // both). That is safe because each piece of work claims its rows with FOR
@@ -61,6 +63,20 @@ type Config struct {
 	RetainCommands  time.Duration
 	RetainEvents    time.Duration
 	EventsPerDevice int
+
+	// Webhooks (webhooks.go): deliveries are claimed every WebhookInterval
+	// (250ms) and when one ends; WebhookBackoff (5s) is the retries'
+	// base, WebhookGiveUp (24h) how long a delivery is retried and an
+	// endpoint may fail before it is disabled, WebhookConcurrency (4) the
+	// deliveries in flight per endpoint. WebhooksAllowHTTP and
+	// WebhooksAllowPrivate relax the client's safety (package webhook),
+	// for development and tests.
+	WebhookInterval      time.Duration
+	WebhookBackoff       time.Duration
+	WebhookGiveUp        time.Duration
+	WebhookConcurrency   int
+	WebhooksAllowHTTP    bool
+	WebhooksAllowPrivate bool
 }
 
 func (c Config) withDefaults() Config {
@@ -70,6 +86,10 @@ func (c Config) withDefaults() Config {
 	c.RetainCommands = cmp.Or(c.RetainCommands, DefaultRetainCommands)
 	c.RetainEvents = cmp.Or(c.RetainEvents, DefaultRetainEvents)
 	c.EventsPerDevice = cmp.Or(c.EventsPerDevice, DefaultEventsPerDevice)
+	c.WebhookInterval = cmp.Or(c.WebhookInterval, 250*time.Millisecond)
+	c.WebhookBackoff = cmp.Or(c.WebhookBackoff, DefaultWebhookBackoff)
+	c.WebhookGiveUp = cmp.Or(c.WebhookGiveUp, DefaultWebhookGiveUp)
+	c.WebhookConcurrency = cmp.Or(c.WebhookConcurrency, DefaultWebhookConcurrency)
 	c.Log = cmp.Or(c.Log, slog.Default())
 	return c
 }
@@ -117,7 +137,7 @@ func (m *Maintainer) Poke() {
 // queued: every write's wake-up goes out, after the write committed.
 func (m *Maintainer) Run(ctx context.Context) error {
 	notices, stopNotices := actors.Group(ctx, m.notices.Run)
-	work, stopWork := actors.Group(ctx, m.sweep, m.retain, m.runJobs)
+	work, stopWork := actors.Group(ctx, m.sweep, m.retain, m.runJobs, m.deliverWebhooks)
 	select {
 	case <-ctx.Done():
 	case <-work.Done():

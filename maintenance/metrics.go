@@ -24,6 +24,8 @@ type metrics struct {
 	jobRetries  prometheus.Counter
 	jobFull     prometheus.Counter // job commands failed at once: their device's queue was full
 	jobsRunning prometheus.Gauge
+
+	webhooks *prometheus.CounterVec // webhook delivery attempts, by outcome
 }
 
 func newMetrics(reg *prometheus.Registry, edgeID string) *metrics {
@@ -44,6 +46,8 @@ func newMetrics(reg *prometheus.Registry, edgeID string) *metrics {
 			Name: "switchboard_edge_job_commands_queue_full_total", Help: "Commands this edge's job runner stored failed, not queued, because their device already had its cap of pending commands."}),
 		jobsRunning: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "switchboard_edge_jobs_running", Help: "Fleet jobs running, in the whole database (read every 5s; the same on every edge)."}),
+		webhooks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchboard_edge_webhook_attempts_total", Help: "Webhook delivery attempts this edge made, by outcome: delivered, failed (to be retried or given up)."}, []string{"outcome"}),
 	}
 	var shared prometheus.Registerer // nil: private
 	if reg != nil {
@@ -52,7 +56,7 @@ func newMetrics(reg *prometheus.Registry, edgeID string) *metrics {
 	m.final = sbmetrics.CommandsFinal(shared)
 	if reg != nil {
 		prometheus.WrapRegistererWith(prometheus.Labels{"edge": edgeID}, reg).MustRegister(
-			m.swept, m.requeued, m.purged, m.jobBatches, m.jobCommands, m.jobRetries, m.jobFull, m.jobsRunning)
+			m.swept, m.requeued, m.purged, m.jobBatches, m.jobCommands, m.jobRetries, m.jobFull, m.jobsRunning, m.webhooks)
 	}
 	return m
 }

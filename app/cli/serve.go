@@ -39,6 +39,7 @@ type edgeFlags struct {
 	eventsPerDevice              *int
 	guard                        guardFlags
 	bootstrapKey                 *string
+	webhooksHTTP, webhooksPriv   *bool
 }
 
 func defineEdgeFlags(f flags) edgeFlags {
@@ -59,7 +60,13 @@ func defineEdgeFlags(f flags) edgeFlags {
 	guard := defineGuardFlags(f, "EDGE_", "Fly-Client-IP header")
 	bootstrapKey := f.string("bootstrap-key-sha256", "", "hex SHA-256 of the deployment's first admin key, stored with every scope at start unless a key has that hash (revoked, it stays revoked)",
 		"SWITCHBOARD_BOOTSTRAP_KEY_SHA256")
-	return edgeFlags{store: store, listen: listen, opsListen: opsListen, id: id, hosts: hosts, acmeCA: acmeCA, keyRate: keyRate, keyBurst: keyBurst, keyStreams: keyStreams,
+	// Webhooks' safety, relaxed for development only (receivers on this
+	// machine, without TLS).
+	webhooksHTTP := f.Bool("webhooks-allow-http", false, "let webhook URLs be plain http:// (development only) [env EDGE_WEBHOOKS_ALLOW_HTTP]")
+	f.setFromEnv("webhooks-allow-http", []string{"EDGE_WEBHOOKS_ALLOW_HTTP"}, "true or false")
+	webhooksPriv := f.Bool("webhooks-allow-private", false, "let webhooks reach loopback, link-local and private addresses (development only) [env EDGE_WEBHOOKS_ALLOW_PRIVATE]")
+	f.setFromEnv("webhooks-allow-private", []string{"EDGE_WEBHOOKS_ALLOW_PRIVATE"}, "true or false")
+	return edgeFlags{webhooksHTTP: webhooksHTTP, webhooksPriv: webhooksPriv, store: store, listen: listen, opsListen: opsListen, id: id, hosts: hosts, acmeCA: acmeCA, keyRate: keyRate, keyBurst: keyBurst, keyStreams: keyStreams,
 		deviceQueue:    deviceQueue,
 		retainCommands: retainCommands, retainEvents: retainEvents, eventsPerDevice: eventsPerDevice, guard: guard, bootstrapKey: bootstrapKey}
 }
@@ -91,8 +98,10 @@ func runEdge(ctx context.Context, ef edgeFlags, c call) error {
 		ID: id, Hosts: hosts, KeyRate: *ef.keyRate, KeyBurst: *ef.keyBurst, KeyStreams: *ef.keyStreams,
 		DeviceQueue: *ef.deviceQueue,
 		AuthGuard:   guardCfg, TrustedProxies: trusted, BootstrapKeySHA256: *ef.bootstrapKey,
+		WebhooksAllowHTTP: *ef.webhooksHTTP, WebhooksAllowPrivate: *ef.webhooksPriv,
 	}, maintenance.Config{
 		RetainCommands: *ef.retainCommands, RetainEvents: *ef.retainEvents, EventsPerDevice: *ef.eventsPerDevice,
+		WebhooksAllowHTTP: *ef.webhooksHTTP, WebhooksAllowPrivate: *ef.webhooksPriv,
 	}, certs.Config{CA: *ef.acmeCA}, ln)
 	if err == nil {
 		err = serveOps(p, *ef.opsListen, e.NotReady)

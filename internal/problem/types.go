@@ -75,6 +75,10 @@ var (
 	APIKeyNotFound      = newType("api-key-not-found", http.StatusNotFound, "API key not found", "no such API key")
 	PrivilegeEscalation = newType("privilege-escalation", http.StatusForbidden, "Privilege escalation", "a key asked for a key with a scope it lacks, or that outlives it")
 
+	// Webhooks (scope admin).
+	InvalidWebhook  = newType("invalid-webhook", http.StatusBadRequest, "Bad request", "a webhook whose url (https, no private address), events or names break the rules")
+	WebhookNotFound = newType("webhook-not-found", http.StatusNotFound, "Webhook not found", "no such webhook")
+
 	// The connection nodes' device endpoint.
 	NodeDraining           = newType("node-draining", http.StatusServiceUnavailable, "Node is draining", "the node is stopping: connect to another")
 	NodeFull               = newType("node-full", http.StatusServiceUnavailable, "Node is full", "the node holds all the sessions it can")
