@@ -3,8 +3,6 @@ package conntier_test
 import (
 	"context"
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +13,6 @@ import (
 	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/db/dbtest"
 	"github.com/switchboard-iot/switchboard/device/protocol"
-	"github.com/switchboard-iot/switchboard/internal/pgcluster"
 )
 
 func patchDesired(t *testing.T, sys *testsys.System, deviceID, patch string) db.DeviceState {
@@ -123,26 +120,7 @@ func TestReportDuringDatabaseOutage(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	dir, err := os.MkdirTemp("", "switchboard-report-outage-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o711); err != nil { // the postgres user must enter it when we are root
-		t.Fatal(err)
-	}
-	cluster, err := pgcluster.Start(ctx, filepath.Join(dir, "pg"), pgcluster.Options{Fast: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cluster.Stop() })
-	url := strings.Replace(cluster.URL, "/postgres?", "/switchboard?", 1)
-	if err := dbtest.Exec(ctx, cluster.URL, "CREATE DATABASE switchboard"); err != nil {
-		t.Fatal(err)
-	}
-	if err := db.Migrate(ctx, dbtest.Pool(t, url), dbtest.Logger()); err != nil {
-		t.Fatal(err)
-	}
+	cluster, url := dbtest.PrivateCluster(ctx, t)
 	sys := testsys.Attach(t, url)
 	node := sys.StartNode(t, "node-a", nil)
 	devSecret := sys.AddDevice(t, "dev-1")

@@ -27,10 +27,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/switchboard-iot/switchboard/app/testsys"
-	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/db/dbtest"
 	"github.com/switchboard-iot/switchboard/device"
-	"github.com/switchboard-iot/switchboard/internal/pgcluster"
 )
 
 // outcome is a command's row as the fault tests judge it.
@@ -231,27 +229,7 @@ func TestDatabaseOutage(t *testing.T) {
 	const outage = 16 * time.Second
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	dir, err := os.MkdirTemp("", "switchboard-outage-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o711); err != nil { // the postgres user must enter it when we are root
-		t.Fatal(err)
-	}
-	cluster, err := pgcluster.Start(ctx, filepath.Join(dir, "pg"), pgcluster.Options{Fast: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cluster.Stop() })
-	url := strings.Replace(cluster.URL, "/postgres?", "/switchboard?", 1)
-	if err := dbtest.Exec(ctx, cluster.URL, "CREATE DATABASE switchboard"); err != nil {
-		t.Fatal(err)
-	}
-	pool := dbtest.Pool(t, url)
-	if err := db.Migrate(ctx, pool, dbtest.Logger()); err != nil {
-		t.Fatal(err)
-	}
+	cluster, url := dbtest.PrivateCluster(ctx, t)
 
 	sys := testsys.Attach(t, url)
 	key := sys.APIKey(t)

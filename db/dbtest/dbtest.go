@@ -209,3 +209,38 @@ func Logger() *slog.Logger {
 	}
 	return slog.New(slog.DiscardHandler)
 }
+
+// PrivateCluster starts a PostgreSQL cluster of the test's own, for a test
+// that stops, crashes or restarts it, with a migrated database
+// "switchboard" whose URL it returns. The cluster stops when the test ends.
+func PrivateCluster(ctx context.Context, t testing.TB) (*pgcluster.Cluster, string) {
+	t.Helper()
+	// Not t.TempDir: its parent is 0700, and as root the cluster runs as
+	// the postgres user, who must enter the directory.
+	dir, err := os.MkdirTemp("", "switchboard-private-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	cluster, err := pgcluster.Start(ctx, dir+"/pg", pgcluster.Options{Fast: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cluster.Stop() })
+	if err := Exec(ctx, cluster.URL, "CREATE DATABASE switchboard"); err != nil {
+		t.Fatal(err)
+	}
+	u, err := url.Parse(cluster.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Path = "/switchboard"
+	url := u.String()
+	if err := db.Migrate(ctx, Pool(t, url), Logger()); err != nil {
+		t.Fatal(err)
+	}
+	return cluster, url
+}
