@@ -189,15 +189,14 @@ func TestJobRetries(t *testing.T) {
 	for _, id := range ids {
 		want = append(want, id+"/2:done")
 	}
-	// The list is in the order the commands were made: the first attempts
-	// in one batch, then the retries, in as many batches as the failures
-	// took to come in (in the order those came in).
-	if got := summary(all.Commands); len(all.Commands) != 8 || summary(all.Commands[:4]) != strings.Join(want[:4], " ") ||
-		!sameSet(strings.Fields(summary(all.Commands[4:])), want[4:]) {
+	// The list is in the order the commands were made: the job runner
+	// makes first attempts and retries in as many batches as its steps and
+	// the failures take, so they may interleave.
+	if got := summary(all.Commands); !sameSet(strings.Fields(got), want) {
 		t.Errorf("every attempt: %s, want %s", got, strings.Join(want, " "))
 	}
-	for _, cmd := range all.Commands[:4] {
-		if !cmd.Retried || cmd.Error != "warming up" {
+	for _, cmd := range all.Commands {
+		if cmd.JobAttempt == 1 && (!cmd.Retried || cmd.Error != "warming up") {
 			t.Errorf("a first attempt: %+v, want retried, with its error", cmd)
 		}
 	}
