@@ -108,10 +108,18 @@ func (d *deliverer) poke() {
 func (d *deliverer) take() ([]*session, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	return d.takeMarked(&d.all, d.dirty)
+}
+
+// takeMarked returns the registered sessions of the devices marked in
+// dirty, or all of them when *all is set (and says so), and clears both
+// marks. d.mu must be held. Commands and desired state keep marks of
+// their own.
+func (d *deliverer) takeMarked(all *bool, dirty map[string]struct{}) ([]*session, bool) {
 	var out []*session
-	if d.all {
-		d.all = false
-		clear(d.dirty)
+	if *all {
+		*all = false
+		clear(dirty)
 		for _, s := range d.node.hub.all() {
 			if s.registered.Load() {
 				out = append(out, s)
@@ -119,12 +127,12 @@ func (d *deliverer) take() ([]*session, bool) {
 		}
 		return out, true
 	}
-	for id := range d.dirty {
+	for id := range dirty {
 		if s := d.node.hub.get(id); s != nil && s.registered.Load() {
 			out = append(out, s)
 		}
 	}
-	clear(d.dirty)
+	clear(dirty)
 	return out, false
 }
 

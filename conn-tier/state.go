@@ -34,23 +34,7 @@ func (d *deliverer) wakeState(deviceID string) {
 func (d *deliverer) takeStates() []*session {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	var out []*session
-	if d.stateAll {
-		d.stateAll = false
-		clear(d.stateDirty)
-		for _, s := range d.node.hub.all() {
-			if s.registered.Load() {
-				out = append(out, s)
-			}
-		}
-		return out
-	}
-	for id := range d.stateDirty {
-		if s := d.node.hub.get(id); s != nil && s.registered.Load() {
-			out = append(out, s)
-		}
-	}
-	clear(d.stateDirty)
+	out, _ := d.takeMarked(&d.stateAll, d.stateDirty)
 	return out
 }
 
