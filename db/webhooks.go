@@ -16,13 +16,14 @@ const (
 	WebhookDeviceConnected    = "device.connected"
 	WebhookDeviceDisconnected = "device.disconnected"
 	WebhookDeviceEvent        = "device.event"
+	WebhookStateReported      = "device.state_reported"
 	WebhookJobFinished        = "job.finished"
 )
 
 // WebhookEvents are the event types an endpoint may ask for; the triggers
-// of migration 00017 write them.
+// of migrations 00017 and 00018 write them.
 var WebhookEvents = []string{WebhookCommandCompleted, WebhookCommandFailed, WebhookCommandExpired,
-	WebhookDeviceConnected, WebhookDeviceDisconnected, WebhookDeviceEvent, WebhookJobFinished}
+	WebhookDeviceConnected, WebhookDeviceDisconnected, WebhookDeviceEvent, WebhookStateReported, WebhookJobFinished}
 
 // Webhook is an endpoint, without its secret (shown once, at creation).
 type Webhook struct {

@@ -101,6 +101,55 @@ func TestWebhookOutbox(t *testing.T) {
 	}
 }
 
+// TestWebhookStateReported: a report that changes a device's reported
+// document records device.state_reported with the whole document and the
+// delta; a report that changes nothing, and a desired patch, record none.
+func TestWebhookStateReported(t *testing.T) {
+	t.Parallel()
+	store, pool := setup(t, "dev-1", "dev-2")
+	ctx := context.Background()
+	hook, err := store.CreateWebhook(ctx, "https://a.example.com/", []string{db.WebhookStateReported}, []string{}, "whsec_AAAA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.PatchDesired(ctx, "dev-1", json.RawMessage(`{"target_celsius":21,"mode":"heat"}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	report := func(dev, patch string) {
+		t.Helper()
+		if _, err := store.StoreReports(ctx, []db.Report{{DeviceID: dev, Patch: json.RawMessage(patch)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	report("dev-1", `{"celsius":19.5,"mode":"heat"}`) // the row exists (the patch made it): an update
+	report("dev-1", `{"mode":"heat"}`)                // changes nothing
+	report("dev-2", `{"celsius":30}`)                 // the device's first row: an insert
+	if got, want := outbox(t, pool, hook.ID), []string{"device.state_reported:dev-1:", "device.state_reported:dev-2:"}; !slices.Equal(got, want) {
+		t.Fatalf("outbox %v, want %v", got, want)
+	}
+	var payload string
+	if err := pool.QueryRow(ctx, `SELECT payload::text FROM webhook_deliveries WHERE webhook_id = $1 AND device_id = 'dev-1'`, hook.ID).Scan(&payload); err != nil {
+		t.Fatal(err)
+	}
+	var p struct {
+		Type string
+		Data struct {
+			DeviceID        string          `json:"device_id"`
+			Reported        json.RawMessage `json:"reported"`
+			ReportedVersion int64           `json:"reported_version"`
+			DesiredVersion  int64           `json:"desired_version"`
+			Delta           json.RawMessage `json:"delta"`
+		}
+	}
+	if err := json.Unmarshal([]byte(payload), &p); err != nil {
+		t.Fatal(err)
+	}
+	if p.Type != db.WebhookStateReported || p.Data.DeviceID != "dev-1" || p.Data.ReportedVersion != 1 || p.Data.DesiredVersion != 1 ||
+		string(p.Data.Reported) != `{"mode": "heat", "celsius": 19.5}` || string(p.Data.Delta) != `{"target_celsius": 21}` {
+		t.Errorf("payload %s", payload)
+	}
+}
+
 // TestWebhookClaim: a device's deliveries go one at a time, in order; an
 // endpoint has at most perEndpoint in flight; a lapsed lease is retaken,
 // and the old attempt's outcome is ignored; an endpoint failing past the
