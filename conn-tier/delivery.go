@@ -397,7 +397,7 @@ func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
 		inTx = func(_ context.Context, fn func(*db.Store) error) error { return fn(n.store) }
 	}
 	var changes []db.Change
-	var tooLarge []string
+	var reported, tooLarge []string
 	var nReplies, nTimedOut int
 	err := inTx(ctx, func(tx *db.Store) error {
 		changes, nReplies, nTimedOut = changes[:0], 0, 0
@@ -415,7 +415,7 @@ func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
 		}
 		if len(reports) > 0 {
 			var err error
-			if tooLarge, err = tx.StoreReports(ctx, reports); err != nil {
+			if reported, tooLarge, err = tx.StoreReports(ctx, reports); err != nil {
 				return err
 			}
 		}
@@ -433,6 +433,10 @@ func (n *Node) writeCommands(ctx context.Context, ops []commandOp) error {
 	}
 	for _, id := range tooLarge {
 		n.log.Warn("a report would leave the device's reported state over 32 KiB: not stored", "device", id)
+	}
+	n.metrics.reportsTooLarge.Add(float64(len(tooLarge)))
+	for _, id := range reported {
+		_ = n.notices.Push(db.Notice{Reported: id})
 	}
 	n.metrics.replies.Add(float64(nReplies))
 	n.metrics.timedOut.Add(float64(nTimedOut))

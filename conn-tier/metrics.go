@@ -47,6 +47,9 @@ type metrics struct {
 	// jobWakeups counts "job" notices handled: one per batch of a job
 	// that holds devices of this node.
 	jobWakeups prometheus.Counter
+	// reportsTooLarge counts reports not stored because they would leave
+	// the device's reported document over 32 KiB.
+	reportsTooLarge prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry, nodeID, region string, queues map[string]func() int, maxSessions int, admission func() (handshakes, silent int)) *metrics {
@@ -87,6 +90,8 @@ func newMetrics(reg *prometheus.Registry, nodeID, region string, queues map[stri
 			[]string{"reason"}),
 		jobWakeups: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_conn_job_wakeups_total", Help: "Wake-ups for a batch of a fleet job's commands (one per batch and node)."}),
+		reportsTooLarge: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_conn_reports_too_large_total", Help: "State reports not stored: they would leave the device's reported document over 32 KiB."}),
 	}
 	sent := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "switchboard_conn_frames_sent_total", Help: "Data frames written to devices, by type: command, pong."}, []string{"type"})
@@ -110,7 +115,7 @@ func newMetrics(reg *prometheus.Registry, nodeID, region string, queues map[stri
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "switchboard_conn_node_info", Help: "Always 1; its region label names the node's region.",
 				ConstLabels: prometheus.Labels{"region": region}}, func() float64 { return 1 }))
-		r.MustRegister(m.sessions, m.connects, m.closes, m.frames, m.delivered, m.replies, m.timedOut, m.eventsShed, m.replyWaits, m.overRate, m.refused, m.silentClosed, m.jobWakeups,
+		r.MustRegister(m.sessions, m.connects, m.closes, m.frames, m.delivered, m.replies, m.timedOut, m.eventsShed, m.replyWaits, m.overRate, m.refused, m.silentClosed, m.jobWakeups, m.reportsTooLarge,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "switchboard_conn_max_sessions", Help: "The most devices this node holds (MaxSessions)."},
 				func() float64 { return float64(maxSessions) }),

@@ -161,10 +161,11 @@ type Report struct {
 }
 
 // StoreReports applies reports to their devices' reported documents, in
-// order, each bumping the version when it changes the document. A report
-// that would leave the document over MaxStateBytes is not applied: its
-// device is named in tooLarge. A deleted device's reports go with it.
-func (s *Store) StoreReports(ctx context.Context, reports []Report) (tooLarge []string, err error) {
+// order, each bumping the version when it changes the document; changed
+// names the devices whose document changed (once per report that did). A report that
+// would leave the document over MaxStateBytes is not applied: its device
+// is named in tooLarge. A deleted device's reports go with it.
+func (s *Store) StoreReports(ctx context.Context, reports []Report) (changed, tooLarge []string, err error) {
 	ctx, cancel := bound(ctx)
 	defer cancel()
 	// One batch: its statements run in order, in one implicit transaction.
@@ -179,20 +180,23 @@ func (s *Store) StoreReports(ctx context.Context, reports []Report) (tooLarge []
 				WHERE sb_merge_patch(s.reported, $2::jsonb) IS DISTINCT FROM s.reported
 				  AND octet_length(sb_merge_patch(s.reported, $2::jsonb)::text) <= $3
 				RETURNING 1)
-			SELECT NOT EXISTS (SELECT FROM up) AND octet_length(sb_merge_patch(coalesce(
+			SELECT EXISTS (SELECT FROM up), NOT EXISTS (SELECT FROM up) AND octet_length(sb_merge_patch(coalesce(
 				(SELECT reported FROM device_state WHERE device_id = $1), '{}'), $2::jsonb)::text) > $3`,
 			r.DeviceID, r.Patch, MaxStateBytes)
 	}
 	res := s.db.SendBatch(ctx, &b)
 	for _, r := range reports {
-		var big bool
-		if err := res.QueryRow().Scan(&big); err != nil {
+		var up, big bool
+		if err := res.QueryRow().Scan(&up, &big); err != nil {
 			res.Close()
-			return nil, translate(err, "store reports")
+			return nil, nil, translate(err, "store reports")
+		}
+		if up {
+			changed = append(changed, r.DeviceID)
 		}
 		if big {
 			tooLarge = append(tooLarge, r.DeviceID)
 		}
 	}
-	return tooLarge, translate(res.Close(), "store reports")
+	return changed, tooLarge, translate(res.Close(), "store reports")
 }

@@ -73,7 +73,7 @@ func TestDeviceState(t *testing.T) {
 	}
 
 	// Reports merge in order; the delta is the desired keys reported otherwise.
-	tooLarge, err := store.StoreReports(ctx, []db.Report{
+	changed, tooLarge, err := store.StoreReports(ctx, []db.Report{
 		{DeviceID: "dev-1", Patch: json.RawMessage(`{"a":1,"n":{"x":1},"extra":true}`)},
 		{DeviceID: "dev-1", Patch: json.RawMessage(`{"extra":null,"arr":[1]}`)},
 		{DeviceID: "dev-1", Patch: json.RawMessage(`{"arr":[1]}`)}, // no change: no new version
@@ -85,6 +85,9 @@ func TestDeviceState(t *testing.T) {
 	}
 	if !reflect.DeepEqual(tooLarge, []string{"dev-1"}) {
 		t.Fatalf("too large: %v, want [dev-1]", tooLarge)
+	}
+	if !reflect.DeepEqual(changed, []string{"dev-1", "dev-1"}) {
+		t.Fatalf("changed: %v, want dev-1 by the first two reports", changed)
 	}
 	st, err = store.State(ctx, "dev-1")
 	if err != nil {

@@ -30,6 +30,8 @@ import (
 //	                    {"id":…,…}             the command changed: this is it now
 //	sb_keys             "API-KEY-ID"           the key was revoked: trust no copy of it
 //	sb_events           "EVENT-ID"             events up to this id were stored: stream them
+//	sb_state            "DEVICE"               the device's desired or reported state changed:
+//	                                           its state streams read it again
 
 // ValidChannelID says whether id can name an edge or a node, and so its
 // channel (EdgeChannel, NodeChannel): PostgreSQL limits a channel name to 63 bytes.
@@ -47,6 +49,11 @@ const KeysChannel = "sb_keys"
 // EventsChannel is the channel every edge listens on for stored device
 // events: one wake-up per batch a node stored, naming its highest id.
 const EventsChannel = "sb_events"
+
+// StateChannel is the channel every edge listens on for devices whose
+// state changed (a desired patch on any edge, a report on any node): its
+// state streams read the state again. A line per device.
+const StateChannel = "sb_state"
 
 const (
 	wakeVerb  = "wake"
@@ -150,7 +157,8 @@ type Notice struct {
 	RevokedKey int64      // an API key no edge may trust any longer
 	Events     int64      // device events were stored, up to this id
 	Job        *JobWake   // a job's batch, whose devices' nodes must deliver it
-	State      string     // a device whose node must send its desired state
+	State      string     // a device whose desired state changed: its node sends it, state streams read it
+	Reported   string     // a device whose reported state changed: state streams read it
 }
 
 // Closing is a device whose session must end wherever it is, and why
@@ -193,10 +201,16 @@ func (s *Store) Notify(ctx context.Context, notices []Notice) error {
 			jobs = append(jobs, n.Job)
 		case n.State != "":
 			state = append(state, n.State)
+			byChannel[StateChannel] = append(byChannel[StateChannel], n.State)
+		case n.Reported != "":
+			byChannel[StateChannel] = append(byChannel[StateChannel], n.Reported)
 		}
 	}
 	if events != 0 {
 		byChannel[EventsChannel] = []string{strconv.FormatInt(events, 10)}
+	}
+	if lines := byChannel[StateChannel]; len(lines) > 1 {
+		byChannel[StateChannel] = slices.Compact(slices.Sorted(slices.Values(lines)))
 	}
 	var channels, payloads []string
 	for ch, lines := range byChannel {

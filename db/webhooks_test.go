@@ -117,7 +117,7 @@ func TestWebhookStateReported(t *testing.T) {
 	}
 	report := func(dev, patch string) {
 		t.Helper()
-		if _, err := store.StoreReports(ctx, []db.Report{{DeviceID: dev, Patch: json.RawMessage(patch)}}); err != nil {
+		if _, _, err := store.StoreReports(ctx, []db.Report{{DeviceID: dev, Patch: json.RawMessage(patch)}}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -130,6 +130,7 @@ type Edge struct {
 	store   *db.Store
 	replies *replyRouter
 	events  *eventHub                 // device events for this edge's event streams
+	state   *stateHub                 // wakes this edge's state streams
 	notices *batch.Batcher[db.Notice] // wake-ups for nodes and edges, after their writes
 	inserts *inserter                 // group commit of accepted commands
 	metrics *metrics
@@ -186,6 +187,7 @@ func New(cfg Config) (*Edge, error) {
 		store:   cfg.Store,
 		replies: newReplyRouter(cfg.Store, log),
 		events:  newEventHub(cfg.Store, log),
+		state:   newStateHub(),
 		keys:    keys,
 		grants:  newGrants(cfg.Store, keys, log),
 		limits:  newKeyLimits(cfg.KeyRate, cfg.KeyBurst, cfg.KeyStreams),
@@ -233,6 +235,8 @@ func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
 	// A listener that reconnected may have missed a wake-up: read anyway.
 	unlistenEvents := e.cfg.Notifier.Listen(db.EventsChannel, func(string) { e.events.wake() }, e.events.wake)
 	defer unlistenEvents()
+	unlistenState := e.cfg.Notifier.Listen(db.StateChannel, e.state.onNotify, e.state.wakeAll)
+	defer unlistenState()
 	// No server-wide ReadTimeout or WriteTimeout: they would cut streams
 	// and long waits. Each request gets its own deadlines (deadlines.go).
 	srv := &http.Server{

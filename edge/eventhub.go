@@ -52,12 +52,7 @@ func newEventHub(store *db.Store, log *slog.Logger) *eventHub {
 
 // wake says events may be waiting (a notification, or a listener that
 // reconnected and may have missed some).
-func (h *eventHub) wake() {
-	select {
-	case h.signal <- struct{}{}:
-	default:
-	}
-}
+func (h *eventHub) wake() { raise(h.signal) }
 
 // subscribe starts a subscription and returns the id after which the hub
 // will hand it events: a stream that replays history first stops there.

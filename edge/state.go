@@ -46,18 +46,29 @@ func (e *Edge) handleGetState(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// statePoll is how often a state stream reads the state again. Changes
-// come from any edge (desired) and any node (reported), and no wake-up
-// tells an edge of them: a stream polls, one primary-key read a second.
-const statePoll = time.Second
+// stateRecheck is how often a state stream reads the state without a
+// wake-up (db.StateChannel): a backstop for one lost while the edge's
+// listener was up but a notice failed to be sent.
+const stateRecheck = 30 * time.Second
 
 // streamState follows a device's state as Server-Sent Events named
-// "state": the state now, then the state each time either version moved
-// (seen within statePoll), until the client leaves, the edge drains or the
-// device is deleted. An event's id is "DESIRED.REPORTED", its versions.
+// "state": the state now, then the state each time either version moved,
+// until the client leaves, the edge drains or the device is deleted. An
+// event's id is "DESIRED.REPORTED", its versions: a client that resumes
+// with it as Last-Event-ID gets the state only once it differs.
 func (e *Edge) streamState(w http.ResponseWriter, r *http.Request, id string, st db.DeviceState) {
-	rc := e.startStream(w)
 	lastDesired, lastReported := int64(-1), int64(-1)
+	if v := r.Header.Get("Last-Event-ID"); v != "" {
+		d, rep, ok := parseStateEventID(v)
+		if !ok {
+			problem.InvalidLastEventID.Write(w, `Last-Event-ID: want the id of an event this stream sent ("DESIRED.REPORTED", such as "3.7")`)
+			return
+		}
+		lastDesired, lastReported = d, rep
+	}
+	wake := e.state.subscribe(id)
+	defer e.state.unsubscribe(id, wake)
+	rc := e.startStream(w)
 	emit := func(st db.DeviceState) error {
 		if st.DesiredVersion == lastDesired && st.ReportedVersion == lastReported {
 			return nil
@@ -72,36 +83,47 @@ func (e *Edge) streamState(w http.ResponseWriter, r *http.Request, id string, st
 		lastDesired, lastReported = st.DesiredVersion, st.ReportedVersion
 		return rc.Flush()
 	}
-	if emit(st) != nil {
+	// The headers go now, even when a resumed stream has nothing to send yet.
+	if emit(st) != nil || rc.Flush() != nil {
 		return
 	}
-	poll := time.NewTicker(statePoll)
-	defer poll.Stop()
+	recheck := time.NewTicker(stateRecheck)
+	defer recheck.Stop()
 	keepAlive := time.NewTicker(e.cfg.KeepAlive)
 	defer keepAlive.Stop()
 	for {
 		select {
-		case <-poll.C:
-			st, err := e.store.State(r.Context(), id)
-			switch {
-			case errors.Is(err, db.ErrNotFound):
-				return // deleted: nothing more will change
-			case err != nil:
-				continue // the database is away: try again at the next tick
-			}
-			if emit(st) != nil {
-				return
-			}
+		case <-wake:
+		case <-recheck.C:
 		case <-keepAlive.C:
 			if !e.keepAlive(w, rc) {
 				return
 			}
+			continue
 		case <-r.Context().Done():
 			return
 		case <-e.closing:
 			return
 		}
+		st, err := e.store.State(r.Context(), id)
+		switch {
+		case errors.Is(err, db.ErrNotFound):
+			return // deleted: nothing more will change
+		case err != nil:
+			continue // the database is away: the next wake-up or recheck tries again
+		}
+		if emit(st) != nil {
+			return
+		}
 	}
+}
+
+// parseStateEventID reads a state stream's event id, "DESIRED.REPORTED".
+func parseStateEventID(v string) (desired, reported int64, ok bool) {
+	d, rep, found := strings.Cut(v, ".")
+	desired, err1 := strconv.ParseInt(d, 10, 64)
+	reported, err2 := strconv.ParseInt(rep, 10, 64)
+	return desired, reported, found && err1 == nil && err2 == nil && desired >= 0 && reported >= 0
 }
 
 // desiredOnly is a patch's answer to a key without the scope read.

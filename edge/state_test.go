@@ -179,7 +179,7 @@ func TestListDevicesDeltaNonEmpty(t *testing.T) {
 	c.patchOK("dev-1", `{"t":1}`) // not reported
 	c.patchOK("dev-2", `{"t":2}`) // reported as desired below
 	c.patchOK("dev-3", `{"t":3}`) // reported otherwise below
-	if _, err := sys.Store.StoreReports(t.Context(), []db.Report{
+	if _, _, err := sys.Store.StoreReports(t.Context(), []db.Report{
 		{DeviceID: "dev-2", Patch: json.RawMessage(`{"t":2.0,"extra":true}`)},
 		{DeviceID: "dev-3", Patch: json.RawMessage(`{"t":4}`)},
 		{DeviceID: "dev-4", Patch: json.RawMessage(`{"t":4}`)}, // nothing desired
@@ -218,7 +218,9 @@ func TestListDevicesDeltaNonEmpty(t *testing.T) {
 	wantProblem(t, resp, body, http.StatusBadRequest, "invalid-cursor")
 }
 
-// GET /v1/devices/{id}/state as an event stream: the state now, then each change.
+// GET /v1/devices/{id}/state as an event stream: the state now, then each
+// change, woken by db.StateChannel (well before the backstop recheck);
+// resumable with Last-Event-ID.
 func TestStateStream(t *testing.T) {
 	t.Parallel()
 	sys := testsys.New(t)
@@ -226,27 +228,44 @@ func TestStateStream(t *testing.T) {
 	e := sys.StartEdge(t, "edge-1", nil)
 	c := newAPI(t, e.URL, sys.APIKey(t))
 	_, events := c.stream(http.MethodGet, "/v1/devices/dev-1/state", "")
-	want := func(id string) deviceState {
+	want := func(events *sseReader, id string) deviceState {
 		t.Helper()
+		start := time.Now()
 		ev := events.must(t)
 		var st deviceState
 		if err := json.Unmarshal([]byte(ev.Data), &st); err != nil || ev.Name != "state" || ev.ID != id {
 			t.Fatalf("event %+v, want state %s", ev, id)
 		}
+		// Half the edge's 30 s backstop recheck (stateRecheck).
+		if waited := time.Since(start); waited > 15*time.Second {
+			t.Fatalf("state %s came after %v: the recheck found it, not a wake-up", id, waited)
+		}
 		return st
 	}
-	want("0.0")
+	want(events, "0.0")
 	c.patchOK("dev-1", `{"target_celsius":21}`)
-	if st := want("1.0"); st.Desired["target_celsius"] != float64(21) || st.Delta["target_celsius"] != float64(21) {
+	if st := want(events, "1.0"); st.Desired["target_celsius"] != float64(21) || st.Delta["target_celsius"] != float64(21) {
 		t.Fatalf("state %+v", st)
 	}
-	if _, err := sys.Store.StoreReports(t.Context(), []db.Report{{DeviceID: "dev-1", Patch: json.RawMessage(`{"target_celsius":21}`)}}); err != nil {
+	// A report as a node stores it: stored, then announced.
+	changed, _, err := sys.Store.StoreReports(t.Context(), []db.Report{{DeviceID: "dev-1", Patch: json.RawMessage(`{"target_celsius":21}`)}})
+	if err != nil || len(changed) != 1 {
+		t.Fatalf("StoreReports: changed %v, %v", changed, err)
+	}
+	if err := sys.Store.Notify(t.Context(), []db.Notice{{Reported: "dev-1"}}); err != nil {
 		t.Fatal(err)
 	}
-	if st := want("1.1"); len(st.Delta) != 0 {
+	if st := want(events, "1.1"); len(st.Delta) != 0 {
 		t.Fatalf("delta %v after the report, want none", st.Delta)
 	}
-	resp, body := c.call(http.MethodGet, "/v1/devices/nope/state", "", "Accept", "text/event-stream")
+	// Resumed at the state it has: nothing until the next change.
+	_, resumed := c.stream(http.MethodGet, "/v1/devices/dev-1/state", "", "Last-Event-ID", "1.1")
+	c.patchOK("dev-1", `{"mode":"heat"}`)
+	want(resumed, "2.1")
+	want(events, "2.1")
+	resp, body := c.call(http.MethodGet, "/v1/devices/dev-1/state", "", "Accept", "text/event-stream", "Last-Event-ID", "1")
+	wantProblem(t, resp, body, http.StatusBadRequest, "invalid-last-event-id")
+	resp, body = c.call(http.MethodGet, "/v1/devices/nope/state", "", "Accept", "text/event-stream")
 	wantProblem(t, resp, body, http.StatusNotFound, "device-not-found")
 }
 
@@ -289,6 +308,7 @@ func TestDesiredStateReachesThermostat(t *testing.T) {
 	c.patchOK("thermo-1", `{"target_celsius":18}`)
 	c.patchOK("thermo-1", `{"target_celsius":23,"mode":"cool"}`)
 
+	_, events := c.stream(http.MethodGet, "/v1/devices/thermo-1/state", "")
 	th := thermostat.New(device.Config{URL: node.URL, ID: "thermo-1", Secret: devSecret, TLS: node.TLS(), Log: dbtest.Logger(),
 		MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -300,6 +320,21 @@ func TestDesiredStateReachesThermostat(t *testing.T) {
 		return func() bool {
 			st := c.getState("thermo-1")
 			return st.Reported["target_celsius"] == target && st.Reported["mode"] == mode && len(st.Delta) == 0
+		}
+	}
+	// The stream follows the report the node stored (its wake-up on
+	// db.StateChannel): read until the delta is empty.
+	for i := 0; ; i++ {
+		ev := events.must(t)
+		var st deviceState
+		if err := json.Unmarshal([]byte(ev.Data), &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.ReportedVersion > 0 && len(st.Delta) == 0 {
+			break
+		}
+		if i == 20 {
+			t.Fatalf("the stream's state %+v after %d events, want the report applied", st, i)
 		}
 	}
 	testsys.Eventually(t, "the thermostat to report the desired target", applied(23, "cool"))
