@@ -1,8 +1,10 @@
 package webhook
 
 import (
+	"crypto/x509"
 	"errors"
 	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -126,5 +128,45 @@ func TestCheckURL(t *testing.T) {
 	}
 	if !Private(netip.MustParseAddr("100.64.1.1")) || Private(netip.MustParseAddr("8.8.8.8")) {
 		t.Error("Private: wrong for shared or public addresses")
+	}
+}
+
+// An https receiver (the only kind allowed without AllowHTTP): its
+// certificate is verified against RootCAs, a signed request reaches it,
+// and one it cannot prove is refused without the request being sent.
+func TestHTTPSReceiver(t *testing.T) {
+	secret := NewSecret()
+	got := make(chan error, 1)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		got <- Verify(secret, body, r.Header)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the refused handshake below is expected
+	srv.StartTLS()
+	defer srv.Close()
+	roots := x509.NewCertPool()
+	roots.AddCert(srv.Certificate())
+	msg := Message{URL: srv.URL, Secret: secret, ID: "msg_7", Timestamp: time.Now(), Body: []byte(`{"type":"device.event"}`)}
+
+	c := NewClient(Options{AllowPrivate: true, RootCAs: roots})
+	defer c.Close()
+	if code, err := c.Send(t.Context(), msg); err != nil || code != http.StatusNoContent {
+		t.Fatalf("https receiver: code %d, err %v", code, err)
+	}
+	if err := <-got; err != nil {
+		t.Fatalf("the receiver could not verify the signature: %v", err)
+	}
+
+	untrusting := NewClient(Options{AllowPrivate: true}) // the system's roots: the test CA is not among them
+	defer untrusting.Close()
+	var unknown x509.UnknownAuthorityError
+	if _, err := untrusting.Send(t.Context(), msg); !errors.As(err, &unknown) {
+		t.Fatalf("a certificate from an unknown authority: err %v, want x509.UnknownAuthorityError", err)
+	}
+	select {
+	case <-got:
+		t.Fatal("the receiver was sent a request over a connection the client did not trust")
+	default:
 	}
 }
