@@ -6,11 +6,13 @@ package e2e
 // built binary's exit codes and error messages.
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -493,6 +495,83 @@ func TestCommandsListCancelOverHTTP(t *testing.T) {
 	_, _, err = sb.run("", "commands", "cancel", done.ID)
 	if cli.ExitCode(err) != cli.ExitRefused || !strings.Contains(err.Error(), "409 ") {
 		t.Fatalf("cancelling a done command: %v (exit %d), want 409", err, cli.ExitCode(err))
+	}
+}
+
+// TestStateOverHTTP: "state patch" changes desired state (with
+// -if-match), "state get" prints it, and -follow prints each change.
+func TestStateOverHTTP(t *testing.T) {
+	t.Parallel()
+	sys := testsys.New(t)
+	ed := sys.StartEdge(t, "edge-a", nil)
+	sys.AddDevice(t, "therm-1")
+	sb := cliEdge{t, ed.URL, sys.APIKey(t, db.ScopeCommands, db.ScopeRead)}
+	type state struct {
+		Desired, Reported, Delta json.RawMessage
+		DesiredVersion           int64 `json:"desired_version"`
+	}
+
+	st := jsonOut[state](sb, "", "state", "patch", "therm-1", `{"target_celsius":21,"mode":"heat"}`, "-json")
+	if compact(st.Desired) != `{"mode":"heat","target_celsius":21}` || st.DesiredVersion != 1 {
+		t.Fatalf("state patch -json: %+v", st)
+	}
+	view, _ := sb.must(`{"mode":null}`, "state", "patch", "therm-1", "@-", "-if-match", "1")
+	if !regexp.MustCompile(`(?m)^DESIRED +\{"target_celsius":21\}$`).MatchString(view) || !regexp.MustCompile(`(?m)^DESIRED VERSION +2$`).MatchString(view) {
+		t.Fatalf("state patch @- -if-match 1:\n%s", view)
+	}
+	_, _, err := sb.run("", "state", "patch", "therm-1", `{"mode":"cool"}`, "-if-match", "1")
+	refused(t, "a patch naming a stale version", err, http.StatusPreconditionFailed, problem.StateVersionMismatch)
+	if _, _, err := sb.run("", "state", "patch", "therm-1", `[1]`); cli.ExitCode(err) != cli.ExitError {
+		t.Fatalf("a patch that is not an object: %v (exit %d), want refused before sending", err, cli.ExitCode(err))
+	}
+	if _, _, err := sb.run("", "state", "patch", "therm-1", `{}`, "-if-match", "v2"); !errors.Is(err, cli.ErrUsage) {
+		t.Fatalf("-if-match v2: %v, want a usage error", err)
+	}
+	_, _, err = sb.run("", "state", "get", "ghost")
+	refused(t, "the state of no device", err, http.StatusNotFound, problem.DeviceNotFound)
+
+	// A report, as a node stores and announces it: get shows the delta.
+	if _, _, err := sys.Store.StoreReports(t.Context(), []db.Report{{DeviceID: "therm-1", Patch: json.RawMessage(`{"target_celsius":19}`)}}); err != nil {
+		t.Fatal(err)
+	}
+	view, _ = sb.must("", "state", "get", "therm-1")
+	if !regexp.MustCompile(`(?m)^REPORTED +\{"target_celsius":19\}$`).MatchString(view) || !regexp.MustCompile(`(?m)^DELTA +\{"target_celsius":21\}$`).MatchString(view) {
+		t.Fatalf("state get:\n%s", view)
+	}
+
+	// -follow -json: the state now, then each change, until interrupted.
+	ctx, cancel := context.WithCancel(context.Background())
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		env := map[string]string{"SWITCHBOARD_EDGE": sb.url, "SWITCHBOARD_KEY": sb.key}
+		done <- cli.Run(ctx, []string{"state", "get", "therm-1", "-follow", "-json"}, func(k string) string { return env[k] },
+			cli.IO{Stdin: strings.NewReader(""), Stdout: pw, Stderr: io.Discard})
+		pw.Close()
+	}()
+	lines := bufio.NewScanner(pr)
+	next := func() state {
+		t.Helper()
+		if !lines.Scan() {
+			t.Fatalf("state get -follow ended: %v", lines.Err())
+		}
+		var st state
+		if err := json.Unmarshal(lines.Bytes(), &st); err != nil {
+			t.Fatalf("state get -follow -json printed %q: %v", lines.Text(), err)
+		}
+		return st
+	}
+	if st := next(); st.DesiredVersion != 2 {
+		t.Fatalf("the first state followed: %+v", st)
+	}
+	sb.must("", "state", "patch", "therm-1", `{"target_celsius":19}`)
+	if st := next(); st.DesiredVersion != 3 || compact(st.Delta) != `{}` {
+		t.Fatalf("the state after a patch: %+v", st)
+	}
+	cancel()
+	go func() { _, _ = io.Copy(io.Discard, pr) }()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("state get -follow, interrupted: %v", err)
 	}
 }
 

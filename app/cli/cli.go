@@ -56,11 +56,13 @@ commands:
   jobs get ID           a job and its progress (-follow: until it ends)
   jobs cancel ID        cancel a scheduled or running job
   jobs results ID       a job's commands, a device each (-status, -device, -error, -attempts all)
+  state get DEVICE      a device's desired and reported state and delta (-follow: each change)
+  state patch DEVICE P  change its desired state by a JSON merge patch (-if-match VERSION)
   loadgen               hold many devices and/or send commands at a rate; prints a summary
   version               the build: version, commit, Go version
 
 "devices" and "apikeys" work on the database (DATABASE_URL), or on an edge's
-API like "commands" and "jobs": -edge URL (SWITCHBOARD_EDGE) with the API key
+API like "commands", "jobs" and "state": -edge URL (SWITCHBOARD_EDGE) with the API key
 in SWITCHBOARD_KEY (or -key-file FILE). -json prints JSON instead of tables.
 
 Run "switchboard <command> -h" for a command's flags.
@@ -79,6 +81,7 @@ var commands = map[string]command{
 	"apikeys":  apikeysCommands,
 	"commands": commandsCommands,
 	"jobs":     jobsCommands,
+	"state":    stateCommands,
 	"version":  cmd[versionFlags]{define: defineVersionFlags, run: runVersion, nargs: exactly(0)},
 	"loadgen":  cmd[loadgenFlags]{define: defineLoadgenFlags, run: runLoadgen},
 }
