@@ -88,9 +88,17 @@ func New(cfg Config) *Console {
 		"short":   func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05") },
 		"json":    prettyJSON,
 		"seconds": func(f float64) string { return fmt.Sprintf("%.0f", f) },
+		"join":    strings.Join,
+		"whActions": func(csrf string, w db.Webhook, from string) webhookActions {
+			return webhookActions{CSRF: csrf, Webhook: w, From: from}
+		},
 	}
-	for _, name := range []string{"sign-in", "link", "overview", "devices", "device", "delete", "rotated", "jobs", "job", "error"} {
-		c.pages[name] = template.Must(template.New("").Funcs(funcs).ParseFS(files, "templates/layout.html", "templates/"+name+".html"))
+	for _, name := range []string{"sign-in", "link", "overview", "devices", "device", "delete", "rotated", "jobs", "job", "webhooks", "webhook", "error"} {
+		parts := []string{"templates/layout.html", "templates/" + name + ".html"}
+		if name == "webhooks" || name == "webhook" {
+			parts = append(parts, "templates/webhook-parts.html")
+		}
+		c.pages[name] = template.Must(template.New("").Funcs(funcs).ParseFS(files, parts...))
 	}
 	return c
 }
@@ -122,8 +130,15 @@ func (c *Console) Register(r chi.Router) {
 			r.Post("/devices/{id}/labels", c.handleLabels)
 			r.Get("/devices/{id}/delete", c.handleDeleteConfirm)
 			r.Post("/devices/{id}/delete", c.handleDelete)
+			// Changing a device's desired state (scope commands; state.go).
+			r.Post("/devices/{id}/state/desired", c.handlePatchDesired)
 			r.Get("/jobs", c.handleJobs)
 			r.Get("/jobs/{id}", c.handleJob)
+			// Webhook endpoints and their deliveries (scope admin; webhooks.go).
+			r.Get("/webhooks", c.handleWebhooks)
+			r.Get("/webhooks/{id}", c.handleWebhook)
+			r.Post("/webhooks/{id}/pause", c.handlePauseWebhook)
+			r.Post("/webhooks/{id}/resume", c.handleResumeWebhook)
 			r.With(needScope(db.ScopeRead)).Get("/console/api/overview", c.handleOverviewJSON)
 			r.With(needScope(db.ScopeRead)).Get("/console/api/stats", c.handleStatsJSON)
 		})

@@ -33,17 +33,35 @@ const maxManageForm = 64 << 10
 // (origin), with the session's CSRF token, by a session whose key has the
 // admin scope. Otherwise it has answered 403.
 func (c *Console) adminForm(w http.ResponseWriter, r *http.Request) bool {
+	return c.scopedForm(w, r, maxManageForm, db.ScopeAdmin, "manage devices", "devices")
+}
+
+// scopedForm admits a form that changes something, as adminForm does, for
+// a key with scope (what says what the scope allows, nav names the page's
+// nav link): sent by this site's own page, with the session's CSRF token,
+// its body at most limit bytes. Otherwise it has answered: 403, or 413
+// for a body over limit (a plain 403 would blame the token).
+func (c *Console) scopedForm(w http.ResponseWriter, r *http.Request, limit int64, scope db.Scope, what, nav string) bool {
 	if why := origin.CrossSite(r); why != "" {
 		problem.CrossSiteRequest.Write(w, why)
 		return false
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, maxManageForm)
+	r.Body = http.MaxBytesReader(w, r.Body, limit)
+	if err := r.ParseForm(); err != nil {
+		if tooLarge := new(http.MaxBytesError); errors.As(err, &tooLarge) {
+			v := newView(r, "Form too large", nav)
+			v.Error = fmt.Sprintf("This form is too large: at most %d KiB.", limit>>10)
+			c.render(w, http.StatusRequestEntityTooLarge, "error", v)
+			return false
+		}
+	}
 	if !checkCSRF(r, session(r).CSRF) {
 		forbidden(w)
 		return false
 	}
-	if v := newView(r, "Device", "devices"); !v.CanAdmin {
-		c.lacksScope(w, v, "manage devices", "admin")
+	if !session(r).Key.Has(scope) {
+		v := newView(r, "Forbidden", nav)
+		c.lacksScope(w, v, what, string(scope))
 		return false
 	}
 	return true

@@ -180,7 +180,7 @@ type devicePage struct {
 	Device       db.Device
 	Labels       []kv
 	Latest       []latest
-	State        db.DeviceState // desired, reported and their delta (read only)
+	State        db.DeviceState // desired, reported and their delta; desired's version goes in the desired form
 	Events       []db.Event
 	Commands     []command.Command
 	CommandNames []string
@@ -192,6 +192,9 @@ type devicePage struct {
 	// fingerprint of the current secret.
 	LabelsText, LabelsBefore, LabelsError string
 	Fingerprint                           string
+	// For a key with the commands scope: the desired form's patch as
+	// typed when refused, and why it was refused.
+	DesiredPatch, DesiredError string
 }
 
 type kv struct{ Key, Value string }

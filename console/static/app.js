@@ -221,6 +221,34 @@
 
     const form = $("#command");
     if (form) commandConsole(form, id, root.dataset.connected === "yes");
+    const desired = $("#desired-form");
+    if (desired) desiredForm(desired);
+  }
+
+  // desiredForm checks the merge patch before the form is sent, as the
+  // server does again: JSON, and an object. Otherwise the form is not
+  // sent, and #desired-error says why.
+  function desiredForm(form) {
+    const box = $("#desired-error");
+    const text = $("#desired-patch");
+    form.addEventListener("submit", (e) => {
+      const why = mergePatchProblem(text.value.trim());
+      if (!why) return;
+      e.preventDefault();
+      box.textContent = "Not sent: " + why;
+      box.hidden = false;
+      text.focus();
+    });
+  }
+
+  function mergePatchProblem(s) {
+    if (!s) return "type a merge patch: a JSON object, such as {\"target_celsius\": 21}.";
+    let v;
+    try { v = JSON.parse(s); } catch (err) { return "not valid JSON: " + err.message; }
+    if (v === null || typeof v !== "object" || Array.isArray(v)) {
+      return "a merge patch is a JSON object ({\"key\": value, \"old_key\": null}), not " + (Array.isArray(v) ? "an array" : v === null ? "null" : "a " + typeof v) + ".";
+    }
+    return "";
   }
 
   function commandConsole(form, id, online) {
