@@ -47,11 +47,12 @@ type StateJobCounts struct {
 func (c StateJobCounts) Reached() int { return c.Patched + c.Unchanged + c.Gone + c.TooLarge }
 
 // convergedExpr says whether target jt (of job j, with its device's state
-// s LEFT JOINed) has reported the patched keys as desired.
-const convergedExpr = `(jt.outcome IN ('patched', 'unchanged')
+// s LEFT JOINed) has reported the patched keys as desired; false for a
+// target not reached (outcome null).
+const convergedExpr = `coalesce(jt.outcome IN ('patched', 'unchanged')
 	AND EXISTS (SELECT FROM devices d WHERE d.id = jt.device_id)
 	AND NOT EXISTS (SELECT FROM jsonb_object_keys(j.desired) k
-		WHERE coalesce(s.reported, '{}') -> k IS DISTINCT FROM coalesce(s.desired, '{}') -> k))`
+		WHERE coalesce(s.reported, '{}') -> k IS DISTINCT FROM coalesce(s.desired, '{}') -> k), false)`
 
 // stateJobCountsQuery counts a state job's ($1) targets by outcome, and the
 // converged ones: one pass over its job_targets and their device_state
