@@ -126,6 +126,12 @@ const maxWait = 60 * time.Second
 
 // readArgs reads -args: a JSON object, or @FILE, or @- (stdin).
 func readArgs(v string, stdin io.Reader) (json.RawMessage, error) {
+	return readObject("args", `{"celsius":21.5}`, v, stdin)
+}
+
+// readObject reads the JSON object a flag gives (-args, -desired): the
+// text, or @FILE, or @- for stdin; "" is nil.
+func readObject(flag, example, v string, stdin io.Reader) (json.RawMessage, error) {
 	if v == "" {
 		return nil, nil
 	}
@@ -138,12 +144,12 @@ func readArgs(v string, stdin io.Reader) (json.RawMessage, error) {
 			raw, err = os.ReadFile(name)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("-args: %w", err)
+			return nil, fmt.Errorf("-%s: %w", flag, err)
 		}
 	}
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &obj); err != nil || obj == nil {
-		return nil, fmt.Errorf("-args: want a JSON object, such as '{\"celsius\":21.5}'")
+		return nil, fmt.Errorf("-%s: want a JSON object, such as '%s'", flag, example)
 	}
 	return raw, nil
 }
