@@ -90,7 +90,10 @@ func (s *Store) stateJobRunnerCounts(ctx context.Context, st *JobState) error {
 // each row as it is when locked (ON CONFLICT … DO UPDATE), so a PATCH
 // racing the batch is merged with, never overwritten. The targets' device
 // rows are locked (FOR KEY SHARE) so that none is deleted between the
-// check and the write. The step's Notices wake the nodes of the changed
+// check and the write. Rows are locked in device id order, so two batches
+// (of two state jobs) never deadlock on each other; a deadlock with a
+// node's report batch rolls the step back, and the next tick makes it
+// again. The step's Notices wake the nodes of the changed
 // devices that are online (by presence); offline ones get their document
 // when they connect.
 func (s *Store) patchJobTargets(ctx context.Context, st JobState, plan JobPlan, step *JobStep) error {
@@ -100,7 +103,7 @@ func (s *Store) patchJobTargets(ctx context.Context, st JobState, plan JobPlan, 
 			SELECT position, device_id FROM job_targets
 			WHERE job_id = $1 AND position >= $2 AND position < $2 + $3),
 		live AS (
-			SELECT d.id FROM devices d WHERE d.id IN (SELECT device_id FROM t) FOR KEY SHARE OF d),
+			SELECT d.id FROM devices d WHERE d.id IN (SELECT device_id FROM t) ORDER BY d.id FOR KEY SHARE OF d),
 		patch AS (SELECT desired AS p, sb_merge_patch('{}', desired) AS fresh FROM jobs WHERE id = $1),
 		cur AS (
 			SELECT live.id, s.device_id IS NOT NULL AS has_row,
@@ -110,6 +113,7 @@ func (s *Store) patchJobTargets(ctx context.Context, st JobState, plan JobPlan, 
 			INSERT INTO device_state AS s (device_id, desired, desired_version, desired_updated_at)
 			SELECT cur.id, patch.fresh, 1, now() FROM cur CROSS JOIN patch
 			WHERE NOT cur.big AND (cur.has_row OR patch.fresh <> '{}')
+			ORDER BY cur.id
 			ON CONFLICT (device_id) DO UPDATE
 				SET desired = sb_merge_patch(s.desired, (SELECT p FROM patch)),
 					desired_version = s.desired_version + 1, desired_updated_at = now()
