@@ -142,38 +142,56 @@ type JobRetry struct {
 
 // Job is one fleet job.
 type Job struct {
-	ID   uuid.UUID `json:"id"`
-	Name string    `json:"name"` // the command's
+	ID uuid.UUID `json:"id"`
+	// Kind is KindCommand (Name, Args, Timeout, TTL, Retry) or KindState
+	// (Desired): what the job does to each target.
+	Kind JobKind `json:"kind"`
+	Name string  `json:"name,omitempty"` // the command's; "" for a state job
 	// Title and Description are the operator's, to tell jobs apart.
-	Title              string           `json:"title,omitempty"`
-	Description        string           `json:"description,omitempty"`
-	Args               json.RawMessage  `json:"args"`
-	Timeout            command.Duration `json:"timeout"`
-	TTL                command.Duration `json:"ttl"`
-	Target             json.RawMessage  `json:"target"`
-	Rate               float64          `json:"rate"`
-	AbortFailedPercent float64          `json:"abort_failed_percent"`
-	Retry              JobRetry         `json:"retry"`
-	StartAt            *time.Time       `json:"start_at,omitempty"` // nil: started when created
-	Status             JobStatus        `json:"status"`
-	Total              int              `json:"total"`
-	Created            int              `json:"created"` // targets whose command was created so far
+	Title       string           `json:"title,omitempty"`
+	Description string           `json:"description,omitempty"`
+	Args        json.RawMessage  `json:"args,omitempty"`    // nil for a state job
+	Timeout     command.Duration `json:"timeout,omitempty"` // 0 for a state job
+	TTL         command.Duration `json:"ttl,omitempty"`     // 0 for a state job
+	// Desired is a state job's JSON merge patch; nil for a command job.
+	Desired            json.RawMessage `json:"desired,omitempty"`
+	Target             json.RawMessage `json:"target"`
+	Rate               float64         `json:"rate"`
+	AbortFailedPercent float64         `json:"abort_failed_percent"`
+	Retry              JobRetry        `json:"retry,omitzero"`     // zero for a state job
+	StartAt            *time.Time      `json:"start_at,omitempty"` // nil: started when created
+	Status             JobStatus       `json:"status"`
+	Total              int             `json:"total"`
+	Created            int             `json:"created"` // targets whose command was created so far
 	// Counts, Errors and Progress (final targets over total) are left
 	// out of listings, which would count every job's commands.
-	Counts     *JobCounts `json:"counts,omitempty"`
-	Errors     []JobError `json:"errors,omitempty"` // the commonest errors of the targets that did not succeed
-	Progress   *float64   `json:"progress,omitempty"`
-	CreatedAt  time.Time  `json:"created_at"`
-	FinishedAt *time.Time `json:"finished_at,omitempty"`
+	Counts *JobCounts `json:"counts,omitempty"`
+	// StateCounts are a state job's instead of Counts.
+	StateCounts *StateJobCounts `json:"state_counts,omitempty"`
+	Errors      []JobError      `json:"errors,omitempty"` // the commonest errors of the targets that did not succeed
+	Progress    *float64        `json:"progress,omitempty"`
+	CreatedAt   time.Time       `json:"created_at"`
+	FinishedAt  *time.Time      `json:"finished_at,omitempty"`
 	// APIKeyID is the key that created the job (0: none), which may see
 	// it without the read scope.
 	APIKeyID int64 `json:"-"`
 }
 
+// JobKind says what a job does to each target.
+type JobKind string
+
+const (
+	KindCommand JobKind = "command" // sends it a command
+	KindState   JobKind = "state"   // patches its desired state
+)
+
 // NewJob is a job as an edge accepts it.
 type NewJob struct {
-	ID          uuid.UUID
-	Name        string
+	ID   uuid.UUID
+	Name string
+	// Desired, when set, makes a state job: Name, Args, Timeout, TTL and
+	// the retry are then unset.
+	Desired     json.RawMessage
 	Title       string
 	Description string
 	Args        json.RawMessage
@@ -208,14 +226,22 @@ func (e *UnknownDevicesError) Error() string { return fmt.Sprintf("unknown devic
 
 // jobColumns reads a job aliased j.
 const jobColumns = `j.id, j.name, j.title, j.description, j.args, j.timeout, j.ttl, j.target, j.rate, j.abort_failed_percent,
-	j.max_attempts, j.backoff, j.start_at, j.status, j.total, j.created, j.created_at, j.finished_at, coalesce(j.api_key_id, 0)`
+	j.max_attempts, j.backoff, j.start_at, j.status, j.total, j.created, j.created_at, j.finished_at, coalesce(j.api_key_id, 0),
+	j.desired`
 
 func scanJob(row pgx.Row) (Job, error) {
 	var j Job
 	var timeout, ttl, backoff time.Duration
 	err := row.Scan(&j.ID, &j.Name, &j.Title, &j.Description, &j.Args, &timeout, &ttl, &j.Target, &j.Rate, &j.AbortFailedPercent,
-		&j.Retry.MaxAttempts, &backoff, &j.StartAt, &j.Status, &j.Total, &j.Created, &j.CreatedAt, &j.FinishedAt, &j.APIKeyID)
+		&j.Retry.MaxAttempts, &backoff, &j.StartAt, &j.Status, &j.Total, &j.Created, &j.CreatedAt, &j.FinishedAt, &j.APIKeyID,
+		&j.Desired)
 	j.Timeout, j.TTL, j.Retry.Backoff = command.Duration(timeout), command.Duration(ttl), command.Duration(backoff)
+	j.Kind = KindCommand
+	if j.Desired != nil {
+		// A state job has no command: its command fields are left out
+		// of its JSON rather than shown empty.
+		j.Kind, j.Args, j.Retry = KindState, nil, JobRetry{}
+	}
 	return j, err
 }
 
@@ -238,11 +264,11 @@ func (s *Store) CreateJob(ctx context.Context, nj NewJob) (Job, error) {
 		}
 		_, err := tx.db.Exec(ctx, `
 			INSERT INTO jobs (id, name, title, description, args, timeout, ttl, target, rate, abort_failed_percent,
-				max_attempts, backoff, start_at, status, api_key_id)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
-				CASE WHEN $13::timestamptz > now() THEN 'scheduled' ELSE 'running' END, $14)`,
+				max_attempts, backoff, start_at, status, api_key_id, desired)
+			VALUES ($1, $2, $3, $4, coalesce($5, '{}'::jsonb), $6, $7, $8, $9, $10, $11, $12, $13,
+				CASE WHEN $13::timestamptz > now() THEN 'scheduled' ELSE 'running' END, $14, $15)`,
 			nj.ID, nj.Name, nj.Title, nj.Description, nj.Args, nj.Timeout, nj.TTL, nj.Target, nj.Rate, nj.Abort,
-			max(nj.MaxAttempts, 1), nj.Backoff, nj.StartAt, apiKey)
+			max(nj.MaxAttempts, 1), nj.Backoff, nj.StartAt, apiKey, nj.Desired)
 		if err != nil {
 			return err
 		}
@@ -285,7 +311,11 @@ func (s *Store) CreateJob(ctx context.Context, nj NewJob) (Job, error) {
 		}
 		return j, translate(err, "create job")
 	}
-	j.Counts = &JobCounts{Unsent: j.Total}
+	if j.Kind == KindState {
+		j.StateCounts = &StateJobCounts{Unsent: j.Total}
+	} else {
+		j.Counts = &JobCounts{Unsent: j.Total}
+	}
 	j.Progress = new(float64)
 	return j, nil
 }
@@ -298,12 +328,14 @@ func (s *Store) Job(ctx context.Context, id uuid.UUID) (Job, error) {
 	defer cancel()
 	var j Job
 	var counts JobCounts
+	var sc StateJobCounts
 	var b pgx.Batch
 	b.Queue(`SELECT `+jobColumns+` FROM jobs j WHERE id = $1`, id).QueryRow(func(row pgx.Row) (err error) {
 		j, err = scanJob(row)
 		return err
 	})
 	b.Queue(jobCountsQuery, id).Query(counts.scan)
+	b.Queue(stateJobCountsQuery, id).QueryRow(sc.scan)
 	b.Queue(jobErrorsQuery, id, maxJobErrors, JobErrorText, UnsuccessfulStatuses).Query(func(rows pgx.Rows) (err error) {
 		j.Errors, err = pgx.CollectRows(rows, pgx.RowToStructByPos[JobError])
 		return err
@@ -311,9 +343,18 @@ func (s *Store) Job(ctx context.Context, id uuid.UUID) (Job, error) {
 	if err := s.db.SendBatch(ctx, &b).Close(); err != nil {
 		return Job{}, translate(err, "job "+id.String())
 	}
+	p := 1.0
+	if j.Kind == KindState {
+		sc.Unsent = j.Total - j.Created
+		j.StateCounts = &sc
+		if j.Total > 0 {
+			p = float64(sc.Reached()) / float64(j.Total)
+		}
+		j.Progress = &p
+		return j, nil
+	}
 	counts.Unsent = j.Total - j.Created
 	j.Counts = &counts
-	p := 1.0
 	if j.Total > 0 {
 		p = float64(counts.Final()) / float64(j.Total)
 	}
@@ -408,11 +449,11 @@ func (s *Store) JobCommands(ctx context.Context, id uuid.UUID, createdBy int64, 
 		args = append(args, f.Error, JobErrorText)
 		where += fmt.Sprintf(" AND left(coalesce(c.error, ''), $%d) = $%d", len(args), len(args)-1)
 	}
-	var exists bool
+	var state *bool // nil: no such job (for this key)
 	var cmds []JobCommand
 	var b pgx.Batch
-	b.Queue(`SELECT EXISTS (SELECT FROM jobs WHERE id = $1 AND ($2::bigint = 0 OR api_key_id = $2))`, id, createdBy).
-		QueryRow(func(row pgx.Row) error { return row.Scan(&exists) })
+	b.Queue(`SELECT (SELECT desired IS NOT NULL FROM jobs WHERE id = $1 AND ($2::bigint = 0 OR api_key_id = $2))`, id, createdBy).
+		QueryRow(func(row pgx.Row) error { return row.Scan(&state) })
 	b.Queue(`
 		SELECT c.id, c.device_id, c.status, c.job_attempt, c.retried, c.attempts, c.ok, c.result, coalesce(c.error, ''),
 			c.created_at, c.expires_at, c.delivered_at, c.completed_at, c.seq
@@ -429,8 +470,11 @@ func (s *Store) JobCommands(ctx context.Context, id uuid.UUID, createdBy int64, 
 	if err := s.db.SendBatch(ctx, &b).Close(); err != nil {
 		return nil, false, translate(err, "job commands")
 	}
-	if !exists {
+	switch {
+	case state == nil:
 		return nil, false, fmt.Errorf("job %s: %w", id, ErrNotFound)
+	case *state:
+		return nil, false, fmt.Errorf("job %s is a state job: %w", id, ErrWrongJobKind)
 	}
 	if len(cmds) > limit {
 		return cmds[:limit], true, nil
@@ -513,9 +557,13 @@ type JobStep struct {
 	// QueueFull counts, of those, the commands stored failed because their
 	// device's queue was full (JobPlan.QueueCap).
 	QueueFull int
-	Wake      *JobWake  // the batch to announce, when commands were created
-	Changes   []Change  // commands ended by an abort
-	Ended     JobStatus // the status the job ended with in this step, or ""
+	Wake      *JobWake // the batch to announce, when commands were created
+	// Patched, for a state job, counts the targets whose desired
+	// document this step changed; Notices wake the nodes of those online.
+	Patched int
+	Notices []Notice
+	Changes []Change  // commands ended by an abort
+	Ended   JobStatus // the status the job ended with in this step, or ""
 }
 
 // JobState is what a runner step sees of the job it claimed: its pace,
@@ -533,6 +581,10 @@ type JobState struct {
 	// Elapsed is how far the rollout's clock (jobs.advanced_at) is behind
 	// now, in seconds by the database's clock.
 	Elapsed float64
+	// State is true for a state job: its Counts are its targets'
+	// outcomes in command terms (patched and unchanged are Done,
+	// too_large Failed; gone drop out), so that one plan serves both.
+	State bool
 }
 
 // JobPlan is what a runner decided to do to the job it claimed (the
@@ -573,10 +625,10 @@ func (s *Store) StepJob(ctx context.Context, interval time.Duration, plan func(J
 		var st JobState
 		err := tx.db.QueryRow(ctx, `
 			SELECT id, rate, abort_failed_percent, total, created, max_attempts, backoff,
-				extract(epoch FROM now() - advanced_at)::float8
+				extract(epoch FROM now() - advanced_at)::float8, desired IS NOT NULL
 			FROM jobs WHERE status = 'running' AND checked_at <= now() - $1::interval
 			ORDER BY checked_at LIMIT 1 FOR UPDATE SKIP LOCKED`, interval).
-			Scan(&st.Job, &st.Rate, &st.Abort, &st.Total, &st.Created, &st.MaxAttempts, &st.Backoff, &st.Elapsed)
+			Scan(&st.Job, &st.Rate, &st.Abort, &st.Total, &st.Created, &st.MaxAttempts, &st.Backoff, &st.Elapsed, &st.State)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil
 		}
@@ -584,12 +636,18 @@ func (s *Store) StepJob(ctx context.Context, interval time.Duration, plan func(J
 			return err
 		}
 		ok, step.Job = true, st.Job
-		rows, err := tx.db.Query(ctx, jobCountsQuery, st.Job)
-		if err != nil {
-			return err
-		}
-		if err := st.Counts.scan(rows); err != nil {
-			return err
+		if st.State {
+			if err := tx.stateJobRunnerCounts(ctx, &st); err != nil {
+				return err
+			}
+		} else {
+			rows, err := tx.db.Query(ctx, jobCountsQuery, st.Job)
+			if err != nil {
+				return err
+			}
+			if err := st.Counts.scan(rows); err != nil {
+				return err
+			}
 		}
 		st.Counts.Unsent = st.Total - st.Created
 		p := plan(st)
@@ -609,6 +667,9 @@ func (s *Store) StepJob(ctx context.Context, interval time.Duration, plan func(J
 		if p.Create <= 0 {
 			_, err = tx.db.Exec(ctx, `UPDATE jobs SET checked_at = now() WHERE id = $1`, step.Job)
 			return err
+		}
+		if st.State {
+			return tx.patchJobTargets(ctx, st, p, &step)
 		}
 		ids := make([]uuid.UUID, p.Create)
 		for i := range ids {

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/switchboard-iot/switchboard/db"
+	"github.com/switchboard-iot/switchboard/device/protocol"
 	"github.com/switchboard-iot/switchboard/internal/command"
 	"github.com/switchboard-iot/switchboard/internal/problem"
 )
@@ -71,6 +73,10 @@ type jobRequest struct {
 	AbortFailedPercent json.RawMessage `json:"abort_failed_percent"`
 	Retry              *jobRetry       `json:"retry"`
 	StartAt            json.RawMessage `json:"start_at"`
+	// Desired makes a state job: a JSON merge patch of each target's
+	// desired state, instead of a command (name, args, timeout, ttl,
+	// retry and abort_failed_percent are then refused).
+	Desired json.RawMessage `json:"desired"`
 }
 
 // number reads an optional JSON number; absent or null is def.
@@ -91,10 +97,20 @@ func number(raw json.RawMessage, def float64) (float64, bool) {
 // target as it is stored (a device list as its count, so that reading the
 // job back stays small). now is the edge's clock, for start_at's bound.
 func (req *jobRequest) validate(now time.Time) (nj db.NewJob, bad *badRequest) {
-	if bad := req.commandRequest.validate(); bad != nil {
-		return nj, bad
+	state := len(req.Desired) > 0
+	switch {
+	case state:
+		if nj, bad = req.validateState(); bad != nil {
+			return nj, bad
+		}
+	case req.Name == "":
+		return nj, &badRequest{problem.InvalidCommand, `name: a job sends a command (name, args…) or patches desired state (desired): give one of the two`}
+	default:
+		if bad := req.commandRequest.validate(); bad != nil {
+			return nj, bad
+		}
+		nj = db.NewJob{Name: req.Name, Args: req.Args, Timeout: time.Duration(req.Timeout), TTL: time.Duration(req.TTL)}
 	}
-	nj = db.NewJob{Name: req.Name, Args: req.Args, Timeout: time.Duration(req.Timeout), TTL: time.Duration(req.TTL)}
 	if bad := validJobText("title", req.Title, MaxJobTitle, ""); bad != nil {
 		return nj, bad
 	}
@@ -111,7 +127,9 @@ func (req *jobRequest) validate(now time.Time) (nj db.NewJob, bad *badRequest) {
 	if !ok || nj.Abort < 0 || nj.Abort > 100 {
 		return nj, &badRequest{problem.InvalidAbortFailedPercent, "abort_failed_percent: want a number from 0 to 100 (default 100: never abort)"}
 	}
-	if nj.MaxAttempts, nj.Backoff, bad = req.Retry.validate(); bad != nil {
+	if state {
+		nj.MaxAttempts = 1 // a patch is applied once: nothing to retry
+	} else if nj.MaxAttempts, nj.Backoff, bad = req.Retry.validate(); bad != nil {
 		return nj, bad
 	}
 	if nj.StartAt, bad = validStartAt(req.StartAt, now); bad != nil {
@@ -119,6 +137,50 @@ func (req *jobRequest) validate(now time.Time) (nj db.NewJob, bad *badRequest) {
 	}
 	nj.Filter, nj.Target, bad = req.Target.validate()
 	return nj, bad
+}
+
+// validateState checks a state job's kind and patch: desired is a JSON
+// merge patch (an object, as PATCH /v1/devices/{id}/state/desired takes)
+// whose own size is within a document's, and no field of a command is
+// given beside it (each would be silently meaningless). The patch is
+// stored compacted; its size bounds the job as args do (MaxJobBytes).
+func (req *jobRequest) validateState() (nj db.NewJob, bad *badRequest) {
+	kind := func(field string) *badRequest {
+		return &badRequest{problem.InvalidJobKind, fmt.Sprintf(
+			"%s: a job with desired patches desired state and sends no command: leave out name, args, timeout, ttl, retry and abort_failed_percent", field)}
+	}
+	switch {
+	case req.Name != "":
+		return nj, &badRequest{problem.InvalidJobKind, "a job sends a command (name) or patches desired state (desired), not both: make two jobs"}
+	case len(req.Args) > 0:
+		return nj, kind("args")
+	case req.Timeout != 0:
+		return nj, kind("timeout")
+	case req.TTL != 0:
+		return nj, kind("ttl")
+	case req.Retry != nil:
+		return nj, kind("retry")
+	case len(req.AbortFailedPercent) > 0:
+		return nj, kind("abort_failed_percent")
+	}
+	var patch map[string]json.RawMessage
+	if err := json.Unmarshal(req.Desired, &patch); err != nil || patch == nil {
+		return nj, &badRequest{problem.InvalidJSON, `desired: want a JSON merge patch: an object, such as {"firmware":"2.4.1","old_key":null}`}
+	}
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, req.Desired); err != nil {
+		return nj, &badRequest{problem.InvalidJSON, "desired: " + err.Error()}
+	}
+	size, err := protocol.StoredSize(compact.Bytes())
+	if err != nil {
+		return nj, &badRequest{problem.InvalidJSON, "desired: " + err.Error()}
+	}
+	if size > db.MaxStateBytes {
+		return nj, &badRequest{problem.StateTooLarge, fmt.Sprintf(
+			"desired: the patch is %d bytes, compacted and with numbers written out; a desired document holds at most %d KiB", size, db.MaxStateBytes>>10)}
+	}
+	req.argsSize = size
+	return db.NewJob{Desired: compact.Bytes()}, nil
 }
 
 // validJobText checks a title or description: at most limit characters,
@@ -279,9 +341,13 @@ func (e *Edge) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 		problem.NoTargets.Write(w, "the target matches no device")
 		return
 	case errors.Is(err, db.ErrTooManyTargets) && maxTargets < MaxJobTargets:
+		what := "args"
+		if nj.Desired != nil {
+			what = "desired patch"
+		}
 		problem.JobTooLarge.Write(w, fmt.Sprintf(
-			"the target matches more than %d devices, and %d bytes of args to each would pass %d MiB, a job's limit (args × targets): send smaller args, or split the job",
-			maxTargets, req.argsSize, MaxJobBytes>>20))
+			"the target matches more than %d devices, and %d bytes of %s to each would pass %d MiB, a job's limit (%s × targets): send a smaller %s, or split the job",
+			maxTargets, req.argsSize, what, MaxJobBytes>>20, what, what))
 		return
 	case errors.Is(err, db.ErrTooManyTargets):
 		problem.TooManyTargets.Write(w, fmt.Sprintf("the target matches more than %d devices; split the job", MaxJobTargets))
@@ -552,6 +618,9 @@ func (e *Edge) handleJobCommands(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, db.ErrNotFound):
 		jobNotFound(w, id)
 		return
+	case errors.Is(err, db.ErrWrongJobKind):
+		problem.JobKindMismatch.Write(w, "job "+id.String()+" patches desired state and has no commands: its targets' outcomes are at /v1/jobs/"+id.String()+"/targets")
+		return
 	case err != nil:
 		e.unavailable(w, "listing a job's commands", err)
 		return
@@ -570,4 +639,69 @@ func (e *Edge) handleJobCommands(w http.ResponseWriter, r *http.Request) {
 // does a device listing's.
 func jobCommandsDigest(id uuid.UUID, f db.JobCommandFilter) []byte {
 	return listDigest("job-commands", id.String(), joinStrings(f.Statuses), f.Device, f.Error, strconv.FormatBool(f.AllAttempts))
+}
+
+// jobTargetList is the answer to GET /v1/jobs/{id}/targets.
+type jobTargetList struct {
+	Targets []db.JobTarget `json:"targets"`
+	Next    string         `json:"next,omitempty"` // the cursor of the next page; absent on the last
+}
+
+// jobTargetParams are the query parameters GET /v1/jobs/{id}/targets reads.
+var jobTargetParams = []string{"outcome", "limit", "cursor"}
+
+// handleJobTargets answers a state job's per-target outcomes, a page at a
+// time in rollout order: ?outcome= (outcomes, comma-separated, among
+// db.TargetOutcomes), ?limit=, ?cursor=. Whose job it may see is as for
+// GET /v1/jobs/{id}. A command job's results are its commands.
+func (e *Edge) handleJobTargets(w http.ResponseWriter, r *http.Request) {
+	id, ok := uuidParam(w, r, problem.InvalidJobID, "job ids are UUIDs")
+	if !ok {
+		return
+	}
+	q := r.URL.Query()
+	if !allowQuery(w, q, jobTargetParams) {
+		return
+	}
+	var outcomes []string
+	if v := q.Get("outcome"); v != "" {
+		for part := range strings.SplitSeq(v, ",") {
+			o := strings.TrimSpace(part)
+			if !slices.Contains(db.TargetOutcomes, o) {
+				problem.InvalidQuery.Write(w, fmt.Sprintf("outcome=%q: want outcomes among %s, separated by commas", v, joinStrings(db.TargetOutcomes)))
+				return
+			}
+			if !slices.Contains(outcomes, o) {
+				outcomes = append(outcomes, o)
+			}
+		}
+		slices.Sort(outcomes)
+	}
+	digest := listDigest("job-targets", id.String(), strings.Join(outcomes, ","))
+	// The cursor holds the next position to read (positions start at 0,
+	// and a cursor's number is above 0).
+	limit, from, ok := readPageInt(w, q, digest)
+	if !ok {
+		return
+	}
+	targets, more, err := e.store.JobTargets(r.Context(), id, apiKey(r).Creator(), outcomes, from, limit)
+	switch {
+	case errors.Is(err, db.ErrNotFound):
+		jobNotFound(w, id)
+		return
+	case errors.Is(err, db.ErrWrongJobKind):
+		problem.JobKindMismatch.Write(w, "job "+id.String()+" sends a command: its results are its commands, at /v1/jobs/"+id.String()+"/commands")
+		return
+	case err != nil:
+		e.unavailable(w, "listing a job's targets", err)
+		return
+	}
+	out := jobTargetList{Targets: targets}
+	if out.Targets == nil {
+		out.Targets = []db.JobTarget{}
+	}
+	if more {
+		out.Next = encodeCursor(digest, strconv.FormatInt(targets[len(targets)-1].Position+1, 10))
+	}
+	writeJSON(w, http.StatusOK, out)
 }

@@ -80,6 +80,7 @@ func (e *Edge) Handler() http.Handler {
 			r.With(requireScope(db.ScopeCommands)).Get("/jobs", e.handleListJobs)
 			r.With(requireScope(db.ScopeCommands)).Get("/jobs/{id}", e.handleGetJob)
 			r.With(requireScope(db.ScopeCommands)).Get("/jobs/{id}/commands", e.handleJobCommands)
+			r.With(requireScope(db.ScopeCommands)).Get("/jobs/{id}/targets", e.handleJobTargets)
 			r.With(requireScope(db.ScopeCommands)).Post("/jobs/{id}/cancel", e.handleCancelJob)
 
 			// Managing devices and API keys (manage.go, apikeys.go).

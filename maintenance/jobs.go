@@ -70,8 +70,10 @@ func retryWaits(maxAttempts int, backoff time.Duration) []time.Duration {
 
 // runJobs is the job runner: every JobInterval, and when poked, it steps
 // each running job no runner (of any edge) looked at within the interval:
-// creates its due batch, aborts or finishes it, in one transaction per
-// job, then wakes the nodes of the batch's devices, one notice per node.
+// creates its due batch (a command job's commands, or a state job's
+// patches), aborts or finishes it, in one transaction per job, then wakes
+// the nodes of the batch's devices: one notice per node for commands, a
+// state notice per patched online device.
 // Jobs live in the database: any edge runs any job, and one that stops
 // leaves its jobs to the others.
 func (m *Maintainer) runJobs(ctx context.Context) error {
@@ -117,6 +119,12 @@ func (m *Maintainer) runJobs(ctx context.Context) error {
 				m.metrics.jobRetries.Add(float64(step.Retried))
 				m.metrics.jobFull.Add(float64(step.QueueFull))
 				_ = m.notices.Push(db.Notice{Job: step.Wake})
+			}
+			m.metrics.jobPatches.Add(float64(step.Patched))
+			// A state job's batch: the nodes of the patched devices that
+			// are online send them their new desired document.
+			for _, n := range step.Notices {
+				_ = m.notices.Push(n)
 			}
 			for i := range step.Changes {
 				m.metrics.final.WithLabelValues(string(step.Changes[i].Command.Status)).Inc() // cancelled by an abort

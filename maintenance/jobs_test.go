@@ -115,3 +115,56 @@ func TestPokeStepsJobs(t *testing.T) {
 		return value(t, m.metrics.jobBatches) == 1 && value(t, m.metrics.jobCommands) == 1
 	})
 }
+
+// A state job's batches, run by the runner: the patched devices that are
+// online are woken ("state DEVICE" on their node's channel, so the node
+// sends them their new desired document); those offline are not; the
+// patches are counted; the job ends done.
+func TestRunnerPatchesStateJob(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := dbtest.NewPool(t)
+	store := db.NewStore(pool)
+	addDevice(t, store, "online-1")
+	addDevice(t, store, "offline-1")
+	if _, err := pool.Exec(ctx, `INSERT INTO presence (device_id, node_id, region, session_id) VALUES ('online-1', 'node-1', 'r', $1)`, uuid.New()); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, `LISTEN "`+db.NodeChannel("node-1")+`"`); err != nil {
+		t.Fatal(err)
+	}
+	m := start(t, store, Config{JobInterval: 50 * time.Millisecond})
+	j, err := store.CreateJob(ctx, db.NewJob{ID: uuid.Must(uuid.NewV7()), Desired: json.RawMessage(`{"fw":"2"}`),
+		Target: json.RawMessage(`{"all":true}`), Rate: 100, Abort: 100, MaxTargets: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Poke()
+	wait, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	n, err := conn.Conn().WaitForNotification(wait)
+	if err != nil {
+		t.Fatalf("no wake-up for the online device: %v", err)
+	}
+	if n.Payload != "state online-1" {
+		t.Errorf("the node was told %q, want %q", n.Payload, "state online-1")
+	}
+	eventually(t, "the job to end", func() bool {
+		got, err := store.Job(ctx, j.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got.Status == db.JobDone && got.StateCounts.Patched == 2
+	})
+	if got := value(t, m.metrics.jobPatches); got != 2 {
+		t.Errorf("%v patches counted, want 2", got)
+	}
+	if got := value(t, m.metrics.jobBatches); got != 0 {
+		t.Errorf("%v command batches counted for a state job", got)
+	}
+}

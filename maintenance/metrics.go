@@ -24,6 +24,7 @@ type metrics struct {
 	jobRetries  prometheus.Counter
 	jobFull     prometheus.Counter // job commands failed at once: their device's queue was full
 	jobsRunning prometheus.Gauge
+	jobPatches  prometheus.Counter // state jobs' targets whose desired document a batch changed
 
 	webhooks *prometheus.CounterVec // webhook delivery attempts, by outcome
 }
@@ -44,6 +45,8 @@ func newMetrics(reg *prometheus.Registry, edgeID string) *metrics {
 			Name: "switchboard_edge_job_retries_total", Help: "Commands this edge's job runner created to retry a target's failed or expired command."}),
 		jobFull: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_edge_job_commands_queue_full_total", Help: "Commands this edge's job runner stored failed, not queued, because their device already had its cap of pending commands."}),
+		jobPatches: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchboard_edge_job_state_patches_total", Help: "Devices whose desired state this edge's job runner changed, for state jobs."}),
 		jobsRunning: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "switchboard_edge_jobs_running", Help: "Fleet jobs running, in the whole database (read every 5s; the same on every edge)."}),
 		webhooks: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -56,7 +59,7 @@ func newMetrics(reg *prometheus.Registry, edgeID string) *metrics {
 	m.final = sbmetrics.CommandsFinal(shared)
 	if reg != nil {
 		prometheus.WrapRegistererWith(prometheus.Labels{"edge": edgeID}, reg).MustRegister(
-			m.swept, m.requeued, m.purged, m.jobBatches, m.jobCommands, m.jobRetries, m.jobFull, m.jobsRunning, m.webhooks)
+			m.swept, m.requeued, m.purged, m.jobBatches, m.jobCommands, m.jobRetries, m.jobFull, m.jobsRunning, m.jobPatches, m.webhooks)
 	}
 	return m
 }

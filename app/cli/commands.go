@@ -126,12 +126,13 @@ const maxWait = 60 * time.Second
 
 // readArgs reads -args: a JSON object, or @FILE, or @- (stdin).
 func readArgs(v string, stdin io.Reader) (json.RawMessage, error) {
-	return readJSONObject("-args", v, stdin)
+	return readObject("-args", `{"celsius":21.5}`, v, stdin)
 }
 
-// readJSONObject reads a JSON object given inline, as @FILE, or as @- (stdin);
-// what names it in errors.
-func readJSONObject(what, v string, stdin io.Reader) (json.RawMessage, error) {
+// readObject reads the JSON object an argument gives (-args, -desired,
+// state patch's PATCH), named what in errors: the text, or @FILE, or @-
+// for stdin; "" is nil.
+func readObject(what, example, v string, stdin io.Reader) (json.RawMessage, error) {
 	if v == "" {
 		return nil, nil
 	}
@@ -149,7 +150,7 @@ func readJSONObject(what, v string, stdin io.Reader) (json.RawMessage, error) {
 	}
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &obj); err != nil || obj == nil {
-		return nil, fmt.Errorf("%s: want a JSON object, such as '{\"celsius\":21.5}'", what)
+		return nil, fmt.Errorf("%s: want a JSON object, such as '%s'", what, example)
 	}
 	return raw, nil
 }

@@ -19,19 +19,22 @@ import (
 )
 
 const jobsUsage = `usage: switchboard jobs start NAME (-all | -label SEL | -region R | -devices ID,…|@FILE) [-args JSON] [-rate 100] [-retry N] [-start-at T] [-follow] …
+       switchboard jobs start -desired JSON (-all | -label SEL | -region R | -devices ID,…|@FILE) [-rate 100] [-start-at T] [-follow] …
        switchboard jobs list [-status S] [-limit N]
        switchboard jobs get ID [-follow]
        switchboard jobs cancel ID
        switchboard jobs results ID [-status S] [-device D] [-error E] [-attempts all] [-limit N]
+       switchboard jobs targets ID [-outcome O] [-limit N]
 on an edge: -edge URL (SWITCHBOARD_EDGE) with SWITCHBOARD_KEY; -json prints JSON`
 
 // jobsCommands start and follow fleet jobs through an edge's API.
 var jobsCommands = group{usage: jobsUsage, subs: map[string]command{
-	"start":   cmd[jobStartFlags]{define: defineJobStartFlags, nargs: exactly(1), run: startJob},
+	"start":   cmd[jobStartFlags]{define: defineJobStartFlags, nargs: func(n int) bool { return n <= 1 }, run: startJob},
 	"list":    cmd[jobListFlags]{define: defineJobListFlags, nargs: exactly(0), run: listJobs},
 	"get":     cmd[jobGetFlags]{define: defineJobGetFlags, nargs: exactly(1), run: getJob},
 	"cancel":  cmd[apiFlags]{define: defineAPIFlags, nargs: exactly(1), run: cancelJob},
 	"results": cmd[jobResultsFlags]{define: defineJobResultsFlags, nargs: exactly(1), run: jobResults},
+	"targets": cmd[jobTargetsFlags]{define: defineJobTargetsFlags, nargs: exactly(1), run: jobTargets},
 }}
 
 // jobStartFlags are the flags of "jobs start": the body of POST /v1/jobs.
@@ -40,6 +43,7 @@ type jobStartFlags struct {
 	all                                 *bool
 	label, region, devices              *string
 	args, title, description, startAt   *string
+	desired                             *string
 	timeout, ttl, backoff               *time.Duration
 	rate, abort                         *float64
 	retry                               *int
@@ -55,6 +59,7 @@ func defineJobStartFlags(f flags) jobStartFlags {
 		region:       f.String("region", "", "target the devices in this region (their session's, or their last one's)"),
 		devices:      f.String("devices", "", "target these devices: ids separated by commas, or @FILE of ids a line (@-: stdin)"),
 		args:         f.String("args", "", `the command's arguments, a JSON object; @FILE reads them from a file, @- from stdin (default {})`),
+		desired:      f.String("desired", "", `patch each device's desired state instead of sending a command (no NAME): a JSON merge patch such as '{"firmware":"2.4.1"}'; @FILE, @- (stdin)`),
 		timeout:      f.Duration("timeout", 0, "how long each device has to reply once its command is delivered (default 10s)"),
 		ttl:          f.Duration("ttl", 0, "how long each command may wait for an offline device (default 1h)"),
 		rate:         f.Float64("rate", 0, "commands a second, above 0 and at most 10000 (default 100)"),
@@ -133,18 +138,44 @@ func deviceIDs(v string, stdin io.Reader) ([]string, error) {
 
 // body is the request of POST /v1/jobs: the fields the flags give.
 func (jf jobStartFlags) body(name string, stdin io.Reader, now time.Time) (map[string]any, error) {
-	if strings.HasPrefix(*jf.args, "@-") && strings.HasPrefix(*jf.devices, "@-") {
-		return nil, errors.New("-args and -devices cannot both read stdin")
+	if strings.HasPrefix(*jf.args, "@-") && strings.HasPrefix(*jf.devices, "@-") ||
+		strings.HasPrefix(*jf.desired, "@-") && strings.HasPrefix(*jf.devices, "@-") {
+		return nil, errors.New("-args (or -desired) and -devices cannot both read stdin")
+	}
+	var body map[string]any
+	switch {
+	case *jf.desired != "" && name != "":
+		return nil, fmt.Errorf("a job sends a command (NAME %q) or patches desired state (-desired), not both", name)
+	case *jf.desired != "":
+		// A state job: the command's flags mean nothing to it.
+		for _, given := range []struct {
+			flag string
+			set  bool
+		}{{"args", *jf.args != ""}, {"timeout", *jf.timeout != 0}, {"ttl", *jf.ttl != 0}, {"retry", *jf.retry != 0},
+			{"backoff", jf.backoffGiven()}, {"abort-failed-percent", jf.abortGiven()}} {
+			if given.set {
+				return nil, fmt.Errorf("-%s is a command job's: a -desired job sends no command", given.flag)
+			}
+		}
+		desired, err := readObject("desired", `{"firmware":"2.4.1"}`, *jf.desired, stdin)
+		if err != nil {
+			return nil, err
+		}
+		body = map[string]any{"desired": desired}
+	case name == "":
+		return nil, errors.New("give the command's NAME, or -desired JSON to patch desired state")
 	}
 	target, err := jf.target(stdin)
 	if err != nil {
 		return nil, err
 	}
-	args, err := readArgs(*jf.args, stdin)
-	if err != nil {
-		return nil, err
+	if body == nil {
+		args, err := readArgs(*jf.args, stdin)
+		if err != nil {
+			return nil, err
+		}
+		body = commandBody(name, args, *jf.timeout, *jf.ttl)
 	}
-	body := commandBody(name, args, *jf.timeout, *jf.ttl)
 	body["target"] = target
 	if *jf.title != "" {
 		body["title"] = *jf.title
@@ -181,7 +212,11 @@ func (jf jobStartFlags) body(name string, stdin io.Reader, now time.Time) (map[s
 // startJob creates a job: it prints the job's id (-json: the job), then
 // with -follow its progress until it ends.
 func startJob(ctx context.Context, jf jobStartFlags, c call) error {
-	body, err := jf.body(c.args[0], c.Stdin, time.Now())
+	name := ""
+	if len(c.args) > 0 {
+		name = c.args[0]
+	}
+	body, err := jf.body(name, c.Stdin, time.Now())
 	if err != nil {
 		return err
 	}
@@ -193,7 +228,7 @@ func startJob(ctx context.Context, jf jobStartFlags, c call) error {
 	if err != nil {
 		return err
 	}
-	says := fmt.Sprintf("job %s (%s) is %s: %d devices", j.v.ID, j.v.Name, j.v.Status, j.v.Total)
+	says := fmt.Sprintf("job %s (%s) is %s: %d devices", j.v.ID, jobWhat(j.v), j.v.Status, j.v.Total)
 	if j.v.StartAt != nil && j.v.Status == db.JobScheduled {
 		says += ", from " + when(j.v.StartAt, "")
 	}
@@ -260,9 +295,39 @@ func followJob(ctx context.Context, cl *client, id string, c call, asJSON bool) 
 	return nil
 }
 
+// jobWhat names what a job does: its command's name, or "desired state".
+func jobWhat(j db.Job) string {
+	if j.Kind == db.KindState {
+		return "desired state"
+	}
+	return j.Name
+}
+
 // jobProgress says how far a job is: its commands created, the share
-// final, and its devices by their latest command's status.
+// final, and its devices by their latest command's status (a state job:
+// its targets patched, and by outcome, and those converged).
 func jobProgress(j db.Job) string {
+	if j.Kind == db.KindState {
+		s := fmt.Sprintf("reached %d/%d", j.Created, j.Total)
+		if c := j.StateCounts; c != nil {
+			var parts []string
+			for _, n := range []struct {
+				name  string
+				count int
+			}{
+				{"unsent", c.Unsent}, {"patched", c.Patched}, {"unchanged", c.Unchanged}, {"gone", c.Gone},
+				{"too large", c.TooLarge}, {"converged", c.Converged},
+			} {
+				if n.count > 0 {
+					parts = append(parts, fmt.Sprintf("%s %d", n.name, n.count))
+				}
+			}
+			if len(parts) > 0 {
+				s += ": " + strings.Join(parts, ", ")
+			}
+		}
+		return s
+	}
 	s := fmt.Sprintf("created %d/%d", j.Created, j.Total)
 	if j.Progress != nil {
 		s += fmt.Sprintf(", %.0f%% final", *j.Progress*100)
@@ -302,9 +367,9 @@ func writeJob(w io.Writer, j db.Job) error {
 		errs = append(errs, fmt.Sprintf("%d× %s", e.Count, e.Error))
 	}
 	return writeView(w, []field{
-		{"ID", j.ID.String()}, {"NAME", j.Name}, {"TITLE", j.Title},
+		{"ID", j.ID.String()}, {"KIND", string(j.Kind)}, {"NAME", j.Name}, {"TITLE", j.Title},
 		{"DESCRIPTION", strings.Join(strings.Fields(j.Description), " ")},
-		{"ARGS", compactJSON(j.Args)}, {"TARGET", compactJSON(j.Target)},
+		{"ARGS", compactJSON(j.Args)}, {"DESIRED", compactJSON(j.Desired)}, {"TARGET", compactJSON(j.Target)},
 		{"RATE", strconv.FormatFloat(j.Rate, 'g', -1, 64) + "/s"}, {"ABORT", abort}, {"RETRY", retry},
 		{"START AT", when(j.StartAt, "")}, {"STATUS", string(j.Status)}, {"PROGRESS", jobProgress(j)},
 		{"ERRORS", strings.Join(errs, "; ")},
@@ -339,7 +404,11 @@ func listJobs(ctx context.Context, lf jobListFlags, c call) error {
 		return err
 	}
 	t := newTable(c.Stdout, *lf.api.json, []string{"ID", "NAME", "TITLE", "STATUS", "DEVICES", "CREATED"}, func(j db.Job) []string {
-		return []string{j.ID.String(), j.Name, cmpOrDash(truncate(j.Title, 40)), string(j.Status), strconv.Itoa(j.Total), when(&j.CreatedAt, "")}
+		name := j.Name
+		if j.Kind == db.KindState {
+			name = truncate("desired "+compactJSON(j.Desired), 40)
+		}
+		return []string{j.ID.String(), name, cmpOrDash(truncate(j.Title, 40)), string(j.Status), strconv.Itoa(j.Total), when(&j.CreatedAt, "")}
 	})
 	_, more, err := cl.list(ctx, "/v1/jobs", url.Values{"status": {*lf.status}}, "jobs", jobPage, *lf.limit, t.addRaw)
 	if err != nil {
@@ -388,9 +457,13 @@ func cancelJob(ctx context.Context, af apiFlags, c call) error {
 		return err
 	}
 	if j.v.Status == db.JobCancelled {
-		fmt.Fprintf(c.Stderr, "job %s (%s) is cancelled: no more commands, and the undelivered ones ended\n", j.v.ID, j.v.Name)
+		if j.v.Kind == db.KindState {
+			fmt.Fprintf(c.Stderr, "job %s (%s) is cancelled: no more patches\n", j.v.ID, jobWhat(j.v))
+		} else {
+			fmt.Fprintf(c.Stderr, "job %s (%s) is cancelled: no more commands, and the undelivered ones ended\n", j.v.ID, j.v.Name)
+		}
 	} else {
-		fmt.Fprintf(c.Stderr, "job %s (%s) had ended already: %s\n", j.v.ID, j.v.Name, j.v.Status)
+		fmt.Fprintf(c.Stderr, "job %s (%s) had ended already: %s\n", j.v.ID, jobWhat(j.v), j.v.Status)
 	}
 	if *af.json {
 		return j.writeJSON(c.Stdout)
@@ -441,4 +514,44 @@ func jobResults(ctx context.Context, rf jobResultsFlags, c call) error {
 		return err
 	}
 	return t.finish(c.Stderr, more, *rf.limit)
+}
+
+// jobTargetsFlags are the flags of "jobs targets": the filters of
+// GET /v1/jobs/{id}/targets.
+type jobTargetsFlags struct {
+	api     apiFlags
+	outcome *string
+	limit   *int
+}
+
+func defineJobTargetsFlags(f flags) jobTargetsFlags {
+	return jobTargetsFlags{
+		api:     defineAPIFlags(f),
+		outcome: f.String("outcome", "", "only targets of these outcomes, separated by commas: unsent, patched, unchanged, gone, too_large"),
+		limit:   f.Int("limit", 0, "list at most this many targets (0: all of them)"),
+	}
+}
+
+// jobTargets prints a state job's targets, in rollout order: what its
+// patch did to each, and whether each has reported the patched values.
+func jobTargets(ctx context.Context, tf jobTargetsFlags, c call) error {
+	if *tf.limit < 0 {
+		return fmt.Errorf("-limit %d: want 0 (all) or more", *tf.limit)
+	}
+	cl, err := tf.api.required(c)
+	if err != nil {
+		return err
+	}
+	t := newTable(c.Stdout, *tf.api.json, []string{"DEVICE", "OUTCOME", "VERSION", "CONVERGED", "PATCHED"}, func(jt db.JobTarget) []string {
+		version := "-"
+		if jt.DesiredVersion != nil {
+			version = strconv.FormatInt(*jt.DesiredVersion, 10)
+		}
+		return []string{jt.DeviceID, jt.Outcome, version, strconv.FormatBool(jt.Converged), when(jt.PatchedAt, "")}
+	})
+	_, more, err := cl.list(ctx, pathOf("/v1/jobs", c.args[0], "targets"), url.Values{"outcome": {*tf.outcome}}, "targets", db.MaxPage, *tf.limit, t.addRaw)
+	if err != nil {
+		return err
+	}
+	return t.finish(c.Stderr, more, *tf.limit)
 }

@@ -122,7 +122,7 @@ func patchState(ctx context.Context, pf statePatchFlags, c call) error {
 	if err != nil {
 		return err
 	}
-	patch, err := readJSONObject("PATCH", c.args[1], c.Stdin)
+	patch, err := readObject("PATCH", `{"target_celsius":21,"old_key":null}`, c.args[1], c.Stdin)
 	if err != nil {
 		return err
 	}

@@ -65,6 +65,8 @@ var (
 	InvalidJobText            = newType("invalid-job-text", http.StatusBadRequest, "Bad request", "a job title or description that is too long or holds control characters")
 	InvalidJobID              = newType("invalid-job-id", http.StatusBadRequest, "Bad request", "a job id that is not a UUID")
 	JobNotFound               = newType("job-not-found", http.StatusNotFound, "Job not found", "no such job")
+	InvalidJobKind            = newType("invalid-job-kind", http.StatusBadRequest, "Bad request", "a job request that names both a command (name) and a desired-state patch (desired), or gives a command's fields (args, timeout, ttl, retry, abort_failed_percent) with desired")
+	JobKindMismatch           = newType("job-kind-mismatch", http.StatusConflict, "Job kind mismatch", "a command job's route asked of a state job (its commands), or a state job's of a command job (its targets)")
 
 	// Managing devices and API keys (scope admin).
 	InvalidDuration     = newType("invalid-duration", http.StatusBadRequest, "Bad request", "a duration that is not a Go duration such as \"24h\", or out of its range")
