@@ -157,7 +157,7 @@ func (jf jobStartFlags) body(name string, stdin io.Reader, now time.Time) (map[s
 				return nil, fmt.Errorf("-%s is a command job's: a -desired job sends no command", given.flag)
 			}
 		}
-		desired, err := readObject("desired", `{"firmware":"2.4.1"}`, *jf.desired, stdin)
+		desired, err := readObject("-desired", `{"firmware":"2.4.1"}`, *jf.desired, stdin)
 		if err != nil {
 			return nil, err
 		}
