@@ -128,7 +128,7 @@ func TestStateJobSteps(t *testing.T) {
 	// deleted key gone); another key's value does not matter.
 	report := func(id, patch string) {
 		t.Helper()
-		if _, err := store.StoreReports(ctx, []db.Report{{DeviceID: id, Patch: json.RawMessage(patch)}}); err != nil {
+		if _, _, err := store.StoreReports(ctx, []db.Report{{DeviceID: id, Patch: json.RawMessage(patch)}}); err != nil {
 			t.Fatal(err)
 		}
 	}
