@@ -17,6 +17,7 @@ import { Dedup } from "./dedup";
 import {
   DeadlineExceededError,
   DialError,
+  FrameError,
   NotConnectedError,
   ReplacedError,
   SessionClosedError,
@@ -25,14 +26,18 @@ import {
 } from "./errors";
 import { consoleLogger, type Level, type Logger, withFields } from "./logger";
 import {
+  clockSkew,
   CloseCode,
   type CommandFrame,
+  DEADLINE_PASSED,
+  ErrorCode,
   isObject,
   MAX_FRAME,
   MAX_STATE,
   rebalanceDelay,
   retryAfter,
   SUBPROTOCOL,
+  unstorable,
   validName,
 } from "./protocol";
 import { makeCreateConnection, normalizePin } from "./tls";
@@ -79,9 +84,10 @@ export interface Config {
   caFile?: string;
   /**
    * The node certificate's SHA-256 fingerprint (`AB:CD:…`, colons optional,
-   * any case): any other certificate is refused before the credentials are
-   * sent. The chain must still verify (against ca) unless tls says
-   * rejectUnauthorized: false, in which case the pin alone is trusted.
+   * any case), as the Go SDK's Config.Pin: the SDK then accepts that
+   * certificate only, whoever issued it (its chain and names are not
+   * checked: a self-signed node's, say), and refuses any other before
+   * sending the credentials (a PinMismatchError).
    */
   pin?: string;
   /** More options for tls.connect (a client certificate, say). */
@@ -112,6 +118,8 @@ export interface Config {
   onDisconnect?: (err: Error) => void;
   /** Told of each attempt to connect that failed, before the wait that follows. */
   onDialError?: (err: DialError) => void;
+  /** Told of each error frame the node sends (the SDK also logs them). */
+  onError?: (err: FrameError) => void;
 }
 
 /** Replies and reports kept while there is no session; past it the oldest is dropped. */
@@ -169,21 +177,21 @@ export function nextStep(
   ) {
     return { stop: new UnauthorizedError(end.reason), delay: 0, why: end.reason };
   }
+  const rateLimited = end.opened && end.code === CloseCode.RateLimited;
   // A session that lasted, or that the node spoke on, was healthy: the
-  // next failure starts small again.
-  if (end.opened && (lastedMs >= retry.max || end.frames > 0)) retry.reset();
+  // next failure starts small again. Not after a 4029, however long it lasted.
+  if (end.opened && !rateLimited && (lastedMs >= retry.max || end.frames > 0)) retry.reset();
+  if (rateLimited) {
+    // The device sent faster than its rate: never straight back, and later
+    // with each 4029 in a row (the attempts are not reset).
+    return { delay: Math.max(retry.next(), 2 * retry.min), why: "rate limited (4029)" };
+  }
   if (end.opened) {
     switch (end.code) {
       case CloseCode.Replaced:
         return { delay: replacedDelay / 2 + Math.floor(random() * (replacedDelay / 2 + 1)), why: "replaced (4008)" };
       case CloseCode.Rebalance:
         return { delay: rebalanceDelay(end.reason), why: "rebalance (1012)" };
-      case CloseCode.RateLimited: {
-        // Rate limited: come back later than a first retry would, and
-        // count it, so that a device limited again waits longer still.
-        if (retry.attempts() === 0) retry.next();
-        return { delay: Math.max(2 * retry.min, retry.next()), why: "rate limited (4029)" };
-      }
     }
   }
   const retryAfterMs = end.dialErr?.retryAfterMs ?? 0;
@@ -214,6 +222,8 @@ export class Client {
   /** The current session's socket, once open; undefined between sessions. */
   private ws?: WebSocket;
   private sessionId = 0;
+  /** The current session's clock skew (clockSkew), in ms. */
+  private skew = 0;
   /** Command handlers running, by command id. A handler outlives the session that started it. */
   private readonly running = new Map<string, Running>();
   /** The commands delivered again while their first run went on, kept to be run if that run is interrupted. */
@@ -272,12 +282,16 @@ export class Client {
    * Sends a JSON merge patch (RFC 7396) of the device's reported state:
    * {celsius: 20.5, old_key: null}. Like a reply it is kept until a session
    * writes it, whichever session that is, and the node stores it however
-   * busy the database is. Throws if patch is not an object or is over 32 KiB.
+   * busy the database is. Throws if patch is not an object, is over 32 KiB,
+   * or holds what PostgreSQL cannot store (\u0000, a lone surrogate): the
+   * node would close the session.
    */
   report(patch: Record<string, unknown>): void {
     if (!isObject(patch)) throw new TypeError("report: the patch must be a JSON object");
     const reported = JSON.stringify(patch);
     if (Buffer.byteLength(reported) > MAX_STATE) throw new RangeError(`report: the patch is over ${MAX_STATE >> 10} KiB`);
+    const why = unstorable(reported);
+    if (why) throw new RangeError(`report: ${why}`);
     this.queue(`{"type":"report","reported":${reported}}`);
   }
 
@@ -285,11 +299,17 @@ export class Client {
    * Sends an event on the current session. Events are at most once: with
    * no session it throws NotConnectedError, and one written as the session
    * ends is lost (late telemetry is worth little; replies, which are kept,
-   * are another matter). Throws too on a bad name or a frame over 64 KiB.
+   * are another matter). An event the node would refuse (a bad name, data
+   * PostgreSQL cannot store) is not sent: it throws the FrameError the node
+   * would have answered; over 64 KiB, a RangeError.
    */
   event(name: string, data?: unknown): void {
-    if (!validName(name)) throw new RangeError(`event name ${JSON.stringify(name)} is not valid`);
+    if (!validName(name)) {
+      throw new FrameError(ErrorCode.InvalidEventName, "event: name must be 1-128 letters, digits and _.:/-, starting with a letter or digit", String(name));
+    }
     const frame = JSON.stringify({ type: "event", name, data: data === undefined ? null : data });
+    const why = unstorable(frame);
+    if (why) throw new FrameError(ErrorCode.InvalidEventData, `event ${name}: ${why}`, name);
     if (Buffer.byteLength(frame) > MAX_FRAME) throw new RangeError(`event ${name}: frame over ${MAX_FRAME >> 10} KiB`);
     const ws = this.ws;
     if (!ws || ws.readyState !== WebSocket.OPEN) throw new NotConnectedError();
@@ -303,7 +323,7 @@ export class Client {
    * it waits with exponential backoff and full jitter (a random delay up
    * to min(maxBackoff, minBackoff·2^attempt)); after a 1012 the delay the
    * node gave; after a 4008 between replacedDelay/2 and replacedDelay;
-   * after a 4029 at least 2·minBackoff; after a 429 or 503 at least its
+   * after a 4029 at least 2·minBackoff (more with each in a row); after a 429 or 503 at least its
    * Retry-After. It settles once the command handlers have.
    */
   run(signal?: AbortSignal): Promise<void> {
@@ -348,7 +368,10 @@ export class Client {
       while (!stop.aborted) {
         const start = Date.now();
         const end = await this.session(stop);
-        if (stop.aborted) break;
+        if (stop.aborted) {
+          if (end.opened) this.log.info("disconnected", { code: end.code, reason: end.reason || undefined, why: "stopped" });
+          break;
+        }
         const step = nextStep(end, Date.now() - start, retry, this.cfg.replacedDelay);
         if (end.opened) {
           this.log.info("disconnected", {
@@ -386,6 +409,7 @@ export class Client {
       const end: SessionEnd = { opened: false, code: 0, reason: "", frames: 0, silent: false };
       let status = 0;
       let retryAfterMs = 0;
+      let skew = 0;
       const ws = new WebSocket(url, SUBPROTOCOL, {
         headers: { Authorization: "Basic " + Buffer.from(`${this.cfg.id}:${this.cfg.secret}`).toString("base64") },
         handshakeTimeout: this.cfg.handshakeTimeout,
@@ -418,6 +442,9 @@ export class Client {
         res.resume();
         ws.terminate();
       });
+      ws.on("upgrade", (res) => {
+        skew = clockSkew(res.headers.date);
+      });
       ws.on("error", (err) => {
         end.err ??= err;
       });
@@ -429,6 +456,7 @@ export class Client {
         }
         end.opened = true;
         this.ws = ws;
+        this.skew = skew;
         this.log.info("connected", { url });
         watchdog = setTimeout(() => {
           end.silent = true;
@@ -443,7 +471,7 @@ export class Client {
       ws.on("message", (data, isBinary) => {
         alive();
         end.frames++;
-        this.onFrame(ws, sessionId, data, isBinary);
+        this.onFrame(ws, sessionId, skew, data, isBinary);
       });
       ws.on("close", (code, reason) => {
         clearTimeout(watchdog);
@@ -473,7 +501,7 @@ export class Client {
   }
 
   /** Handles one frame from the node. Frames it does not know are logged and dropped. */
-  private onFrame(ws: WebSocket, sessionId: number, data: WebSocket.RawData, isBinary: boolean): void {
+  private onFrame(ws: WebSocket, sessionId: number, skew: number, data: WebSocket.RawData, isBinary: boolean): void {
     if (isBinary) {
       this.log.warn("ignoring a binary frame");
       return;
@@ -498,6 +526,7 @@ export class Client {
         this.dispatch(
           { type: "command", id: msg.id, name: msg.name, args: msg.args ?? {}, deadline: typeof msg.deadline === "string" ? msg.deadline : undefined },
           sessionId,
+          skew,
         );
         return;
       case "state":
@@ -508,12 +537,16 @@ export class Client {
         return;
       case "pong":
         return;
-      case "error":
+      case "error": {
         // The node refused a frame of ours but kept the session.
-        this.log.warn("the node refused a frame", { error: msg.error, detail: msg.detail, frame: msg.frame, name: msg.name });
+        const fe = new FrameError(String(msg.error ?? ""), String(msg.message ?? ""), typeof msg.name === "string" ? msg.name : undefined);
+        this.log.warn("the node refused a frame", { error: fe.code, message: msg.message, name: fe.eventName });
+        this.cfg.onError?.(fe);
         return;
+      }
       default:
-        this.log.debug("ignoring a frame of an unknown type", { type: msg.type }); // a newer protocol's
+        // A newer node's frame: v1 devices ignore what they do not know.
+        this.log.debug("ignoring a frame of a type this SDK does not know", { type: msg.type });
     }
   }
 
@@ -536,7 +569,7 @@ export class Client {
   }
 
   /** Runs a command, unless its id was seen: then answers from memory, or lets the first run answer. */
-  private dispatch(cmd: CommandFrame, sessionId: number): void {
+  private dispatch(cmd: CommandFrame, sessionId: number, skew: number): void {
     const seen = this.dedupIds.begin(cmd.id);
     if (!seen.fresh) {
       if (seen.reply !== undefined) {
@@ -548,19 +581,27 @@ export class Client {
       }
       return;
     }
+    // The deadline by the device's clock: a device whose clock is off (no
+    // RTC, no NTP yet) neither drops every command as late nor waits on
+    // ones long given up.
+    const at = cmd.deadline ? Date.parse(cmd.deadline) - skew : NaN;
+    if (!Number.isNaN(at) && Date.now() >= at) {
+      // The node has stopped waiting (the frame sat unread, or the device
+      // was busy): running it would act for nobody. The reply says why,
+      // should the node still take it.
+      this.log.warn("command came after its deadline: not run", { command: cmd.name, id: cmd.id, deadline: cmd.deadline });
+      const reply = replyFrame(cmd.id, false, undefined, DEADLINE_PASSED);
+      this.dedupIds.finish(cmd.id, reply);
+      this.queue(reply);
+      return;
+    }
     this.log.debug("command", { command: cmd.name, id: cmd.id });
     const controller = new AbortController();
     let deadline: Date | undefined;
     let deadlineTimer: NodeJS.Timeout | undefined;
-    if (cmd.deadline) {
-      const at = Date.parse(cmd.deadline);
-      if (!Number.isNaN(at)) {
-        deadline = new Date(at);
-        deadlineTimer = setTimeout(
-          () => controller.abort(new DeadlineExceededError()),
-          Math.min(Math.max(at - Date.now(), 0), 2 ** 31 - 1),
-        );
-      }
+    if (!Number.isNaN(at)) {
+      deadline = new Date(at);
+      deadlineTimer = setTimeout(() => controller.abort(new DeadlineExceededError()), Math.min(at - Date.now(), 2 ** 31 - 1));
     }
     const ctx: CommandContext = { id: cmd.id, name: cmd.name, signal: controller.signal, deadline };
     const done = this.runHandler(cmd, ctx).then(
@@ -574,7 +615,7 @@ export class Client {
           const again = this.pendingRedelivery.get(cmd.id);
           this.pendingRedelivery.delete(cmd.id);
           // A redelivery came while it ran, on a session still open: run that one.
-          if (again && this.ws && !this.stopController?.signal.aborted) this.dispatch(again, this.sessionId);
+          if (again && this.ws && !this.stopController?.signal.aborted) this.dispatch(again, this.sessionId, this.skew);
           return;
         }
         this.pendingRedelivery.delete(cmd.id);
@@ -606,6 +647,8 @@ export class Client {
     } catch (err) {
       return replyFrame(cmd.id, false, undefined, `result is not JSON: ${(err as Error).message}`);
     }
+    const why = unstorable(frame);
+    if (why) return replyFrame(cmd.id, false, undefined, `result cannot be stored: ${why}`);
     if (Buffer.byteLength(frame) > MAX_FRAME) {
       return replyFrame(cmd.id, false, undefined, `result is too large: frames are at most ${MAX_FRAME >> 10} KiB`);
     }

@@ -84,6 +84,25 @@ export class PinMismatchError extends Error {
   }
 }
 
+/**
+ * A frame of this device's that the node refused with an error frame,
+ * keeping the session (`{"type":"error","error":"invalid-event-name",
+ * "message":"…","name":"…"}`): an event it cannot take, or a frame type it
+ * does not know. code is the frame's "error" (invalid-event-name,
+ * invalid-event-data, unknown-type), name the refused event's name.
+ * event() throws one, before sending, for an event the node would refuse.
+ */
+export class FrameError extends Error {
+  override name = "FrameError";
+  readonly code: string;
+  readonly eventName?: string;
+  constructor(code: string, message: string, eventName?: string) {
+    super(eventName ? `${code} (event ${JSON.stringify(eventName)}): ${message}` : `${code}: ${message}`);
+    this.code = code;
+    this.eventName = eventName;
+  }
+}
+
 /** The reason a command's AbortSignal fires when its deadline passes. */
 export class DeadlineExceededError extends Error {
   override name = "DeadlineExceededError";

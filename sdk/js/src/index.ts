@@ -8,6 +8,7 @@ export type { CommandContext, Config, DesiredHandler, Handler, NextStep } from "
 export {
   DeadlineExceededError,
   DialError,
+  FrameError,
   NotConnectedError,
   PinMismatchError,
   ReplacedError,
@@ -20,7 +21,20 @@ export {
 } from "./errors";
 export { consoleLogger, withFields } from "./logger";
 export type { Level, Logger } from "./logger";
-export { CloseCode, MAX_FRAME, MAX_STATE, parseDuration, rebalanceDelay, retryAfter, SUBPROTOCOL, validName } from "./protocol";
+export {
+  clockSkew,
+  CloseCode,
+  DEADLINE_PASSED,
+  ErrorCode,
+  MAX_FRAME,
+  MAX_STATE,
+  parseDuration,
+  rebalanceDelay,
+  retryAfter,
+  SUBPROTOCOL,
+  unstorable,
+  validName,
+} from "./protocol";
 export { Backoff, ceiling, sleep } from "./backoff";
 export { Dedup } from "./dedup";
 export { fingerprint, normalizePin, pemFingerprint, pinMatches } from "./tls";

@@ -30,6 +30,43 @@ export function validName(s: unknown): s is string {
   return typeof s === "string" && namePattern.test(s);
 }
 
+/** Error codes of error frames: why the node refused a frame without closing the session. */
+export const ErrorCode = {
+  InvalidEventName: "invalid-event-name",
+  InvalidEventData: "invalid-event-data",
+  UnknownType: "unknown-type",
+} as const;
+
+/** The error of the reply to a command that came after its deadline: its handler was not run. */
+export const DEADLINE_PASSED = "deadline passed";
+
+/**
+ * Why PostgreSQL could not store JSON text that JSON.stringify wrote, or
+ * undefined: the escape \u0000, or a lone surrogate (which JSON.stringify
+ * writes as an escape; a pair it writes as is). The node refuses such a
+ * frame: an event with an error frame, a reply or a report with 1008.
+ */
+export function unstorable(json: string): string | undefined {
+  // an escape preceded by an even number of backslashes (none, or escaped ones)
+  const m = /(?<!\\)(?:\\\\)*\\u(0000|[dD][89a-fA-F][0-9a-fA-F]{2})/.exec(json);
+  if (!m) return undefined;
+  return m[1] === "0000" ? "\\u0000 cannot be stored: remove NUL characters" : "a lone surrogate cannot be stored";
+}
+
+/**
+ * How far the node's clock (its Date header, read at local time now) is
+ * ahead of the device's, in ms, or 0 when they agree within 2 s (a Date is
+ * whole seconds) or there is no date. A command's deadline, by the node's
+ * clock, less the skew is its deadline by the device's.
+ */
+export function clockSkew(date: string | undefined, now = Date.now()): number {
+  if (!date) return 0;
+  const at = Date.parse(date);
+  if (Number.isNaN(at)) return 0;
+  const skew = at - now;
+  return Math.abs(skew) < 2000 ? 0 : skew;
+}
+
 /** Whether v is a JSON object (not an array, not null). */
 export function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);

@@ -58,9 +58,10 @@ type Callback = (err: Error | null, socket?: net.Socket) => void;
 /**
  * makeCreateConnection returns a `createConnection` for ws (and so for
  * http.request): it opens the TLS connection itself, verifies the chain
- * (Node's, against ca), the host name and the pin, and only then gives the
- * socket to the request, through the callback. A certificate that fails
- * any of them never sees a byte of HTTP, so not the credentials either.
+ * (Node's, against ca) and the host name, or with a pin the certificate's
+ * SHA-256 alone, and only then gives the socket to the request, through
+ * the callback. A certificate that fails never sees a byte of HTTP, so
+ * not the credentials either.
  */
 export function makeCreateConnection(opts: ConnectOptions) {
   return (reqOpts: tls.ConnectionOptions & { path?: string | null }, cb: Callback): undefined => {
@@ -80,9 +81,11 @@ export function makeCreateConnection(opts: ConnectOptions) {
       ALPNProtocols: ["http/1.1"],
       // The pin is checked here too, during the handshake; the check on
       // secureConnect below also covers a resumed session, which skips this.
-      checkServerIdentity: (hostname, cert) => tls.checkServerIdentity(hostname, cert) ?? checkPin(cert),
+      checkServerIdentity: (hostname, cert) => (opts.pin !== undefined ? checkPin(cert) : tls.checkServerIdentity(hostname, cert)),
       ...opts.tls,
-      rejectUnauthorized: opts.tls?.rejectUnauthorized ?? true,
+      // With a pin, the pinned certificate is trusted whoever issued it
+      // (as the Go SDK's Config.Pin): the chain is not what counts.
+      rejectUnauthorized: opts.pin === undefined && (opts.tls?.rejectUnauthorized ?? true),
     });
     opts.track?.(socket);
     let settled = false;
@@ -103,7 +106,7 @@ export function makeCreateConnection(opts: ConnectOptions) {
     const timer = setTimeout(() => settle(new Error(`TLS connection to ${host}:${reqOpts.port} timed out`)), opts.timeoutMs);
     socket.on("error", onError);
     socket.once("secureConnect", () => {
-      if (!socket.authorized && (opts.tls?.rejectUnauthorized ?? true)) {
+      if (!socket.authorized && opts.pin === undefined && (opts.tls?.rejectUnauthorized ?? true)) {
         settle(new Error(`node certificate not trusted: ${socket.authorizationError}`));
         return;
       }

@@ -10,6 +10,7 @@ import {
   Client,
   type Config,
   DialError,
+  FrameError,
   NotConnectedError,
   pemFingerprint,
   PinMismatchError,
@@ -115,6 +116,46 @@ describe("a session", () => {
     s.send(cmd);
     assert.deepEqual(await s.next("reply"), { type: "reply", id: cmd.id, ok: false, error: "command deadline exceeded" });
     assert.equal(seen?.getTime(), deadline.getTime());
+  });
+
+  it("answers a command past its deadline without running it, by the node's clock", async () => {
+    const node = await startNode();
+    const nodeClock = -3_600_000; // the node's clock is an hour behind the device's
+    node.headers = (headers) => headers.push(`Date: ${new Date(Date.now() + nodeClock).toUTCString()}`);
+    const { client } = newClient(node.url);
+    let runs = 0;
+    client.handle("act", () => ++runs);
+    void client.run();
+    const s = await node.next();
+    // Due in 5 s by the node's clock: by the device's it came an hour
+    // early, not an hour late.
+    const onTime = command("act", {}, randomUUID(), { deadline: new Date(Date.now() + nodeClock + 5000).toISOString() });
+    s.send(onTime);
+    assert.deepEqual(await s.next("reply"), { type: "reply", id: onTime.id, ok: true, result: 1 });
+    const late = command("act", {}, randomUUID(), { deadline: new Date(Date.now() + nodeClock - 5000).toISOString() });
+    s.send(late);
+    assert.deepEqual(await s.next("reply"), { type: "reply", id: late.id, ok: false, error: "deadline passed" });
+    s.send(late); // again: the same answer
+    assert.deepEqual(await s.next("reply"), { type: "reply", id: late.id, ok: false, error: "deadline passed" });
+    assert.equal(runs, 1);
+  });
+
+  it("refuses events the node would refuse, and reports the node's error frames", async () => {
+    const node = await startNode();
+    const refused: FrameError[] = [];
+    const { client } = newClient(node.url, { onError: (err) => refused.push(err) });
+    void client.run();
+    const s = await node.next();
+    assert.throws(() => client.event("bad name", {}), (err: FrameError) => err.code === "invalid-event-name");
+    assert.throws(() => client.event("nul", { s: "a\u0000b" }), (err: FrameError) => err.code === "invalid-event-data");
+    assert.throws(() => client.event("surrogate", { s: "\ud800" }), (err: FrameError) => err.code === "invalid-event-data");
+    await eventually(() => client.connected, 5000, "the client to see its session open");
+    client.event("fine", { s: "a\\u0000 written out, 😀" });
+    assert.deepEqual(await s.next(), { type: "event", name: "fine", data: { s: "a\\u0000 written out, 😀" } });
+    s.send({ type: "error", error: "invalid-event-name", message: "event: name must match", name: "x y" });
+    await eventually(() => refused.length === 1, 5000, "the error frame");
+    assert.equal(refused[0].code, "invalid-event-name");
+    assert.equal(refused[0].eventName, "x y");
   });
 
   it("applies newer desired state only, and reports", async () => {
@@ -380,21 +421,24 @@ describe("TLS and pinning", () => {
     await eventually(() => raw.received.toString().includes("Authorization: Basic "), 5000, "the request");
   });
 
-  it("refuses a certificate its CA does not vouch for, and trusts the pin alone when told to", async () => {
+  it("refuses a certificate its CA does not vouch for; pinned, trusts that certificate whoever issued it", async () => {
     const node = await startNode("b");
     const untrusted = newClient(node.url); // trusts a, not b
     void untrusted.client.run();
     await eventually(() => untrusted.dialErrors.length >= 2, 5000, "two refused connects");
     await untrusted.client.stop();
+    assert.match(untrusted.dialErrors[0].message, /self.signed|not trusted|unable to verify/i);
     assert.equal(node.requests.length, 0);
 
-    const pinOnly = newClient(node.url, { ca: undefined, pin: pinA, tls: { rejectUnauthorized: false } });
-    void pinOnly.client.run();
-    await eventually(() => pinOnly.dialErrors.length >= 2, 5000, "two refused connects");
-    await pinOnly.client.stop();
+    const wrongPin = newClient(node.url, { pin: pinA });
+    void wrongPin.client.run();
+    await eventually(() => wrongPin.dialErrors.length >= 2, 5000, "two refused connects");
+    await wrongPin.client.stop();
+    assert.ok(wrongPin.dialErrors[0].cause instanceof PinMismatchError);
     assert.equal(node.requests.length, 0);
 
-    const pinned = newClient(node.url, { ca: undefined, pin: pinB, tls: { rejectUnauthorized: false } });
+    // b's certificate, which the CA (a) does not vouch for, but pinned.
+    const pinned = newClient(node.url, { pin: pinB });
     void pinned.client.run();
     await node.next();
   });

@@ -86,6 +86,8 @@ export class TestNode {
   readonly sessions = new Queue<Session>();
   /** Every upgrade request, with the time it came. */
   readonly requests: Array<{ req: IncomingMessage; at: number }> = [];
+  /** Adds headers to each upgrade's 101 response. */
+  headers: (headers: string[]) => void = () => undefined;
   /** Decides, per request (numbered from 0), whether to refuse it. */
   refuse: (n: number, req: IncomingMessage) => Refusal = () => undefined;
   private readonly wss = new WebSocketServer({
@@ -98,6 +100,7 @@ export class TestNode {
     private readonly server: https.Server,
     readonly url: string,
   ) {
+    this.wss.on("headers", (headers) => this.headers(headers));
     server.on("upgrade", (req: IncomingMessage, socket, head) => {
       const n = this.requests.length;
       this.requests.push({ req, at: Date.now() });

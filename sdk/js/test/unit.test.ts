@@ -5,6 +5,7 @@ import {
   Backoff,
   ceiling,
   Client,
+  clockSkew,
   CloseCode,
   Dedup,
   DialError,
@@ -18,6 +19,7 @@ import {
   retryAfter,
   UnauthorizedError,
   Unauthorized,
+  unstorable,
 } from "../src";
 import { certPEM } from "./harness";
 
@@ -129,6 +131,21 @@ describe("delays", () => {
     assert.equal(retryAfter("Wed, 31 Dec 2025 00:00:07 GMT", now), 0);
   });
 
+  it("finds what PostgreSQL cannot store in JSON.stringify's output", () => {
+    assert.match(unstorable(JSON.stringify({ s: "a\u0000" }))!, /u0000/);
+    assert.match(unstorable(JSON.stringify({ s: "\udc00" }))!, /surrogate/);
+    assert.equal(unstorable(JSON.stringify({ s: "😀 \\u0000 \\ud800" })), undefined);
+    assert.match(unstorable(JSON.stringify({ s: "\\\u0000" }))!, /u0000/);
+  });
+
+  it("takes the node's clock from its Date header when off by 2 s or more", () => {
+    const now = Date.parse("2026-01-01T00:00:00Z");
+    assert.equal(clockSkew(undefined, now), 0);
+    assert.equal(clockSkew("Thu, 01 Jan 2026 00:00:01 GMT", now), 0);
+    assert.equal(clockSkew("Thu, 01 Jan 2026 01:00:00 GMT", now), 3_600_000);
+    assert.equal(clockSkew("Wed, 31 Dec 2025 23:59:50 GMT", now), -10_000);
+  });
+
   it("reads the delay of a 1012's reason, within 10 minutes", () => {
     assert.equal(rebalanceDelay("30s"), 30_000);
     assert.equal(rebalanceDelay("reconnect in 1m30s"), 90_000);
@@ -164,13 +181,12 @@ describe("nextStep", () => {
     }
   });
 
-  it("after 4029 waits at least 2·min, and more as it repeats", () => {
+  it("after 4029 waits at least 2·min, more as it repeats, however long the session lasted", () => {
     const b = new Backoff(100, 100_000, () => 0);
-    assert.ok(nextStep(opened(CloseCode.RateLimited), 0, b, 60_000).delay >= 200);
+    assert.ok(nextStep(opened(CloseCode.RateLimited, "", 5), 0, b, 60_000).delay >= 200);
     const high = new Backoff(100, 100_000, () => 0.999999);
-    const first = nextStep(opened(CloseCode.RateLimited), 0, high, 60_000).delay;
-    const second = nextStep(opened(CloseCode.RateLimited), 0, high, 60_000).delay;
-    assert.ok(second > first, `${second} after ${first}`);
+    const waits = [1, 2, 3, 4].map(() => nextStep(opened(CloseCode.RateLimited, "", 5), 200_000, high, 60_000).delay);
+    assert.deepEqual(waits, [200, 200, 400, 800]);
   });
 
   it("honours Retry-After, backs off for everything else, and resets after a healthy session", () => {
