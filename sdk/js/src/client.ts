@@ -249,6 +249,7 @@ export class Client {
     if (this.cfg.maxBackoff < this.cfg.minBackoff) this.cfg.maxBackoff = this.cfg.minBackoff;
     this.ca = cfg.ca ?? (cfg.caFile ? readFileSync(cfg.caFile) : undefined);
     this.pin = cfg.pin ? normalizePin(cfg.pin) : undefined;
+    if (this.pin && !cfg.url.startsWith("wss:")) throw new TypeError("a pin needs a wss:// url");
     const base = cfg.logger ?? consoleLogger((process.env.SWITCHBOARD_LOG_LEVEL as Level | undefined) ?? "info");
     this.log = withFields(base, { device: cfg.id });
     this.dedupIds = new Dedup(this.cfg.dedup);

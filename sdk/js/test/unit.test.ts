@@ -107,6 +107,7 @@ describe("pin", () => {
     assert.throws(() => normalizePin("AB:CD"), RangeError);
     assert.throws(() => normalizePin(pinA.replace("8A", "ZZ")), RangeError);
     assert.throws(() => new Client({ url: "wss://x/v1/connect", id: "d", secret: "s", pin: "nope" }), RangeError);
+    assert.throws(() => new Client({ url: "ws://x/v1/connect", id: "d", secret: "s", pin: pinA }), TypeError);
   });
 
   it("matches the certificate's DER and only it", async () => {
