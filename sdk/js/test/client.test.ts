@@ -316,7 +316,8 @@ describe("close codes and refusals", () => {
       if (code === 0) s.ws.terminate();
       else s.close(code, code === 1008 ? "event: name must match" : "");
       s = await node.next();
-      assert.ok(s.openedAt - t0 < 1000, `after ${code}: reconnected in ${s.openedAt - t0} ms`);
+      // backoff caps at 50 ms here; the rest is slack for a loaded machine
+      assert.ok(s.openedAt - t0 < 3000, `after ${code}: reconnected in ${s.openedAt - t0} ms`);
     }
   });
 
@@ -328,7 +329,7 @@ describe("close codes and refusals", () => {
     const t0 = Date.now();
     s.close(1012, "600ms");
     const gap = (await node.next()).openedAt - t0;
-    assert.ok(gap >= 600 && gap < 1600, `reconnected ${gap} ms after a 1012 "600ms"`);
+    assert.ok(gap >= 600 && gap < 3000, `reconnected ${gap} ms after a 1012 "600ms"`);
   });
 
   it("waits replacedDelay/2 to replacedDelay after 4008", async () => {
@@ -340,7 +341,7 @@ describe("close codes and refusals", () => {
     const t0 = Date.now();
     s.close(4008, "replaced");
     const gap = (await node.next()).openedAt - t0;
-    assert.ok(gap >= 400 && gap < 1300, `reconnected ${gap} ms after a 4008`);
+    assert.ok(gap >= 400 && gap < 3000, `reconnected ${gap} ms after a 4008`);
     assert.equal(disconnects[0]?.name, "ReplacedError");
   });
 
@@ -363,7 +364,7 @@ describe("close codes and refusals", () => {
       void client.run();
       await node.next();
       const gap = node.requests[1].at - node.requests[0].at;
-      assert.ok(gap >= 1000 && gap < 2500, `HTTP ${status}: retried after ${gap} ms`);
+      assert.ok(gap >= 1000 && gap < 4000, `HTTP ${status}: retried after ${gap} ms`);
       assert.equal(dialErrors[0].retryAfterMs, 1000);
       await client.stop();
     }
@@ -373,18 +374,18 @@ describe("close codes and refusals", () => {
 describe("the watchdog", () => {
   it("gives up a silent session and reconnects; pings keep a session alive", async () => {
     const node = await startNode();
-    const { client } = newClient(node.url, { readTimeout: 300 });
+    const { client } = newClient(node.url, { readTimeout: 1000 });
     void client.run();
     const s1 = await node.next();
     const t0 = Date.now();
     const closed = await s1.closed;
     assert.equal(closed.code, 1006, "dropped, not closed");
-    assert.ok(Date.now() - t0 >= 250, `given up after ${Date.now() - t0} ms`);
+    assert.ok(Date.now() - t0 >= 900, `given up after ${Date.now() - t0} ms`);
     const s2 = await node.next();
     // Pinged every 100 ms, it stays for three read timeouts.
     const pinger = setInterval(() => s2.ws.ping(), 100);
     try {
-      await new Promise((r) => setTimeout(r, 900));
+      await new Promise((r) => setTimeout(r, 3000));
       assert.equal(s2.closedAt, 0, "a pinged session was given up");
     } finally {
       clearInterval(pinger);
@@ -454,6 +455,6 @@ describe("stop", () => {
     const t0 = Date.now();
     await client.stop();
     await run;
-    assert.ok(Date.now() - t0 < 500, `stopped in ${Date.now() - t0} ms`);
+    assert.ok(Date.now() - t0 < 2000, `stopped in ${Date.now() - t0} ms (the wait was 60 s)`);
   });
 });
