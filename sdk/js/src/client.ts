@@ -324,8 +324,9 @@ export class Client {
    * it waits with exponential backoff and full jitter (a random delay up
    * to min(maxBackoff, minBackoff·2^attempt)); after a 1012 the delay the
    * node gave; after a 4008 between replacedDelay/2 and replacedDelay;
-   * after a 4029 at least 2·minBackoff (more with each in a row); after a 429 or 503 at least its
-   * Retry-After. It settles once the command handlers have.
+   * after a 4029 at least 2·minBackoff (more with each in a row); after a
+   * 429 or 503 at least its Retry-After. It settles once the command
+   * handlers have.
    */
   run(signal?: AbortSignal): Promise<void> {
     if (this.runPromise) throw new Error("run: already running");
@@ -464,7 +465,7 @@ export class Client {
           this.log.warn("the node is silent: giving the session up", { read_timeout_ms: this.cfg.readTimeout });
           ws.terminate();
         }, this.cfg.readTimeout);
-        this.cfg.onConnect?.();
+        this.hook("onConnect", () => this.cfg.onConnect?.());
         this.flush();
       });
       ws.on("ping", alive);
@@ -490,15 +491,25 @@ export class Client {
           if (status === 401) cause = new UnauthorizedError();
           else if (status) cause = new Error(`HTTP ${status}`);
           end.dialErr = new DialError(url, cause, status, retryAfterMs);
-          if (!stop.aborted) this.cfg.onDialError?.(end.dialErr);
+          const dialErr = end.dialErr;
+          if (!stop.aborted) this.hook("onDialError", () => this.cfg.onDialError?.(dialErr));
         } else {
           let err: Error = new SessionClosedError(end.code, end.reason);
           if (code === CloseCode.Replaced) err = new ReplacedError();
-          this.cfg.onDisconnect?.(err);
+          this.hook("onDisconnect", () => this.cfg.onDisconnect?.(err));
         }
         resolve(end);
       });
     });
+  }
+
+  /** Calls a hook of the Config: one that throws is logged, not let loose on the socket's events. */
+  private hook(name: string, fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.log.error(`${name} threw`, { err: err as Error });
+    }
   }
 
   /** Handles one frame from the node. Frames it does not know are logged and dropped. */
@@ -542,7 +553,7 @@ export class Client {
         // The node refused a frame of ours but kept the session.
         const fe = new FrameError(String(msg.error ?? ""), String(msg.message ?? ""), typeof msg.name === "string" ? msg.name : undefined);
         this.log.warn("the node refused a frame", { error: fe.code, message: msg.message, name: fe.eventName });
-        this.cfg.onError?.(fe);
+        this.hook("onError", () => this.cfg.onError?.(fe));
         return;
       }
       default:
