@@ -1,11 +1,15 @@
 /**
  * A stand-in connection node for the tests: a real TLS WebSocket server
- * (ws, over loopback) with the test certificates of test/fixtures, which
+ * (ws, over loopback) with two self-signed test certificates made when
+ * the tests start (openssl, into a temporary folder: no key is kept in the
+ * repository), which
  * records each upgrade request and session and lets a test answer a
  * connect with an HTTP status, send frames, and close with any code.
  */
 import { once } from "node:events";
-import { readFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import * as os from "node:os";
 import * as https from "node:https";
 import type { IncomingMessage } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -13,8 +17,15 @@ import * as path from "node:path";
 import * as tls from "node:tls";
 import { WebSocket, WebSocketServer } from "ws";
 
-// The fixtures stay in test/fixtures; the compiled tests run from dist/test.
-const fixtures = path.join(__dirname, "..", "..", "test", "fixtures");
+// Two certificates for localhost and 127.0.0.1, "a" and "b": the node's,
+// and an impostor's for the pinning tests.
+const fixtures = mkdtempSync(path.join(os.tmpdir(), "switchboard-sdk-js-"));
+process.on("exit", () => rmSync(fixtures, { recursive: true, force: true }));
+for (const name of ["a", "b"]) {
+  execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+    "-subj", `/CN=switchboard-sdk-test-${name}`, "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+    "-keyout", path.join(fixtures, `${name}-key.pem`), "-out", path.join(fixtures, `${name}-cert.pem`)], { stdio: "ignore" });
+}
 export const certPEM = (name: "a" | "b") => readFileSync(path.join(fixtures, `${name}-cert.pem`));
 export const keyPEM = (name: "a" | "b") => readFileSync(path.join(fixtures, `${name}-key.pem`));
 
