@@ -70,13 +70,28 @@ async def open_connection(
     }
     if url.startswith("wss:"):
         kwargs["ssl"] = ssl_context
+    made: list[Connection] = []
+
+    def factory(*args: Any, **kw: Any) -> Connection:
+        conn = Connection(*args, **kw)
+        made.append(conn)
+        return conn
+
     if NEW_API:  # pragma: no cover - only with websockets >= 14
         kwargs["additional_headers"] = dict(headers)
-        kwargs["create_connection"] = Connection
+        kwargs["create_connection"] = factory
     else:
         kwargs["extra_headers"] = dict(headers)
-        kwargs["create_protocol"] = Connection
-    conn: Connection = await _connect(url, **kwargs)
+        kwargs["create_protocol"] = factory
+    try:
+        conn: Connection = await _connect(url, **kwargs)
+    except BaseException:
+        # Cancelled mid-handshake, the library leaves the socket open.
+        for c in made:
+            transport = getattr(c, "transport", None)  # unset before TCP and TLS are up
+            if transport is not None:
+                transport.abort()
+        raise
     return conn
 
 

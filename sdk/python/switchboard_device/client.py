@@ -193,6 +193,7 @@ class Client:
         self._stop: asyncio.Event | None = None
         self._up: asyncio.Event | None = None  # set while a session is open
         self._close_requested = False
+        self._cancelled = False  # run() was cancelled during a session
         self._started = False
 
     # ---- registration -------------------------------------------------
@@ -293,6 +294,8 @@ class Client:
                     break
         finally:
             await self._finish_handlers()
+        if self._cancelled:
+            raise asyncio.CancelledError()
 
     def close(self) -> None:
         """Stop run(): the session is closed with 1000 once running handlers
@@ -350,13 +353,26 @@ class Client:
         stopper = asyncio.ensure_future(self._stop.wait())
         try:
             await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopper.cancel()
-            if not task.done():
-                task.cancel()
-        if task.cancelled():
+        except asyncio.CancelledError:
+            self._cancel_run()
+        stopper.cancel()
+        if self._stop.is_set():
+            task.cancel()
+            # Let it clean up; a connection that came meanwhile is dropped.
+            await asyncio.wait({task})
+            if not task.cancelled() and task.exception() is None:
+                transport = getattr(task.result(), "transport", None)
+                if transport is not None:
+                    transport.abort()
             return None
         return task.result()
+
+    def _cancel_run(self) -> None:
+        """run() was cancelled: stop as close() would (closing the session
+        with 1000), then go on cancelling (run re-raises)."""
+        assert self._stop is not None
+        self._cancelled = True
+        self._stop.set()
 
     async def _session(self) -> _Outcome:
         """One connection: connect, serve until it ends, say how it ended."""
@@ -395,7 +411,10 @@ class Client:
         watchdog = asyncio.ensure_future(self._watchdog(conn, outcome))
         stopper = asyncio.ensure_future(self._stop.wait())
         try:
-            await asyncio.wait({reader, writer, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                await asyncio.wait({reader, writer, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                self._cancel_run()
             if self._stop.is_set():
                 reader.cancel()
                 await self._goodbye(conn)

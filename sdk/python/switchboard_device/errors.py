@@ -42,3 +42,6 @@ class PinMismatch(ssl.SSLCertVerificationError):
     """The node's certificate is not the pinned one. Raised during the TLS
     handshake, before any byte of the HTTP upgrade (and so the device's
     credentials) is written."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "certificate does not match the pin"
