@@ -85,8 +85,7 @@ async def main() -> int:
         loop.add_signal_handler(sig, client.close)
     try:
         await client.run()
-    except Unauthorized as exc:
-        logging.error("stopping: %s", exc)
+    except Unauthorized:  # the SDK logged why
         return EXIT_UNAUTHORIZED
     return 0
 

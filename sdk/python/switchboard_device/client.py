@@ -284,7 +284,8 @@ class Client:
                 if self._stop.is_set():
                     break
                 if isinstance(outcome.err, Unauthorized):
-                    self._log.error("device %s: %s: stopping", self._cfg.id, outcome.err)
+                    what = _describe(outcome) if outcome.code else str(outcome.err)
+                    self._log.error("device %s: %s: stopping", self._cfg.id, what)
                     raise outcome.err
                 if outcome.frames > 0 or time.monotonic() - outcome.started >= self._cfg.lasting_session:
                     retry.reset()  # the session worked: the next failure starts small again
