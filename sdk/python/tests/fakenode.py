@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import ssl
@@ -22,6 +23,13 @@ import websockets  # noqa: E402
 from websockets.legacy.server import WebSocketServerProtocol  # noqa: E402
 
 WAIT = 10.0  # the longest a test waits for something that should happen
+
+if not os.environ.get("SWITCHBOARD_TEST_LOG"):
+    # Quiet by default (the SDK warns about what the tests provoke); set
+    # SWITCHBOARD_TEST_LOG=1 to see it, as for the Go tests.
+    for name in ("switchboard_device", "asyncio", "websockets"):
+        logging.getLogger(name).addHandler(logging.NullHandler())
+        logging.getLogger(name).propagate = False
 
 
 class Session:
