@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, cast
 
 import websockets
 from websockets.exceptions import ConnectionClosed
@@ -28,11 +28,11 @@ if TYPE_CHECKING or not NEW_API:
     from websockets.legacy.client import WebSocketClientProtocol as _Base
     from websockets.legacy.client import connect as _connect
 else:  # pragma: no cover - only with websockets >= 14
-    from websockets.asyncio.client import ClientConnection as _Base  # type: ignore[assignment]
-    from websockets.asyncio.client import connect as _connect  # type: ignore[assignment]
+    from websockets.asyncio.client import ClientConnection as _Base
+    from websockets.asyncio.client import connect as _connect
 
 
-class Connection(_Base):  # type: ignore[misc, valid-type]
+class Connection(_Base):
     """A client connection that records when bytes last arrived."""
 
     last_seen: float = 0.0
@@ -84,7 +84,7 @@ async def open_connection(
         kwargs["extra_headers"] = dict(headers)
         kwargs["create_protocol"] = factory
     try:
-        conn: Connection = await _connect(url, **kwargs)
+        conn = cast(Connection, await _connect(url, **kwargs))
     except BaseException:
         # Cancelled mid-handshake, the library leaves the socket open.
         for c in made:

@@ -19,8 +19,9 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # the package, from the repository
 
-import websockets  # noqa: E402
-from websockets.legacy.server import WebSocketServerProtocol  # noqa: E402
+from websockets.exceptions import ConnectionClosed  # noqa: E402
+from websockets.typing import Subprotocol  # noqa: E402
+from websockets.legacy.server import WebSocketServerProtocol, serve  # noqa: E402
 
 WAIT = 10.0  # the longest a test waits for something that should happen
 
@@ -100,25 +101,25 @@ class FakeNode:
             try:
                 async for message in ws:
                     session.frames.put_nowait(json.loads(message))
-            except websockets.ConnectionClosed:
+            except ConnectionClosed:
                 pass
             finally:
                 session.close_code = ws.close_code
                 session.ended = loop.time()
                 session.done.set()
 
-        self._server = await websockets.serve(
+        self._server = await serve(
             handler,
             "127.0.0.1",
             0,
-            subprotocols=["switchboard.v1"],
+            subprotocols=[Subprotocol("switchboard.v1")],
             process_request=process_request,
             ping_interval=self.ping_interval,
             ping_timeout=None,
             ssl=self.tls,
             compression=None,
         )
-        port = self._server.sockets[0].getsockname()[1]
+        port = next(iter(self._server.sockets)).getsockname()[1]
         self.url = f"{'wss' if self.tls else 'ws'}://127.0.0.1:{port}/v1/connect"
         return self
 

@@ -35,7 +35,12 @@ class BackoffTest(unittest.TestCase):
 
     def test_counts_and_resets(self) -> None:
         calls: list[tuple[float, float]] = []
-        b = Backoff(0.5, 4.0, rand=lambda lo, hi: calls.append((lo, hi)) or hi)
+
+        def highest(lo: float, hi: float) -> float:
+            calls.append((lo, hi))
+            return hi
+
+        b = Backoff(0.5, 4.0, rand=highest)
         self.assertEqual([b.next() for _ in range(5)], [0.5, 1.0, 2.0, 4.0, 4.0])
         self.assertEqual(b.attempts, 5)
         b.reset()
