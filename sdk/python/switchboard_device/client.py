@@ -154,7 +154,8 @@ class _Outcome:
 @dataclass
 class _Frame:
     text: str
-    durable: bool  # replies and reports outlive their session; events do not
+    durable: bool  # replies and reports outlive their session; events and pongs do not
+    event: bool = False  # counted in _pending_events
 
 
 class Client:
@@ -194,6 +195,7 @@ class Client:
         self._up: asyncio.Event | None = None  # set while a session is open
         self._close_requested = False
         self._cancelled = False  # run() was cancelled during a session
+        self._graced = False  # handlers were given shutdown_grace already
         self._started = False
 
     # ---- registration -------------------------------------------------
@@ -236,7 +238,7 @@ class Client:
             self._event_room.clear()
             await self._event_room.wait()
         self._pending_events += 1
-        self._push(_Frame(text, durable=False))
+        self._push(_Frame(text, durable=False, event=True))
 
     def report(self, patch: Mapping[str, Any]) -> None:
         """Queue a JSON merge patch (RFC 7396) of the device's reported
@@ -452,6 +454,7 @@ class Client:
         their replies go out, then close with 1000 so the node removes the
         device's presence at once."""
         deadline = time.monotonic() + self._cfg.shutdown_grace
+        self._graced = True  # run() does not wait for the handlers a second time
         if self._running:
             await asyncio.wait(set(self._running), timeout=self._cfg.shutdown_grace)
         while any(f.durable for f in self._outbox) and not _ws.is_closed(conn) and time.monotonic() < deadline:
@@ -483,7 +486,7 @@ class Client:
                     return  # the frame stays queued; durable ones go on the next session
                 if self._outbox and self._outbox[0] is frame:
                     self._outbox.popleft()
-                if not frame.durable:
+                if frame.event:
                     self._pending_events = max(self._pending_events - 1, 0)
                     if self._event_room is not None:
                         self._event_room.set()
@@ -609,8 +612,9 @@ class Client:
             self._log.exception("device %s: on_desired failed for version %d", self._cfg.id, version)
 
     async def _finish_handlers(self) -> None:
-        """Give running handlers the grace, then cancel those left."""
-        if self._running:
+        """Give running handlers the grace (unless the last session's
+        goodbye did), then cancel those left."""
+        if self._running and not self._graced:
             await asyncio.wait(set(self._running), timeout=self._cfg.shutdown_grace)
         left = list(self._running)
         for task in left:
