@@ -27,6 +27,7 @@ except ImportError:  # run from the repository: the package is next door
 from switchboard_device import Client, Command, Config, NotConnected, Unauthorized
 
 EXIT_UNAUTHORIZED = 3
+EFFECT_WAIT = 10.0  # seconds a work handler waits for a session to send its effect on
 
 
 def build(client: Client) -> None:
@@ -42,15 +43,18 @@ def build(client: Client) -> None:
     async def work(cmd: Command) -> dict[str, Any]:
         args = cmd.args if isinstance(cmd.args, dict) else {}
         await asyncio.sleep(float(args.get("ms", 0)) / 1000)
-        # The effect must be seen even when the session dropped meanwhile:
-        # wait for the next one rather than lose it.
-        while True:
-            await client.wait_connected()
-            try:
-                await client.event("effect", {"command": cmd.id})
-                break
-            except NotConnected:
-                continue
+        # The effect must reach the node even when the session dropped
+        # meanwhile: wait (a while) for the next one rather than lose it.
+        async def send_effect() -> None:
+            while True:
+                await client.wait_connected()
+                try:
+                    await client.event("effect", {"command": cmd.id})
+                    return
+                except NotConnected:
+                    continue
+
+        await asyncio.wait_for(send_effect(), EFFECT_WAIT)
         return {"done": True}
 
     client.handle("work", work)
