@@ -19,7 +19,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Awaitable, Callable, Coroutine, Mapping, TypeVar, Union
 
@@ -148,7 +148,7 @@ class _Outcome:
     reason: str = ""
     frames: int = 0  # frames received
     timed_out: bool = False  # the read watchdog gave it up
-    started: float = field(default_factory=time.monotonic)
+    opened: float | None = None  # when the session was up (monotonic); None if it never was
 
 
 @dataclass
@@ -289,7 +289,9 @@ class Client:
                     what = _describe(outcome) if outcome.code else str(outcome.err)
                     self._log.error("device %s: %s: stopping", self._cfg.id, what)
                     raise outcome.err
-                if outcome.frames > 0 or time.monotonic() - outcome.started >= self._cfg.lasting_session:
+                if outcome.opened is not None and (
+                    outcome.frames > 0 or time.monotonic() - outcome.opened >= self._cfg.lasting_session
+                ):
                     retry.reset()  # the session worked: the next failure starts small again
                 delay = self._next_delay(outcome, retry)
                 self._log.info("device %s: %s; reconnecting in %.2fs", self._cfg.id, _describe(outcome), delay)
@@ -399,6 +401,7 @@ class Client:
         if conn is None:
             return outcome
 
+        outcome.opened = time.monotonic()
         self._session_no += 1
         self._connected = True
         assert self._up is not None
