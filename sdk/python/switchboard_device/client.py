@@ -263,8 +263,8 @@ class Client:
         Between sessions it waits with exponential backoff and full jitter
         (uniform in [0, min(max_backoff, min_backoff·2^attempt)]); after a
         1012 the delay the node gave, after a 4008 replaced_delay
-        (jittered), after a 4029 at least 2·min_backoff, and after a 429 or
-        503 at least its Retry-After. Cancelling the task running it stops
+        (jittered), after a 4029 a backoff whose cap is at least
+        2·min_backoff, and after a 429 or 503 at least its Retry-After. Cancelling the task running it stops
         it like close()."""
         if self._started:
             raise RuntimeError("Client.run called twice")
@@ -332,9 +332,11 @@ class Client:
         if outcome.code == protocol.CLOSE_REBALANCE:
             return rebalance_delay(outcome.reason)
         if outcome.code == protocol.CLOSE_RATE_LIMITED:
-            # Sent too fast: come back later than a plain retry would.
+            # Sent too fast: back off as after a failure, with the attempt
+            # count grown (a cap of at least 2·min_backoff), still jittered
+            # so that the devices of a busy node do not return in step.
             retry.attempts = max(retry.attempts, 1)
-            return max(2 * cfg.min_backoff, retry.next())
+            return retry.next()
         if isinstance(outcome.err, DialError) and outcome.err.retry_after > 0:
             # A node that turned us away (full, draining, throttling) said
             # when to come back: not before, and later still if it keeps

@@ -252,9 +252,9 @@ class CloseCodeTest(NodeTest):
         self.assertGreaterEqual(gap, 0.4)
         self.assertLess(gap, 0.8 + 2)
 
-    async def test_4029_backs_off_at_least_twice_min(self) -> None:
-        gap = await self.gap_after(4029, "rate limited", min_backoff=0.4, max_backoff=0.8)
-        self.assertGreaterEqual(gap, 0.8)
+    async def test_4029_reconnects(self) -> None:
+        gap = await self.gap_after(4029, "rate limited", min_backoff=0.2, max_backoff=0.4)
+        self.assertLess(gap, 0.4 + 2)  # its wait's bounds: DelayChoiceTest
 
     async def test_1008_disabled_or_deleted_stops(self) -> None:
         for reason in ("device disabled", "device deleted"):

@@ -9,10 +9,11 @@ import unittest
 
 import fakenode  # noqa: F401 - puts the package on sys.path
 
-from switchboard_device import Backoff, Config, PinMismatch, fingerprint
+from switchboard_device import Backoff, Client, Config, DialError, PinMismatch, Replaced, fingerprint
 from switchboard_device._backoff import ceiling, parse_duration, rebalance_delay, retry_after
 from switchboard_device._dedup import Dedup
 from switchboard_device._tls import check_pin, client_context, parse_pin
+from switchboard_device.client import _Outcome
 
 
 class BackoffTest(unittest.TestCase):
@@ -160,6 +161,45 @@ class ConfigTest(unittest.TestCase):
             Config.from_env({"SWITCHBOARD_URL": "wss://x/v1/connect"})
         with self.assertRaises(ValueError):
             Config.from_env({**env, "SWITCHBOARD_MIN_BACKOFF_MS": "soon"})
+
+
+
+class DelayChoiceTest(unittest.TestCase):
+    """The wait run() picks after each kind of session end."""
+
+    def setUp(self) -> None:
+        self.client = Client(Config(url="wss://127.0.0.1:1/v1/connect", id="d", secret="s", min_backoff=0.5, max_backoff=8, replaced_delay=4))
+
+    def highest(self) -> Backoff:
+        return Backoff(0.5, 8, rand=lambda lo, hi: hi)
+
+    def test_4029_grows_the_attempt_count(self) -> None:
+        retry = self.highest()
+        self.assertEqual(self.client._next_delay(_Outcome(code=4029), retry), 1.0, "a cap of 2·min after a fresh start")
+        self.assertEqual(self.client._next_delay(_Outcome(code=4029), retry), 2.0)
+        lowest = Backoff(0.5, 8, rand=lambda lo, hi: lo)
+        self.assertEqual(self.client._next_delay(_Outcome(code=4029), lowest), 0.0, "jittered from 0")
+
+    def test_plain_codes_back_off(self) -> None:
+        retry = self.highest()
+        waits = [self.client._next_delay(_Outcome(code=code), retry) for code in (1001, 1006, 1008, 1011)]
+        self.assertEqual(waits, [0.5, 1.0, 2.0, 4.0])
+
+    def test_1012_and_4008(self) -> None:
+        retry = self.highest()
+        self.assertEqual(self.client._next_delay(_Outcome(code=1012, reason="rebalance: reconnect in 1m30s"), retry), 90)
+        self.assertEqual(retry.attempts, 0, "a rebalance is not a failure")
+        for _ in range(50):
+            wait = self.client._next_delay(_Outcome(code=4008, err=Replaced()), retry)
+            self.assertTrue(2 <= wait <= 4, wait)
+
+    def test_retry_after(self) -> None:
+        retry = self.highest()
+        refused = _Outcome(err=DialError("u", OSError("503"), 503, retry_after=3))
+        self.assertEqual(self.client._next_delay(refused, retry), 3, "not before Retry-After")
+        for _ in range(3):
+            self.client._next_delay(refused, retry)
+        self.assertEqual(self.client._next_delay(refused, retry), 8, "later still while refusals last")
 
 
 if __name__ == "__main__":
