@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ssl
-from typing import Any
-
 from .errors import PinMismatch
 
 
@@ -79,8 +77,3 @@ def client_context(ca_file: str | None, ssl_context: ssl.SSLContext | None, pin:
         ctx.sslobject_class = _pinned_object_class(pinned)
     return ctx
 
-
-def peer_der(transport: Any) -> bytes | None:
-    """The DER certificate of a TLS transport's peer, if any."""
-    obj = transport.get_extra_info("ssl_object") if transport is not None else None
-    return obj.getpeercert(binary_form=True) if obj is not None else None
