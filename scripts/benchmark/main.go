@@ -82,22 +82,22 @@ type sizes struct {
 	scaleNodes        int
 	stormDevices      int
 	run, warmup       time.Duration
-	rates             []int         // open-loop rates tried, commands a second
-	closedClients     int           // closed loop: clients sending as fast as answered
-	jobDevices        int           // the fleet job's targets
-	webhookRate       int           // commands a second whose completions are delivered
-	backlog           time.Duration // how long commands pile up deliveries for the drain
+	rates             []int // open-loop rates tried, commands a second
+	closedClients     int   // closed loop: clients sending as fast as answered
+	jobDevices        int   // the fleet job's targets
+	webhookRate       int   // commands a second whose completions are delivered
+	backlog           int   // deliveries piled up for the drain (commands sent at 1,000/s, or 200/s quick)
 }
 
 func sizesFor(quick bool) sizes {
 	if quick {
 		return sizes{memoryDevices: 300, throughputDevices: 100, scaleDevices: 600, scaleNodes: 3, stormDevices: 300,
 			run: 3 * time.Second, warmup: time.Second, rates: []int{200}, closedClients: 32, jobDevices: 200,
-			webhookRate: 100, backlog: 2 * time.Second}
+			webhookRate: 50, backlog: 400}
 	}
 	return sizes{memoryDevices: 15000, throughputDevices: 2000, scaleDevices: 90000, scaleNodes: 6, stormDevices: 15000,
 		run: 30 * time.Second, warmup: 5 * time.Second, rates: []int{1000, 2000, 3000}, closedClients: 256, jobDevices: 10000,
-		webhookRate: 200, backlog: 5 * time.Second}
+		webhookRate: 100, backlog: 5000}
 }
 
 // A scenario measures one target and adds its rows.
@@ -447,16 +447,17 @@ func (b *bench) pgSince(ctx context.Context, m pgMark) pgUsage {
 		(SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()) - $2`, m.lsn, m.commits).Scan(&u.walBytes, &u.commits)
 	_ = b.pool.QueryRow(ctx, `SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements WHERE `+ownQueries).Scan(&u.statements)
 	// The log shows which statements those were.
-	rows, err := b.pool.Query(ctx, `SELECT calls, rows, total_exec_time, left(regexp_replace(query, '\s+', ' ', 'g'), 90)
+	// (exec ms counts lock waits too; WAL is each statement's own.)
+	rows, err := b.pool.Query(ctx, `SELECT calls, rows, total_exec_time, wal_bytes::bigint, left(regexp_replace(query, '\s+', ' ', 'g'), 90)
 		FROM pg_stat_statements WHERE `+ownQueries+` ORDER BY total_exec_time DESC LIMIT 8`)
 	if err == nil {
-		fmt.Println("    calls      rows   exec ms  statement")
+		fmt.Println("    calls      rows   exec ms    WAL kB  statement")
 		for rows.Next() {
-			var calls, nrows int64
+			var calls, nrows, wal int64
 			var ms float64
 			var query string
-			if rows.Scan(&calls, &nrows, &ms, &query) == nil {
-				fmt.Printf("  %7d  %8d  %8.0f  %s\n", calls, nrows, ms, query)
+			if rows.Scan(&calls, &nrows, &ms, &wal, &query) == nil {
+				fmt.Printf("  %7d  %8d  %8.0f  %8d  %s\n", calls, nrows, ms, wal/1024, query)
 			}
 		}
 		rows.Close()

@@ -451,13 +451,19 @@ func (b *bench) webhooks(ctx context.Context) error {
 	b.notes = append(b.notes, fmt.Sprintf("webhooks at %d/s: per delivery, the outbox insert (the trigger), the claim and the mark-delivered together cost PostgreSQL %.1f statements, %.0f µs of CPU and %d bytes of WAL more than the command alone (%.0f µs and %d bytes a command with no endpoint)",
 		b.sz.webhookRate, extraStmts/float64(steadyAll), perOp(extraCPU, int(steadyAll)), extraWAL/max(steadyAll, 1), perOp(base.cpu, int(baseCmds)), base.walBytes/max(baseCmds, 1)))
 
-	// A backlog: the endpoint paused while commands complete as fast as
-	// answered, then resumed; its deliveries drain as fast as they go.
+	// A backlog: the endpoint paused while commands complete, at a rate
+	// the commands' path carries, then resumed; its deliveries drain as
+	// fast as they go.
 	if err := call(ctx, http.MethodPatch, hookURL, admin, map[string]any{"paused": true}, nil); err != nil {
 		return err
 	}
-	fmt.Printf("  endpoint paused: commands for %v pile up deliveries\n", b.sz.backlog)
-	if _, _, err := commands(func() error { return nil }, "-concurrency", strconv.Itoa(b.sz.closedClients), "-duration", b.sz.backlog.String(), "-warmup", "0s"); err != nil {
+	backlogRate := 1000
+	if quickRun {
+		backlogRate = 200
+	}
+	fmt.Printf("  endpoint paused: %d commands at %d/s pile up deliveries\n", b.sz.backlog, backlogRate)
+	if _, _, err := commands(func() error { return nil }, "-rate", fmt.Sprintf("%d/s", backlogRate),
+		"-duration", (time.Duration(b.sz.backlog) * time.Second / time.Duration(backlogRate)).String(), "-warmup", "0s"); err != nil {
 		return err
 	}
 	pending, all := deliveries()
