@@ -86,7 +86,7 @@ type sizes struct {
 	closedClients     int   // closed loop: clients sending as fast as answered
 	jobDevices        int   // the fleet job's targets
 	webhookRate       int   // commands a second whose completions are delivered
-	backlog           int   // deliveries piled up for the drain (commands sent at 1,000/s, or 200/s quick)
+	backlog           int   // deliveries piled up for the drain (commands sent at 500/s, or 200/s quick)
 }
 
 func sizesFor(quick bool) sizes {

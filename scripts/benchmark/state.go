@@ -378,6 +378,15 @@ func (b *bench) webhooks(ctx context.Context) error {
 		if c := s.Commands; c == nil || c.Succeeded == 0 || (quickRun && c.Failed > 0) {
 			return pgUsage{}, 0, fmt.Errorf("the commands: %+v", c)
 		}
+		// Commands a client gave up on (?wait= passed) may complete
+		// later, and their deliveries come with them: wait for them.
+		if err := poll(ctx, 2*time.Minute, func() bool {
+			var open int64
+			err := b.pool.QueryRow(ctx, `SELECT count(*) FROM commands WHERE created_at >= $1 AND status IN ('pending', 'delivered')`, mark.at).Scan(&open)
+			return err == nil && open == 0
+		}); err != nil {
+			return pgUsage{}, 0, fmt.Errorf("the commands did not end: %w", err)
+		}
 		if err := done(); err != nil {
 			return pgUsage{}, 0, err
 		}
@@ -457,7 +466,7 @@ func (b *bench) webhooks(ctx context.Context) error {
 	if err := call(ctx, http.MethodPatch, hookURL, admin, map[string]any{"paused": true}, nil); err != nil {
 		return err
 	}
-	backlogRate := 1000
+	backlogRate := 500
 	if quickRun {
 		backlogRate = 200
 	}
