@@ -8,7 +8,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -196,7 +195,9 @@ func (b *bench) state(ctx context.Context) error {
 	// The devices' count: the nodes send each state frame within a few
 	// milliseconds of the patch's NOTIFY (or of their rescan); the fleet
 	// is stopped (and sums up) after a pause long enough for the last.
-	// The database's versions say what each device should have had last.
+	// The database's versions say what each device should have had last;
+	// a shortfall is shown in the row, not failed on (the pause is a
+	// guess, which a starved machine could outlast).
 	select {
 	case <-ctx.Done():
 		return ctx.Err()
@@ -229,9 +230,6 @@ func (b *bench) state(ctx context.Context) error {
 	})
 	b.notes = append(b.notes, fmt.Sprintf("state patches: per patch, PostgreSQL ran %.2f statements and %.2f commits, spent %.0f µs of CPU and wrote %d bytes of WAL; at that cost one core carries %.0f patches/s",
 		float64(pg.statements)/float64(r.ok), float64(pg.commits)/float64(r.ok), perOp(pg.cpu, int(r.ok)), pg.walBytes/r.ok, float64(r.ok)/pg.cpu.Seconds()))
-	if d.DesiredVersions != versions && quickRun {
-		return errors.New(latest)
-	}
 	return nil
 }
 
