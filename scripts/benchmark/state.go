@@ -476,6 +476,7 @@ func (b *bench) webhooks(ctx context.Context) error {
 	pending, all := deliveries()
 	reached := rc.expect(int(all))
 	mark := b.pgMark(ctx)
+	waits := b.sampleLockWaits(ctx)
 	resumed := time.Now()
 	if err := call(ctx, http.MethodPatch, hookURL, admin, map[string]any{"paused": false}, nil); err != nil {
 		return err
@@ -492,6 +493,7 @@ func (b *bench) webhooks(ctx context.Context) error {
 	if err := drained(); err != nil {
 		return err
 	}
+	waiting, busy, samples := waits()
 	drain := b.pgSince(ctx, mark)
 	_, bad, repeats, last := rc.counts()
 	if bad > 0 {
@@ -504,11 +506,46 @@ func (b *bench) webhooks(ctx context.Context) error {
 		measured: fmt.Sprintf("%.0f/s: all received %.1f s after the endpoint was resumed, signatures valid, %d repeats", float64(pending)/took.Seconds(), took.Seconds(), repeats),
 		verdict:  "",
 	})
+	b.notes = append(b.notes, fmt.Sprintf("webhooks, the backlog: sampled every 50 ms over the drain (%d samples), %.2f sessions on average were in a webhook statement or transaction, %.2f of them waiting for a lock",
+		samples, busy, waiting))
 	// (No commits a delivery: over a drain of many seconds the fleet's
 	// own transactions outnumber the deliveries'.)
 	b.notes = append(b.notes, fmt.Sprintf("webhooks, the backlog: per delivery, the claim and the mark-delivered cost PostgreSQL %.2f statements, %.0f µs of CPU and %d bytes of WAL; at that cost one core carries %.0f deliveries/s",
 		float64(drain.statements)/float64(pending), perOp(drain.cpu, int(pending)), drain.walBytes/max(pending, 1), float64(pending)/drain.cpu.Seconds()))
 	return nil
+}
+
+// sampleLockWaits samples, every 50 ms until the returned function is
+// called, the sessions in a webhook statement or transaction and how many
+// of them wait for a lock (pg_stat_activity: the claims and marks of one
+// endpoint meet on its row); that function stops the sampling and returns
+// the means and the number of samples.
+func (b *bench) sampleLockWaits(ctx context.Context) func() (waiting, busy float64, samples int) {
+	ctx, cancel := context.WithCancel(ctx)
+	var waitSum, busySum, n int
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			var waiting, busy int
+			if b.pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE wait_event_type = 'Lock'), count(*) FROM pg_stat_activity
+				WHERE state <> 'idle' AND query LIKE '%webhook%' AND pid <> pg_backend_pid()`).Scan(&waiting, &busy) == nil {
+				waitSum, busySum, n = waitSum+waiting, busySum+busy, n+1
+			}
+		}
+	}()
+	return func() (float64, float64, int) {
+		cancel()
+		<-done
+		return float64(waitSum) / float64(max(n, 1)), float64(busySum) / float64(max(n, 1)), n
+	}
 }
 
 // sortedKinds is for messages: "http_412: 3, error: 1".
