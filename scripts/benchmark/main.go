@@ -4,7 +4,7 @@
 // devices and the HTTP clients. scripts/bench runs it; it prints a table and
 // rewrites the measured section of BENCHMARKS.md.
 //
-//	go run ./scripts/benchmark -bin /tmp/switchboard [-quick] [-only memory,throughput,scale,storm,job]
+//	go run ./scripts/benchmark -bin /tmp/switchboard [-quick] [-only memory,throughput,scale,storm,job,state,webhooks]
 //
 // Every scenario starts its own processes and stops them; the database is
 // shared, and so are the provisioned devices.
@@ -85,15 +85,19 @@ type sizes struct {
 	rates             []int // open-loop rates tried, commands a second
 	closedClients     int   // closed loop: clients sending as fast as answered
 	jobDevices        int   // the fleet job's targets
+	webhookRate       int   // commands a second whose completions are delivered
+	backlog           int   // deliveries piled up for the drain (commands sent at 500/s, or 200/s quick)
 }
 
 func sizesFor(quick bool) sizes {
 	if quick {
 		return sizes{memoryDevices: 300, throughputDevices: 100, scaleDevices: 600, scaleNodes: 3, stormDevices: 300,
-			run: 3 * time.Second, warmup: time.Second, rates: []int{200}, closedClients: 32, jobDevices: 200}
+			run: 3 * time.Second, warmup: time.Second, rates: []int{200}, closedClients: 32, jobDevices: 200,
+			webhookRate: 50, backlog: 400}
 	}
 	return sizes{memoryDevices: 15000, throughputDevices: 2000, scaleDevices: 90000, scaleNodes: 6, stormDevices: 15000,
-		run: 30 * time.Second, warmup: 5 * time.Second, rates: []int{1000, 2000, 3000}, closedClients: 256, jobDevices: 10000}
+		run: 30 * time.Second, warmup: 5 * time.Second, rates: []int{1000, 2000, 3000}, closedClients: 256, jobDevices: 10000,
+		webhookRate: 100, backlog: 5000}
 }
 
 // A scenario measures one target and adds its rows.
@@ -108,6 +112,8 @@ var scenarios = []scenario{
 	{"scale", (*bench).scale},
 	{"storm", (*bench).storm},
 	{"job", (*bench).job},
+	{"state", (*bench).state},
+	{"webhooks", (*bench).webhooks},
 }
 
 func scenarioNames() []string {
@@ -293,13 +299,13 @@ func (b *bench) startNodeAt(ctx context.Context, id, addr string) (*proc, error)
 	return p, err
 }
 
-func (b *bench) startEdge(ctx context.Context, id string) (*proc, error) {
+func (b *bench) startEdge(ctx context.Context, id string, env ...string) (*proc, error) {
 	addr, err := freeport.Loopback()
 	if err != nil {
 		return nil, err
 	}
 	// The load generator's one API key sends every command: no per-key limit.
-	return b.start(ctx, id, addr, "http://"+addr+"/readyz", []string{"edge"}, "EDGE_ID="+id, "EDGE_LISTEN="+addr, "EDGE_KEY_RATE=-1")
+	return b.start(ctx, id, addr, "http://"+addr+"/readyz", []string{"edge"}, append([]string{"EDGE_ID=" + id, "EDGE_LISTEN=" + addr, "EDGE_KEY_RATE=-1"}, env...)...)
 }
 
 func (b *bench) ca() string { return filepath.Join(b.dir, "cert.pem") }
@@ -441,16 +447,17 @@ func (b *bench) pgSince(ctx context.Context, m pgMark) pgUsage {
 		(SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()) - $2`, m.lsn, m.commits).Scan(&u.walBytes, &u.commits)
 	_ = b.pool.QueryRow(ctx, `SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements WHERE `+ownQueries).Scan(&u.statements)
 	// The log shows which statements those were.
-	rows, err := b.pool.Query(ctx, `SELECT calls, rows, total_exec_time, left(regexp_replace(query, '\s+', ' ', 'g'), 90)
+	// (exec ms counts lock waits too; WAL is each statement's own.)
+	rows, err := b.pool.Query(ctx, `SELECT calls, rows, total_exec_time, wal_bytes::bigint, left(regexp_replace(query, '\s+', ' ', 'g'), 90)
 		FROM pg_stat_statements WHERE `+ownQueries+` ORDER BY total_exec_time DESC LIMIT 8`)
 	if err == nil {
-		fmt.Println("    calls      rows   exec ms  statement")
+		fmt.Println("    calls      rows   exec ms    WAL kB  statement")
 		for rows.Next() {
-			var calls, nrows int64
+			var calls, nrows, wal int64
 			var ms float64
 			var query string
-			if rows.Scan(&calls, &nrows, &ms, &query) == nil {
-				fmt.Printf("  %7d  %8d  %8.0f  %s\n", calls, nrows, ms, query)
+			if rows.Scan(&calls, &nrows, &ms, &wal, &query) == nil {
+				fmt.Printf("  %7d  %8d  %8.0f  %8d  %s\n", calls, nrows, ms, wal/1024, query)
 			}
 		}
 		rows.Close()
@@ -599,20 +606,28 @@ func (b *bench) saveProfile(node *proc, path, file string) {
 	fmt.Println("  saved", filepath.Join(b.o.profiles, file))
 }
 
-// answeringFleet starts two nodes and two edges (ids prefixed) and one
-// loadgen holding n devices that answer, on the nodes, until stop (which
-// is to be called whatever the error). Each measured run then only sends
+// answeringFleet starts two nodes and two edges (ids prefixed; edgeEnv
+// added to the edges' environment) and one loadgen holding n devices that
+// answer, on the nodes, until stop (which is to be called whatever the
+// error, and again harmlessly). Each measured run then only sends
 // commands, so what it costs is the commands' alone. It returns the edges'
-// URLs once every device is present.
-func (b *bench) answeringFleet(ctx context.Context, prefix string, n int) (edges []string, stop func(), err error) {
+// URLs once every device is present; stop returns the fleet's summary.
+func (b *bench) answeringFleet(ctx context.Context, prefix string, n int, edgeEnv ...string) (edges []string, stop func() loadgen.Summary, err error) {
 	var procs []*proc
 	var fleet *loadgenRun
-	stop = func() {
+	var summary loadgen.Summary
+	stopped := false
+	stop = func() loadgen.Summary {
+		if stopped {
+			return summary
+		}
+		stopped = true
 		if fleet != nil {
 			_ = fleet.cmd.Process.Signal(os.Interrupt)
-			_, _ = fleet.wait()
+			summary, _ = fleet.wait()
 		}
 		stopAll(procs)
+		return summary
 	}
 	var nodes []string
 	for _, id := range []string{prefix + "-node-a", prefix + "-node-b"} {
@@ -623,7 +638,7 @@ func (b *bench) answeringFleet(ctx context.Context, prefix string, n int) (edges
 		procs, nodes = append(procs, p), append(nodes, p.url())
 	}
 	for _, id := range []string{prefix + "-edge-a", prefix + "-edge-b"} {
-		p, err := b.startEdge(ctx, id)
+		p, err := b.startEdge(ctx, id, edgeEnv...)
 		if err != nil {
 			return nil, stop, err
 		}

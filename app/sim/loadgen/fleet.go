@@ -64,6 +64,12 @@ type DeviceCounts struct {
 	DisconnectsBy map[string]int64 `json:"disconnects_by,omitempty"`
 	GaveUp        int64            `json:"gave_up"`  // devices whose credentials were refused (401): they stop
 	Answered      int64            `json:"answered"` // commands answered
+	// Desired counts the desired-state documents the devices were given
+	// (OnDesired: each newer than the last); DesiredVersions sums each
+	// device's last version given, to compare with the versions stored
+	// (every device got its latest, or not).
+	Desired         int64 `json:"desired"`
+	DesiredVersions int64 `json:"desired_versions"`
 }
 
 // Add adds o's counters to c.
@@ -76,6 +82,8 @@ func (c *DeviceCounts) Add(o DeviceCounts) {
 	c.Disconnects += o.Disconnects
 	c.GaveUp += o.GaveUp
 	c.Answered += o.Answered
+	c.Desired += o.Desired
+	c.DesiredVersions += o.DesiredVersions
 	c.FailedBy = addKinds(c.FailedBy, o.FailedBy)
 	c.DisconnectsBy = addKinds(c.DisconnectsBy, o.DisconnectsBy)
 }
@@ -98,6 +106,7 @@ type Fleet struct {
 	log   *slog.Logger
 
 	ramped, connected, failed, open, disconnects, gaveUp, answered atomic.Int64
+	desired, desiredVersions                                       atomic.Int64
 
 	mu            sync.Mutex // guards the following
 	failedBy      map[string]int64
@@ -232,6 +241,14 @@ func (f *Fleet) runDevice(ctx context.Context, n int, c secret.Credential) {
 			return map[string]json.RawMessage{"echo": args}, nil
 		})
 	}
+	// Counted for the state benchmark: the SDK passes only newer
+	// versions, so adding each step sums the devices' last versions.
+	var last int64
+	d.OnDesired(func(_ json.RawMessage, version int64) {
+		f.desired.Add(1)
+		f.desiredVersions.Add(version - last)
+		last = version
+	})
 	if err := d.Run(ctx); errors.Is(err, device.ErrUnauthorized) {
 		f.gaveUp.Add(1)
 	}
@@ -254,6 +271,9 @@ func (f *Fleet) Counts() DeviceCounts {
 		Disconnects: f.disconnects.Load(),
 		GaveUp:      f.gaveUp.Load(),
 		Answered:    f.answered.Load(),
+
+		Desired:         f.desired.Load(),
+		DesiredVersions: f.desiredVersions.Load(),
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -30,6 +30,9 @@ func (s Summary) WriteTable(w io.Writer) error {
 		if d.Answered > 0 {
 			row("commands answered", "%d", d.Answered)
 		}
+		if d.Desired > 0 {
+			row("desired states given", "%d", d.Desired)
+		}
 	}
 	if c := s.Commands; c != nil {
 		target := fmt.Sprintf("open loop at %.0f/s", c.TargetRate)
