@@ -254,7 +254,14 @@ func devServers(p *app.Process, tls *certs.TLS, addrs []string, lns []net.Listen
 		for j := i; j < len(simulated); j += len(connURLs) {
 			mine = append(mine, simulated[j])
 		}
-		parts = append(parts, func(ctx context.Context) error { return simulate(ctx, mine, url, deviceTLS, 10*time.Second, log) })
+		// The simulation lasts as long as the process: a node given no
+		// device, or whose devices all stopped (disabled, deleted), must
+		// not end the others.
+		parts = append(parts, func(ctx context.Context) error {
+			err := simulate(ctx, mine, url, deviceTLS, 10*time.Second, log)
+			<-ctx.Done()
+			return err
+		})
 	}
 	return parts, connURLs, nil
 }
