@@ -269,10 +269,13 @@ func (s *Store) FinishWebhookDelivery(ctx context.Context, id int64, attempt int
 		var created time.Time
 		// The endpoint's row first, as a claim and a delete lock them
 		// (endpoint, then its deliveries): in the other order, a delete
-		// racing with this deadlocks.
+		// racing with this deadlocks. KEY SHARE is enough to hold off a
+		// delete, and does not turn away claims (their NO KEY UPDATE
+		// SKIP LOCKED would skip an endpoint a stronger lock held, and
+		// claim nothing while any attempt is being recorded).
 		err := tx.db.QueryRow(ctx, `
 			SELECT w.id FROM webhooks w JOIN webhook_deliveries d ON d.webhook_id = w.id
-			WHERE d.id = $1 FOR NO KEY UPDATE OF w`, id).Scan(&webhook)
+			WHERE d.id = $1 FOR KEY SHARE OF w`, id).Scan(&webhook)
 		if err == pgx.ErrNoRows {
 			return nil // deleted
 		}
@@ -294,7 +297,11 @@ func (s *Store) FinishWebhookDelivery(ctx context.Context, id int64, attempt int
 			return err
 		}
 		if o.OK {
-			_, err = tx.db.Exec(ctx, `UPDATE webhooks SET failing_since = NULL, last_success_at = now() WHERE id = $1`, webhook)
+			// A healthy endpoint's row is written at most once a second
+			// (last_success_at to within a second), not per delivery:
+			// each write would hold off the claims for its endpoint.
+			_, err = tx.db.Exec(ctx, `UPDATE webhooks SET failing_since = NULL, last_success_at = now()
+				WHERE id = $1 AND (failing_since IS NOT NULL OR last_success_at IS NULL OR last_success_at < now() - interval '1 second')`, webhook)
 			return err
 		}
 		// Disabled once it has failed for GiveUp: its first failure since
