@@ -77,6 +77,12 @@ type Config struct {
 	ID     string
 	Secret string
 	TLS    *tls.Config // nil uses the system roots
+	// Pin, when set, is the node certificate's SHA-256 fingerprint
+	// ("AB:CD:…", colons optional, any case): the SDK then accepts that
+	// certificate only, whoever issued it, and refuses any other before
+	// sending credentials (ErrPinMismatch). For nodes with a self-signed
+	// certificate (CONN_TLS=self-signed).
+	Pin string
 	Log    *slog.Logger
 
 	MinBackoff time.Duration // 500ms: first reconnect delay cap
@@ -150,6 +156,8 @@ func (e *DialError) Unwrap() error { return e.Err }
 // Client is one device's connection. Handle must be called before Run.
 type Client struct {
 	cfg      Config
+	tls      *tls.Config // cfg.TLS, pinned to cfg.Pin
+	pinErr   error       // a Pin that does not parse: Run returns it
 	log      *slog.Logger
 	handlers map[string]HandlerFunc
 	dedup    *dedup
@@ -188,8 +196,17 @@ func (c Config) withDefaults() Config {
 // New makes a client.
 func New(cfg Config) *Client {
 	cfg = cfg.withDefaults()
+	tlsCfg, pinErr := cfg.TLS, error(nil)
+	if cfg.Pin != "" {
+		var sum []byte
+		if sum, pinErr = parsePin(cfg.Pin); pinErr == nil {
+			tlsCfg = pinnedTLS(cfg.TLS, sum)
+		}
+	}
 	return &Client{
 		cfg:      cfg,
+		tls:      tlsCfg,
+		pinErr:   pinErr,
 		log:      cfg.Log.With("device", cfg.ID),
 		handlers: make(map[string]HandlerFunc),
 		dedup:    newDedup(cfg.Dedup),
@@ -305,6 +322,9 @@ func (c *Client) putBack(frames [][]byte) {
 // after a 429 or 503 at least the Retry-After. It returns once its
 // handlers have too.
 func (c *Client) Run(ctx context.Context) error {
+	if c.pinErr != nil {
+		return c.pinErr
+	}
 	defer c.running.Wait()
 	retry := backoff.Backoff{Min: c.cfg.MinBackoff, Max: c.cfg.MaxBackoff}
 	for {
@@ -344,7 +364,7 @@ func (c *Client) Run(ctx context.Context) error {
 func (c *Client) session(ctx context.Context) (time.Duration, error) {
 	dialer := websocket.Dialer{
 		NetDialContext:   c.cfg.NetDialContext,
-		TLSClientConfig:  c.cfg.TLS,
+		TLSClientConfig:  c.tls,
 		Subprotocols:     []string{protocol.Subprotocol},
 		HandshakeTimeout: 10 * time.Second,
 		Proxy:            http.ProxyFromEnvironment,

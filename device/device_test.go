@@ -2,6 +2,7 @@ package device_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
@@ -1107,4 +1108,64 @@ func TestEventRefusedBeforeSending(t *testing.T) {
 	if raw, _ := readFrame(t, a.ws); raw["name"] != "telemetry" || raw["data"] != float64(21) {
 		t.Fatalf("node read %v, want only the good event", raw)
 	}
+}
+
+// A pinned device connects to the node whose certificate has that SHA-256,
+// whoever issued it, and to no other: a mismatch fails the TLS handshake,
+// before any request carries the credentials.
+func TestPin(t *testing.T) {
+	t.Parallel()
+	n := newFakeNode(t)
+	sum := sha256.Sum256(n.srv.Certificate().Raw)
+	hexed := make([]string, len(sum))
+	for i, b := range sum {
+		hexed[i] = fmt.Sprintf("%02X", b)
+	}
+	pin := strings.Join(hexed, ":") // as nodes log it
+
+	for name, p := range map[string]string{"AB:CD form": pin, "lower case, no colons": strings.ToLower(strings.ReplaceAll(pin, ":", ""))} {
+		t.Run(name, func(t *testing.T) {
+			// No roots: only the pin makes the certificate acceptable.
+			r := start(t, n, func(cfg *device.Config) { cfg.TLS, cfg.Pin = nil, p }, nil)
+			n.accept(t)
+			r.waitConnected(t)
+			r.cancel()
+			r.waitEnded(t)
+		})
+	}
+	t.Run("another certificate", func(t *testing.T) {
+		// httptest's servers share one certificate: pin another one's.
+		other := newFakeNode(t)
+		wrong := sha256.Sum256([]byte("another certificate"))
+		dialErrs := make(chan error, 1)
+		// The right roots, the wrong pin: the pin wins.
+		r := start(t, other, func(cfg *device.Config) {
+			cfg.Pin = fmt.Sprintf("%X", wrong)
+			cfg.OnDialError = func(err error) {
+				select {
+				case dialErrs <- err:
+				default:
+				}
+			}
+		}, nil)
+		select {
+		case err := <-dialErrs:
+			if !errors.Is(err, device.ErrPinMismatch) {
+				t.Fatalf("dial error %v, want ErrPinMismatch", err)
+			}
+		case <-time.After(waitFor):
+			t.Fatal("no dial error")
+		}
+		r.cancel()
+		r.waitEnded(t)
+		if got := other.attempts.Load(); got != 0 {
+			t.Fatalf("%d upgrade requests reached the node, want none (the credentials were sent)", got)
+		}
+	})
+	t.Run("a pin that does not parse", func(t *testing.T) {
+		c := device.New(device.Config{URL: n.url, ID: testID, Secret: testSecret, Pin: "AB:CD"})
+		if err := c.Run(t.Context()); err == nil || !strings.Contains(err.Error(), "SHA-256") {
+			t.Fatalf("Run = %v, want the pin refused", err)
+		}
+	})
 }
