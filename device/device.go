@@ -318,9 +318,10 @@ func (c *Client) putBack(frames [][]byte) {
 // are refused (ErrUnauthorized). Between sessions it waits with exponential
 // backoff and full jitter (a random delay up to min(MaxBackoff,
 // MinBackoff·2^attempt)), so a fleet that lost its node spreads out; after
-// a 1012 it waits the delay the node gave, after a 4008 ReplacedDelay, and
-// after a 429 or 503 at least the Retry-After. It returns once its
-// handlers have too.
+// a 1012 it waits the delay the node gave, after a 4008 ReplacedDelay,
+// after a 4029 at least 2·MinBackoff, and after a 429 or 503 at least the
+// Retry-After. It returns once its handlers have too, or at once with the
+// error of a Pin that does not parse.
 func (c *Client) Run(ctx context.Context) error {
 	if c.pinErr != nil {
 		return c.pinErr
@@ -336,11 +337,18 @@ func (c *Client) Run(ctx context.Context) error {
 		if errors.Is(err, ErrUnauthorized) {
 			return err
 		}
-		if time.Since(start) > c.cfg.MaxBackoff {
+		var closeErr *websocket.CloseError
+		rateLimited := errors.As(err, &closeErr) && closeErr.Code == protocol.CloseRateLimited
+		if time.Since(start) > c.cfg.MaxBackoff && !rateLimited {
 			retry.Reset() // the session lasted: the next failure starts small again
 		}
 		var dialErr *DialError
 		switch {
+		case rateLimited:
+			// The device sent faster than its rate (4029): never straight
+			// back, however long the session lasted, and later with each
+			// 4029 in a row (the attempts are not reset).
+			delay = max(retry.Next(), 2*c.cfg.MinBackoff)
 		case errors.Is(err, ErrReplaced):
 			delay = c.cfg.ReplacedDelay/2 + rand.N(c.cfg.ReplacedDelay/2+1)
 		case delay > 0: // a 1012's

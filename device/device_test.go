@@ -734,6 +734,27 @@ func TestRebalanceWaitsTheGivenDelay(t *testing.T) {
 	}
 }
 
+// After 4029 (rate limited) the SDK waits at least twice MinBackoff, each
+// time: more than its plain backoff would.
+func TestRateLimitedBacksOff(t *testing.T) {
+	t.Parallel()
+	n := newFakeNode(t)
+	const minBackoff = 200 * time.Millisecond
+	// A plain backoff would wait at most MaxBackoff, under 2·MinBackoff.
+	r := start(t, n, func(cfg *device.Config) { cfg.MinBackoff, cfg.MaxBackoff = minBackoff, 300*time.Millisecond }, nil)
+	a := n.accept(t)
+	r.waitConnected(t)
+	for range 2 {
+		closed := time.Now()
+		writeClose(t, a.ws, protocol.CloseRateLimited, "rate limited")
+		a = n.accept(t)
+		if elapsed := a.at.Sub(closed); elapsed < 2*minBackoff {
+			t.Fatalf("redialed %v after 4029, want at least %v", elapsed, 2*minBackoff)
+		}
+		r.waitConnected(t)
+	}
+}
+
 func TestCancelClosesNormally(t *testing.T) {
 	t.Parallel()
 	n := newFakeNode(t)
