@@ -233,6 +233,12 @@ func Decode(frame []byte) (Message, error) {
 	if err := CheckStorable(frame); err != nil {
 		return Message{}, err
 	}
+	if err != nil && in.Type != "" {
+		// The field of the wrong JSON type may be another type's, which is
+		// dropped like any field not of this type: decode this type's
+		// fields alone. A wrong one of its own is a breach.
+		in, err = decodeFields(frame, in.Type)
+	}
 	if err != nil {
 		return Message{}, badf("malformed JSON: %v", err)
 	}
@@ -286,6 +292,55 @@ func Decode(frame []byte) (Message, error) {
 		return Message{}, badf("missing type")
 	}
 	return m, nil
+}
+
+// decodeFields decodes the fields of one known type (not event), and only
+// them.
+func decodeFields(frame []byte, typ string) (Message, error) {
+	m := Message{Type: typ}
+	var err error
+	switch typ {
+	case TypeReply:
+		var f struct {
+			ID     string          `json:"id"`
+			OK     *bool           `json:"ok"`
+			Result json.RawMessage `json:"result"`
+			Error  string          `json:"error"`
+		}
+		err = json.Unmarshal(frame, &f)
+		m.ID, m.OK, m.Result, m.Error = f.ID, f.OK, f.Result, f.Error
+	case TypeCommand:
+		var f struct {
+			ID       string          `json:"id"`
+			Name     string          `json:"name"`
+			Args     json.RawMessage `json:"args"`
+			Deadline string          `json:"deadline"`
+		}
+		err = json.Unmarshal(frame, &f)
+		m.ID, m.Name, m.Args, m.Deadline = f.ID, f.Name, f.Args, f.Deadline
+	case TypeState:
+		var f struct {
+			Desired json.RawMessage `json:"desired"`
+			Version int64           `json:"version"`
+		}
+		err = json.Unmarshal(frame, &f)
+		m.Desired, m.Version = f.Desired, f.Version
+	case TypeReport:
+		var f struct {
+			Reported json.RawMessage `json:"reported"`
+		}
+		err = json.Unmarshal(frame, &f)
+		m.Reported = f.Reported
+	case TypeError:
+		var f struct {
+			Error   string `json:"error"`
+			Message string `json:"message"`
+			Name    string `json:"name"`
+		}
+		err = json.Unmarshal(frame, &f)
+		m.Error, m.Message, m.Name = f.Error, f.Message, f.Name
+	}
+	return m, err
 }
 
 // CheckStorable refuses JSON text that PostgreSQL cannot store in jsonb:

@@ -126,6 +126,21 @@ func TestDecodeAccepts(t *testing.T) {
 			want:  protocol.Message{Type: "event", Name: "boot", Data: json.RawMessage(`1`)},
 		},
 		{
+			name:  "reply with a field of another type, of another JSON type",
+			frame: `{"type":"reply","id":"` + uuid1 + `","ok":true,"name":5,"version":"x","deadline":[]}`,
+			want:  protocol.Message{Type: "reply", ID: uuid1, OK: boolp(true)},
+		},
+		{
+			name:  "state with a field of another type, of another JSON type",
+			frame: `{"type":"state","desired":{},"version":2,"ok":"yes"}`,
+			want:  protocol.Message{Type: "state", Desired: json.RawMessage(`{}`), Version: 2},
+		},
+		{
+			name:  "ping with fields of other types, of other JSON types",
+			frame: `{"type":"ping","id":1,"ok":"x"}`,
+			want:  protocol.Message{Type: "ping"},
+		},
+		{
 			name:  "command without args defaults to {}",
 			frame: `{"type":"command","id":"` + uuid1 + `","name":"reboot"}`,
 			want:  protocol.Message{Type: "command", ID: uuid1, Name: "reboot", Args: json.RawMessage(`{}`)},
@@ -192,6 +207,8 @@ func TestDecodeRejects(t *testing.T) {
 		{"type is a number", `{"type":1}`, "malformed JSON"},
 		{"ok is a string", `{"type":"reply","id":"` + uuid1 + `","ok":"true"}`, "malformed JSON"},
 		{"error is an object", `{"type":"reply","id":"` + uuid1 + `","ok":false,"error":{}}`, "malformed JSON"},
+		{"error is an object, after a field of another type", `{"type":"reply","name":5,"id":"` + uuid1 + `","ok":false,"error":{}}`, "malformed JSON"},
+		{"version is a string", `{"type":"state","desired":{},"version":"2"}`, "malformed JSON"},
 
 		{"empty object", `{}`, "missing type"},
 		{"null", `null`, "missing type"},
