@@ -3,6 +3,7 @@ package conntier
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/switchboard-iot/switchboard/device/protocol"
 	"github.com/switchboard-iot/switchboard/internal/sbmetrics"
 )
 
@@ -15,7 +16,10 @@ type metrics struct {
 	frames   *prometheus.CounterVec // frames received, by type
 	// sent counts data frames written to devices, by type (command, pong);
 	// heartbeat pings are WebSocket control frames and not counted.
-	sentCommand, sentPong prometheus.Counter
+	sentCommand, sentPong, sentError prometheus.Counter
+	// refusedFrames counts frames refused with an error frame, the session
+	// kept, by the error's code.
+	refusedFrames *prometheus.CounterVec
 	// disconnects counts sessions that ended, by how: closed_by_node (for
 	// a reason in closes), closed_by_device, timeout (heartbeats missed),
 	// lost (the connection broke).
@@ -94,8 +98,14 @@ func newMetrics(reg *prometheus.Registry, nodeID, region string, queues map[stri
 			Name: "switchboard_conn_reports_too_large_total", Help: "State reports not stored: they would leave the device's reported document over 32 KiB."}),
 	}
 	sent := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "switchboard_conn_frames_sent_total", Help: "Data frames written to devices, by type: command, pong."}, []string{"type"})
-	m.sentCommand, m.sentPong = sent.WithLabelValues("command"), sent.WithLabelValues("pong")
+		Name: "switchboard_conn_frames_sent_total", Help: "Data frames written to devices, by type: command, pong, error."}, []string{"type"})
+	m.sentCommand, m.sentPong, m.sentError = sent.WithLabelValues("command"), sent.WithLabelValues("pong"), sent.WithLabelValues("error")
+	m.refusedFrames = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "switchboard_conn_frames_refused_total",
+		Help: "Frames from devices refused with an error frame, the session kept, by error: invalid-event-name, invalid-event-data, unknown-type."}, []string{"error"})
+	for _, code := range []string{protocol.ErrInvalidEventName, protocol.ErrInvalidEventData, protocol.ErrUnknownType} {
+		m.refusedFrames.WithLabelValues(code)
+	}
 	for _, reason := range []string{"closed_by_node", "closed_by_device", "timeout", "lost"} {
 		m.disconnects.WithLabelValues(reason)
 	}
@@ -109,7 +119,7 @@ func newMetrics(reg *prometheus.Registry, nodeID, region string, queues map[stri
 	m.final = sbmetrics.CommandsFinal(shared)
 	if reg != nil {
 		r := prometheus.WrapRegistererWith(prometheus.Labels{"node": nodeID}, reg)
-		r.MustRegister(sent, m.disconnects,
+		r.MustRegister(sent, m.disconnects, m.refusedFrames,
 			// The node's region as a label to join on: sessions by region is
 			// sum by (region) (switchboard_conn_sessions * on (node) group_left (region) switchboard_conn_node_info).
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{

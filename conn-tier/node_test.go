@@ -203,8 +203,11 @@ func TestBadInput(t *testing.T) {
 		{"binary frame", "binary", func(ws *websocket.Conn) error {
 			return ws.WriteMessage(websocket.BinaryMessage, []byte(`{"type":"ping"}`))
 		}},
-		{"unknown type", `unknown type "bogus"`, func(ws *websocket.Conn) error {
-			return ws.WriteMessage(websocket.TextMessage, []byte(`{"type":"bogus"}`))
+		{"not valid UTF-8", "not valid UTF-8", func(ws *websocket.Conn) error {
+			return ws.WriteMessage(websocket.TextMessage, []byte("{\"type\":\"event\",\"name\":\"t\",\"data\":\"\xff\"}"))
+		}},
+		{"not an object", "malformed JSON", func(ws *websocket.Conn) error {
+			return ws.WriteMessage(websocket.TextMessage, []byte(`[{"type":"ping"}]`))
 		}},
 		{"missing type", "missing type", func(ws *websocket.Conn) error {
 			return ws.WriteMessage(websocket.TextMessage, []byte(`{"id":"x"}`))
@@ -212,6 +215,18 @@ func TestBadInput(t *testing.T) {
 		{"device sends a command", "may not send command", func(ws *websocket.Conn) error {
 			return ws.WriteMessage(websocket.TextMessage,
 				[]byte(`{"type":"command","id":"`+uuid.NewString()+`","name":"reboot","args":{}}`))
+		}},
+		{"device sends a state", "may not send state", func(ws *websocket.Conn) error {
+			return ws.WriteMessage(websocket.TextMessage, []byte(`{"type":"state","desired":{},"version":1}`))
+		}},
+		{"device sends an error frame", "may not send error", func(ws *websocket.Conn) error {
+			return ws.WriteMessage(websocket.TextMessage, []byte(`{"type":"error","error":"x"}`))
+		}},
+		{"report not an object", "reported must be", func(ws *websocket.Conn) error {
+			return ws.WriteMessage(websocket.TextMessage, []byte(`{"type":"report","reported":[1]}`))
+		}},
+		{"reply with a bad id", "id must be", func(ws *websocket.Conn) error {
+			return ws.WriteMessage(websocket.TextMessage, []byte(`{"type":"reply","id":"42","ok":true}`))
 		}},
 		{"reply without ok", "ok must be", func(ws *websocket.Conn) error {
 			return ws.WriteMessage(websocket.TextMessage, []byte(`{"type":"reply","id":"`+uuid.NewString()+`"}`))

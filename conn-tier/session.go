@@ -26,8 +26,9 @@ import (
 const closeGrace = time.Second
 
 // outFrame is a frame queued for the device; command frames carry their id
-// and timeout so the writer can start the reply clock as the frame goes out,
-// and their delivery's change, for the edges once it is written.
+// and timeout so the writer can start the reply clock as the frame goes out
+// (and append the deadline it sets to the frame), and their delivery's
+// change, for the edges once it is written.
 type outFrame struct {
 	data    []byte
 	command uuid.UUID
@@ -55,6 +56,11 @@ type session struct {
 	// counted, not queued: a ping flood is paced by the device's rate
 	// (4029), never closed for a full queue.
 	pongsDue int
+	// errorsDue are error frames answering refused frames (an event the
+	// node cannot take, a type it does not know), at most maxErrorsDue:
+	// a device that sends bad frames without reading is paced by its rate,
+	// and is not sent more refusals than it reads.
+	errorsDue [][]byte
 	// stateDue is the device's desired document waiting to be written
 	// (state.go), the latest only; stateSent its version, or the version
 	// last written: a version not above it is not sent again.
@@ -175,7 +181,9 @@ func (n *Node) handleConnect(w http.ResponseWriter, r *http.Request) {
 	if !n.admitConnect(w, deviceID) {
 		return
 	}
-	ws, err := n.upgrader.Upgrade(w, r, nil)
+	// Date tells a device the node's clock, by which command deadlines are
+	// written: a device whose own clock is off can allow for it.
+	ws, err := n.upgrader.Upgrade(w, r, http.Header{"Date": {time.Now().UTC().Format(http.TimeFormat)}})
 	if err != nil {
 		return // the upgrader has answered
 	}
@@ -310,6 +318,17 @@ func (s *session) readPump() (ended string) {
 			return
 		}
 		msg, err := protocol.Decode(frame)
+		var refused *protocol.DecodeError
+		if errors.As(err, &refused) && refused.Code != "" {
+			// A bad event, or a type this node does not know: said in an
+			// error frame, and the session goes on. It counts against the
+			// rate like the event it would have been.
+			if _, closed := s.charge("refused"); closed {
+				return
+			}
+			s.refuse(refused)
+			continue
+		}
 		if err != nil {
 			s.reject(err.Error())
 			return
@@ -391,6 +410,28 @@ func (s *session) storeReply(r db.Reply) {
 
 func (s *session) reject(reason string) { s.disconnect(disconnectBadMessage(reason)) }
 
+// maxErrorsDue bounds the error frames waiting to be written to a device.
+const maxErrorsDue = 8
+
+// refuse answers a frame refused without closing the session with an error
+// frame, ahead of queued commands; past maxErrorsDue waiting, it is not
+// sent (the device is not reading them).
+func (s *session) refuse(e *protocol.DecodeError) {
+	n := s.node
+	n.metrics.refusedFrames.WithLabelValues(e.Code).Inc()
+	s.log(slog.LevelDebug, "frame refused", "error", e.Code, "reason", e.Reason, "name", e.Name)
+	frame, err := protocol.Encode(e.ErrorFrame())
+	if err != nil {
+		return // strings always encode
+	}
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	if !s.ended && len(s.errorsDue) < maxErrorsDue {
+		s.errorsDue = append(s.errorsDue, frame)
+		s.startWriterLocked()
+	}
+}
+
 func (s *session) extendReadDeadline() {
 	s.deadlineMu.Lock()
 	defer s.deadlineMu.Unlock()
@@ -459,7 +500,7 @@ func (s *session) write() {
 	n := s.node
 	for {
 		s.writeMu.Lock()
-		if s.ended || (len(s.queue) == 0 && !s.pingDue && s.pongsDue == 0 && s.stateDue == nil) {
+		if s.ended || (len(s.queue) == 0 && !s.pingDue && s.pongsDue == 0 && len(s.errorsDue) == 0 && s.stateDue == nil) {
 			s.writing = false
 			s.queue = nil // an idle session holds no buffer
 			s.writeMu.Unlock()
@@ -467,13 +508,20 @@ func (s *session) write() {
 		}
 		ping := s.pingDue
 		var frame outFrame
-		var state bool
+		var state, refusal bool
+		var written time.Time
 		switch {
 		case ping:
 			s.pingDue = false
 		case s.pongsDue > 0:
 			s.pongsDue--
 			frame = outFrame{data: protocol.Pong}
+		case len(s.errorsDue) > 0:
+			frame, refusal = outFrame{data: s.errorsDue[0]}, true
+			s.errorsDue = s.errorsDue[1:]
+			if len(s.errorsDue) == 0 {
+				s.errorsDue = nil // an idle session holds no buffer
+			}
 		case s.stateDue != nil:
 			frame, state = outFrame{data: s.stateDue}, true
 			s.stateDue = nil
@@ -483,13 +531,21 @@ func (s *session) write() {
 			s.queue = s.queue[1:]
 			// Before the write (a reply can beat the write's return), and
 			// while the queue is locked: holding finds the command in the
-			// one place or the other.
+			// one place or the other. The reply clock starts after written,
+			// so the deadline the frame carries comes before the node stops
+			// waiting, never after.
+			written = time.Now()
 			s.setWritten(frame.command, frame.timeout, frame.change)
 		}
 		drained := len(s.queue) <= lowWater(n)
 		s.writeMu.Unlock()
 		if frame.command != uuid.Nil && drained && s.backlogged.CompareAndSwap(true, false) {
 			n.deliverer.wake(s.deviceID) // claim the next ones while these go out
+		}
+		if frame.command != uuid.Nil {
+			// The deadline is the delivery's, known only now: a redelivery
+			// carries its own.
+			frame.data = protocol.AppendDeadline(frame.data, written.Add(frame.timeout))
 		}
 
 		var err error
@@ -504,6 +560,8 @@ func (s *session) write() {
 				n.metrics.sentCommand.Inc()
 				s.holdChange(frame.command)
 			case state:
+			case refusal:
+				n.metrics.sentError.Inc()
 			default:
 				n.metrics.sentPong.Inc()
 			}
@@ -524,7 +582,7 @@ func (s *session) write() {
 // endWrites stops the session's writes and waits for a running writer.
 func (s *session) endWrites() {
 	s.writeMu.Lock()
-	s.ended, s.queue, s.pingDue, s.pongsDue, s.stateDue = true, nil, false, 0, nil
+	s.ended, s.queue, s.pingDue, s.pongsDue, s.errorsDue, s.stateDue = true, nil, false, 0, nil, nil
 	s.writeMu.Unlock()
 	s.writer.Wait()
 }

@@ -42,8 +42,34 @@ var ErrReplaced = errors.New("replaced by a newer session of the same device")
 var ErrNotConnected = errors.New("not connected")
 
 // HandlerFunc answers one command. A returned error becomes a reply with
-// ok false; the result is marshalled to JSON.
+// ok false; the result is marshalled to JSON. ctx ends when the session
+// does (the command is then delivered again) or at the command's deadline,
+// when the node stops waiting for the reply: a handler should give up
+// then, since nobody reads its answer.
 type HandlerFunc func(ctx context.Context, args json.RawMessage) (result any, err error)
+
+// ErrDeadlinePassed is the error of the reply to a command that came after
+// its deadline: the handler was not run.
+const ErrDeadlinePassed = "deadline passed"
+
+// FrameError is a frame of this device's that the node refused with an
+// error frame, keeping the session: an event it cannot take, or a frame
+// type it does not know. Code is the frame's "error" (protocol.ErrInvalid-
+// EventName and the like), Message its explanation, Name the refused
+// event's name. Event returns one, before sending, for an event the node
+// would refuse.
+type FrameError struct {
+	Code    string
+	Message string
+	Name    string
+}
+
+func (e *FrameError) Error() string {
+	if e.Name != "" {
+		return fmt.Sprintf("%s (event %q): %s", e.Code, e.Name, e.Message)
+	}
+	return e.Code + ": " + e.Message
+}
 
 // Config says where and as whom to connect.
 type Config struct {
@@ -51,6 +77,12 @@ type Config struct {
 	ID     string
 	Secret string
 	TLS    *tls.Config // nil uses the system roots
+	// Pin, when set, is the node certificate's SHA-256 fingerprint
+	// ("AB:CD:…", colons optional, any case): the SDK then accepts that
+	// certificate only, whoever issued it, and refuses any other before
+	// sending credentials (ErrPinMismatch). For nodes with a self-signed
+	// certificate (CONN_TLS=self-signed).
+	Pin string
 	Log    *slog.Logger
 
 	MinBackoff time.Duration // 500ms: first reconnect delay cap
@@ -73,6 +105,9 @@ type Config struct {
 	// OnDialError, when set, is told of each attempt to connect that
 	// failed, with a *DialError, before the wait that follows.
 	OnDialError func(err error)
+	// OnError, when set, is told of each error frame the node sends (the
+	// SDK also logs them). It runs on the read loop: keep it short.
+	OnError func(err *FrameError)
 }
 
 // DialError is an attempt to connect that failed. StatusCode is the
@@ -121,6 +156,8 @@ func (e *DialError) Unwrap() error { return e.Err }
 // Client is one device's connection. Handle must be called before Run.
 type Client struct {
 	cfg      Config
+	tls      *tls.Config // cfg.TLS, pinned to cfg.Pin
+	pinErr   error       // a Pin that does not parse: Run returns it
 	log      *slog.Logger
 	handlers map[string]HandlerFunc
 	dedup    *dedup
@@ -159,8 +196,17 @@ func (c Config) withDefaults() Config {
 // New makes a client.
 func New(cfg Config) *Client {
 	cfg = cfg.withDefaults()
+	tlsCfg, pinErr := cfg.TLS, error(nil)
+	if cfg.Pin != "" {
+		var sum []byte
+		if sum, pinErr = parsePin(cfg.Pin); pinErr == nil {
+			tlsCfg = pinnedTLS(cfg.TLS, sum)
+		}
+	}
 	return &Client{
 		cfg:      cfg,
+		tls:      tlsCfg,
+		pinErr:   pinErr,
 		log:      cfg.Log.With("device", cfg.ID),
 		handlers: make(map[string]HandlerFunc),
 		dedup:    newDedup(cfg.Dedup),
@@ -201,7 +247,9 @@ func (c *Client) Report(patch any) error {
 
 // Event queues a telemetry or alert event on the current session. Events
 // are at most once: one queued as the session ends is lost (late telemetry
-// is worth little; replies, which are kept, are another matter).
+// is worth little; replies, which are kept, are another matter). An event
+// the node would refuse (a bad name, data PostgreSQL cannot store) is not
+// sent: Event returns the *FrameError the node would have answered.
 func (c *Client) Event(ctx context.Context, name string, data any) error {
 	raw, err := json.Marshal(data)
 	if err != nil {
@@ -209,6 +257,13 @@ func (c *Client) Event(ctx context.Context, name string, data any) error {
 	}
 	frame, err := protocol.Encode(protocol.Message{Type: protocol.TypeEvent, Name: name, Data: raw})
 	if err != nil {
+		return err
+	}
+	if _, err := protocol.Decode(frame); err != nil {
+		var de *protocol.DecodeError
+		if errors.As(err, &de) && de.Code != "" {
+			return &FrameError{Code: de.Code, Message: de.Reason, Name: de.Name}
+		}
 		return err
 	}
 	c.mu.Lock()
@@ -263,10 +318,14 @@ func (c *Client) putBack(frames [][]byte) {
 // are refused (ErrUnauthorized). Between sessions it waits with exponential
 // backoff and full jitter (a random delay up to min(MaxBackoff,
 // MinBackoff·2^attempt)), so a fleet that lost its node spreads out; after
-// a 1012 it waits the delay the node gave, after a 4008 ReplacedDelay, and
-// after a 429 or 503 at least the Retry-After. It returns once its
-// handlers have too.
+// a 1012 it waits the delay the node gave, after a 4008 ReplacedDelay,
+// after a 4029 at least 2·MinBackoff, and after a 429 or 503 at least the
+// Retry-After. It returns once its handlers have too, or at once with the
+// error of a Pin that does not parse.
 func (c *Client) Run(ctx context.Context) error {
+	if c.pinErr != nil {
+		return c.pinErr
+	}
 	defer c.running.Wait()
 	retry := backoff.Backoff{Min: c.cfg.MinBackoff, Max: c.cfg.MaxBackoff}
 	for {
@@ -278,11 +337,18 @@ func (c *Client) Run(ctx context.Context) error {
 		if errors.Is(err, ErrUnauthorized) {
 			return err
 		}
-		if time.Since(start) > c.cfg.MaxBackoff {
+		var closeErr *websocket.CloseError
+		rateLimited := errors.As(err, &closeErr) && closeErr.Code == protocol.CloseRateLimited
+		if time.Since(start) > c.cfg.MaxBackoff && !rateLimited {
 			retry.Reset() // the session lasted: the next failure starts small again
 		}
 		var dialErr *DialError
 		switch {
+		case rateLimited:
+			// The device sent faster than its rate (4029): never straight
+			// back, however long the session lasted, and later with each
+			// 4029 in a row (the attempts are not reset).
+			delay = max(retry.Next(), 2*c.cfg.MinBackoff)
 		case errors.Is(err, ErrReplaced):
 			delay = c.cfg.ReplacedDelay/2 + rand.N(c.cfg.ReplacedDelay/2+1)
 		case delay > 0: // a 1012's
@@ -306,7 +372,7 @@ func (c *Client) Run(ctx context.Context) error {
 func (c *Client) session(ctx context.Context) (time.Duration, error) {
 	dialer := websocket.Dialer{
 		NetDialContext:   c.cfg.NetDialContext,
-		TLSClientConfig:  c.cfg.TLS,
+		TLSClientConfig:  c.tls,
 		Subprotocols:     []string{protocol.Subprotocol},
 		HandshakeTimeout: 10 * time.Second,
 		Proxy:            http.ProxyFromEnvironment,
@@ -334,6 +400,7 @@ func (c *Client) session(ctx context.Context) (time.Duration, error) {
 		return 0, dialErr
 	}
 	defer ws.Close()
+	skew := clockSkew(resp.Header.Get("Date"), time.Now())
 
 	sessionCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -350,7 +417,7 @@ func (c *Client) session(ctx context.Context) (time.Duration, error) {
 		c.cfg.OnConnect()
 	}
 
-	delay, err := c.readLoop(sessionCtx, ws)
+	delay, err := c.readLoop(sessionCtx, ws, skew)
 
 	c.mu.Lock()
 	c.out = nil
@@ -407,7 +474,31 @@ func (c *Client) writeLoop(ctx context.Context, ws *websocket.Conn, events <-cha
 	}
 }
 
-func (c *Client) readLoop(ctx context.Context, ws *websocket.Conn) (time.Duration, error) {
+// minSkew is the clock difference below which the device's clock is taken
+// to agree with the node's: a Date header is whole seconds, and the
+// response took a while to come.
+const minSkew = 2 * time.Second
+
+// clockSkew is how far the node's clock (its Date header, read at local
+// time now) is ahead of the device's, or 0 when they agree within minSkew
+// or the node sent no date. A command's deadline, by the node's clock,
+// less the skew is the deadline by the device's: a device whose clock is
+// off (no RTC, no NTP yet) neither drops every command as late nor waits
+// on ones long given up.
+func clockSkew(date string, now time.Time) time.Duration {
+	nodeNow, err := http.ParseTime(date)
+	if err != nil {
+		return 0
+	}
+	// Date drops the fraction: the node's clock read up to a second more.
+	skew := nodeNow.Sub(now)
+	if skew > -minSkew && skew < minSkew {
+		return 0
+	}
+	return skew
+}
+
+func (c *Client) readLoop(ctx context.Context, ws *websocket.Conn, skew time.Duration) (time.Duration, error) {
 	// On shutdown the read deadline is set to now to unblock the read; the
 	// mutex keeps a frame or ping arriving meanwhile from pushing it back.
 	var deadlineMu sync.Mutex
@@ -450,7 +541,21 @@ func (c *Client) readLoop(ctx context.Context, ws *websocket.Conn) (time.Duratio
 		extend()
 		msg, err := protocol.Decode(frame)
 		if err != nil {
-			c.log.Warn("ignoring a frame the node sent", "err", err)
+			var de *protocol.DecodeError
+			if errors.As(err, &de) && de.Code == protocol.ErrUnknownType {
+				// A newer node's frame: v1 devices ignore what they do not know.
+				c.log.Debug("ignoring a frame of a type this SDK does not know", "err", err)
+			} else {
+				c.log.Warn("ignoring a frame the node sent", "err", err)
+			}
+			continue
+		}
+		if msg.Type == protocol.TypeError {
+			fe := &FrameError{Code: msg.Error, Message: msg.Message, Name: msg.Name}
+			c.log.Warn("the node refused a frame", "error", fe.Code, "message", fe.Message, "name", fe.Name)
+			if c.cfg.OnError != nil {
+				c.cfg.OnError(fe)
+			}
 			continue
 		}
 		if msg.Type == protocol.TypeState {
@@ -470,8 +575,29 @@ func (c *Client) readLoop(ctx context.Context, ws *websocket.Conn) (time.Duratio
 			}
 			continue
 		}
+		deadline, hasDeadline := msg.DeadlineTime()
+		if hasDeadline {
+			deadline = deadline.Add(-skew) // by the device's clock
+		}
+		if hasDeadline && !time.Now().Before(deadline) {
+			// The node has stopped waiting (the frame sat unread, or the
+			// device was busy): running it would act for nobody. The reply
+			// says why, should the node still take it.
+			c.log.Warn("command came after its deadline: not run", "command", msg.Name, "id", msg.ID, "deadline", msg.Deadline)
+			ok := false
+			reply, _ := protocol.Encode(protocol.Message{Type: protocol.TypeReply, ID: msg.ID, OK: &ok, Error: ErrDeadlinePassed})
+			c.dedup.finish(msg.ID, reply)
+			c.reply(reply)
+			continue
+		}
 		c.running.Go(func() {
-			reply, interrupted := c.run(ctx, msg)
+			hctx := ctx
+			if hasDeadline { // an older node sends none
+				var cancel context.CancelFunc
+				hctx, cancel = context.WithDeadline(ctx, deadline)
+				defer cancel()
+			}
+			reply, interrupted := c.run(ctx, hctx, msg)
 			if interrupted {
 				// The session ended under the handler: let the redelivery
 				// run it again rather than replay a cancellation.
@@ -484,16 +610,18 @@ func (c *Client) readLoop(ctx context.Context, ws *websocket.Conn) (time.Duratio
 	}
 }
 
-// run calls the command's handler and renders its reply frame. It reports
-// whether the handler failed because the session ended (ctx cancelled).
-func (c *Client) run(ctx context.Context, cmd protocol.Message) (frame []byte, interrupted bool) {
+// run calls the command's handler with hctx (the session's ctx, bounded
+// by the command's deadline) and renders its reply frame. It reports
+// whether the handler failed because the session ended (ctx cancelled); one
+// that failed at the deadline is answered with its error.
+func (c *Client) run(ctx, hctx context.Context, cmd protocol.Message) (frame []byte, interrupted bool) {
 	ok := true
 	reply := protocol.Message{Type: protocol.TypeReply, ID: cmd.ID, OK: &ok}
 	h := c.handlers[cmd.Name]
 	if h == nil {
 		ok = false
 		reply.Error = "unknown command " + cmd.Name
-	} else if result, err := h(ctx, cmd.Args); err != nil {
+	} else if result, err := h(hctx, cmd.Args); err != nil {
 		if ctx.Err() != nil {
 			return nil, true
 		}

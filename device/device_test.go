@@ -2,11 +2,13 @@ package device_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -58,6 +60,9 @@ type fakeNode struct {
 	attempts atomic.Int32 // upgrade requests, accepted or not
 	accepts  atomic.Int32 // sessions accepted
 	busy     atomic.Int32 // attempts still to turn away: 503, Retry-After: 1
+	// clockAhead, when set, is how far ahead of the test's clock the node's
+	// is: its upgrade then answers with a Date header by that clock.
+	clockAhead atomic.Int64
 
 	mu     sync.Mutex
 	closed bool
@@ -83,7 +88,11 @@ func newFakeNode(t *testing.T) *fakeNode {
 			http.Error(w, "unauthorized", http.StatusUnauthorized)
 			return
 		}
-		ws, err := up.Upgrade(w, r, nil)
+		var header http.Header
+		if ahead := time.Duration(n.clockAhead.Load()); ahead != 0 {
+			header = http.Header{"Date": {time.Now().Add(ahead).UTC().Format(http.TimeFormat)}}
+		}
+		ws, err := up.Upgrade(w, r, header)
 		if err != nil {
 			return
 		}
@@ -725,6 +734,27 @@ func TestRebalanceWaitsTheGivenDelay(t *testing.T) {
 	}
 }
 
+// After 4029 (rate limited) the SDK waits at least twice MinBackoff, each
+// time: more than its plain backoff would.
+func TestRateLimitedBacksOff(t *testing.T) {
+	t.Parallel()
+	n := newFakeNode(t)
+	const minBackoff = 200 * time.Millisecond
+	// A plain backoff would wait at most MaxBackoff, under 2·MinBackoff.
+	r := start(t, n, func(cfg *device.Config) { cfg.MinBackoff, cfg.MaxBackoff = minBackoff, 300*time.Millisecond }, nil)
+	a := n.accept(t)
+	r.waitConnected(t)
+	for range 2 {
+		closed := time.Now()
+		writeClose(t, a.ws, protocol.CloseRateLimited, "rate limited")
+		a = n.accept(t)
+		if elapsed := a.at.Sub(closed); elapsed < 2*minBackoff {
+			t.Fatalf("redialed %v after 4029, want at least %v", elapsed, 2*minBackoff)
+		}
+		r.waitConnected(t)
+	}
+}
+
 func TestCancelClosesNormally(t *testing.T) {
 	t.Parallel()
 	n := newFakeNode(t)
@@ -911,4 +941,252 @@ func TestDesiredStateAndReport(t *testing.T) {
 	if err := r.c.Report([]int{1}); err == nil {
 		t.Error("Report of an array: no error, want one (a report is an object)")
 	}
+}
+
+// sendCommandBy sends a command whose deadline is in d by a clock ahead of
+// the test's by ahead (the node's).
+func sendCommandBy(t *testing.T, ws *websocket.Conn, id, name string, ahead, d time.Duration) {
+	t.Helper()
+	deadline := protocol.FormatDeadline(time.Now().Add(ahead + d))
+	writeText(t, ws, `{"type":"command","id":"`+id+`","name":"`+name+`","args":{},"deadline":"`+deadline+`"}`)
+}
+
+// A command carries the time the node stops waiting for its reply: the
+// handler's context ends then, and a command that came after it is
+// answered without running the handler.
+func TestCommandDeadline(t *testing.T) {
+	t.Parallel()
+	n := newFakeNode(t)
+	type call struct {
+		deadline    time.Time
+		hasDeadline bool
+	}
+	calls := make(chan call, 8)
+	r := start(t, n, nil, func(c *device.Client) {
+		c.Handle("look", func(ctx context.Context, _ json.RawMessage) (any, error) {
+			d, ok := ctx.Deadline()
+			calls <- call{d, ok}
+			return "looked", nil
+		})
+		c.Handle("slow", func(ctx context.Context, _ json.RawMessage) (any, error) {
+			d, ok := ctx.Deadline()
+			calls <- call{d, ok}
+			<-ctx.Done() // gives up when nobody waits any more
+			return nil, ctx.Err()
+		})
+	})
+	a := n.accept(t)
+	r.waitConnected(t)
+	nextCall := func(t *testing.T) call {
+		t.Helper()
+		select {
+		case c := <-calls:
+			return c
+		case <-time.After(waitFor):
+			t.Fatal("the handler was not called")
+			return call{}
+		}
+	}
+
+	t.Run("passed before it came", func(t *testing.T) {
+		id := uuid.NewString()
+		sendCommandBy(t, a.ws, id, "look", 0, -time.Second)
+		_, msg := readReply(t, a.ws, id)
+		if *msg.OK || msg.Error != device.ErrDeadlinePassed {
+			t.Fatalf("reply ok %v, error %q; want ok false, %q", *msg.OK, msg.Error, device.ErrDeadlinePassed)
+		}
+		// A redelivery gets the same answer, still without a run.
+		sendCommandBy(t, a.ws, id, "look", 0, -time.Second)
+		if _, again := readReply(t, a.ws, id); again.Error != device.ErrDeadlinePassed {
+			t.Fatalf("redelivery answered %q", again.Error)
+		}
+		if len(calls) != 0 {
+			t.Fatal("the handler ran for a command past its deadline")
+		}
+	})
+	t.Run("the handler's context ends at the deadline", func(t *testing.T) {
+		id := uuid.NewString()
+		sent := time.Now()
+		sendCommandBy(t, a.ws, id, "slow", 0, 300*time.Millisecond)
+		c := nextCall(t)
+		if !c.hasDeadline || c.deadline.Sub(sent.Add(300*time.Millisecond)).Abs() > 50*time.Millisecond {
+			t.Fatalf("handler deadline %v (%v), want about %v", c.deadline, c.hasDeadline, sent.Add(300*time.Millisecond))
+		}
+		_, msg := readReply(t, a.ws, id)
+		if *msg.OK || msg.Error != context.DeadlineExceeded.Error() {
+			t.Fatalf("reply ok %v, error %q; want the handler's %q", *msg.OK, msg.Error, context.DeadlineExceeded)
+		}
+	})
+	t.Run("an older node sends no deadline", func(t *testing.T) {
+		id := uuid.NewString()
+		sendCommand(t, a.ws, id, "look", `{}`)
+		if c := nextCall(t); c.hasDeadline {
+			t.Fatalf("handler deadline %v without one in the frame", c.deadline)
+		}
+		if _, msg := readReply(t, a.ws, id); !*msg.OK {
+			t.Fatalf("reply %q", msg.Error)
+		}
+	})
+}
+
+// A device whose clock is off reads deadlines by the node's clock, which
+// the upgrade's Date header tells: it neither drops every command as late
+// nor gives handlers hours.
+func TestCommandDeadlineWithClockSkew(t *testing.T) {
+	t.Parallel()
+	for _, ahead := range []time.Duration{time.Hour, -time.Hour} {
+		t.Run(fmt.Sprintf("node clock %v ahead", ahead), func(t *testing.T) {
+			t.Parallel()
+			n := newFakeNode(t)
+			n.clockAhead.Store(int64(ahead))
+			deadlines := make(chan time.Time, 1)
+			r := start(t, n, nil, func(c *device.Client) {
+				c.Handle("look", func(ctx context.Context, _ json.RawMessage) (any, error) {
+					d, _ := ctx.Deadline()
+					deadlines <- d
+					return nil, nil
+				})
+			})
+			a := n.accept(t)
+			r.waitConnected(t)
+
+			id := uuid.NewString()
+			sent := time.Now()
+			sendCommandBy(t, a.ws, id, "look", ahead, 5*time.Second)
+			if _, msg := readReply(t, a.ws, id); !*msg.OK {
+				t.Fatalf("reply %q, want ok", msg.Error)
+			}
+			// Date is whole seconds: the local deadline may be up to a
+			// second (and the handshake's time) later, never earlier.
+			d := <-deadlines
+			if want := sent.Add(5 * time.Second); d.Before(want.Add(-100*time.Millisecond)) || d.After(want.Add(1500*time.Millisecond)) {
+				t.Fatalf("handler deadline %v, want about %v by the device's clock", d, want)
+			}
+		})
+	}
+}
+
+// An error frame (the node refused an event, or a type it does not know)
+// is logged and given to OnError; the session goes on.
+func TestErrorFrames(t *testing.T) {
+	t.Parallel()
+	n := newFakeNode(t)
+	errs := make(chan *device.FrameError, 4)
+	r := start(t, n, func(cfg *device.Config) {
+		cfg.OnError = func(err *device.FrameError) { errs <- err }
+	}, func(c *device.Client) {
+		c.Handle("ping", func(context.Context, json.RawMessage) (any, error) { return "pong", nil })
+	})
+	a := n.accept(t)
+	r.waitConnected(t)
+
+	writeText(t, a.ws, `{"type":"error","error":"invalid-event-name","message":"event: name must match","name":"door open"}`)
+	select {
+	case err := <-errs:
+		want := &device.FrameError{Code: protocol.ErrInvalidEventName, Message: "event: name must match", Name: "door open"}
+		if !reflect.DeepEqual(err, want) {
+			t.Fatalf("OnError got %+v, want %+v", err, want)
+		}
+		if !strings.Contains(err.Error(), "door open") {
+			t.Errorf("error text %q does not name the event", err)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("OnError was not called")
+	}
+	// A frame of a newer protocol is ignored; the session answers on.
+	writeText(t, a.ws, `{"type":"hello-from-v1.9","x":1}`)
+	id := uuid.NewString()
+	sendCommand(t, a.ws, id, "ping", `{}`)
+	if _, msg := readReply(t, a.ws, id); !*msg.OK {
+		t.Fatalf("reply %q", msg.Error)
+	}
+	if got := n.accepts.Load(); got != 1 {
+		t.Fatalf("%d sessions, want the first one kept", got)
+	}
+}
+
+// Event refuses, without sending it, an event the node would refuse, with
+// the FrameError the node would answer.
+func TestEventRefusedBeforeSending(t *testing.T) {
+	t.Parallel()
+	n := newFakeNode(t)
+	r := start(t, n, nil, nil)
+	a := n.accept(t)
+	r.waitConnected(t)
+	ctx := t.Context()
+
+	var fe *device.FrameError
+	if err := r.c.Event(ctx, "door open", 1); !errors.As(err, &fe) || fe.Code != protocol.ErrInvalidEventName || fe.Name != "door open" {
+		t.Fatalf("Event with a bad name = %v, want an %s FrameError naming it", err, protocol.ErrInvalidEventName)
+	}
+	if err := r.c.Event(ctx, "telemetry", map[string]string{"s": "a\x00b"}); !errors.As(err, &fe) || fe.Code != protocol.ErrInvalidEventData || fe.Name != "telemetry" {
+		t.Fatalf("Event with a NUL = %v, want an %s FrameError", err, protocol.ErrInvalidEventData)
+	}
+	if err := r.c.Event(ctx, "telemetry", 21); err != nil {
+		t.Fatal(err)
+	}
+	// The first frame the node reads is the good event.
+	if raw, _ := readFrame(t, a.ws); raw["name"] != "telemetry" || raw["data"] != float64(21) {
+		t.Fatalf("node read %v, want only the good event", raw)
+	}
+}
+
+// A pinned device connects to the node whose certificate has that SHA-256,
+// whoever issued it, and to no other: a mismatch fails the TLS handshake,
+// before any request carries the credentials.
+func TestPin(t *testing.T) {
+	t.Parallel()
+	n := newFakeNode(t)
+	sum := sha256.Sum256(n.srv.Certificate().Raw)
+	hexed := make([]string, len(sum))
+	for i, b := range sum {
+		hexed[i] = fmt.Sprintf("%02X", b)
+	}
+	pin := strings.Join(hexed, ":") // as nodes log it
+
+	for name, p := range map[string]string{"AB:CD form": pin, "lower case, no colons": strings.ToLower(strings.ReplaceAll(pin, ":", ""))} {
+		t.Run(name, func(t *testing.T) {
+			// No roots: only the pin makes the certificate acceptable.
+			r := start(t, n, func(cfg *device.Config) { cfg.TLS, cfg.Pin = nil, p }, nil)
+			n.accept(t)
+			r.waitConnected(t)
+			r.cancel()
+			r.waitEnded(t)
+		})
+	}
+	t.Run("another certificate", func(t *testing.T) {
+		// httptest's servers share one certificate: pin another one's.
+		other := newFakeNode(t)
+		wrong := sha256.Sum256([]byte("another certificate"))
+		dialErrs := make(chan error, 1)
+		// The right roots, the wrong pin: the pin wins.
+		r := start(t, other, func(cfg *device.Config) {
+			cfg.Pin = fmt.Sprintf("%X", wrong)
+			cfg.OnDialError = func(err error) {
+				select {
+				case dialErrs <- err:
+				default:
+				}
+			}
+		}, nil)
+		select {
+		case err := <-dialErrs:
+			if !errors.Is(err, device.ErrPinMismatch) {
+				t.Fatalf("dial error %v, want ErrPinMismatch", err)
+			}
+		case <-time.After(waitFor):
+			t.Fatal("no dial error")
+		}
+		r.cancel()
+		r.waitEnded(t)
+		if got := other.attempts.Load(); got != 0 {
+			t.Fatalf("%d upgrade requests reached the node, want none (the credentials were sent)", got)
+		}
+	})
+	t.Run("a pin that does not parse", func(t *testing.T) {
+		c := device.New(device.Config{URL: n.url, ID: testID, Secret: testSecret, Pin: "AB:CD"})
+		if err := c.Run(t.Context()); err == nil || !strings.Contains(err.Error(), "SHA-256") {
+			t.Fatalf("Run = %v, want the pin refused", err)
+		}
+	})
 }

@@ -118,3 +118,25 @@ func FuzzRebalanceDelay(f *testing.F) {
 		}
 	})
 }
+
+func TestClockSkew(t *testing.T) {
+	now := time.Date(2026, 12, 6, 3, 0, 0, 400_000_000, time.UTC)
+	tests := []struct {
+		date string
+		want time.Duration
+	}{
+		{"", 0},
+		{"not a date", 0},
+		{"Sun, 06 Dec 2026 03:00:00 GMT", 0}, // the same second
+		{"Sun, 06 Dec 2026 03:00:01 GMT", 0}, // within what a Date can tell
+		{"Sun, 06 Dec 2026 02:59:59 GMT", 0},
+		{"Sun, 06 Dec 2026 04:00:00 GMT", time.Hour - 400*time.Millisecond},
+		{"Sun, 06 Dec 2026 02:00:00 GMT", -time.Hour - 400*time.Millisecond},
+		{"Thu, 01 Jan 1970 00:00:00 GMT", time.Unix(0, 0).Sub(now)},
+	}
+	for _, tt := range tests {
+		if got := clockSkew(tt.date, now); got != tt.want {
+			t.Errorf("clockSkew(%q) = %v, want %v", tt.date, got, tt.want)
+		}
+	}
+}

@@ -47,6 +47,12 @@ func FuzzDecode(f *testing.F) {
 		`{"type":"reply","id":"` + uuid1 + `"}`,
 		`{"type":"event","name":"-bad"}`,
 		`{"type":"command","name":"x"}`,
+		`{"type":"command","id":"` + uuid1 + `","name":"reboot","args":{},"deadline":"2026-12-06T03:04:05.123Z"}`,
+		`{"type":"command","id":"` + uuid1 + `","name":"reboot","deadline":"tomorrow"}`,
+		`{"type":"error","error":"invalid-event-name","message":"event: name must match","name":"bad name"}`,
+		`{"type":"error","message":"no code"}`,
+		`{"type":"event","name":5,"data":1}`,
+		`{"type":"event","name":"t","ok":"yes"}`,
 		`{"type":"ping","type":"pong"}`,
 		`{"TYPE":"ping"}`,
 		// What PostgreSQL cannot store.
@@ -105,9 +111,24 @@ func checkRefusal(t *testing.T, frame []byte, m protocol.Message, err error) {
 	if !errors.As(err, &de) {
 		t.Fatalf("Decode(%q): error %T %v is not a *DecodeError", frame, err, err)
 	}
-	// The reason goes into a WebSocket close frame.
+	// The reason goes into a WebSocket close frame, or an error frame's
+	// message.
 	if de.Reason == "" || len(de.Reason) > 123 || !utf8.ValidString(de.Reason) {
 		t.Fatalf("Decode(%q): reason %q is not a close reason (1-123 bytes of UTF-8)", frame, de.Reason)
+	}
+	if de.Code == "" && de.Name != "" || len(de.Name) > protocol.MaxErrorName || !utf8.ValidString(de.Name) {
+		t.Fatalf("Decode(%q): refusal %+v names the event badly", frame, de)
+	}
+	// A refusal the session survives answers with an error frame, which
+	// must itself decode.
+	if de.Code != "" {
+		ef, err := protocol.Encode(de.ErrorFrame())
+		if err != nil {
+			t.Fatalf("Decode(%q): error frame of %+v: %v", frame, de, err)
+		}
+		if got, err := protocol.Decode(ef); err != nil || got.Error != de.Code || got.Name != de.Name {
+			t.Fatalf("Decode(%q): error frame %s decodes to %s, %v", frame, ef, show(got), err)
+		}
 	}
 	if !reflect.DeepEqual(m, protocol.Message{}) {
 		t.Fatalf("Decode(%q) returned %s with its error, want the zero Message", frame, show(m))
@@ -122,7 +143,7 @@ func checkAccepted(t *testing.T, frame []byte, m protocol.Message) {
 	if err := protocol.CheckStorable(frame); err != nil {
 		fail("the frame is not storable: " + err.Error())
 	}
-	for _, s := range []string{m.Type, m.ID, m.Name, m.Error} {
+	for _, s := range []string{m.Type, m.ID, m.Name, m.Error, m.Message, m.Deadline} {
 		if !utf8.ValidString(s) || strings.ContainsRune(s, 0) {
 			fail("a text field is not storable")
 		}
@@ -145,9 +166,17 @@ func checkAccepted(t *testing.T, frame []byte, m protocol.Message) {
 	want := protocol.Message{Type: m.Type}
 	switch m.Type {
 	case protocol.TypeCommand:
-		want.ID, want.Name, want.Args = m.ID, m.Name, m.Args
+		want.ID, want.Name, want.Args, want.Deadline = m.ID, m.Name, m.Args, m.Deadline
 		if !protocol.ValidName(m.Name) || !isUUID(m.ID) || len(m.Args) == 0 {
 			fail("a command needs a name, a uuid and args")
+		}
+		if _, ok := m.DeadlineTime(); m.Deadline != "" && !ok {
+			fail("a command's deadline is not an RFC 3339 time")
+		}
+	case protocol.TypeError:
+		want.Error, want.Message, want.Name = m.Error, m.Message, m.Name
+		if m.Error == "" {
+			fail("an error frame needs a code")
 		}
 	case protocol.TypeReply:
 		want.ID, want.OK, want.Result, want.Error = m.ID, m.OK, m.Result, m.Error
@@ -159,6 +188,10 @@ func checkAccepted(t *testing.T, frame []byte, m protocol.Message) {
 		if !protocol.ValidName(m.Name) {
 			fail("an event needs a name")
 		}
+	case protocol.TypeState:
+		want.Desired, want.Version = m.Desired, m.Version
+	case protocol.TypeReport:
+		want.Reported = m.Reported
 	case protocol.TypePing, protocol.TypePong:
 	default:
 		fail("unknown type")
@@ -176,10 +209,12 @@ func isUUID(s string) bool { return uuidForm.MatchString(s) }
 // escapes <, > and & in them, which changes their bytes, not their value.
 func sameMessage(a, b protocol.Message) bool {
 	if a.Type != b.Type || a.ID != b.ID || a.Name != b.Name || a.Error != b.Error ||
+		a.Deadline != b.Deadline || a.Message != b.Message || a.Version != b.Version ||
 		(a.OK == nil) != (b.OK == nil) || (a.OK != nil && *a.OK != *b.OK) {
 		return false
 	}
-	return sameJSON(a.Args, b.Args) && sameJSON(a.Result, b.Result) && sameJSON(a.Data, b.Data)
+	return sameJSON(a.Args, b.Args) && sameJSON(a.Result, b.Result) && sameJSON(a.Data, b.Data) &&
+		sameJSON(a.Desired, b.Desired) && sameJSON(a.Reported, b.Reported)
 }
 
 func sameJSON(a, b json.RawMessage) bool {

@@ -7,15 +7,19 @@ package protocol
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf16"
 	"unicode/utf8"
 )
 
-// Subprotocol is offered by devices and accepted by the connection tier.
+// Subprotocol is offered by devices and accepted by the connection tier. It
+// is the protocol's version: changes a v1 device may ignore (new frame
+// types, new optional fields) keep it; any other change needs a new one.
 const Subprotocol = "switchboard.v1"
 
 // Path is where a connection node accepts device WebSockets.
@@ -30,7 +34,21 @@ const (
 	TypeReport  = "report"  // device → server: a merge patch of the reported document
 	TypePing    = "ping"    // either way, for clients without control frames
 	TypePong    = "pong"
+	TypeError   = "error" // server → device: a frame of the device's was refused, the session goes on
 )
+
+// Error codes of error frames ("error"): why the node refused a frame
+// without closing the session.
+const (
+	ErrInvalidEventName = "invalid-event-name" // an event whose name is missing, not a string, or not a valid name
+	ErrInvalidEventData = "invalid-event-data" // an event holding what PostgreSQL cannot store
+	ErrUnknownType      = "unknown-type"       // a frame type this node does not know (a newer device's, say)
+)
+
+// MaxErrorName bounds the event name an error frame repeats: a longer one
+// is cut (on a rune boundary), and is then still longer than any valid
+// name, so a device cannot mistake it for one.
+const MaxErrorName = 256
 
 // Close codes the connection tier sends.
 const (
@@ -56,8 +74,13 @@ type Message struct {
 
 	// command
 	Args json.RawMessage `json:"args,omitempty"`
+	// Deadline is when the node stops waiting for the command's reply (RFC
+	// 3339, UTC, by the node's clock): its delivery plus its timeout. Last
+	// of a command's fields, so that a node can append it to a frame
+	// encoded earlier (AppendDeadline).
+	Deadline string `json:"deadline,omitempty"`
 
-	// reply
+	// reply; Error is also an error frame's code
 	OK     *bool           `json:"ok,omitempty"`
 	Result json.RawMessage `json:"result,omitempty"`
 	Error  string          `json:"error,omitempty"`
@@ -71,6 +94,37 @@ type Message struct {
 
 	// report: a JSON merge patch (RFC 7396) of the reported document
 	Reported json.RawMessage `json:"reported,omitempty"`
+
+	// error: Error is its code, Message says why for a person, and Name is
+	// the refused event's name (for the event codes)
+	Message string `json:"message,omitempty"`
+}
+
+// DeadlineFormat is how a command's deadline is written: RFC 3339 in UTC
+// with milliseconds, which every language's date parser reads.
+const DeadlineFormat = "2006-01-02T15:04:05.000Z07:00"
+
+// FormatDeadline writes t as a command frame's deadline.
+func FormatDeadline(t time.Time) string { return t.UTC().Format(DeadlineFormat) }
+
+// DeadlineTime is a command's deadline, if its frame carried one.
+func (m Message) DeadlineTime() (time.Time, bool) {
+	if m.Deadline == "" {
+		return time.Time{}, false
+	}
+	t, err := time.Parse(time.RFC3339, m.Deadline)
+	return t, err == nil
+}
+
+// AppendDeadline adds a deadline to an encoded command frame without
+// encoding it again: frame is Encode's output for a command without one.
+// The result is what Encode would give with Deadline set.
+func AppendDeadline(frame []byte, deadline time.Time) []byte {
+	out := make([]byte, 0, len(frame)+len(`,"deadline":""`)+len(DeadlineFormat))
+	out = append(out, frame[:len(frame)-1]...) // all but the closing brace
+	out = append(out, `,"deadline":"`...)
+	out = deadline.UTC().AppendFormat(out, DeadlineFormat)
+	return append(out, `"}`...)
 }
 
 // MaxState bounds a desired or reported document (and so a report's
@@ -79,7 +133,36 @@ const MaxState = 32 << 10
 
 // DecodeError says why a frame was rejected. Its text is short enough to be
 // a WebSocket close reason (at most 123 bytes).
-type DecodeError struct{ Reason string }
+//
+// Code is set when the frame broke no rule of the protocol itself: an event
+// the node cannot take (its name, its data), or a type the decoder does not
+// know. The node answers such a frame with an error frame of that code and
+// keeps the session; any other DecodeError closes it with 1008.
+type DecodeError struct {
+	Reason string
+	Code   string // an error frame's code (ErrInvalidEventName...), or "" for a breach of the protocol
+	Name   string // the refused event's name, cut to MaxErrorName bytes
+}
+
+// ErrorFrame is the error frame that answers a refusal with a Code.
+func (e *DecodeError) ErrorFrame() Message {
+	return Message{Type: TypeError, Error: e.Code, Message: e.Reason, Name: e.Name}
+}
+
+// refusef is badf for a frame the node refuses without closing the session.
+func refusef(code, name, format string, args ...any) error {
+	err := badf(format, args...).(*DecodeError)
+	err.Code = code
+	if len(name) > MaxErrorName {
+		cut := MaxErrorName
+		for !utf8.RuneStart(name[cut]) {
+			cut--
+		}
+		name = name[:cut]
+	}
+	err.Name = strings.ToValidUTF8(name, "?")
+	return err
+}
 
 func (e *DecodeError) Error() string { return e.Reason }
 
@@ -105,16 +188,58 @@ var (
 func ValidName(s string) bool { return namePattern.MatchString(s) }
 
 // Decode parses and validates one frame. Unknown fields, and fields of other
-// types, are dropped so that newer peers can add them; unknown types are
-// rejected.
+// types, are dropped so that newer peers can add them. A frame of an
+// unknown type, and an event the node cannot take, are refused with a
+// DecodeError that has a Code (the session stays up); any other refusal is
+// a breach of the protocol.
 func Decode(frame []byte) (Message, error) {
-	// What the node cannot store it must refuse here, with a reason, rather
-	// than have the database reject a whole batch of other devices' writes.
+	// A text frame must be UTF-8 (RFC 6455): its bytes are not the device's
+	// data but the protocol's.
+	if !utf8.Valid(frame) {
+		return Message{}, badf("not valid UTF-8")
+	}
+	var in Message
+	err := json.Unmarshal(frame, &in)
+	// A field of the wrong JSON type leaves the others decoded; other
+	// errors (not JSON, not an object) leave nothing.
+	var typeErr *json.UnmarshalTypeError
+	if err != nil && !errors.As(err, &typeErr) {
+		return Message{}, badf("malformed JSON: %v", err)
+	}
+	switch in.Type {
+	case TypeEvent:
+		// A bad event is the device's data gone wrong, not its grasp of the
+		// protocol: refused, the session goes on. A name of another JSON
+		// type than string decodes as "" and is refused as a name.
+		if !ValidName(in.Name) {
+			return Message{}, refusef(ErrInvalidEventName, in.Name, "event: name must match %s", namePattern)
+		}
+		// What the node cannot store it must refuse here, with a reason,
+		// rather than have the database reject a whole batch of other
+		// devices' writes.
+		if err := CheckStorable(frame); err != nil {
+			return Message{}, refusef(ErrInvalidEventData, in.Name, "event %s: %s", in.Name, err)
+		}
+		m := Message{Type: TypeEvent, Name: in.Name, Data: in.Data}
+		if isNull(m.Data) {
+			m.Data = nil
+		}
+		return m, nil
+	case "", TypeReply, TypeCommand, TypeState, TypeReport, TypePing, TypePong, TypeError:
+	default:
+		// A newer peer's frame: the receiver says so and goes on.
+		return Message{}, refusef(ErrUnknownType, "", "unknown type %q", in.Type)
+	}
 	if err := CheckStorable(frame); err != nil {
 		return Message{}, err
 	}
-	var in Message
-	if err := json.Unmarshal(frame, &in); err != nil {
+	if err != nil && in.Type != "" {
+		// The field of the wrong JSON type may be another type's, which is
+		// dropped like any field not of this type: decode this type's
+		// fields alone. A wrong one of its own is a breach.
+		in, err = decodeFields(frame, in.Type)
+	}
+	if err != nil {
 		return Message{}, badf("malformed JSON: %v", err)
 	}
 	m := Message{Type: in.Type}
@@ -133,21 +258,16 @@ func Decode(frame []byte) (Message, error) {
 		if isNull(m.Result) {
 			m.Result = nil
 		}
-	case TypeEvent:
-		m.Name, m.Data = in.Name, in.Data
-		if !ValidName(m.Name) {
-			return Message{}, badf("event: name must match %s", namePattern)
-		}
-		if isNull(m.Data) {
-			m.Data = nil
-		}
 	case TypeCommand:
-		m.ID, m.Name, m.Args = in.ID, in.Name, in.Args
+		m.ID, m.Name, m.Args, m.Deadline = in.ID, in.Name, in.Args, in.Deadline
 		if !uuidPattern.MatchString(m.ID) || !ValidName(m.Name) {
 			return Message{}, badf("command: needs a uuid id and a name")
 		}
 		if len(m.Args) == 0 || isNull(m.Args) {
 			m.Args = json.RawMessage(`{}`)
+		}
+		if _, ok := m.DeadlineTime(); m.Deadline != "" && !ok {
+			return Message{}, badf("command: deadline must be an RFC 3339 time")
 		}
 	case TypeState:
 		m.Desired, m.Version = in.Desired, in.Version
@@ -162,13 +282,65 @@ func Decode(frame []byte) (Message, error) {
 		if size, _ := StoredSize(m.Reported); size > MaxState {
 			return Message{}, badf("report: reported is over %d KiB", MaxState>>10)
 		}
+	case TypeError:
+		m.Error, m.Message, m.Name = in.Error, in.Message, in.Name
+		if m.Error == "" {
+			return Message{}, badf("error: needs a code")
+		}
 	case TypePing, TypePong:
 	case "":
 		return Message{}, badf("missing type")
-	default:
-		return Message{}, badf("unknown type %q", m.Type)
 	}
 	return m, nil
+}
+
+// decodeFields decodes the fields of one known type (not event), and only
+// them.
+func decodeFields(frame []byte, typ string) (Message, error) {
+	m := Message{Type: typ}
+	var err error
+	switch typ {
+	case TypeReply:
+		var f struct {
+			ID     string          `json:"id"`
+			OK     *bool           `json:"ok"`
+			Result json.RawMessage `json:"result"`
+			Error  string          `json:"error"`
+		}
+		err = json.Unmarshal(frame, &f)
+		m.ID, m.OK, m.Result, m.Error = f.ID, f.OK, f.Result, f.Error
+	case TypeCommand:
+		var f struct {
+			ID       string          `json:"id"`
+			Name     string          `json:"name"`
+			Args     json.RawMessage `json:"args"`
+			Deadline string          `json:"deadline"`
+		}
+		err = json.Unmarshal(frame, &f)
+		m.ID, m.Name, m.Args, m.Deadline = f.ID, f.Name, f.Args, f.Deadline
+	case TypeState:
+		var f struct {
+			Desired json.RawMessage `json:"desired"`
+			Version int64           `json:"version"`
+		}
+		err = json.Unmarshal(frame, &f)
+		m.Desired, m.Version = f.Desired, f.Version
+	case TypeReport:
+		var f struct {
+			Reported json.RawMessage `json:"reported"`
+		}
+		err = json.Unmarshal(frame, &f)
+		m.Reported = f.Reported
+	case TypeError:
+		var f struct {
+			Error   string `json:"error"`
+			Message string `json:"message"`
+			Name    string `json:"name"`
+		}
+		err = json.Unmarshal(frame, &f)
+		m.Error, m.Message, m.Name = f.Error, f.Message, f.Name
+	}
+	return m, err
 }
 
 // CheckStorable refuses JSON text that PostgreSQL cannot store in jsonb:

@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	"github.com/switchboard-iot/switchboard/device/protocol"
@@ -100,6 +101,46 @@ func TestDecodeAccepts(t *testing.T) {
 			want:  protocol.Message{Type: "command", ID: uuid1, Name: "reboot", Args: json.RawMessage(`{"delay":5}`)},
 		},
 		{
+			name:  "command with a deadline",
+			frame: `{"type":"command","id":"` + uuid1 + `","name":"reboot","args":{},"deadline":"2026-12-06T03:04:05.123Z"}`,
+			want:  protocol.Message{Type: "command", ID: uuid1, Name: "reboot", Args: json.RawMessage(`{}`), Deadline: "2026-12-06T03:04:05.123Z"},
+		},
+		{
+			name:  "command with a deadline in another zone, without fraction",
+			frame: `{"type":"command","id":"` + uuid1 + `","name":"reboot","deadline":"2026-12-06T04:04:05+01:00"}`,
+			want:  protocol.Message{Type: "command", ID: uuid1, Name: "reboot", Args: json.RawMessage(`{}`), Deadline: "2026-12-06T04:04:05+01:00"},
+		},
+		{
+			name:  "error frame",
+			frame: `{"type":"error","error":"invalid-event-name","message":"event: name must match","name":"door open","id":"x"}`,
+			want:  protocol.Message{Type: "error", Error: "invalid-event-name", Message: "event: name must match", Name: "door open"},
+		},
+		{
+			name:  "error frame of a code only",
+			frame: `{"type":"error","error":"something-new"}`,
+			want:  protocol.Message{Type: "error", Error: "something-new"},
+		},
+		{
+			name:  "event with fields of other types and other JSON types",
+			frame: `{"type":"event","name":"boot","ok":"yes","version":"x","data":1}`,
+			want:  protocol.Message{Type: "event", Name: "boot", Data: json.RawMessage(`1`)},
+		},
+		{
+			name:  "reply with a field of another type, of another JSON type",
+			frame: `{"type":"reply","id":"` + uuid1 + `","ok":true,"name":5,"version":"x","deadline":[]}`,
+			want:  protocol.Message{Type: "reply", ID: uuid1, OK: boolp(true)},
+		},
+		{
+			name:  "state with a field of another type, of another JSON type",
+			frame: `{"type":"state","desired":{},"version":2,"ok":"yes"}`,
+			want:  protocol.Message{Type: "state", Desired: json.RawMessage(`{}`), Version: 2},
+		},
+		{
+			name:  "ping with fields of other types, of other JSON types",
+			frame: `{"type":"ping","id":1,"ok":"x"}`,
+			want:  protocol.Message{Type: "ping"},
+		},
+		{
 			name:  "command without args defaults to {}",
 			frame: `{"type":"command","id":"` + uuid1 + `","name":"reboot"}`,
 			want:  protocol.Message{Type: "command", ID: uuid1, Name: "reboot", Args: json.RawMessage(`{}`)},
@@ -166,6 +207,8 @@ func TestDecodeRejects(t *testing.T) {
 		{"type is a number", `{"type":1}`, "malformed JSON"},
 		{"ok is a string", `{"type":"reply","id":"` + uuid1 + `","ok":"true"}`, "malformed JSON"},
 		{"error is an object", `{"type":"reply","id":"` + uuid1 + `","ok":false,"error":{}}`, "malformed JSON"},
+		{"error is an object, after a field of another type", `{"type":"reply","name":5,"id":"` + uuid1 + `","ok":false,"error":{}}`, "malformed JSON"},
+		{"version is a string", `{"type":"state","desired":{},"version":"2"}`, "malformed JSON"},
 
 		{"empty object", `{}`, "missing type"},
 		{"null", `null`, "missing type"},
@@ -204,6 +247,11 @@ func TestDecodeRejects(t *testing.T) {
 		{"command with bad id", `{"type":"command","id":"x","name":"reboot"}`, "command: needs a uuid id and a name"},
 		{"command without name", `{"type":"command","id":"` + uuid1 + `"}`, "command: needs a uuid id and a name"},
 		{"command with bad name", `{"type":"command","id":"` + uuid1 + `","name":"re boot"}`, "command: needs a uuid id and a name"},
+		{"command with a bad deadline", `{"type":"command","id":"` + uuid1 + `","name":"reboot","deadline":"in 5s"}`, "command: deadline must be"},
+		{"command with a deadline of another JSON type", `{"type":"command","id":"` + uuid1 + `","name":"reboot","deadline":5}`, "malformed JSON"},
+		{"error frame without a code", `{"type":"error","message":"x"}`, "error: needs a code"},
+		{"invalid UTF-8", "{\"type\":\"ping\",\"x\":\"\xff\"}", "not valid UTF-8"},
+		{"event of invalid UTF-8", "{\"type\":\"event\",\"name\":\"t\",\"data\":\"\xff\"}", "not valid UTF-8"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -225,6 +273,83 @@ func TestDecodeRejects(t *testing.T) {
 				t.Errorf("Decode(%s) returned %s with its error, want the zero Message", tt.frame, show(m))
 			}
 		})
+	}
+}
+
+// A bad event and an unknown type are refused with a code (an error frame,
+// the session kept); every other refusal has none (1008).
+func TestDecodeRefusalCodes(t *testing.T) {
+	long := strings.Repeat("a", 300)
+	tests := []struct {
+		frame, code, name string
+	}{
+		{`{"type":"event","data":{}}`, protocol.ErrInvalidEventName, ""},
+		{`{"type":"event","name":"door open","data":{}}`, protocol.ErrInvalidEventName, "door open"},
+		{`{"type":"event","name":5}`, protocol.ErrInvalidEventName, ""},
+		{`{"type":"event","name":"` + strings.Repeat("a", 129) + `"}`, protocol.ErrInvalidEventName, strings.Repeat("a", 129)},
+		{`{"type":"event","name":"` + long + `"}`, protocol.ErrInvalidEventName, long[:protocol.MaxErrorName]},
+		{`{"type":"event","name":"` + strings.Repeat("é", 200) + `"}`, protocol.ErrInvalidEventName, strings.Repeat("é", protocol.MaxErrorName/2)},
+		{`{"type":"event","name":"t","data":{"s":"\u0000"}}`, protocol.ErrInvalidEventData, "t"},
+		{`{"type":"event","name":"t","data":[1e999999]}`, protocol.ErrInvalidEventData, "t"},
+		{`{"type":"event","name":"t","data":"\ud800"}`, protocol.ErrInvalidEventData, "t"},
+		{`{"type":"hello"}`, protocol.ErrUnknownType, ""},
+		{`{"type":"hello","ok":"x","name":"n"}`, protocol.ErrUnknownType, ""},
+		{`{"type":"hello","s":"\u0000"}`, protocol.ErrUnknownType, ""},
+
+		{"{\"type\":\"event\",\"name\":\"t\",\"data\":\"\xff\"}", "", ""},
+		{`{"type":"event","name":"t"`, "", ""},
+		{`{"type":"reply","id":"x","ok":true}`, "", ""},
+		{`{"type":"reply","id":"` + uuid1 + `","ok":false,"error":"a\u0000b"}`, "", ""},
+		{`{"type":"report","reported":[]}`, "", ""},
+		{`{"type":1}`, "", ""},
+		{`{}`, "", ""},
+	}
+	for _, tt := range tests {
+		_, err := protocol.Decode([]byte(tt.frame))
+		var de *protocol.DecodeError
+		if !errors.As(err, &de) {
+			t.Errorf("Decode(%.80s): error %v, want a *DecodeError", tt.frame, err)
+			continue
+		}
+		if de.Code != tt.code || de.Name != tt.name {
+			t.Errorf("Decode(%.80s): code %q, name %.40q; want %q, %.40q", tt.frame, de.Code, de.Name, tt.code, tt.name)
+		}
+		if de.Code != "" {
+			want := protocol.Message{Type: protocol.TypeError, Error: tt.code, Message: de.Reason, Name: tt.name}
+			if got := de.ErrorFrame(); !reflect.DeepEqual(got, want) {
+				t.Errorf("Decode(%.80s): error frame %+v, want %+v", tt.frame, got, want)
+			}
+		}
+	}
+}
+
+// A node appends a command's deadline to the frame it encoded when it
+// claimed the command, as it writes it: the same bytes Encode gives.
+func TestAppendDeadline(t *testing.T) {
+	at := time.Date(2026, 12, 6, 4, 4, 5, 123456789, time.FixedZone("CET", 3600))
+	m := protocol.Message{Type: protocol.TypeCommand, ID: uuid1, Name: "set", Args: json.RawMessage(`{"a":"}"}`)}
+	frame, err := protocol.Encode(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := protocol.AppendDeadline(frame, at)
+	m.Deadline = protocol.FormatDeadline(at)
+	want, err := protocol.Encode(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != string(want) {
+		t.Fatalf("AppendDeadline gave\n%s\nwant\n%s", got, want)
+	}
+	if m.Deadline != "2026-12-06T03:04:05.123Z" {
+		t.Fatalf("deadline written as %q", m.Deadline)
+	}
+	back, err := protocol.Decode(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, ok := back.DeadlineTime(); !ok || !d.Equal(at.Truncate(time.Millisecond)) {
+		t.Fatalf("deadline read back as %v, %v; want %v", d, ok, at.Truncate(time.Millisecond))
 	}
 }
 
