@@ -27,6 +27,9 @@ const (
 // ever sheds below the mean, so the moves converge rather than stampede.
 func (n *Node) rebalance(ctx context.Context) error {
 	if n.cfg.RebalanceInterval < 0 {
+		// Never: but stay until the node stops, since an actor of the
+		// node's group that returns stops the node.
+		<-ctx.Done()
 		return nil
 	}
 	tick := time.NewTicker(n.cfg.RebalanceInterval)

@@ -126,11 +126,12 @@ func closeCodeReason(ws *websocket.Conn) (int, string) {
 }
 
 // MoveDevice closes one device's session with 1012 and the delay given,
-// and says when the device has no session there.
+// and says when the device has no session there. The node never
+// rebalances by itself (a negative interval), and serves all the same.
 func TestMoveDevice(t *testing.T) {
 	t.Parallel()
 	sys := testsys.New(t)
-	node := sys.StartNode(t, "node-a", nil)
+	node := sys.StartNode(t, "node-a", func(c *conntier.Config) { c.RebalanceInterval = -1 })
 	if node.MoveDevice("nobody", time.Second) {
 		t.Fatal("MoveDevice of a device with no session reported one")
 	}

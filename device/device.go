@@ -489,7 +489,7 @@ func (c *Client) readLoop(ctx context.Context, ws *websocket.Conn) (time.Duratio
 func (c *Client) run(ctx context.Context, cmd protocol.Message) (frame []byte, interrupted bool) {
 	ok := true
 	reply := protocol.Message{Type: protocol.TypeReply, ID: cmd.ID, OK: &ok}
-	h := c.handlers[cmd.Name]
+	h := withCommandID(c.handlers[cmd.Name], cmd.ID)
 	if h == nil {
 		ok = false
 		reply.Error = "unknown command " + cmd.Name

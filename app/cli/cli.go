@@ -57,6 +57,7 @@ commands:
   jobs cancel ID        cancel a scheduled or running job
   jobs results ID       a job's commands, a device each (-status, -device, -error, -attempts all)
   loadgen               hold many devices and/or send commands at a rate; prints a summary
+  conformance           test a device implementation (-device-cmd "..."): a private system, scenarios, pass/fail
   version               the build: version, commit, Go version
 
 "devices" and "apikeys" work on the database (DATABASE_URL), or on an edge's
@@ -70,17 +71,18 @@ Run "switchboard <command> -h" for a command's flags.
 // of their values, made by a define function), parses them with flags.parse
 // and runs with the struct: one shape for all of them.
 var commands = map[string]command{
-	"edge":     cmd[edgeFlags]{define: defineEdgeFlags, run: runEdge},
-	"conn":     cmd[connFlags]{define: defineConnFlags, run: runConn},
-	"migrate":  cmd[storeFlags]{define: defineStoreFlags, run: runMigrate},
-	"dev":      cmd[devFlags]{define: defineDevFlags, run: runDev},
-	"device":   cmd[deviceFlags]{define: defineDeviceFlags, run: runDevice},
-	"devices":  devicesCommands,
-	"apikeys":  apikeysCommands,
-	"commands": commandsCommands,
-	"jobs":     jobsCommands,
-	"version":  cmd[versionFlags]{define: defineVersionFlags, run: runVersion, nargs: exactly(0)},
-	"loadgen":  cmd[loadgenFlags]{define: defineLoadgenFlags, run: runLoadgen},
+	"edge":        cmd[edgeFlags]{define: defineEdgeFlags, run: runEdge},
+	"conn":        cmd[connFlags]{define: defineConnFlags, run: runConn},
+	"migrate":     cmd[storeFlags]{define: defineStoreFlags, run: runMigrate},
+	"dev":         cmd[devFlags]{define: defineDevFlags, run: runDev},
+	"device":      cmd[deviceFlags]{define: defineDeviceFlags, run: runDevice},
+	"devices":     devicesCommands,
+	"apikeys":     apikeysCommands,
+	"commands":    commandsCommands,
+	"jobs":        jobsCommands,
+	"version":     cmd[versionFlags]{define: defineVersionFlags, run: runVersion, nargs: exactly(0)},
+	"loadgen":     cmd[loadgenFlags]{define: defineLoadgenFlags, run: runLoadgen},
+	"conformance": cmd[conformanceFlags]{define: defineConformanceFlags, run: runConformance, nargs: exactly(0)},
 }
 
 // ErrUsage means the command line was wrong; the message went to stderr.
