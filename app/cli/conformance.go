@@ -2,10 +2,10 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 
@@ -54,6 +54,9 @@ func runConformance(ctx context.Context, cf conformanceFlags, c call) error {
 		if err != nil {
 			return fmt.Errorf("-run: %w", err)
 		}
+		if !slices.ContainsFunc(conformance.Names(), re.MatchString) {
+			return fmt.Errorf("-run %q matches no scenario (%s)", *cf.run, strings.Join(conformance.Names(), ", "))
+		}
 		cfg.Run = re
 	}
 	// Progress: a line per scenario as it ends, on stdout for people, on
@@ -87,9 +90,6 @@ func runConformance(ctx context.Context, cf conformanceFlags, c call) error {
 	}
 	if rep.Failed > 0 {
 		return &outcomeError{fmt.Sprintf("conformance: %d of %d scenarios failed", rep.Failed, rep.Failed+rep.Passed), ExitNotDone}
-	}
-	if rep.Passed == 0 {
-		return errors.New("conformance: -run matched no scenario")
 	}
 	return nil
 }
