@@ -25,7 +25,7 @@ func TestConformance(t *testing.T) {
 	goDevice := buildConformanceDevice(t)
 	cases := []struct {
 		name     string
-		cmd      string
+		cmd      string   // run in the repository's root folder
 		run      string   // -run: the scenarios ("": all)
 		wantFail []string // the scenarios that must fail; all others pass
 	}{
@@ -67,10 +67,11 @@ func TestConformance(t *testing.T) {
 }
 
 // runConformance runs "switchboard conformance -json" in this process on a
-// database of the test's own, and returns its report and error.
+// database of the test's own, the device command in the repository's root
+// folder, and returns its report and error.
 func runConformance(t *testing.T, deviceCmd, run string) (conformance.Report, error) {
 	t.Helper()
-	args := []string{"conformance", "-json", "-device-cmd", deviceCmd, "-database-url", dbtest.NewDatabase(t)}
+	args := []string{"conformance", "-json", "-device-cmd", deviceCmd, "-device-dir", repoRoot, "-database-url", dbtest.NewDatabase(t)}
 	if run != "" {
 		args = append(args, "-run", run)
 	}

@@ -251,7 +251,7 @@ func (sc *scenarioRun) provision(ctx context.Context, node string) (*device, err
 	if err != nil {
 		return nil, err
 	}
-	f, err := newFront(sc.sys.nodeAddrs[node])
+	f, err := newFront(id, sc.sys.nodeAddrs[node], sc.log)
 	if err != nil {
 		return nil, err
 	}

@@ -2,6 +2,7 @@ package conformance
 
 import (
 	"crypto/tls"
+	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -16,12 +17,15 @@ import (
 // another node, goes silent (a node that hangs, its socket open), or
 // answers with an impostor's certificate.
 type front struct {
+	name string // the device it fronts, for the log
+	log  *slog.Logger
 	ln   net.Listener
 	addr string // 127.0.0.1:port
 	wg   sync.WaitGroup
 
 	mu       sync.Mutex // guards the following
-	backend  string     // where new connections go
+	closed   bool
+	backend  string // where new connections go
 	impostor *tls.Config
 	links    map[*link]struct{}
 	accepts  []time.Time // every connection accepted, in order
@@ -38,12 +42,12 @@ type link struct {
 	silent          atomic.Bool // forward nothing more, close nothing
 }
 
-func newFront(backend string) (*front, error) {
+func newFront(name, backend string, log *slog.Logger) (*front, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	f := &front{ln: ln, addr: ln.Addr().String(), backend: backend, links: map[*link]struct{}{}}
+	f := &front{name: name, log: log, ln: ln, addr: ln.Addr().String(), backend: backend, links: map[*link]struct{}{}}
 	f.wg.Go(f.accept)
 	return f, nil
 }
@@ -53,6 +57,7 @@ func newFront(backend string) (*front, error) {
 func (f *front) close() {
 	f.ln.Close()
 	f.mu.Lock()
+	f.closed = true
 	for l := range f.links {
 		l.client.Close()
 		l.backend.Close()
@@ -71,6 +76,7 @@ func (f *front) accept() {
 		f.accepts = append(f.accepts, time.Now())
 		backend, impostor := f.backend, f.impostor
 		f.mu.Unlock()
+		f.log.Debug("front: accepted", "device", f.name, "backend", backend, "impostor", impostor != nil)
 		if impostor != nil {
 			f.wg.Go(func() { f.impersonate(conn, impostor) })
 		} else {
@@ -134,14 +140,21 @@ func (f *front) forward(client net.Conn, backend string) {
 	}
 	l := &link{client: client, backend: b}
 	f.mu.Lock()
+	if f.closed { // accepted as the front closed
+		f.mu.Unlock()
+		client.Close()
+		b.Close()
+		return
+	}
 	f.links[l] = struct{}{}
 	f.mu.Unlock()
 	var once sync.Once
-	end := func() {
+	end := func(fromNode bool) {
 		once.Do(func() {
 			f.mu.Lock()
 			f.ends = append(f.ends, time.Now())
 			f.mu.Unlock()
+			f.log.Debug("front: ended", "device", f.name, "by_node", fromNode)
 		})
 	}
 	var copies sync.WaitGroup
@@ -157,7 +170,7 @@ func (f *front) forward(client net.Conn, backend string) {
 // went silent, it closes both sides. A silent link reads on and forwards
 // nothing: the device's socket stays open, with nothing on it, until the
 // device closes it.
-func (f *front) copy(l *link, src, dst net.Conn, fromNode bool, end func()) {
+func (f *front) copy(l *link, src, dst net.Conn, fromNode bool, end func(fromNode bool)) {
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
@@ -173,7 +186,7 @@ func (f *front) copy(l *link, src, dst net.Conn, fromNode bool, end func()) {
 	if l.silent.Load() && fromNode {
 		return // the node gave up: the device must notice by itself
 	}
-	end()
+	end(fromNode)
 	l.client.Close()
 	l.backend.Close()
 }

@@ -15,24 +15,25 @@ import (
 )
 
 // connectLimit is how long a device may take to come online the first
-// time: its runtime starting (node, python) on a busy machine.
-const connectLimit = 15 * time.Second
+// time: its runtime starting (node, python) on a busy machine. Not a
+// measure of the device: only of the machine.
+const connectLimit = 30 * time.Second
 
 // scenarios, in the order they run. Their names are stable: scripts and
 // "-run" select them, and the JSON report carries them.
 var scenarios = []scenario{
-	{"command", "answers commands (echo, fail)", 40 * time.Second, scenarioCommand},
-	{"event", "sends events (emit)", 40 * time.Second, scenarioEvent},
-	{"state", "applies desired state on connect and on change, and reports it", 40 * time.Second, scenarioState},
-	{"redelivery", "a command redelivered after a dropped session runs once", 60 * time.Second, scenarioRedelivery},
-	{"reconnect-jitter", "reconnects after its node dies, with jitter", 60 * time.Second, scenarioJitter},
-	{"rebalance-1012", "waits the delay a 1012 gives", 40 * time.Second, scenarioRebalance},
-	{"replaced-4008", "waits long after 4008", 40 * time.Second, scenarioReplaced},
-	{"disabled-1008", "stops, exit status 3, once disabled (1008)", 40 * time.Second, scenarioDisabled},
-	{"rate-limited-4029", "backs off after 4029", 60 * time.Second, scenarioRateLimited},
-	{"silent-node", "gives up a silent node within its read timeout", 40 * time.Second, scenarioSilent},
-	{"pin", "refuses a certificate that does not match its pin, before sending credentials", 40 * time.Second, scenarioPin},
-	{"shutdown", "exits 0 within 5 s of SIGTERM", 40 * time.Second, scenarioShutdown},
+	{"command", "answers commands (echo, fail)", time.Minute, scenarioCommand},
+	{"event", "sends events (emit)", time.Minute, scenarioEvent},
+	{"state", "applies desired state on connect and on change, and reports it", time.Minute, scenarioState},
+	{"redelivery", "a command redelivered after a dropped session runs once", time.Minute, scenarioRedelivery},
+	{"reconnect-jitter", "reconnects after its node dies, with jitter", 2 * time.Minute, scenarioJitter},
+	{"rebalance-1012", "waits the delay a 1012 gives", time.Minute, scenarioRebalance},
+	{"replaced-4008", "waits long after 4008", time.Minute, scenarioReplaced},
+	{"disabled-1008", "stops, exit status 3, once disabled (1008)", time.Minute, scenarioDisabled},
+	{"rate-limited-4029", "backs off after 4029", 90 * time.Second, scenarioRateLimited},
+	{"silent-node", "gives up a silent node within its read timeout", time.Minute, scenarioSilent},
+	{"pin", "refuses a certificate that does not match its pin, before sending credentials", time.Minute, scenarioPin},
+	{"shutdown", "exits 0 within 5 s of SIGTERM", time.Minute, scenarioShutdown},
 }
 
 func jsonEqual(a, b []byte) bool {
@@ -259,8 +260,9 @@ func pause(ctx context.Context, d time.Duration) bool {
 func scenarioJitter(ctx context.Context, sc *scenarioRun) (string, error) {
 	n := sc.cfg.JitterDevices
 	// The first reconnect waits up to the minimum backoff: large enough
-	// here that jitter shows over the noise of starting processes.
-	set := settings{minBackoff: 2 * time.Second, maxBackoff: 8 * time.Second}
+	// here that jitter shows over the noise of twenty processes waking on
+	// a busy machine.
+	set := settings{minBackoff: 4 * time.Second, maxBackoff: 8 * time.Second}
 	devices := make([]*device, n)
 	for i := range devices {
 		var err error
@@ -269,7 +271,7 @@ func scenarioJitter(ctx context.Context, sc *scenarioRun) (string, error) {
 		}
 	}
 	for _, d := range devices {
-		if err := sc.waitOnline(ctx, d, nodeA, connectLimit+time.Duration(n)*200*time.Millisecond); err != nil {
+		if err := sc.waitOnline(ctx, d, nodeA, connectLimit+time.Duration(n)*time.Second); err != nil {
 			return "", err
 		}
 	}
@@ -337,7 +339,7 @@ func scenarioRebalance(ctx context.Context, sc *scenarioRun) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("the device has no session on %s to close: %w", nodeA, err)
 	}
-	back, err := sc.nextConnect(ctx, d, moved, delay+fast.maxBackoff+3*time.Second)
+	back, err := sc.nextConnect(ctx, d, moved, delay+fast.maxBackoff+6*time.Second)
 	if err != nil {
 		return "", fmt.Errorf("after 1012 \"rebalance: reconnect in %v\": %w", delay, err)
 	}
@@ -399,7 +401,7 @@ func scenarioReplaced(ctx context.Context, sc *scenarioRun) (string, error) {
 	}
 	_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
 	ws.Close()
-	back, err := sc.nextConnect(ctx, d, replaced, set.replacedDelay+5*time.Second)
+	back, err := sc.nextConnect(ctx, d, replaced, set.replacedDelay+8*time.Second)
 	if err != nil {
 		return "", fmt.Errorf("after 4008: %w", err)
 	}
@@ -439,7 +441,7 @@ func scenarioRateLimited(ctx context.Context, sc *scenarioRun) (string, error) {
 	// Several devices: a wait after 4029 is random (full jitter), so the
 	// suite judges their mean.
 	const n = 8
-	set := settings{minBackoff: time.Second, maxBackoff: 8 * time.Second}
+	set := settings{minBackoff: 2 * time.Second, maxBackoff: 8 * time.Second}
 	devices := make([]*device, n)
 	for i := range devices {
 		var err error
@@ -493,7 +495,7 @@ func scenarioRateLimited(ctx context.Context, sc *scenarioRun) (string, error) {
 
 func scenarioSilent(ctx context.Context, sc *scenarioRun) (string, error) {
 	set := fast
-	set.readTimeout = 3 * time.Second
+	set.readTimeout = 4 * time.Second
 	d, err := sc.startDevice(ctx, nodeA, set)
 	if err != nil {
 		return "", err
@@ -513,7 +515,7 @@ func scenarioSilent(ctx context.Context, sc *scenarioRun) (string, error) {
 	}
 	silenced := time.Now()
 	d.front.silence()
-	back, err := sc.nextConnect(ctx, d, silenced, set.readTimeout+set.maxBackoff+3*time.Second)
+	back, err := sc.nextConnect(ctx, d, silenced, set.readTimeout+set.maxBackoff+5*time.Second)
 	if err != nil {
 		return "", fmt.Errorf("the node went silent, its socket open, and SWITCHBOARD_READ_TIMEOUT_MS=%d passed: %w", set.readTimeout.Milliseconds(), err)
 	}
