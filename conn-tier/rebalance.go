@@ -27,6 +27,9 @@ const (
 // ever sheds below the mean, so the moves converge rather than stampede.
 func (n *Node) rebalance(ctx context.Context) error {
 	if n.cfg.RebalanceInterval < 0 {
+		// Never: but stay until the node stops, since an actor of the
+		// node's group that returns stops the node.
+		<-ctx.Done()
 		return nil
 	}
 	tick := time.NewTicker(n.cfg.RebalanceInterval)
@@ -107,4 +110,19 @@ func (n *Node) shed(ctx context.Context, count int) {
 func (n *Node) rebalanceDelay() time.Duration {
 	d := max(min(n.cfg.RebalanceDelay, n.cfg.RebalanceInterval/2), 2*time.Millisecond)
 	return (d/2 + rand.N(d/2)).Round(time.Millisecond)
+}
+
+// MoveDevice closes the device's session on this node as a rebalance round
+// would, with 1012 and delay in the reason, so that it reconnects, after
+// delay, wherever its load balancer sends it. It reports whether the
+// device had a session here. It is an operator's hook in the process (no
+// listener serves it): the conformance suite moves a device with it to see
+// that the device honours the delay.
+func (n *Node) MoveDevice(deviceID string, delay time.Duration) bool {
+	s := n.hub.get(deviceID)
+	if s == nil {
+		return false
+	}
+	s.disconnect(disconnectRebalance(delay))
+	return true
 }

@@ -124,3 +124,22 @@ func closeCodeReason(ws *websocket.Conn) (int, string) {
 		}
 	}
 }
+
+// MoveDevice closes one device's session with 1012 and the delay given,
+// and says when the device has no session there. The node never
+// rebalances by itself (a negative interval), and serves all the same.
+func TestMoveDevice(t *testing.T) {
+	t.Parallel()
+	sys := testsys.New(t)
+	node := sys.StartNode(t, "node-a", func(c *conntier.Config) { c.RebalanceInterval = -1 })
+	if node.MoveDevice("nobody", time.Second) {
+		t.Fatal("MoveDevice of a device with no session reported one")
+	}
+	ws := connect(t, node, "dev-1", sys.AddDevice(t, "dev-1"))
+	defer ws.Close()
+	// The session joins the node's hub just after the upgrade.
+	testsys.Eventually(t, "MoveDevice to find the session", func() bool { return node.MoveDevice("dev-1", 1500*time.Millisecond) })
+	if code, reason := closeCodeReason(ws); code != protocol.CloseRebalance || reason != "rebalance: reconnect in 1.5s" {
+		t.Fatalf("close %d %q, want 1012 \"rebalance: reconnect in 1.5s\"", code, reason)
+	}
+}

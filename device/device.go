@@ -617,7 +617,7 @@ func (c *Client) readLoop(ctx context.Context, ws *websocket.Conn, skew time.Dur
 func (c *Client) run(ctx, hctx context.Context, cmd protocol.Message) (frame []byte, interrupted bool) {
 	ok := true
 	reply := protocol.Message{Type: protocol.TypeReply, ID: cmd.ID, OK: &ok}
-	h := c.handlers[cmd.Name]
+	h := withCommandID(c.handlers[cmd.Name], cmd.ID)
 	if h == nil {
 		ok = false
 		reply.Error = "unknown command " + cmd.Name

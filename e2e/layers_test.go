@@ -23,6 +23,7 @@ var layers = []layer{
 	{"internal/...", []string{"internal/..."}, "leaves: import no tier and no program"},
 	{"device/protocol", []string{"internal/..."}, "the frame codec"},
 	{"device", []string{"device/protocol", "internal/..."}, "the Go device SDK"},
+	{"device/examples/...", []string{"device"}, "programs written with the Go SDK, as its users write them: its public API only"},
 	{"db", []string{"device/protocol", "internal/..."}, "the storage tier"},
 	{"db/dbtest", []string{"db", "internal/..."}, "a database per test"},
 	{"edge", []string{"db", "device/protocol", "internal/..."}, "the HTTP API: not the console, not the nodes"},

@@ -59,6 +59,7 @@ commands:
   state get DEVICE      a device's desired and reported state and delta (-follow: each change)
   state patch DEVICE P  change its desired state by a JSON merge patch (-if-match VERSION)
   loadgen               hold many devices and/or send commands at a rate; prints a summary
+  conformance           test a device implementation (-device-cmd "..."): a private system, scenarios, pass/fail
   version               the build: version, commit, Go version
 
 "devices" and "apikeys" work on the database (DATABASE_URL), or on an edge's
@@ -72,18 +73,19 @@ Run "switchboard <command> -h" for a command's flags.
 // of their values, made by a define function), parses them with flags.parse
 // and runs with the struct: one shape for all of them.
 var commands = map[string]command{
-	"edge":     cmd[edgeFlags]{define: defineEdgeFlags, run: runEdge},
-	"conn":     cmd[connFlags]{define: defineConnFlags, run: runConn},
-	"migrate":  cmd[storeFlags]{define: defineStoreFlags, run: runMigrate},
-	"dev":      cmd[devFlags]{define: defineDevFlags, run: runDev},
-	"device":   cmd[deviceFlags]{define: defineDeviceFlags, run: runDevice},
-	"devices":  devicesCommands,
-	"apikeys":  apikeysCommands,
-	"commands": commandsCommands,
-	"jobs":     jobsCommands,
-	"state":    stateCommands,
-	"version":  cmd[versionFlags]{define: defineVersionFlags, run: runVersion, nargs: exactly(0)},
-	"loadgen":  cmd[loadgenFlags]{define: defineLoadgenFlags, run: runLoadgen},
+	"edge":        cmd[edgeFlags]{define: defineEdgeFlags, run: runEdge},
+	"conn":        cmd[connFlags]{define: defineConnFlags, run: runConn},
+	"migrate":     cmd[storeFlags]{define: defineStoreFlags, run: runMigrate},
+	"dev":         cmd[devFlags]{define: defineDevFlags, run: runDev},
+	"device":      cmd[deviceFlags]{define: defineDeviceFlags, run: runDevice},
+	"devices":     devicesCommands,
+	"apikeys":     apikeysCommands,
+	"commands":    commandsCommands,
+	"jobs":        jobsCommands,
+	"state":       stateCommands,
+	"version":     cmd[versionFlags]{define: defineVersionFlags, run: runVersion, nargs: exactly(0)},
+	"loadgen":     cmd[loadgenFlags]{define: defineLoadgenFlags, run: runLoadgen},
+	"conformance": cmd[conformanceFlags]{define: defineConformanceFlags, run: runConformance, nargs: exactly(0)},
 }
 
 // ErrUsage means the command line was wrong; the message went to stderr.
