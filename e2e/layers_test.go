@@ -27,7 +27,7 @@ var layers = []layer{
 	{"db", []string{"device/protocol", "internal/..."}, "the storage tier"},
 	{"db/dbtest", []string{"db", "internal/..."}, "a database per test"},
 	{"edge", []string{"db", "device/protocol", "internal/..."}, "the HTTP API: not the console, not the nodes"},
-	{"console", []string{"db", "internal/..."}, "the web console: not the API"},
+	{"console", []string{"db", "device/protocol", "internal/..."}, "the web console: not the API"},
 	{"conn-tier", []string{"db", "device/protocol", "internal/..."}, "the connection nodes: not the edge"},
 	{"maintenance", []string{"db", "internal/..."}, "the edges' background work"},
 	{"app/sim/...", []string{"device", "device/protocol", "internal/..."}, "simulated devices and load, as clients"},
