@@ -17,9 +17,9 @@ import (
 )
 
 // The conformance suite, as "switchboard conformance" runs it, passes the
-// Go SDK's conformance device in every scenario, and fails a device broken
-// on purpose in exactly the scenarios its faults break: the suite can
-// tell. (The SDKs in other languages join the table as they come.)
+// conformance device of every SDK in the repository (Go, TypeScript,
+// Python) in every scenario, and fails a device broken on purpose in
+// exactly the scenarios its faults break: the suite can tell.
 func TestConformance(t *testing.T) {
 	t.Parallel()
 	goDevice := buildConformanceDevice(t)
@@ -28,8 +28,11 @@ func TestConformance(t *testing.T) {
 		cmd      string   // run in the repository's root folder
 		run      string   // -run: the scenarios ("": all)
 		wantFail []string // the scenarios that must fail; all others pass
+		prepare  func(t *testing.T)
 	}{
 		{name: "go", cmd: goDevice},
+		{name: "typescript", cmd: "node sdk/js/dist/examples/conformance.js", prepare: buildJSSDK},
+		{name: "python", cmd: pythonSDK + " sdk/python/examples/conformance.py", prepare: needPythonSDK},
 		{
 			// Each fault fails its scenario; command shows the rest of
 			// the device still works.
@@ -41,6 +44,9 @@ func TestConformance(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			if tc.prepare != nil {
+				tc.prepare(t)
+			}
 			rep, err := runConformance(t, tc.cmd, tc.run)
 			var failed []string
 			for _, r := range rep.Scenarios {
@@ -95,4 +101,35 @@ func buildConformanceDevice(t *testing.T) string {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	return bin
+}
+
+// buildJSSDK installs the TypeScript SDK's locked dependencies and compiles
+// it (sdk/js/dist), as sdk/js/test.sh does. Without npm the case is
+// skipped, and says so: scripts/test installs Node.js (ensure_node).
+func buildJSSDK(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("npm"); err != nil {
+		t.Skip("npm not found: install Node.js 18+ and npm to test the TypeScript SDK (scripts/test does, as root)")
+	}
+	for _, args := range [][]string{{"ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"}, {"run", "--silent", "build"}} {
+		cmd := exec.Command("npm", args...)
+		cmd.Dir = filepath.Join(repoRoot, "sdk", "js")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("npm %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+}
+
+// pythonSDK is the Python the SDK is tested with: Debian's, whose
+// python3-websockets package is the only websockets installable here.
+const pythonSDK = "/usr/bin/python3"
+
+// needPythonSDK skips the case without that Python and its websockets:
+// scripts/test installs them, as root (ensure_python_websockets).
+func needPythonSDK(t *testing.T) {
+	t.Helper()
+	if out, err := exec.Command(pythonSDK, "-c", "import sys, websockets; sys.exit(sys.version_info < (3, 11))").CombinedOutput(); err != nil {
+		t.Skipf("%s with websockets (Python 3.11+) not found: apt-get install python3-websockets to test the Python SDK (scripts/test does, as root): %v %s",
+			pythonSDK, err, out)
+	}
 }

@@ -149,6 +149,19 @@ ensure_node() {
 	fi
 }
 
+# ensure_python_websockets makes Debian's Python (/usr/bin/python3, 3.11+)
+# able to import websockets, for the Python device SDK's tests and its
+# conformance run: Debian's python3-websockets package (PyPI is not
+# reachable from every machine), installed as root when missing. Without
+# it those tests are skipped, and say so.
+ensure_python_websockets() {
+	if [ -x /usr/bin/python3 ] && ! /usr/bin/python3 -c 'import websockets' 2>/dev/null &&
+		[ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+		echo "installing python3-websockets (Debian's package) for the Python SDK's tests..." >&2
+		apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-websockets >&2 || true
+	fi
+}
+
 # fuzz_targets prints "package-dir FuzzName" for each fuzz target.
 fuzz_targets() {
 	grep -rEo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*\(' . |
