@@ -325,6 +325,10 @@ Try it:
   # The same with the command line, through the edge (docs/cli.md):
   {{.Bin}} commands send thermostat-2 get_state -wait 10s
 
+  # Desired state: a thermostat's new target, then its state once it reported back:
+  {{.Bin}} state patch thermostat-1 '{"target_celsius":23,"mode":"cool"}'
+  {{.Bin}} state get thermostat-1
+
   # A device, where it is connected and its latest telemetry; the devices online in the kitchen:
   curl -H "Authorization: Bearer $SWITCHBOARD_KEY" {{.Edge}}/v1/devices/thermostat-3
   curl -H "Authorization: Bearer $SWITCHBOARD_KEY" '{{.Edge}}/v1/devices?online=true&label=room=kitchen'
@@ -343,5 +347,8 @@ Try it:
   # Connect my-device with any WebSocket client (the device protocol: docs/protocol.md):
   #   URL {{index .Conn 0}}, subprotocol switchboard.v1,
   #   HTTP Basic auth my-device:{{.Spare}}, trusting {{.Cert}}
+  # or with an SDK in Go, TypeScript or Python (README.md, "Writing a device"):
+  #   SWITCHBOARD_URL={{index .Conn 0}} SWITCHBOARD_DEVICE_ID=my-device \
+  #   SWITCHBOARD_DEVICE_SECRET={{.Spare}} SWITCHBOARD_CA={{.Cert}} go run ./device/examples/minimal
 
 `))

@@ -133,6 +133,7 @@ type Node struct {
 	Base  string         // https://127.0.0.1:port
 	Ops   string         // http://127.0.0.1:port: the ops listener (health, metrics, profiles)
 	Roots *x509.CertPool // trusts the node's certificate
+	PEM   []byte         // that certificate, for clients that read a file
 	*conntier.Node
 	proc *process
 }
@@ -210,7 +211,7 @@ func (s *System) StartNodeTLS(t testing.TB, id string, tlsCfg certs.Config, ln n
 	opsLn := listen(t)
 	p.ServeOps(opsLn, node.NotReady)
 	n := &Node{ID: id, URL: "wss://" + ln.Addr().String() + protocol.Path, Base: "https://" + ln.Addr().String(),
-		Ops: "http://" + opsLn.Addr().String(), Roots: roots, Node: node}
+		Ops: "http://" + opsLn.Addr().String(), Roots: roots, PEM: tls.PEM, Node: node}
 	n.proc = run(t, p, serve)
 	return n
 }
