@@ -7,14 +7,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"text/template"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/switchboard-iot/switchboard/app"
 	conntier "github.com/switchboard-iot/switchboard/conn-tier"
@@ -166,7 +163,7 @@ func startDevDatabase(ctx context.Context, dir string, port int, c call) (url st
 			c.log.Error("stopping PostgreSQL", "err", err)
 		}
 	}
-	if url, err = createDatabase(ctx, cluster.URL, "switchboard"); err != nil {
+	if url, err = cluster.CreateDatabase(ctx, "switchboard"); err != nil {
 		stop()
 		return "", nil, err
 	}
@@ -275,24 +272,6 @@ func advertised(flag string, ln net.Listener) string {
 		host = "localhost"
 	}
 	return net.JoinHostPort(host, port)
-}
-
-// createDatabase creates a database on a cluster and returns its URL.
-func createDatabase(ctx context.Context, clusterURL, name string) (string, error) {
-	conn, err := pgx.Connect(ctx, clusterURL)
-	if err != nil {
-		return "", err
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
-		return "", err
-	}
-	u, err := url.Parse(clusterURL)
-	if err != nil {
-		return "", err
-	}
-	u.Path = "/" + name
-	return u.String(), nil
 }
 
 var devBanner = template.Must(template.New("banner").Parse(`

@@ -12,6 +12,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/switchboard-iot/switchboard/device/protocol"
+	"github.com/switchboard-iot/switchboard/internal/backoff"
 )
 
 // connectLimit is how long a device may take to come online the first
@@ -191,7 +192,7 @@ func scenarioRedelivery(ctx context.Context, sc *scenarioRun) (string, error) {
 	// Half a second into the work, its session drops: the node gives the
 	// command back and delivers it again on the next session, while the
 	// first run still works.
-	if !pause(ctx, 500*time.Millisecond) {
+	if !backoff.Sleep(ctx, 500*time.Millisecond) {
 		return "", ctx.Err()
 	}
 	d.front.cut()
@@ -232,7 +233,7 @@ func scenarioRedelivery(ctx context.Context, sc *scenarioRun) (string, error) {
 	}
 	// A second run would have sent its effect before its reply; events are
 	// stored in batches: give them a second to land.
-	if !pause(ctx, time.Second) {
+	if !backoff.Sleep(ctx, time.Second) {
 		return "", ctx.Err()
 	}
 	if effects, err = countEffects(); err != nil {
@@ -242,19 +243,6 @@ func scenarioRedelivery(ctx context.Context, sc *scenarioRun) (string, error) {
 		return "", fmt.Errorf("the command (delivered %d times) ran %d times: %d effect events; want 1", c.Attempts, effects, effects)
 	}
 	return fmt.Sprintf("delivered %d times, ran once (1 effect event), done", c.Attempts), nil
-}
-
-// pause waits d unless ctx ends first: for a step of a scenario that is
-// about time itself (the middle of a running command), not for an event.
-func pause(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
 
 func scenarioJitter(ctx context.Context, sc *scenarioRun) (string, error) {
@@ -506,7 +494,7 @@ func scenarioSilent(ctx context.Context, sc *scenarioRun) (string, error) {
 	// The node pings every second: a session that lasts past the read
 	// timeout shows the device counts pings as life.
 	since := time.Now()
-	if !pause(ctx, set.readTimeout+time.Second) {
+	if !backoff.Sleep(ctx, set.readTimeout+time.Second) {
 		return "", ctx.Err()
 	}
 	if a := d.front.acceptsAfter(since); len(a) > 0 {

@@ -15,12 +15,9 @@ import (
 	"math/big"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/switchboard-iot/switchboard/app"
 	conntier "github.com/switchboard-iot/switchboard/conn-tier"
@@ -88,7 +85,7 @@ func startSystem(ctx context.Context, dir, databaseURL string, log *slog.Logger)
 		if s.cluster, err = pgcluster.Start(ctx, filepath.Join(dir, "pg"), pgcluster.Options{Fast: true}); err != nil {
 			return nil, fmt.Errorf("starting PostgreSQL: %w", err)
 		}
-		if databaseURL, err = createDatabase(ctx, s.cluster.URL, "switchboard"); err != nil {
+		if databaseURL, err = s.cluster.CreateDatabase(ctx, "switchboard"); err != nil {
 			return nil, err
 		}
 	}
@@ -210,24 +207,6 @@ func (s *system) addDevice(ctx context.Context, id string) (string, error) {
 	devSecret := secret.New("")
 	_, err := s.store.AddDevices(ctx, []db.Credential{{ID: id, SecretHash: secret.Hash(devSecret)}})
 	return devSecret, err
-}
-
-// createDatabase creates a database on a cluster and returns its URL.
-func createDatabase(ctx context.Context, clusterURL, name string) (string, error) {
-	conn, err := pgx.Connect(ctx, clusterURL)
-	if err != nil {
-		return "", err
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
-		return "", err
-	}
-	u, err := url.Parse(clusterURL)
-	if err != nil {
-		return "", err
-	}
-	u.Path = "/" + name
-	return u.String(), nil
 }
 
 // impostorCertificate makes a self-signed certificate for the names the
