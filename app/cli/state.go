@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/switchboard-iot/switchboard/db"
 	"github.com/switchboard-iot/switchboard/internal/sse"
 )
 
@@ -27,22 +28,10 @@ var stateCommands = group{usage: stateUsage, subs: map[string]command{
 	"patch": cmd[statePatchFlags]{define: defineStatePatchFlags, nargs: exactly(2), run: patchState},
 }}
 
-// deviceState is a device's state as the API answers it; -json prints
-// the answer itself.
-type deviceState struct {
-	Desired           json.RawMessage `json:"desired"`
-	Reported          json.RawMessage `json:"reported"`
-	Delta             json.RawMessage `json:"delta"`
-	DesiredVersion    int64           `json:"desired_version"`
-	ReportedVersion   int64           `json:"reported_version"`
-	DesiredUpdatedAt  *time.Time      `json:"desired_updated_at"`
-	ReportedUpdatedAt *time.Time      `json:"reported_updated_at"`
-}
-
 // writeState prints a state for people, a field a line. Reported and
 // delta are absent from the answer to a patch by a key without the scope
 // read.
-func writeState(w io.Writer, st deviceState) error {
+func writeState(w io.Writer, st db.DeviceState) error {
 	fields := []field{{"DESIRED", cmp.Or(compactJSON(st.Desired), "{}")}, {"DESIRED VERSION", strconv.FormatInt(st.DesiredVersion, 10)},
 		{"DESIRED AT", when(st.DesiredUpdatedAt, "")}}
 	if st.Reported != nil {
@@ -72,7 +61,7 @@ func getState(ctx context.Context, sf stateGetFlags, c call) error {
 	}
 	req := request{method: http.MethodGet, path: pathOf("/v1/devices", c.args[0], "state")}
 	if !*sf.follow {
-		st, _, err := fetch[deviceState](ctx, cl, req)
+		st, _, err := fetch[db.DeviceState](ctx, cl, req)
 		switch {
 		case err != nil:
 			return err
@@ -95,7 +84,7 @@ func getState(ctx context.Context, sf stateGetFlags, c call) error {
 		if *sf.api.json {
 			return false, writeJSONLine(c.Stdout, json.RawMessage(ev.Data))
 		}
-		var st deviceState
+		var st db.DeviceState
 		if err := json.Unmarshal([]byte(ev.Data), &st); err != nil {
 			return false, fmt.Errorf("the edge's %q event: %w", ev.Name, err)
 		}
@@ -136,7 +125,7 @@ func patchState(ctx context.Context, pf statePatchFlags, c call) error {
 		}
 		req.header.Set("If-Match", strconv.Quote(strconv.FormatInt(v, 10)))
 	}
-	st, _, err := fetch[deviceState](ctx, cl, req)
+	st, _, err := fetch[db.DeviceState](ctx, cl, req)
 	switch {
 	case err != nil:
 		return err
