@@ -104,3 +104,42 @@ func TestJobPageFailures(t *testing.T) {
 	}
 	wantIDs(t, "/jobs", body, "job-title", "job-description", "job-attempts", "job-start-at")
 }
+
+// A state job's page shows what it did to its targets (state_counts) and
+// its patch, not a command's counts.
+func TestStateJobPage(t *testing.T) {
+	t.Parallel()
+	sys := testsys.New(t)
+	e := sys.StartEdge(t, "edge-a", nil, func(cfg *maintenance.Config) { cfg.JobInterval = 20 * time.Millisecond })
+	sys.AddDevice(t, "dev-1")
+	sys.AddDevice(t, "dev-2")
+	b := newBrowser(t, e.URL)
+	b.signIn(sys.APIKey(t))
+	resp, out := b.do(http.MethodPost, "/v1/jobs", strings.NewReader(`{"desired":{"firmware":"2.4.1"},"target":{"devices":["dev-1","dev-2"]},"rate":100}`),
+		"Content-Type", "application/json", "X-CSRF-Token", b.csrf)
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("POST /v1/jobs: %d %s", resp.StatusCode, out)
+	}
+	var j struct{ ID string }
+	if err := json.Unmarshal([]byte(out), &j); err != nil {
+		t.Fatal(err)
+	}
+	testsys.Eventually(t, "the state job to end", func() bool {
+		job, err := sys.Store.Job(t.Context(), uuid.MustParse(j.ID))
+		return err == nil && job.Status.Final()
+	})
+	resp, body := b.get("/jobs/" + j.ID)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("/jobs/%s: %d", j.ID, resp.StatusCode)
+	}
+	wantIDs(t, "/jobs/{id}", body, "job-status", "job-state-counts", "job-progress")
+	for _, want := range []string{`<td data-state-count="patched">2</td>`, `<td data-state-count="unsent">0</td>`, `value="2" max="2"`,
+		html.EscapeString(`{"firmware": "2.4.1"}`)} {
+		if !strings.Contains(body, want) {
+			t.Errorf("the state job's page lacks %s", want)
+		}
+	}
+	if strings.Contains(body, `id="job-counts"`) {
+		t.Error("the state job's page shows a command job's counts")
+	}
+}

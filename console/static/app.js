@@ -404,6 +404,14 @@
       const p = $("#job-progress");
       p.max = j.total;
       p.value = (c.done || 0) + (c.failed || 0) + (c.expired || 0) + (c.cancelled || 0);
+      const sc = j.state_counts; // a state job's, instead of counts
+      if (sc) {
+        for (const td of root.querySelectorAll("td[data-state-count]")) {
+          const v = sc[td.dataset.stateCount];
+          if (v !== undefined) td.textContent = v;
+        }
+        p.value = (sc.patched || 0) + (sc.unchanged || 0) + (sc.gone || 0) + (sc.too_large || 0);
+      }
       cancel.hidden = !active(j.status);
       liveNote.textContent = active(j.status) ? "live" : "";
       showErrors(j.errors || []);
