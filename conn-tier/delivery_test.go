@@ -161,7 +161,10 @@ func TestDeepBacklogDoesNotStarveOthers(t *testing.T) {
 	if worst >= 1000 {
 		t.Fatalf("a device was served only after the busy one answered %d commands: starved", worst)
 	}
-	testsys.Eventually(t, "the whole backlog answered", func() bool {
+	// 5,000 round trips: on a loaded box (the suite's other packages
+	// running) this takes longer than Eventually's default; what is
+	// checked is that they all end, not how fast.
+	testsys.EventuallyWithin(t, time.Minute, "the whole backlog answered", func() bool {
 		return count(t, sys, `SELECT count(*) FROM commands WHERE device_id = 'big' AND status = 'done'`) == backlog
 	})
 	select {
