@@ -47,7 +47,7 @@ type metrics struct {
 // device on loopback) to a minute (a ?wait= or a slow device).
 var latencyBuckets = []float64{.002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
 
-func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int, queues map[string]func() int) *metrics {
+func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int, queues map[string]func() int, retries map[string]func() uint64) *metrics {
 	m := &metrics{
 		requests: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "switchboard_edge_http_request_duration_seconds",
@@ -89,6 +89,11 @@ func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int, que
 			m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "switchboard_edge_queue_depth", Help: "Writes waiting for the database, by queue: notices (wake-ups to send), inserts (accepted commands not yet stored).",
 				ConstLabels: prometheus.Labels{"queue": name}}, func() float64 { return float64(depth()) }))
+		}
+		for name, n := range retries {
+			m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "switchboard_edge_batch_retries_total", Help: "Failed database writes retried, by queue: climbs while the database is away (nothing is dropped; the queue waits).",
+				ConstLabels: prometheus.Labels{"queue": name}}, func() float64 { return float64(n()) }))
 		}
 		waitingGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "switchboard_edge_waiting_requests", Help: "Requests and streams waiting on a command."},
