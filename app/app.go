@@ -138,7 +138,7 @@ func (p *Process) TLS(ctx context.Context, cfg certs.Config) (*certs.TLS, error)
 // needs its identity and any tuning.
 func (p *Process) Node(cfg conntier.Config, tls *certs.TLS, ln net.Listener) (Server, *conntier.Node, error) {
 	cfg.Store, cfg.Notifier, cfg.Log, cfg.Metrics = p.Store, p.Notifier, p.Log, p.Metrics
-	cfg.TLS, cfg.CertReady = tls.Config, tls.Ready
+	cfg.TLS, cfg.CertReady, cfg.CertExpiry = tls.Config, tls.Ready, tls.NotAfter
 	if cfg.Node.Addr == "" {
 		cfg.Node.Addr = ln.Addr().String()
 	}

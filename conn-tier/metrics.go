@@ -1,6 +1,8 @@
 package conntier
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/switchboard-iot/switchboard/device/protocol"
@@ -56,7 +58,8 @@ type metrics struct {
 	reportsTooLarge prometheus.Counter
 }
 
-func newMetrics(reg *prometheus.Registry, nodeID, region string, queues map[string]func() int, maxSessions int, admission func() (handshakes, silent int)) *metrics {
+func newMetrics(reg *prometheus.Registry, nodeID, region string, queues map[string]func() int, retries map[string]func() uint64,
+	maxSessions int, admission func() (handshakes, silent int), leased func() bool, certExpiry func() time.Time) *metrics {
 	m := &metrics{
 		sessions: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "switchboard_conn_sessions", Help: "Devices connected to this node."}),
@@ -140,6 +143,42 @@ func newMetrics(reg *prometheus.Registry, nodeID, region string, queues map[stri
 				Name: "switchboard_conn_queue_depth", Help: "Writes waiting for the database, by queue.",
 				ConstLabels: prometheus.Labels{"queue": name}}, func() float64 { return float64(depth()) }))
 		}
+		for name, n := range retries {
+			r.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "switchboard_conn_batch_retries_total", Help: "Failed database writes retried, by queue: climbs while the database is away (nothing is dropped; the queue waits).",
+				ConstLabels: prometheus.Labels{"queue": name}}, func() float64 { return float64(n()) }))
+		}
+		// The lease as a series: a node whose renewals fail stops taking
+		// devices (readyz says "no lease") and its deliveries wait.
+		r.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "switchboard_conn_lease_held", Help: "1 while the node's lease row exists and was renewed in time, 0 while renewals fail past the lease's ttl."},
+			func() float64 {
+				if leased() {
+					return 1
+				}
+				return 0
+			}))
+		if certExpiry != nil {
+			r.MustRegister(certExpiryCollector{prometheus.NewDesc("switchboard_conn_certificate_expiry_timestamp_seconds",
+				"When the certificate the device port serves expires (Unix seconds); absent while there is none yet.",
+				nil, nil), certExpiry})
+		}
 	}
 	return m
+}
+
+// certExpiryCollector exports the certificate's expiry, or nothing while
+// there is none (ACME before its first certificate): a 0 would read as a
+// certificate long expired.
+type certExpiryCollector struct {
+	desc     *prometheus.Desc
+	notAfter func() time.Time
+}
+
+func (c certExpiryCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c certExpiryCollector) Collect(ch chan<- prometheus.Metric) {
+	if t := c.notAfter(); !t.IsZero() {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(t.Unix()))
+	}
 }

@@ -51,6 +51,10 @@ type Config struct {
 	// CertReady reports whether the certificate is there to serve (ACME
 	// obtains it in the background); nil: always.
 	CertReady func() bool
+	// CertExpiry is when the certificate served expires, zero while there
+	// is none; nil: no certificate (plain HTTP). The node's metrics export
+	// it (switchboard_conn_certificate_expiry_timestamp_seconds).
+	CertExpiry func() time.Time
 
 	// Metrics is the registry the node's metrics (labelled with its id)
 	// join; the process serves it on its ops listener, never on the device
@@ -297,12 +301,14 @@ func New(cfg Config) (*Node, error) {
 	n.credentials = batch.NewCalls(1000, n.readCredentials, nil)
 	n.metrics = newMetrics(cfg.Metrics, cfg.Node.ID, cfg.Node.Region, map[string]func() int{
 		"presence": n.presence.Len, "commands": n.commands.Len, "events": n.events.Len, "notices": n.notices.Len,
+	}, map[string]func() uint64{
+		"presence": n.presence.Retries, "commands": n.commands.Retries, "events": n.events.Retries, "notices": n.notices.Retries,
 	}, n.cfg.MaxSessions, func() (handshakes, silent int) {
 		if g := n.gate.Load(); g != nil {
 			return g.load()
 		}
 		return 0, 0
-	})
+	}, n.leased.Load, cfg.CertExpiry)
 	return n, nil
 }
 

@@ -36,7 +36,7 @@ func TestMetricLabelsAreBounded(t *testing.T) {
 		for line := range strings.Lines(string(body)) {
 			if strings.HasPrefix(line, "switchboard_edge_http_request_duration_seconds_count{") {
 				n++
-				other = other || strings.Contains(line, `method="OTHER"`) && strings.Contains(line, `code="4xx"`)
+				other = other || strings.Contains(line, `method="OTHER"`) && strings.Contains(line, `code="4`)
 			}
 		}
 		return n, other
@@ -54,7 +54,7 @@ func TestMetricLabelsAreBounded(t *testing.T) {
 	series() // the scrape's own series
 	before, other := series()
 	if !other {
-		t.Fatal(`no series with method="OTHER" and code="4xx"`)
+		t.Fatal(`no series with method="OTHER" and a 4xx code`)
 	}
 	for i := 6; i < 1000; i++ {
 		bogus(i)

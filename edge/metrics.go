@@ -15,7 +15,7 @@ import (
 
 // metrics are an edge's Prometheus series, labelled with its id.
 type metrics struct {
-	requests *prometheus.HistogramVec // by route pattern, method and status class
+	requests *prometheus.HistogramVec // by route pattern, method and status code
 	limited  *prometheus.CounterVec   // requests refused by a limit, by limit
 	accepted prometheus.Counter
 	// Fleet operations (the edge's background work counts its own: see
@@ -47,11 +47,11 @@ type metrics struct {
 // device on loopback) to a minute (a ?wait= or a slow device).
 var latencyBuckets = []float64{.002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
 
-func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int, queues map[string]func() int) *metrics {
+func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int, queues map[string]func() int, retries map[string]func() uint64) *metrics {
 	m := &metrics{
 		requests: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "switchboard_edge_http_request_duration_seconds",
-			Help:    "HTTP requests by route pattern, method and status class; streams count until they end.",
+			Help:    "HTTP requests by route pattern, method and status code (a fixed set, else other); streams count until they end.",
 			Buckets: []float64{.001, .005, .01, .05, .1, .5, 1, 5, 30, 120},
 		}, []string{"route", "method", "code"}),
 		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -90,6 +90,11 @@ func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int, que
 				Name: "switchboard_edge_queue_depth", Help: "Writes waiting for the database, by queue: notices (wake-ups to send), inserts (accepted commands not yet stored).",
 				ConstLabels: prometheus.Labels{"queue": name}}, func() float64 { return float64(depth()) }))
 		}
+		for name, n := range retries {
+			m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "switchboard_edge_batch_retries_total", Help: "Failed database writes retried, by queue: climbs while the database is away (nothing is dropped; the queue waits).",
+				ConstLabels: prometheus.Labels{"queue": name}}, func() float64 { return float64(n()) }))
+		}
 		waitingGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "switchboard_edge_waiting_requests", Help: "Requests and streams waiting on a command."},
 			func() float64 { return float64(waiting()) })
@@ -102,7 +107,8 @@ func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int, que
 // instrument observes each request under labels from fixed sets, whatever
 // the client sends: the chi route pattern (ids in paths are not label
 // values) or "unmatched", the method if it is a standard one or else
-// "OTHER", and the status class. A label taken from the request as it
+// "OTHER", and the status code if it is one of a fixed set (statusCodes)
+// or else "other". A label taken from the request as it
 // came would let a client create series at will.
 func (m *metrics) instrument(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -113,7 +119,7 @@ func (m *metrics) instrument(next http.Handler) http.Handler {
 		if route == "" {
 			route = "unmatched"
 		}
-		m.requests.WithLabelValues(route, methodLabel(r.Method), statusClass(ww.Status())).Observe(time.Since(start).Seconds())
+		m.requests.WithLabelValues(route, methodLabel(r.Method), statusCode(ww.Status())).Observe(time.Since(start).Seconds())
 	})
 }
 
@@ -126,14 +132,31 @@ func methodLabel(method string) string {
 	return "OTHER"
 }
 
-// statusClass is "2xx" for 200-299 and so on; a handler that wrote
-// nothing answered 200.
-func statusClass(status int) string {
-	switch {
-	case status == 0:
-		return "2xx"
-	case status >= 100 && status < 600:
-		return strconv.Itoa(status/100) + "xx"
+// statusCodes are the statuses the API and the console answer, each kept
+// as its own label value so that, say, 401 and 403 rates by route can be
+// watched; any other status is "other". The set is fixed: a label value
+// taken from an arbitrary status would let a handler's bug create series.
+var statusCodes = func() map[int]string {
+	m := map[int]string{}
+	for _, code := range []int{
+		101, 200, 201, 202, 204, 206,
+		301, 302, 303, 304, 307, 308,
+		400, 401, 403, 404, 405, 406, 408, 409, 410, 411, 412, 413, 414, 415, 416, 421, 422, 428, 429, 431,
+		500, 501, 502, 503, 504,
+	} {
+		m[code] = strconv.Itoa(code)
+	}
+	return m
+}()
+
+// statusCode is the code label for status: the code itself when it is in
+// statusCodes, else "other"; a handler that wrote nothing answered 200.
+func statusCode(status int) string {
+	if status == 0 {
+		return "200"
+	}
+	if code, ok := statusCodes[status]; ok {
+		return code
 	}
 	return "other"
 }

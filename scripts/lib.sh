@@ -127,6 +127,37 @@ MSG
 	exit 1
 }
 
+# ensure_prometheus finds prometheus and promtool, for checking and
+# unit-testing the alerting rules (deploy/prometheus) and for the test that
+# scrapes a running system with a real Prometheus, and exports their paths
+# as PROMETHEUS_BIN and PROMTOOL_BIN: those if set, else the binaries on
+# PATH, else Debian's prometheus package (as root). Without them the tests
+# that need them are skipped, and say so.
+ensure_prometheus() {
+	if { [ -z "${PROMETHEUS_BIN:-}" ] || [ -z "${PROMTOOL_BIN:-}" ]; } &&
+		! { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } &&
+		[ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+		echo "installing Prometheus (Debian's prometheus package)..." >&2
+		apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >&2 || true
+		# The package enables a prometheus service: the tests only need
+		# the binaries.
+		if [ -d /run/systemd/system ]; then
+			systemctl disable --now prometheus >/dev/null 2>&1 || true
+		fi
+	fi
+	if [ -z "${PROMETHEUS_BIN:-}" ] && command -v prometheus >/dev/null 2>&1; then
+		PROMETHEUS_BIN=$(command -v prometheus)
+	fi
+	if [ -z "${PROMTOOL_BIN:-}" ] && command -v promtool >/dev/null 2>&1; then
+		PROMTOOL_BIN=$(command -v promtool)
+	fi
+	if [ -n "${PROMETHEUS_BIN:-}" ] && [ -n "${PROMTOOL_BIN:-}" ]; then
+		export PROMETHEUS_BIN PROMTOOL_BIN
+		return
+	fi
+	echo "prometheus and promtool not found (Debian: apt-get install prometheus): the Prometheus tests will be skipped" >&2
+}
+
 # ensure_node finds npx (Node.js and npm) for TestOpenAPITools, which runs
 # the pinned OpenAPI linter and client generator on the API's description:
 # npx on PATH, else Debian's nodejs and npm packages (as root). Without it

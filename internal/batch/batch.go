@@ -23,6 +23,7 @@ import (
 	"log/slog"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/switchboard-iot/switchboard/internal/backoff"
@@ -98,6 +99,10 @@ func (b *Batcher[T]) Len() int {
 	return len(b.c.queue)
 }
 
+// Retries reports how many failed writes were retried since the batcher
+// was made, for a process's metrics: it climbs while the database is away.
+func (b *Batcher[T]) Retries() uint64 { return b.c.retries.Load() }
+
 // Run writes batches until ctx is done, then writes what is still queued,
 // for up to the grace (10s), and returns. The owner stops the producers
 // first, so nothing is queued after the final drain.
@@ -149,6 +154,9 @@ type core[T, R any] struct {
 	grace   time.Duration    // how long run keeps calling after its context ends
 	log     *slog.Logger
 	ready   chan struct{} // cap 1: the queue has items
+	// retries counts failed calls retried: a Batcher's metric (a
+	// database away shows as a climbing rate of them).
+	retries atomic.Uint64
 
 	mu       sync.Mutex // guards the following
 	queue    []entry[T, R]
@@ -345,6 +353,7 @@ func (c *core[T, R]) write(ctx context.Context, batch []entry[T, R], items []T) 
 		if bo.Attempts()%10 == 0 {
 			level = slog.LevelWarn // the first failure, then every tenth
 		}
+		c.retries.Add(1)
 		c.log.Log(ctx, level, "batch write failed; retrying", "items", len(items), "attempt", bo.Attempts()+1, "err", err)
 		if !bo.Wait(ctx) {
 			c.log.Error("dropping unwritten items: the shutdown grace ran out", "items", len(items), "err", err)

@@ -57,7 +57,7 @@ func newBatcher(s *sink, limit, max int) *Batcher[int] {
 	return b
 }
 
-func run(t *testing.T, s *sink, items []int, max int) {
+func run(t *testing.T, s *sink, items []int, max int) *Batcher[int] {
 	t.Helper()
 	b := newBatcher(s, len(items), max)
 	// Queue everything before Run starts, so the batches are full.
@@ -77,6 +77,7 @@ func run(t *testing.T, s *sink, items []int, max int) {
 	if err := b.Add(context.Background(), 99); !errors.Is(err, ErrStopped) {
 		t.Fatalf("Add after Run returned: %v, want ErrStopped", err)
 	}
+	return b
 }
 
 func TestBatchesWhatQueued(t *testing.T) {
@@ -97,9 +98,12 @@ func TestRefusedItemIsIsolated(t *testing.T) {
 
 func TestTransientFailureIsRetried(t *testing.T) {
 	s := &sink{done: make(chan struct{}), want: 3, transientFailures: 2}
-	run(t, s, []int{0, 1, 2}, 8)
+	b := run(t, s, []int{0, 1, 2}, 8)
 	if !slices.Equal(s.written, []int{0, 1, 2}) || s.calls != 3 {
 		t.Fatalf("written %v after %d calls, want all 3 after 2 failures and a success", s.written, s.calls)
+	}
+	if n := b.Retries(); n != 2 {
+		t.Fatalf("Retries() = %d, want 2", n)
 	}
 }
 

@@ -75,8 +75,31 @@ type TLS struct {
 	// Ready reports whether there is a certificate to serve: with ACME, not
 	// until the first one is obtained or loaded.
 	Ready func() bool
+	// NotAfter is when the certificate served now expires; zero while
+	// there is none (ACME before the first one) and for ModeOff. A node
+	// exports it (switchboard_conn_certificate_expiry_timestamp_seconds)
+	// for an alert that a renewal is overdue.
+	NotAfter func() time.Time
 	// Stop ends certificate maintenance (renewals).
 	Stop func()
+}
+
+// notAfter is cert's expiry, zero when it cannot be read.
+func notAfter(cert *tls.Certificate) time.Time {
+	if cert == nil {
+		return time.Time{}
+	}
+	if cert.Leaf != nil {
+		return cert.Leaf.NotAfter
+	}
+	if len(cert.Certificate) == 0 {
+		return time.Time{}
+	}
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		return time.Time{}
+	}
+	return leaf.NotAfter
 }
 
 // policy is the device port's TLS policy: TLS 1.2 at least (Go prefers
@@ -103,7 +126,7 @@ func ForNode(ctx context.Context, cfg Config) (*TLS, error) {
 	}
 	switch cfg.Mode {
 	case ModeOff:
-		return &TLS{Ready: func() bool { return true }, Stop: func() {}}, nil
+		return &TLS{Ready: func() bool { return true }, NotAfter: func() time.Time { return time.Time{} }, Stop: func() {}}, nil
 	case ModeSelfSigned:
 		return selfSigned(ctx, cfg)
 	case ModeACME:
@@ -135,6 +158,13 @@ func acmeTLS(ctx context.Context, cfg Config) (*TLS, error) {
 		Ready: func() bool {
 			_, err := magic.GetCertificate(&tls.ClientHelloInfo{ServerName: cfg.Domains[0]})
 			return err == nil
+		},
+		NotAfter: func() time.Time {
+			cert, err := magic.GetCertificate(&tls.ClientHelloInfo{ServerName: cfg.Domains[0]})
+			if err != nil {
+				return time.Time{}
+			}
+			return notAfter(cert)
 		},
 		Stop: func() { cancel(); cache.Stop() },
 	}, nil

@@ -75,6 +75,7 @@ func selfSigned(ctx context.Context, cfg Config) (*TLS, error) {
 		PEM:         pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 		Fingerprint: fp,
 		Ready:       func() bool { return true },
+		NotAfter:    func() time.Time { return notAfter(&cert) },
 		Stop:        cache.Stop,
 	}, nil
 }
