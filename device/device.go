@@ -83,7 +83,7 @@ type Config struct {
 	// sending credentials (ErrPinMismatch). For nodes with a self-signed
 	// certificate (CONN_TLS=self-signed).
 	Pin string
-	Log    *slog.Logger
+	Log *slog.Logger
 
 	MinBackoff time.Duration // 500ms: first reconnect delay cap
 	MaxBackoff time.Duration // 30s: largest reconnect delay cap
