@@ -605,6 +605,13 @@ func (c *Client) readLoop(ctx context.Context, ws *websocket.Conn, skew time.Dur
 				return
 			}
 			c.dedup.finish(msg.ID, reply)
+			if reply == nil {
+				// It failed at its deadline: the node fails the command
+				// then by itself ("no reply within …"), and a reply now
+				// would only race that.
+				c.log.Info("command gave up at its deadline: not answered", "command", msg.Name, "id", msg.ID)
+				return
+			}
 			c.reply(reply)
 		})
 	}
@@ -613,7 +620,8 @@ func (c *Client) readLoop(ctx context.Context, ws *websocket.Conn, skew time.Dur
 // run calls the command's handler with hctx (the session's ctx, bounded
 // by the command's deadline) and renders its reply frame. It reports
 // whether the handler failed because the session ended (ctx cancelled); one
-// that failed at the deadline is answered with its error.
+// that failed once its deadline passed gets no frame (nil): the node has
+// failed the command itself.
 func (c *Client) run(ctx, hctx context.Context, cmd protocol.Message) (frame []byte, interrupted bool) {
 	ok := true
 	reply := protocol.Message{Type: protocol.TypeReply, ID: cmd.ID, OK: &ok}
@@ -624,6 +632,9 @@ func (c *Client) run(ctx, hctx context.Context, cmd protocol.Message) (frame []b
 	} else if result, err := h(hctx, cmd.Args); err != nil {
 		if ctx.Err() != nil {
 			return nil, true
+		}
+		if hctx.Err() != nil {
+			return nil, false
 		}
 		ok = false
 		reply.Error = err.Error()
