@@ -631,6 +631,10 @@ export class Client {
           return;
         }
         this.pendingRedelivery.delete(cmd.id);
+        // null: it gave up at its deadline, when the node fails the
+        // command by itself; a reply now would only race that. Its id
+        // stays remembered as answered by nothing: not run again.
+        if (reply === null) return;
         this.dedupIds.finish(cmd.id, reply);
         this.queue(reply);
       },
@@ -638,8 +642,13 @@ export class Client {
     this.running.set(cmd.id, { controller, sessionId, done });
   }
 
-  /** Calls the command's handler; resolves with its reply frame, or undefined when the session ended under it. */
-  private async runHandler(cmd: CommandFrame, ctx: CommandContext): Promise<string | undefined> {
+  /**
+   * Calls the command's handler; resolves with its reply frame, undefined
+   * when the session ended under it, or null when it gave up at its
+   * deadline (not answered: the node fails the command then, as the Go SDK
+   * leaves it to).
+   */
+  private async runHandler(cmd: CommandFrame, ctx: CommandContext): Promise<string | undefined | null> {
     const h = this.handlers.get(cmd.name);
     if (!h) return replyFrame(cmd.id, false, undefined, `unknown command ${cmd.name}`);
     let result: unknown;
@@ -647,9 +656,11 @@ export class Client {
       result = await h(cmd.args, ctx);
     } catch (err) {
       if (ctx.signal.aborted && ctx.signal.reason instanceof SessionEndedError) return undefined;
-      // A handler that gave up at its deadline says so, whatever it threw (an AbortError, say).
-      const deadlinePassed = ctx.signal.aborted && ctx.signal.reason instanceof DeadlineExceededError;
-      const message = deadlinePassed ? ctx.signal.reason.message : err instanceof Error ? err.message : String(err);
+      if (ctx.signal.aborted && ctx.signal.reason instanceof DeadlineExceededError) {
+        this.log.info("command gave up at its deadline: not answered", { command: cmd.name, id: cmd.id });
+        return null;
+      }
+      const message = err instanceof Error ? err.message : String(err);
       this.log.debug("command failed", { command: cmd.name, id: cmd.id, err: message });
       return replyFrame(cmd.id, false, undefined, message || "handler failed");
     }
