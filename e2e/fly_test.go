@@ -398,3 +398,117 @@ func TestFlyChecks(t *testing.T) {
 		t.Errorf("Fly's check of a node without a certificate passed: %d", code)
 	}
 }
+
+// dockerIgnored returns .dockerignore's rule: whether a path of the build
+// context (slash-separated, relative to the repository) is left out.
+// Docker's patterns: anchored at the root, * and ? within a name, ** across
+// folders; a folder left out takes what it holds with it. This file uses
+// no exceptions (!), which this reading does not implement.
+func dockerIgnored(t *testing.T) func(rel string) bool {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repoRoot, ".dockerignore"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res []*regexp.Regexp
+	for line := range strings.Lines(string(b)) {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if strings.HasPrefix(line, "!") {
+			t.Fatalf(".dockerignore: %q: exceptions are not read here", line)
+		}
+		var re strings.Builder
+		re.WriteString("^")
+		p := strings.Trim(filepath.ToSlash(filepath.Clean(line)), "/")
+		for i := 0; i < len(p); i++ {
+			switch {
+			case strings.HasPrefix(p[i:], "**/"):
+				re.WriteString("(.*/)?")
+				i += 2
+			case strings.HasPrefix(p[i:], "**"):
+				re.WriteString(".*")
+				i++
+			case p[i] == '*':
+				re.WriteString("[^/]*")
+			case p[i] == '?':
+				re.WriteString("[^/]")
+			default:
+				re.WriteString(regexp.QuoteMeta(p[i : i+1]))
+			}
+		}
+		re.WriteString("$")
+		res = append(res, regexp.MustCompile(re.String()))
+	}
+	return func(rel string) bool {
+		for p := rel; p != "."; p = filepath.ToSlash(filepath.Dir(p)) { // rel, then its folders
+			for _, re := range res {
+				if re.MatchString(p) {
+					return true
+				}
+			}
+		}
+		return false
+	}
+}
+
+// TestFlyDockerContext: the image's build context, as .dockerignore leaves
+// it, holds what the Dockerfile's build needs and none of the local state.
+func TestFlyDockerContext(t *testing.T) {
+	ignored := dockerIgnored(t)
+	for _, rel := range []string{".git", ".dev", "switchboard", "sdk/js/node_modules", "sdk/js/dist", "sdk/python/switchboard_device/__pycache__",
+		"edge/edge.test", "cover.out", "docs/console.png", "db/testdata/fuzz"} {
+		if !ignored(rel) {
+			t.Errorf(".dockerignore sends %s to the image's build", rel)
+		}
+	}
+	for _, rel := range []string{"go.mod", "go.sum", "main.go", "edge/openapi.json", "db/migrations/00001_initial.sql", "console/static/app.js", "console/templates/layout.html"} {
+		if ignored(rel) {
+			t.Errorf(".dockerignore leaves out %s, which the build needs", rel)
+		}
+	}
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	t.Parallel()
+	// The context, copied as Docker sends it, and the Dockerfile's build.
+	ctxDir := t.TempDir()
+	err := filepath.WalkDir(repoRoot, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(repoRoot, path)
+		if err != nil || rel == "." {
+			return err
+		}
+		rel = filepath.ToSlash(rel)
+		if ignored(rel) {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		dst := filepath.Join(ctxDir, rel)
+		if d.IsDir() {
+			return os.MkdirAll(dst, 0o755)
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(dst, b, 0o644)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	build := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(t.TempDir(), "switchboard"), ".")
+	build.Dir = ctxDir
+	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-mod=readonly", "GOWORK=off")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build in the context .dockerignore leaves: %v\n%s", err, out)
+	}
+}
