@@ -217,6 +217,8 @@ func TestBackupRestore(t *testing.T) {
 	edge, edgeURL := startEdge(t, bin, "bk-edge-old", source)
 	start(t, bin, "devices", []string{"DEVICE_URL=wss://" + nodeAddr + "/v1/connect"}, "device", "-credentials", creds, "-ca", cert, "-telemetry", "0")
 	srcPool := dbtest.Pool(t, source)
+	// onNode reports whether both devices are live on node, in the
+	// database at url.
 	onNode := func(url, node string) func() bool {
 		pool := srcPool
 		if url != source {
