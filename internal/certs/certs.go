@@ -155,16 +155,19 @@ func acmeTLS(ctx context.Context, cfg Config) (*TLS, error) {
 	cfg.Log.Info("ACME certificate managed", "domains", cfg.Domains, "ca", magic.Issuers[0].IssuerKey())
 	return &TLS{
 		Config: policy(magic.TLSConfig(), true),
-		Ready: func() bool {
-			_, err := magic.GetCertificate(&tls.ClientHelloInfo{ServerName: cfg.Domains[0]})
-			return err == nil
-		},
+		// The cache, not magic.GetCertificate: that one logs the
+		// handshake's connection when it finds nothing, and a hello made
+		// up here has none (it panicked on every /readyz until the first
+		// certificate came).
+		Ready: func() bool { return len(cache.AllMatchingCertificates(cfg.Domains[0])) > 0 },
 		NotAfter: func() time.Time {
-			cert, err := magic.GetCertificate(&tls.ClientHelloInfo{ServerName: cfg.Domains[0]})
-			if err != nil {
-				return time.Time{}
+			var latest time.Time
+			for _, c := range cache.AllMatchingCertificates(cfg.Domains[0]) {
+				if na := notAfter(&c.Certificate); na.After(latest) {
+					latest = na
+				}
 			}
-			return notAfter(cert)
+			return latest
 		},
 		Stop: func() { cancel(); cache.Stop() },
 	}, nil
