@@ -229,8 +229,11 @@ func TestSilentConnectionsDoNotDelayDevices(t *testing.T) {
 			}
 			// A thousand TLS connections opened by this process: slow on a
 			// loaded box, and only their being held is what is measured.
+			// Most of it: on a loaded box the node closes some (first-byte
+			// and idle timeouts) as fast as the flood reopens them, and
+			// the gauge hovers just under the whole flood.
 			testsys.EventuallyWithin(t, time.Minute, "the node to hold the flood", func() bool {
-				return node.Metric(t, `switchboard_conn_silent{node="`+id+`"}`) >= float64(held)
+				return node.Metric(t, `switchboard_conn_silent{node="`+id+`"}`) >= 0.95*float64(held)
 			})
 			closed := func(reason string) float64 {
 				return node.Metric(t, `switchboard_conn_silent_closed_total{node="`+id+`",reason="`+reason+`"}`)

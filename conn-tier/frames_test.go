@@ -267,8 +267,10 @@ func TestRefusedFramesAreRateLimited(t *testing.T) {
 		t.Fatalf("close %d %q, want %d (rate limited)", ce.Code, ce.Text, protocol.CloseRateLimited)
 	}
 	// 5 in the burst, 5 more as debt, then the close: at most 10 were
-	// refused, and the frames queued unread were bounded.
-	if errorFrames == 0 || errorFrames > 10 {
-		t.Fatalf("%d error frames before the close, want 1-10", errorFrames)
+	// refused, and the frames queued unread were bounded. (How many of
+	// them the writer sent before the close is timing: on a loaded box,
+	// none; the error frames themselves are TestRefusedEvents'.)
+	if errorFrames > 10 {
+		t.Fatalf("%d error frames before the close, want at most 10", errorFrames)
 	}
 }
