@@ -269,7 +269,7 @@ func TestRefusedFramesAreRateLimited(t *testing.T) {
 	// 5 in the burst, 5 more as debt, then the close: at most 10 were
 	// refused, and the frames queued unread were bounded. (How many of
 	// them the writer sent before the close is timing: on a loaded box,
-	// none; the error frames themselves are TestRefusedEvents'.)
+	// none; the error frames themselves are TestRefusedFramesKeepTheSession's.)
 	if errorFrames > 10 {
 		t.Fatalf("%d error frames before the close, want at most 10", errorFrames)
 	}
