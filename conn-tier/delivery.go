@@ -334,6 +334,7 @@ func (n *Node) closeReplaced(ctx context.Context) {
 	for _, id := range replaced {
 		for _, s := range n.hub.all() {
 			if s.id == id {
+				n.logReplaced(s.deviceID, s.id, uuid.Nil, "")
 				go s.disconnect(disconnectReplaced)
 			}
 		}
@@ -506,6 +507,15 @@ func (n *Node) writePresence(ctx context.Context, ops []presenceOp) error {
 	}
 	for i := range displaced {
 		_ = n.notices.Push(db.Notice{Kick: &displaced[i]})
+	}
+	if len(displaced) > 0 {
+		newer := make(map[string]uuid.UUID, len(connects))
+		for _, s := range connects {
+			newer[s.DeviceID] = s.SessionID
+		}
+		for _, d := range displaced {
+			n.logReplaced(d.DeviceID, d.SessionID, newer[d.DeviceID], d.NodeID)
+		}
 	}
 	return nil
 }

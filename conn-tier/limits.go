@@ -150,11 +150,13 @@ func (n *Node) guardAuth(w http.ResponseWriter, r *http.Request, deviceID, devSe
 	switch v, retryAfter := n.guard.Admit(clientaddr.Peer(r), unknownDevice(deviceID), wrongSecret(deviceID, devSecret)); v {
 	case authguard.Throttle:
 		n.metrics.connects.WithLabelValues("throttled").Inc()
+		n.refusedConnect(r, deviceID, http.StatusTooManyRequests, "throttled")
 		problem.TooManyAuthFailures.WriteRetryAfter(w,
 			"this address presented too many wrong credentials; try again later", retryAfter)
 		return false
 	case authguard.Refuse:
 		n.metrics.connects.WithLabelValues("unauthorized").Inc()
+		n.refusedConnect(r, deviceID, http.StatusUnauthorized, "failed_recently")
 		unauthorized(w, "unknown device or wrong secret")
 		return false
 	}

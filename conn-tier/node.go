@@ -129,6 +129,12 @@ type Config struct {
 	RebalanceInterval time.Duration
 	RebalanceShare    float64
 	RebalanceDelay    time.Duration
+	// LogInterval is how often the node logs its sessions summary
+	// (DefaultLogInterval), and the window in which it logs at most
+	// RefusalLogs refused connects (DefaultRefusalLogs) before counting
+	// the rest (logs.go).
+	LogInterval time.Duration
+	RefusalLogs int
 	// MaxHandshakes bounds the connections the node works on at once
 	// before their upgrade: TLS handshakes and connect requests whose
 	// client has sent what the node needs next (DefaultMaxHandshakes);
@@ -198,6 +204,8 @@ func (c Config) withDefaults() Config {
 	c.SendQueue = cmp.Or(c.SendQueue, 64)
 	c.WriteQueue = cmp.Or(c.WriteQueue, 4096)
 	c.Log = cmp.Or(c.Log, slog.Default())
+	c.LogInterval = cmp.Or(c.LogInterval, DefaultLogInterval)
+	c.RefusalLogs = cmp.Or(c.RefusalLogs, DefaultRefusalLogs)
 	if c.MaxHandshakes <= 0 {
 		c.MaxHandshakes = DefaultMaxHandshakes
 	}
@@ -247,6 +255,8 @@ type Node struct {
 
 	revocations revocations // devices disabled or deleted lately
 
+	sessionLog sessionLog // counts for the summary; limits of refusal lines (logs.go)
+
 	drainMu  sync.Mutex     // orders admissions before the drain's wait
 	sessions sync.WaitGroup // admitted requests to /v1/connect, until their session ends
 	open     atomic.Int64   // the same, counted for MaxSessions
@@ -288,6 +298,7 @@ func New(cfg Config) (*Node, error) {
 	n.hub.sessions = make(map[string]*session)
 	n.budgets, n.connectRates = newDeviceLimits(cfg)
 	n.revocations = newRevocations()
+	n.initSessionLog()
 	n.deliverer = newDeliverer(n)
 	// Queue limits bound memory while the database is slow or away: past
 	// them, devices' replies wait (their reads stop) and events are shed.
@@ -354,7 +365,7 @@ func (n *Node) Run(ctx context.Context, ln net.Listener) error {
 	}
 	// The background actors outlive ctx: they flush what the closing
 	// sessions leave behind, and stop only after the sessions have.
-	bg, stopBackground := actors.Group(ctx, n.presence.Run, n.commands.Run, n.events.Run, n.notices.Run, n.credentials.Run, n.deliverer.run, n.renewLease, n.pinger, n.rebalance)
+	bg, stopBackground := actors.Group(ctx, n.presence.Run, n.commands.Run, n.events.Run, n.notices.Run, n.credentials.Run, n.deliverer.run, n.renewLease, n.pinger, n.rebalance, n.logSummaries)
 	unlisten := n.cfg.Notifier.Listen(db.NodeChannel(n.cfg.Node.ID), n.onNotify, n.deliverer.wakeAll)
 	gate := newHandshakeGate(clientaddr.Listener(ln, n.cfg.TrustedProxies), gateLimits{
 		handshakes: n.cfg.MaxHandshakes, silent: n.cfg.MaxSilent, silentPerAddress: n.cfg.MaxSilentPerAddress,
@@ -517,6 +528,7 @@ func (n *Node) onNotify(payload string) {
 			n.deliverer.wake(m.DeviceID)
 			continue
 		}
+		// The node of the newer session logged the replacement.
 		if s := n.hub.get(m.DeviceID); s != nil && s.id == m.SessionID {
 			go s.disconnect(disconnectReplaced)
 		}
@@ -541,13 +553,19 @@ func (n *Node) drain() {
 	}
 	ticks := max(int(n.cfg.DrainWindow/drainTick), 1)
 	batch := max((len(sessions)+ticks-1)/ticks, drainMinBatch)
-	n.log.Info("draining", "sessions", len(sessions), "window", n.cfg.DrainWindow, "batch", batch, "every", drainTick)
+	n.log.Info("draining", "sessions", len(sessions), "window", n.cfg.DrainWindow.String(), "batch", batch, "every", drainTick.String())
+	started, total, batches := time.Now(), len(sessions), 0
+	defer func() {
+		// One line a round, not a batch: a batch goes every drainTick.
+		n.log.Info("drained", "closed", total, "batches", batches, "took", time.Since(started).Round(time.Millisecond).String())
+	}()
 	tick := time.NewTicker(drainTick)
 	defer tick.Stop()
 	for {
 		chunk := sessions[:min(batch, len(sessions))]
 		sessions = sessions[len(chunk):]
 		n.closeSessions(chunk, disconnectDraining)
+		batches++
 		if n.onDrainBatch != nil {
 			n.onDrainBatch(len(chunk), len(sessions))
 		}

@@ -56,9 +56,17 @@ func (n *Node) rebalance(ctx context.Context) error {
 		if shed == 0 {
 			continue
 		}
-		n.log.Info("rebalancing", "sessions", mine, "nodes", len(loads), "shedding", shed)
+		n.log.Info("rebalancing", "region", n.cfg.Node.Region, "sessions", mine, "nodes", len(loads), "region_sessions", sum(loads), "shedding", shed)
 		n.shed(ctx, shed)
 	}
+}
+
+func sum(loads map[string]int) int {
+	total := 0
+	for _, l := range loads {
+		total += l
+	}
+	return total
 }
 
 // rebalanceShed is how many of its mine sessions a node sheds, given the

@@ -85,6 +85,7 @@ type session struct {
 	// deadlineMu orders read-deadline changes: once the session is closing,
 	// nothing may push the deadline past the close grace.
 	deadlineMu sync.Mutex
+	closedFor  string // the label of the node's first close, under deadlineMu (logs)
 
 	inflightMu sync.Mutex // guards held and awaiting
 	// held holds the "delivered" wake-ups of commands written on this
@@ -143,6 +144,7 @@ func (n *Node) handleConnect(w http.ResponseWriter, r *http.Request) {
 	deviceID, devSecret, ok := r.BasicAuth()
 	if !ok || !db.ValidDeviceID(deviceID) {
 		n.metrics.connects.WithLabelValues("unauthorized").Inc()
+		n.refusedConnect(r, "", http.StatusUnauthorized, "no_credentials")
 		unauthorized(w, "HTTP Basic credentials device_id:secret are required")
 		return
 	}
@@ -154,12 +156,19 @@ func (n *Node) handleConnect(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.Is(err, db.ErrNotFound) || (err == nil && !creds.Accepts(devSecret)):
 		n.authFailed(r, deviceID, devSecret, err == nil)
-		// The same answer for an unknown device and a wrong secret.
+		// The same answer for an unknown device and a wrong secret; the
+		// log, read by operators only, tells them apart.
 		n.metrics.connects.WithLabelValues("unauthorized").Inc()
+		why := "unknown_device"
+		if err == nil {
+			why = "wrong_secret"
+		}
+		n.refusedConnect(r, deviceID, http.StatusUnauthorized, why)
 		unauthorized(w, "unknown device or wrong secret")
 		return
 	case err == nil && creds.Disabled: // told only to who knows the secret
 		n.metrics.connects.WithLabelValues("unauthorized").Inc()
+		n.refusedConnect(r, deviceID, http.StatusUnauthorized, "disabled")
 		unauthorized(w, "device disabled")
 		return
 	case err != nil:
@@ -220,6 +229,7 @@ func (s *session) serve() {
 	n.metrics.sessions.Inc()
 	defer n.metrics.sessions.Dec()
 	if old := n.hub.add(s); old != nil {
+		n.logReplaced(s.deviceID, old.id, s.id, "")
 		go old.disconnect(disconnectReplaced)
 	}
 	if n.draining.Load() {
@@ -241,12 +251,25 @@ func (s *session) serve() {
 		}
 	} else {
 		s.registered.Store(true)
+		n.countConnect()
 		s.log(slog.LevelDebug, "device connected", "remote", s.remoteAddr)
 		n.deliverer.wake(s.deviceID)
 		n.deliverer.wakeState(s.deviceID)
 	}
 
-	n.metrics.disconnects.WithLabelValues(s.readPump()).Inc()
+	ended := s.readPump()
+	n.metrics.disconnects.WithLabelValues(ended).Inc()
+	// The log says why the node closed it (replaced, draining, ...), where
+	// the metric's label says only that it did.
+	reason := ended
+	s.deadlineMu.Lock()
+	if ended == "closed_by_node" && s.closedFor != "" {
+		reason = s.closedFor
+	}
+	s.deadlineMu.Unlock()
+	if s.registered.Load() {
+		n.countDisconnect(reason)
+	}
 
 	n.hub.remove(s)
 	s.cancelClosing()
@@ -259,7 +282,7 @@ func (s *session) serve() {
 	if err := n.presence.Push(presenceOp{session: s.dbSession()}); err != nil {
 		s.log(slog.LevelError, "queueing the presence removal", "err", err)
 	}
-	s.log(slog.LevelDebug, "device disconnected")
+	s.log(slog.LevelDebug, "device disconnected", "reason", reason)
 }
 
 // log logs about the session. Sessions keep no logger of their own: a
@@ -721,6 +744,7 @@ func (s *session) disconnect(d disconnect) {
 	first := s.closing.Err() == nil
 	if first {
 		s.cancelClosing()
+		s.closedFor = d.label
 		_ = s.ws.SetReadDeadline(time.Now().Add(closeGrace))
 	}
 	s.deadlineMu.Unlock()

@@ -30,6 +30,7 @@ func (e *Edge) authenticate(next http.Handler) http.Handler {
 		}
 		scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
 		if !strings.EqualFold(scheme, "Bearer") || token == "" {
+			e.refusedAuth(r, http.StatusUnauthorized, "no_key", 0)
 			unauthorized(w, "an API key is required: Authorization: Bearer <key>")
 			return
 		}
@@ -47,6 +48,7 @@ func (e *Edge) authenticate(next http.Handler) http.Handler {
 			switch {
 			case errors.Is(err, db.ErrNotFound):
 				e.AuthFailed(r, cacheKey)
+				e.refusedAuth(r, http.StatusUnauthorized, "unknown_key", 0)
 				unauthorized(w, "unknown API key")
 				return
 			case err != nil:
@@ -54,12 +56,14 @@ func (e *Edge) authenticate(next http.Handler) http.Handler {
 				return
 			case key.RevokedAt != nil:
 				e.AuthFailed(r, cacheKey)
+				e.refusedAuth(r, http.StatusUnauthorized, "revoked", key.ID)
 				unauthorized(w, "this API key was revoked")
 				return
 			}
 			e.keys.put(cacheKey, cached{key: key}, gen, now)
 		}
 		if key.Expired(now) {
+			e.refusedAuth(r, http.StatusUnauthorized, "expired", key.ID)
 			unauthorized(w, "this API key expired at "+key.ExpiresAt.UTC().Format(time.RFC3339))
 			return
 		}
@@ -98,12 +102,14 @@ func (e *Edge) authenticateSession(w http.ResponseWriter, r *http.Request, token
 		switch {
 		case errors.Is(err, db.ErrNotFound):
 			e.AuthFailed(r, hex.EncodeToString(hash))
+			e.refusedAuth(r, http.StatusUnauthorized, "unknown_session", 0)
 			unauthorized(w, "the console session is unknown, expired or signed out: sign in again")
 			return
 		case err != nil:
 			e.unavailable(w, "checking the console session", err)
 			return
 		case s.Key.RevokedAt != nil:
+			e.refusedAuth(r, http.StatusUnauthorized, "revoked", s.Key.ID)
 			unauthorized(w, "this console session's API key was revoked")
 			return
 		}
@@ -111,6 +117,7 @@ func (e *Edge) authenticateSession(w http.ResponseWriter, r *http.Request, token
 		e.keys.put(cacheKey, cached{key: key, csrf: csrf, until: s.ExpiresAt}, gen, now)
 	}
 	if key.Expired(now) {
+		e.refusedAuth(r, http.StatusUnauthorized, "expired", key.ID)
 		unauthorized(w, "this console session's API key expired at "+key.ExpiresAt.UTC().Format(time.RFC3339))
 		return
 	}
@@ -140,11 +147,11 @@ func (e *Edge) ForgetSession(token string) {
 
 // requireScope lets through requests whose API key grants scope, and
 // answers the others 403 (RFC 6750's insufficient_scope).
-func requireScope(scope db.Scope) func(http.Handler) http.Handler {
+func (e *Edge) requireScope(scope db.Scope) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if key := apiKey(r); !key.Has(scope) {
-				insufficientScope(w, key, scope)
+				e.insufficientScope(w, r, key, scope)
 				return
 			}
 			next.ServeHTTP(w, r)
@@ -170,7 +177,8 @@ func credentialOf(r *http.Request) credential {
 
 // insufficientScope answers 403 to a key that lacks some of the scopes a
 // request needs, naming them all (RFC 6750: space-separated).
-func insufficientScope(w http.ResponseWriter, key db.APIKey, needs ...db.Scope) {
+func (e *Edge) insufficientScope(w http.ResponseWriter, r *http.Request, key db.APIKey, needs ...db.Scope) {
+	e.refusedAuth(r, http.StatusForbidden, "insufficient_scope", key.ID)
 	names, quoted := make([]string, len(needs)), make([]string, len(needs))
 	for i, s := range needs {
 		names[i], quoted[i] = string(s), strconv.Quote(string(s))

@@ -24,6 +24,7 @@ import (
 	"github.com/switchboard-iot/switchboard/internal/authguard"
 	"github.com/switchboard-iot/switchboard/internal/batch"
 	"github.com/switchboard-iot/switchboard/internal/clientaddr"
+	"github.com/switchboard-iot/switchboard/internal/lograte"
 	"github.com/switchboard-iot/switchboard/internal/secret"
 )
 
@@ -33,6 +34,12 @@ type Config struct {
 	Store    *db.Store
 	Notifier *db.Notifier // the process's listener, shared with other components
 	Log      *slog.Logger
+	// LogInterval is the window in which the edge logs at most
+	// RefusalLogs requests refused for their credentials (401, 403, 429
+	// for an address that failed too often) before it only counts them:
+	// a minute and 20 by default (failedauth.go).
+	LogInterval time.Duration
+	RefusalLogs int
 	// Metrics is the registry the edge's metrics join; the process serves
 	// it on its ops listener, never on the edge's public port.
 	Metrics *prometheus.Registry
@@ -140,6 +147,9 @@ type Edge struct {
 
 	limits *keyLimits       // per API key; nil when both are off
 	guard  *authguard.Guard // failed API key look-ups
+	// refusals logs requests refused for their credentials, a few a
+	// LogInterval (failedauth.go).
+	refusals *lograte.Limiter
 
 	bootstrap *bootstrap // the first admin key, stored at start
 
@@ -167,6 +177,8 @@ func (c Config) withDefaults() Config {
 	c.KeyStreams = cmp.Or(c.KeyStreams, DefaultKeyStreams)
 	c.DeviceQueue = cmp.Or(c.DeviceQueue, DefaultDeviceQueue)
 	c.Log = cmp.Or(c.Log, slog.Default())
+	c.LogInterval = cmp.Or(c.LogInterval, time.Minute)
+	c.RefusalLogs = cmp.Or(c.RefusalLogs, 20)
 	if c.JobCreated == nil {
 		c.JobCreated = func() {}
 	}
@@ -182,18 +194,19 @@ func New(cfg Config) (*Edge, error) {
 	log := cfg.Log.With("edge", cfg.ID)
 	keys := newKeyCache(cfg.APIKeyCache)
 	e := &Edge{
-		cfg:     cfg,
-		log:     log,
-		store:   cfg.Store,
-		replies: newReplyRouter(cfg.Store, log),
-		events:  newEventHub(cfg.Store, log),
-		state:   newStateHub(),
-		keys:    keys,
-		grants:  newGrants(cfg.Store, keys, log),
-		limits:  newKeyLimits(cfg.KeyRate, cfg.KeyBurst, cfg.KeyStreams),
-		guard:   authguard.New(cfg.AuthGuard),
-		hosts:   make(map[string]string),
-		closing: make(chan struct{}),
+		cfg:      cfg,
+		log:      log,
+		store:    cfg.Store,
+		replies:  newReplyRouter(cfg.Store, log),
+		events:   newEventHub(cfg.Store, log),
+		state:    newStateHub(),
+		keys:     keys,
+		grants:   newGrants(cfg.Store, keys, log),
+		limits:   newKeyLimits(cfg.KeyRate, cfg.KeyBurst, cfg.KeyStreams),
+		guard:    authguard.New(cfg.AuthGuard),
+		refusals: lograte.New(log, slog.LevelInfo, "request refused", cfg.RefusalLogs, cfg.LogInterval),
+		hosts:    make(map[string]string),
+		closing:  make(chan struct{}),
 	}
 	var err error
 	if e.bootstrap, err = newBootstrap(cfg.BootstrapKeySHA256); err != nil {
@@ -265,6 +278,7 @@ func (e *Edge) Run(ctx context.Context, ln net.Listener) error {
 	// batcher drains its queue before it stops.
 	stopBackground()
 	err := errors.Join(served.Wait(), bg.Wait())
+	e.refusals.Stop() // logs the count of refusals it did not log
 	e.log.Info("edge stopped")
 	return err
 }

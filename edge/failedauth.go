@@ -17,6 +17,7 @@ func (e *Edge) GuardAuth(w http.ResponseWriter, r *http.Request, credential stri
 	case authguard.Throttle:
 		return false
 	case authguard.Refuse:
+		e.refusedAuth(r, http.StatusUnauthorized, "failed_recently", 0)
 		unauthorized(w, "unknown or revoked API key")
 		return false
 	}
@@ -32,11 +33,27 @@ func (e *Edge) GuardAuth(w http.ResponseWriter, r *http.Request, credential stri
 func (e *Edge) AdmitAuth(w http.ResponseWriter, r *http.Request, credential string) authguard.Verdict {
 	v, retryAfter := e.guard.Admit(clientaddr.FromRequest(r, e.cfg.TrustedProxies), "apikey:"+credential)
 	if v == authguard.Throttle {
+		e.refusedAuth(r, http.StatusTooManyRequests, "throttled", 0)
 		e.metrics.limited.WithLabelValues("auth_failures").Inc()
 		problem.TooManyAuthFailures.WriteRetryAfter(w,
 			"this address presented too many unknown API keys or console sessions; try again later", retryAfter)
 	}
 	return v
+}
+
+// refusedAuth logs a request refused for its credentials, with the
+// client's address (through trusted proxies) and the key when it is known
+// (revoked, expired, lacking a scope): at most RefusalLogs lines a
+// LogInterval, then one counting the rest (lograte), so that a flood of
+// bad keys costs the log a few lines a minute. reason is a word for
+// operators; the answer's problem type says it to the client.
+func (e *Edge) refusedAuth(r *http.Request, status int, reason string, key int64) {
+	args := []any{"remote", clientaddr.FromRequest(r, e.cfg.TrustedProxies).String(), "status", status, "reason", reason,
+		"method", r.Method, "path", r.URL.Path}
+	if key != 0 {
+		args = append(args, "key", key)
+	}
+	e.refusals.Log(args...)
 }
 
 // AuthFailed records a credential (named as for AdmitAuth) the database

@@ -322,7 +322,7 @@ func (e *Edge) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 	// 404 would tell as well.
 	key := apiKey(r)
 	if nj.Filter.IDs == nil && !key.Has(db.ScopeRead) {
-		insufficientScope(w, key, db.ScopeCommands, db.ScopeRead)
+		e.insufficientScope(w, r, key, db.ScopeCommands, db.ScopeRead)
 		return
 	}
 	maxTargets := min(MaxJobTargets, MaxJobBytes/req.argsSize)
@@ -360,6 +360,9 @@ func (e *Edge) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	e.metrics.jobsCreated.Inc()
+	// A running job starts here; a scheduled one when maintenance starts
+	// it, which logs that; maintenance logs every job's end.
+	e.log.Info("job created", "job", j.ID, "kind", j.Kind, "name", j.Name, "total", j.Total, "status", j.Status, "key", key.ID)
 	if j.Status == db.JobRunning {
 		e.cfg.JobCreated()
 	}

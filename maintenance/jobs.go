@@ -5,6 +5,8 @@ import (
 	"math"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/switchboard-iot/switchboard/db"
 )
 
@@ -99,7 +101,7 @@ func (m *Maintainer) runJobs(ctx context.Context) error {
 			continue
 		}
 		for _, id := range started {
-			m.log.Info("scheduled job started", "job", id)
+			m.logJob(ctx, "scheduled job started", id, db.JobRunning)
 		}
 		// A step per due job; a job is due again only after the interval,
 		// so this ends.
@@ -131,7 +133,7 @@ func (m *Maintainer) runJobs(ctx context.Context) error {
 				_ = m.notices.Push(db.Notice{Change: &step.Changes[i]})
 			}
 			if step.Ended != "" {
-				m.log.Info("job ended", "job", step.Job, "status", step.Ended)
+				m.logJob(ctx, "job ended", step.Job, step.Ended)
 			}
 		}
 		if time.Since(lastCount) > 5*time.Second {
@@ -141,4 +143,23 @@ func (m *Maintainer) runJobs(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// logJob logs a job's start or end with what an operator knows it by: its
+// kind, command name and targets, and at its end its targets' counts. A
+// job starts and ends once, so the read this costs is nothing; should it
+// fail, the line goes out with the job's id and status alone.
+func (m *Maintainer) logJob(ctx context.Context, msg string, id uuid.UUID, status db.JobStatus) {
+	args := []any{"job", id, "status", status}
+	if j, err := m.store.Job(ctx, id); err == nil {
+		args = append(args, "kind", j.Kind, "name", j.Name, "total", j.Total)
+		switch {
+		case status == db.JobRunning:
+		case j.Counts != nil:
+			args = append(args, "counts", *j.Counts)
+		case j.StateCounts != nil:
+			args = append(args, "counts", *j.StateCounts)
+		}
+	}
+	m.log.Info(msg, args...)
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/term"
 
 	"github.com/switchboard-iot/switchboard/db"
 )
@@ -102,7 +103,7 @@ func Run(ctx context.Context, args []string, getenv Env, stdio IO) error {
 		return nil
 	}
 	if c, ok := commands[args[0]]; ok {
-		err := c.exec(ctx, args[0], args[1:], call{getenv: getenv, IO: stdio, log: newLogger(getenv, stdio.Stderr)})
+		err := c.exec(ctx, args[0], args[1:], call{getenv: getenv, IO: stdio})
 		if errors.Is(err, errHelp) {
 			return nil
 		}
@@ -117,8 +118,9 @@ type call struct {
 	args   []string // the positional arguments, once the flags are parsed
 	getenv Env
 	IO
-	log   *slog.Logger
-	usage string // printed when the positional arguments are wrong: the group's
+	log       *slog.Logger // made from -log-format and LOG_LEVEL once the flags are parsed
+	logFormat string       // "json" or "text", resolved
+	usage     string       // printed when the positional arguments are wrong: the group's
 }
 
 // command is an entry of a command table: it parses args, the command line
@@ -137,9 +139,16 @@ type cmd[F any] struct {
 func (c cmd[F]) exec(ctx context.Context, name string, args []string, cl call) error {
 	f := newFlags(name, cl.getenv, cl.IO)
 	values := c.define(f)
+	format := defineLogFormat(f)
 	if err := f.parse(args); err != nil {
 		return err
 	}
+	var err error
+	if cl.logFormat, err = resolveLogFormat(*format, cl.Stderr); err != nil {
+		fmt.Fprintf(cl.Stderr, "switchboard %s: %v\n", name, err)
+		return ErrUsage
+	}
+	cl.log = newLogger(cl.getenv, cl.Stderr, cl.logFormat)
 	if c.nargs != nil && !c.nargs(f.NArg()) {
 		fmt.Fprintln(cl.Stderr, cl.usage)
 		return ErrUsage
@@ -173,10 +182,58 @@ func (g group) exec(ctx context.Context, name string, args []string, c call) err
 	return sub.exec(ctx, name+" "+args[0], args[1:], c)
 }
 
-func newLogger(getenv Env, w io.Writer) *slog.Logger {
+// Log formats (-log-format).
+const (
+	logJSON = "json"
+	logText = "text"
+)
+
+// defineLogFormat defines -log-format, which every command takes: every
+// process logs to stderr, in one format chosen the same way.
+func defineLogFormat(f flags) *string {
+	return f.string("log-format", "", "log format on stderr: json (one object a line) or text; "+
+		"default json, or text when stderr is a terminal", "SWITCHBOARD_LOG_FORMAT")
+}
+
+// resolveLogFormat checks a -log-format value; "" is the default: text
+// for a person at a terminal, JSON for whatever collects the logs of a
+// process whose stderr is a pipe or a file (a log shipper, journald, a
+// container runtime), which parses JSON without guessing.
+func resolveLogFormat(format string, stderr io.Writer) (string, error) {
+	switch strings.ToLower(format) {
+	case logJSON:
+		return logJSON, nil
+	case logText:
+		return logText, nil
+	case "":
+		if isTerminal(stderr) {
+			return logText, nil
+		}
+		return logJSON, nil
+	}
+	return "", fmt.Errorf("-log-format %q: want json or text", format)
+}
+
+// isTerminal reports whether w is a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(interface{ Fd() uintptr })
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// newLogger makes the process's logger: format as resolved, at the level
+// LOG_LEVEL names (debug, info, warn, error; info when unset).
+func newLogger(getenv Env, w io.Writer, format string) *slog.Logger {
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(getenv("LOG_LEVEL")))
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+	return slog.New(newLogHandler(w, format, level))
+}
+
+func newLogHandler(w io.Writer, format string, level slog.Leveler) slog.Handler {
+	opts := &slog.HandlerOptions{Level: level}
+	if format == logText {
+		return slog.NewTextHandler(w, opts)
+	}
+	return slog.NewJSONHandler(w, opts)
 }
 
 // flags is a flag set whose defaults come from the environment.

@@ -91,7 +91,7 @@ func runLoadgen(ctx context.Context, lf loadgenFlags, c call) error {
 	// the summary unless asked for with LOG_LEVEL.
 	deviceLog := c.log
 	if c.getenv("LOG_LEVEL") == "" {
-		deviceLog = slog.New(slog.NewTextHandler(c.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+		deviceLog = slog.New(newLogHandler(c.Stderr, c.logFormat, slog.LevelError))
 	}
 	if *lf.worker {
 		// Ctrl-C reaches the whole process group: the parent stops its

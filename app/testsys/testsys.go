@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -39,6 +40,9 @@ type System struct {
 	// PoolOption, when set, adjusts the pools of the pieces started after:
 	// a test counts their queries with a pgx tracer.
 	PoolOption func(*pgxpool.Config)
+	// Log, when set, is the logger of the pieces started after (else
+	// dbtest.Logger()): a test reads their logs (see Logs).
+	Log *slog.Logger
 }
 
 // New gives t a fresh, migrated database.
@@ -84,7 +88,11 @@ func (s *System) open(t testing.TB) *app.Process {
 	if s.PoolOption != nil {
 		options = append(options, s.PoolOption)
 	}
-	p, err := app.Open(context.Background(), s.DBURL, dbtest.Logger(), options...)
+	log := s.Log
+	if log == nil {
+		log = dbtest.Logger()
+	}
+	p, err := app.Open(context.Background(), s.DBURL, log, options...)
 	if err != nil {
 		t.Fatal(err)
 	}
