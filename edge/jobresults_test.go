@@ -245,7 +245,7 @@ func TestJobScheduled(t *testing.T) {
 		}
 		return j
 	}
-	soon := schedule(4 * time.Second) // past the two POSTs and the reads below, even on a busy machine
+	soon := schedule(8 * time.Second) // past the two POSTs and the reads below, even on a machine loaded to 20
 	far := schedule(time.Hour)
 	if n := count(t, sys, fmt.Sprintf(`SELECT count(*) FROM commands WHERE job_id IN ('%s', '%s')`, soon.ID, far.ID)); n != 0 {
 		t.Errorf("%d commands of scheduled jobs before their start", n)
