@@ -419,7 +419,12 @@ func (s *session) awaitCloseAnswer() {
 // reply read from a session that is closing is queued regardless: nothing
 // read is dropped.
 func (s *session) storeReply(r db.Reply) {
-	op := commandOp{kind: opReply, id: r.ID, session: s, reply: &r}
+	s.storeDurable(commandOp{kind: opReply, id: r.ID, session: s, reply: &r})
+}
+
+// storeDurable queues what a device sent that must not be dropped (a
+// reply, a report), as storeReply says.
+func (s *session) storeDurable(op commandOp) {
 	n := s.node
 	if n.commands.TryAdd(op) {
 		return

@@ -98,14 +98,5 @@ func (s *session) sendState(st db.Desired) {
 // storeReport queues a device's report for the database, the way
 // storeReply does: it waits for room rather than drop it.
 func (s *session) storeReport(r db.Report) {
-	op := commandOp{kind: opReport, session: s, report: &r}
-	n := s.node
-	if n.commands.TryAdd(op) {
-		return
-	}
-	n.metrics.replyWaits.Inc()
-	if err := n.commands.Add(s.closing, op); err != nil && s.closing.Err() != nil {
-		_ = n.commands.Push(op)
-	}
-	s.extendReadDeadline()
+	s.storeDurable(commandOp{kind: opReport, session: s, report: &r})
 }
