@@ -32,14 +32,21 @@ func (e *Edge) handleGetState(w http.ResponseWriter, r *http.Request) {
 		deviceNotFound(w, id)
 		return
 	}
+	var wake chan struct{}
+	if acceptsEventStream(r) {
+		// Subscribed before the first read: a change stored in between
+		// wakes the stream, and is not missed.
+		wake = e.state.subscribe(id)
+		defer e.state.unsubscribe(id, wake)
+	}
 	st, err := e.store.State(r.Context(), id)
 	switch {
 	case errors.Is(err, db.ErrNotFound):
 		deviceNotFound(w, id)
 	case err != nil:
 		e.unavailable(w, "reading a device's state", err)
-	case acceptsEventStream(r):
-		e.streamState(w, r, id, st)
+	case wake != nil:
+		e.streamState(w, r, id, st, wake)
 	default:
 		w.Header().Set("ETag", stateETag(st))
 		writeJSON(w, http.StatusOK, st)
@@ -56,7 +63,7 @@ const stateRecheck = 30 * time.Second
 // until the client leaves, the edge drains or the device is deleted. An
 // event's id is "DESIRED.REPORTED", its versions: a client that resumes
 // with it as Last-Event-ID gets the state only once it differs.
-func (e *Edge) streamState(w http.ResponseWriter, r *http.Request, id string, st db.DeviceState) {
+func (e *Edge) streamState(w http.ResponseWriter, r *http.Request, id string, st db.DeviceState, wake <-chan struct{}) {
 	lastDesired, lastReported := int64(-1), int64(-1)
 	if v := r.Header.Get("Last-Event-ID"); v != "" {
 		d, rep, ok := parseStateEventID(v)
@@ -66,8 +73,6 @@ func (e *Edge) streamState(w http.ResponseWriter, r *http.Request, id string, st
 		}
 		lastDesired, lastReported = d, rep
 	}
-	wake := e.state.subscribe(id)
-	defer e.state.unsubscribe(id, wake)
 	rc := e.startStream(w)
 	emit := func(st db.DeviceState) error {
 		if st.DesiredVersion == lastDesired && st.ReportedVersion == lastReported {

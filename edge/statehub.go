@@ -21,12 +21,11 @@ func newStateHub() *stateHub {
 	return &stateHub{subs: make(map[string]map[chan struct{}]struct{})}
 }
 
-// subscribe returns a signal for the device's changes, already raised, so
-// that the stream reads the state once after subscribing: a change stored
-// between its first read and the subscription is not missed.
+// subscribe returns a signal for the device's changes. A stream
+// subscribes before its first read of the state, so that no change falls
+// between the two.
 func (h *stateHub) subscribe(deviceID string) chan struct{} {
 	c := make(chan struct{}, 1)
-	c <- struct{}{}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.subs[deviceID] == nil {
