@@ -125,9 +125,7 @@ func (e *Edge) handleListAPIKeys(w http.ResponseWriter, r *http.Request) {
 		out.APIKeys = keys[:limit]
 		out.Next = encodeCursor(apiKeyCursorDigest, strconv.FormatInt(keys[limit-1].ID, 10))
 	}
-	if out.APIKeys == nil {
-		out.APIKeys = []db.APIKey{}
-	}
+	out.APIKeys = orEmpty(out.APIKeys)
 	writeJSON(w, http.StatusOK, out)
 }
 

@@ -95,10 +95,7 @@ func (e *Edge) listCommands(w http.ResponseWriter, r *http.Request, deviceID str
 		deviceNotFound(w, deviceID)
 		return
 	}
-	out := commandList{Commands: page.Commands}
-	if out.Commands == nil {
-		out.Commands = []command.Command{} // [] rather than null: clients iterate it
-	}
+	out := commandList{Commands: orEmpty(page.Commands)}
 	if page.More {
 		last := page.Commands[len(page.Commands)-1]
 		out.Next = encodeCursor(digest, formatCommandCursor(last.CreatedAt, last.ID))

@@ -231,9 +231,7 @@ func (e *Edge) handleDeviceSessions(w http.ResponseWriter, r *http.Request) {
 		Sessions []db.SessionRecord `json:"sessions"`
 		Next     string             `json:"next,omitempty"` // absent on the last page
 	}{Sessions: sessions}
-	if out.Sessions == nil {
-		out.Sessions = []db.SessionRecord{}
-	}
+	out.Sessions = orEmpty(out.Sessions)
 	if more {
 		last := sessions[len(sessions)-1]
 		out.Next = encodeCursor(digest, last.ConnectedAt.UTC().Format(time.RFC3339Nano)+" "+last.SessionID.String())

@@ -240,9 +240,7 @@ func (e *Edge) eventHistory(w http.ResponseWriter, r *http.Request, digest []byt
 		Events []db.Event `json:"events"`
 		Next   string     `json:"next,omitempty"` // absent on the last page
 	}{Events: events}
-	if page.Events == nil {
-		page.Events = []db.Event{}
-	}
+	page.Events = orEmpty(page.Events)
 	if next > 0 {
 		page.Next = encodeCursor(digest, strconv.FormatInt(next, 10))
 	}

@@ -539,9 +539,7 @@ func (e *Edge) handleListJobs(w http.ResponseWriter, r *http.Request) {
 		out.Jobs = jobs[:limit]
 		out.Next = encodeCursor(digest, jobs[limit-1].ID.String())
 	}
-	if out.Jobs == nil {
-		out.Jobs = []db.Job{}
-	}
+	out.Jobs = orEmpty(out.Jobs)
 	writeJSON(w, http.StatusOK, out)
 }
 
@@ -629,9 +627,7 @@ func (e *Edge) handleJobCommands(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := jobCommandList{Commands: cmds}
-	if out.Commands == nil {
-		out.Commands = []db.JobCommand{}
-	}
+	out.Commands = orEmpty(out.Commands)
 	if more {
 		out.Next = encodeCursor(digest, strconv.FormatInt(cmds[len(cmds)-1].Seq, 10))
 	}
@@ -700,9 +696,7 @@ func (e *Edge) handleJobTargets(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := jobTargetList{Targets: targets}
-	if out.Targets == nil {
-		out.Targets = []db.JobTarget{}
-	}
+	out.Targets = orEmpty(out.Targets)
 	if more {
 		out.Next = encodeCursor(digest, strconv.FormatInt(targets[len(targets)-1].Position+1, 10))
 	}

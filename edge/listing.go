@@ -18,6 +18,15 @@ import (
 // page; the answer's "next" is absent on the last page.
 const defaultPage = 100
 
+// orEmpty is s, or an empty slice for nil: a listing answers [] rather
+// than null, since clients iterate it.
+func orEmpty[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
 // maxFilterValue bounds ?node= and ?region=: longer cannot name one.
 const maxFilterValue = 128
 
@@ -42,9 +51,7 @@ func (e *Edge) handleListDevices(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := deviceList{Devices: page.Devices, Total: page.Total, Online: page.Online}
-	if out.Devices == nil {
-		out.Devices = []db.Device{} // [] rather than null: clients iterate it
-	}
+	out.Devices = orEmpty(out.Devices)
 	if page.More {
 		out.Next = encodeCursor(filterDigest(f), page.Devices[len(page.Devices)-1].ID)
 	}

@@ -125,9 +125,7 @@ func (e *Edge) handleListWebhooks(w http.ResponseWriter, r *http.Request) {
 		Webhooks []db.Webhook `json:"webhooks"`
 		Next     string       `json:"next,omitempty"` // absent on the last page
 	}{Webhooks: list}
-	if out.Webhooks == nil {
-		out.Webhooks = []db.Webhook{}
-	}
+	out.Webhooks = orEmpty(out.Webhooks)
 	if more {
 		out.Next = encodeCursor(webhookCursorDigest, strconv.FormatInt(list[len(list)-1].ID, 10))
 	}
@@ -233,9 +231,7 @@ func (e *Edge) handleWebhookDeliveries(w http.ResponseWriter, r *http.Request) {
 		Deliveries []db.WebhookDelivery `json:"deliveries"`
 		Next       string               `json:"next,omitempty"` // absent on the last page
 	}{Deliveries: list}
-	if out.Deliveries == nil {
-		out.Deliveries = []db.WebhookDelivery{}
-	}
+	out.Deliveries = orEmpty(out.Deliveries)
 	if more {
 		out.Next = encodeCursor(digest, strconv.FormatInt(list[len(list)-1].ID, 10))
 	}
