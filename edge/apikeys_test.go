@@ -203,7 +203,7 @@ func TestRevocationOverHTTPEndsStreams(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("revoke: %d %s", resp.StatusCode, b)
 	}
-	wantEnded(t, leaked, revoked, time.Second, "the revocation")
+	wantEnded(t, leaked, revoked, time.Now(), time.Second, "the revocation")
 	wantOpen(t, bystanders)
 	f.wantRefused(t, "revoked key", bearer(key)...)
 }
