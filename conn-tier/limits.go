@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/google/uuid"
 	"golang.org/x/time/rate"
 
 	"github.com/switchboard-iot/switchboard/internal/authguard"
@@ -132,15 +131,6 @@ func (s *session) charge(msgType string) (over, closed bool) {
 	}
 	s.disconnect(disconnectRateLimited)
 	return true, true
-}
-
-// awaits reports whether the session wrote this command and waits for its
-// reply: such a reply is free, since the node paces the commands it sends.
-func (s *session) awaits(id uuid.UUID) bool {
-	s.inflightMu.Lock()
-	defer s.inflightMu.Unlock()
-	_, ok := s.awaiting[id]
-	return ok
 }
 
 // guardAuth asks the auth guard about credentials about to be looked up.

@@ -35,6 +35,11 @@ type metrics struct {
 	delivered prometheus.Counter
 	replies   prometheus.Counter
 	timedOut  prometheus.Counter
+	// replyTime times the commands answered on this node from their
+	// frame's write to the reply's read: the round trip from delivery,
+	// which a command queued for an offline device does not stretch (the
+	// edge's round trip counts from the request).
+	replyTime prometheus.Histogram
 	// eventsShed counts telemetry dropped because the events queue was full
 	// (the database slow or away); replies are never shed.
 	eventsShed prometheus.Counter
@@ -79,6 +84,10 @@ func newMetrics(reg *prometheus.Registry, nodeID, region string, queues map[stri
 			Name: "switchboard_conn_commands_delivered_total", Help: "Commands this node claimed for delivery (pending to delivered, recorded before their frames are written)."}),
 		replies: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_conn_replies_stored_total", Help: "Device replies that completed a command."}),
+		replyTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "switchboard_conn_command_reply_seconds",
+			Help:    "Commands answered on this node: from the command's frame written to the device to its reply read (the round trip from delivery; time queued before it is not counted).",
+			Buckets: sbmetrics.LatencyBuckets}),
 		timedOut: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "switchboard_conn_commands_timed_out_total", Help: "Delivered commands failed because no reply came within their timeout."}),
 		eventsShed: prometheus.NewCounter(prometheus.CounterOpts{
@@ -128,7 +137,7 @@ func newMetrics(reg *prometheus.Registry, nodeID, region string, queues map[stri
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "switchboard_conn_node_info", Help: "Always 1; its region label names the node's region.",
 				ConstLabels: prometheus.Labels{"region": region}}, func() float64 { return 1 }))
-		r.MustRegister(m.sessions, m.connects, m.closes, m.frames, m.delivered, m.replies, m.timedOut, m.eventsShed, m.replyWaits, m.overRate, m.refused, m.silentClosed, m.jobWakeups, m.reportsTooLarge,
+		r.MustRegister(m.sessions, m.connects, m.closes, m.frames, m.delivered, m.replies, m.replyTime, m.timedOut, m.eventsShed, m.replyWaits, m.overRate, m.refused, m.silentClosed, m.jobWakeups, m.reportsTooLarge,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "switchboard_conn_max_sessions", Help: "The most devices this node holds (MaxSessions)."},
 				func() float64 { return float64(maxSessions) }),

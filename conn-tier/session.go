@@ -98,7 +98,7 @@ type session struct {
 	// one that runs out queues the command's failure behind every reply
 	// this node received before, so a reply that came in time wins however
 	// late the database takes it. Made on the first command.
-	awaiting map[uuid.UUID]*time.Timer
+	awaiting map[uuid.UUID]replyClock
 
 	// backlogged is set when the device may have more pending commands than
 	// its queue took: the writer wakes the deliverer again once the queue
@@ -366,8 +366,7 @@ func (s *session) readPump() (ended string) {
 		case protocol.TypePong:
 		case protocol.TypeReply:
 			id := uuid.MustParse(msg.ID) // Decode checked the form
-			awaited := s.awaits(id)
-			s.answer(id)
+			awaited := s.answer(id)
 			// A reply read is stored, over the rate or not.
 			s.storeReply(db.Reply{ID: id, DeviceID: s.deviceID, OK: *msg.OK, Result: msg.Result, Error: msg.Error})
 			if !awaited {
@@ -679,12 +678,12 @@ func (s *session) setWritten(id uuid.UUID, timeout time.Duration, change *db.Cha
 		s.held[id] = change
 	}
 	if s.awaiting == nil {
-		s.awaiting = make(map[uuid.UUID]*time.Timer)
+		s.awaiting = make(map[uuid.UUID]replyClock)
 	}
-	if old := s.awaiting[id]; old != nil {
-		old.Stop()
+	if old, ok := s.awaiting[id]; ok {
+		old.timer.Stop()
 	}
-	s.awaiting[id] = time.AfterFunc(timeout, func() {
+	s.awaiting[id] = replyClock{written: time.Now(), timer: time.AfterFunc(timeout, func() {
 		s.inflightMu.Lock()
 		_, still := s.awaiting[id]
 		delete(s.awaiting, id)
@@ -692,7 +691,13 @@ func (s *session) setWritten(id uuid.UUID, timeout time.Duration, change *db.Cha
 		if still {
 			_ = s.node.commands.Push(commandOp{kind: opTimedOut, id: id, session: s})
 		}
-	})
+	})}
+}
+
+// replyClock is a written command's wait for its reply.
+type replyClock struct {
+	written time.Time
+	timer   *time.Timer // fails the command when it fires
 }
 
 // holdChange tells the edges of a written command's delivery after
@@ -717,15 +722,20 @@ func (s *session) sendChange(id uuid.UUID) {
 
 // answer stops the command's reply clock and drops its held change: the
 // reply's own change tells the edges the outcome, and their streams fill
-// in the delivery.
-func (s *session) answer(id uuid.UUID) {
+// in the delivery. It reports whether the session awaited this reply (a
+// reply to a command it wrote, in time), and times the wait.
+func (s *session) answer(id uuid.UUID) (awaited bool) {
 	s.inflightMu.Lock()
 	defer s.inflightMu.Unlock()
-	if t := s.awaiting[id]; t != nil {
-		t.Stop()
-		delete(s.awaiting, id)
-	}
 	delete(s.held, id)
+	c, ok := s.awaiting[id]
+	if !ok {
+		return false
+	}
+	c.timer.Stop()
+	delete(s.awaiting, id)
+	s.node.metrics.replyTime.Observe(time.Since(c.written).Seconds())
+	return true
 }
 
 // stopClocks stops every reply clock of a session that ended: what it
@@ -733,8 +743,8 @@ func (s *session) answer(id uuid.UUID) {
 func (s *session) stopClocks() {
 	s.inflightMu.Lock()
 	defer s.inflightMu.Unlock()
-	for id, t := range s.awaiting {
-		t.Stop()
+	for id, c := range s.awaiting {
+		c.timer.Stop()
 		delete(s.awaiting, id)
 	}
 }

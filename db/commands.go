@@ -251,6 +251,15 @@ func (s *Store) refused(ctx context.Context, ncs []NewCommand) ([]uuid.UUID, err
 	return full, nil
 }
 
+// Unfinished counts the commands not yet final: pending (waiting for their
+// device) and delivered (waiting for its reply). Each count reads its own
+// partial index.
+func (s *Store) Unfinished(ctx context.Context) (pending, delivered int64, err error) {
+	err = s.db.QueryRow(ctx, `SELECT (SELECT count(*) FROM commands WHERE status = 'pending'),
+		(SELECT count(*) FROM commands WHERE status = 'delivered')`).Scan(&pending, &delivered)
+	return pending, delivered, translate(err, "count unfinished commands")
+}
+
 // Command returns one command.
 func (s *Store) Command(ctx context.Context, id uuid.UUID) (command.Command, error) {
 	return s.CommandSentBy(ctx, id, 0)

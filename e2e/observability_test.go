@@ -78,8 +78,15 @@ func TestObservability(t *testing.T) {
 		t.Fatalf("command to the offline device: %d", resp.StatusCode)
 	}
 
-	// The node: frames both ways, final statuses, its region, its pool
-	// and listener.
+	// And one that waits for it: the backlog the edges read.
+	resp = post(t, ctx, e.URL, key, "obs-offline", "", "", `{"name":"echo","ttl":"1h"}`)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("command to the offline device: %d", resp.StatusCode)
+	}
+
+	// The node: frames both ways, final statuses, the round trips from
+	// delivery, its region, its pool and listener.
 	nodeAfter := node.ScrapeOps(t)
 	moved := func(name string, before, after testsys.Metrics, min float64, labels ...string) {
 		t.Helper()
@@ -94,6 +101,7 @@ func TestObservability(t *testing.T) {
 	moved("switchboard_commands_final_total", nodeBefore, nodeAfter, 1, "status", "done")
 	moved("switchboard_commands_final_total", nodeBefore, nodeAfter, 1, "status", "failed")
 	moved("switchboard_db_pool_acquires_total", nodeBefore, nodeAfter, 1)
+	moved("switchboard_conn_command_reply_seconds_count", nodeBefore, nodeAfter, 2)
 	for _, s := range []struct {
 		name   string
 		labels []string
@@ -123,10 +131,17 @@ func TestObservability(t *testing.T) {
 	moved("switchboard_edge_command_round_trip_seconds_count", edgeBefore, edgeAfter, 1, "status", "done")
 	moved("switchboard_edge_command_round_trip_seconds_count", edgeBefore, edgeAfter, 1, "status", "failed")
 	moved("switchboard_edge_notify_lag_seconds_count", edgeBefore, edgeAfter, 2)
-	moved("switchboard_edge_commands_accepted_total", edgeBefore, edgeAfter, 3)
+	moved("switchboard_edge_commands_accepted_total", edgeBefore, edgeAfter, 4)
 	for _, q := range []string{"notices", "inserts"} {
 		if _, ok := edgeAfter.Get("switchboard_edge_queue_depth", "edge", "edge-obs", "queue", q); !ok {
 			t.Errorf("edge: no switchboard_edge_queue_depth{queue=%q}", q)
+		}
+	}
+	// The 1h command is the one left pending (the 1s one expired, the
+	// others were answered).
+	for status, want := range map[string]float64{"pending": 1, "delivered": 0} {
+		if v, ok := edgeAfter.Get("switchboard_edge_commands_unfinished", "status", status); !ok || v != want {
+			t.Errorf("edge: switchboard_edge_commands_unfinished{status=%q} = %v (present %v), want %v", status, v, ok, want)
 		}
 	}
 	if v, ok := edgeAfter.Get("switchboard_db_listener_up"); !ok || v != 1 {

@@ -222,7 +222,7 @@ func New(cfg Config) (*Edge, error) {
 	e.inserts = newInserter(cfg.Store)
 	e.metrics = newMetrics(cfg.Metrics, cfg.ID, e.replies.waiting, map[string]func() int{
 		"notices": e.notices.Len, "inserts": e.inserts.waiting,
-	}, map[string]func() uint64{"notices": e.notices.Retries})
+	}, map[string]func() uint64{"notices": e.notices.Retries}, e.store.Unfinished)
 	e.replies.lag = e.metrics.notifyLag
 	return e, nil
 }

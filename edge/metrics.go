@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"context"
 	"net/http"
 	"strconv"
 	"time"
@@ -43,11 +44,8 @@ type metrics struct {
 	reg prometheus.Registerer
 }
 
-// latencyBuckets suit a command's life, from a few milliseconds (an online
-// device on loopback) to a minute (a ?wait= or a slow device).
-var latencyBuckets = []float64{.002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
-
-func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int, queues map[string]func() int, retries map[string]func() uint64) *metrics {
+func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int, queues map[string]func() int, retries map[string]func() uint64,
+	unfinished func(context.Context) (pending, delivered int64, err error)) *metrics {
 	m := &metrics{
 		requests: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "switchboard_edge_http_request_duration_seconds",
@@ -66,12 +64,12 @@ func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int, que
 		roundTrip: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "switchboard_edge_command_round_trip_seconds",
 			Help:    "Commands this edge accepted and streamed or waited on to the end: from the request's arrival to its final status written to the client, by final status.",
-			Buckets: latencyBuckets,
+			Buckets: sbmetrics.LatencyBuckets,
 		}, []string{"status"}),
 		notifyLag: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "switchboard_edge_notify_lag_seconds",
 			Help:    "Wake-ups carrying a command: from the command's change written (PostgreSQL's clock) to this edge handling the NOTIFY.",
-			Buckets: latencyBuckets,
+			Buckets: sbmetrics.LatencyBuckets,
 		}),
 		reg: prometheus.NewRegistry(), // registered nowhere: a nil reg keeps the series private
 	}
@@ -99,9 +97,36 @@ func newMetrics(reg *prometheus.Registry, edgeID string, waiting func() int, que
 			Name: "switchboard_edge_waiting_requests", Help: "Requests and streams waiting on a command."},
 			func() float64 { return float64(waiting()) })
 		m.reg.MustRegister(m.requests, m.limited, m.accepted, waitingGauge,
-			m.roundTrip, m.notifyLag, m.eventsStreamed, m.jobsCreated)
+			m.roundTrip, m.notifyLag, m.eventsStreamed, m.jobsCreated,
+			unfinishedCollector{prometheus.NewDesc("switchboard_edge_commands_unfinished",
+				"Commands not yet final, in the database, by status: pending (waiting for their device), delivered (waiting for its reply). Read at each scrape; every edge reports the fleet's figure, so take max().",
+				[]string{"status"}, nil), unfinished})
 	}
 	return m
+}
+
+// unfinishedCollector reads the backlog from the database at each scrape:
+// it is the fleet's, which no process counts. A read that fails or takes
+// over unfinishedTimeout leaves the series out of that scrape (absent,
+// rather than a 0 that would read as an empty backlog).
+type unfinishedCollector struct {
+	desc  *prometheus.Desc
+	count func(context.Context) (pending, delivered int64, err error)
+}
+
+const unfinishedTimeout = 2 * time.Second
+
+func (c unfinishedCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c unfinishedCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), unfinishedTimeout)
+	defer cancel()
+	pending, delivered, err := c.count(ctx)
+	if err != nil {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(pending), "pending")
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(delivered), "delivered")
 }
 
 // instrument observes each request under labels from fixed sets, whatever

@@ -11,6 +11,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// LatencyBuckets suit a command's life, from a few milliseconds (an online
+// device on loopback) to a minute (a ?wait= or a slow device).
+var LatencyBuckets = []float64{.002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
+
 // CommandsFinal is switchboard_commands_final_total{status} on reg (nil:
 // a private one): the commands this process made final, counted where the
 // final status was written.
