@@ -140,6 +140,25 @@ func TestACMEHTTP01ThroughTheEdge(t *testing.T) {
 	if n := s.pebble.Issued(); n != 2 {
 		t.Fatalf("Pebble issued %d certificates after one renewal by two nodes, want 2", n)
 	}
+	s.wantExpiryMetric(t)
+}
+
+// wantExpiryMetric waits until each node's certificate expiry series says
+// when the certificate it serves expires: the renewed one, after a renewal.
+func (s *acmeSetup) wantExpiryMetric(t *testing.T) {
+	t.Helper()
+	for i, node := range s.nodes {
+		series := fmt.Sprintf(`switchboard_conn_certificate_expiry_timestamp_seconds{node=%q}`, node.ID)
+		testsys.EventuallyWithin(t, 30*time.Second, series+" to be the served certificate's expiry", func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			leaf, err := testsys.ServedCertificate(ctx, s.addrs[i], "localhost", s.roots)
+			if err != nil {
+				return false
+			}
+			return node.Metric(t, series) == float64(leaf.NotAfter.Unix())
+		})
+	}
 }
 
 // A node that listens on the port the CA validates (443 in production)
@@ -157,6 +176,7 @@ func TestACMETLSALPN01(t *testing.T) {
 	if s.edgeAnsweredChallenges(t) {
 		t.Fatal("the edge answered an HTTP-01 challenge, though the nodes asked for TLS-ALPN-01 only")
 	}
+	s.wantExpiryMetric(t)
 }
 
 // edgeAnsweredChallenges reads the edge's metrics for answered challenge
